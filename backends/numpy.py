@@ -1,0 +1,140 @@
+"""NumPy backend: BLAS norms and a cache-blocked, allocation-free update."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lars_multi._algorithm import trust_ratio
+
+try:  # bfloat16 for NumPy comes from ml_dtypes (a dependency of JAX and TF).
+    from ml_dtypes import bfloat16 as _bfloat16
+except ImportError:  # pragma: no cover - exercised only without ml_dtypes
+    _bfloat16 = None
+
+FRAMEWORK = "numpy"
+_HALF = frozenset(np.dtype(t) for t in (np.float16, _bfloat16) if t is not None)
+FLOAT_DTYPES = _HALF | {np.dtype(np.float32), np.dtype(np.float64)}
+_FLOAT32 = np.dtype(np.float32)
+# Elements per block of the update: the scratch block stays in L2 cache, so
+# w - r g costs one read of w and g and one write of the result.
+_BLOCK = 1 << 15
+
+
+def is_native(x: Any) -> bool:
+    return isinstance(x, np.ndarray | np.generic)
+
+
+def is_writable(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and x.flags.writeable
+
+
+def dtype_name(dtype: Any) -> str:
+    return np.dtype(dtype).name
+
+
+def asarray(obj: Any, dtype: Any = None) -> np.ndarray:
+    if dtype is not None:
+        return np.asarray(obj, dtype=_bfloat16 if dtype == "bfloat16" else np.dtype(dtype))
+    result = np.asarray(obj)
+    if result.dtype == np.float64 and not isinstance(obj, np.ndarray | np.generic):
+        return result.astype(np.float32)  # Python floats: float32, as on every backend
+    return result
+
+
+def zeros_like(x: Any) -> np.ndarray:
+    return np.zeros_like(x)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    return np.asarray(x)
+
+
+def cast_like(value: Any, like: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic) and value.dtype != like.dtype:
+        return value.astype(like.dtype)
+    return value
+
+
+def where(cond: Any, x: Any, y: Any) -> Any:
+    return np.where(cond, x, y)
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    return _FLOAT32 if dtype in _HALF else dtype
+
+
+def norm(x: Any) -> np.generic:
+    """:math:`\\lVert x \\rVert_2` through BLAS ``dot``; halves in float32."""
+    flat = np.ravel(x)
+    if flat.dtype in _HALF:
+        flat = flat.astype(np.float32)
+    return np.sqrt(np.dot(flat, flat))
+
+
+def stop_gradient(x: Any) -> Any:
+    return x
+
+
+def update(w: Any, g: Any, lr_local: Any) -> np.ndarray:
+    """:math:`w - \\eta_\\ell g` in a new array of ``w``'s dtype."""
+    out = np.empty_like(w)
+    _subtract_scaled(out, w, g, lr_local)
+    return out
+
+
+def _subtract_scaled(out: np.ndarray, w: Any, g: Any, lr_local: Any) -> None:
+    """``out[...] = w - lr_local * g``, block by block through one small scratch.
+
+    ``out`` may be ``w`` or ``g`` themselves: each block is read before it is
+    written. Halves are computed in float32 and rounded once.
+    """
+    cdt = compute_dtype(out.dtype)
+    lr_local = np.asarray(lr_local, dtype=cdt)
+    if w.size <= _BLOCK or not (w.flags.c_contiguous and g.flags.c_contiguous and out.flags.c_contiguous):
+        np.subtract(w, np.multiply(g, lr_local, dtype=cdt), out=out, dtype=cdt, casting="unsafe")
+        return
+    flat_w, flat_g, flat_out = w.reshape(-1), g.reshape(-1), out.reshape(-1)
+    scratch = np.empty(_BLOCK, dtype=cdt)
+    for start in range(0, flat_w.size, _BLOCK):
+        stop = min(start + _BLOCK, flat_w.size)
+        block = scratch[: stop - start]
+        np.multiply(flat_g[start:stop], lr_local, out=block, dtype=cdt)
+        np.subtract(flat_w[start:stop], block, out=flat_out[start:stop], dtype=cdt, casting="unsafe")
+
+
+def lars_tree(
+    ws: Sequence[Any],
+    gs: Sequence[Any],
+    lr: Any,
+    decay_lambda: Any,
+    stop_gradients: bool,
+    outs: Sequence[Any] | None = None,
+    donate: bool = False,
+) -> list[Any]:
+    """All layers at once: one vector of trust ratios per dtype, then each
+    layer's update written straight into its output (``outs``, or new arrays)."""
+    results = list(outs) if outs is not None else [np.empty_like(w) for w in ws]
+    for indices in _indices_by_dtype(ws):
+        cdt = compute_dtype(ws[indices[0]].dtype)
+        w_norms = np.array([norm(ws[i]) for i in indices], dtype=cdt)
+        g_norms = np.array([norm(gs[i]) for i in indices], dtype=cdt)
+        lr_local = trust_ratio(sys.modules[__name__], w_norms, g_norms, lr, decay_lambda)
+        for i, rate in zip(indices, lr_local):
+            _subtract_scaled(results[i], ws[i], gs[i], rate)
+    return results
+
+
+def _indices_by_dtype(ws: Sequence[Any]) -> list[list[int]]:
+    groups: dict[np.dtype, list[int]] = {}
+    for i, w in enumerate(ws):
+        groups.setdefault(w.dtype, []).append(i)
+    return list(groups.values())
+
+
+def info() -> dict[str, str]:
+    return {"version": np.__version__, "devices": "cpu"}
+

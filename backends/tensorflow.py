@@ -1,0 +1,125 @@
+"""TensorFlow backend: eager kernels for one layer, one ``tf.function`` per tree.
+
+The tree function is traced once per structure, shapes and dtypes: rates
+enter as tensors, never as Python numbers, so a new rate never retraces.
+``tf.Variable`` outputs are updated in the graph, ``assign_sub`` in place.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from lars_multi import _algorithm
+
+FRAMEWORK = "tensorflow"
+_HALF = frozenset({tf.float16, tf.bfloat16})
+FLOAT_DTYPES = _HALF | {tf.float32, tf.float64}
+
+
+def is_native(x: Any) -> bool:
+    return isinstance(x, tf.Tensor | tf.Variable)
+
+
+def is_writable(x: Any) -> bool:
+    return isinstance(x, tf.Variable)
+
+
+def dtype_name(dtype: Any) -> str:
+    return tf.as_dtype(dtype).name
+
+
+def asarray(obj: Any, dtype: Any = None) -> tf.Tensor:
+    if isinstance(obj, tf.Tensor | tf.Variable):
+        return tf.identity(obj) if dtype is None else tf.cast(obj, dtype)
+    values = np.asarray(obj)
+    if dtype is None and values.dtype == np.float64 and not isinstance(obj, np.ndarray | np.generic):
+        dtype = tf.float32  # Python floats: float32, as on every backend
+    return tf.convert_to_tensor(values, dtype=dtype)
+
+
+def zeros_like(x: Any) -> tf.Tensor:
+    return tf.zeros_like(x)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    values = x.numpy()
+    return values.astype(np.float32) if x.dtype == tf.bfloat16 else values
+
+
+def cast_like(value: Any, like: Any) -> Any:
+    if isinstance(value, tf.Tensor | tf.Variable) and value.dtype != like.dtype:
+        return tf.cast(value, like.dtype)
+    return value
+
+
+def where(cond: Any, x: Any, y: Any) -> tf.Tensor:
+    return tf.where(cond, x, tf.constant(y, dtype=x.dtype))
+
+
+def norm(x: Any) -> tf.Tensor:
+    """:math:`\\lVert x \\rVert_2` in one kernel; halves accumulate in float32."""
+    if x.dtype in _HALF:
+        x = tf.cast(x, tf.float32)
+    return tf.math.reduce_euclidean_norm(x)
+
+
+def update(w: Any, g: Any, lr_local: Any) -> tf.Tensor:
+    """:math:`w - \\eta_\\ell g`; halves computed in float32."""
+    if w.dtype in _HALF:
+        return tf.cast(tf.cast(w, tf.float32) - lr_local * tf.cast(g, tf.float32), w.dtype)
+    return w - lr_local * g
+
+
+def stop_gradient(x: Any) -> tf.Tensor:
+    return tf.stop_gradient(x)
+
+
+@tf.function(reduce_retracing=True)
+def _tree(ws: list, gs: list, lr: Any, decay_lambda: Any, stop_gradients: bool) -> list:
+    ops = sys.modules[__name__]
+    return _algorithm.lars_layers(ops, ws, gs, lr, decay_lambda, stop_gradients)
+
+
+@tf.function(reduce_retracing=True)
+def _tree_into(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any, in_place: tuple) -> None:
+    ops = sys.modules[__name__]
+    for out, w, g, subtract in zip(outs, ws, gs, in_place):
+        lr_local = _algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda)
+        if subtract:
+            out.assign_sub(lr_local * g)
+        else:
+            out.assign(update(w, g, lr_local))
+
+
+def _as_tensor(value: Any) -> Any:
+    if value is None or isinstance(value, tf.Tensor | tf.Variable):
+        return value
+    return tf.constant(value, dtype=tf.float64)
+
+
+def lars_tree(
+    ws: Sequence[Any],
+    gs: Sequence[Any],
+    lr: Any,
+    decay_lambda: Any,
+    stop_gradients: bool,
+    outs: Sequence[Any] | None = None,
+    donate: bool = False,
+) -> list[Any]:
+    """Every layer in one ``tf.function`` call; ``outs`` (variables) are assigned."""
+    lr, decay_lambda = _as_tensor(lr), _as_tensor(decay_lambda)
+    if outs is None:
+        return _tree(list(ws), list(gs), lr, decay_lambda, stop_gradients)
+    in_place = tuple(o is w and w.dtype not in _HALF for o, w in zip(outs, ws))
+    _tree_into(list(outs), list(ws), list(gs), lr, decay_lambda, in_place)
+    return list(outs)
+
+
+def info() -> dict[str, str]:
+    devices = ", ".join(d.name for d in tf.config.list_logical_devices())
+    return {"version": tf.__version__, "devices": devices}

@@ -1,0 +1,134 @@
+"""PyTorch backend: ``torch.linalg`` norms and ``torch._foreach_*`` whole-tree updates.
+
+Nothing here calls ``.item()``: the trust ratios stay on the device, so the
+update never waits for the GPU and traces cleanly under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lars_multi._algorithm import trust_ratio
+
+FRAMEWORK = "torch"
+_HALF = frozenset({torch.float16, torch.bfloat16})
+FLOAT_DTYPES = _HALF | {torch.float32, torch.float64}
+_DTYPES = {name: getattr(torch, name) for name in ("float16", "bfloat16", "float32", "float64", "int32", "int64", "bool")}
+
+
+def is_native(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def is_writable(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def asarray(obj: Any, dtype: Any = None) -> torch.Tensor:
+    if isinstance(dtype, str):
+        dtype = _DTYPES[dtype]
+    return torch.as_tensor(obj, dtype=dtype)  # Python floats: torch's default float32
+
+
+def zeros_like(x: Any) -> torch.Tensor:
+    return torch.zeros_like(x)
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    x = x.detach().cpu()
+    return x.float().numpy() if x.dtype == torch.bfloat16 else x.numpy()
+
+
+def cast_like(value: Any, like: torch.Tensor) -> Any:
+    if isinstance(value, torch.Tensor) and value.dtype != like.dtype:
+        return value.to(like.dtype)
+    return value
+
+
+def where(cond: Any, x: Any, y: Any) -> torch.Tensor:
+    return torch.where(cond, x, y)
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """:math:`\\lVert x \\rVert_2`; halves accumulate in float32."""
+    return torch.linalg.vector_norm(x, dtype=torch.float32 if x.dtype in _HALF else None)
+
+
+def update(w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> torch.Tensor:
+    """:math:`w - \\eta_\\ell g` in one ``addcmul``; halves computed in float32."""
+    if w.dtype in _HALF:
+        return torch.addcmul(w.float(), g.float(), lr_local, value=-1).to(w.dtype)
+    return torch.addcmul(w, g, lr_local, value=-1)
+
+
+def stop_gradient(x: torch.Tensor) -> torch.Tensor:
+    return x.detach()
+
+
+def lars_tree(
+    ws: Sequence[torch.Tensor],
+    gs: Sequence[torch.Tensor],
+    lr: Any,
+    decay_lambda: Any,
+    stop_gradients: bool,
+    outs: Sequence[torch.Tensor] | None = None,
+    donate: bool = False,
+) -> list[torch.Tensor]:
+    """Every layer in a few ``_foreach`` kernels per (device, dtype) group.
+
+    Norms: ``_foreach_norm``; rates: :func:`trust_ratio` on the stacked norms;
+    update: ``_foreach_addcmul`` (new tensors), ``_foreach_addcmul_`` into the
+    weights when ``outs`` is ``ws`` (no temporary the size of the tree).
+    """
+    ops = sys.modules[__name__]
+    results: list[Any] = [None] * len(ws)
+    no_grad = stop_gradients or outs is not None
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
+        for indices in _indices_by_device_and_dtype(ws):
+            group_w = [ws[i] for i in indices]
+            group_g = [gs[i] for i in indices]
+            half = group_w[0].dtype in _HALF
+            accumulate = torch.float32 if half else None
+            w_norms = torch.stack(torch._foreach_norm(group_w, dtype=accumulate))
+            g_norms = torch.stack(torch._foreach_norm(group_g, dtype=accumulate))
+            rates = trust_ratio(ops, w_norms, g_norms, lr, decay_lambda).unbind()
+            group_out = None if outs is None else [outs[i] for i in indices]
+            in_place = group_out is not None and not half and all(o is w for o, w in zip(group_out, group_w))
+            if in_place:
+                torch._foreach_addcmul_(group_w, group_g, rates, value=-1)
+                new = group_w
+            elif half:
+                new = torch._foreach_addcmul(
+                    [w.float() for w in group_w], [g.float() for g in group_g], rates, value=-1
+                )
+                new = [n.to(w.dtype) for n, w in zip(new, group_w)]
+            else:
+                new = torch._foreach_addcmul(group_w, group_g, rates, value=-1)
+            if group_out is not None and not in_place:
+                torch._foreach_copy_(group_out, new)
+                new = group_out
+            for i, n in zip(indices, new):
+                results[i] = n
+    return results
+
+
+def _indices_by_device_and_dtype(ws: Sequence[torch.Tensor]) -> list[list[int]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, w in enumerate(ws):
+        groups.setdefault((w.device, w.dtype), []).append(i)
+    return list(groups.values())
+
+
+def info() -> dict[str, str]:
+    devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    return {"version": torch.__version__, "devices": ", ".join(devices)}

@@ -1,0 +1,56 @@
+"""lars_multi: Layer-wise Adaptive Rate Scaling for NumPy, PyTorch, JAX and TensorFlow.
+
+>>> import lars_multi as lm
+>>> lm.set_backend("numpy")
+>>> w = lm.array([3., 1, 5])
+>>> lm.lars_update(w, lm.array([0.3, 0.1, 0.2]), 0.1)
+lars_multi.array([2.52565837, 0.8418861 , 4.68377209])
+>>> lm.unset_backend()
+
+Importing lars_multi imports no framework; a backend imports its framework
+the first time it is used.
+"""
+
+from ._array import Array, array, zeros_like
+from ._container import Container
+from ._errors import (
+    BackendNotInstalledError,
+    LarsMultiError,
+    LarsMultiTypeError,
+    LarsMultiValueError,
+    MixedFrameworksError,
+    UnknownBackendError,
+)
+from ._lars import lars_update
+from ._registry import (
+    available_backends,
+    current_backend,
+    installed_backends,
+    register_backend,
+    set_backend,
+    unset_backend,
+    using_backend,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Array",
+    "BackendNotInstalledError",
+    "Container",
+    "LarsMultiError",
+    "LarsMultiTypeError",
+    "LarsMultiValueError",
+    "MixedFrameworksError",
+    "UnknownBackendError",
+    "array",
+    "available_backends",
+    "current_backend",
+    "installed_backends",
+    "lars_update",
+    "register_backend",
+    "set_backend",
+    "unset_backend",
+    "using_backend",
+    "zeros_like",
+]

@@ -1,0 +1,71 @@
+r"""The LARS rule, written once for every backend.
+
+For one layer with weights :math:`w` and gradient :math:`g = \partial c / \partial w`:
+
+.. math::
+
+    \eta_\ell = \frac{\lVert w \rVert \, \eta}{\lVert g \rVert + \epsilon},
+    \qquad
+    \eta_\ell \leftarrow \frac{\eta_\ell}{\lVert w \rVert \, \lambda} \;\text{ if } \lambda > 0,
+    \qquad
+    w' = w - \eta_\ell \, g
+
+with :math:`\epsilon = 10^{-12}` and 2-norms over all the layer's elements.
+This is exactly the rule of the reference (ivy's ``lars_update``). It is not
+the full LARS of You, Gitman and Ginsburg (2017): there is no trust
+coefficient and no momentum, and :math:`\lambda` divides the rate instead of
+adding :math:`\lambda w` to the gradient; those belong to the optimizer.
+
+Two deliberate differences from the reference, both where it fails:
+
+* a layer with :math:`\lVert w \rVert = 0` is left unchanged when
+  :math:`\lambda > 0`, where the reference computes :math:`0 / 0`;
+* float16 and bfloat16 layers accumulate their norms, and compute the
+  update, in float32, then round the result to their own dtype.
+
+``ops`` is a backend module (see :mod:`lars_multi.backends`); the functions
+below use only its primitives and the arithmetic operators every framework's
+arrays share, so they also run traced inside ``jax.jit`` and ``tf.function``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+EPSILON = 1e-12
+
+
+def trust_ratio(ops: ModuleType, w_norm: Any, g_norm: Any, lr: Any, decay_lambda: Any) -> Any:
+    r"""The layer-local rate :math:`\eta_\ell`; ``decay_lambda`` is None for :math:`\lambda = 0`.
+
+    Works elementwise, so the norms may be 0-d (one layer) or vectors (many).
+    """
+    lr_local = w_norm * ops.cast_like(lr, w_norm) / (g_norm + EPSILON)
+    if decay_lambda is None:
+        return lr_local
+    # Divide by ||w|| λ where it is positive; a zero-norm layer keeps rate 0.
+    scale = w_norm * ops.cast_like(decay_lambda, w_norm)
+    return lr_local / ops.where(scale > 0, scale, 1.0)
+
+
+def lars_layer(
+    ops: ModuleType, w: Any, g: Any, lr: Any, decay_lambda: Any, stop_gradients: bool
+) -> Any:
+    """One layer's new weights :math:`w - \\eta_\\ell g`."""
+    lr_local = trust_ratio(ops, ops.norm(w), ops.norm(g), lr, decay_lambda)
+    new_w = ops.update(w, g, lr_local)
+    return ops.stop_gradient(new_w) if stop_gradients else new_w
+
+
+def lars_layers(
+    ops: ModuleType,
+    ws: Sequence[Any],
+    gs: Sequence[Any],
+    lr: Any,
+    decay_lambda: Any,
+    stop_gradients: bool,
+) -> list[Any]:
+    """:func:`lars_layer` over many layers: the body that jit compilers fuse."""
+    return [lars_layer(ops, w, g, lr, decay_lambda, stop_gradients) for w, g in zip(ws, gs)]

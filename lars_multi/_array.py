@@ -1,0 +1,110 @@
+"""``lars_multi.Array``: a thin, framework-agnostic handle on a native array."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._errors import LarsMultiTypeError, type_name
+from ._registry import backend_of, current_backend, get_backend
+
+
+class Array:
+    """A native array (``numpy.ndarray``, ``torch.Tensor``, ``jax.Array`` or
+    ``tf.Tensor``/``tf.Variable``) tagged with the backend that owns it.
+
+    ``.data`` is the native array itself: no copy is ever made. Functions given
+    an ``Array`` return an ``Array``; given a native array, a native array.
+    """
+
+    __slots__ = ("data", "backend")
+
+    def __init__(self, data: Any, backend: str | None = None) -> None:
+        if isinstance(data, Array):
+            data, backend = data.data, backend or data.backend
+        owner = backend or backend_of(data)
+        if owner is None:
+            raise LarsMultiTypeError(
+                f"data: expected a native array of an imported framework, got {type_name(data)}"
+                " (use lars_multi.array(obj) to build one from Python data)"
+            )
+        self.data = data
+        self.backend = owner
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype's name, the same string on every backend (``"float32"``)."""
+        return get_backend(self.backend).dtype_name(self.data.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.data.shape)
+
+    def to_numpy(self) -> np.ndarray:
+        """A NumPy copy (or view, where the framework allows) of the data."""
+        return get_backend(self.backend).to_numpy(self.data)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        values = self.to_numpy()
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        values = self.to_numpy()
+        dtype = self.dtype
+        if values.dtype.kind == "f" or dtype == "bfloat16":
+            # Print the stored values exactly, to 8 decimals, whatever the width.
+            values = values.astype(np.float64)
+        prefix = "lars_multi.array("
+        body = np.array2string(values, separator=", ", prefix=prefix, precision=8)
+        suffix = "" if dtype in ("float32", "int64", "bool") else f", dtype={dtype}"
+        return f"{prefix}{body}{suffix})"
+
+    def lars_update(
+        self,
+        dcdw: Any,
+        lr: Any,
+        /,
+        *,
+        decay_lambda: float = 0,
+        stop_gradients: bool = True,
+        out: Any = None,
+    ) -> Any:
+        """Method form of :func:`lars_multi.lars_update` with ``w=self``."""
+        from ._lars import lars_update
+
+        return lars_update(
+            self, dcdw, lr, decay_lambda=decay_lambda, stop_gradients=stop_gradients, out=out
+        )
+
+
+def array(obj: Any, dtype: Any = None) -> Array:
+    """An :class:`Array` of ``obj`` on the active backend.
+
+    The backend is the chosen one (:func:`lars_multi.set_backend`,
+    :func:`lars_multi.using_backend` or ``LARS_MULTI_BACKEND``), else the one
+    that owns ``obj``, else NumPy. Python floats become float32 on every
+    backend, so that the same code gives the same numbers everywhere.
+    ``dtype`` is a name (``"float64"``) or a native dtype.
+    """
+    if isinstance(obj, Array):
+        obj = obj.data
+    name = current_backend() or backend_of(obj) or "numpy"
+    return Array(get_backend(name).asarray(obj, dtype), name)
+
+
+def zeros_like(x: Any) -> Any:
+    """Zeros with the shape, dtype and backend of ``x`` (an Array gives an Array)."""
+    if isinstance(x, Array):
+        return Array(get_backend(x.backend).zeros_like(x.data), x.backend)
+    name = backend_of(x)
+    if name is None:
+        raise LarsMultiTypeError(f"x: expected an array, got {type_name(x)}")
+    return get_backend(name).zeros_like(x)

@@ -1,0 +1,90 @@
+"""``lars_multi.Container``: a nested mapping of arrays, one per layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ._errors import LarsMultiTypeError, type_name
+
+
+class Container(Mapping):
+    """A nested, ordered mapping from names to arrays (or sub-containers).
+
+    Keys are reachable as items (``c["a"]``) and as attributes (``c.a``);
+    nested dicts become Containers. A model's parameters are one Container,
+    each leaf one layer.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, mapping: Mapping[str, Any] | None = None, /, **entries: Any) -> None:
+        items = dict(mapping or {}, **entries)
+        for key in items:
+            if not isinstance(key, str):
+                raise LarsMultiTypeError(f"Container keys: expected str, got {type_name(key)} {key!r}")
+        object.__setattr__(
+            self,
+            "_items",
+            {k: Container(v) if isinstance(v, dict) else v for k, v in items.items()},
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._items[key] = Container(value) if isinstance(value, dict) else value
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._items[key]
+        except KeyError:
+            raise AttributeError(f"Container has no key {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # Arrays have no single truth value, so Containers compare by identity.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same tree as plain nested dicts (the leaves are not copied)."""
+        return {k: v.to_dict() if isinstance(v, Container) else v for k, v in self._items.items()}
+
+    def __repr__(self) -> str:
+        if not self._items:
+            return "{}"
+        lines = []
+        for key, value in self._items.items():
+            text = repr(value).replace("\n", "\n    ")
+            lines.append(f"    {key}: {text}")
+        return "{\n" + ",\n".join(lines) + "\n}"
+
+    def lars_update(
+        self,
+        dcdw: Any,
+        lr: Any,
+        /,
+        *,
+        decay_lambda: Any = 0,
+        stop_gradients: Any = True,
+        out: Container | None = None,
+    ) -> Container:
+        """Leaf-wise :func:`lars_multi.lars_update` with ``w=self``.
+
+        ``dcdw``, ``lr``, ``decay_lambda`` and ``stop_gradients`` may each be a
+        Container of the same keys or a single value broadcast to every leaf.
+        """
+        from ._lars import lars_update
+
+        return lars_update(
+            self, dcdw, lr, decay_lambda=decay_lambda, stop_gradients=stop_gradients, out=out
+        )
+

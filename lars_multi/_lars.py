@@ -1,0 +1,365 @@
+"""``lars_update``: check the arguments, pick the backend, run the rule.
+
+Everything is checked before anything is computed or written, so bad input
+raises a clear error and leaves ``out`` (and every input) as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from functools import partial
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import optree
+
+from . import _algorithm
+from ._array import Array
+from ._container import Container
+from ._errors import (
+    LarsMultiTypeError,
+    LarsMultiValueError,
+    MixedFrameworksError,
+    type_name,
+)
+from ._registry import backend_of, current_backend, get_backend
+
+_NAMESPACE = "lars_multi"
+optree.register_pytree_node(
+    Container,
+    lambda c: ((c._items,), None, (None,)),
+    lambda _, children: Container(children[0]),
+    namespace=_NAMESPACE,
+)
+
+
+def lars_update(
+    w: Any,
+    dcdw: Any,
+    lr: Any,
+    /,
+    *,
+    decay_lambda: Any = 0,
+    stop_gradients: Any = True,
+    out: Any = None,
+) -> Any:
+    r"""Update weights with Layer-wise Adaptive Rate Scaling (LARS).
+
+    For each layer (an array, or each leaf of a tree of arrays):
+
+    .. math::
+
+        \eta_\ell = \frac{\lVert w \rVert \, \eta}{\lVert dcdw \rVert + 10^{-12}},
+        \quad \eta_\ell \leftarrow \frac{\eta_\ell}{\lVert w \rVert \lambda}
+        \text{ if } \lambda > 0,
+        \quad w' = w - \eta_\ell \, dcdw
+
+    Args:
+        w: the weights: a native array, a :class:`lars_multi.Array`, or a tree
+            (:class:`lars_multi.Container`, dict, list, tuple) of them.
+        dcdw: the gradient of the cost with respect to ``w``: the same
+            structure as ``w``, or one array used for every leaf.
+        lr: the learning rate :math:`\eta`: a number or a 0-d array, or a tree
+            of them matching ``w``.
+        decay_lambda: :math:`\lambda \ge 0`, a number or a tree of numbers.
+        stop_gradients: whether the result is cut from the autograd graph
+            (``detach``, ``jax.lax.stop_gradient``, ``tf.stop_gradient``).
+        out: where to write the result, with the structure of ``w``: NumPy
+            arrays and torch tensors are written in place, ``tf.Variable`` s
+            assigned, ``lars_multi.Array`` s given the new data. ``out=w``
+            updates the weights in place.
+
+    Returns:
+        The new weights, with the structure and types of ``w`` (or ``out``).
+
+    Examples:
+        >>> import lars_multi as lm
+        >>> w = lm.array([[3., 1, 5], [7, 2, 9]])
+        >>> dcdw = lm.array([[0.3, 0.1, 0.2], [0.1, 0.2, 0.4]])
+        >>> lm.lars_update(w, dcdw, lm.array(0.1))
+        lars_multi.array([[2.34077978, 0.78025991, 4.56051969],
+                          [6.78026009, 1.56051981, 8.12103939]])
+    """
+    if isinstance(w, Array) or backend_of(w) is not None:
+        if out is None and _is_array(dcdw):
+            return _update_one(w, dcdw, lr, decay_lambda, stop_gradients)
+    return _update_tree(w, dcdw, lr, decay_lambda, stop_gradients, out)
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, Array) or backend_of(x) is not None
+
+
+def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any) -> Any:
+    """The lean path for one array and no ``out``: no tree machinery at all."""
+    wrapped = isinstance(w, Array)
+    w_data = w.data if wrapped else w
+    name = _call_backend([w], [()])
+    ops = get_backend(name)
+    _check_weights("w", w_data, ops)
+    g = _check_gradient("dcdw", dcdw, "w", w_data, name, ops)
+    rate = _check_lr("lr", lr, name, ops)
+    decay = _check_decay("decay_lambda", decay_lambda)
+    stop = _check_stop("stop_gradients", stop_gradients)
+    new = _layer_rule(ops)(w_data, g, rate, decay, stop)
+    return Array(new, name) if wrapped else new
+
+
+def _update_tree(
+    w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any
+) -> Any:
+    paths, ws, spec = optree.tree_flatten_with_path(w, namespace=_NAMESPACE)
+    if not ws:
+        return w
+    name = _call_backend(ws, paths)
+    ops = get_backend(name)
+    w_data = [x.data if isinstance(x, Array) else x for x in ws]
+    w_paths = [_path("w", p) for p in paths]
+    for path, x in zip(w_paths, w_data):
+        _check_weights(path, x, ops)
+    gs = [
+        _check_gradient(_path("dcdw", p), g, wp, x, name, ops)
+        for p, g, wp, x in zip(paths, _broadcast("dcdw", dcdw, w), w_paths, w_data)
+    ]
+    rates = [_check_lr(_path("lr", p), v, name, ops) for p, v in zip(paths, _broadcast("lr", lr, w))]
+    decays = [
+        _check_decay(_path("decay_lambda", p), v)
+        for p, v in zip(paths, _broadcast("decay_lambda", decay_lambda, w))
+    ]
+    stops = [
+        _check_stop(_path("stop_gradients", p), v)
+        for p, v in zip(paths, _broadcast("stop_gradients", stop_gradients, w))
+    ]
+    outs = None if out is None else _check_outs(out, spec, paths, w_paths, w_data, name, ops)
+
+    results: list[Any] = [None] * len(ws)
+    for indices in _groups(rates, decays, stops):
+        group = _run(ops, indices, w_data, gs, rates, decays, stops, outs)
+        for i, new in zip(indices, group):
+            results[i] = new
+
+    if out is not None:
+        for target, new in zip(optree.tree_leaves(out, namespace=_NAMESPACE), results):
+            if isinstance(target, Array):
+                target.data = new
+        return out
+    wrapped = [Array(new, name) if isinstance(x, Array) else new for x, new in zip(ws, results)]
+    return optree.tree_unflatten(spec, wrapped)
+
+
+def _run(
+    ops: ModuleType,
+    indices: list[int],
+    ws: list[Any],
+    gs: list[Any],
+    rates: list[Any],
+    decays: list[Any],
+    stops: list[bool],
+    outs: list[Any] | None,
+) -> list[Any]:
+    """One group of layers that share their hyperparameters."""
+    first = indices[0]
+    lr, decay, stop = rates[first], decays[first], stops[first]
+    group_w = [ws[i] for i in indices]
+    group_g = [gs[i] for i in indices]
+    group_out = None if outs is None else [outs[i] for i in indices]
+    writable = group_out is not None and all(ops.is_writable(o) for o in group_out)
+    # Immutable arrays (jax) are replaced instead: donate the weights' buffers
+    # when the caller hands them over (out=w) and no gradient shares them.
+    donate = (
+        group_out is not None
+        and not writable
+        and all(o is x for o, x in zip(group_out, group_w))
+        and not any(g is x for g, x in zip(group_g, group_w))
+    )
+    fused = getattr(ops, "lars_tree", None)
+    if fused is not None:
+        return fused(group_w, group_g, lr, decay, stop, group_out if writable else None, donate)
+    rule = _layer_rule(ops)
+    new = [rule(x, g, lr, decay, stop) for x, g in zip(group_w, group_g)]
+    if writable:
+        for target, value in zip(group_out, new):
+            ops.write(target, value)
+        return group_out
+    return new
+
+
+def _groups(rates: list[Any], decays: list[Any], stops: list[bool]) -> list[list[int]]:
+    """Indices of the layers sharing (lr, decay_lambda, stop_gradients)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, (rate, decay, stop) in enumerate(zip(rates, decays, stops)):
+        key = (rate if isinstance(rate, float) else id(rate), decay, stop)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+_RULES: dict[str, Callable[..., Any]] = {}
+
+
+def _layer_rule(ops: ModuleType) -> Callable[..., Any]:
+    """The backend's own one-layer path (jax: compiled), else the generic rule."""
+    rule = _RULES.get(ops.__name__)
+    if rule is None:
+        rule = getattr(ops, "lars_layer", None) or partial(_algorithm.lars_layer, ops)
+        _RULES[ops.__name__] = rule
+    return rule
+
+
+# --- checks -----------------------------------------------------------------
+
+
+def _path(name: str, entries: Sequence[Any]) -> str:
+    return name + "".join(f"[{e!r}]" for e in entries if e is not None)
+
+
+def _call_backend(leaves: list[Any], paths: list[Any]) -> str:
+    """The one backend owning every weight, which must be the chosen one, if any."""
+    first_name = first_path = None
+    for entries, leaf in zip(paths, leaves):
+        name = leaf.backend if isinstance(leaf, Array) else backend_of(leaf)
+        path = _path("w", entries)
+        if name is None:
+            raise LarsMultiTypeError(f"{path}: expected an array, got {type_name(leaf)}")
+        if first_name is None:
+            first_name, first_path = name, path
+        elif name != first_name:
+            raise MixedFrameworksError(
+                f"{path} is a {name} array but {first_path} is a {first_name} array; "
+                "pass arrays of one framework"
+            )
+    chosen = current_backend()
+    if chosen is not None and chosen != first_name:
+        raise MixedFrameworksError(
+            f"w: expected {chosen} arrays (the active backend), got {first_name} arrays "
+            f"({type_name(leaves[0])}); convert them or change the backend"
+        )
+    return first_name  # type: ignore[return-value]
+
+
+def _dtype(ops: ModuleType, x: Any) -> str:
+    return ops.dtype_name(x.dtype)
+
+
+def _check_weights(path: str, w: Any, ops: ModuleType) -> None:
+    if w.dtype not in ops.FLOAT_DTYPES:
+        raise LarsMultiTypeError(
+            f"{path}: expected a floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {_dtype(ops, w)}"
+        )
+
+
+def _check_gradient(path: str, g: Any, w_path: str, w: Any, name: str, ops: ModuleType) -> Any:
+    data = g.data if isinstance(g, Array) else g
+    g_name = g.backend if isinstance(g, Array) else backend_of(g)
+    if g_name is None:
+        raise LarsMultiTypeError(f"{path}: expected an array like {w_path}, got {type_name(g)}")
+    if g_name != name:
+        raise MixedFrameworksError(
+            f"{path}: expected a {name} array like {w_path}, got a {g_name} array "
+            f"({type_name(data)}); pass arrays of one framework"
+        )
+    if data.dtype != w.dtype:
+        raise LarsMultiTypeError(
+            f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}"
+        )
+    if data.shape != w.shape and _shapes_conflict(data.shape, w.shape):
+        raise LarsMultiValueError(
+            f"{path}: expected shape {tuple(w.shape)} (the shape of {w_path}), got {tuple(data.shape)}"
+        )
+    return data
+
+
+def _shapes_conflict(a: Any, b: Any) -> bool:
+    """True unless the shapes agree where both are known (traced shapes may hold None)."""
+    a, b = tuple(a), tuple(b)
+    return len(a) != len(b) or any(x is not None and y is not None and x != y for x, y in zip(a, b))
+
+
+def _check_lr(path: str, lr: Any, name: str, ops: ModuleType) -> Any:
+    if type(lr) is float or (isinstance(lr, numbers.Real) and not isinstance(lr, bool)):
+        value = float(lr)
+        if not math.isfinite(value):
+            raise LarsMultiValueError(f"{path}: expected a finite number, got {lr!r}")
+        return value
+    data = lr.data if isinstance(lr, Array) else lr
+    lr_name = lr.backend if isinstance(lr, Array) else backend_of(lr)
+    if lr_name is None or isinstance(lr, bool):
+        raise LarsMultiTypeError(f"{path}: expected a float or a 0-d array, got {type_name(lr)}")
+    if lr_name != name:
+        raise MixedFrameworksError(
+            f"{path}: expected a float or a 0-d {name} array, got a {lr_name} array ({type_name(data)})"
+        )
+    if len(data.shape) != 0:
+        raise LarsMultiValueError(f"{path}: expected a 0-d array, got shape {tuple(data.shape)}")
+    if data.dtype not in ops.FLOAT_DTYPES:
+        raise LarsMultiTypeError(f"{path}: expected a floating dtype, got {_dtype(ops, data)}")
+    return data
+
+
+def _check_decay(path: str, decay_lambda: Any) -> float | None:
+    """``None`` for no decay, so that the rule can skip it entirely."""
+    if isinstance(decay_lambda, bool) or not isinstance(decay_lambda, numbers.Real):
+        raise LarsMultiTypeError(f"{path}: expected a number >= 0, got {type_name(decay_lambda)}")
+    value = float(decay_lambda)
+    if not value >= 0 or not math.isfinite(value):
+        raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {decay_lambda!r}")
+    return value or None
+
+
+def _check_stop(path: str, stop_gradients: Any) -> bool:
+    if not isinstance(stop_gradients, bool | np.bool_):
+        raise LarsMultiTypeError(f"{path}: expected a bool, got {type_name(stop_gradients)}")
+    return bool(stop_gradients)
+
+
+def _broadcast(name: str, arg: Any, w: Any) -> list[Any]:
+    """``arg``'s leaves, one per leaf of ``w`` (a single value serves them all)."""
+    try:
+        return optree.broadcast_prefix(arg, w, namespace=_NAMESPACE)
+    except ValueError:
+        errors = optree.prefix_errors(arg, w, namespace=_NAMESPACE)
+        detail = str(errors[0](name)).replace("[None]", "") if errors else ""
+        raise LarsMultiValueError(
+            f"{name}: expected the structure of w or a single value, got a different structure. {detail}"
+        ) from None
+
+
+def _check_outs(
+    out: Any,
+    spec: Any,
+    paths: list[Any],
+    w_paths: list[str],
+    w_data: list[Any],
+    name: str,
+    ops: ModuleType,
+) -> list[Any]:
+    leaves, out_spec = optree.tree_flatten(out, namespace=_NAMESPACE)
+    if out_spec != spec:
+        raise LarsMultiValueError(f"out: expected the structure of w, {spec}, got {out_spec}")
+    outs = []
+    for entries, o, w_path, w in zip(paths, leaves, w_paths, w_data):
+        path = _path("out", entries)
+        wrapped = isinstance(o, Array)
+        data = o.data if wrapped else o
+        o_name = o.backend if wrapped else backend_of(o)
+        if o_name != name:
+            got = f"a {o_name} array" if o_name else type_name(o)
+            raise MixedFrameworksError(f"{path}: expected a {name} array like {w_path}, got {got}")
+        if not wrapped and not ops.is_writable(data):
+            raise LarsMultiTypeError(
+                f"{path}: expected an array that can be written in place, got an immutable "
+                f"{type_name(data)}; pass a lars_multi.Array or Container as out, or use the result"
+            )
+        if data.dtype != w.dtype:
+            raise LarsMultiTypeError(
+                f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}"
+            )
+        if data.shape != w.shape and _shapes_conflict(data.shape, w.shape):
+            raise LarsMultiValueError(
+                f"{path}: expected shape {tuple(w.shape)} (the shape of {w_path}), got {tuple(data.shape)}"
+            )
+        outs.append(data)
+    return outs

@@ -1,0 +1,167 @@
+"""Which backend runs a call: the registry, the user's choice and inference.
+
+A backend is resolved, in this order, from
+
+1. :func:`using_backend` (a context override, per thread and asyncio task),
+2. :func:`set_backend` (the process-wide choice),
+3. the ``LARS_MULTI_BACKEND`` environment variable,
+4. the type of the inputs.
+
+Inference never imports a framework: a tensor of a framework can only exist
+once that framework is imported, so only frameworks already in
+``sys.modules`` are asked whether they own an object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+
+from ._errors import BackendNotInstalledError, LarsMultiTypeError, UnknownBackendError
+
+ENV_VAR = "LARS_MULTI_BACKEND"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Where a backend lives and what it needs."""
+
+    name: str
+    module_path: str
+    framework: str
+    pip_extra: str | None = None
+
+
+_SPECS: dict[str, BackendSpec] = {}
+_MODULES: dict[str, ModuleType] = {}
+_NATIVE_TYPES: dict[type, str] = {}
+_LOCK = threading.Lock()
+_global_choice: str | None = None
+_context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "lars_multi_backend", default=None
+)
+
+
+def register_backend(
+    name: str, module_path: str, *, framework: str | None = None, pip_extra: str | None = None
+) -> None:
+    """Register a backend module under ``name``.
+
+    ``module_path`` is imported on first use and must satisfy the protocol in
+    :mod:`lars_multi.backends`. ``framework`` is the top-level module of the
+    framework whose arrays the backend owns (default: ``name``); it is used to
+    infer the backend from inputs without importing anything.
+    """
+    if not isinstance(name, str) or not name:
+        raise LarsMultiTypeError(f"name: expected a non-empty str, got {name!r}")
+    with _LOCK:
+        _SPECS[name] = BackendSpec(name, module_path, framework or name, pip_extra)
+        _MODULES.pop(name, None)
+        _NATIVE_TYPES.clear()
+
+
+for _name in ("numpy", "torch", "jax", "tensorflow"):
+    register_backend(_name, f"lars_multi.backends.{_name}", pip_extra=None if _name == "numpy" else _name)
+del _name
+
+
+def available_backends() -> list[str]:
+    """Names of all registered backends, installed or not."""
+    return list(_SPECS)
+
+
+def installed_backends() -> list[str]:
+    """Names of the registered backends whose framework imports here."""
+    names = []
+    for name in _SPECS:
+        try:
+            get_backend(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+def get_backend(name: str) -> ModuleType:
+    """The backend module registered as ``name``, imported on first use."""
+    module = _MODULES.get(name)
+    if module is not None:
+        return module
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise UnknownBackendError(
+            f"backend: expected one of {sorted(_SPECS)}, got {name!r}"
+        )
+    try:
+        module = importlib.import_module(spec.module_path)
+    except ImportError as error:
+        hint = f'; install it with: pip install "lars-multi[{spec.pip_extra}]"' if spec.pip_extra else ""
+        raise BackendNotInstalledError(
+            f"backend {name!r} needs the {spec.framework!r} package, which cannot be "
+            f"imported here ({error}){hint}"
+        ) from error
+    _MODULES[name] = module
+    return module
+
+
+def set_backend(name: str) -> None:
+    """Make ``name`` the backend of every call in this process (until unset)."""
+    global _global_choice
+    get_backend(name)
+    _global_choice = name
+
+
+def unset_backend() -> None:
+    """Forget the :func:`set_backend` choice; inputs decide again."""
+    global _global_choice
+    _global_choice = None
+
+
+@contextlib.contextmanager
+def using_backend(name: str) -> Iterator[ModuleType]:
+    """Use ``name`` inside a ``with`` block, in this thread or asyncio task only."""
+    module = get_backend(name)
+    token = _context_choice.set(name)
+    try:
+        yield module
+    finally:
+        _context_choice.reset(token)
+
+
+def current_backend() -> str | None:
+    """The chosen backend's name: context, then set_backend, then environment."""
+    choice = _context_choice.get() or _global_choice or os.environ.get(ENV_VAR) or None
+    if choice is not None and choice not in _SPECS:
+        raise UnknownBackendError(
+            f"{ENV_VAR}: expected one of {sorted(_SPECS)}, got {choice!r}"
+        )
+    return choice
+
+
+def backend_of(x: object) -> str | None:
+    """The name of the backend whose framework owns ``x``, or None.
+
+    Looks only at frameworks already imported; answers are cached by type.
+    """
+    cls = type(x)
+    name = _NATIVE_TYPES.get(cls)
+    if name is not None:
+        return name
+    for spec in _SPECS.values():
+        if spec.framework not in sys.modules:
+            continue
+        try:
+            module = get_backend(spec.name)
+        except ImportError:
+            continue
+        if module.is_native(x):
+            _NATIVE_TYPES[cls] = spec.name
+            return spec.name
+    return None
