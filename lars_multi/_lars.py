@@ -80,7 +80,7 @@ def lars_update(
         >>> w = lm.array([[3., 1, 5], [7, 2, 9]])
         >>> dcdw = lm.array([[0.3, 0.1, 0.2], [0.1, 0.2, 0.4]])
         >>> lm.lars_update(w, dcdw, lm.array(0.1))
-        lars_multi.array([[2.34077978, 0.78025991, 4.56051969],
+        lars_multi.array([[2.34077978, 0.78025991, 4.5605197 ],
                           [6.78026009, 1.56051981, 8.12103939]])
     """
     if isinstance(w, Array) or backend_of(w) is not None:

@@ -1,0 +1,125 @@
+"""``python -m lars_multi info | demo | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+import lars_multi as lm
+
+# The reference's examples: (title, w, dcdw, lr), with float32 inputs. "one grad":
+# a Container of weights with one gradient array for every leaf; "grads": a
+# Container of gradients.
+EXAMPLES = [
+    ("2x3", [[3.0, 1, 5], [7, 2, 9]], [[0.3, 0.1, 0.2], [0.1, 0.2, 0.4]], 0.1),
+    ("out=", [3.0, 1, 5], [0.3, 0.1, 0.2], 0.1),
+    ("one grad", {"a": [3.2, 2.6, 1.3], "b": [1.4, 3.1, 5.1]}, [0.2, 0.4, 0.1], 0.1),
+    (
+        "grads",
+        {"a": [3.2, 2.6, 1.3], "b": [1.4, 3.1, 5.1]},
+        {"a": [0.2, 0.4, 0.1], "b": [0.3, 0.1, 0.2]},
+        0.1,
+    ),
+]
+
+
+def info(console: Console) -> None:
+    """Every registered backend: installed or not, version, devices."""
+    table = Table(title="lars_multi backends")
+    for column in ("backend", "installed", "version", "devices"):
+        table.add_column(column)
+    for name in lm.available_backends():
+        try:
+            details = lm._registry.get_backend(name).info()
+        except ImportError as error:
+            table.add_row(name, "[red]no[/red]", "", str(error).split(";")[-1].strip())
+            continue
+        table.add_row(name, "[green]yes[/green]", details["version"], details["devices"])
+    console.print(f"lars_multi {lm.__version__}, Python {sys.version.split()[0]}")
+    console.print(table)
+
+
+def _run_example(name: str, w: object, dcdw: object, lr: float) -> dict[str, np.ndarray]:
+    """One example on one backend, as named float64 leaves."""
+    with lm.using_backend(name):
+        if isinstance(w, dict):
+            grads = lm.Container({k: lm.array(v) for k, v in dcdw.items()}) if isinstance(dcdw, dict) else lm.array(dcdw)
+            result = lm.Container({k: lm.array(v) for k, v in w.items()}).lars_update(grads, lm.array(lr))
+            return {k: np.asarray(v, dtype=np.float64) for k, v in result.items()}
+        out = lm.zeros_like(lm.array(w))
+        lm.lars_update(lm.array(w), lm.array(dcdw), lm.array(lr), out=out)
+        return {"": np.asarray(out, dtype=np.float64)}
+
+
+def _exact(w: object, dcdw: object, lr: float) -> dict[str, np.ndarray]:
+    """The rule in float64 from the float32-rounded inputs: the exact answer."""
+
+    def f32(x: object) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32).astype(np.float64)
+
+    leaves = w if isinstance(w, dict) else {"": w}
+    result = {}
+    for key, weights in leaves.items():
+        grad = f32(dcdw[key] if isinstance(dcdw, dict) else dcdw)
+        weights = f32(weights)
+        rate = np.linalg.norm(weights) * f32(lr) / (np.linalg.norm(grad) + 1e-12)
+        result[key] = weights - rate * grad
+    return result
+
+
+def demo(console: Console) -> None:
+    """The reference's examples on every installed backend, element by element."""
+    backends = lm.installed_backends()
+    table = Table(title="lars_update: the reference's examples on every installed backend")
+    table.add_column("example")
+    table.add_column("element")
+    for name in backends:
+        table.add_column(name, justify="right")
+    table.add_column("exact", justify="right")
+    table.add_column("ulps", justify="right")
+    for title, w, dcdw, lr in EXAMPLES:
+        results = {name: _run_example(name, w, dcdw, lr) for name in backends}
+        for key, exact in _exact(w, dcdw, lr).items():
+            spacing = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+            for index in np.ndindex(exact.shape):
+                values = [results[name][key][index] for name in backends]
+                ulps = max(abs(v - exact[index]) / spacing[index] for v in values)
+                element = f"{key}{list(index)}"
+                cells = [f"{v:.7f}" for v in values]
+                table.add_row(title, element, *cells, f"{exact[index]:.8f}", f"{ulps:.2f}")
+                title = ""
+        table.add_section()
+    console.print(table)
+    console.print(
+        "exact: the rule in float64 on the float32 inputs; ulps: the largest distance of any "
+        "backend from it, in float32 units in the last place. Every backend is within one ulp; "
+        "torch and XLA fuse the multiply-add and round once, so they are the closer ones."
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lars_multi", description=__doc__)
+    parser.add_argument("command", choices=["info", "demo", "bench"])
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for bench")
+    args = parser.parse_args(argv)
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    if args.command == "info":
+        info(console)
+    elif args.command == "demo":
+        demo(console)
+    else:
+        sys.argv = ["benchmarks", *args.rest]
+        try:
+            runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
+        except ImportError:
+            console.print("bench runs the suite in benchmarks/: run it from a checkout of lars_multi")
+            raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
