@@ -69,10 +69,9 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 
 def norm(x: Any) -> np.generic:
     """:math:`\\lVert x \\rVert_2` through BLAS ``dot``; halves in float32."""
-    flat = np.ravel(x)
-    if flat.dtype in _HALF:
-        flat = flat.astype(np.float32)
-    return np.sqrt(np.dot(flat, flat))
+    if x.dtype in _HALF:
+        x = x.astype(np.float32)
+    return np.sqrt(np.vdot(x, x))
 
 
 def stop_gradient(x: Any) -> Any:
@@ -82,6 +81,8 @@ def stop_gradient(x: Any) -> Any:
 def update(w: Any, g: Any, lr_local: Any) -> np.ndarray:
     """:math:`w - \\eta_\\ell g` in a new array of ``w``'s dtype."""
     out = np.empty_like(w)
+    if w.size <= _BLOCK and w.dtype not in _HALF:
+        return np.subtract(w, np.multiply(g, lr_local), out=out)
     _subtract_scaled(out, w, g, lr_local)
     return out
 

@@ -27,13 +27,6 @@ from ._errors import (
 )
 from ._registry import backend_of, current_backend, get_backend
 
-_NAMESPACE = "lars_multi"
-optree.register_pytree_node(
-    Container,
-    lambda c: ((c._items,), None, (None,)),
-    lambda _, children: Container(children[0]),
-    namespace=_NAMESPACE,
-)
 
 
 def lars_update(
@@ -97,7 +90,10 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     """The lean path for one array and no ``out``: no tree machinery at all."""
     wrapped = isinstance(w, Array)
     w_data = w.data if wrapped else w
-    name = _call_backend([w], [()])
+    name = w.backend if wrapped else backend_of(w)
+    chosen = current_backend()
+    if chosen is not None and chosen != name:
+        _call_backend([w], [()])  # raises the mismatch error
     ops = get_backend(name)
     _check_weights("w", w_data, ops)
     g = _check_gradient("dcdw", dcdw, "w", w_data, name, ops)
@@ -111,9 +107,11 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
 def _update_tree(
     w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any
 ) -> Any:
-    paths, ws, spec = optree.tree_flatten_with_path(w, namespace=_NAMESPACE)
+    w_is_container = isinstance(w, Container)
+    w, dcdw, lr, decay_lambda, stop_gradients = map(_plain, (w, dcdw, lr, decay_lambda, stop_gradients))
+    paths, ws, spec = optree.tree_flatten_with_path(w)
     if not ws:
-        return w
+        return Container(w) if w_is_container else w
     name = _call_backend(ws, paths)
     ops = get_backend(name)
     w_data = [x.data if isinstance(x, Array) else x for x in ws]
@@ -133,7 +131,7 @@ def _update_tree(
         _check_stop(_path("stop_gradients", p), v)
         for p, v in zip(paths, _broadcast("stop_gradients", stop_gradients, w))
     ]
-    outs = None if out is None else _check_outs(out, spec, paths, w_paths, w_data, name, ops)
+    outs = None if out is None else _check_outs(_plain(out), spec, paths, w_paths, w_data, name, ops)
 
     results: list[Any] = [None] * len(ws)
     for indices in _groups(rates, decays, stops):
@@ -142,12 +140,24 @@ def _update_tree(
             results[i] = new
 
     if out is not None:
-        for target, new in zip(optree.tree_leaves(out, namespace=_NAMESPACE), results):
+        for target, new in zip(optree.tree_leaves(_plain(out)), results):
             if isinstance(target, Array):
                 target.data = new
         return out
     wrapped = [Array(new, name) if isinstance(x, Array) else new for x, new in zip(ws, results)]
-    return optree.tree_unflatten(spec, wrapped)
+    result = optree.tree_unflatten(spec, wrapped)
+    return Container(result) if w_is_container else result
+
+
+def _plain(tree: Any) -> Any:
+    """``tree`` with every Container turned into a dict: a Container of
+    gradients then matches a dict of weights, and the other way round."""
+    kind = type(tree)
+    if kind is dict or isinstance(tree, Container):
+        return {key: _plain(value) for key, value in tree.items()}
+    if kind is list or kind is tuple:
+        return kind(_plain(value) for value in tree)
+    return tree
 
 
 def _run(
@@ -212,7 +222,7 @@ def _layer_rule(ops: ModuleType) -> Callable[..., Any]:
 
 
 def _path(name: str, entries: Sequence[Any]) -> str:
-    return name + "".join(f"[{e!r}]" for e in entries if e is not None)
+    return name + "".join(f"[{e!r}]" for e in entries)
 
 
 def _call_backend(leaves: list[Any], paths: list[Any]) -> str:
@@ -279,7 +289,7 @@ def _shapes_conflict(a: Any, b: Any) -> bool:
 
 
 def _check_lr(path: str, lr: Any, name: str, ops: ModuleType) -> Any:
-    if type(lr) is float or (isinstance(lr, numbers.Real) and not isinstance(lr, bool)):
+    if type(lr) is float or (isinstance(lr, numbers.Real) and not isinstance(lr, bool | np.bool_)):
         value = float(lr)
         if not math.isfinite(value):
             raise LarsMultiValueError(f"{path}: expected a finite number, got {lr!r}")
@@ -301,6 +311,8 @@ def _check_lr(path: str, lr: Any, name: str, ops: ModuleType) -> Any:
 
 def _check_decay(path: str, decay_lambda: Any) -> float | None:
     """``None`` for no decay, so that the rule can skip it entirely."""
+    if decay_lambda == 0 and type(decay_lambda) in (int, float):
+        return None
     if isinstance(decay_lambda, bool) or not isinstance(decay_lambda, numbers.Real):
         raise LarsMultiTypeError(f"{path}: expected a number >= 0, got {type_name(decay_lambda)}")
     value = float(decay_lambda)
@@ -310,6 +322,8 @@ def _check_decay(path: str, decay_lambda: Any) -> float | None:
 
 
 def _check_stop(path: str, stop_gradients: Any) -> bool:
+    if stop_gradients is True or stop_gradients is False:
+        return stop_gradients
     if not isinstance(stop_gradients, bool | np.bool_):
         raise LarsMultiTypeError(f"{path}: expected a bool, got {type_name(stop_gradients)}")
     return bool(stop_gradients)
@@ -318,10 +332,10 @@ def _check_stop(path: str, stop_gradients: Any) -> bool:
 def _broadcast(name: str, arg: Any, w: Any) -> list[Any]:
     """``arg``'s leaves, one per leaf of ``w`` (a single value serves them all)."""
     try:
-        return optree.broadcast_prefix(arg, w, namespace=_NAMESPACE)
+        return optree.broadcast_prefix(arg, w)
     except ValueError:
-        errors = optree.prefix_errors(arg, w, namespace=_NAMESPACE)
-        detail = str(errors[0](name)).replace("[None]", "") if errors else ""
+        errors = optree.prefix_errors(arg, w)
+        detail = str(errors[0](name)) if errors else ""
         raise LarsMultiValueError(
             f"{name}: expected the structure of w or a single value, got a different structure. {detail}"
         ) from None
@@ -336,7 +350,7 @@ def _check_outs(
     name: str,
     ops: ModuleType,
 ) -> list[Any]:
-    leaves, out_spec = optree.tree_flatten(out, namespace=_NAMESPACE)
+    leaves, out_spec = optree.tree_flatten(out)
     if out_spec != spec:
         raise LarsMultiValueError(f"out: expected the structure of w, {spec}, got {out_spec}")
     outs = []

@@ -4,7 +4,7 @@ A backend is resolved, in this order, from
 
 1. :func:`using_backend` (a context override, per thread and asyncio task),
 2. :func:`set_backend` (the process-wide choice),
-3. the ``LARS_MULTI_BACKEND`` environment variable,
+3. the ``LARS_MULTI_BACKEND`` environment variable (read when lars_multi is imported),
 4. the type of the inputs.
 
 Inference never imports a framework: a tensor of a framework can only exist
@@ -44,6 +44,7 @@ _MODULES: dict[str, ModuleType] = {}
 _NATIVE_TYPES: dict[type, str] = {}
 _LOCK = threading.Lock()
 _global_choice: str | None = None
+_env_choice: str | None = os.environ.get(ENV_VAR) or None  # read once, at import
 _context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "lars_multi_backend", default=None
 )
@@ -137,7 +138,7 @@ def using_backend(name: str) -> Iterator[ModuleType]:
 
 def current_backend() -> str | None:
     """The chosen backend's name: context, then set_backend, then environment."""
-    choice = _context_choice.get() or _global_choice or os.environ.get(ENV_VAR) or None
+    choice = _context_choice.get() or _global_choice or _env_choice
     if choice is not None and choice not in _SPECS:
         raise UnknownBackendError(
             f"{ENV_VAR}: expected one of {sorted(_SPECS)}, got {choice!r}"
