@@ -69,9 +69,13 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 
 def norm(x: Any) -> np.generic:
     """:math:`\\lVert x \\rVert_2` through BLAS ``dot``; halves in float32."""
+    return np.sqrt(_sum_of_squares(x))
+
+
+def _sum_of_squares(x: Any) -> np.generic:
     if x.dtype in _HALF:
         x = x.astype(np.float32)
-    return np.sqrt(np.vdot(x, x))
+    return np.vdot(x, x)
 
 
 def stop_gradient(x: Any) -> Any:
@@ -81,30 +85,36 @@ def stop_gradient(x: Any) -> Any:
 def update(w: Any, g: Any, lr_local: Any) -> np.ndarray:
     """:math:`w - \\eta_\\ell g` in a new array of ``w``'s dtype."""
     out = np.empty_like(w)
-    if w.size <= _BLOCK and w.dtype not in _HALF:
-        return np.subtract(w, np.multiply(g, lr_local), out=out)
-    _subtract_scaled(out, w, g, lr_local)
+    _subtract_scaled(out, w, g, lr_local, None)
     return out
 
 
-def _subtract_scaled(out: np.ndarray, w: Any, g: Any, lr_local: Any) -> None:
-    """``out[...] = w - lr_local * g``, block by block through one small scratch.
+def _subtract_scaled(out: np.ndarray, w: Any, g: Any, rate: Any, scratch: np.ndarray | None) -> None:
+    """``out[...] = w - rate * g`` with no temporary larger than a cache-sized block.
 
     ``out`` may be ``w`` or ``g`` themselves: each block is read before it is
     written. Halves are computed in float32 and rounded once.
     """
-    cdt = compute_dtype(out.dtype)
-    lr_local = np.asarray(lr_local, dtype=cdt)
-    if w.size <= _BLOCK or not (w.flags.c_contiguous and g.flags.c_contiguous and out.flags.c_contiguous):
-        np.subtract(w, np.multiply(g, lr_local, dtype=cdt), out=out, dtype=cdt, casting="unsafe")
+    half = w.dtype in _HALF
+    if not half and (w.size <= _BLOCK or not _all_contiguous(out, w, g)):
+        np.subtract(w, np.multiply(g, rate), out=out)
         return
+    if not _all_contiguous(out, w, g):  # a strided half: one float32 temporary
+        np.subtract(w, np.multiply(g, rate, dtype=np.float32), out=out, dtype=np.float32, casting="unsafe")
+        return
+    cdt = compute_dtype(w.dtype)
+    if scratch is None or scratch.dtype != cdt:
+        scratch = np.empty(_BLOCK, dtype=cdt)
     flat_w, flat_g, flat_out = w.reshape(-1), g.reshape(-1), out.reshape(-1)
-    scratch = np.empty(_BLOCK, dtype=cdt)
     for start in range(0, flat_w.size, _BLOCK):
         stop = min(start + _BLOCK, flat_w.size)
         block = scratch[: stop - start]
-        np.multiply(flat_g[start:stop], lr_local, out=block, dtype=cdt)
+        np.multiply(flat_g[start:stop], rate, out=block, dtype=cdt)
         np.subtract(flat_w[start:stop], block, out=flat_out[start:stop], dtype=cdt, casting="unsafe")
+
+
+def _all_contiguous(*arrays: np.ndarray) -> bool:
+    return all(a.flags.c_contiguous for a in arrays)
 
 
 def lars_tree(
@@ -117,19 +127,24 @@ def lars_tree(
     donate: bool = False,
 ) -> list[Any]:
     """All layers at once: one vector of trust ratios per dtype, then each
-    layer's update written straight into its output (``outs``, or new arrays)."""
+    layer's update written straight into its output (``outs``, or new arrays),
+    through one block-sized scratch shared by every layer."""
     results = list(outs) if outs is not None else [np.empty_like(w) for w in ws]
+    ops = sys.modules[__name__]
     for indices in _indices_by_dtype(ws):
         cdt = compute_dtype(ws[indices[0]].dtype)
-        w_norms = np.array([norm(ws[i]) for i in indices], dtype=cdt)
-        g_norms = np.array([norm(gs[i]) for i in indices], dtype=cdt)
-        lr_local = trust_ratio(sys.modules[__name__], w_norms, g_norms, lr, decay_lambda)
-        for i, rate in zip(indices, lr_local):
-            _subtract_scaled(results[i], ws[i], gs[i], rate)
+        w_norms = np.sqrt(np.array([_sum_of_squares(ws[i]) for i in indices], dtype=cdt))
+        g_norms = np.sqrt(np.array([_sum_of_squares(gs[i]) for i in indices], dtype=cdt))
+        rates = trust_ratio(ops, w_norms, g_norms, lr, decay_lambda)
+        scratch = np.empty(_BLOCK, dtype=cdt)
+        for i, rate in zip(indices, rates.tolist()):
+            _subtract_scaled(results[i], ws[i], gs[i], rate, scratch)
     return results
 
 
-def _indices_by_dtype(ws: Sequence[Any]) -> list[list[int]]:
+def _indices_by_dtype(ws: Sequence[Any]) -> list[Sequence[int]]:
+    if len({w.dtype for w in ws}) == 1:
+        return [range(len(ws))]
     groups: dict[np.dtype, list[int]] = {}
     for i, w in enumerate(ws):
         groups.setdefault(w.dtype, []).append(i)
@@ -138,4 +153,3 @@ def _indices_by_dtype(ws: Sequence[Any]) -> list[list[int]]:
 
 def info() -> dict[str, str]:
     return {"version": np.__version__, "devices": "cpu"}
-

@@ -19,7 +19,10 @@ from lars_multi._algorithm import trust_ratio
 FRAMEWORK = "torch"
 _HALF = frozenset({torch.float16, torch.bfloat16})
 FLOAT_DTYPES = _HALF | {torch.float32, torch.float64}
-_DTYPES = {name: getattr(torch, name) for name in ("float16", "bfloat16", "float32", "float64", "int32", "int64", "bool")}
+_DTYPES = {
+    name: getattr(torch, name)
+    for name in ("float16", "bfloat16", "float32", "float64", "int32", "int64", "bool")
+}
 
 
 def is_native(x: Any) -> bool:
@@ -122,7 +125,9 @@ def lars_tree(
     return results
 
 
-def _indices_by_device_and_dtype(ws: Sequence[torch.Tensor]) -> list[list[int]]:
+def _indices_by_device_and_dtype(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
+    if len({(w.device, w.dtype) for w in ws}) == 1:
+        return [range(len(ws))]
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, w in enumerate(ws):
         groups.setdefault((w.device, w.dtype), []).append(i)
@@ -130,5 +135,6 @@ def _indices_by_device_and_dtype(ws: Sequence[torch.Tensor]) -> list[list[int]]:
 
 
 def info() -> dict[str, str]:
-    devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    cuda = [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    devices = ["cpu", *cuda]
     return {"version": torch.__version__, "devices": ", ".join(devices)}

@@ -48,7 +48,10 @@ def _run_example(name: str, w: object, dcdw: object, lr: float) -> dict[str, np.
     """One example on one backend, as named float64 leaves."""
     with lm.using_backend(name):
         if isinstance(w, dict):
-            grads = lm.Container({k: lm.array(v) for k, v in dcdw.items()}) if isinstance(dcdw, dict) else lm.array(dcdw)
+            if isinstance(dcdw, dict):
+                grads = lm.Container({k: lm.array(v) for k, v in dcdw.items()})
+            else:
+                grads = lm.array(dcdw)
             result = lm.Container({k: lm.array(v) for k, v in w.items()}).lars_update(grads, lm.array(lr))
             return {k: np.asarray(v, dtype=np.float64) for k, v in result.items()}
         out = lm.zeros_like(lm.array(w))

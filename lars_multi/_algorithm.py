@@ -50,9 +50,7 @@ def trust_ratio(ops: ModuleType, w_norm: Any, g_norm: Any, lr: Any, decay_lambda
     return lr_local / ops.where(scale > 0, scale, 1.0)
 
 
-def lars_layer(
-    ops: ModuleType, w: Any, g: Any, lr: Any, decay_lambda: Any, stop_gradients: bool
-) -> Any:
+def lars_layer(ops: ModuleType, w: Any, g: Any, lr: Any, decay_lambda: Any, stop_gradients: bool) -> Any:
     """One layer's new weights :math:`w - \\eta_\\ell g`."""
     lr_local = trust_ratio(ops, ops.norm(w), ops.norm(g), lr, decay_lambda)
     new_w = ops.update(w, g, lr_local)

@@ -18,7 +18,7 @@ class Array:
     an ``Array`` return an ``Array``; given a native array, a native array.
     """
 
-    __slots__ = ("data", "backend")
+    __slots__ = ("backend", "data")
 
     def __init__(self, data: Any, backend: str | None = None) -> None:
         if isinstance(data, Array):
@@ -80,9 +80,7 @@ class Array:
         """Method form of :func:`lars_multi.lars_update` with ``w=self``."""
         from ._lars import lars_update
 
-        return lars_update(
-            self, dcdw, lr, decay_lambda=decay_lambda, stop_gradients=stop_gradients, out=out
-        )
+        return lars_update(self, dcdw, lr, decay_lambda=decay_lambda, stop_gradients=stop_gradients, out=out)
 
 
 def array(obj: Any, dtype: Any = None) -> Array:

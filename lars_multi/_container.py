@@ -84,7 +84,4 @@ class Container(Mapping):
         """
         from ._lars import lars_update
 
-        return lars_update(
-            self, dcdw, lr, decay_lambda=decay_lambda, stop_gradients=stop_gradients, out=out
-        )
-
+        return lars_update(self, dcdw, lr, decay_lambda=decay_lambda, stop_gradients=stop_gradients, out=out)

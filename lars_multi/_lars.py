@@ -11,7 +11,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optree
@@ -27,6 +27,15 @@ from ._errors import (
 )
 from ._registry import backend_of, current_backend, get_backend
 
+# Containers are trees to optree, in lars_multi's namespace: their one child is
+# their dict, so keys compare as dict keys do (in any order).
+_NAMESPACE = "lars_multi"
+optree.register_pytree_node(
+    Container,
+    lambda container: ((container._items,), None, (None,)),
+    lambda _, children: Container(children[0]),
+    namespace=_NAMESPACE,
+)
 
 
 def lars_update(
@@ -76,9 +85,8 @@ def lars_update(
         lars_multi.array([[2.34077978, 0.78025991, 4.5605197 ],
                           [6.78026009, 1.56051981, 8.12103939]])
     """
-    if isinstance(w, Array) or backend_of(w) is not None:
-        if out is None and _is_array(dcdw):
-            return _update_one(w, dcdw, lr, decay_lambda, stop_gradients)
+    if out is None and _is_array(w) and _is_array(dcdw):
+        return _update_one(w, dcdw, lr, decay_lambda, stop_gradients)
     return _update_tree(w, dcdw, lr, decay_lambda, stop_gradients, out)
 
 
@@ -97,41 +105,39 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     ops = get_backend(name)
     _check_weights("w", w_data, ops)
     g = _check_gradient("dcdw", dcdw, "w", w_data, name, ops)
-    rate = _check_lr("lr", lr, name, ops)
+    rate = _check_lr("lr", lr, name=name, ops=ops)
     decay = _check_decay("decay_lambda", decay_lambda)
     stop = _check_stop("stop_gradients", stop_gradients)
     new = _layer_rule(ops)(w_data, g, rate, decay, stop)
     return Array(new, name) if wrapped else new
 
 
-def _update_tree(
-    w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any
-) -> Any:
-    w_is_container = isinstance(w, Container)
-    w, dcdw, lr, decay_lambda, stop_gradients = map(_plain, (w, dcdw, lr, decay_lambda, stop_gradients))
-    paths, ws, spec = optree.tree_flatten_with_path(w)
+def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
+    paths, ws, spec = optree.tree_flatten_with_path(w, namespace=_NAMESPACE)
     if not ws:
-        return Container(w) if w_is_container else w
+        return w
     name = _call_backend(ws, paths)
     ops = get_backend(name)
     w_data = [x.data if isinstance(x, Array) else x for x in ws]
-    w_paths = [_path("w", p) for p in paths]
+    w_paths = [_Path("w", p) for p in paths]
+    floats = ops.FLOAT_DTYPES
     for path, x in zip(w_paths, w_data):
-        _check_weights(path, x, ops)
+        if x.dtype not in floats:
+            _check_weights(path, x, ops)
     gs = [
-        _check_gradient(_path("dcdw", p), g, wp, x, name, ops)
-        for p, g, wp, x in zip(paths, _broadcast("dcdw", dcdw, w), w_paths, w_data)
+        # Fast path: a native gradient of the weights' own type, dtype and shape.
+        g
+        if type(g) is type(x) and g.dtype == x.dtype and g.shape == x.shape
+        else _check_gradient(path, g, w_path, x, name, ops)
+        for path, g, w_path, x in zip(
+            _leaf_paths("dcdw", dcdw, paths), _leaves_like("dcdw", dcdw, w, spec), w_paths, w_data
+        )
     ]
-    rates = [_check_lr(_path("lr", p), v, name, ops) for p, v in zip(paths, _broadcast("lr", lr, w))]
-    decays = [
-        _check_decay(_path("decay_lambda", p), v)
-        for p, v in zip(paths, _broadcast("decay_lambda", decay_lambda, w))
-    ]
-    stops = [
-        _check_stop(_path("stop_gradients", p), v)
-        for p, v in zip(paths, _broadcast("stop_gradients", stop_gradients, w))
-    ]
-    outs = None if out is None else _check_outs(_plain(out), spec, paths, w_paths, w_data, name, ops)
+    rates = _per_leaf("lr", lr, w, spec, paths, partial(_check_lr, name=name, ops=ops))
+    decays = _per_leaf("decay_lambda", decay_lambda, w, spec, paths, _check_decay)
+    stops = _per_leaf("stop_gradients", stop_gradients, w, spec, paths, _check_stop)
+    out_leaves = None if out is None else _out_leaves(out, w, spec)
+    outs = None if out is None else _check_outs(out_leaves, paths, w_paths, w_data, name, ops)
 
     results: list[Any] = [None] * len(ws)
     for indices in _groups(rates, decays, stops):
@@ -140,18 +146,60 @@ def _update_tree(
             results[i] = new
 
     if out is not None:
-        for target, new in zip(optree.tree_leaves(_plain(out)), results):
+        for target, new in zip(out_leaves, results):
             if isinstance(target, Array):
                 target.data = new
         return out
     wrapped = [Array(new, name) if isinstance(x, Array) else new for x, new in zip(ws, results)]
-    result = optree.tree_unflatten(spec, wrapped)
-    return Container(result) if w_is_container else result
+    return optree.tree_unflatten(spec, wrapped)
+
+
+def _leaves_like(arg: str, value: Any, w: Any, spec: Any) -> list[Any]:
+    """``value``'s leaves, one per leaf of ``w``: a single value serves them all,
+    a Container matches a dict, and a prefix of ``w``'s tree covers its subtrees."""
+    leaves, value_spec = optree.tree_flatten(value, namespace=_NAMESPACE)
+    if value_spec == spec:
+        return leaves
+    if optree.treespec_is_leaf(value_spec):
+        return leaves * spec.num_leaves
+    try:
+        return optree.broadcast_prefix(_plain(value), _plain(w))
+    except ValueError:
+        errors = optree.prefix_errors(_plain(value), _plain(w))
+        detail = f" {errors[0](arg)}" if errors else ""
+        raise LarsMultiValueError(
+            f"{arg}: expected the structure of w or a single value, got another structure.{detail}"
+        ) from None
+
+
+def _leaf_paths(arg: str, value: Any, paths: list[Any]) -> list[Any]:
+    """Where each leaf of ``value`` is, for error messages (``arg`` alone if one value)."""
+    if optree.tree_is_leaf(value, namespace=_NAMESPACE):
+        return [arg] * len(paths)
+    return [_Path(arg, p) for p in paths]
+
+
+def _per_leaf(
+    arg: str, value: Any, w: Any, spec: Any, paths: list[Any], check: Callable[[Any, Any], Any]
+) -> list[Any]:
+    """``check``-ed values, one per leaf of ``w``; a single value is checked once."""
+    if optree.tree_is_leaf(value, namespace=_NAMESPACE):
+        return [check(arg, value)] * len(paths)
+    return [
+        check(path, v) for path, v in zip(_leaf_paths(arg, value, paths), _leaves_like(arg, value, w, spec))
+    ]
+
+
+def _out_leaves(out: Any, w: Any, spec: Any) -> list[Any]:
+    """``out``'s leaves, which must have ``w``'s structure (a Container may match a dict)."""
+    leaves, out_spec = optree.tree_flatten(out, namespace=_NAMESPACE)
+    if out_spec != spec and optree.tree_structure(_plain(out)) != optree.tree_structure(_plain(w)):
+        raise LarsMultiValueError(f"out: expected the structure of w, {spec}, got {out_spec}")
+    return leaves
 
 
 def _plain(tree: Any) -> Any:
-    """``tree`` with every Container turned into a dict: a Container of
-    gradients then matches a dict of weights, and the other way round."""
+    """``tree`` with every Container turned into a dict (to compare structures)."""
     kind = type(tree)
     if kind is dict or isinstance(tree, Container):
         return {key: _plain(value) for key, value in tree.items()}
@@ -199,6 +247,8 @@ def _run(
 
 def _groups(rates: list[Any], decays: list[Any], stops: list[bool]) -> list[list[int]]:
     """Indices of the layers sharing (lr, decay_lambda, stop_gradients)."""
+    if len(set(map(id, rates))) == 1 and len(set(decays)) == 1 and len(set(stops)) == 1:
+        return [list(range(len(rates)))]
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, (rate, decay, stop) in enumerate(zip(rates, decays, stops)):
         key = (rate if isinstance(rate, float) else id(rate), decay, stop)
@@ -221,47 +271,53 @@ def _layer_rule(ops: ModuleType) -> Callable[..., Any]:
 # --- checks -----------------------------------------------------------------
 
 
-def _path(name: str, entries: Sequence[Any]) -> str:
-    return name + "".join(f"[{e!r}]" for e in entries)
+class _Path(NamedTuple):
+    """``dcdw['a'][0]``, formatted only when an error message needs it."""
+
+    arg: str
+    entries: Sequence[Any]
+
+    def __str__(self) -> str:
+        return self.arg + "".join(f"[{e!r}]" for e in self.entries if e is not None)
 
 
 def _call_backend(leaves: list[Any], paths: list[Any]) -> str:
     """The one backend owning every weight, which must be the chosen one, if any."""
-    first_name = first_path = None
-    for entries, leaf in zip(paths, leaves):
-        name = leaf.backend if isinstance(leaf, Array) else backend_of(leaf)
-        path = _path("w", entries)
-        if name is None:
-            raise LarsMultiTypeError(f"{path}: expected an array, got {type_name(leaf)}")
-        if first_name is None:
-            first_name, first_path = name, path
-        elif name != first_name:
-            raise MixedFrameworksError(
-                f"{path} is a {name} array but {first_path} is a {first_name} array; "
-                "pass arrays of one framework"
-            )
+    if len(set(map(type, leaves))) == 1 and not isinstance(leaves[0], Array):
+        names = [backend_of(leaves[0])]  # one native type: one framework
+    else:
+        names = [leaf.backend if isinstance(leaf, Array) else backend_of(leaf) for leaf in leaves]
+    first = names[0]
+    if first is None or names.count(first) != len(names):
+        for entries, leaf, name in zip(paths, leaves, names):
+            if name is None:
+                raise LarsMultiTypeError(f"{_Path('w', entries)}: expected an array, got {type_name(leaf)}")
+            if name != first:
+                raise MixedFrameworksError(
+                    f"{_Path('w', entries)} is a {name} array but {_Path('w', paths[0])} is a {first} "
+                    "array; pass arrays of one framework"
+                )
     chosen = current_backend()
-    if chosen is not None and chosen != first_name:
+    if chosen is not None and chosen != first:
         raise MixedFrameworksError(
-            f"w: expected {chosen} arrays (the active backend), got {first_name} arrays "
+            f"w: expected {chosen} arrays (the active backend), got {first} arrays "
             f"({type_name(leaves[0])}); convert them or change the backend"
         )
-    return first_name  # type: ignore[return-value]
+    return first
 
 
 def _dtype(ops: ModuleType, x: Any) -> str:
     return ops.dtype_name(x.dtype)
 
 
-def _check_weights(path: str, w: Any, ops: ModuleType) -> None:
+def _check_weights(path: Any, w: Any, ops: ModuleType) -> None:
     if w.dtype not in ops.FLOAT_DTYPES:
         raise LarsMultiTypeError(
-            f"{path}: expected a floating dtype (float16, bfloat16, float32 or float64), "
-            f"got {_dtype(ops, w)}"
+            f"{path}: expected a floating dtype (float16, bfloat16, float32 or float64), got {_dtype(ops, w)}"
         )
 
 
-def _check_gradient(path: str, g: Any, w_path: str, w: Any, name: str, ops: ModuleType) -> Any:
+def _check_gradient(path: Any, g: Any, w_path: Any, w: Any, name: str, ops: ModuleType) -> Any:
     data = g.data if isinstance(g, Array) else g
     g_name = g.backend if isinstance(g, Array) else backend_of(g)
     if g_name is None:
@@ -288,7 +344,7 @@ def _shapes_conflict(a: Any, b: Any) -> bool:
     return len(a) != len(b) or any(x is not None and y is not None and x != y for x, y in zip(a, b))
 
 
-def _check_lr(path: str, lr: Any, name: str, ops: ModuleType) -> Any:
+def _check_lr(path: Any, lr: Any, *, name: str, ops: ModuleType) -> Any:
     if type(lr) is float or (isinstance(lr, numbers.Real) and not isinstance(lr, bool | np.bool_)):
         value = float(lr)
         if not math.isfinite(value):
@@ -309,7 +365,7 @@ def _check_lr(path: str, lr: Any, name: str, ops: ModuleType) -> Any:
     return data
 
 
-def _check_decay(path: str, decay_lambda: Any) -> float | None:
+def _check_decay(path: Any, decay_lambda: Any) -> float | None:
     """``None`` for no decay, so that the rule can skip it entirely."""
     if decay_lambda == 0 and type(decay_lambda) in (int, float):
         return None
@@ -321,7 +377,7 @@ def _check_decay(path: str, decay_lambda: Any) -> float | None:
     return value or None
 
 
-def _check_stop(path: str, stop_gradients: Any) -> bool:
+def _check_stop(path: Any, stop_gradients: Any) -> bool:
     if stop_gradients is True or stop_gradients is False:
         return stop_gradients
     if not isinstance(stop_gradients, bool | np.bool_):
@@ -329,33 +385,17 @@ def _check_stop(path: str, stop_gradients: Any) -> bool:
     return bool(stop_gradients)
 
 
-def _broadcast(name: str, arg: Any, w: Any) -> list[Any]:
-    """``arg``'s leaves, one per leaf of ``w`` (a single value serves them all)."""
-    try:
-        return optree.broadcast_prefix(arg, w)
-    except ValueError:
-        errors = optree.prefix_errors(arg, w)
-        detail = str(errors[0](name)) if errors else ""
-        raise LarsMultiValueError(
-            f"{name}: expected the structure of w or a single value, got a different structure. {detail}"
-        ) from None
-
-
 def _check_outs(
-    out: Any,
-    spec: Any,
+    leaves: list[Any],
     paths: list[Any],
-    w_paths: list[str],
+    w_paths: list[Any],
     w_data: list[Any],
     name: str,
     ops: ModuleType,
 ) -> list[Any]:
-    leaves, out_spec = optree.tree_flatten(out)
-    if out_spec != spec:
-        raise LarsMultiValueError(f"out: expected the structure of w, {spec}, got {out_spec}")
     outs = []
     for entries, o, w_path, w in zip(paths, leaves, w_paths, w_data):
-        path = _path("out", entries)
+        path = _Path("out", entries)
         wrapped = isinstance(o, Array)
         data = o.data if wrapped else o
         o_name = o.backend if wrapped else backend_of(o)

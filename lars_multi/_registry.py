@@ -97,9 +97,7 @@ def get_backend(name: str) -> ModuleType:
         return module
     spec = _SPECS.get(name)
     if spec is None:
-        raise UnknownBackendError(
-            f"backend: expected one of {sorted(_SPECS)}, got {name!r}"
-        )
+        raise UnknownBackendError(f"backend: expected one of {sorted(_SPECS)}, got {name!r}")
     try:
         module = importlib.import_module(spec.module_path)
     except ImportError as error:
@@ -140,9 +138,7 @@ def current_backend() -> str | None:
     """The chosen backend's name: context, then set_backend, then environment."""
     choice = _context_choice.get() or _global_choice or _env_choice
     if choice is not None and choice not in _SPECS:
-        raise UnknownBackendError(
-            f"{ENV_VAR}: expected one of {sorted(_SPECS)}, got {choice!r}"
-        )
+        raise UnknownBackendError(f"{ENV_VAR}: expected one of {sorted(_SPECS)}, got {choice!r}")
     return choice
 
 
