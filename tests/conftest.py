@@ -1,0 +1,280 @@
+"""The backend matrix and helpers shared by the test modules.
+
+``LARS_MULTI_TEST_BACKENDS`` (comma-separated, e.g. ``numpy,torch``) limits the
+backends tested; backends whose framework is not installed are skipped. Every
+backend-parametrized test carries the backend's name in its id, so
+``pytest -k torch`` runs the torch cases only.
+
+No test module imports torch, jax or tensorflow at import time: they are
+imported inside tests, after :func:`require_backend` has skipped the ones
+that are not installed, so the suite also runs with NumPy alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import lars_multi as lm
+from lars_multi import _lars, _registry
+
+try:
+    from ml_dtypes import bfloat16 as np_bfloat16
+except ImportError:  # pragma: no cover - ml_dtypes comes with the test extra
+    np_bfloat16 = None
+
+ALL_BACKENDS = ("numpy", "torch", "jax", "tensorflow")
+FRAMEWORK_MODULE = {"numpy": "numpy", "torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+settings.register_profile(
+    "lars_multi",
+    deadline=None,
+    database=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile("lars_multi")
+
+
+def selected_backends() -> list[str]:
+    """The backends named by ``LARS_MULTI_TEST_BACKENDS`` (all four by default)."""
+    value = os.environ.get("LARS_MULTI_TEST_BACKENDS", "").strip()
+    if not value:
+        return list(ALL_BACKENDS)
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ALL_BACKENDS))
+    if unknown:
+        raise pytest.UsageError(f"LARS_MULTI_TEST_BACKENDS: unknown backends {unknown}")
+    return [n for n in ALL_BACKENDS if n in names]
+
+
+def is_installed(name: str) -> bool:
+    return importlib.util.find_spec(FRAMEWORK_MODULE[name]) is not None
+
+
+def require_backend(name: str) -> None:
+    """Skip unless ``name`` is selected and its framework imports here."""
+    if name not in selected_backends():
+        pytest.skip(f"{name} is not in LARS_MULTI_TEST_BACKENDS")
+    pytest.importorskip(FRAMEWORK_MODULE[name])
+
+
+def backends_to_test() -> list[str]:
+    """Selected backends whose framework is installed (for tests that loop over them)."""
+    return [n for n in selected_backends() if is_installed(n)]
+
+
+BACKEND_PARAMS = [pytest.param(n, id=n) for n in selected_backends()]
+
+
+@pytest.fixture(autouse=True)
+def _clean_backend_state(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """No test sees a backend chosen by the environment or by an earlier test."""
+    monkeypatch.delenv("LARS_MULTI_BACKEND", raising=False)
+    # The variable is read once, when lars_multi is imported: forget what was read.
+    monkeypatch.setattr(_registry, "_env_choice", None, raising=False)
+    lm.unset_backend()
+    yield
+    lm.unset_backend()
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend(request: pytest.FixtureRequest) -> Any:
+    """The name of a backend, active (``lm.using_backend``) for the whole test."""
+    name = request.param
+    require_backend(name)
+    try:
+        with lm.using_backend(name):
+            yield name
+    finally:
+        lm.unset_backend()
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The name of a backend, NOT activated: the library must infer it from inputs."""
+    name = request.param
+    require_backend(name)
+    return name
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backends registered during the test are forgotten afterwards.
+
+    The registry has no public ``unregister``; its tables are swapped for copies.
+    """
+    monkeypatch.setattr(_registry, "_SPECS", dict(_registry._SPECS))
+    monkeypatch.setattr(_registry, "_MODULES", dict(_registry._MODULES))
+    monkeypatch.setattr(_registry, "_NATIVE_TYPES", dict(_registry._NATIVE_TYPES))
+    monkeypatch.setattr(_lars, "_RULES", dict(_lars._RULES))
+
+
+# --- building native arrays and reading them back -------------------------------
+
+
+def np_dtype(dtype: str) -> np.dtype:
+    if dtype == "bfloat16":
+        if np_bfloat16 is None:  # pragma: no cover
+            pytest.skip("ml_dtypes is not installed")
+        return np.dtype(np_bfloat16)
+    return np.dtype(dtype)
+
+
+def native_dtype(name: str, dtype: str) -> Any:
+    if name == "numpy":
+        return np_dtype(dtype)
+    if name == "torch":
+        import torch
+
+        return getattr(torch, dtype)
+    if name == "jax":
+        import jax.numpy as jnp
+
+        return getattr(jnp, dtype)
+    import tensorflow as tf
+
+    return getattr(tf, dtype)
+
+
+def native(name: str, values: Any, dtype: str | None = None) -> Any:
+    """A native array of backend ``name`` holding ``values`` (a copy).
+
+    ``dtype`` defaults to the dtype of ``values`` (which should then be a NumPy
+    array); bfloat16 NumPy arrays use ml_dtypes.
+    """
+    arr = np.array(values, dtype=None if dtype is None else np_dtype(dtype), copy=True)
+    dtype = str(arr.dtype) if dtype is None else dtype
+    if name == "numpy":
+        return arr
+    if name == "torch":
+        import torch
+
+        if dtype == "bfloat16":
+            return torch.from_numpy(arr.astype(np.float32)).to(torch.bfloat16)
+        return torch.from_numpy(arr)
+    if name == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(arr)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.constant(arr)
+    raise ValueError(name)
+
+
+def native_type(name: str) -> type:
+    if name == "numpy":
+        return np.ndarray
+    if name == "torch":
+        import torch
+
+        return torch.Tensor
+    if name == "jax":
+        import jax
+
+        return jax.Array
+    import tensorflow as tf
+
+    return tf.Tensor
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """NumPy values of a native array or ``lm.Array``; bfloat16 becomes float32."""
+    if isinstance(x, lm.Array):
+        x = x.data
+    mod = type(x).__module__.split(".")[0]
+    if mod == "torch":
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        values = x.numpy()
+    elif mod == "tensorflow":
+        values = x.numpy()
+    else:
+        values = np.asarray(x)
+    values = np.array(values, copy=True)
+    if np_bfloat16 is not None and values.dtype == np.dtype(np_bfloat16):
+        values = values.astype(np.float32)
+    return values
+
+
+def dtype_name(x: Any) -> str:
+    """The dtype name of a native array or ``lm.Array`` (``"float32"``)."""
+    if isinstance(x, lm.Array):
+        return x.dtype
+    return _registry.get_backend(_registry.backend_of(x)).dtype_name(x.dtype)
+
+
+# --- the float64 reference ----------------------------------------------------------
+
+
+def reference_layer(w: Any, g: Any, lr: float, decay_lambda: float = 0.0) -> np.ndarray:
+    """LARS for one layer in float64, written from the contract, not the library."""
+    w = np.asarray(w, dtype=np.float64)
+    g = np.asarray(g, dtype=np.float64)
+    w_norm = float(np.sqrt(np.sum(w * w)))
+    g_norm = float(np.sqrt(np.sum(g * g)))
+    lr_local = w_norm * float(lr) / (g_norm + 1e-12)
+    if decay_lambda > 0:
+        if w_norm == 0:
+            return w.copy()
+        lr_local /= w_norm * decay_lambda
+    return w - lr_local * g
+
+
+def reference_scale(w: Any, g: Any, lr: float, decay_lambda: float = 0.0) -> np.ndarray:
+    """|w| + |lr_local g| elementwise: the size of the terms the update adds.
+
+    Rounding errors are relative to these terms, not to the (possibly
+    cancelling) result.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    g = np.asarray(g, dtype=np.float64)
+    return np.abs(w) + np.abs(w - reference_layer(w, g, lr, decay_lambda))
+
+
+TOLERANCES = {
+    # (relative to the terms' size, absolute)
+    "float16": (2e-3, 1e-4),
+    "bfloat16": (2e-2, 1e-3),
+    "float32": (2e-5, 1e-7),
+    "float64": (1e-12, 1e-14),
+}
+
+
+def assert_layer_close(got: Any, w: Any, g: Any, lr: float, decay_lambda: float, dtype: str) -> None:
+    """``got`` equals the float64 reference within ``dtype``'s tolerance."""
+    got = to_numpy(got).astype(np.float64)
+    want = reference_layer(w, g, lr, decay_lambda)
+    assert got.shape == want.shape
+    assert np.all(np.isfinite(got)), got
+    rtol, atol = TOLERANCES[dtype]
+    bound = rtol * reference_scale(w, g, lr, decay_lambda) + atol
+    err = np.abs(got - want)
+    assert np.all(err <= bound), (
+        f"max error {err.max()} (bound {bound[np.argmax(err - bound)]}): {got} vs {want}"
+    )
+
+
+def x64(name: str, dtype: str = "float64") -> Any:
+    """A context in which backend ``name`` supports ``dtype``.
+
+    JAX truncates float64 to float32 unless ``jax_enable_x64`` is on; it is
+    turned on only inside this context, so every other test runs JAX in its
+    default configuration.
+    """
+    if name == "jax" and dtype == "float64":
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()

@@ -1,0 +1,286 @@
+"""``stop_gradients``, autodiff through the update, and use inside compilers
+(``jax.jit``, ``tf.function``, ``torch.compile``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_layer_close, require_backend, to_numpy
+
+import lars_multi as lm
+
+W = np.array([[3.0, 1.0, 5.0], [7.0, 2.0, 9.0]], dtype=np.float32)
+G = np.array([[0.3, 0.1, 0.2], [0.1, 0.2, 0.4]], dtype=np.float32)
+W2 = np.array([1.5, -2.0, 0.5], dtype=np.float32)
+G2 = np.array([0.05, 0.2, -0.1], dtype=np.float32)
+C = np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], dtype=np.float32)  # a cotangent
+C2 = np.array([2.0, 1.0, -1.0], dtype=np.float32)
+DECAYS = [pytest.param(0.0, id="no-decay"), pytest.param(0.3, id="decay")]
+
+
+# --- torch ---------------------------------------------------------------------------
+
+
+def torch_lars(w, g, lr, decay):
+    """LARS written directly in torch, differentiable in w, g and lr."""
+    import torch
+
+    w_norm = torch.sqrt(torch.sum(w * w))
+    lr_local = w_norm * lr / (torch.sqrt(torch.sum(g * g)) + 1e-12)
+    if decay > 0:
+        lr_local = lr_local / (w_norm * decay)
+    return w - lr_local * g
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_torch_autograd_through_update(decay):
+    require_backend("torch")
+    import torch
+
+    def grads(fn):
+        w = torch.tensor(W, dtype=torch.float64, requires_grad=True)
+        g = torch.tensor(G, dtype=torch.float64, requires_grad=True)
+        lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+        new = fn(w, g, lr)
+        assert new.requires_grad and new.grad_fn is not None
+        (new * torch.from_numpy(C).double()).sum().backward()
+        return new.detach().numpy(), w.grad.numpy(), g.grad.numpy(), lr.grad.numpy()
+
+    got = grads(lambda w, g, lr: lm.lars_update(w, g, lr, decay_lambda=decay, stop_gradients=False))
+    want = grads(lambda w, g, lr: torch_lars(w, g, lr, decay))
+    for a, b in zip(got, want):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_autograd_through_tree():
+    require_backend("torch")
+    import torch
+
+    def grads(fn):
+        ws = [torch.tensor(W, requires_grad=True), torch.tensor(W2, requires_grad=True)]
+        gs = [torch.tensor(G), torch.tensor(G2)]
+        new = fn(ws, gs)
+        loss = (new[0] * torch.from_numpy(C)).sum() + (new[1] * torch.from_numpy(C2)).sum()
+        loss.backward()
+        return [w.grad.numpy() for w in ws]
+
+    got = grads(lambda ws, gs: lm.lars_update(ws, gs, 0.1, decay_lambda=0.2, stop_gradients=False))
+    want = grads(lambda ws, gs: [torch_lars(w, g, 0.1, 0.2) for w, g in zip(ws, gs)])
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_stop_gradients():
+    require_backend("torch")
+    import torch
+
+    w = torch.tensor(W, requires_grad=True)
+    g = torch.tensor(G, requires_grad=True)
+    new = lm.lars_update(w, g, 0.1)
+    assert not new.requires_grad and new.grad_fn is None
+    tree = lm.lars_update({"a": w}, {"a": g}, 0.1, stop_gradients=True)
+    assert not tree["a"].requires_grad
+    mixed = lm.lars_update([w, w], [g, g], 0.1, stop_gradients=[True, False])
+    assert not mixed[0].requires_grad and mixed[1].requires_grad
+    assert_layer_close(mixed[1], W, G, 0.1, 0.0, "float32")
+
+
+# --- jax -----------------------------------------------------------------------------
+
+
+def jax_lars(w, g, lr, decay):
+    import jax.numpy as jnp
+
+    w_norm = jnp.sqrt(jnp.sum(w * w))
+    lr_local = w_norm * lr / (jnp.sqrt(jnp.sum(g * g)) + 1e-12)
+    if decay > 0:
+        lr_local = lr_local / (w_norm * decay)
+    return w - lr_local * g
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_jax_grad_through_update(decay):
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    c = jnp.asarray(C)
+
+    def loss(fn):
+        return lambda w, g, lr: jnp.sum(fn(w, g, lr) * c)
+
+    ours = loss(lambda w, g, lr: lm.lars_update(w, g, lr, decay_lambda=decay, stop_gradients=False))
+    theirs = loss(lambda w, g, lr: jax_lars(w, g, lr, decay))
+    args = (jnp.asarray(W), jnp.asarray(G), jnp.float32(0.1))
+    got = jax.grad(ours, argnums=(0, 1, 2))(*args)
+    want = jax.grad(theirs, argnums=(0, 1, 2))(*args)
+    for a, b in zip(got, want):
+        assert np.all(np.isfinite(np.asarray(a)))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+
+
+def test_jax_grad_through_tree_and_stop_gradients():
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    g = {"a": jnp.asarray(G), "b": jnp.asarray(G2)}
+    c = {"a": jnp.asarray(C), "b": jnp.asarray(C2)}
+
+    def loss(fn):
+        return lambda w: sum(jnp.sum(fn(w)[k] * c[k]) for k in c)
+
+    w = {"a": jnp.asarray(W), "b": jnp.asarray(W2)}
+    got = jax.grad(loss(lambda w: lm.lars_update(w, g, 0.1, decay_lambda=0.2, stop_gradients=False)))(w)
+    want = jax.grad(loss(lambda w: {k: jax_lars(w[k], g[k], 0.1, 0.2) for k in w}))(w)
+    for k in w:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=2e-5, atol=1e-6)
+
+    stopped = jax.grad(loss(lambda w: lm.lars_update(w, g, 0.1)))(w)
+    for k in w:
+        np.testing.assert_array_equal(np.asarray(stopped[k]), 0)
+    single = jax.grad(lambda w: jnp.sum(lm.lars_update(w, g["a"], 0.1) * c["a"]))(w["a"])
+    np.testing.assert_array_equal(np.asarray(single), 0)
+
+
+def test_jax_jit():
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def step(w, g, lr):
+        return lm.lars_update(w, g, lr, decay_lambda=0.3)
+
+    for scale in (1.0, 2.0):
+        new = step(jnp.asarray(W * scale), jnp.asarray(G), jnp.float32(0.1))
+        assert_layer_close(new, W * scale, G, 0.1, 0.3, "float32")
+
+    @jax.jit
+    def tree_step(w, g):
+        return lm.lars_update(w, g, 0.05)
+
+    w = {"a": jnp.asarray(W), "b": [jnp.asarray(W2)]}
+    g = {"a": jnp.asarray(G), "b": [jnp.asarray(G2)]}
+    new = tree_step(w, g)
+    assert_layer_close(new["a"], W, G, 0.05, 0.0, "float32")
+    assert_layer_close(new["b"][0], W2, G2, 0.05, 0.0, "float32")
+
+    # Also inside vmap: one LARS step per row.
+    rows = jax.vmap(lambda w, g: lm.lars_update(w, g, 0.1))(jnp.asarray(W), jnp.asarray(G))
+    for i in range(W.shape[0]):
+        assert_layer_close(to_numpy(rows)[i], W[i], G[i], 0.1, 0.0, "float32")
+
+
+# --- tensorflow ------------------------------------------------------------------------
+
+
+def tf_lars(w, g, lr, decay):
+    import tensorflow as tf
+
+    w_norm = tf.sqrt(tf.reduce_sum(w * w))
+    lr_local = w_norm * lr / (tf.sqrt(tf.reduce_sum(g * g)) + 1e-12)
+    if decay > 0:
+        lr_local = lr_local / (w_norm * decay)
+    return w - lr_local * g
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_tf_gradient_tape(decay):
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    def grads(fn):
+        w = tf.Variable(W.astype(np.float64))
+        g = tf.constant(G.astype(np.float64))
+        with tf.GradientTape() as tape:
+            tape.watch(g)
+            loss = tf.reduce_sum(fn(w, g) * C.astype(np.float64))
+        return [x.numpy() for x in tape.gradient(loss, [w, g])]
+
+    got = grads(lambda w, g: lm.lars_update(w, g, 0.1, decay_lambda=decay, stop_gradients=False))
+    want = grads(lambda w, g: tf_lars(w, g, 0.1, decay))
+    for a, b in zip(got, want):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_tf_gradient_tape_tree_and_stop_gradients():
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    ws = [tf.Variable(W), tf.Variable(W2)]
+    gs = [tf.constant(G), tf.constant(G2)]
+    with tf.GradientTape(persistent=True) as tape:
+        new = lm.lars_update(ws, gs, 0.1, decay_lambda=0.2, stop_gradients=False)
+        loss = tf.reduce_sum(new[0] * C) + tf.reduce_sum(new[1] * C2)
+        ref = [tf_lars(w, g, 0.1, 0.2) for w, g in zip(ws, gs)]
+        ref_loss = tf.reduce_sum(ref[0] * C) + tf.reduce_sum(ref[1] * C2)
+        stopped = lm.lars_update(ws, gs, 0.1)
+        stopped_loss = tf.reduce_sum(stopped[0] * C) + tf.reduce_sum(stopped[1] * C2)
+        single = tf.reduce_sum(lm.lars_update(ws[0], gs[0], 0.1) * C)
+    got = tape.gradient(loss, ws)
+    want = tape.gradient(ref_loss, ws)
+    for a, b in zip(got, want):
+        assert a is not None
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=1e-6)
+    assert tape.gradient(stopped_loss, ws) == [None, None]
+    assert tape.gradient(single, ws[0]) is None
+    del tape
+
+
+def test_tf_function():
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    @tf.function
+    def step(w, g, lr):
+        return lm.lars_update(w, g, lr, decay_lambda=0.3)
+
+    new = step(tf.constant(W), tf.constant(G), tf.constant(0.1))
+    assert_layer_close(new, W, G, 0.1, 0.3, "float32")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32)])
+    def unknown_shape(w, g):
+        return lm.lars_update({"a": w}, {"a": g}, 0.1)["a"]
+
+    assert_layer_close(unknown_shape(tf.constant(W2), tf.constant(G2)), W2, G2, 0.1, 0.0, "float32")
+    assert_layer_close(unknown_shape(tf.constant(W[0]), tf.constant(G[0])), W[0], G[0], 0.1, 0.0, "float32")
+
+    v = tf.Variable(W)
+
+    @tf.function
+    def train_step(g):
+        lm.lars_update(v, g, 0.1, out=v)
+
+    train_step(tf.constant(G))
+    assert_layer_close(v, W, G, 0.1, 0.0, "float32")
+
+
+# --- torch.compile -----------------------------------------------------------------------
+
+
+def test_torch_compile():
+    """One small case through Dynamo + AOTAutograd (the ``aot_eager`` backend:
+    the same tracing as the default, without the minutes of C++ compilation
+    inductor takes on CPU). Graph breaks are allowed."""
+    require_backend("torch")
+    import torch
+
+    if not hasattr(torch, "compile"):
+        pytest.skip("this torch has no torch.compile")
+    torch._dynamo.reset()
+
+    def step(ws, gs):
+        return lm.lars_update(ws, gs, 0.1, decay_lambda=0.3)
+
+    compiled = torch.compile(step, backend="aot_eager")
+    ws = [torch.from_numpy(W.copy()), torch.from_numpy(W2.copy())]
+    gs = [torch.from_numpy(G.copy()), torch.from_numpy(G2.copy())]
+    new = compiled(ws, gs)
+    assert_layer_close(new[0], W, G, 0.1, 0.3, "float32")
+    assert_layer_close(new[1], W2, G2, 0.1, 0.3, "float32")
+    single = torch.compile(lambda w, g: lm.lars_update(w, g, 0.1), backend="aot_eager")
+    assert_layer_close(single(ws[0], gs[0]), W, G, 0.1, 0.0, "float32")
+    torch._dynamo.reset()

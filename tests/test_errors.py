@@ -1,0 +1,476 @@
+"""Every error: its class (a LarsMultiError and the matching built-in) and a
+message that names the argument at fault."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import native, require_backend, x64
+
+import lars_multi as lm
+
+W = np.array([3.0, 1.0, 5.0], dtype=np.float32)
+G = np.array([0.3, 0.1, 0.2], dtype=np.float32)
+
+
+@contextlib.contextmanager
+def raises(builtin, match, cls=lm.LarsMultiError):
+    """pytest.raises for ``cls`` (a LarsMultiError) that also checks the built-in base."""
+    with pytest.raises(cls, match=match) as info:
+        yield info
+    assert isinstance(info.value, builtin), type(info.value).__mro__
+    assert isinstance(info.value, lm.LarsMultiError)
+
+
+def run_python(script, **env):
+    """Run ``script`` in a fresh interpreter; its stdout."""
+    environ = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+# --- backends ------------------------------------------------------------------------------
+
+
+def test_error_hierarchy():
+    assert issubclass(lm.LarsMultiTypeError, TypeError)
+    assert issubclass(lm.LarsMultiValueError, ValueError)
+    assert issubclass(lm.UnknownBackendError, ValueError)
+    assert issubclass(lm.BackendNotInstalledError, ImportError)
+    assert issubclass(lm.MixedFrameworksError, TypeError)
+    for cls in (
+        lm.LarsMultiTypeError,
+        lm.LarsMultiValueError,
+        lm.UnknownBackendError,
+        lm.BackendNotInstalledError,
+        lm.MixedFrameworksError,
+    ):
+        assert issubclass(cls, lm.LarsMultiError)
+
+
+KNOWN = r"\['jax', 'numpy', 'tensorflow', 'torch'\]"
+
+
+def test_unknown_backend_set_backend():
+    with raises(ValueError, rf"^backend: expected one of {KNOWN}, got 'nope'", lm.UnknownBackendError):
+        lm.set_backend("nope")
+    assert lm.current_backend() is None
+
+
+def test_unknown_backend_using_backend():
+    with (
+        raises(ValueError, rf"expected one of {KNOWN}, got 'pytorch'", lm.UnknownBackendError),
+        lm.using_backend("pytorch"),
+    ):
+        pytest.fail("the block must not run")
+    assert lm.current_backend() is None
+
+
+def test_unknown_backend_env_var():
+    """LARS_MULTI_BACKEND is read when lars_multi is imported: test it in a fresh process."""
+    script = """
+import lars_multi as lm, numpy as np
+calls = (lm.current_backend, lambda: lm.lars_update(np.ones(3), np.ones(3), 0.1), lambda: lm.array([1.0]))
+for call in calls:
+    try:
+        call()
+    except lm.UnknownBackendError as error:
+        assert isinstance(error, ValueError)
+        print("ERROR", error)
+    else:
+        print("NO ERROR")
+"""
+    lines = run_python(script, LARS_MULTI_BACKEND="tensorflw").splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert re.match(rf"^ERROR LARS_MULTI_BACKEND: expected one of {KNOWN}, got 'tensorflw'", line), line
+
+
+def test_non_string_backend_name():
+    with pytest.raises(lm.LarsMultiError):
+        lm.set_backend(None)
+    with raises(TypeError, r"^name: expected a non-empty str", lm.LarsMultiTypeError):
+        lm.register_backend("", "some.module")
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize("pip_extra", [None, "fakefw"])
+def test_backend_not_installed(pip_extra):
+    lm.register_backend(
+        "fakefw", "lars_multi_tests_no_such_module", framework="no_such_framework_xyz", pip_extra=pip_extra
+    )
+    assert "fakefw" in lm.available_backends()
+    assert "fakefw" not in lm.installed_backends()
+    hint = r'.*pip install "lars-multi\[fakefw\]"' if pip_extra else ""
+    for attempt in (lambda: lm.set_backend("fakefw"), lambda: lm.using_backend("fakefw").__enter__()):
+        with raises(
+            ImportError,
+            rf"^backend 'fakefw' needs the 'no_such_framework_xyz' package{hint}",
+            lm.BackendNotInstalledError,
+        ) as info:
+            attempt()
+        assert ("pip install" in str(info.value)) == (pip_extra is not None)
+        assert isinstance(info.value.__cause__, ImportError)
+    assert lm.current_backend() is None
+    # Unknown-backend messages now list the new name too.
+    with raises(ValueError, r"'fakefw'", lm.UnknownBackendError):
+        lm.set_backend("nope")
+    # Inference is unaffected: the fake framework is not imported, so it is never asked.
+    np.testing.assert_allclose(lm.lars_update(W, G, 0.1), lm.lars_update(W.copy(), G.copy(), 0.1))
+
+
+# --- frameworks --------------------------------------------------------------------------------
+
+
+def test_mixed_frameworks_numpy_and_torch():
+    require_backend("numpy")
+    require_backend("torch")
+    import torch
+
+    with raises(
+        TypeError, r"^dcdw: expected a numpy array like w, got a torch array", lm.MixedFrameworksError
+    ):
+        lm.lars_update(W, torch.from_numpy(G), 0.1)
+    with raises(
+        TypeError, r"^dcdw: expected a torch array like w, got a numpy array", lm.MixedFrameworksError
+    ):
+        lm.lars_update(torch.from_numpy(W), G, 0.1)
+    with raises(
+        TypeError, r"^w\['b'\] is a torch array but w\['a'\] is a numpy array", lm.MixedFrameworksError
+    ):
+        lm.lars_update({"a": W, "b": torch.from_numpy(W)}, G, 0.1)
+    with raises(
+        TypeError, r"^lr: expected a float or a 0-d numpy array, got a torch array", lm.MixedFrameworksError
+    ):
+        lm.lars_update(W, G, torch.tensor(0.1))
+    with raises(
+        TypeError, r"^out: expected a numpy array like w, got a torch array", lm.MixedFrameworksError
+    ):
+        lm.lars_update(W, G, 0.1, out=torch.zeros(3))
+    with raises(TypeError, r"^dcdw\['a'\]: expected a numpy array", lm.MixedFrameworksError):
+        lm.lars_update(lm.Container(a=lm.Array(W)), lm.Container(a=lm.Array(torch.from_numpy(G))), 0.1)
+
+
+def test_mixed_frameworks_every_pair():
+    names = [n for n in ("numpy", "torch", "jax", "tensorflow")]
+    for n in names:
+        require_backend(n)
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            with raises(
+                TypeError, rf"^dcdw: expected a {a} array like w, got a {b} array", lm.MixedFrameworksError
+            ):
+                lm.lars_update(native(a, W), native(b, G), 0.1)
+
+
+def test_active_backend_mismatch(backend):
+    other = "torch" if backend == "numpy" else "numpy"
+    require_backend(other)
+    with lm.using_backend(other):
+        w, g = native(backend, W), native(backend, G)
+        with raises(
+            TypeError,
+            rf"^w: expected {other} arrays \(the active backend\), got {backend} arrays",
+            lm.MixedFrameworksError,
+        ):
+            lm.lars_update(w, g, 0.1)
+        with raises(TypeError, rf"^w: expected {other} arrays", lm.MixedFrameworksError):
+            lm.lars_update([w], [g], 0.1)
+        with raises(TypeError, rf"^w: expected {other} arrays", lm.MixedFrameworksError):
+            lm.lars_update(lm.Array(w), lm.Array(g), 0.1)
+
+
+def test_active_backend_mismatch_set_backend(backend_name):
+    other = "torch" if backend_name == "numpy" else "numpy"
+    require_backend(other)
+    w, g = native(backend_name, W), native(backend_name, G)
+    lm.set_backend(other)
+    with raises(TypeError, rf"^w: expected {other} arrays", lm.MixedFrameworksError):
+        lm.lars_update(w, g, 0.1)
+    with raises(TypeError, rf"^w: expected {other} arrays", lm.MixedFrameworksError):
+        lm.lars_update({"a": w}, g, 0.1)
+    lm.unset_backend()
+    assert lm.lars_update(w, g, 0.1) is not None
+
+
+def test_active_backend_mismatch_env_var():
+    require_backend("torch")
+    script = """
+import lars_multi as lm, numpy as np
+try:
+    lm.lars_update(np.ones(3), np.ones(3), 0.1)
+except lm.MixedFrameworksError as error:
+    assert isinstance(error, TypeError)
+    print(error)
+"""
+    out = run_python(script, LARS_MULTI_BACKEND="torch")
+    assert re.match(r"^w: expected torch arrays \(the active backend\), got numpy arrays", out), out
+
+
+# --- weights and gradients -----------------------------------------------------------------------
+
+
+def test_shape_mismatch(backend):
+    w, g = native(backend, W), native(backend, np.ones(2, np.float32))
+    with raises(
+        ValueError, r"^dcdw: expected shape \(3,\) \(the shape of w\), got \(2,\)", lm.LarsMultiValueError
+    ):
+        lm.lars_update(w, g, 0.1)
+    with raises(ValueError, r"^dcdw\['a'\]: expected shape \(3,\) \(the shape of w\['a'\]\), got \(2,\)"):
+        lm.lars_update({"a": w}, {"a": g}, 0.1)
+    with raises(ValueError, r"^dcdw\[1\]: expected shape \(3,\) \(the shape of w\[1\]\), got \(1, 3\)"):
+        lm.lars_update([w, w], [native(backend, W), native(backend, W[None])], 0.1)
+    # One array broadcast to every leaf must fit every leaf.
+    with raises(ValueError, r"^dcdw: expected shape \(2,\) \(the shape of w\['b'\]\), got \(3,\)"):
+        lm.lars_update({"a": w, "b": g}, native(backend, G), 0.1)
+
+
+def test_dtype_mismatch(backend):
+    w, g = native(backend, W), native(backend, G, "float16")
+    with raises(
+        TypeError, r"^dcdw: expected dtype float32 \(the dtype of w\), got float16", lm.LarsMultiTypeError
+    ):
+        lm.lars_update(w, g, 0.1)
+    with raises(TypeError, r"^dcdw\['x'\]\['y'\]: expected dtype float32 \(the dtype of w\['x'\]\['y'\]\)"):
+        lm.lars_update({"x": {"y": w}}, {"x": {"y": g}}, 0.1)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "bool"])
+def test_non_float_weights(backend, dtype):
+    with x64(backend):
+        w = native(backend, np.array([1, 0, 1]).astype(dtype))
+        _check_non_float_weights(w, dtype)
+
+
+def _check_non_float_weights(w, dtype):
+    with raises(TypeError, rf"^w: expected a floating dtype .*, got {dtype}", lm.LarsMultiTypeError):
+        lm.lars_update(w, w, 0.1)
+    with raises(
+        TypeError, rf"^w\['layer'\]: expected a floating dtype .*, got {dtype}", lm.LarsMultiTypeError
+    ):
+        lm.lars_update({"layer": w}, {"layer": w}, 0.1)
+
+
+def test_weights_not_arrays(backend):
+    with raises(TypeError, r"^w\[0\]: expected an array, got float", lm.LarsMultiTypeError):
+        lm.lars_update([1.0, 2.0], [0.1, 0.2], 0.1)
+    with raises(TypeError, r"^w: expected an array, got str", lm.LarsMultiTypeError):
+        lm.lars_update("weights", native(backend, G), 0.1)
+    with raises(TypeError, r"^dcdw: expected an array like w, got float", lm.LarsMultiTypeError):
+        lm.lars_update(native(backend, W), 0.5, 0.1)
+    with raises(TypeError, r"^dcdw\['a'\]: expected an array like w\['a'\], got str", lm.LarsMultiTypeError):
+        lm.lars_update({"a": native(backend, W)}, {"a": "g"}, 0.1)
+
+
+# --- lr -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), float("-inf"), np.float32("nan")], ids=str)
+def test_non_finite_lr(backend, lr):
+    w, g = native(backend, W), native(backend, G)
+    with raises(ValueError, r"^lr: expected a finite number, got", lm.LarsMultiValueError):
+        lm.lars_update(w, g, lr)
+    with raises(ValueError, r"^lr\['b'\]: expected a finite number", lm.LarsMultiValueError):
+        lm.lars_update({"a": w, "b": w}, g, {"a": 0.1, "b": lr})
+
+
+def test_lr_not_scalar(backend):
+    w, g = native(backend, W), native(backend, G)
+    with raises(ValueError, r"^lr: expected a 0-d array, got shape \(3,\)", lm.LarsMultiValueError):
+        lm.lars_update(w, g, native(backend, G))
+    with raises(ValueError, r"^lr: expected a 0-d array, got shape \(1,\)", lm.LarsMultiValueError):
+        lm.lars_update(lm.Array(w), lm.Array(g), lm.Array(native(backend, np.array([0.1], np.float32))))
+
+
+@pytest.mark.parametrize(
+    ("lr", "got"), [(True, "bool"), ("0.1", "str"), (None, "NoneType"), ([0.1], "list")], ids=str
+)
+def test_lr_wrong_type(backend, lr, got):
+    w, g = native(backend, W), native(backend, G)
+    if got in ("list", "NoneType"):
+        with pytest.raises(lm.LarsMultiError, match=r"^lr"):
+            lm.lars_update(w, g, lr)
+        return
+    with raises(TypeError, rf"^lr: expected a float or a 0-d array, got {got}", lm.LarsMultiTypeError):
+        lm.lars_update(w, g, lr)
+
+
+def test_lr_integer_array(backend):
+    w, g = native(backend, W), native(backend, G)
+    with raises(TypeError, r"^lr: expected a floating dtype, got int32", lm.LarsMultiTypeError):
+        lm.lars_update(w, g, native(backend, np.array(1, np.int32)))
+
+
+def test_integer_lr_number_is_accepted(backend):
+    w, g = native(backend, W), native(backend, G)
+    np.testing.assert_allclose(
+        np.asarray(lm.Array(lm.lars_update(w, g, 1))), np.asarray(lm.Array(lm.lars_update(w, g, 1.0)))
+    )
+
+
+# --- decay_lambda and stop_gradients -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decay", [-1.0, -1e-30, float("nan"), float("inf"), -2])
+def test_bad_decay_value(backend, decay):
+    w, g = native(backend, W), native(backend, G)
+    with raises(ValueError, r"^decay_lambda: expected a finite number >= 0, got", lm.LarsMultiValueError):
+        lm.lars_update(w, g, 0.1, decay_lambda=decay)
+    with raises(ValueError, r"^decay_lambda\[1\]: expected a finite number >= 0", lm.LarsMultiValueError):
+        lm.lars_update([w, w], g, 0.1, decay_lambda=[0.0, decay])
+
+
+@pytest.mark.parametrize(("decay", "got"), [("0.1", "str"), (True, "bool"), (None, "NoneType")], ids=str)
+def test_bad_decay_type(backend, decay, got):
+    w, g = native(backend, W), native(backend, G)
+    with raises(TypeError, rf"^decay_lambda: expected a number >= 0, got {got}", lm.LarsMultiTypeError):
+        lm.lars_update(w, g, 0.1, decay_lambda=decay)
+
+
+def test_decay_array_is_rejected(backend):
+    w, g = native(backend, W), native(backend, G)
+    with raises(TypeError, r"^decay_lambda: expected a number >= 0", lm.LarsMultiTypeError):
+        lm.lars_update(w, g, 0.1, decay_lambda=native(backend, np.array(0.1, np.float32)))
+
+
+@pytest.mark.parametrize(
+    ("stop", "got"), [("yes", "str"), (1, "int"), (None, "NoneType"), (0.0, "float")], ids=str
+)
+def test_bad_stop_gradients(backend, stop, got):
+    w, g = native(backend, W), native(backend, G)
+    with raises(TypeError, rf"^stop_gradients: expected a bool, got {got}", lm.LarsMultiTypeError):
+        lm.lars_update(w, g, 0.1, stop_gradients=stop)
+    # (None inside a tree is an empty subtree to optree: a structure error.)
+    match = r"^stop_gradients" if stop is None else rf"^stop_gradients\['b'\]: expected a bool, got {got}"
+    with pytest.raises(lm.LarsMultiError, match=match):
+        lm.lars_update({"a": w, "b": w}, g, 0.1, stop_gradients={"a": True, "b": stop})
+
+
+def test_numpy_bool_stop_gradients_accepted(backend):
+    w, g = native(backend, W), native(backend, G)
+    lm.lars_update(w, g, 0.1, stop_gradients=np.bool_(True))
+
+
+# --- tree structure -------------------------------------------------------------------------------
+
+
+def test_tree_structure_mismatch(backend):
+    a, b = native(backend, W), native(backend, W)
+    w = {"a": a, "b": b}
+    with raises(ValueError, r"(?s)^dcdw: expected the structure of w.*'b'", lm.LarsMultiValueError):
+        lm.lars_update(w, {"a": native(backend, G)}, 0.1)
+    with raises(ValueError, r"(?s)^dcdw: expected the structure of w.*'c'", lm.LarsMultiValueError):
+        lm.lars_update(w, {"a": a, "b": b, "c": b}, 0.1)
+    with raises(ValueError, r"(?s)^dcdw: expected the structure of w.*\['b'\]", lm.LarsMultiValueError):
+        lm.lars_update({"a": a, "b": {"c": b}}, {"a": a, "b": [b]}, 0.1)
+    with raises(ValueError, r"(?s)^lr: expected the structure of w.*'b'", lm.LarsMultiValueError):
+        lm.lars_update(w, native(backend, G), {"a": 0.1})
+    with raises(ValueError, r"(?s)^decay_lambda: expected the structure of w", lm.LarsMultiValueError):
+        lm.lars_update(w, native(backend, G), 0.1, decay_lambda=[0.1, 0.2])
+    with raises(ValueError, r"(?s)^stop_gradients: expected the structure of w", lm.LarsMultiValueError):
+        lm.lars_update(w, native(backend, G), 0.1, stop_gradients={"a": True, "z": True})
+    with raises(ValueError, r"(?s)^dcdw: expected the structure of w", lm.LarsMultiValueError):
+        lm.lars_update([a, b], [a], 0.1)
+
+
+def test_container_structure_mismatch(backend):
+    w = lm.Container(a=lm.Array(native(backend, W)), b=lm.Array(native(backend, W)))
+    g = lm.Container(a=lm.Array(native(backend, G)))
+    with raises(ValueError, r"(?s)^dcdw: expected the structure of w.*'b'", lm.LarsMultiValueError):
+        w.lars_update(g, 0.1)
+
+
+# --- out ------------------------------------------------------------------------------------------
+
+
+def _writable(backend, values, dtype=None):
+    x = native(backend, values, dtype)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.Variable(x)
+    if backend == "jax":
+        return lm.Array(x)
+    return x
+
+
+def test_out_wrong_shape(backend):
+    w, g = native(backend, W), native(backend, G)
+    with raises(
+        ValueError, r"^out: expected shape \(3,\) \(the shape of w\), got \(2,\)", lm.LarsMultiValueError
+    ):
+        lm.lars_update(w, g, 0.1, out=_writable(backend, np.zeros(2, np.float32)))
+    with raises(ValueError, r"^out\['a'\]: expected shape \(3,\) \(the shape of w\['a'\]\), got \(1, 3\)"):
+        lm.lars_update({"a": w}, g, 0.1, out={"a": _writable(backend, np.zeros((1, 3), np.float32))})
+
+
+def test_out_wrong_dtype(backend):
+    w, g = native(backend, W), native(backend, G)
+    with raises(
+        TypeError, r"^out: expected dtype float32 \(the dtype of w\), got float16", lm.LarsMultiTypeError
+    ):
+        lm.lars_update(w, g, 0.1, out=_writable(backend, np.zeros(3), "float16"))
+
+
+def test_out_wrong_structure(backend):
+    w, g = native(backend, W), native(backend, G)
+    out = _writable(backend, np.zeros(3, np.float32))
+    with raises(ValueError, r"^out: expected the structure of w", lm.LarsMultiValueError):
+        lm.lars_update({"a": w, "b": w}, g, 0.1, out={"a": out})
+    with raises(ValueError, r"^out: expected the structure of w", lm.LarsMultiValueError):
+        lm.lars_update(w, g, 0.1, out=[out])
+
+
+def test_out_not_an_array(backend):
+    w, g = native(backend, W), native(backend, G)
+    with pytest.raises(lm.LarsMultiError, match=r"^out"):
+        lm.lars_update(w, g, 0.1, out=np.zeros(3, np.float32).tolist())
+    with raises(TypeError, r"^out: expected a .* array like w, got str", lm.MixedFrameworksError):
+        lm.lars_update(w, g, 0.1, out="out")
+
+
+def test_out_wrong_framework(backend):
+    other = "torch" if backend == "numpy" else "numpy"
+    require_backend(other)
+    w, g = native(backend, W), native(backend, G)
+    with raises(
+        TypeError, rf"^out: expected a {backend} array like w, got a {other} array", lm.MixedFrameworksError
+    ):
+        lm.lars_update(w, g, 0.1, out=native(other, np.zeros(3, np.float32)))
+
+
+def test_readonly_numpy_out():
+    require_backend("numpy")
+    out = np.zeros(3, np.float32)
+    out.flags.writeable = False
+    with raises(TypeError, r"^out: expected an array that can be written in place", lm.LarsMultiTypeError):
+        lm.lars_update(W, G, 0.1, out=out)
+
+
+# --- lm.Array / Container misuse ------------------------------------------------------------
+
+
+def test_array_of_python_data_needs_lm_array():
+    with raises(TypeError, r"^data: expected a native array .* lars_multi.array", lm.LarsMultiTypeError):
+        lm.Array([1.0, 2.0])
+    with raises(TypeError, r"^x: expected an array, got list", lm.LarsMultiTypeError):
+        lm.zeros_like([1.0])
+
+
+def test_container_keys_must_be_str():
+    with raises(TypeError, r"^Container keys: expected str, got int", lm.LarsMultiTypeError):
+        lm.Container({1: np.zeros(3)})
+    c = lm.Container(a=np.zeros(3))
+    with pytest.raises(AttributeError, match="'b'"):
+        _ = c.b

@@ -1,0 +1,365 @@
+"""``out=``: written in place (NumPy, torch), assigned (``tf.Variable``), or
+given new data (``lm.Array`` on JAX and TensorFlow); never touched on error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import (
+    assert_layer_close,
+    dtype_name,
+    native,
+    np_dtype,
+    require_backend,
+    to_numpy,
+)
+
+import lars_multi as lm
+
+W = np.array([[3.0, 1.0, 5.0], [7.0, 2.0, 9.0]], dtype=np.float32)
+G = np.array([[0.3, 0.1, 0.2], [0.1, 0.2, 0.4]], dtype=np.float32)
+W2 = np.array([1.5, -2.0, 0.5], dtype=np.float32)
+G2 = np.array([0.05, 0.2, -0.1], dtype=np.float32)
+
+MUTABLE = [pytest.param("numpy", id="numpy"), pytest.param("torch", id="torch")]
+
+
+@pytest.fixture(params=MUTABLE)
+def mutable_backend(request):
+    """Backends whose native arrays are written in place."""
+    require_backend(request.param)
+    with lm.using_backend(request.param):
+        yield request.param
+
+
+def data_ptr(x):
+    """An address for the buffer of a NumPy array or torch tensor."""
+    if isinstance(x, np.ndarray):
+        return x.__array_interface__["data"][0]
+    return x.data_ptr()
+
+
+# --- NumPy and torch: in place -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_native_out_written_in_place(mutable_backend, dtype):
+    w = native(mutable_backend, W, dtype)
+    g = native(mutable_backend, G, dtype)
+    w_np, g_np = to_numpy(w), to_numpy(g)
+    out = native(mutable_backend, np.zeros_like(W), dtype)
+    ptr = data_ptr(out)
+    returned = lm.lars_update(w, g, 0.1, decay_lambda=0.5, out=out)
+    assert returned is out
+    assert data_ptr(out) == ptr
+    assert_layer_close(out, w_np, g_np, 0.1, 0.5, dtype)
+    np.testing.assert_array_equal(to_numpy(w), w_np)
+    np.testing.assert_array_equal(to_numpy(g), g_np)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_out_is_w_single_array(mutable_backend, dtype):
+    w = native(mutable_backend, W, dtype)
+    g = native(mutable_backend, G, dtype)
+    w_np, g_np = to_numpy(w), to_numpy(g)
+    ptr = data_ptr(w)
+    returned = lm.lars_update(w, g, 0.1, out=w)
+    assert returned is w
+    assert data_ptr(w) == ptr
+    assert dtype_name(w) == dtype
+    assert_layer_close(w, w_np, g_np, 0.1, 0.0, dtype)
+    np.testing.assert_array_equal(to_numpy(g), g_np)
+
+
+def test_out_is_w_dict_of_native(mutable_backend):
+    w = {"a": native(mutable_backend, W), "b": [native(mutable_backend, W2)]}
+    g = {"a": native(mutable_backend, G), "b": [native(mutable_backend, G2)]}
+    leaves = (w["a"], w["b"][0])
+    returned = lm.lars_update(w, g, {"a": 0.1, "b": [0.2]}, decay_lambda=0.1, out=w)
+    assert returned is w
+    assert w["a"] is leaves[0] and w["b"][0] is leaves[1]
+    assert_layer_close(w["a"], W, G, 0.1, 0.1, "float32")
+    assert_layer_close(w["b"][0], W2, G2, 0.2, 0.1, "float32")
+
+
+def test_out_is_w_container_of_arrays(backend):
+    """Every backend: a Container of lm.Arrays updated with out=w."""
+    w = lm.Container(a=lm.Array(native(backend, W)), b={"c": lm.Array(native(backend, W2))})
+    g = lm.Container(a=lm.Array(native(backend, G)), b={"c": lm.Array(native(backend, G2))})
+    arrays = (w.a, w.b.c)
+    old_data = (w.a.data, w.b.c.data)
+    returned = w.lars_update(g, 0.1, out=w)
+    assert returned is w
+    assert w.a is arrays[0] and w.b.c is arrays[1]  # the Array objects stay, their data changes
+    assert_layer_close(w.a, W, G, 0.1, 0.0, "float32")
+    assert_layer_close(w.b.c, W2, G2, 0.1, 0.0, "float32")
+    if backend in ("numpy", "torch"):
+        assert w.a.data is old_data[0] and w.b.c.data is old_data[1]
+    # The gradients are untouched.
+    np.testing.assert_array_equal(to_numpy(g.a), G)
+    np.testing.assert_array_equal(to_numpy(g.b.c), G2)
+
+
+def test_separate_container_out(backend):
+    w = lm.Container(a=lm.Array(native(backend, W)), b=lm.Array(native(backend, W2)))
+    g = lm.Container(a=lm.Array(native(backend, G)), b=lm.Array(native(backend, G2)))
+    out = lm.Container(a=lm.zeros_like(w.a), b=lm.zeros_like(w.b))
+    returned = lm.lars_update(w, g, 0.1, decay_lambda=0.2, out=out)
+    assert returned is out
+    assert_layer_close(out.a, W, G, 0.1, 0.2, "float32")
+    assert_layer_close(out.b, W2, G2, 0.1, 0.2, "float32")
+    np.testing.assert_array_equal(to_numpy(w.a), W)
+    np.testing.assert_array_equal(to_numpy(w.b), W2)
+
+
+def test_single_lm_array_out(backend):
+    w, g = lm.Array(native(backend, W)), lm.Array(native(backend, G))
+    out = lm.zeros_like(w)
+    assert lm.lars_update(w, g, 0.1, out=out) is out
+    assert out.backend == backend and out.dtype == "float32"
+    assert_layer_close(out, W, G, 0.1, 0.0, "float32")
+    # out=w with an lm.Array.
+    assert lm.lars_update(w, g, 0.1, out=w) is w
+    assert_layer_close(w, W, G, 0.1, 0.0, "float32")
+
+
+def test_out_aliasing_the_gradient(backend):
+    """out=dcdw: the gradient is read before it is overwritten."""
+    if backend in ("numpy", "torch"):
+        w, g = native(backend, W), native(backend, G)
+        assert lm.lars_update(w, g, 0.1, out=g) is g
+        assert_layer_close(g, W, G, 0.1, 0.0, "float32")
+        np.testing.assert_array_equal(to_numpy(w), W)
+    w, g = lm.Array(native(backend, W)), lm.Array(native(backend, G))
+    assert lm.lars_update(w, g, 0.1, out=g) is g
+    assert_layer_close(g, W, G, 0.1, 0.0, "float32")
+    np.testing.assert_array_equal(to_numpy(w), W)
+
+
+def test_gradient_is_the_weights_with_out_w(backend):
+    """dcdw is w itself and out=w: w - ||w|| lr / (||w|| + eps) w."""
+    w = lm.Array(native(backend, W))
+    assert lm.lars_update(w, w, 0.1, out=w) is w
+    assert_layer_close(w, W, W, 0.1, 0.0, "float32")
+
+
+def test_out_w_with_gradients_aliasing_other_weights(backend):
+    """Layer x's gradient is layer y's weights and vice versa, with out=w:
+    every layer must see the other's weights as they were before the call."""
+    a, b = lm.Array(native(backend, W2)), lm.Array(native(backend, G2 * 10))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        a, b = lm.Array(tf.Variable(a.data)), lm.Array(tf.Variable(b.data))
+    w = lm.Container(x=a, y=b)
+    lm.lars_update(w, lm.Container(x=b, y=a), 0.1, out=w)
+    assert_layer_close(w.x, W2, G2 * 10, 0.1, 0.0, "float32")
+    assert_layer_close(w.y, G2 * 10, W2, 0.1, 0.0, "float32")
+
+
+def test_torch_parameter_updated_in_place():
+    """The optimizer use: a leaf requiring grad, updated in place with its .grad."""
+    require_backend("torch")
+    import torch
+
+    p = torch.nn.Parameter(torch.from_numpy(W.copy()))
+    (p * torch.from_numpy(G)).sum().backward()
+    ptr, version = p.data_ptr(), p._version
+    returned = lm.lars_update(p, p.grad, 0.1, out=p)
+    assert returned is p
+    assert p.data_ptr() == ptr and p._version > version
+    assert p.requires_grad and p.grad_fn is None
+    assert_layer_close(p, W, G, 0.1, 0.0, "float32")
+    model = torch.nn.Linear(3, 2)
+    params = dict(model.named_parameters())
+    before = {k: v.detach().numpy().copy() for k, v in params.items()}
+    model(torch.ones(4, 3)).sum().backward()
+    grads = {k: v.grad.numpy().copy() for k, v in params.items()}
+    lm.lars_update(params, {k: v.grad for k, v in params.items()}, 0.01, decay_lambda=1e-3, out=params)
+    for k in params:
+        assert_layer_close(params[k], before[k], grads[k], 0.01, 1e-3, "float32")
+
+
+# --- TensorFlow: variables are assigned -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_tf_variable_out_is_w(dtype):
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    w = tf.Variable(native("tensorflow", W, dtype))
+    g = native("tensorflow", G, dtype)
+    w_np, g_np = to_numpy(w), to_numpy(g)
+    returned = lm.lars_update(w, g, 0.1, out=w)
+    assert returned is w
+    assert isinstance(w, tf.Variable) and dtype_name(w) == dtype
+    assert_layer_close(w, w_np, g_np, 0.1, 0.0, dtype)
+
+
+def test_tf_variables_tree_out_is_w():
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    w = {"a": tf.Variable(W), "b": [tf.Variable(W2), tf.Variable(W2.astype(np.float16))]}
+    g = {"a": tf.constant(G), "b": [tf.constant(G2), tf.constant(G2.astype(np.float16))]}
+    variables = [w["a"], *w["b"]]
+    returned = lm.lars_update(w, g, 0.1, decay_lambda={"a": 0.0, "b": [0.5, 0.5]}, out=w)
+    assert returned is w
+    assert all(x is y for x, y in zip([w["a"], *w["b"]], variables))
+    assert_layer_close(w["a"], W, G, 0.1, 0.0, "float32")
+    assert_layer_close(w["b"][0], W2, G2, 0.1, 0.5, "float32")
+    assert_layer_close(w["b"][1], W2.astype(np.float16), G2.astype(np.float16), 0.1, 0.5, "float16")
+
+
+def test_tf_separate_variable_out_and_keras_weights():
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    w, g = tf.constant(W), tf.constant(G)
+    out = tf.Variable(tf.zeros_like(w))
+    assert lm.lars_update(w, g, 0.1, out=out) is out
+    assert_layer_close(out, W, G, 0.1, 0.0, "float32")
+    v = tf.Variable(W)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(v * G)
+    grad = tape.gradient(loss, v)
+    lm.lars_update([v], [grad], 0.1, out=[v])
+    assert_layer_close(v, W, G, 0.1, 0.0, "float32")
+
+
+def test_tf_tensor_out_is_rejected():
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    w, g = tf.constant(W), tf.constant(G)
+    out = tf.zeros_like(w)
+    with pytest.raises(lm.LarsMultiError, match=r"^out: .*written in place") as info:
+        lm.lars_update(w, g, 0.1, out=out)
+    assert isinstance(info.value, TypeError)
+
+
+# --- JAX: immutable, so lm.Array / Container outs are given new data ------------------------
+
+
+def test_jax_native_out_is_type_error():
+    require_backend("jax")
+    import jax.numpy as jnp
+
+    w, g = jnp.asarray(W), jnp.asarray(G)
+    for out in (w, jnp.zeros_like(w)):
+        with pytest.raises(TypeError, match=r"^out: .*written in place") as info:
+            lm.lars_update(w, g, 0.1, out=out)
+        assert isinstance(info.value, lm.LarsMultiError)
+    with pytest.raises(TypeError, match=r"out\['a'\]"):
+        lm.lars_update({"a": w}, {"a": g}, 0.1, out={"a": w})
+
+
+@pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
+def test_jax_container_out_is_w_donation():
+    require_backend("jax")
+    import jax.numpy as jnp
+
+    w = lm.Container(a=lm.Array(jnp.asarray(W)), b=lm.Array(jnp.asarray(W2)))
+    g = lm.Container(a=lm.Array(jnp.asarray(G)), b=lm.Array(jnp.asarray(G2)))
+    for step in range(3):  # repeated steps: each reuses the previous result's buffers
+        expected_a, expected_b = to_numpy(w.a), to_numpy(w.b)
+        returned = lm.lars_update(w, g, 0.1, out=w)
+        assert returned is w
+        assert isinstance(w.a.data, type(jnp.asarray(W)))
+        assert_layer_close(w.a, expected_a, G, 0.1, 0.0, "float32")
+        assert_layer_close(w.b, expected_b, G2, 0.1, 0.0, "float32")
+        assert not np.array_equal(to_numpy(w.a), expected_a), step
+    np.testing.assert_array_equal(to_numpy(g.a), G)
+
+
+@pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
+@pytest.mark.parametrize("name", ["jax", "tensorflow"])
+def test_immutable_container_out_w_with_shared_buffers(name):
+    """Two lm.Arrays holding the same immutable array (tied weights) and out=w:
+    each Array gets its own new data; nothing is donated twice."""
+    require_backend(name)
+    x = native(name, W2)
+    w = lm.Container(a=lm.Array(x), b=lm.Array(x))
+    g = lm.Container(a=lm.Array(native(name, G2)), b=lm.Array(native(name, G2 * 2)))
+    assert lm.lars_update(w, g, 0.1, out=w) is w
+    assert_layer_close(w.a, W2, G2, 0.1, 0.0, "float32")
+    assert_layer_close(w.b, W2, G2 * 2, 0.1, 0.0, "float32")
+
+
+# --- a failing call writes nothing --------------------------------------------------------
+
+
+def _outs(backend):
+    """A two-leaf out tree of backend's writable kind, filled with sevens."""
+    if backend in ("numpy", "torch"):
+        make = lambda a: native(backend, a)  # noqa: E731
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        make = lambda a: tf.Variable(a)  # noqa: E731
+    else:
+        make = lambda a: lm.Array(native(backend, a))  # noqa: E731
+    return {"a": make(np.full_like(W, 7)), "b": make(np.full_like(W2, 7))}
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["out-shape", "out-dtype", "lr-nan", "lr-tree", "decay", "dcdw-shape", "stop"],
+)
+def test_failing_call_leaves_out_untouched(backend, breakage):
+    w = {"a": native(backend, W), "b": native(backend, W2)}
+    g = {"a": native(backend, G), "b": native(backend, G2)}
+    out = _outs(backend)
+    lr, decay, stop = 0.1, 0.0, True
+    if breakage == "out-shape":
+        out["b"] = _outs(backend)["a"]
+    elif breakage == "out-dtype":
+        bad = native(backend, np.full_like(W2, 7), "float16")
+        out["b"] = lm.Array(bad) if backend == "jax" else bad
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            out["b"] = tf.Variable(bad)
+    elif breakage == "lr-nan":
+        lr = {"a": 0.1, "b": float("nan")}
+    elif breakage == "lr-tree":
+        lr = {"a": 0.1}
+    elif breakage == "decay":
+        decay = {"a": 0.0, "b": -1.0}
+    elif breakage == "dcdw-shape":
+        g["b"] = native(backend, np.ones(4, np.float32))
+    elif breakage == "stop":
+        stop = {"a": True, "b": "no"}
+    leaves = dict(out)
+    datas = {k: (v.data if isinstance(v, lm.Array) else v) for k, v in out.items()}
+    with pytest.raises(lm.LarsMultiError):
+        lm.lars_update(w, g, lr, decay_lambda=decay, stop_gradients=stop, out=out)
+    for key in ("a", "b"):
+        assert out[key] is leaves[key]
+        if isinstance(out[key], lm.Array):
+            assert out[key].data is datas[key]
+        values = to_numpy(out[key])
+        np.testing.assert_array_equal(values, np.full(values.shape, 7, dtype=values.dtype))
+    np.testing.assert_array_equal(to_numpy(w["a"]), W)
+    np.testing.assert_array_equal(to_numpy(w["b"]), W2)
+
+
+def test_failing_out_w_leaves_weights_untouched(backend):
+    """out=w where a later leaf's gradient is wrong: no leaf of w is written."""
+    w = _outs(backend)  # writable, sevens
+    g = {"a": native(backend, G), "b": native(backend, np.ones(5, np.float32))}
+    with pytest.raises(ValueError, match=r"dcdw\['b'\]"):
+        lm.lars_update(w, g, 0.1, out=w)
+    np.testing.assert_array_equal(to_numpy(w["a"]), np.full_like(W, 7))
+    np.testing.assert_array_equal(to_numpy(w["b"]), np.full_like(W2, 7))
+
+
+def test_half_out_dtype_kept(backend):
+    w16 = native(backend, W, "float16")
+    g16 = native(backend, G, "float16")
+    out = lm.Container(a=lm.zeros_like(lm.Array(w16)))
+    lm.lars_update(lm.Container(a=lm.Array(w16)), lm.Array(g16), 0.1, out=out)
+    assert out.a.dtype == "float16"
+    assert_layer_close(out.a, W.astype(np.float16), G.astype(np.float16), 0.1, 0.0, "float16")
+    assert np_dtype("float16") == np.float16

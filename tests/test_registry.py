@@ -1,0 +1,452 @@
+"""Choosing the backend: set/unset, ``using_backend`` (per thread and asyncio
+task), ``LARS_MULTI_BACKEND``, inference from inputs, lazy imports and
+third-party backends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (
+    ALL_BACKENDS,
+    assert_layer_close,
+    backends_to_test,
+    is_installed,
+    native,
+    native_type,
+    require_backend,
+    to_numpy,
+)
+
+import lars_multi as lm
+
+W = np.array([3.0, 1.0, 5.0], dtype=np.float32)
+G = np.array([0.3, 0.1, 0.2], dtype=np.float32)
+TESTS = Path(__file__).parent
+
+
+def run_python(script, **env):
+    environ = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def two_backends():
+    names = backends_to_test()
+    if len(names) < 2:
+        pytest.skip(f"needs two installed backends, have {names}")
+    return names[0], names[1]
+
+
+# --- set / unset / using --------------------------------------------------------------------
+
+
+def test_set_unset_current(backend_name):
+    assert lm.current_backend() is None
+    lm.set_backend(backend_name)
+    assert lm.current_backend() == backend_name
+    a = lm.array([1.0, 2.0])
+    assert a.backend == backend_name and isinstance(a.data, native_type(backend_name))
+    assert a.dtype == "float32"
+    lm.set_backend("numpy")
+    assert lm.current_backend() == "numpy"
+    lm.unset_backend()
+    assert lm.current_backend() is None
+    lm.unset_backend()  # idempotent
+    assert lm.current_backend() is None
+
+
+def test_using_backend_nests_and_restores():
+    first, second = two_backends()
+    lm.set_backend(first)
+    with lm.using_backend(second) as module:
+        assert lm.current_backend() == second
+        assert hasattr(module, "norm") and hasattr(module, "is_native")
+        with lm.using_backend(first):
+            assert lm.current_backend() == first
+            with lm.using_backend(second):
+                assert lm.current_backend() == second
+            assert lm.current_backend() == first
+        assert lm.current_backend() == second
+        assert lm.array([1.0]).backend == second
+    assert lm.current_backend() == first
+    lm.unset_backend()
+    assert lm.current_backend() is None
+
+
+def test_using_backend_restores_after_exception():
+    first, second = two_backends()
+    with lm.using_backend(first):
+        with pytest.raises(RuntimeError), lm.using_backend(second):
+            raise RuntimeError("boom")
+        assert lm.current_backend() == first
+        with pytest.raises(lm.UnknownBackendError), lm.using_backend("nope"):
+            pass
+        assert lm.current_backend() == first
+    assert lm.current_backend() is None
+
+
+def test_using_backend_overrides_set_backend():
+    first, second = two_backends()
+    lm.set_backend(first)
+    with lm.using_backend(second):
+        w, g = native(second, W), native(second, G)
+        assert isinstance(lm.lars_update(w, g, 0.1), native_type(second))
+    assert lm.current_backend() == first
+
+
+def test_threads_are_isolated():
+    """Two threads, two backends, at the same time."""
+    first, second = two_backends()
+    barrier = threading.Barrier(2, timeout=60)
+    results, errors = {}, []
+
+    def work(name):
+        try:
+            with lm.using_backend(name):
+                barrier.wait()  # both threads are inside their with-block now
+                assert lm.current_backend() == name
+                for _ in range(5):
+                    new = lm.lars_update(lm.array(W), lm.array(G), 0.1)
+                    assert new.backend == name, (new.backend, name)
+                    assert isinstance(new.data, native_type(name))
+                barrier.wait()  # neither has left its block yet
+                results[name] = new.to_numpy()
+            assert lm.current_backend() is None
+        except BaseException as error:  # reported in the main thread
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert lm.current_backend() is None
+    for name in (first, second):
+        assert_layer_close(results[name], W, G, 0.1, 0.0, "float32")
+
+
+def test_set_backend_is_process_wide_but_using_is_not():
+    first, second = two_backends()
+    lm.set_backend(first)
+    seen = {}
+    with lm.using_backend(second):
+
+        def look():
+            seen["thread"] = lm.current_backend()
+
+        t = threading.Thread(target=look)
+        t.start()
+        t.join(timeout=60)
+        assert lm.current_backend() == second
+    assert seen["thread"] == first  # the thread sees set_backend, not this thread's using_backend
+
+
+def test_asyncio_tasks_are_isolated():
+    first, second = two_backends()
+
+    async def task(name, other_started, started):
+        with lm.using_backend(name):
+            started.set()
+            await other_started.wait()
+            for _ in range(3):
+                await asyncio.sleep(0)
+                assert lm.current_backend() == name
+                new = lm.lars_update(lm.array(W), lm.array(G), 0.1)
+                assert new.backend == name
+        return lm.current_backend()
+
+    async def main():
+        a_started, b_started = asyncio.Event(), asyncio.Event()
+        results = await asyncio.gather(task(first, b_started, a_started), task(second, a_started, b_started))
+        return results, lm.current_backend()
+
+    results, after = asyncio.run(main())
+    assert results == [None, None]
+    assert after is None
+    assert lm.current_backend() is None
+
+
+def test_asyncio_task_inherits_the_creators_choice():
+    first, _ = two_backends()
+
+    async def child():
+        return lm.current_backend()
+
+    async def main():
+        with lm.using_backend(first):
+            inherited = await asyncio.create_task(child())
+        return inherited, await asyncio.create_task(child())
+
+    assert asyncio.run(main()) == (first, None)
+
+
+# --- LARS_MULTI_BACKEND ---------------------------------------------------------------------------
+
+
+def test_env_var_chooses_the_backend():
+    script = """
+import lars_multi as lm, numpy as np
+print(lm.current_backend())
+print(lm.array([1.0]).backend)
+lm.set_backend("numpy")
+print(lm.current_backend())
+lm.unset_backend()
+print(lm.current_backend())
+with lm.using_backend("numpy"):
+    print(lm.current_backend())
+"""
+    assert run_python(script, LARS_MULTI_BACKEND="numpy").split() == ["numpy"] * 5
+
+
+def test_env_var_other_backend():
+    other = next((n for n in backends_to_test() if n != "numpy"), None)
+    if other is None:
+        pytest.skip("needs a non-NumPy backend")
+    script = """
+import lars_multi as lm
+print(lm.current_backend(), lm.array([1.0]).backend, lm.array([1.0]).dtype)
+lm.set_backend("numpy")
+print(lm.current_backend())
+"""
+    lines = run_python(script, LARS_MULTI_BACKEND=other).splitlines()
+    assert lines == [f"{other} {other} float32", "numpy"]
+
+
+def test_env_var_empty_means_unset():
+    script = "import lars_multi as lm, numpy as np; print(lm.current_backend(), lm.array([1.0]).backend)"
+    assert run_python(script, LARS_MULTI_BACKEND="") == "None numpy"
+
+
+# --- listing backends -------------------------------------------------------------------------
+
+
+def test_available_and_installed_backends():
+    assert lm.available_backends()[:4] == list(ALL_BACKENDS)
+    installed = lm.installed_backends()
+    assert "numpy" in installed
+    assert set(installed) <= set(lm.available_backends())
+    for name in ALL_BACKENDS:
+        assert (name in installed) == is_installed(name), name
+    assert isinstance(lm.available_backends(), list)
+
+
+# --- inference ----------------------------------------------------------------------------------
+
+
+def test_native_in_native_out(backend_name):
+    assert lm.current_backend() is None
+    w, g = native(backend_name, W), native(backend_name, G)
+    new = lm.lars_update(w, g, 0.1)
+    assert type(new) is type(w) or isinstance(new, native_type(backend_name))
+    assert not isinstance(new, lm.Array)
+    assert_layer_close(new, W, G, 0.1, 0.0, "float32")
+    tree = lm.lars_update({"a": w, "b": (w, w)}, g, 0.1)
+    assert isinstance(tree, dict) and isinstance(tree["b"], tuple)
+    assert all(isinstance(x, native_type(backend_name)) for x in (tree["a"], *tree["b"]))
+
+
+def test_lm_array_in_lm_array_out(backend_name):
+    w, g = lm.Array(native(backend_name, W)), lm.Array(native(backend_name, G))
+    assert w.backend == backend_name
+    new = lm.lars_update(w, g, 0.1)
+    assert isinstance(new, lm.Array) and new.backend == backend_name
+    assert isinstance(new.data, native_type(backend_name))
+    assert_layer_close(new, W, G, 0.1, 0.0, "float32")
+    # Native gradients with wrapped weights, and the other way round.
+    assert isinstance(lm.lars_update(w, g.data, 0.1), lm.Array)
+    assert not isinstance(lm.lars_update(w.data, g, 0.1), lm.Array)
+    # A mixed tree keeps each leaf's kind.
+    mixed = lm.lars_update([w, w.data], g, 0.1)
+    assert isinstance(mixed[0], lm.Array) and not isinstance(mixed[1], lm.Array)
+
+
+def test_lm_array_interface(backend_name):
+    a = lm.Array(native(backend_name, np.arange(6, dtype=np.float32).reshape(2, 3)))
+    assert a.shape == (2, 3) and a.ndim == 2 and len(a) == 2 and a.dtype == "float32"
+    np.testing.assert_array_equal(np.asarray(a), np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(a.to_numpy(), np.arange(6).reshape(2, 3))
+    assert np.asarray(a, dtype=np.float64).dtype == np.float64
+    z = lm.zeros_like(a)
+    assert isinstance(z, lm.Array) and z.backend == backend_name and z.shape == (2, 3)
+    zn = lm.zeros_like(a.data)
+    assert isinstance(zn, native_type(backend_name))
+    assert lm.Array(a).data is a.data
+    assert lm.array(a.data).backend == backend_name  # inferred from the data
+
+
+def test_lm_array_of_python_data_defaults_to_numpy():
+    a = lm.array([1.0, 2.0])
+    assert a.backend == "numpy" and a.dtype == "float32"
+    assert lm.array(np.array([1.0, 2.0])).dtype == "float64"  # NumPy arrays keep their dtype
+    assert lm.array([1.0], dtype="float64").dtype == "float64"
+    assert lm.array([1, 2]).dtype == "int64"
+
+
+def test_container_and_dict_interchangeable(backend_name):
+    w = lm.Container(a=lm.Array(native(backend_name, W)), b={"c": lm.Array(native(backend_name, W))})
+    g = {"a": lm.Array(native(backend_name, G)), "b": {"c": lm.Array(native(backend_name, G))}}
+    new = lm.lars_update(w, g, 0.1)
+    assert isinstance(new, lm.Container) and isinstance(new.b, lm.Container)
+    assert_layer_close(new.b.c, W, G, 0.1, 0.0, "float32")
+    assert new.to_dict().keys() == {"a", "b"}
+    assert isinstance(new.to_dict()["b"], dict)
+
+
+def test_empty_trees(backend_name):
+    for empty in ({}, [], (), lm.Container()):
+        result = lm.lars_update(empty, native(backend_name, G), 0.1)
+        assert result == empty or result is empty
+
+
+# --- lazy imports ---------------------------------------------------------------------------------
+
+
+def test_import_imports_no_framework():
+    script = """
+import sys
+import lars_multi as lm
+print(sorted(m for m in ("torch", "jax", "tensorflow", "jaxlib") if m in sys.modules))
+lm.lars_update(lm.array([3.0, 1.0]), lm.array([0.1, 0.2]), 0.1)
+import numpy as np
+lm.lars_update({"a": np.ones(3)}, np.ones(3), 0.1)
+print(sorted(m for m in ("torch", "jax", "tensorflow", "jaxlib") if m in sys.modules))
+print(lm.available_backends())
+"""
+    lines = run_python(script).splitlines()
+    assert lines[0] == "[]"
+    assert lines[1] == "[]"  # NumPy work never imports another framework
+    assert "torch" in lines[2]  # ... though every backend is registered
+
+
+def test_using_a_backend_imports_only_its_framework():
+    other = next((n for n in backends_to_test() if n != "numpy"), None)
+    if other is None:
+        pytest.skip("needs a non-NumPy backend")
+    script = f"""
+import sys
+import lars_multi as lm
+with lm.using_backend("{other}"):
+    lm.lars_update(lm.array([3.0, 1.0]), lm.array([0.1, 0.2]), 0.1)
+print(sorted(m for m in ("torch", "jax", "tensorflow") if m in sys.modules))
+"""
+    assert run_python(script) == str([other])
+
+
+# --- a third-party backend ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def toy(isolated_registry, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    import _toy_backend
+
+    lm.register_backend("toy", "_toy_backend", framework="_toy_backend")
+    _toy_backend.calls.clear()
+    return _toy_backend
+
+
+def test_toy_backend_registered(toy):
+    assert "toy" in lm.available_backends()
+    assert "toy" in lm.installed_backends()
+    with lm.using_backend("toy") as module:
+        assert module is toy
+        a = lm.array([1.0, 2.0])
+        assert isinstance(a.data, toy.ToyTensor) and a.backend == "toy" and a.dtype == "float32"
+
+
+def test_toy_backend_inferred_from_inputs(toy):
+    w, g = toy.ToyTensor(W), toy.ToyTensor(G)
+    new = lm.lars_update(w, g, 0.1)  # no backend chosen: inferred from ToyTensor
+    assert isinstance(new, toy.ToyTensor)
+    assert_layer_close(new.values, W, G, 0.1, 0.0, "float32")
+    assert toy.calls["norm"] >= 2 and toy.calls["update"] >= 1
+    np.testing.assert_array_equal(w.values, W)
+    assert lm.Array(w).backend == "toy"
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.4])
+def test_toy_backend_generic_path(toy, decay):
+    with lm.using_backend("toy"):
+        w = lm.Container(a=lm.array(W), b=lm.array(np.float64(W[:2])))
+        g = lm.Container(a=lm.array(G), b=lm.array(np.float64(G[:2])))
+        lr = lm.array(0.1)  # a 0-d ToyTensor
+        new = w.lars_update(g, lr, decay_lambda=decay)
+        assert isinstance(new.a, lm.Array) and new.a.backend == "toy"
+        assert new.a.dtype == "float32" and new.b.dtype == "float64"
+        assert_layer_close(new.a.data.values, W, G, 0.1, decay, "float32")
+        assert_layer_close(new.b.data.values, W[:2], G[:2], float(np.float32(0.1)), decay, "float64")
+        # Zero weights with decay stay zero through the generic rule too.
+        zero = lm.lars_update(lm.array(np.zeros(3, np.float32)), lm.array(G), 0.1, decay_lambda=0.5)
+        np.testing.assert_array_equal(zero.data.values, 0)
+
+
+def test_toy_backend_out_uses_write(toy):
+    w, g = toy.ToyTensor(W), toy.ToyTensor(G)
+    out = toy.ToyTensor(np.zeros(3, np.float32))
+    buffer = out.values
+    assert lm.lars_update(w, g, 0.1, out=out) is out
+    assert out.values is buffer and toy.calls["write"] == 1
+    assert_layer_close(out.values, W, G, 0.1, 0.0, "float32")
+    # out=w on a tree of native toy tensors.
+    tree = {"a": toy.ToyTensor(W), "b": [toy.ToyTensor(W * 2)]}
+    leaves = (tree["a"], tree["b"][0])
+    assert lm.lars_update(tree, {"a": g, "b": [g]}, 0.1, decay_lambda=0.1, out=tree) is tree
+    assert tree["a"] is leaves[0] and tree["b"][0] is leaves[1]
+    assert_layer_close(tree["a"].values, W, G, 0.1, 0.1, "float32")
+    assert_layer_close(tree["b"][0].values, W * 2, G, 0.1, 0.1, "float32")
+    # A Container of lm.Arrays as out.
+    c = lm.Container(a=lm.Array(toy.ToyTensor(W)))
+    assert c.lars_update(lm.Array(g), 0.1, out=c) is c
+    assert_layer_close(c.a.data.values, W, G, 0.1, 0.0, "float32")
+
+
+def test_toy_backend_errors(toy):
+    w = toy.ToyTensor(W)
+    with pytest.raises(lm.LarsMultiValueError, match=r"^dcdw: expected shape \(3,\)"):
+        lm.lars_update(w, toy.ToyTensor(G[:2]), 0.1)
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^w: expected a floating dtype .*got float16"):
+        lm.lars_update(toy.ToyTensor(W.astype(np.float16)), toy.ToyTensor(G.astype(np.float16)), 0.1)
+    with pytest.raises(
+        lm.MixedFrameworksError, match=r"^dcdw: expected a toy array like w, got a numpy array"
+    ):
+        lm.lars_update(w, G, 0.1)
+    out = toy.ToyTensor(np.full(3, 7, np.float32))
+    with pytest.raises(lm.LarsMultiValueError, match=r"^lr"):
+        lm.lars_update(w, toy.ToyTensor(G), float("nan"), out=out)
+    np.testing.assert_array_equal(out.values, 7)
+    with (
+        lm.using_backend("numpy"),
+        pytest.raises(lm.MixedFrameworksError, match=r"^w: expected numpy arrays"),
+    ):
+        lm.lars_update(w, toy.ToyTensor(G), 0.1)
+
+
+def test_toy_backend_forgotten_after_the_test():
+    assert "toy" not in lm.available_backends()
+
+
+def test_reregistering_a_name_replaces_it(isolated_registry, monkeypatch):
+    """register_backend under an existing name replaces the module used."""
+    require_backend("numpy")
+    monkeypatch.syspath_prepend(str(TESTS))
+    lm.register_backend("numpy2", "lars_multi.backends.numpy", framework="numpy")
+    with lm.using_backend("numpy2"):
+        assert lm.current_backend() == "numpy2"
+    lm.register_backend("numpy2", "_toy_backend", framework="_toy_backend")
+    import _toy_backend
+
+    with lm.using_backend("numpy2") as module:
+        assert module is _toy_backend
+    assert to_numpy(lm.lars_update(W, G, 0.1)).dtype == np.float32  # numpy still infers numpy
