@@ -36,7 +36,7 @@ def dtype_name(dtype: Any) -> str:
 
 
 def asarray(obj: Any, dtype: Any = None) -> jax.Array:
-    return jnp.asarray(obj, dtype=dtype)  # Python floats: float32 unless jax_enable_x64
+    return jnp.asarray(obj, dtype=dtype)
 
 
 def zeros_like(x: Any) -> jax.Array:

@@ -37,12 +37,7 @@ def dtype_name(dtype: Any) -> str:
 
 
 def asarray(obj: Any, dtype: Any = None) -> np.ndarray:
-    if dtype is not None:
-        return np.asarray(obj, dtype=_bfloat16 if dtype == "bfloat16" else np.dtype(dtype))
-    result = np.asarray(obj)
-    if result.dtype == np.float64 and not isinstance(obj, np.ndarray | np.generic):
-        return result.astype(np.float32)  # Python floats: float32, as on every backend
-    return result
+    return np.asarray(obj, dtype=_bfloat16 if dtype == "bfloat16" else dtype)
 
 
 def zeros_like(x: Any) -> np.ndarray:
@@ -80,6 +75,10 @@ def _sum_of_squares(x: Any) -> np.generic:
 
 def stop_gradient(x: Any) -> Any:
     return x
+
+
+def write(out: np.ndarray, value: Any) -> None:
+    np.copyto(out, value)
 
 
 def update(w: Any, g: Any, lr_local: Any) -> np.ndarray:

@@ -36,10 +36,7 @@ def dtype_name(dtype: Any) -> str:
 def asarray(obj: Any, dtype: Any = None) -> tf.Tensor:
     if isinstance(obj, tf.Tensor | tf.Variable):
         return tf.identity(obj) if dtype is None else tf.cast(obj, dtype)
-    values = np.asarray(obj)
-    if dtype is None and values.dtype == np.float64 and not isinstance(obj, np.ndarray | np.generic):
-        dtype = tf.float32  # Python floats: float32, as on every backend
-    return tf.convert_to_tensor(values, dtype=dtype)
+    return tf.convert_to_tensor(np.asarray(obj), dtype=dtype)
 
 
 def zeros_like(x: Any) -> tf.Tensor:
@@ -77,6 +74,10 @@ def update(w: Any, g: Any, lr_local: Any) -> tf.Tensor:
 
 def stop_gradient(x: Any) -> tf.Tensor:
     return tf.stop_gradient(x)
+
+
+def write(out: tf.Variable, value: Any) -> None:
+    out.assign(value)
 
 
 @tf.function(reduce_retracing=True)

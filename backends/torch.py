@@ -1,7 +1,7 @@
 """PyTorch backend: ``torch.linalg`` norms and ``torch._foreach_*`` whole-tree updates.
 
 Nothing here calls ``.item()``: the trust ratios stay on the device, so the
-update never waits for the GPU and traces cleanly under ``torch.compile``.
+update never waits for the GPU and traces under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def dtype_name(dtype: Any) -> str:
 def asarray(obj: Any, dtype: Any = None) -> torch.Tensor:
     if isinstance(dtype, str):
         dtype = _DTYPES[dtype]
-    return torch.as_tensor(obj, dtype=dtype)  # Python floats: torch's default float32
+    return torch.as_tensor(obj, dtype=dtype)
 
 
 def zeros_like(x: Any) -> torch.Tensor:
@@ -76,6 +76,11 @@ def update(w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> torch.Te
 
 def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     return x.detach()
+
+
+def write(out: torch.Tensor, value: torch.Tensor) -> None:
+    with torch.no_grad():
+        out.copy_(value)
 
 
 def lars_tree(

@@ -94,7 +94,10 @@ def array(obj: Any, dtype: Any = None) -> Array:
     """
     if isinstance(obj, Array):
         obj = obj.data
-    name = current_backend() or backend_of(obj) or "numpy"
+    owner = backend_of(obj)
+    if dtype is None and owner is None and np.asarray(obj).dtype == np.float64:
+        dtype = "float32"  # Python floats, whatever the framework's default
+    name = current_backend() or owner or "numpy"
     return Array(get_backend(name).asarray(obj, dtype), name)
 
 

@@ -225,24 +225,39 @@ def _run(
     group_g = [gs[i] for i in indices]
     group_out = None if outs is None else [outs[i] for i in indices]
     writable = group_out is not None and all(ops.is_writable(o) for o in group_out)
+    # Outputs that are read as inputs elsewhere (a gradient that is another
+    # layer's output, one array twice) are written only once all is computed.
+    write_late = group_out is not None and _overlapping(group_out, group_g, group_w)
     # Immutable arrays (jax) are replaced instead: donate the weights' buffers
-    # when the caller hands them over (out=w) and no gradient shares them.
+    # when the caller hands them over (out=w) and nothing else reads them.
     donate = (
         group_out is not None
         and not writable
+        and not write_late
         and all(o is x for o, x in zip(group_out, group_w))
-        and not any(g is x for g, x in zip(group_g, group_w))
     )
     fused = getattr(ops, "lars_tree", None)
-    if fused is not None:
+    if fused is not None and not (writable and write_late):
         return fused(group_w, group_g, lr, decay, stop, group_out if writable else None, donate)
-    rule = _layer_rule(ops)
-    new = [rule(x, g, lr, decay, stop) for x, g in zip(group_w, group_g)]
+    if fused is not None:
+        new = fused(group_w, group_g, lr, decay, stop, None, False)
+    else:
+        rule = _layer_rule(ops)
+        new = [rule(x, g, lr, decay, stop) for x, g in zip(group_w, group_g)]
     if writable:
         for target, value in zip(group_out, new):
             ops.write(target, value)
         return group_out
     return new
+
+
+def _overlapping(outs: list[Any], gs: list[Any], ws: list[Any]) -> bool:
+    """Whether writing ``outs`` one by one could change an input not yet read:
+    an output twice, an output that is a gradient, or another layer's weights."""
+    position = {id(o): i for i, o in enumerate(outs)}
+    if len(position) != len(outs) or not position.keys().isdisjoint(map(id, gs)):
+        return True
+    return any(position.get(id(x), i) != i for i, x in enumerate(ws))
 
 
 def _groups(rates: list[Any], decays: list[Any], stops: list[bool]) -> list[list[int]]:
