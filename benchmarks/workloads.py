@@ -43,6 +43,16 @@ class Workload:
         """The name of the largest tensor."""
         return max(self.w, key=lambda k: self.w[k].size)
 
+    def subset(self, n: int) -> Workload:
+        """The first ``n`` tensors only (all of them when ``n`` is 0 or larger)."""
+        if n <= 0 or n >= self.n_tensors:
+            return self
+        keys = list(self.w)[:n]
+        description = f"{self.description}; first {n} tensors only"
+        return Workload(
+            self.name, description, {k: self.w[k] for k in keys}, {k: self.g[k] for k in keys}, self.single
+        )
+
     def check_keys(self) -> list[str]:
         """A few leaves compared across contenders: first, largest, last."""
         names = list(self.w)

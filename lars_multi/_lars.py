@@ -85,8 +85,8 @@ def lars_update(
         lars_multi.array([[2.34077978, 0.78025991, 4.5605197 ],
                           [6.78026009, 1.56051981, 8.12103939]])
     """
-    if out is None and _is_array(w) and _is_array(dcdw):
-        return _update_one(w, dcdw, lr, decay_lambda, stop_gradients)
+    if _is_array(w) and _is_array(dcdw) and (out is None or _is_array(out)):
+        return _update_one(w, dcdw, lr, decay_lambda, stop_gradients, out)
     return _update_tree(w, dcdw, lr, decay_lambda, stop_gradients, out)
 
 
@@ -94,8 +94,8 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, Array) or backend_of(x) is not None
 
 
-def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any) -> Any:
-    """The lean path for one array and no ``out``: no tree machinery at all."""
+def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
+    """The lean path for one array: no tree machinery at all."""
     wrapped = isinstance(w, Array)
     w_data = w.data if wrapped else w
     name = w.backend if wrapped else backend_of(w)
@@ -108,8 +108,14 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     rate = _check_lr("lr", lr, name=name, ops=ops)
     decay = _check_decay("decay_lambda", decay_lambda)
     stop = _check_stop("stop_gradients", stop_gradients)
-    new = _layer_rule(ops)(w_data, g, rate, decay, stop)
-    return Array(new, name) if wrapped else new
+    if out is None:
+        new = _layer_rule(ops)(w_data, g, rate, decay, stop)
+        return Array(new, name) if wrapped else new
+    (target,) = _check_outs([out], [()], ["w"], [w_data], name, ops)
+    (new,) = _run(ops, [0], [w_data], [g], [rate], [decay], [stop], [target])
+    if isinstance(out, Array):
+        out.data = new
+    return out
 
 
 def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:

@@ -1,0 +1,219 @@
+"""``python -m benchmarks``: time lars_multi against native LARS on every backend.
+
+Writes ``latest.json``, ``latest.md`` and ``latest.png`` under ``--out`` and
+prints a table per workload and a PASS/MISS line per target. The exit code is
+0 whatever the ratios: benchmarks measure, they do not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import contenders, memory, report, targets, timing, workloads
+from .checks import check_all
+
+COMPILED = ("jax", "tensorflow")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to time: rounds, seconds per (workload, backend), seconds per sample."""
+
+    rounds: int
+    budget_s: float
+    sample_s: float
+    compiled_cap: int
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--backends",
+        default=",".join(contenders.BACKENDS),
+        help="comma-separated, from: " + ", ".join(contenders.BACKENDS),
+    )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(workloads.NAMES),
+        help="comma-separated, from: " + ", ".join(workloads.NAMES),
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke test: few rounds, about 2 minutes")
+    parser.add_argument("--rounds", type=int, help="rounds per (workload, backend) (default 30; quick 5)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        help="seconds of timing per (workload, backend) after which rounds stop "
+        f"(at least {timing.MIN_ROUNDS} rounds; default 8; quick 1.5)",
+    )
+    parser.add_argument(
+        "--compiled-cap",
+        type=int,
+        help="jax and tensorflow time the many_small tree on its first N tensors only, "
+        "since compiling (XLA) or tracing (tf.function) 2,000 leaves takes minutes per "
+        "contender on CPU; 0 = all 2,000 (default 100; quick 10)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+    return Settings(
+        rounds=args.rounds or (5 if quick else 30),
+        budget_s=args.budget if args.budget is not None else (1.5 if quick else 8.0),
+        sample_s=0.002 if quick else 0.005,
+        compiled_cap=args.compiled_cap if args.compiled_cap is not None else (10 if quick else 100),
+    )
+
+
+def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return names
+
+
+def _rows(timings: list[timing.Timing], checks: dict[str, Any], skipped: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for t in timings:
+        c = t.contender
+        rows.append(
+            {
+                "key": c.key,
+                "label": c.label,
+                "role": c.role,
+                "in_place": c.in_place,
+                "best_s": t.best,
+                "median_s": t.median,
+                "rounds": len(t.samples),
+                "batch": t.batch,
+                "samples_s": t.samples,
+                "check": checks[c.key].problem,
+                "update_error": checks[c.key].update_error,
+            }
+        )
+    for key in skipped:
+        rows.append(
+            {
+                "key": key,
+                "label": key,
+                "role": contenders.NATIVE,
+                "in_place": False,
+                "best_s": None,
+                "median_s": None,
+                "rounds": 0,
+                "batch": 0,
+                "samples_s": [],
+                "check": checks[key].problem,
+                "update_error": None,
+            }
+        )
+    return rows
+
+
+def run_group(
+    backend: str, workload: workloads.Workload, settings: Settings, progress: Progress, task: Any
+) -> dict[str, Any]:
+    """Build, check, warm up and time one backend's contenders on one workload."""
+    full = workload
+    if backend in COMPILED and workload.name == "many_small":
+        workload = workload.subset(settings.compiled_cap)
+    group: dict[str, Any] = {
+        "workload": workload.name,
+        "backend": backend,
+        "description": workload.description,
+        "n_tensors": workload.n_tensors,
+        "n_elements": workload.n_elements,
+    }
+    if workload is not full:
+        group["n_tensors_note"] = f"first {workload.n_tensors} of {full.n_tensors} tensors"
+    progress.update(task, description=f"{workload.name}/{backend}: build, check, compile")
+    start = time.perf_counter()
+    built = contenders.build(backend, workload)
+    checks = check_all(built, workload)
+    runnable = [c for c in built if not (checks[c.key].problem or "").startswith("raised")]
+    for c in runnable:
+        timing.warm_up(c)
+    group["setup_s"] = time.perf_counter() - start
+    progress.update(task, description=f"{workload.name}/{backend}: timing")
+    base = progress.tasks[task].completed
+    timings = timing.run_rounds(
+        runnable,
+        settings.rounds,
+        settings.budget_s,
+        settings.sample_s,
+        lambda r: progress.update(task, completed=base + r),
+    )
+    progress.update(task, completed=base + settings.rounds)
+    group["timing_s"] = time.perf_counter() - start - group["setup_s"]
+    group["contenders"] = _rows(timings, checks, [c.key for c in built if c not in runnable])
+    return group
+
+
+def run_all(
+    backends: list[str], names: list[str], settings: Settings, console: Console
+) -> list[dict[str, Any]]:
+    """Every (workload, backend) group, workload by workload, with a progress bar."""
+    groups = []
+    columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("", total=len(backends) * len(names) * settings.rounds)
+        for name in names:
+            workload = workloads.build(name)
+            for backend in backends:
+                try:
+                    groups.append(run_group(backend, workload, settings, progress, task))
+                except Exception:  # report a broken backend and go on with the others
+                    console.print(f"[red]{name}/{backend} failed:[/red]\n{traceback.format_exc()}")
+                gc.collect()
+    return groups
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    backends = _names(args.backends, contenders.BACKENDS, "backends")
+    names = _names(args.workloads, workloads.NAMES, "workloads")
+    settings = settings_from(args)
+    console = Console(width=None if Console().is_terminal else 200)
+    started = time.time()
+    groups = run_all(backends, names, settings, console)
+    measured = [] if args.no_memory else memory.measure(backends, contrast=not args.quick)
+    for group in groups:
+        report.add_ratios(group)
+    judged = targets.judge_all(groups, measured)
+    report.print_tables(console, groups)
+    report.print_targets(console, judged)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "machine": report.machine_info(),
+        "settings": vars(settings),
+        "started": started,
+        "wall_s": time.time() - started,
+        "groups": groups,
+        "memory": measured,
+        "targets": judged,
+    }
+    report.write_json(args.out / "latest.json", payload)
+    (args.out / "latest.md").write_text(report.markdown(groups, judged))
+    report.plot(args.out / "latest.png", groups)
+    console.print(f"wrote {args.out}/latest.json, latest.md, latest.png in {payload['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
