@@ -1,4 +1,10 @@
-"""NumPy backend: BLAS norms and a cache-blocked, allocation-free update."""
+"""NumPy backend: BLAS norms and an update with no tree-sized temporary.
+
+With SciPy installed (``lars-multi[scipy]``), the update of a large layer is
+one BLAS ``axpy`` pass, :math:`w \\leftarrow w - \\eta_\\ell g`, in place;
+without it, a cache-blocked pair of ufuncs does the same through one small
+scratch block.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,16 @@ _FLOAT32 = np.dtype(np.float32)
 # Elements per block of the update: the scratch block stays in L2 cache, so
 # w - r g costs one read of w and g and one write of the result.
 _BLOCK = 1 << 15
+# Layers are processed in batches of about this many bytes of weights: their
+# norms are taken, then they are updated while still in cache.
+_BATCH_BYTES = 1 << 22
+
+try:  # BLAS axpy, y <- y + a x in one pass (f2py writes contiguous y in place).
+    from scipy.linalg import blas as _blas
+
+    _AXPY = {np.dtype(np.float32): _blas.saxpy, np.dtype(np.float64): _blas.daxpy}
+except ImportError:  # pragma: no cover - exercised only without SciPy
+    _AXPY = {}
 
 
 def is_native(x: Any) -> bool:
@@ -84,17 +100,25 @@ def write(out: np.ndarray, value: Any) -> None:
 def update(w: Any, g: Any, lr_local: Any) -> np.ndarray:
     """:math:`w - \\eta_\\ell g` in a new array of ``w``'s dtype."""
     out = np.empty_like(w)
-    _subtract_scaled(out, w, g, lr_local, None)
+    _subtract_scaled(out, w, g, lr_local)
     return out
 
 
-def _subtract_scaled(out: np.ndarray, w: Any, g: Any, rate: Any, scratch: np.ndarray | None) -> None:
+def _subtract_scaled(out: np.ndarray, w: Any, g: Any, rate: Any) -> None:
     """``out[...] = w - rate * g`` with no temporary larger than a cache-sized block.
 
     ``out`` may be ``w`` or ``g`` themselves: each block is read before it is
-    written. Halves are computed in float32 and rounded once.
+    written. Halves are computed in float32 and rounded once; large float32
+    and float64 layers go through BLAS ``axpy`` when SciPy is installed.
     """
     half = w.dtype in _HALF
+    axpy = _AXPY.get(w.dtype)
+    if axpy is not None and w.size > _BLOCK and out is not g and _all_contiguous(out, w, g):
+        flat_out = out.reshape(-1)
+        if out is not w:
+            np.copyto(flat_out, w.reshape(-1))
+        axpy(g.reshape(-1), flat_out, a=-rate)
+        return
     if not half and (w.size <= _BLOCK or not _all_contiguous(out, w, g)):
         np.subtract(w, np.multiply(g, rate), out=out)
         return
@@ -102,8 +126,7 @@ def _subtract_scaled(out: np.ndarray, w: Any, g: Any, rate: Any, scratch: np.nda
         np.subtract(w, np.multiply(g, rate, dtype=np.float32), out=out, dtype=np.float32, casting="unsafe")
         return
     cdt = compute_dtype(w.dtype)
-    if scratch is None or scratch.dtype != cdt:
-        scratch = np.empty(_BLOCK, dtype=cdt)
+    scratch = np.empty(_BLOCK, dtype=cdt)
     flat_w, flat_g, flat_out = w.reshape(-1), g.reshape(-1), out.reshape(-1)
     for start in range(0, flat_w.size, _BLOCK):
         stop = min(start + _BLOCK, flat_w.size)
@@ -126,19 +149,33 @@ def lars_tree(
     donate: bool = False,
 ) -> list[Any]:
     """All layers at once: one vector of trust ratios per dtype, then each
-    layer's update written straight into its output (``outs``, or new arrays),
-    through one block-sized scratch shared by every layer."""
+    layer's update written straight into its output (``outs``, or new arrays)
+    while the batch is still in cache."""
     results = list(outs) if outs is not None else [np.empty_like(w) for w in ws]
     ops = sys.modules[__name__]
     for indices in _indices_by_dtype(ws):
         cdt = compute_dtype(ws[indices[0]].dtype)
-        w_norms = np.sqrt(np.array([_sum_of_squares(ws[i]) for i in indices], dtype=cdt))
-        g_norms = np.sqrt(np.array([_sum_of_squares(gs[i]) for i in indices], dtype=cdt))
-        rates = trust_ratio(ops, w_norms, g_norms, lr, decay_lambda)
-        scratch = np.empty(_BLOCK, dtype=cdt)
-        for i, rate in zip(indices, rates.tolist()):
-            _subtract_scaled(results[i], ws[i], gs[i], rate, scratch)
+        for batch in _cache_batches(indices, ws):
+            w_norms = np.sqrt(np.array([_sum_of_squares(ws[i]) for i in batch], dtype=cdt))
+            g_norms = np.sqrt(np.array([_sum_of_squares(gs[i]) for i in batch], dtype=cdt))
+            rates = trust_ratio(ops, w_norms, g_norms, lr, decay_lambda)
+            for i, rate in zip(batch, rates.tolist()):
+                _subtract_scaled(results[i], ws[i], gs[i], rate)
     return results
+
+
+def _cache_batches(indices: Sequence[int], ws: Sequence[Any]) -> list[list[int]]:
+    """Consecutive layers in batches of about ``_BATCH_BYTES`` of weights."""
+    batches, batch, size = [], [], 0
+    for i in indices:
+        batch.append(i)
+        size += ws[i].nbytes
+        if size >= _BATCH_BYTES:
+            batches.append(batch)
+            batch, size = [], 0
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def _indices_by_dtype(ws: Sequence[Any]) -> list[Sequence[int]]:
