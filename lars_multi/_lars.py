@@ -348,6 +348,12 @@ def _check_gradient(path: Any, g: Any, w_path: Any, w: Any, name: str, ops: Modu
             f"{path}: expected a {name} array like {w_path}, got a {g_name} array "
             f"({type_name(data)}); pass arrays of one framework"
         )
+    _check_like(path, data, w_path, w, ops)
+    return data
+
+
+def _check_like(path: Any, data: Any, w_path: Any, w: Any, ops: ModuleType) -> None:
+    """``data`` must have the dtype and shape of the weights ``w``."""
     if data.dtype != w.dtype:
         raise LarsMultiTypeError(
             f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}"
@@ -356,7 +362,6 @@ def _check_gradient(path: Any, g: Any, w_path: Any, w: Any, name: str, ops: Modu
         raise LarsMultiValueError(
             f"{path}: expected shape {tuple(w.shape)} (the shape of {w_path}), got {tuple(data.shape)}"
         )
-    return data
 
 
 def _shapes_conflict(a: Any, b: Any) -> bool:
@@ -431,13 +436,6 @@ def _check_outs(
                 f"{path}: expected an array that can be written in place, got an immutable "
                 f"{type_name(data)}; pass a lars_multi.Array or Container as out, or use the result"
             )
-        if data.dtype != w.dtype:
-            raise LarsMultiTypeError(
-                f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}"
-            )
-        if data.shape != w.shape and _shapes_conflict(data.shape, w.shape):
-            raise LarsMultiValueError(
-                f"{path}: expected shape {tuple(w.shape)} (the shape of {w_path}), got {tuple(data.shape)}"
-            )
+        _check_like(path, data, w_path, w, ops)
         outs.append(data)
     return outs

@@ -16,6 +16,8 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,16 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 settings.load_profile("lars_multi")
+
+
+def run_python(script, **env):
+    """Run ``script`` in a fresh interpreter; its stdout."""
+    environ = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
 
 def selected_backends() -> list[str]:

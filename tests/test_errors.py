@@ -4,14 +4,11 @@ message that names the argument at fault."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import native, require_backend, x64
+from conftest import native, require_backend, run_python, x64
 
 import lars_multi as lm
 
@@ -26,16 +23,6 @@ def raises(builtin, match, cls=lm.LarsMultiError):
         yield info
     assert isinstance(info.value, builtin), type(info.value).__mro__
     assert isinstance(info.value, lm.LarsMultiError)
-
-
-def run_python(script, **env):
-    """Run ``script`` in a fresh interpreter; its stdout."""
-    environ = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], env={**environ, **env}, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 # --- backends ------------------------------------------------------------------------------

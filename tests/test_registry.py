@@ -5,9 +5,6 @@ third-party backends."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from conftest import (
     native,
     native_type,
     require_backend,
+    run_python,
     to_numpy,
 )
 
@@ -29,15 +27,6 @@ import lars_multi as lm
 W = np.array([3.0, 1.0, 5.0], dtype=np.float32)
 G = np.array([0.3, 0.1, 0.2], dtype=np.float32)
 TESTS = Path(__file__).parent
-
-
-def run_python(script, **env):
-    environ = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], env={**environ, **env}, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def two_backends():
