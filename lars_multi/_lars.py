@@ -168,10 +168,14 @@ def _leaves_like(arg: str, value: Any, w: Any, spec: Any) -> list[Any]:
         return leaves
     if optree.treespec_is_leaf(value_spec):
         return leaves * spec.num_leaves
+    plain_value, plain_w = _plain(value), _plain(w)
+    leaves, value_spec = optree.tree_flatten(plain_value)
+    if value_spec == optree.tree_structure(plain_w):  # a dict for a Container
+        return leaves
     try:
-        return optree.broadcast_prefix(_plain(value), _plain(w))
+        return optree.broadcast_prefix(plain_value, plain_w)
     except ValueError:
-        errors = optree.prefix_errors(_plain(value), _plain(w))
+        errors = optree.prefix_errors(plain_value, plain_w)
         detail = f" {errors[0](arg)}" if errors else ""
         raise LarsMultiValueError(
             f"{arg}: expected the structure of w or a single value, got another structure.{detail}"
