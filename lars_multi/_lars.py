@@ -425,12 +425,12 @@ def _check_outs(
 ) -> list[Any]:
     outs = []
     for entries, o, w_path, w in zip(paths, leaves, w_paths, w_data):
-        if o is w and ops.is_writable(o):  # out=w on a mutable framework
-            outs.append(o)
+        data = o.data if isinstance(o, Array) else o
+        if data is w and (data is not o or ops.is_writable(o)):  # out=w: already checked
+            outs.append(w)
             continue
         path = _Path("out", entries)
         wrapped = isinstance(o, Array)
-        data = o.data if wrapped else o
         o_name = o.backend if wrapped else backend_of(o)
         if o_name != name:
             got = f"a {o_name} array" if o_name else type_name(o)
