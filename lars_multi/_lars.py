@@ -111,8 +111,8 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     if out is None:
         new = _layer_rule(ops)(w_data, g, rate, decay, stop)
         return Array(new, name) if wrapped else new
-    (target,) = _check_outs([out], [()], ["w"], [w_data], name, ops)
-    (new,) = _run(ops, [0], [w_data], [g], [rate], [decay], [stop], [target])
+    (target,) = _check_outs([out], [()], [w_data], name, ops)
+    (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target])
     if isinstance(out, Array):
         out.data = new
     return out
@@ -125,31 +125,43 @@ def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: 
     name = _call_backend(ws, paths)
     ops = get_backend(name)
     w_data = [x.data if isinstance(x, Array) else x for x in ws]
-    w_paths = [_Path("w", p) for p in paths]
     floats = ops.FLOAT_DTYPES
-    for path, x in zip(w_paths, w_data):
+    for entries, x in zip(paths, w_data):
         if x.dtype not in floats:
-            _check_weights(path, x, ops)
+            _check_weights(_Path("w", entries), x, ops)
+    one_gradient = optree.tree_is_leaf(dcdw, namespace=_NAMESPACE)
     gs = [
         # Fast path: a native gradient of the weights' own type, dtype and shape.
         g
         if type(g) is type(x) and g.dtype == x.dtype and g.shape == x.shape
-        else _check_gradient(path, g, w_path, x, name, ops)
-        for path, g, w_path, x in zip(
-            _leaf_paths("dcdw", dcdw, paths), _leaves_like("dcdw", dcdw, w, spec), w_paths, w_data
+        else _check_gradient(
+            "dcdw" if one_gradient else _Path("dcdw", entries), g, _Path("w", entries), x, name, ops
         )
+        for entries, g, x in zip(paths, _leaves_like("dcdw", dcdw, w, spec), w_data)
     ]
     rates = _per_leaf("lr", lr, w, spec, paths, partial(_check_lr, name=name, ops=ops))
     decays = _per_leaf("decay_lambda", decay_lambda, w, spec, paths, _check_decay)
     stops = _per_leaf("stop_gradients", stop_gradients, w, spec, paths, _check_stop)
     out_leaves = None if out is None else _out_leaves(out, w, spec)
-    outs = None if out is None else _check_outs(out_leaves, paths, w_paths, w_data, name, ops)
+    outs = None if out is None else _check_outs(out_leaves, paths, w_data, name, ops)
 
-    results: list[Any] = [None] * len(ws)
-    for indices in _groups(rates, decays, stops):
-        group = _run(ops, indices, w_data, gs, rates, decays, stops, outs)
-        for i, new in zip(indices, group):
-            results[i] = new
+    groups = _groups(rates, decays, stops)
+    if len(groups) == 1:
+        results = _run(ops, w_data, gs, rates[0], decays[0], stops[0], outs)
+    else:
+        results = [None] * len(ws)
+        for indices in groups:
+            group = _run(
+                ops,
+                [w_data[i] for i in indices],
+                [gs[i] for i in indices],
+                rates[indices[0]],
+                decays[indices[0]],
+                stops[indices[0]],
+                None if outs is None else [outs[i] for i in indices],
+            )
+            for i, new in zip(indices, group):
+                results[i] = new
 
     if out is not None:
         for target, new in zip(out_leaves, results):
@@ -220,20 +232,14 @@ def _plain(tree: Any) -> Any:
 
 def _run(
     ops: ModuleType,
-    indices: list[int],
-    ws: list[Any],
-    gs: list[Any],
-    rates: list[Any],
-    decays: list[Any],
-    stops: list[bool],
-    outs: list[Any] | None,
+    group_w: list[Any],
+    group_g: list[Any],
+    lr: Any,
+    decay: float | None,
+    stop: bool,
+    group_out: list[Any] | None,
 ) -> list[Any]:
     """One group of layers that share their hyperparameters."""
-    first = indices[0]
-    lr, decay, stop = rates[first], decays[first], stops[first]
-    group_w = [ws[i] for i in indices]
-    group_g = [gs[i] for i in indices]
-    group_out = None if outs is None else [outs[i] for i in indices]
     writable = group_out is not None and all(ops.is_writable(o) for o in group_out)
     # Outputs that are read as inputs elsewhere (a gradient that is another
     # layer's output, one array twice) are written only once all is computed.
@@ -270,10 +276,10 @@ def _overlapping(outs: list[Any], gs: list[Any], ws: list[Any]) -> bool:
     return any(position.get(id(x), i) != i for i, x in enumerate(ws))
 
 
-def _groups(rates: list[Any], decays: list[Any], stops: list[bool]) -> list[list[int]]:
+def _groups(rates: list[Any], decays: list[Any], stops: list[bool]) -> list[Sequence[int]]:
     """Indices of the layers sharing (lr, decay_lambda, stop_gradients)."""
     if len(set(map(id, rates))) == 1 and len(set(decays)) == 1 and len(set(stops)) == 1:
-        return [list(range(len(rates)))]
+        return [range(len(rates))]
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, (rate, decay, stop) in enumerate(zip(rates, decays, stops)):
         key = (rate if isinstance(rate, float) else id(rate), decay, stop)
@@ -418,18 +424,17 @@ def _check_stop(path: Any, stop_gradients: Any) -> bool:
 def _check_outs(
     leaves: list[Any],
     paths: list[Any],
-    w_paths: list[Any],
     w_data: list[Any],
     name: str,
     ops: ModuleType,
 ) -> list[Any]:
     outs = []
-    for entries, o, w_path, w in zip(paths, leaves, w_paths, w_data):
+    for entries, o, w in zip(paths, leaves, w_data):
         data = o.data if isinstance(o, Array) else o
         if data is w and (data is not o or ops.is_writable(o)):  # out=w: already checked
             outs.append(w)
             continue
-        path = _Path("out", entries)
+        path, w_path = _Path("out", entries), _Path("w", entries)
         wrapped = isinstance(o, Array)
         o_name = o.backend if wrapped else backend_of(o)
         if o_name != name:
