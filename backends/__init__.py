@@ -27,6 +27,8 @@ Optional
     new arrays. ``donate`` says the weights' buffers may be reused.
     ``write(out, value)``: copy ``value`` into ``out`` in place; needed for
     ``out=`` when there is no ``lars_tree``.
+    ``update_into(out, w, g, lr_local)``: ``w - lr_local * g`` written into
+    ``out`` (which may be ``w``) with no temporary: the one-array ``out=`` path.
 
 ``decay_lambda`` reaches the primitives as None when it is 0.
 """

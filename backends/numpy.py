@@ -100,11 +100,11 @@ def write(out: np.ndarray, value: Any) -> None:
 def update(w: Any, g: Any, lr_local: Any) -> np.ndarray:
     """:math:`w - \\eta_\\ell g` in a new array of ``w``'s dtype."""
     out = np.empty_like(w)
-    _subtract_scaled(out, w, g, lr_local)
+    update_into(out, w, g, lr_local)
     return out
 
 
-def _subtract_scaled(out: np.ndarray, w: Any, g: Any, rate: Any) -> None:
+def update_into(out: np.ndarray, w: Any, g: Any, rate: Any) -> None:
     """``out[...] = w - rate * g`` with no temporary larger than a cache-sized block.
 
     ``out`` may be ``w`` or ``g`` themselves: each block is read before it is
@@ -160,7 +160,7 @@ def lars_tree(
             g_norms = np.sqrt(np.array([_sum_of_squares(gs[i]) for i in batch], dtype=cdt))
             rates = trust_ratio(ops, w_norms, g_norms, lr, decay_lambda)
             for i, rate in zip(batch, rates.tolist()):
-                _subtract_scaled(results[i], ws[i], gs[i], rate)
+                update_into(results[i], ws[i], gs[i], rate)
     return results
 
 

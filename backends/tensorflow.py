@@ -76,6 +76,14 @@ def stop_gradient(x: Any) -> tf.Tensor:
     return tf.stop_gradient(x)
 
 
+def update_into(out: tf.Variable, w: Any, g: Any, lr_local: Any) -> None:
+    """:math:`w - \\eta_\\ell g` assigned to the variable ``out`` (``assign_sub`` when it is ``w``)."""
+    if out is w and w.dtype not in _HALF:
+        out.assign_sub(lr_local * g)
+    else:
+        out.assign(update(w, g, lr_local))
+
+
 def write(out: tf.Variable, value: Any) -> None:
     out.assign(value)
 

@@ -78,6 +78,17 @@ def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     return x.detach()
 
 
+def update_into(out: torch.Tensor, w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> None:
+    """:math:`w - \\eta_\\ell g` written into ``out`` (which may be ``w``), not differentiable."""
+    with torch.no_grad():
+        if w.dtype in _HALF:
+            out.copy_(update(w, g, lr_local))
+        elif out is w:
+            out.addcmul_(g, lr_local, value=-1)
+        else:
+            torch.addcmul(w, g, lr_local, value=-1, out=out)
+
+
 def write(out: torch.Tensor, value: torch.Tensor) -> None:
     with torch.no_grad():
         out.copy_(value)

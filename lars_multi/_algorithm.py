@@ -57,6 +57,12 @@ def lars_layer(ops: ModuleType, w: Any, g: Any, lr: Any, decay_lambda: Any, stop
     return ops.stop_gradient(new_w) if stop_gradients else new_w
 
 
+def lars_layer_into(ops: ModuleType, out: Any, w: Any, g: Any, lr: Any, decay_lambda: Any) -> None:
+    """:func:`lars_layer` written into ``out`` (which may be ``w``), in place."""
+    lr_local = trust_ratio(ops, ops.norm(w), ops.norm(g), lr, decay_lambda)
+    ops.update_into(out, w, g, lr_local)
+
+
 def lars_layers(
     ops: ModuleType,
     ws: Sequence[Any],

@@ -112,7 +112,12 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
         new = _layer_rule(ops)(w_data, g, rate, decay, stop)
         return Array(new, name) if wrapped else new
     (target,) = _check_outs([out], [()], [w_data], name, ops)
-    (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target])
+    update_into = getattr(ops, "update_into", None)
+    if update_into is not None and ops.is_writable(target) and target is not g:
+        _algorithm.lars_layer_into(ops, target, w_data, g, rate, decay)
+        new = target
+    else:
+        (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target])
     if isinstance(out, Array):
         out.data = new
     return out
