@@ -95,14 +95,23 @@ def _tree(ws: list, gs: list, lr: Any, decay_lambda: Any, stop_gradients: bool) 
 
 
 @tf.function(reduce_retracing=True)
-def _tree_into(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any, in_place: tuple) -> None:
+def _tree_subtract(variables: list, gs: list, lr: Any, decay_lambda: Any) -> None:
+    """``w.assign_sub(lr_local * g)`` for variables that are their own output."""
     ops = sys.modules[__name__]
-    for out, w, g, subtract in zip(outs, ws, gs, in_place):
-        lr_local = _algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda)
-        if subtract:
-            out.assign_sub(lr_local * g)
-        else:
-            out.assign(update(w, g, lr_local))
+    for w, g in zip(variables, gs):
+        w.assign_sub(_algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda) * g)
+
+
+@tf.function(reduce_retracing=True)
+def _tree_assign(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any) -> None:
+    """``out.assign(new_w)`` for the other outputs (and half precision ones)."""
+    ops = sys.modules[__name__]
+    for out, w, g in zip(outs, ws, gs):
+        out.assign(update(w, g, _algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda)))
+
+
+def _select(mask: list[bool], *lists: Sequence[Any]) -> list[list[Any]]:
+    return [[x for x, chosen in zip(items, mask) if chosen] for items in lists]
 
 
 def _as_tensor(value: Any) -> Any:
@@ -120,12 +129,18 @@ def lars_tree(
     outs: Sequence[Any] | None = None,
     donate: bool = False,
 ) -> list[Any]:
-    """Every layer in one ``tf.function`` call; ``outs`` (variables) are assigned."""
+    """Every layer in one ``tf.function`` call; ``outs`` (variables) are assigned:
+    ``assign_sub`` for the weights that are their own output, ``assign`` for the rest."""
     lr, decay_lambda = _as_tensor(lr), _as_tensor(decay_lambda)
     if outs is None:
         return _tree(list(ws), list(gs), lr, decay_lambda, stop_gradients)
-    in_place = tuple(o is w and w.dtype not in _HALF for o, w in zip(outs, ws))
-    _tree_into(list(outs), list(ws), list(gs), lr, decay_lambda, in_place)
+    # Each variable is passed once: every argument costs tf.function time per call.
+    subtract = [o is w and w.dtype not in _HALF for o, w in zip(outs, ws)]
+    if any(subtract):
+        _tree_subtract(*_select(subtract, ws, gs), lr, decay_lambda)
+    if not all(subtract):
+        keep = [not s for s in subtract]
+        _tree_assign(*_select(keep, outs, ws, gs), lr, decay_lambda)
     return list(outs)
 
 
