@@ -64,7 +64,9 @@ def where(cond: Any, x: Any, y: Any) -> torch.Tensor:
 
 def norm(x: torch.Tensor) -> torch.Tensor:
     """:math:`\\lVert x \\rVert_2`; halves accumulate in float32."""
-    return torch.linalg.vector_norm(x, dtype=torch.float32 if x.dtype in _HALF else None)
+    if x.dtype in _HALF:
+        return torch.linalg.vector_norm(x, dtype=torch.float32)
+    return torch.linalg.vector_norm(x)
 
 
 def update(w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,7 @@ def update(w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> torch.Te
 
 
 def stop_gradient(x: torch.Tensor) -> torch.Tensor:
-    return x.detach()
+    return x.detach() if x.requires_grad else x
 
 
 def update_into(out: torch.Tensor, w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> None:

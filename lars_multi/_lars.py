@@ -104,7 +104,10 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
         _call_backend([w], [()])  # raises the mismatch error
     ops = get_backend(name)
     _check_weights("w", w_data, ops)
-    g = _check_gradient("dcdw", dcdw, "w", w_data, name, ops)
+    if type(dcdw) is type(w_data) and dcdw.dtype == w_data.dtype and dcdw.shape == w_data.shape:
+        g = dcdw  # the common case: a native gradient like the weights
+    else:
+        g = _check_gradient("dcdw", dcdw, "w", w_data, name, ops)
     rate = _check_lr("lr", lr, name=name, ops=ops)
     decay = _check_decay("decay_lambda", decay_lambda)
     stop = _check_stop("stop_gradients", stop_gradients)
@@ -199,22 +202,13 @@ def _leaves_like(arg: str, value: Any, w: Any, spec: Any) -> list[Any]:
         ) from None
 
 
-def _leaf_paths(arg: str, value: Any, paths: list[Any]) -> list[Any]:
-    """Where each leaf of ``value`` is, for error messages (``arg`` alone if one value)."""
-    if optree.tree_is_leaf(value, namespace=_NAMESPACE):
-        return [arg] * len(paths)
-    return [_Path(arg, p) for p in paths]
-
-
 def _per_leaf(
     arg: str, value: Any, w: Any, spec: Any, paths: list[Any], check: Callable[[Any, Any], Any]
 ) -> list[Any]:
     """``check``-ed values, one per leaf of ``w``; a single value is checked once."""
     if optree.tree_is_leaf(value, namespace=_NAMESPACE):
         return [check(arg, value)] * len(paths)
-    return [
-        check(path, v) for path, v in zip(_leaf_paths(arg, value, paths), _leaves_like(arg, value, w, spec))
-    ]
+    return [check(_Path(arg, p), v) for p, v in zip(paths, _leaves_like(arg, value, w, spec))]
 
 
 def _out_leaves(out: Any, w: Any, spec: Any) -> list[Any]:
