@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import runpy
 import sys
 
@@ -116,12 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "demo":
         demo(console)
     else:
-        sys.argv = ["benchmarks", *args.rest]
-        try:
-            runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
-        except ImportError:
+        if importlib.util.find_spec("benchmarks") is None:
             console.print("bench runs the suite in benchmarks/: run it from a checkout of lars_multi")
-            raise SystemExit(2) from None
+            raise SystemExit(2)
+        sys.argv = ["benchmarks", *args.rest]
+        runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":
