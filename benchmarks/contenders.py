@@ -77,6 +77,23 @@ def _smallest(workload: Workload) -> str:
 # --- NumPy ------------------------------------------------------------------
 
 
+def _lars_multi_mutable(
+    w: dict[str, Any], g: dict[str, Any], state: dict[str, Any], read: Any, reset: Any
+) -> list[Contender]:
+    """lars_multi on a framework with mutable arrays: functional, and in place (``out=w``)."""
+    return [
+        Contender(LM, "lars_multi", LARS_MULTI, lambda: lm.lars_update(w, g, LR), read),
+        Contender(
+            LM_INPLACE,
+            "lars_multi out=w",
+            LARS_MULTI,
+            lambda: lm.lars_update(state, g, LR, out=state),
+            read,
+            reset=reset,
+        ),
+    ]
+
+
 def _numpy(wl: Workload) -> list[Contender]:
     single = wl.single
     key0 = next(iter(wl.w))
@@ -122,15 +139,7 @@ def _numpy(wl: Workload) -> list[Contender]:
         Contender(
             "floor", "floor: np.add(w, g, out=w)", FLOOR, lambda: floor(fl_state, g), read, "add", fl_reset
         ),
-        Contender(LM, "lars_multi", LARS_MULTI, lambda: lm.lars_update(w, g, LR), read),
-        Contender(
-            LM_INPLACE,
-            "lars_multi out=w",
-            LARS_MULTI,
-            lambda: lm.lars_update(lm_state, g, LR, out=lm_state),
-            read,
-            reset=lm_reset,
-        ),
+        *_lars_multi_mutable(w, g, lm_state, read, lm_reset),
     ]
 
 
@@ -206,15 +215,7 @@ def _torch(wl: Workload) -> list[Contender]:
     return [
         *contenders,
         Contender("floor", "floor: _foreach_add_(w, g)", FLOOR, floor, read, "add", fl_reset),
-        Contender(LM, "lars_multi", LARS_MULTI, lambda: lm.lars_update(w, g, LR), read),
-        Contender(
-            LM_INPLACE,
-            "lars_multi out=w",
-            LARS_MULTI,
-            lambda: lm.lars_update(lm_state, g, LR, out=lm_state),
-            read,
-            reset=lm_reset,
-        ),
+        *_lars_multi_mutable(w, g, lm_state, read, lm_reset),
     ]
 
 
