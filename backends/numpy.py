@@ -112,17 +112,18 @@ def update_into(out: np.ndarray, w: Any, g: Any, rate: Any) -> None:
     and float64 layers go through BLAS ``axpy`` when SciPy is installed.
     """
     half = w.dtype in _HALF
+    contiguous = out.flags.c_contiguous and w.flags.c_contiguous and g.flags.c_contiguous
     axpy = _AXPY.get(w.dtype)
-    if axpy is not None and w.size > _BLOCK and out is not g and _all_contiguous(out, w, g):
+    if axpy is not None and w.size > _BLOCK and out is not g and contiguous:
         flat_out = out.reshape(-1)
         if out is not w:
             np.copyto(flat_out, w.reshape(-1))
         axpy(g.reshape(-1), flat_out, a=-rate)
         return
-    if not half and (w.size <= _BLOCK or not _all_contiguous(out, w, g)):
+    if not half and (w.size <= _BLOCK or not contiguous):
         np.subtract(w, np.multiply(g, rate), out=out)
         return
-    if not _all_contiguous(out, w, g):  # a strided half: one float32 temporary
+    if not contiguous:  # a strided half: one float32 temporary
         np.subtract(w, np.multiply(g, rate, dtype=np.float32), out=out, dtype=np.float32, casting="unsafe")
         return
     cdt = compute_dtype(w.dtype)
@@ -133,10 +134,6 @@ def update_into(out: np.ndarray, w: Any, g: Any, rate: Any) -> None:
         block = scratch[: stop - start]
         np.multiply(flat_g[start:stop], rate, out=block, dtype=cdt)
         np.subtract(flat_w[start:stop], block, out=flat_out[start:stop], dtype=cdt, casting="unsafe")
-
-
-def _all_contiguous(*arrays: np.ndarray) -> bool:
-    return all(a.flags.c_contiguous for a in arrays)
 
 
 def lars_tree(

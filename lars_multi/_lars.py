@@ -104,10 +104,7 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
         _call_backend([w], [()])  # raises the mismatch error
     ops = get_backend(name)
     _check_weights("w", w_data, ops)
-    if type(dcdw) is type(w_data) and dcdw.dtype == w_data.dtype and dcdw.shape == w_data.shape:
-        g = dcdw  # the common case: a native gradient like the weights
-    else:
-        g = _check_gradient("dcdw", dcdw, "w", w_data, name, ops)
+    g = _check_gradient(dcdw, w_data, (), name, ops)
     rate = _check_lr("lr", lr, name=name, ops=ops)
     decay = _check_decay("decay_lambda", decay_lambda)
     stop = _check_stop("stop_gradients", stop_gradients)
@@ -139,12 +136,7 @@ def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: 
             _check_weights(_Path("w", entries), x, ops)
     one_gradient = optree.tree_is_leaf(dcdw, namespace=_NAMESPACE)
     gs = [
-        # Fast path: a native gradient of the weights' own type, dtype and shape.
-        g
-        if type(g) is type(x) and g.dtype == x.dtype and g.shape == x.shape
-        else _check_gradient(
-            "dcdw" if one_gradient else _Path("dcdw", entries), g, _Path("w", entries), x, name, ops
-        )
+        _check_gradient(g, x, entries, name, ops, broadcast=one_gradient)
         for entries, g, x in zip(paths, _leaves_like("dcdw", dcdw, w, spec), w_data)
     ]
     rates = _per_leaf("lr", lr, w, spec, paths, partial(_check_lr, name=name, ops=ops))
@@ -347,7 +339,17 @@ def _check_weights(path: Any, w: Any, ops: ModuleType) -> None:
         )
 
 
-def _check_gradient(path: Any, g: Any, w_path: Any, w: Any, name: str, ops: ModuleType) -> Any:
+def _check_gradient(
+    g: Any, w: Any, entries: Sequence[Any], name: str, ops: ModuleType, *, broadcast: bool = False
+) -> Any:
+    """The gradient of the weights ``w`` at ``entries``, as a native array.
+
+    ``broadcast``: one ``dcdw`` serves every leaf (so messages name ``dcdw`` alone).
+    """
+    if type(g) is type(w) and g.dtype == w.dtype and g.shape == w.shape:
+        return g  # the common case, with no message built: a native gradient like the weights
+    path = "dcdw" if broadcast else _Path("dcdw", entries)
+    w_path = _Path("w", entries)
     data = g.data if isinstance(g, Array) else g
     g_name = g.backend if isinstance(g, Array) else backend_of(g)
     if g_name is None:
