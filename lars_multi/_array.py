@@ -32,6 +32,12 @@ class Array:
         self.data = data
         self.backend = owner
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle, copy.copy and copy.deepcopy rebuild the Array from its native
+        # data and backend name: copy.copy shares the data, copy.deepcopy and
+        # pickle copy it with the framework's own deepcopy/pickle support.
+        return (type(self), (self.data, self.backend))
+
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)

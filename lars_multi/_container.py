@@ -36,8 +36,18 @@ class Container(Mapping):
         self._items[key] = Container(value) if isinstance(value, dict) else value
 
     def __getattr__(self, key: str) -> Any:
+        # Only called when normal lookup fails. Dunder names (``__deepcopy__``,
+        # ``__array__``, ...) are never keys, and while ``_items`` is unset (an
+        # instance made by pickle or copy, before ``__setstate__``) there are no
+        # keys at all: neither may recurse into ``self._items``.
+        if key.startswith("__") and key.endswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
         try:
-            return self._items[key]
+            items = object.__getattribute__(self, "_items")
+        except AttributeError:
+            raise AttributeError(f"Container has no key {key!r}") from None
+        try:
+            return items[key]
         except KeyError:
             raise AttributeError(f"Container has no key {key!r}") from None
 
@@ -49,6 +59,21 @@ class Container(Mapping):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    # pickle, copy.copy and copy.deepcopy: an empty Container, then its items as
+    # the state. copy.copy passes the state as is (the leaves are shared, the
+    # mapping is copied by __setstate__); copy.deepcopy and pickle copy the
+    # state, leaves and nested Containers included, memo and cycles handled.
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (), self._items)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise LarsMultiTypeError(f"Container state: expected dict, got {type_name(state)}")
+        for key in state:
+            if not isinstance(key, str):
+                raise LarsMultiTypeError(f"Container keys: expected str, got {type_name(key)} {key!r}")
+        object.__setattr__(self, "_items", dict(state))
 
     # Arrays have no single truth value, so Containers compare by identity.
     __eq__ = object.__eq__
