@@ -17,6 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from lars_multi import _algorithm
+from lars_multi._container import Container
+from lars_multi._tree import Attribute, Flat
+
+# Containers are pytrees to JAX too, keyed by their names.
+jax.tree_util.register_pytree_with_keys(
+    Container,
+    lambda c: ([(jax.tree_util.DictKey(k), v) for k, v in c.items()], list(c.keys())),
+    lambda keys, children: Container(dict(zip(keys, children))),
+)
 
 FRAMEWORK = "jax"
 _HALF = frozenset(np.dtype(t) for t in (jnp.float16, jnp.bfloat16))
@@ -27,8 +36,12 @@ def is_native(x: Any) -> bool:
     return isinstance(x, jax.Array)
 
 
-def is_writable(x: Any) -> bool:
-    return False  # jax arrays are immutable
+def unwritable(x: Any) -> str | None:
+    return "an immutable jax.Array"
+
+
+def largest(dtype: Any) -> float:
+    return float(np.finfo(jnp.float32 if dtype in _HALF else dtype).max)
 
 
 def dtype_name(dtype: Any) -> str:
@@ -100,8 +113,61 @@ def lars_tree(
     outs: Sequence[Any] | None = None,
     donate: bool = False,
 ) -> list[jax.Array]:
-    """Every layer in one compiled call; ``donate`` reuses the weights' buffers."""
-    return _compiled(True, donate)(list(ws), list(gs), lr, decay_lambda, stop_gradients=stop_gradients)
+    """Every layer in one compiled call; ``donate`` reuses the weights' buffers.
+
+    Half layers go in chunks of separate calls (see :func:`_half_chunks`): one
+    program over them all would hold float32 copies of every w and g at once.
+    """
+    run = _compiled(True, donate)
+    if _HALF.isdisjoint({w.dtype for w in ws}) or isinstance(ws[0], jax.core.Tracer):
+        return run(list(ws), list(gs), lr, decay_lambda, stop_gradients=stop_gradients)
+    results = list(ws)
+    rest = [i for i, w in enumerate(ws) if w.dtype not in _HALF]
+    for part in ([rest] if rest else []) + _half_chunks(ws):
+        new = run([ws[i] for i in part], [gs[i] for i in part], lr, decay_lambda, stop_gradients=stop_gradients)
+        for i, n in zip(part, new):
+            results[i] = n
+    return results
+
+
+# Half layers are compiled in chunks of about this many bytes of weights (or
+# one layer, if larger): XLA on CPU keeps float32 copies of w and g for the
+# norms, so a chunk holds about 4 times its bytes in temporaries.
+_HALF_CHUNK_BYTES = 2 << 20
+
+
+def _half_chunks(ws: Sequence[Any]) -> list[list[int]]:
+    """The half layers' indices, consecutive, at most ``max(_HALF_CHUNK_BYTES, largest)`` bytes a chunk."""
+    half = [i for i, w in enumerate(ws) if w.dtype in _HALF]
+    budget = max(_HALF_CHUNK_BYTES, max(ws[i].nbytes for i in half))
+    chunks: list[list[int]] = [[]]
+    total = 0
+    for i in half:
+        if total + ws[i].nbytes > budget:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(i)
+        total += ws[i].nbytes
+    return chunks
+
+
+def _entry(key: Any) -> Any:
+    """A JAX key path entry as a key, an index or an :class:`Attribute`."""
+    if isinstance(key, jax.tree_util.DictKey):
+        return key.key
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return key.idx
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return Attribute(key.name)
+    return key  # FlattenedIndexKey: pairs only with the same structure
+
+
+def flatten(tree: Any) -> Flat:
+    """``tree`` flattened by ``jax.tree_util``: every registered pytree (flax,
+    equinox, ...) is a tree of layers; leaves that are not arrays come too."""
+    with_paths, spec = jax.tree_util.tree_flatten_with_path(tree)
+    paths = [tuple(_entry(k) for k in path) for path, _ in with_paths]
+    return Flat([leaf for _, leaf in with_paths], paths, spec, jax.tree_util.tree_flatten, jax.tree_util.tree_unflatten)
 
 
 def info() -> dict[str, str]:

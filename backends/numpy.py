@@ -23,8 +23,12 @@ except ImportError:  # pragma: no cover - exercised only without ml_dtypes
 
 FRAMEWORK = "numpy"
 _HALF = frozenset(np.dtype(t) for t in (np.float16, _bfloat16) if t is not None)
-FLOAT_DTYPES = _HALF | {np.dtype(np.float32), np.dtype(np.float64)}
+_NATIVE_FLOATS = _HALF | {np.dtype(np.float32), np.dtype(np.float64)}
+# Either byte order: the ufunc paths read swapped data; BLAS gets native data only.
+FLOAT_DTYPES = _NATIVE_FLOATS | {d.newbyteorder("S") for d in _NATIVE_FLOATS if d.kind == "f"}
 _FLOAT32 = np.dtype(np.float32)
+# Halves (in either byte order) compute in float32.
+_COMPUTE = {d: _FLOAT32 for d in FLOAT_DTYPES if d.itemsize == 2}
 # Elements per block of the update: the scratch block stays in L2 cache, so
 # w - r g costs one read of w and g and one write of the result.
 _BLOCK = 1 << 15
@@ -44,12 +48,47 @@ def is_native(x: Any) -> bool:
     return isinstance(x, np.ndarray | np.generic)
 
 
-def is_writable(x: Any) -> bool:
-    return isinstance(x, np.ndarray) and x.flags.writeable
+def unwritable(x: Any) -> str | None:
+    """Why ``out=x`` cannot be written in place, or None."""
+    if not isinstance(x, np.ndarray):
+        return f"a NumPy scalar ({type(x).__name__})"
+    if not x.flags.writeable:
+        return "a read-only NumPy array"
+    if any(stride == 0 and size > 1 for stride, size in zip(x.strides, x.shape)):
+        return "a NumPy array whose elements share memory (a stride of 0, as from broadcast_to)"
+    return None
+
+
+def memory_root(x: Any) -> int:
+    """The object owning ``x``'s memory (the end of its chain of bases)."""
+    while isinstance(x, np.ndarray) and x.base is not None:
+        x = x.base
+    return id(x)
+
+
+def overlaps(a: Any, b: Any) -> bool:
+    return bool(np.may_share_memory(a, b))
 
 
 def dtype_name(dtype: Any) -> str:
-    return np.dtype(dtype).name
+    dtype = np.dtype(dtype)
+    order = {">": " (big-endian)", "<": " (little-endian)"}.get(dtype.byteorder, "")
+    return dtype.name + order
+
+
+def dtype_hint(got: Any, expected: Any) -> str:
+    if got.kind == "f" and expected.kind in "fV" and got.itemsize > expected.itemsize:
+        return (
+            f"; NumPy silently promotes {expected.name} arithmetic with {got.name} values, so cast the "
+            f"gradient back: dcdw.astype(w.dtype)"
+        )
+    if got.newbyteorder("=") == expected.newbyteorder("="):
+        return "; convert both to one byte order: x.astype(x.dtype.newbyteorder('='))"
+    return ""
+
+
+def largest(dtype: Any) -> float:
+    return float(np.finfo(compute_dtype(np.dtype(dtype))).max)
 
 
 def asarray(obj: Any, dtype: Any = None) -> np.ndarray:
@@ -75,7 +114,7 @@ def where(cond: Any, x: Any, y: Any) -> Any:
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
-    return _FLOAT32 if dtype in _HALF else dtype
+    return _COMPUTE.get(dtype, dtype)
 
 
 def norm(x: Any) -> np.generic:
@@ -84,7 +123,7 @@ def norm(x: Any) -> np.generic:
 
 
 def _sum_of_squares(x: Any) -> np.generic:
-    if x.dtype in _HALF:
+    if compute_dtype(x.dtype) != x.dtype:
         x = x.astype(np.float32)
     return np.vdot(x, x)
 
@@ -111,10 +150,10 @@ def update_into(out: np.ndarray, w: Any, g: Any, rate: Any) -> None:
     written. Halves are computed in float32 and rounded once; large float32
     and float64 layers go through BLAS ``axpy`` when SciPy is installed.
     """
-    half = w.dtype in _HALF
+    half = compute_dtype(w.dtype) != w.dtype
     contiguous = out.flags.c_contiguous and w.flags.c_contiguous and g.flags.c_contiguous
     axpy = _AXPY.get(w.dtype)
-    if axpy is not None and w.size > _BLOCK and out is not g and contiguous:
+    if axpy is not None and w.size > _BLOCK and contiguous and _blas_ready(out, g) and not overlaps(out, g):
         flat_out = out.reshape(-1)
         if out is not w:
             np.copyto(flat_out, w.reshape(-1))
@@ -134,6 +173,12 @@ def update_into(out: np.ndarray, w: Any, g: Any, rate: Any) -> None:
         block = scratch[: stop - start]
         np.multiply(flat_g[start:stop], rate, out=block, dtype=cdt)
         np.subtract(flat_w[start:stop], block, out=flat_out[start:stop], dtype=cdt, casting="unsafe")
+
+
+def _blas_ready(out: np.ndarray, g: np.ndarray) -> bool:
+    """Whether f2py hands BLAS these very buffers: aligned, in native byte order
+    (else it works on a copy, and the update of ``out`` would be lost)."""
+    return out.flags.aligned and g.flags.aligned and out.dtype.isnative and g.dtype.isnative
 
 
 def lars_tree(

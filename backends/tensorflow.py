@@ -25,8 +25,17 @@ def is_native(x: Any) -> bool:
     return isinstance(x, tf.Tensor | tf.Variable)
 
 
-def is_writable(x: Any) -> bool:
-    return isinstance(x, tf.Variable)
+def unwritable(x: Any) -> str | None:
+    return None if isinstance(x, tf.Variable) else f"an immutable {type(x).__name__} (use a tf.Variable)"
+
+
+def densify(x: Any) -> Any:
+    """``tf.IndexedSlices`` gradients (embeddings, gathers) as dense tensors, as Keras does."""
+    return tf.convert_to_tensor(x) if isinstance(x, tf.IndexedSlices) else None
+
+
+def largest(dtype: Any) -> float:
+    return float((tf.float32 if dtype in _HALF else tf.as_dtype(dtype)).max)
 
 
 def dtype_name(dtype: Any) -> str:

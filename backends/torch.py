@@ -29,8 +29,70 @@ def is_native(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def is_writable(x: Any) -> bool:
-    return isinstance(x, torch.Tensor)
+def unwritable(x: Any) -> str | None:
+    """Why ``out=x`` cannot be written in place, or None.
+
+    Storage queries cannot be traced: under ``torch.compile`` only the type is checked.
+    """
+    if not isinstance(x, torch.Tensor):
+        return f"a {type(x).__name__}"
+    if torch.compiler.is_compiling():
+        return None
+    local = _local(x)
+    if local.is_inference() and not torch.is_inference_mode_enabled():
+        return "an inference tensor (made under torch.inference_mode), which cannot be written outside it"
+    if torch._debug_has_internal_overlap(local) == 1:
+        return "a tensor whose elements share memory (expanded, a stride of 0)"
+    return None
+
+
+def is_dense(x: torch.Tensor) -> bool:
+    return x.layout == torch.strided
+
+
+def layout_name(x: torch.Tensor) -> str:
+    return str(x.layout).removeprefix("torch.")
+
+
+def device(x: torch.Tensor) -> torch.device:
+    return x.device
+
+
+def _local(x: torch.Tensor) -> torch.Tensor:
+    """A DTensor's shard on this rank (its own ``data_ptr()`` is 0), else ``x``."""
+    local = getattr(x, "_local_tensor", None)
+    return x if local is None else local
+
+
+def memory_root(x: torch.Tensor) -> tuple[torch.device, int] | None:
+    """The device and storage holding ``x``; None while compiling (not traceable)."""
+    if torch.compiler.is_compiling():
+        return None
+    local = _local(x)
+    if local.layout != torch.strided:
+        return None
+    return local.device, local.untyped_storage().data_ptr()
+
+
+def _byte_span(x: torch.Tensor) -> tuple[int, int]:
+    size = x.element_size()
+    low = high = x.storage_offset()
+    for length, stride in zip(x.shape, x.stride()):
+        if length == 0:
+            return 0, 0
+        reach = (length - 1) * stride
+        low, high = (low + reach, high) if reach < 0 else (low, high + reach)
+    return low * size, (high + 1) * size
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the byte ranges of ``a`` and ``b`` in their (common) storage meet."""
+    (a_low, a_high), (b_low, b_high) = _byte_span(_local(a)), _byte_span(_local(b))
+    return a_low < b_high and b_low < a_high
+
+
+def largest(dtype: torch.dtype) -> float:
+    return float(torch.finfo(torch.float32 if dtype in _HALF else dtype).max)
 
 
 def dtype_name(dtype: Any) -> str:
@@ -128,19 +190,59 @@ def lars_tree(
             if in_place:
                 torch._foreach_addcmul_(group_w, group_g, rates, value=-1)
                 new = group_w
-            elif half:
-                new = torch._foreach_addcmul(
-                    [w.float() for w in group_w], [g.float() for g in group_g], rates, value=-1
-                )
-                new = [n.to(w.dtype) for n, w in zip(new, group_w)]
+            elif half:  # written into group_out chunk by chunk, if given
+                new = _half_update(group_w, group_g, rates, group_out)
             else:
                 new = torch._foreach_addcmul(group_w, group_g, rates, value=-1)
-            if group_out is not None and not in_place:
+            if group_out is not None and not in_place and not half:
                 torch._foreach_copy_(group_out, new)
                 new = group_out
             for i, n in zip(indices, new):
                 results[i] = n
     return results
+
+
+# Half layers are computed in float32 a chunk of layers at a time: about this
+# many bytes of weights (or one layer, if larger), so that the float32
+# temporaries stay within about twice the chunk, whatever the size of the tree.
+_HALF_CHUNK_BYTES = 4 << 20
+
+
+def _half_update(
+    ws: Sequence[torch.Tensor],
+    gs: Sequence[torch.Tensor],
+    rates: Sequence[torch.Tensor],
+    outs: Sequence[torch.Tensor] | None,
+) -> list[torch.Tensor]:
+    """:math:`w - \\eta_\\ell g` for half layers, in float32 rounded once, one chunk
+    at a time: each chunk is written into ``outs`` (or new tensors) before the next
+    is converted. One float32 copy of the chunk's weights is the only temporary."""
+    new: list[torch.Tensor] = []
+    for chunk in _half_chunks(ws):
+        computed = [ws[i].float() for i in chunk]
+        torch._foreach_addcmul_(computed, [gs[i] for i in chunk], [rates[i] for i in chunk], value=-1)
+        if outs is None:
+            new.extend(c.to(ws[i].dtype) for c, i in zip(computed, chunk))
+        else:
+            targets = [outs[i] for i in chunk]
+            torch._foreach_copy_(targets, computed)
+            new.extend(targets)
+        del computed
+    return new
+
+
+def _half_chunks(ws: Sequence[torch.Tensor]) -> list[range]:
+    """Consecutive layers, at most ``max(_HALF_CHUNK_BYTES, largest layer)`` bytes each."""
+    sizes = [w.nelement() * w.element_size() for w in ws]
+    budget = max(_HALF_CHUNK_BYTES, max(sizes))
+    chunks, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if total + size > budget:
+            chunks.append(range(start, i))
+            start, total = i, 0
+        total += size
+    chunks.append(range(start, len(sizes)))
+    return chunks
 
 
 def _indices_by_device_and_dtype(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import LarsMultiTypeError, type_name
+from ._errors import LarsMultiTypeError, no_autograph, type_name
 from ._registry import backend_of, current_backend, get_backend
 
 
@@ -73,6 +73,7 @@ class Array:
         suffix = "" if dtype in ("float32", "int64", "bool") else f", dtype={dtype}"
         return f"{prefix}{body}{suffix})"
 
+    @no_autograph
     def lars_update(
         self,
         dcdw: Any,

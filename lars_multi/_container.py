@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ._errors import LarsMultiTypeError, type_name
+from ._errors import LarsMultiTypeError, no_autograph, type_name
 
 
 class Container(Mapping):
@@ -92,6 +92,7 @@ class Container(Mapping):
             lines.append(f"    {key}: {text}")
         return "{\n" + ",\n".join(lines) + "\n}"
 
+    @no_autograph
     def lars_update(
         self,
         dcdw: Any,

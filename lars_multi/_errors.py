@@ -7,9 +7,16 @@ both catch it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 
 class LarsMultiError(Exception):
     """Base class of every error raised by lars_multi."""
+
+    # Inside a tf.function, autograph re-raises errors from the code it traces
+    # as its own StagingError unless they carry this mark: ours keep their type.
+    ag_pass_through = True
 
 
 class LarsMultiTypeError(LarsMultiError, TypeError):
@@ -30,6 +37,17 @@ class BackendNotInstalledError(LarsMultiError, ImportError):
 
 class MixedFrameworksError(LarsMultiTypeError):
     """Inputs come from two frameworks, or disagree with the active backend."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def no_autograph(function: F) -> F:
+    """Mark ``function`` so that TensorFlow's autograph calls it as it is instead
+    of converting it (the mark ``tf.autograph.experimental.do_not_convert``
+    sets, set here without importing TensorFlow): its Python checks stay Python."""
+    function.autograph_info__ = None  # type: ignore[attr-defined]
+    return function
 
 
 def type_name(x: object) -> str:

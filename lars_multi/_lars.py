@@ -6,38 +6,22 @@ raises a clear error and leaves ``out`` (and every input) as it was.
 
 from __future__ import annotations
 
-import math
-import numbers
+import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-import optree
-
-from . import _algorithm
+from . import _algorithm, _checks
+from ._aliasing import must_write_late
 from ._array import Array
-from ._container import Container
-from ._errors import (
-    LarsMultiTypeError,
-    LarsMultiValueError,
-    MixedFrameworksError,
-    type_name,
-)
-from ._registry import backend_of, current_backend, get_backend
-
-# Containers are trees to optree, in lars_multi's namespace: their one child is
-# their dict, so keys compare as dict keys do (in any order).
-_NAMESPACE = "lars_multi"
-optree.register_pytree_node(
-    Container,
-    lambda container: ((container._items,), None, (None,)),
-    lambda _, children: Container(children[0]),
-    namespace=_NAMESPACE,
-)
+from ._checks import owner, unwrap, write_back
+from ._errors import no_autograph
+from ._registry import current_backend, get_backend
+from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
 
 
+@no_autograph
 def lars_update(
     w: Any,
     dcdw: Any,
@@ -60,19 +44,21 @@ def lars_update(
         \quad w' = w - \eta_\ell \, dcdw
 
     Args:
-        w: the weights: a native array, a :class:`lars_multi.Array`, or a tree
-            (:class:`lars_multi.Container`, dict, list, tuple) of them.
-        dcdw: the gradient of the cost with respect to ``w``: the same
-            structure as ``w``, or one array used for every leaf.
-        lr: the learning rate :math:`\eta`: a number or a 0-d array, or a tree
-            of them matching ``w``.
-        decay_lambda: :math:`\lambda \ge 0`, a number or a tree of numbers.
+        w: the weights: a native array, a :class:`lars_multi.Array`, a
+            ``keras.Variable``, or a tree of them (mappings of any kind, lists,
+            tuples, :class:`lars_multi.Container`; on JAX every registered pytree).
+        dcdw: the gradient of the cost with respect to ``w``: a tree paired with
+            ``w`` by key (by position for sequences), or one array used for every
+            leaf. A ``None`` gradient leaves its parameters unchanged.
+        lr: the learning rate :math:`\eta`: a number or a 0-d array (traced
+            under ``jax.jit`` and ``tf.function`` too), or a tree of them.
+        decay_lambda: :math:`\lambda \ge 0`: a number or a 0-d array, or a tree of them.
         stop_gradients: whether the result is cut from the autograd graph
             (``detach``, ``jax.lax.stop_gradient``, ``tf.stop_gradient``).
         out: where to write the result, with the structure of ``w``: NumPy
             arrays and torch tensors are written in place, ``tf.Variable`` s
-            assigned, ``lars_multi.Array`` s given the new data. ``out=w``
-            updates the weights in place.
+            and ``keras.Variable`` s assigned, ``lars_multi.Array`` s given the
+            new data. ``out=w`` updates the weights in place.
 
     Returns:
         The new weights, with the structure and types of ``w`` (or ``out``).
@@ -85,140 +71,191 @@ def lars_update(
         lars_multi.array([[2.34077978, 0.78025991, 4.5605197 ],
                           [6.78026009, 1.56051981, 8.12103939]])
     """
-    if _is_array(w) and _is_array(dcdw) and (out is None or _is_array(out)):
+    if owner(w) is not None and owner(dcdw) is not None and (out is None or owner(out) is not None):
         return _update_one(w, dcdw, lr, decay_lambda, stop_gradients, out)
     return _update_tree(w, dcdw, lr, decay_lambda, stop_gradients, out)
 
 
-def _is_array(x: Any) -> bool:
-    return isinstance(x, Array) or backend_of(x) is not None
-
-
 def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
     """The lean path for one array: no tree machinery at all."""
-    wrapped = isinstance(w, Array)
-    w_data = w.data if wrapped else w
-    name = w.backend if wrapped else backend_of(w)
+    name = owner(w)
     chosen = current_backend()
     if chosen is not None and chosen != name:
-        _call_backend([w], [()])  # raises the mismatch error
+        _checks.call_backend([w], [()])  # raises the mismatch error
     ops = get_backend(name)
-    _check_weights("w", w_data, ops)
-    g = _check_gradient(dcdw, w_data, (), name, ops)
-    rate = _check_lr("lr", lr, name=name, ops=ops)
-    decay = _check_decay("decay_lambda", decay_lambda)
-    stop = _check_stop("stop_gradients", stop_gradients)
+    w_data = unwrap(w)
+    _checks.check_weights("w", w_data, ops)
+    g = _checks.check_gradient(dcdw, w_data, "dcdw", "w", name, ops)
+    rate = _checks.check_lr("lr", lr, name=name, ops=ops)
+    decay = _checks.check_decay("decay_lambda", decay_lambda, name=name, ops=ops)
+    _check_fit("lr", rate, [w_data], [()], ops)
+    _check_fit("decay_lambda", decay, [w_data], [()], ops)
+    stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:
         new = _layer_rule(ops)(w_data, g, rate, decay, stop)
-        return Array(new, name) if wrapped else new
-    (target,) = _check_outs([out], [()], [w_data], name, ops)
-    update_into = getattr(ops, "update_into", None)
-    if update_into is not None and ops.is_writable(target) and target is not g:
+        return Array(new, name) if isinstance(w, Array) else new
+    target = _checks.check_out(out, w_data, "out", "w", name, ops)
+    late = must_write_late(ops, [target], [w_data], [g])
+    if hasattr(ops, "update_into") and not late and ops.unwritable(target) is None:
         _algorithm.lars_layer_into(ops, target, w_data, g, rate, decay)
         new = target
     else:
-        (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target])
-    if isinstance(out, Array):
-        out.data = new
+        (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late)
+        _write(ops, [target], [new])
+    write_back(out, new)
     return out
 
 
+def _flatten(w: Any) -> Flat:
+    """``w`` flattened by optree, or by its backend's own tree library (JAX's
+    ``jax.tree_util``) when it holds nodes that only that library knows."""
+    flat = flatten_optree(w)
+    names = [owner(x) for x in flat.leaves]
+    if all(names):
+        return flat
+    name = current_backend() or next((n for n in names if n is not None), None)
+    if name is None and "jax" in sys.modules:
+        name = "jax"  # a pytree that only JAX knows (flax, equinox)
+    flatten = None if name is None else getattr(get_backend(name), "flatten", None)
+    return flat if flatten is None else flatten(w)
+
+
 def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
-    paths, ws, spec = optree.tree_flatten_with_path(w, namespace=_NAMESPACE)
-    if not ws:
-        return w
-    name = _call_backend(ws, paths)
+    flat = _flatten(w)
+    if not flat.leaves:
+        return w if out is None else out
+    grads = leaves_like("dcdw", dcdw, flat)
+    active = [i for i, g in enumerate(grads) if g is not None]
+    out_leaves = None if out is None else leaves_like("out", out, flat, broadcast=False)
+    if not active:
+        return _unchanged(flat, out, out_leaves)
+    leaves = [flat.leaves[i] for i in active]
+    paths = [flat.paths[i] for i in active]
+    name = _checks.call_backend(leaves, paths)
     ops = get_backend(name)
-    w_data = [x.data if isinstance(x, Array) else x for x in ws]
+
+    ws = [unwrap(x) for x in leaves]
     floats = ops.FLOAT_DTYPES
-    for entries, x in zip(paths, w_data):
+    for entries, x in zip(paths, ws):
         if x.dtype not in floats:
-            _check_weights(_Path("w", entries), x, ops)
-    one_gradient = optree.tree_is_leaf(dcdw, namespace=_NAMESPACE)
+            _checks.check_weights(Path("w", entries), x, ops)
+    single = is_leaf(dcdw)
     gs = [
-        _check_gradient(g, x, entries, name, ops, broadcast=one_gradient)
-        for entries, g, x in zip(paths, _leaves_like("dcdw", dcdw, w, spec), w_data)
+        _checks.check_gradient(
+            grads[i], x, "dcdw" if single else Path("dcdw", p), Path("w", p), name, ops
+        )
+        for i, x, p in zip(active, ws, paths)
     ]
-    rates = _per_leaf("lr", lr, w, spec, paths, partial(_check_lr, name=name, ops=ops))
-    decays = _per_leaf("decay_lambda", decay_lambda, w, spec, paths, _check_decay)
-    stops = _per_leaf("stop_gradients", stop_gradients, w, spec, paths, _check_stop)
-    out_leaves = None if out is None else _out_leaves(out, w, spec)
-    outs = None if out is None else _check_outs(out_leaves, paths, w_data, name, ops)
+    rates = _per_leaf("lr", lr, flat, active, ws, ops, partial(_checks.check_lr, name=name, ops=ops))
+    decays = _per_leaf(
+        "decay_lambda", decay_lambda, flat, active, ws, ops, partial(_checks.check_decay, name=name, ops=ops)
+    )
+    stops = _per_leaf("stop_gradients", stop_gradients, flat, active, ws, ops, _checks.check_stop)
+    outs = None
+    if out_leaves is not None:
+        outs = [
+            _checks.check_out(out_leaves[i], x, Path("out", p), Path("w", p), name, ops)
+            for i, x, p in zip(active, ws, paths)
+        ]
+        _check_unchanged_outs(flat, active, out_leaves, name, ops)
 
-    groups = _groups(rates, decays, stops)
-    if len(groups) == 1:
-        results = _run(ops, w_data, gs, rates[0], decays[0], stops[0], outs)
-    else:
-        results = [None] * len(ws)
-        for indices in groups:
-            group = _run(
-                ops,
-                [w_data[i] for i in indices],
-                [gs[i] for i in indices],
-                rates[indices[0]],
-                decays[indices[0]],
-                stops[indices[0]],
-                None if outs is None else [outs[i] for i in indices],
-            )
-            for i, new in zip(indices, group):
-                results[i] = new
+    write_late = outs is not None and must_write_late(ops, outs, ws, gs)
+    results: list[Any] = [None] * len(ws)
+    for indices in _groups(rates, decays, stops):
+        group = _run(
+            ops,
+            [ws[i] for i in indices],
+            [gs[i] for i in indices],
+            rates[indices[0]],
+            decays[indices[0]],
+            stops[indices[0]],
+            None if outs is None else [outs[i] for i in indices],
+            write_late=write_late,
+        )
+        for i, new in zip(indices, group):
+            results[i] = new
+    if outs is not None:
+        _write(ops, outs, results)
+    return _finish(flat, out, out_leaves, name, dict(zip(active, results)))
 
-    if out is not None:
-        for target, new in zip(out_leaves, results):
-            if isinstance(target, Array):
-                target.data = new
+
+def _write(ops: ModuleType, outs: Sequence[Any], results: Sequence[Any]) -> None:
+    """Write what was not written as the step went (late, or computed as new arrays)."""
+    for target, new in zip(outs, results):
+        if new is not target and ops.unwritable(target) is None:
+            ops.write(target, new)
+
+
+def _finish(flat: Flat, out: Any, out_leaves: list[Any] | None, name: str, new: dict[int, Any]) -> Any:
+    """Results given to ``out``'s handles (and ``out`` returned), or a new tree like ``w``."""
+    if out_leaves is not None:
+        for i, target in enumerate(out_leaves):
+            if i in new:
+                write_back(target, new[i])
         return out
-    wrapped = [Array(new, name) if isinstance(x, Array) else new for x, new in zip(ws, results)]
-    return optree.tree_unflatten(spec, wrapped)
+    leaves = [
+        x if i not in new else Array(new[i], name) if isinstance(x, Array) else new[i]
+        for i, x in enumerate(flat.leaves)
+    ]
+    return flat.rebuild(leaves)
 
 
-def _leaves_like(arg: str, value: Any, w: Any, spec: Any) -> list[Any]:
-    """``value``'s leaves, one per leaf of ``w``: a single value serves them all,
-    a Container matches a dict, and a prefix of ``w``'s tree covers its subtrees."""
-    leaves, value_spec = optree.tree_flatten(value, namespace=_NAMESPACE)
-    if value_spec == spec:
-        return leaves
-    if optree.treespec_is_leaf(value_spec):
-        return leaves * spec.num_leaves
-    plain_value, plain_w = _plain(value), _plain(w)
-    leaves, value_spec = optree.tree_flatten(plain_value)
-    if value_spec == optree.tree_structure(plain_w):  # a dict for a Container
-        return leaves
-    try:
-        return optree.broadcast_prefix(plain_value, plain_w)
-    except ValueError:
-        errors = optree.prefix_errors(plain_value, plain_w)
-        detail = f" {errors[0](arg)}" if errors else ""
-        raise LarsMultiValueError(
-            f"{arg}: expected the structure of w or a single value, got another structure.{detail}"
-        ) from None
+def _unchanged(flat: Flat, out: Any, out_leaves: list[Any] | None) -> Any:
+    """No gradient anywhere: ``w`` as it is, or copied into ``out``."""
+    if out_leaves is None:
+        return flat.rebuild(flat.leaves)
+    active = [i for i, x in enumerate(flat.leaves) if owner(x) is not None]
+    if active:
+        name = _checks.call_backend([flat.leaves[i] for i in active], [flat.paths[i] for i in active])
+        ops = get_backend(name)
+        _check_unchanged_outs(flat, [], out_leaves, name, ops)
+    return out
+
+
+def _check_unchanged_outs(flat: Flat, active: list[int], out_leaves: list[Any], name: Any, ops: ModuleType) -> None:
+    """Leaves without a gradient keep their weights: their ``out`` receives a copy."""
+    skipped = set(active)
+    for i, (x, target) in enumerate(zip(flat.leaves, out_leaves)):
+        if i in skipped or target is x or owner(x) is None:
+            continue
+        p = flat.paths[i]
+        data = _checks.check_out(target, unwrap(x), Path("out", p), Path("w", p), name, ops)
+        if data is not unwrap(x) and ops.unwritable(data) is None:
+            ops.write(data, unwrap(x))
+        write_back(target, unwrap(x))
 
 
 def _per_leaf(
-    arg: str, value: Any, w: Any, spec: Any, paths: list[Any], check: Callable[[Any, Any], Any]
+    arg: str,
+    value: Any,
+    flat: Flat,
+    active: list[int],
+    ws: list[Any],
+    ops: ModuleType,
+    check: Callable[[Any, Any], Any],
 ) -> list[Any]:
-    """``check``-ed values, one per leaf of ``w``; a single value is checked once."""
-    if optree.tree_is_leaf(value, namespace=_NAMESPACE):
-        return [check(arg, value)] * len(paths)
-    return [check(_Path(arg, p), v) for p, v in zip(paths, _leaves_like(arg, value, w, spec))]
+    """``check``-ed values, one per active leaf of ``w``; a single value is checked once."""
+    if is_leaf(value):
+        checked = check(arg, value)
+        _check_fit(arg, checked, ws, [flat.paths[i] for i in active], ops)
+        return [checked] * len(active)
+    leaves = leaves_like(arg, value, flat)
+    values = []
+    for i, x in zip(active, ws):
+        path = Path(arg, flat.paths[i])
+        checked = check(path, leaves[i])
+        _check_fit(path, checked, [x], [flat.paths[i]], ops)
+        values.append(checked)
+    return values
 
 
-def _out_leaves(out: Any, w: Any, spec: Any) -> list[Any]:
-    """``out``'s leaves, which must have ``w``'s structure (a Container may match a dict)."""
-    leaves, out_spec = optree.tree_flatten(out, namespace=_NAMESPACE)
-    if out_spec != spec and optree.tree_structure(_plain(out)) != optree.tree_structure(_plain(w)):
-        raise LarsMultiValueError(f"out: expected the structure of w, {spec}, got {out_spec}")
-    return leaves
-
-
-def _plain(tree: Any) -> Any:
-    """``tree`` with every Container turned into a dict (to compare structures)."""
-    kind = type(tree)
-    if kind is dict or isinstance(tree, Container):
-        return {key: _plain(value) for key, value in tree.items()}
-    if kind is list or kind is tuple:
-        return kind(_plain(value) for value in tree)
-    return tree
+def _check_fit(arg: Any, value: Any, ws: Sequence[Any], paths: Sequence[Any], ops: ModuleType) -> None:
+    """A float hyper-parameter must be finite in the dtype every layer computes in."""
+    if type(value) is not float:
+        return
+    for dtype in {x.dtype for x in ws}:
+        i = next(k for k, x in enumerate(ws) if x.dtype == dtype)
+        _checks.check_fits(arg, value, ws[i], Path("w", paths[i]), ops)
 
 
 def _run(
@@ -226,15 +263,19 @@ def _run(
     group_w: list[Any],
     group_g: list[Any],
     lr: Any,
-    decay: float | None,
+    decay: Any,
     stop: bool,
     group_out: list[Any] | None,
+    *,
+    write_late: bool,
 ) -> list[Any]:
-    """One group of layers that share their hyperparameters."""
-    writable = group_out is not None and all(ops.is_writable(o) for o in group_out)
-    # Outputs that are read as inputs elsewhere (a gradient that is another
-    # layer's output, one array twice) are written only once all is computed.
-    write_late = group_out is not None and _overlapping(group_out, group_g, group_w)
+    """One group of layers that share their hyperparameters.
+
+    Unless ``write_late``, writable outputs are written as the group goes; with
+    it the new arrays are returned, for the caller to write once every group
+    has been computed.
+    """
+    writable = group_out is not None and all(ops.unwritable(o) is None for o in group_out)
     # Immutable arrays (jax) are replaced instead: donate the weights' buffers
     # when the caller hands them over (out=w) and nothing else reads them.
     donate = (
@@ -243,39 +284,33 @@ def _run(
         and not write_late
         and all(o is x for o, x in zip(group_out, group_w))
     )
+    direct = writable and not write_late
     fused = getattr(ops, "lars_tree", None)
-    if fused is not None and not (writable and write_late):
-        return fused(group_w, group_g, lr, decay, stop, group_out if writable else None, donate)
     if fused is not None:
-        new = fused(group_w, group_g, lr, decay, stop, None, False)
-    else:
-        rule = _layer_rule(ops)
-        new = [rule(x, g, lr, decay, stop) for x, g in zip(group_w, group_g)]
-    if writable:
+        return fused(group_w, group_g, lr, decay, stop, group_out if direct else None, donate)
+    rule = _layer_rule(ops)
+    new = [rule(x, g, lr, decay, stop) for x, g in zip(group_w, group_g)]
+    if direct and group_out is not None:
         for target, value in zip(group_out, new):
             ops.write(target, value)
         return group_out
     return new
 
 
-def _overlapping(outs: list[Any], gs: list[Any], ws: list[Any]) -> bool:
-    """Whether writing ``outs`` one by one could change an input not yet read:
-    an output twice, an output that is a gradient, or another layer's weights."""
-    position = {id(o): i for i, o in enumerate(outs)}
-    if len(position) != len(outs) or not position.keys().isdisjoint(map(id, gs)):
-        return True
-    return any(position.get(id(x), i) != i for i, x in enumerate(ws))
-
-
 def _groups(rates: list[Any], decays: list[Any], stops: list[bool]) -> list[Sequence[int]]:
     """Indices of the layers sharing (lr, decay_lambda, stop_gradients)."""
-    if len(set(map(id, rates))) == 1 and len(set(decays)) == 1 and len(set(stops)) == 1:
+    if len(set(map(id, rates))) == 1 and len(set(map(id, decays))) == 1 and len(set(stops)) == 1:
         return [range(len(rates))]
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, (rate, decay, stop) in enumerate(zip(rates, decays, stops)):
-        key = (rate if isinstance(rate, float) else id(rate), decay, stop)
+        key = (_key(rate), _key(decay), stop)
         groups.setdefault(key, []).append(i)
     return list(groups.values())
+
+
+def _key(value: Any) -> Any:
+    """Numbers group by value, arrays by identity."""
+    return value if value is None or type(value) is float else id(value)
 
 
 _RULES: dict[str, Callable[..., Any]] = {}
@@ -288,164 +323,3 @@ def _layer_rule(ops: ModuleType) -> Callable[..., Any]:
         rule = getattr(ops, "lars_layer", None) or partial(_algorithm.lars_layer, ops)
         _RULES[ops.__name__] = rule
     return rule
-
-
-# --- checks -----------------------------------------------------------------
-
-
-class _Path(NamedTuple):
-    """``dcdw['a'][0]``, formatted only when an error message needs it."""
-
-    arg: str
-    entries: Sequence[Any]
-
-    def __str__(self) -> str:
-        return self.arg + "".join(f"[{e!r}]" for e in self.entries if e is not None)
-
-
-def _call_backend(leaves: list[Any], paths: list[Any]) -> str:
-    """The one backend owning every weight, which must be the chosen one, if any."""
-    if len(set(map(type, leaves))) == 1 and not isinstance(leaves[0], Array):
-        names = [backend_of(leaves[0])]  # one native type: one framework
-    else:
-        names = [leaf.backend if isinstance(leaf, Array) else backend_of(leaf) for leaf in leaves]
-    first = names[0]
-    if first is None or names.count(first) != len(names):
-        for entries, leaf, name in zip(paths, leaves, names):
-            if name is None:
-                raise LarsMultiTypeError(f"{_Path('w', entries)}: expected an array, got {type_name(leaf)}")
-            if name != first:
-                raise MixedFrameworksError(
-                    f"{_Path('w', entries)} is a {name} array but {_Path('w', paths[0])} is a {first} "
-                    "array; pass arrays of one framework"
-                )
-    chosen = current_backend()
-    if chosen is not None and chosen != first:
-        raise MixedFrameworksError(
-            f"w: expected {chosen} arrays (the active backend), got {first} arrays "
-            f"({type_name(leaves[0])}); convert them or change the backend"
-        )
-    return first
-
-
-def _dtype(ops: ModuleType, x: Any) -> str:
-    return ops.dtype_name(x.dtype)
-
-
-def _check_weights(path: Any, w: Any, ops: ModuleType) -> None:
-    if w.dtype not in ops.FLOAT_DTYPES:
-        raise LarsMultiTypeError(
-            f"{path}: expected a floating dtype (float16, bfloat16, float32 or float64), got {_dtype(ops, w)}"
-        )
-
-
-def _check_gradient(
-    g: Any, w: Any, entries: Sequence[Any], name: str, ops: ModuleType, *, broadcast: bool = False
-) -> Any:
-    """The gradient of the weights ``w`` at ``entries``, as a native array.
-
-    ``broadcast``: one ``dcdw`` serves every leaf (so messages name ``dcdw`` alone).
-    """
-    if type(g) is type(w) and g.dtype == w.dtype and g.shape == w.shape:
-        return g  # the common case, with no message built: a native gradient like the weights
-    path = "dcdw" if broadcast else _Path("dcdw", entries)
-    w_path = _Path("w", entries)
-    data = g.data if isinstance(g, Array) else g
-    g_name = g.backend if isinstance(g, Array) else backend_of(g)
-    if g_name is None:
-        raise LarsMultiTypeError(f"{path}: expected an array like {w_path}, got {type_name(g)}")
-    if g_name != name:
-        raise MixedFrameworksError(
-            f"{path}: expected a {name} array like {w_path}, got a {g_name} array "
-            f"({type_name(data)}); pass arrays of one framework"
-        )
-    _check_like(path, data, w_path, w, ops)
-    return data
-
-
-def _check_like(path: Any, data: Any, w_path: Any, w: Any, ops: ModuleType) -> None:
-    """``data`` must have the dtype and shape of the weights ``w``."""
-    if data.dtype != w.dtype:
-        raise LarsMultiTypeError(
-            f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}"
-        )
-    if data.shape != w.shape and _shapes_conflict(data.shape, w.shape):
-        raise LarsMultiValueError(
-            f"{path}: expected shape {tuple(w.shape)} (the shape of {w_path}), got {tuple(data.shape)}"
-        )
-
-
-def _shapes_conflict(a: Any, b: Any) -> bool:
-    """True unless the shapes agree where both are known (traced shapes may hold None)."""
-    a, b = tuple(a), tuple(b)
-    return len(a) != len(b) or any(x is not None and y is not None and x != y for x, y in zip(a, b))
-
-
-def _check_lr(path: Any, lr: Any, *, name: str, ops: ModuleType) -> Any:
-    if type(lr) is float or (isinstance(lr, numbers.Real) and not isinstance(lr, bool | np.bool_)):
-        value = float(lr)
-        if not math.isfinite(value):
-            raise LarsMultiValueError(f"{path}: expected a finite number, got {lr!r}")
-        return value
-    data = lr.data if isinstance(lr, Array) else lr
-    lr_name = lr.backend if isinstance(lr, Array) else backend_of(lr)
-    if lr_name is None or isinstance(lr, bool):
-        raise LarsMultiTypeError(f"{path}: expected a float or a 0-d array, got {type_name(lr)}")
-    if lr_name != name:
-        raise MixedFrameworksError(
-            f"{path}: expected a float or a 0-d {name} array, got a {lr_name} array ({type_name(data)})"
-        )
-    if len(data.shape) != 0:
-        raise LarsMultiValueError(f"{path}: expected a 0-d array, got shape {tuple(data.shape)}")
-    if data.dtype not in ops.FLOAT_DTYPES:
-        raise LarsMultiTypeError(f"{path}: expected a floating dtype, got {_dtype(ops, data)}")
-    return data
-
-
-def _check_decay(path: Any, decay_lambda: Any) -> float | None:
-    """``None`` for no decay, so that the rule can skip it entirely."""
-    if decay_lambda == 0 and type(decay_lambda) in (int, float):
-        return None
-    if isinstance(decay_lambda, bool) or not isinstance(decay_lambda, numbers.Real):
-        raise LarsMultiTypeError(f"{path}: expected a number >= 0, got {type_name(decay_lambda)}")
-    value = float(decay_lambda)
-    if not value >= 0 or not math.isfinite(value):
-        raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {decay_lambda!r}")
-    return value or None
-
-
-def _check_stop(path: Any, stop_gradients: Any) -> bool:
-    if stop_gradients is True or stop_gradients is False:
-        return stop_gradients
-    if not isinstance(stop_gradients, bool | np.bool_):
-        raise LarsMultiTypeError(f"{path}: expected a bool, got {type_name(stop_gradients)}")
-    return bool(stop_gradients)
-
-
-def _check_outs(
-    leaves: list[Any],
-    paths: list[Any],
-    w_data: list[Any],
-    name: str,
-    ops: ModuleType,
-) -> list[Any]:
-    outs = []
-    for entries, o, w in zip(paths, leaves, w_data):
-        data = o.data if isinstance(o, Array) else o
-        if data is w and (data is not o or ops.is_writable(o)):  # out=w: already checked
-            outs.append(w)
-            continue
-        path, w_path = _Path("out", entries), _Path("w", entries)
-        wrapped = isinstance(o, Array)
-        o_name = o.backend if wrapped else backend_of(o)
-        if o_name != name:
-            got = f"a {o_name} array" if o_name else type_name(o)
-            raise MixedFrameworksError(f"{path}: expected a {name} array like {w_path}, got {got}")
-        if not wrapped and not ops.is_writable(data):
-            raise LarsMultiTypeError(
-                f"{path}: expected an array that can be written in place, got an immutable "
-                f"{type_name(data)}; pass a lars_multi.Array or Container as out, or use the result"
-            )
-        _check_like(path, data, w_path, w, ops)
-        outs.append(data)
-    return outs

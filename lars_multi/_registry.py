@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
+from ._protocol import complete
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, UnknownBackendError
 
 ENV_VAR = "LARS_MULTI_BACKEND"
@@ -106,7 +107,7 @@ def get_backend(name: str) -> ModuleType:
             f"backend {name!r} needs the {spec.framework!r} package, which cannot be "
             f"imported here ({error}){hint}"
         ) from error
-    _MODULES[name] = module
+    _MODULES[name] = complete(module)
     return module
 
 

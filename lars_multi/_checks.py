@@ -1,0 +1,250 @@
+"""Argument checks, shared by every entry point.
+
+Each check names the argument (with its key path), says what was expected and
+what was given, and runs before anything is computed or written. Values that
+cannot be read on the host (arrays, traced values under ``jax.jit`` and
+``tf.function``) are checked for type, shape and dtype only.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ._array import Array
+from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
+from ._registry import backend_of, current_backend
+from ._tree import Path
+
+# --- handles: lars_multi.Array and keras.Variable around a native array ---------------
+
+
+def keras_variable_type() -> type | None:
+    """``keras.Variable``, if Keras is imported (it is never imported here)."""
+    keras = sys.modules.get("keras")
+    return getattr(keras, "Variable", None) if keras is not None else None
+
+
+def unwrap(x: Any) -> Any:
+    """The native array inside a handle (``lm.Array``, ``keras.Variable``), else ``x``."""
+    if isinstance(x, Array):
+        return x.data
+    variable = keras_variable_type()
+    if variable is not None and isinstance(x, variable):
+        return x.value
+    return x
+
+
+def owner(x: Any) -> str | None:
+    """The backend of a native array or handle, or None."""
+    if isinstance(x, Array):
+        return x.backend
+    name = backend_of(x)
+    if name is None:
+        variable = keras_variable_type()
+        if variable is not None and isinstance(x, variable):
+            return backend_of(x.value)
+    return name
+
+
+def write_back(target: Any, new: Any) -> None:
+    """Give a handle its new native array (a native ``out`` was written already)."""
+    if isinstance(target, Array):
+        target.data = new
+        return
+    variable = keras_variable_type()
+    if variable is not None and isinstance(target, variable) and new is not target.value:
+        target.assign(new)
+
+
+# --- the backend of a call ---------------------------------------------------------------
+
+
+def call_backend(leaves: Sequence[Any], paths: Sequence[Any]) -> str:
+    """The one backend owning every weight, which must be the chosen one, if any."""
+    first_type = type(leaves[0])
+    if all(type(leaf) is first_type for leaf in leaves) and backend_of(leaves[0]) is not None:
+        names = [backend_of(leaves[0])] * len(leaves)  # one native type: one framework
+    else:
+        names = [owner(leaf) for leaf in leaves]
+    first = names[0]
+    if first is None or names.count(first) != len(names):
+        for entries, leaf, name in zip(paths, leaves, names):
+            if name is None:
+                raise LarsMultiTypeError(f"{Path('w', entries)}: expected an array, got {type_name(leaf)}")
+            if name != first:
+                raise MixedFrameworksError(
+                    f"{Path('w', entries)} is a {name} array but {Path('w', paths[0])} is a {first} "
+                    "array; pass arrays of one framework"
+                )
+    chosen = current_backend()
+    if chosen is not None and chosen != first:
+        raise MixedFrameworksError(
+            f"w: expected {chosen} arrays (the active backend), got {first} arrays "
+            f"({type_name(leaves[0])}); convert them or change the backend"
+        )
+    assert first is not None
+    return first
+
+
+# --- weights, gradients, outputs -----------------------------------------------------------
+
+
+def _dtype(ops: ModuleType, x: Any) -> str:
+    return ops.dtype_name(x.dtype)
+
+
+def check_weights(path: Any, w: Any, ops: ModuleType) -> None:
+    if w.dtype not in ops.FLOAT_DTYPES:
+        raise LarsMultiTypeError(
+            f"{path}: expected a floating dtype (float16, bfloat16, float32 or float64), got {_dtype(ops, w)}"
+        )
+
+
+def check_gradient(g: Any, w: Any, path: Any, w_path: Any, name: str, ops: ModuleType) -> Any:
+    """The gradient of the weights ``w`` as a dense native array like them."""
+    if type(g) is type(w) and g.dtype == w.dtype and g.shape == w.shape and ops.is_dense(g):
+        return g  # the common case, with no message built: a native gradient like the weights
+    g_name = owner(g)
+    if g_name is None:
+        dense = ops.densify(g)
+        if dense is None:
+            raise LarsMultiTypeError(f"{path}: expected an array like {w_path}, got {type_name(g)}")
+        g, g_name = dense, name
+    if g_name != name:
+        raise MixedFrameworksError(
+            f"{path}: expected a {name} array like {w_path}, got a {g_name} array "
+            f"({type_name(unwrap(g))}); pass arrays of one framework"
+        )
+    data = unwrap(g)
+    if not ops.is_dense(data):
+        raise LarsMultiTypeError(
+            f"{path}: expected a dense array like {w_path}, got a sparse {type_name(data)} "
+            f"({ops.layout_name(data)}); LARS needs the whole gradient's norm: densify it first"
+        )
+    check_like(path, data, w_path, w, ops)
+    check_device(path, data, w_path, w, ops)
+    return data
+
+
+def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: ModuleType) -> None:
+    """``data`` must have the dtype and shape of the weights ``w``."""
+    if data.dtype != w.dtype:
+        hint = ops.dtype_hint(data.dtype, w.dtype)
+        raise LarsMultiTypeError(
+            f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}{hint}"
+        )
+    if data.shape != w.shape and _shapes_conflict(data.shape, w.shape):
+        raise LarsMultiValueError(
+            f"{path}: expected shape {tuple(w.shape)} (the shape of {w_path}), got {tuple(data.shape)}"
+        )
+
+
+def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: ModuleType) -> None:
+    device, w_device = ops.device(data), ops.device(w)
+    if device != w_device:
+        raise LarsMultiValueError(f"{path}: expected an array on {w_device} (like {w_path}), got one on {device}")
+
+
+def _shapes_conflict(a: Any, b: Any) -> bool:
+    """True unless the shapes agree where both are known (traced shapes may hold None)."""
+    a, b = tuple(a), tuple(b)
+    return len(a) != len(b) or any(x is not None and y is not None and x != y for x, y in zip(a, b))
+
+
+def check_out(o: Any, w: Any, path: Any, w_path: Any, name: str, ops: ModuleType) -> Any:
+    """The native array to write the new ``w`` into (a handle's own array)."""
+    data = unwrap(o)
+    if data is w and (data is not o or ops.unwritable(o) is None):  # out=w: already checked
+        return w
+    o_name = owner(o)
+    if o_name != name:
+        got = f"a {o_name} array" if o_name else type_name(o)
+        raise MixedFrameworksError(f"{path}: expected a {name} array like {w_path}, got {got}")
+    if data is o:
+        reason = ops.unwritable(data)
+        if reason is not None:
+            raise LarsMultiTypeError(
+                f"{path}: expected an array that can be written in place, got {reason}; "
+                "pass a lars_multi.Array or Container as out, or use the result"
+            )
+    check_like(path, data, w_path, w, ops)
+    check_device(path, data, w_path, w, ops)
+    return data
+
+
+# --- hyper-parameters -------------------------------------------------------------------------
+
+
+def _python_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _as_float(path: Any, value: Any, expected: str) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        raise LarsMultiValueError(f"{path}: expected {expected}, got a number too large for a float") from None
+    if not math.isfinite(number):
+        raise LarsMultiValueError(f"{path}: expected {expected}, got {value!r}")
+    return number
+
+
+def check_lr(path: Any, lr: Any, *, name: str, ops: ModuleType) -> Any:
+    """A finite float, or a 0-d floating array of the backend (possibly traced)."""
+    if type(lr) is float or _python_number(lr):
+        return _as_float(path, lr, "a finite number")
+    return _check_scalar_array(path, lr, name, ops, "a float or a 0-d array")
+
+
+def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: ModuleType) -> Any:
+    """``None`` for no decay (the rule then skips it), a float >= 0, or a 0-d array."""
+    if type(decay_lambda) in (int, float) and decay_lambda == 0:
+        return None
+    if _python_number(decay_lambda):
+        value = _as_float(path, decay_lambda, "a finite number >= 0")
+        if value < 0:
+            raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {decay_lambda!r}")
+        return value or None
+    if isinstance(decay_lambda, bool | np.bool_) or owner(decay_lambda) is None:
+        raise LarsMultiTypeError(f"{path}: expected a number >= 0 or a 0-d array, got {type_name(decay_lambda)}")
+    return _check_scalar_array(path, decay_lambda, name, ops, "a number >= 0 or a 0-d array")
+
+
+def _check_scalar_array(path: Any, value: Any, name: str, ops: ModuleType, expected: str) -> Any:
+    data = unwrap(value)
+    value_name = owner(value)
+    if value_name is None or isinstance(value, bool):
+        raise LarsMultiTypeError(f"{path}: expected {expected}, got {type_name(value)}")
+    if value_name != name:
+        expected = expected.replace("0-d array", f"0-d {name} array")
+        raise MixedFrameworksError(f"{path}: expected {expected}, got a {value_name} array ({type_name(data)})")
+    if len(data.shape) != 0:
+        raise LarsMultiValueError(f"{path}: expected a 0-d array, got shape {tuple(data.shape)}")
+    if data.dtype not in ops.FLOAT_DTYPES:
+        raise LarsMultiTypeError(f"{path}: expected a floating dtype, got {_dtype(ops, data)}")
+    return data
+
+
+def check_fits(path: Any, value: Any, w: Any, w_path: Any, ops: ModuleType) -> None:
+    """A Python-number hyper-parameter must be finite in the weights' dtype (1e39 is
+    inf in float32), since the rate is computed in that dtype."""
+    if type(value) is float and abs(value) > ops.largest(w.dtype):
+        raise LarsMultiValueError(
+            f"{path}: expected a number that fits {_dtype(ops, w)} (the dtype of {w_path}), got {value!r}, "
+            "which overflows it to inf"
+        )
+
+
+def check_stop(path: Any, stop_gradients: Any) -> bool:
+    if stop_gradients is True or stop_gradients is False:
+        return stop_gradients
+    if not isinstance(stop_gradients, bool | np.bool_):
+        raise LarsMultiTypeError(f"{path}: expected a bool, got {type_name(stop_gradients)}")
+    return bool(stop_gradients)

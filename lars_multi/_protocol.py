@@ -1,0 +1,62 @@
+"""What a backend module provides, and the defaults for what it may leave out.
+
+The required primitives are listed in :mod:`lars_multi.backends`. The
+optional ones below have defaults that fit a framework with one device, dense
+arrays and no way to share memory between arrays; :func:`complete` gives a
+backend module the defaults it does not define itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from types import ModuleType
+from typing import Any
+
+from ._errors import type_name
+
+
+def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
+    def unwritable(x: Any) -> str | None:
+        """Why ``x`` cannot be written in place, or None when it can."""
+        return None if module.is_writable(x) else f"an immutable {type_name(x)}"
+
+    def is_dense(x: Any) -> bool:
+        return True
+
+    def densify(x: Any) -> Any:
+        """A dense native array for a framework's sparse gradient, or None."""
+        return None
+
+    def layout_name(x: Any) -> str:
+        return "dense"
+
+    def dtype_hint(got: Any, expected: Any) -> str:
+        """Advice appended to a dtype mismatch message."""
+        return ""
+
+    def device(x: Any) -> Any:
+        return None
+
+    def memory_root(x: Any) -> Hashable | None:
+        """The identity of the buffer holding ``x``, or None where arrays never share one."""
+        return None
+
+    def overlaps(a: Any, b: Any) -> bool:
+        return True
+
+    def largest(dtype: Any) -> float:
+        """The largest finite value of the dtype the rate is computed in."""
+        return float("inf")
+
+    return {
+        f.__name__: f
+        for f in (unwritable, is_dense, densify, layout_name, dtype_hint, device, memory_root, overlaps, largest)
+    }
+
+
+def complete(module: ModuleType) -> ModuleType:
+    """Give ``module`` the optional primitives it does not define."""
+    for name, default in _defaults(module).items():
+        if not hasattr(module, name):
+            setattr(module, name, default)
+    return module

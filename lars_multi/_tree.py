@@ -1,0 +1,155 @@
+"""Trees of layers: flattening the weights, pairing every other tree with them.
+
+The weights ``w`` decide the structure: they are flattened once (with optree,
+or with ``jax.tree_util`` on JAX so that every registered pytree works), giving
+each layer a key path. Every other tree (``dcdw``, ``lr``, ``decay_lambda``,
+``stop_gradients``, ``out``) is paired with the weights *by key* along those
+paths: mappings of any kind (dict, OrderedDict, defaultdict, Container, a
+framework's own) match whatever their key order, and only sequences match by
+position. A single value (or a value at a prefix of the path) serves every
+layer below it; ``None`` in a gradient tree means "no gradient".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import optree
+
+from ._container import Container
+from ._errors import LarsMultiValueError
+
+NAMESPACE = "lars_multi"
+
+# A Container's children are its values, keyed by their names, in its own order.
+optree.register_pytree_node(
+    Container,
+    lambda container: (list(container.values()), list(container.keys()), list(container.keys())),
+    lambda keys, children: Container(dict(zip(keys, children))),
+    namespace=NAMESPACE,
+)
+
+
+class Attribute(NamedTuple):
+    """A path entry that is an attribute (``module.weight``), not a key or index."""
+
+    name: str
+
+
+class Path(NamedTuple):
+    """``dcdw['a'][0]``, formatted only when an error message needs it."""
+
+    arg: str
+    entries: Sequence[Any]
+
+    def __str__(self) -> str:
+        return self.arg + "".join(
+            f".{e.name}" if isinstance(e, Attribute) else f"[{e!r}]" for e in self.entries
+        )
+
+
+@dataclass(frozen=True)
+class Flat:
+    """A flattened tree of weights: its leaves, their key paths, and how to rebuild it."""
+
+    leaves: list[Any]
+    paths: list[tuple[Any, ...]]
+    spec: Any
+    flatten: Callable[[Any], tuple[list[Any], Any]]
+    unflatten: Callable[[Any, list[Any]], Any]
+
+    def rebuild(self, leaves: list[Any]) -> Any:
+        return self.unflatten(self.spec, leaves)
+
+
+def _optree_flatten(tree: Any) -> tuple[list[Any], Any]:
+    return optree.tree_flatten(tree, namespace=NAMESPACE)
+
+
+def flatten_optree(tree: Any) -> Flat:
+    """``tree`` flattened by optree (dict, list, tuple, namedtuple, Container...)."""
+    paths, leaves, spec = optree.tree_flatten_with_path(tree, namespace=NAMESPACE)
+    return Flat(leaves, paths, spec, _optree_flatten, optree.tree_unflatten)
+
+
+def is_leaf(value: Any) -> bool:
+    """Whether ``value`` ends a path: anything but a mapping, list or tuple."""
+    return not _is_tree(value)
+
+
+def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> list[Any]:
+    """``value``'s leaves paired with ``w``'s, one per layer.
+
+    The same structure as ``w`` (same node types, same key order) pairs at
+    once; any other is walked by key along ``w``'s paths. With ``broadcast``,
+    a single value, or a value where ``w`` has a subtree, serves every layer
+    below it.
+    """
+    if broadcast and is_leaf(value) and not isinstance(value, Container):
+        return [value] * len(w.leaves)
+    leaves, spec = w.flatten(value)
+    if spec == w.spec:
+        return leaves
+    walker = _Walker(arg, value, w, broadcast)
+    return [walker.select(path) for path in w.paths]
+
+
+class _Walker:
+    """Looks up ``value`` along the weights' key paths, checking that every
+    mapping on the way has exactly the weights' keys and every sequence their length."""
+
+    def __init__(self, arg: str, value: Any, w: Flat, broadcast: bool) -> None:
+        self.arg, self.value, self.broadcast = arg, value, broadcast
+        self.w_root = w.rebuild(w.leaves)  # the weights' nodes, to compare keys with
+        self.checked: set[tuple[int, int]] = set()
+
+    def select(self, path: tuple[Any, ...]) -> Any:
+        node, w_node = self.value, self.w_root
+        for depth, entry in enumerate(path):
+            if self.broadcast and (node is None or is_leaf(node) and not _is_node(node, entry)):
+                return node
+            self._check_node(node, w_node, path[:depth])
+            node, w_node = _child(node, entry), _child(w_node, entry)
+        if _is_tree(node) and not _is_tree(w_node):
+            self._mismatch(path, f"a single array like {Path('w', path)}, got a {type(node).__name__}")
+        return node
+
+    def _mismatch(self, prefix: Sequence[Any], detail: str) -> None:
+        raise LarsMultiValueError(
+            f"{self.arg}: expected the structure of w (or a single value); {Path(self.arg, prefix)}: expected {detail}"
+        )
+
+    def _check_node(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
+        key = (id(node), id(w_node))
+        if key in self.checked:
+            return
+        w_here = Path("w", prefix)
+        if isinstance(w_node, Mapping):
+            if not isinstance(node, Mapping):
+                self._mismatch(prefix, f"a mapping with the keys of {w_here}, got {type(node).__name__}")
+            missing = [k for k in w_node if k not in node]
+            extra = [k for k in node if k not in w_node]
+            if missing or extra:
+                parts = [f"missing {missing!r}"] * bool(missing) + [f"unexpected {extra!r}"] * bool(extra)
+                self._mismatch(prefix, f"the keys of {w_here}, {list(w_node)!r}, got {list(node)!r} ({'; '.join(parts)})")
+        elif isinstance(w_node, list | tuple) and (not isinstance(node, list | tuple) or len(node) != len(w_node)):
+            got = f"a {type(node).__name__} of {len(node)}" if _is_tree(node) else type(node).__name__
+            self._mismatch(prefix, f"a sequence of {len(w_node)} like {w_here}, got {got}")
+        self.checked.add(key)
+
+
+def _is_node(node: Any, entry: Any) -> bool:
+    """Whether ``node`` can be stepped into by ``entry`` (an attribute of a module)."""
+    return isinstance(entry, Attribute) and hasattr(node, entry.name)
+
+
+def _child(node: Any, entry: Any) -> Any:
+    if isinstance(entry, Attribute):
+        return getattr(node, entry.name)
+    return node[entry]
+
+
+def _is_tree(value: Any) -> bool:
+    return isinstance(value, Mapping | list | tuple)
