@@ -114,7 +114,7 @@ def where(cond: Any, x: Any, y: Any) -> Any:
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
-    return _COMPUTE.get(dtype, dtype)
+    return _COMPUTE.get(dtype) or dtype.newbyteorder("=")
 
 
 def norm(x: Any) -> np.generic:

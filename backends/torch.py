@@ -50,6 +50,10 @@ def is_dense(x: torch.Tensor) -> bool:
     return x.layout == torch.strided
 
 
+def matches(g: torch.Tensor, w: torch.Tensor) -> bool:
+    return g.layout == torch.strided and g.device == w.device
+
+
 def layout_name(x: torch.Tensor) -> str:
     return str(x.layout).removeprefix("torch.")
 

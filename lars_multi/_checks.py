@@ -109,7 +109,7 @@ def check_weights(path: Any, w: Any, ops: ModuleType) -> None:
 
 def check_gradient(g: Any, w: Any, path: Any, w_path: Any, name: str, ops: ModuleType) -> Any:
     """The gradient of the weights ``w`` as a dense native array like them."""
-    if type(g) is type(w) and g.dtype == w.dtype and g.shape == w.shape and ops.is_dense(g):
+    if type(g) is type(w) and g.dtype == w.dtype and g.shape == w.shape and ops.matches(g, w):
         return g  # the common case, with no message built: a native gradient like the weights
     g_name = owner(g)
     if g_name is None:

@@ -23,6 +23,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def is_dense(x: Any) -> bool:
         return True
 
+    def matches(g: Any, w: Any) -> bool:
+        """A fast check that ``g``, of ``w``'s type, dtype and shape, needs no other check
+        (dense, on ``w``'s device); False sends it through every check, with messages."""
+        return True
+
     def densify(x: Any) -> Any:
         """A dense native array for a framework's sparse gradient, or None."""
         return None
@@ -50,7 +55,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
 
     return {
         f.__name__: f
-        for f in (unwritable, is_dense, densify, layout_name, dtype_hint, device, memory_root, overlaps, largest)
+        for f in (unwritable, is_dense, matches, densify, layout_name, dtype_hint, device, memory_root, overlaps, largest)
     }
 
 

@@ -1,0 +1,353 @@
+"""Regression tests for inputs a hostile but realistic user hands lars_multi:
+trees whose keys come in another order, memory that is unaligned, swapped or
+shared, per-layer hyper-parameters with aliased outputs, outputs that cannot be
+written, hyper-parameters out of range, and traced hyper-parameters."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+from conftest import assert_layer_close, native, reference_layer, require_backend, to_numpy
+
+import lars_multi as lm
+
+RNG = np.random.default_rng(2026)
+W = RNG.normal(size=(4, 3)).astype(np.float32)
+G = (RNG.normal(size=(4, 3)) * 0.1).astype(np.float32)
+LARGE = 40_000  # above the NumPy backend's block size, where BLAS takes over
+
+
+def _copies(tree):
+    return {k: np.array(to_numpy(v)) for k, v in tree.items()}
+
+
+# --- trees pair by key ------------------------------------------------------------------------
+
+
+def _state_dict(backend, layers=12):
+    rng = np.random.default_rng(layers)
+    keys = [f"layer{i}.weight" for i in range(layers)]
+    w = collections.OrderedDict((k, native(backend, rng.normal(size=(i + 2,)).astype(np.float32))) for i, k in enumerate(keys))
+    g = {k: native(backend, rng.normal(size=(i + 2,)).astype(np.float32)) for i, k in reversed(list(enumerate(keys)))}
+    return w, g
+
+
+def test_mappings_pair_by_key_not_position(backend):
+    w, g = _state_dict(backend)
+    w0, g0 = _copies(w), _copies(g)
+    new = lm.lars_update(w, g, 0.1, decay_lambda=0.2)
+    assert type(new) is collections.OrderedDict and list(new) == list(w)
+    for key in w:
+        assert_layer_close(new[key], w0[key], g0[key], 0.1, 0.2, "float32")
+
+
+def test_mappings_pair_by_key_with_out(backend):
+    if backend == "jax":
+        w = collections.OrderedDict((k, lm.Array(v)) for k, v in _state_dict(backend)[0].items())
+        g = _state_dict(backend)[1]
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        w0, g = _state_dict(backend)
+        w = collections.OrderedDict((k, tf.Variable(v)) for k, v in w0.items())
+    else:
+        w, g = _state_dict(backend)
+    before, grads = _copies(w), _copies(g)
+    assert lm.lars_update(w, g, 0.1, out=w) is w
+    for key in w:
+        assert_layer_close(w[key], before[key], grads[key], 0.1, 0.0, "float32")
+
+
+def test_mixed_mapping_kinds_pair_by_key(backend):
+    a, b = native(backend, W), native(backend, W * 2)
+    ga, gb = native(backend, G), native(backend, -G)
+    w = {"b": b, "a": a}
+    grads = collections.defaultdict(list, {"a": ga, "b": gb})
+    lr = lm.Container(b=0.2, a=0.1)
+    new = lm.lars_update(w, grads, lr)
+    assert_layer_close(new["a"], W, G, 0.1, 0.0, "float32")
+    assert_layer_close(new["b"], W * 2, -G, 0.2, 0.0, "float32")
+
+
+def test_key_mismatch_names_the_key(backend):
+    w = collections.OrderedDict(a=native(backend, W), b=native(backend, W[:2]))
+    with pytest.raises(lm.LarsMultiValueError, match=r"missing \['b'\]; unexpected \['c'\]"):
+        lm.lars_update(w, {"a": native(backend, G), "c": native(backend, G)}, 0.1)
+    # Shapes that differ are blamed on the right key: b's gradient has a's shape.
+    with pytest.raises(lm.LarsMultiValueError, match=r"^dcdw\['b'\]: expected shape \(2, 3\)"):
+        lm.lars_update(w, {"b": native(backend, G), "a": native(backend, G)}, 0.1)
+
+
+# --- NumPy memory: unaligned, swapped, shared ---------------------------------------------------
+
+
+def _unaligned(values):
+    buffer = bytearray(values.nbytes + 1)
+    array = np.frombuffer(buffer, values.dtype, values.size, offset=1).reshape(values.shape)
+    array[...] = values
+    assert not array.flags.aligned
+    return array
+
+
+def test_numpy_unaligned_weights_in_place():
+    require_backend("numpy")
+    w0 = RNG.normal(size=LARGE).astype(np.float32)
+    g = (RNG.normal(size=LARGE) * 0.1).astype(np.float32)
+    w = _unaligned(w0)
+    lm.lars_update(w, g, 0.1, out=w)
+    assert_layer_close(w, w0, g, 0.1, 0.0, "float32")
+    out = _unaligned(np.zeros_like(w0))
+    lm.lars_update(w0, _unaligned(g), 0.1, out=out)
+    assert_layer_close(out, w0, g, 0.1, 0.0, "float32")
+    tree = [_unaligned(w0), _unaligned(w0 * 2)]
+    lm.lars_update(tree, [g, g], 0.1, out=tree)
+    assert_layer_close(tree[1], w0 * 2, g, 0.1, 0.0, "float32")
+
+
+def test_numpy_memmap_with_odd_offset(tmp_path):
+    require_backend("numpy")
+    w0 = RNG.normal(size=LARGE).astype(np.float32)
+    g = (RNG.normal(size=LARGE) * 0.1).astype(np.float32)
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"abc" + w0.tobytes())
+    w = np.memmap(path, np.float32, "r+", offset=3, shape=(LARGE,))
+    lm.lars_update(w, g, 0.1, out=w)
+    w.flush()
+    assert_layer_close(np.fromfile(path, np.uint8)[3:].view(np.float32), w0, g, 0.1, 0.0, "float32")
+
+
+@pytest.mark.parametrize("size", [12, LARGE])
+def test_numpy_big_endian_weights(size):
+    require_backend("numpy")
+    w0 = RNG.normal(size=size).astype(np.float32)
+    g0 = (RNG.normal(size=size) * 0.1).astype(np.float32)
+    w, g = w0.astype(">f4"), g0.astype(">f4")
+    assert_layer_close(lm.lars_update(w, g, 0.1, decay_lambda=0.1), w0, g0, 0.1, 0.1, "float32")
+    lm.lars_update(w, g, 0.1, out=w)
+    assert_layer_close(w, w0, g0, 0.1, 0.0, "float32")
+    with pytest.raises(lm.LarsMultiTypeError, match=r"expected dtype float32 \(big-endian\).*got float32; convert both to one byte order"):
+        lm.lars_update(w, g0, 0.1)
+
+
+def test_numpy_float64_gradient_says_how_to_fix():
+    require_backend("numpy")
+    with pytest.raises(lm.LarsMultiTypeError, match=r"expected dtype float32 .* got float64; .*astype"):
+        lm.lars_update(W, G.astype(np.float64), 0.1)
+
+
+@pytest.mark.parametrize("size", [12, LARGE])
+def test_numpy_out_sharing_memory_with_the_gradient(size):
+    require_backend("numpy")
+    w = RNG.normal(size=size).astype(np.float32)
+    g = (RNG.normal(size=size) * 0.1).astype(np.float32)
+    want = reference_layer(w, g, 0.1)
+    g_copy = g.copy()
+    lm.lars_update(w, g, 0.1, out=g.view())
+    assert_layer_close(g, w, g_copy, 0.1, 0.0, "float32")
+    np.testing.assert_allclose(g, want, rtol=2e-6, atol=1e-7)
+    # The same through a tree, and with the gradient of another layer.
+    g = g_copy.copy()
+    tree = [w.copy(), w.copy() * 2]
+    lm.lars_update(tree, [g, g_copy], 0.1, out=[g.view(), tree[1]])
+    assert_layer_close(g, w, g_copy, 0.1, 0.0, "float32")
+
+
+@pytest.mark.parametrize("size", [12, LARGE])
+def test_numpy_out_partly_overlapping_the_weights(size):
+    require_backend("numpy")
+    buffer = RNG.normal(size=size + 1).astype(np.float32)
+    w, out = buffer[:-1], buffer[1:]
+    w0 = w.copy()
+    g = (RNG.normal(size=size) * 0.1).astype(np.float32)
+    lm.lars_update(w, g, 0.1, out=out)
+    assert_layer_close(out, w0, g, 0.1, 0.0, "float32")
+
+
+def test_torch_gradient_views_shared_through_numpy():
+    """``out=p.grad.numpy()`` with ``dcdw=p.grad.numpy()``: two objects, one memory."""
+    require_backend("torch")
+    import torch
+
+    p = torch.nn.Parameter(torch.from_numpy(W.copy()))
+    p.grad = torch.from_numpy(G.copy())
+    lm.lars_update(p.detach().numpy(), p.grad.numpy(), 0.1, out=p.grad.numpy())
+    assert_layer_close(p.grad, W, G, 0.1, 0.0, "float32")
+    g = torch.from_numpy(G.copy())
+    lm.lars_update(torch.from_numpy(W.copy()), g, 0.1, out=g.view_as(g))
+    assert_layer_close(g, W, G, 0.1, 0.0, "float32")
+
+
+def test_numpy_stride_zero_out_is_refused():
+    require_backend("numpy")
+    base = np.zeros(3, np.float32)
+    out = np.lib.stride_tricks.as_strided(base, shape=(4, 3), strides=(0, 4), writeable=True)
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^out: expected an array that can be written.*stride of 0"):
+        lm.lars_update(W, G, 0.1, out=out)
+
+
+# --- per-layer hyper-parameters with aliased outputs -----------------------------------------------
+
+
+def _writable_leaves(backend, arrays):
+    if backend == "jax":
+        return [lm.Array(native(backend, a)) for a in arrays]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [tf.Variable(a) for a in arrays]
+    return [native(backend, a) for a in arrays]
+
+
+@pytest.mark.parametrize("decay", [0.0, [0.1, 0.3, 0.1]], ids=["one-decay", "per-layer-decay"])
+def test_tied_weights_with_per_layer_lr(backend, decay):
+    """The same weights at two leaves, out=w: one step each, computed from the weights as given."""
+    (a, b) = _writable_leaves(backend, [W, W * 3])
+    g = native(backend, G)
+    tree = [a, b, a]
+    lm.lars_update(tree, [g, g, g], [0.1, 0.2, 0.1], decay_lambda=decay, out=tree)
+    d = decay if isinstance(decay, float) else decay[0]
+    assert_layer_close(to_numpy(tree[0]), W, G, 0.1, d, "float32")
+    assert_layer_close(to_numpy(tree[1]), W * 3, G, 0.2, decay if isinstance(decay, float) else decay[1], "float32")
+
+
+def test_gradient_that_is_another_layers_weights(backend):
+    """Layer 1's gradient is layer 0's weights; with per-layer lr they are read before written."""
+    a, b = _writable_leaves(backend, [W, W * 2])
+    grads = [native(backend, G), to_numpy(a) if backend == "numpy" else None]
+    grads[1] = a if backend in ("numpy", "torch") else a.data if backend == "jax" else a
+    tree = [a, b]
+    lm.lars_update(tree, grads, [0.1, 0.3], out=tree)
+    assert_layer_close(to_numpy(tree[0]), W, G, 0.1, 0.0, "float32")
+    assert_layer_close(to_numpy(tree[1]), W * 2, W, 0.3, 0.0, "float32")
+
+
+def test_jax_failed_or_aliased_calls_never_delete_inputs():
+    require_backend("jax")
+    import jax.numpy as jnp
+
+    a = lm.Array(jnp.asarray(W))
+    b = lm.Array(jnp.asarray(W * 2))
+    g = jnp.asarray(G)
+    tree = [a, b, a]
+    lm.lars_update(tree, [g, g, g], [0.1, 0.2, 0.1], out=tree)
+    assert_layer_close(a, W, G, 0.1, 0.0, "float32")
+    kept = [a.data, b.data]
+    with pytest.raises(lm.LarsMultiValueError):
+        lm.lars_update([a, b], [g, jnp.ones(2)], 0.1, out=[a, b])
+    for data in kept:
+        np.asarray(data)  # still alive: raises if the buffer was donated
+
+
+# --- torch: nothing written unless everything can be ----------------------------------------------
+
+
+def _torch_tree():
+    import torch
+
+    return [torch.from_numpy(W.copy()), torch.from_numpy(W.copy() * 2)], [torch.from_numpy(G.copy())] * 2
+
+
+@pytest.mark.parametrize("kind", ["inference", "expanded", "meta-device-out", "meta-device-grad"])
+def test_torch_unwritable_or_misplaced_later_layer_writes_nothing(kind):
+    require_backend("torch")
+    import torch
+
+    ws, gs = _torch_tree()
+    outs = [torch.zeros(4, 3), torch.zeros(4, 3)]
+    if kind == "inference":
+        with torch.inference_mode():
+            outs[1] = torch.zeros(4, 3)
+        error, match = lm.LarsMultiTypeError, r"^out\[1\]: expected an array that can be written.*inference"
+    elif kind == "expanded":
+        outs[1] = torch.zeros(1, 3).expand(4, 3)
+        error, match = lm.LarsMultiTypeError, r"^out\[1\]: expected an array that can be written.*share memory"
+    elif kind == "meta-device-out":
+        outs[1] = torch.zeros(4, 3, device="meta")
+        error, match = lm.LarsMultiValueError, r"^out\[1\]: expected an array on cpu .*got one on meta"
+    else:
+        gs = [gs[0], torch.zeros(4, 3, device="meta")]
+        error, match = lm.LarsMultiValueError, r"^dcdw\[1\]: expected an array on cpu .*got one on meta"
+    with pytest.raises(error, match=match):
+        lm.lars_update(ws, gs, 0.1, out=outs)
+    assert not outs[0].any()
+    np.testing.assert_array_equal(ws[0].numpy(), W)
+
+
+def test_torch_sparse_gradient_is_refused():
+    require_backend("torch")
+    import torch
+
+    w = {"emb": torch.from_numpy(W.copy())}
+    sparse = torch.from_numpy(G.copy()).to_sparse()
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^dcdw\['emb'\]: expected a dense array.*sparse"):
+        lm.lars_update(w, {"emb": sparse}, 0.1, out=w)
+    np.testing.assert_array_equal(w["emb"].numpy(), W)
+
+
+# --- hyper-parameters out of range ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg", ["lr", "decay_lambda"])
+@pytest.mark.parametrize("value", [10**400, 1e39, -(10**400)])
+def test_huge_hyper_parameters_are_refused(backend, arg, value):
+    w, g = native(backend, W), native(backend, G)
+    kwargs = {"lr": 0.1, "decay_lambda": 0.0, arg: value}
+    with pytest.raises(lm.LarsMultiValueError, match=rf"^{arg}: expected"):
+        lm.lars_update(w, g, kwargs["lr"], decay_lambda=kwargs["decay_lambda"])
+    with pytest.raises(lm.LarsMultiValueError, match=rf"^{arg}(\[1\])?: expected"):
+        lm.lars_update([w, w], g, [0.1, kwargs["lr"]], decay_lambda=[0.0, kwargs["decay_lambda"]])
+
+
+def test_float16_weights_compute_the_rate_in_float32(backend):
+    """1e5 overflows float16 but not the float32 the rate of a half layer is computed in."""
+    w, g = native(backend, W, "float16"), native(backend, G * 1e-3, "float16")
+    new = lm.lars_update(w, g, 1e-6, decay_lambda=1e5)
+    assert np.all(np.isfinite(to_numpy(new)))
+
+
+# --- traced hyper-parameters --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_jax_traced_lr_and_decay(decay):
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    w = {"a": jnp.asarray(W), "b": jnp.asarray(W * 2)}
+    g = {"a": jnp.asarray(G), "b": jnp.asarray(G)}
+    step = jax.jit(lambda w, g, lr, d: lm.lars_update(w, g, lr, decay_lambda=d))
+    got = step(w, g, 0.1, decay)
+    for key, scale in (("a", 1), ("b", 2)):
+        assert_layer_close(got[key], W * scale, G, 0.1, decay, "float32")
+    one = jax.jit(lambda w, g, lr, d: lm.lars_update(w, g, lr, decay_lambda=d))(w["a"], g["a"], 0.1, decay)
+    assert_layer_close(one, W, G, 0.1, decay, "float32")
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_tensorflow_traced_lr_and_decay(decay):
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    @tf.function
+    def step(w, g, lr, d):
+        return lm.lars_update(w, g, lr, decay_lambda=d)
+
+    got = step([tf.constant(W)], [tf.constant(G)], tf.constant(0.1), tf.constant(decay))
+    assert_layer_close(got[0], W, G, 0.1, decay, "float32")
+
+
+def test_errors_keep_their_type_inside_tf_function():
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    @tf.function
+    def step(w):
+        return lm.lars_update(w, tf.ones((5,)), 0.1)
+
+    with pytest.raises(lm.LarsMultiValueError) as info:
+        step(tf.ones((3,)))
+    assert type(info.value) is lm.LarsMultiValueError
+    assert str(info.value).startswith("dcdw: expected shape (3,)")
