@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - exercised only without ml_dtypes
     _bfloat16 = None
 
 FRAMEWORK = "numpy"
+_NUMPY_TYPES = (np.ndarray, np.generic)
 _HALF = frozenset(np.dtype(t) for t in (np.float16, _bfloat16) if t is not None)
 _NATIVE_FLOATS = _HALF | {np.dtype(np.float32), np.dtype(np.float64)}
 # Either byte order: the ufunc paths read swapped data; BLAS gets native data only.
@@ -45,7 +46,7 @@ except ImportError:  # pragma: no cover - exercised only without SciPy
 
 
 def is_native(x: Any) -> bool:
-    return isinstance(x, np.ndarray | np.generic)
+    return isinstance(x, _NUMPY_TYPES)
 
 
 def unwritable(x: Any) -> str | None:
@@ -104,7 +105,7 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def cast_like(value: Any, like: Any) -> Any:
-    if isinstance(value, np.ndarray | np.generic) and value.dtype != like.dtype:
+    if isinstance(value, _NUMPY_TYPES) and value.dtype != like.dtype:
         return value.astype(like.dtype)
     return value
 

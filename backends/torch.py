@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lars_multi import _registry
 from lars_multi._algorithm import trust_ratio
 
 FRAMEWORK = "torch"
@@ -36,7 +37,7 @@ def unwritable(x: Any) -> str | None:
     """
     if not isinstance(x, torch.Tensor):
         return f"a {type(x).__name__}"
-    if torch.compiler.is_compiling():
+    if _registry.is_compiling():
         return None
     local = _local(x)
     if local.is_inference() and not torch.is_inference_mode_enabled():
@@ -70,7 +71,7 @@ def _local(x: torch.Tensor) -> torch.Tensor:
 
 def memory_root(x: torch.Tensor) -> tuple[torch.device, int] | None:
     """The device and storage holding ``x``; None while compiling (not traceable)."""
-    if torch.compiler.is_compiling():
+    if _registry.is_compiling():
         return None
     local = _local(x)
     if local.layout != torch.strided:
@@ -177,7 +178,7 @@ def lars_tree(
     update: ``_foreach_addcmul`` (new tensors), ``_foreach_addcmul_`` into the
     weights when ``outs`` is ``ws`` (no temporary the size of the tree).
     """
-    ops = sys.modules[__name__]
+    ops = _SELF
     results: list[Any] = [None] * len(ws)
     no_grad = stop_gradients or outs is not None
     with torch.no_grad() if no_grad else contextlib.nullcontext():
@@ -262,3 +263,7 @@ def info() -> dict[str, str]:
     cuda = [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     devices = ["cpu", *cuda]
     return {"version": torch.__version__, "devices": ", ".join(devices)}
+
+
+_SELF = sys.modules[__name__]  # the module as ``ops``: sys.modules cannot be read while compiling
+_registry.is_compiling = torch.compiler.is_compiling

@@ -19,7 +19,7 @@ from typing import Any
 def must_write_late(ops: ModuleType, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
     """Whether writing ``outs`` one by one could change an input not yet read."""
     position = {id(o): i for i, o in enumerate(outs)}
-    if len(position) != len(outs) or not position.keys().isdisjoint(map(id, gs)):
+    if len(position) != len(outs) or any(id(g) in position for g in gs):
         return True
     if any(position.get(id(x), i) != i for i, x in enumerate(ws)):
         return True

@@ -35,6 +35,8 @@ def unwrap(x: Any) -> Any:
     """The native array inside a handle (``lm.Array``, ``keras.Variable``), else ``x``."""
     if isinstance(x, Array):
         return x.data
+    if backend_of(x) is not None:
+        return x
     variable = keras_variable_type()
     if variable is not None and isinstance(x, variable):
         return x.value
@@ -57,6 +59,8 @@ def write_back(target: Any, new: Any) -> None:
     """Give a handle its new native array (a native ``out`` was written already)."""
     if isinstance(target, Array):
         target.data = new
+        return
+    if backend_of(target) is not None:
         return
     variable = keras_variable_type()
     if variable is not None and isinstance(target, variable) and new is not target.value:
@@ -191,7 +195,7 @@ def _as_float(path: Any, value: Any, expected: str) -> float:
         number = float(value)
     except OverflowError:
         raise LarsMultiValueError(f"{path}: expected {expected}, got a number too large for a float") from None
-    if not math.isfinite(number):
+    if not -math.inf < number < math.inf:  # (math.isfinite cannot be traced by torch.compile)
         raise LarsMultiValueError(f"{path}: expected {expected}, got {value!r}")
     return number
 

@@ -20,7 +20,7 @@ import importlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -42,13 +42,15 @@ class BackendSpec:
 
 _SPECS: dict[str, BackendSpec] = {}
 _MODULES: dict[str, ModuleType] = {}
-_NATIVE_TYPES: dict[type, str] = {}
+_NATIVE_TYPES: dict[type, str | None] = {}
+_NEVER_NATIVE = frozenset({"builtins", "collections", "lars_multi._container"})
 _LOCK = threading.Lock()
 _global_choice: str | None = None
 _env_choice: str | None = os.environ.get(ENV_VAR) or None  # read once, at import
 _context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "lars_multi_backend", default=None
 )
+_contexts = 0  # open using_backend blocks, in every thread
 
 
 def register_backend(
@@ -100,7 +102,7 @@ def get_backend(name: str) -> ModuleType:
     if spec is None:
         raise UnknownBackendError(f"backend: expected one of {sorted(_SPECS)}, got {name!r}")
     try:
-        module = importlib.import_module(spec.module_path)
+        module = _import(spec.module_path)
     except ImportError as error:
         hint = f'; install it with: pip install "lars-multi[{spec.pip_extra}]"' if spec.pip_extra else ""
         raise BackendNotInstalledError(
@@ -109,6 +111,32 @@ def get_backend(name: str) -> ModuleType:
         ) from error
     _MODULES[name] = complete(module)
     return module
+
+
+def _import(module_path: str) -> ModuleType:
+    """Built-in backends by static imports, which torch.compile traces (a first
+    call may be a compiled one), where ``import_module`` breaks the graph."""
+    if module_path == "lars_multi.backends.numpy":
+        from .backends import numpy as module
+    elif module_path == "lars_multi.backends.torch":
+        from .backends import torch as module
+    elif module_path == "lars_multi.backends.jax":
+        from .backends import jax as module
+    elif module_path == "lars_multi.backends.tensorflow":
+        from .backends import tensorflow as module
+    else:
+        module = importlib.import_module(module_path)
+    return module
+
+
+def _not_compiling() -> bool:
+    return False
+
+
+# ``torch.compiler.is_compiling`` once the torch backend is loaded: storage
+# queries, context variables and other untraceable checks are skipped while
+# torch.compile traces a call.
+is_compiling: Callable[[], bool] = _not_compiling
 
 
 def set_backend(name: str) -> None:
@@ -127,17 +155,23 @@ def unset_backend() -> None:
 @contextlib.contextmanager
 def using_backend(name: str) -> Iterator[ModuleType]:
     """Use ``name`` inside a ``with`` block, in this thread or asyncio task only."""
+    global _contexts
     module = get_backend(name)
     token = _context_choice.set(name)
+    with _LOCK:
+        _contexts += 1
     try:
         yield module
     finally:
         _context_choice.reset(token)
+        with _LOCK:
+            _contexts -= 1
 
 
 def current_backend() -> str | None:
     """The chosen backend's name: context, then set_backend, then environment."""
-    choice = _context_choice.get() or _global_choice or _env_choice
+    # The context variable is read only while some with-block is open (torch.compile cannot trace it).
+    choice = (_context_choice.get() if _contexts else None) or _global_choice or _env_choice
     if choice is not None and choice not in _SPECS:
         raise UnknownBackendError(f"{ENV_VAR}: expected one of {sorted(_SPECS)}, got {choice!r}")
     return choice
@@ -149,9 +183,12 @@ def backend_of(x: object) -> str | None:
     Looks only at frameworks already imported; answers are cached by type.
     """
     cls = type(x)
-    name = _NATIVE_TYPES.get(cls)
-    if name is not None:
+    name = _NATIVE_TYPES.get(cls, "")
+    if name != "":
         return name
+    if cls.__module__ in _NEVER_NATIVE:  # trees and numbers: remembered as no array at all
+        _NATIVE_TYPES[cls] = None
+        return None
     for spec in _SPECS.values():
         if spec.framework not in sys.modules:
             continue

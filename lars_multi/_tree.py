@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import optree
 
 from ._container import Container
+from . import _registry
 from ._errors import LarsMultiValueError
 
 NAMESPACE = "lars_multi"
@@ -89,9 +90,10 @@ def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> lis
     """
     if broadcast and is_leaf(value) and not isinstance(value, Container):
         return [value] * len(w.leaves)
-    leaves, spec = w.flatten(value)
-    if spec == w.spec:
-        return leaves
+    if not _registry.is_compiling():  # (optree cannot be traced on trees of numbers, nor compare specs)
+        leaves, spec = w.flatten(value)
+        if spec == w.spec:
+            return leaves
     walker = _Walker(arg, value, w, broadcast)
     return [walker.select(path) for path in w.paths]
 
