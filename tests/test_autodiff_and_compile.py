@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_layer_close, require_backend, to_numpy
+from conftest import assert_layer_close, require_backend, run_python, to_numpy
 
 import lars_multi as lm
 
@@ -261,26 +261,63 @@ def test_tf_function():
 # --- torch.compile -----------------------------------------------------------------------
 
 
-def test_torch_compile():
-    """One small case through Dynamo + AOTAutograd (the ``aot_eager`` backend:
-    the same tracing as the default, without the minutes of C++ compilation
-    inductor takes on CPU). Graph breaks are allowed."""
-    require_backend("torch")
+def _torch_cases():
     import torch
 
-    if not hasattr(torch, "compile"):
-        pytest.skip("this torch has no torch.compile")
+    def tree():
+        return {"b": torch.from_numpy(W.copy()), "a": torch.from_numpy(W2.copy())}
+
+    def grads():
+        return {"a": torch.from_numpy(G2.copy()), "b": torch.from_numpy(G.copy())}  # keys in another order
+
+    one_w, one_g = torch.from_numpy(W.copy()), torch.from_numpy(G.copy())
+    return {
+        "one": ((one_w, one_g), {}),
+        "one-out=w": ((one_w, one_g), {"out": one_w}),
+        "dict": ((tree(), grads()), {"decay_lambda": 0.3}),
+        "list": (([one_w, one_w * 2], [one_g, one_g]), {}),
+        "dict-out=w": ((tree(), grads()), {"out": "w"}),
+        "per-layer": ((tree(), grads()), {"decay_lambda": {"a": 0.0, "b": 0.2}}),
+        "container": ((lm.Container(tree()), lm.Container(grads())), {}),
+    }
+
+
+@pytest.mark.parametrize("case", ["one", "one-out=w", "dict", "list", "dict-out=w", "per-layer", "container"])
+def test_torch_compile_fullgraph(case):
+    """Dynamo traces the whole call (``fullgraph=True``: a graph break is an
+    error) through AOTAutograd (``aot_eager``: the same tracing as the default
+    backend without inductor's C++ build), and gives the eager result."""
+    require_backend("torch")
+    import optree
+    import torch
+
+    (w, g), kwargs = _torch_cases()[case]
+    expected_w, expected_g = optree.tree_map(lambda x: x.clone(), (w, g), namespace="lars_multi")
+    expected_kwargs = dict(kwargs)
+    if "out" in kwargs:
+        kwargs["out"] = w
+        expected_kwargs["out"] = expected_w
+    expected = lm.lars_update(expected_w, expected_g, 0.1, **expected_kwargs)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda w, g: lm.lars_update(w, g, 0.1, **kwargs), backend="aot_eager", fullgraph=True)
+    got = compiled(w, g)
+    if "out" in kwargs:
+        assert got is w
+    got_leaves = optree.tree_leaves(got, namespace="lars_multi")
+    for a, b in zip(got_leaves, optree.tree_leaves(expected, namespace="lars_multi")):
+        torch.testing.assert_close(a, b)  # within an ulp or two: fused or not
     torch._dynamo.reset()
 
-    def step(ws, gs):
-        return lm.lars_update(ws, gs, 0.1, decay_lambda=0.3)
 
-    compiled = torch.compile(step, backend="aot_eager")
-    ws = [torch.from_numpy(W.copy()), torch.from_numpy(W2.copy())]
-    gs = [torch.from_numpy(G.copy()), torch.from_numpy(G2.copy())]
-    new = compiled(ws, gs)
-    assert_layer_close(new[0], W, G, 0.1, 0.3, "float32")
-    assert_layer_close(new[1], W2, G2, 0.1, 0.3, "float32")
-    single = torch.compile(lambda w, g: lm.lars_update(w, g, 0.1), backend="aot_eager")
-    assert_layer_close(single(ws[0], gs[0]), W, G, 0.1, 0.0, "float32")
-    torch._dynamo.reset()
+def test_torch_compile_fullgraph_on_a_first_call():
+    """A compiled call may be the first: the backend is imported inside the trace."""
+    require_backend("torch")
+    script = """
+import torch, lars_multi as lm
+w = {"a": torch.ones(3), "b": torch.full((2,), 2.0)}
+g = {"b": torch.ones(2), "a": torch.full((3,), 0.5)}
+step = torch.compile(lambda w, g: lm.lars_update(w, g, 0.1, out=w), backend="eager", fullgraph=True)
+step(w, g)
+print(round(float(w["a"][0]), 6), round(float(w["b"][0]), 6))
+"""
+    assert run_python(script) == "0.9 1.8"
