@@ -119,6 +119,58 @@ def _tree_assign(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any) -> 
         out.assign(update(w, g, _algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda)))
 
 
+# Half layers are computed in float32 a chunk of about this many bytes of
+# weights (or one layer, if larger) at a time: each chunk waits for the one
+# before, so only one chunk's float32 temporaries exist at once.
+_HALF_CHUNK_BYTES = 2 << 20
+
+
+def _half_chunks(ws: Sequence[Any]) -> tuple[int, ...]:
+    """The lengths of consecutive chunks of ``ws``, at most ``max(_HALF_CHUNK_BYTES, largest)`` bytes each."""
+    sizes = [w.shape.num_elements() * w.dtype.size for w in ws]
+    budget = max(_HALF_CHUNK_BYTES, max(sizes))
+    lengths, total = [0], 0
+    for size in sizes:
+        if total + size > budget:
+            lengths.append(0)
+            total = 0
+        lengths[-1] += 1
+        total += size
+    return tuple(lengths)
+
+
+@tf.function(reduce_retracing=True)
+def _tree_half(ws: list, gs: list, lr: Any, decay_lambda: Any, stop_gradients: bool, chunks: tuple) -> list:
+    """:func:`_tree` for half layers, one chunk after the other."""
+    ops = sys.modules[__name__]
+    new: list = []
+    done: list = []
+    start = 0
+    for length in chunks:
+        with tf.control_dependencies(done):
+            done = _algorithm.lars_layers(
+                ops, ws[start : start + length], gs[start : start + length], lr, decay_lambda, stop_gradients
+            )
+        new += done
+        start += length
+    return new
+
+
+@tf.function(reduce_retracing=True)
+def _tree_assign_half(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any, chunks: tuple) -> None:
+    """:func:`_tree_assign` for half layers, one chunk after the other."""
+    ops = sys.modules[__name__]
+    done: list = []
+    start = 0
+    for length in chunks:
+        with tf.control_dependencies(done):
+            done = [
+                out.assign(update(w, g, _algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda)), read_value=False)
+                for out, w, g in zip(outs[start : start + length], ws[start : start + length], gs[start : start + length])
+            ]
+        start += length
+
+
 def _select(mask: list[bool], *lists: Sequence[Any]) -> list[list[Any]]:
     return [[x for x, chosen in zip(items, mask) if chosen] for items in lists]
 
@@ -141,16 +193,32 @@ def lars_tree(
     """Every layer in one ``tf.function`` call; ``outs`` (variables) are assigned:
     ``assign_sub`` for the weights that are their own output, ``assign`` for the rest."""
     lr, decay_lambda = _as_tensor(lr), _as_tensor(decay_lambda)
+    half = [w.dtype in _HALF for w in ws]
     if outs is None:
-        return _tree(list(ws), list(gs), lr, decay_lambda, stop_gradients)
+        if not any(half):
+            return _tree(list(ws), list(gs), lr, decay_lambda, stop_gradients)
+        return _half_and_rest(half, ws, gs, lr, decay_lambda, stop_gradients)
     # Each variable is passed once: every argument costs tf.function time per call.
-    subtract = [o is w and w.dtype not in _HALF for o, w in zip(outs, ws)]
+    subtract = [o is w and not h for o, w, h in zip(outs, ws, half)]
     if any(subtract):
         _tree_subtract(*_select(subtract, ws, gs), lr, decay_lambda)
     if not all(subtract):
-        keep = [not s for s in subtract]
-        _tree_assign(*_select(keep, outs, ws, gs), lr, decay_lambda)
+        keep = [not s and not h for s, h in zip(subtract, half)]
+        if any(keep):
+            _tree_assign(*_select(keep, outs, ws, gs), lr, decay_lambda)
+        if any(half):
+            half_outs, half_ws, half_gs = _select(half, outs, ws, gs)
+            _tree_assign_half(half_outs, half_ws, half_gs, lr, decay_lambda, _half_chunks(half_ws))
     return list(outs)
+
+
+def _half_and_rest(half: list[bool], ws: Sequence[Any], gs: Sequence[Any], lr: Any, decay_lambda: Any, stop: bool) -> list:
+    """New weights: the half layers by :func:`_tree_half`, the others by :func:`_tree`."""
+    half_ws, half_gs = _select(half, ws, gs)
+    new_half = iter(_tree_half(half_ws, half_gs, lr, decay_lambda, stop, _half_chunks(half_ws)))
+    rest = [not h for h in half]
+    new_rest = iter(_tree(*_select(rest, ws, gs), lr, decay_lambda, stop) if any(rest) else [])
+    return [next(new_half) if h else next(new_rest) for h in half]
 
 
 def info() -> dict[str, str]:

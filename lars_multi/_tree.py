@@ -20,6 +20,7 @@ import optree
 
 from ._container import Container
 from . import _registry
+from ._registry import backend_of
 from ._errors import LarsMultiValueError
 
 NAMESPACE = "lars_multi"
@@ -88,7 +89,7 @@ def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> lis
     a single value, or a value where ``w`` has a subtree, serves every layer
     below it.
     """
-    if broadcast and is_leaf(value) and not isinstance(value, Container):
+    if broadcast and _single(value, w):
         return [value] * len(w.leaves)
     if not _registry.is_compiling():  # (optree cannot be traced on trees of numbers, nor compare specs)
         leaves, spec = w.flatten(value)
@@ -96,6 +97,18 @@ def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> lis
             return leaves
     walker = _Walker(arg, value, w, broadcast)
     return [walker.select(path) for path in w.paths]
+
+
+def _single(value: Any, w: Flat) -> bool:
+    """Whether ``value`` is one value, not a tree (a module is a tree to JAX)."""
+    if not is_leaf(value) or isinstance(value, Container):
+        return False
+    if value is None or type(value) in (float, int, bool) or backend_of(value) is not None:
+        return True
+    if _registry.is_compiling():
+        return True
+    leaves, _ = w.flatten(value)
+    return len(leaves) == 1 and leaves[0] is value
 
 
 class _Walker:
