@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["numpy", "torch", "jax", "tensorflow", "all", "lint"]
+nox.options.sessions = ["numpy", "torch", "jax", "tensorflow", "all", "lint", "typecheck"]
 CONSTRAINTS = ("-c", "constraints.txt")
 
 
@@ -50,3 +50,10 @@ def bench(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install(*CONSTRAINTS, "-e", ".[all]", "mypy")
+    session.run("mypy", "lars_multi", "backends", "--ignore-missing-imports")

@@ -23,7 +23,7 @@ from lars_multi._tree import Attribute, Flat
 # Containers are pytrees to JAX too, keyed by their names.
 jax.tree_util.register_pytree_with_keys(
     Container,
-    lambda c: ([(jax.tree_util.DictKey(k), v) for k, v in c.items()], list(c.keys())),
+    lambda c: ([(jax.tree_util.DictKey(k), v) for k, v in c.items()], tuple(c.keys())),
     lambda keys, children: Container(dict(zip(keys, children))),
 )
 
@@ -124,7 +124,9 @@ def lars_tree(
     results = list(ws)
     rest = [i for i, w in enumerate(ws) if w.dtype not in _HALF]
     for part in ([rest] if rest else []) + _half_chunks(ws):
-        new = run([ws[i] for i in part], [gs[i] for i in part], lr, decay_lambda, stop_gradients=stop_gradients)
+        new = run(
+            [ws[i] for i in part], [gs[i] for i in part], lr, decay_lambda, stop_gradients=stop_gradients
+        )
         for i, n in zip(part, new):
             results[i] = n
     return results
@@ -167,7 +169,13 @@ def flatten(tree: Any) -> Flat:
     equinox, ...) is a tree of layers; leaves that are not arrays come too."""
     with_paths, spec = jax.tree_util.tree_flatten_with_path(tree)
     paths = [tuple(_entry(k) for k in path) for path, _ in with_paths]
-    return Flat([leaf for _, leaf in with_paths], paths, spec, jax.tree_util.tree_flatten, jax.tree_util.tree_unflatten)
+    return Flat(
+        [leaf for _, leaf in with_paths],
+        paths,
+        spec,
+        jax.tree_util.tree_flatten,
+        jax.tree_util.tree_unflatten,
+    )
 
 
 def info() -> dict[str, str]:

@@ -23,8 +23,8 @@ except ImportError:  # pragma: no cover - exercised only without ml_dtypes
 
 FRAMEWORK = "numpy"
 _NUMPY_TYPES = (np.ndarray, np.generic)
-_HALF = frozenset(np.dtype(t) for t in (np.float16, _bfloat16) if t is not None)
-_NATIVE_FLOATS = _HALF | {np.dtype(np.float32), np.dtype(np.float64)}
+_HALF: frozenset[np.dtype] = frozenset(np.dtype(t) for t in (np.float16, _bfloat16) if t is not None)
+_NATIVE_FLOATS: frozenset[np.dtype] = _HALF | {np.dtype(np.float32), np.dtype(np.float64)}
 # Either byte order: the ufunc paths read swapped data; BLAS gets native data only.
 FLOAT_DTYPES = _NATIVE_FLOATS | {d.newbyteorder("S") for d in _NATIVE_FLOATS if d.kind == "f"}
 _FLOAT32 = np.dtype(np.float32)

@@ -165,8 +165,13 @@ def _tree_assign_half(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any
     for length in chunks:
         with tf.control_dependencies(done):
             done = [
-                out.assign(update(w, g, _algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda)), read_value=False)
-                for out, w, g in zip(outs[start : start + length], ws[start : start + length], gs[start : start + length])
+                out.assign(
+                    update(w, g, _algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda)),
+                    read_value=False,
+                )
+                for out, w, g in zip(
+                    outs[start : start + length], ws[start : start + length], gs[start : start + length]
+                )
             ]
         start += length
 
@@ -212,7 +217,9 @@ def lars_tree(
     return list(outs)
 
 
-def _half_and_rest(half: list[bool], ws: Sequence[Any], gs: Sequence[Any], lr: Any, decay_lambda: Any, stop: bool) -> list:
+def _half_and_rest(
+    half: list[bool], ws: Sequence[Any], gs: Sequence[Any], lr: Any, decay_lambda: Any, stop: bool
+) -> list:
     """New weights: the half layers by :func:`_tree_half`, the others by :func:`_tree`."""
     half_ws, half_gs = _select(half, ws, gs)
     new_half = iter(_tree_half(half_ws, half_gs, lr, decay_lambda, stop, _half_chunks(half_ws)))

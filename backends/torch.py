@@ -87,7 +87,7 @@ def _byte_span(x: torch.Tensor) -> tuple[int, int]:
             return 0, 0
         reach = (length - 1) * stride
         low, high = (low + reach, high) if reach < 0 else (low, high + reach)
-    return low * size, (high + 1) * size
+    return int(low * size), int((high + 1) * size)
 
 
 def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -198,7 +198,7 @@ def lars_tree(
             elif half:  # written into group_out chunk by chunk, if given
                 new = _half_update(group_w, group_g, rates, group_out)
             else:
-                new = torch._foreach_addcmul(group_w, group_g, rates, value=-1)
+                new = list(torch._foreach_addcmul(group_w, group_g, rates, value=-1))
             if group_out is not None and not in_place and not half:
                 torch._foreach_copy_(group_out, new)
                 new = group_out

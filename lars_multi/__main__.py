@@ -49,6 +49,7 @@ def _run_example(name: str, w: object, dcdw: object, lr: float) -> dict[str, np.
     """One example on one backend, as named float64 leaves."""
     with lm.using_backend(name):
         if isinstance(w, dict):
+            grads: lm.Container | lm.Array
             if isinstance(dcdw, dict):
                 grads = lm.Container({k: lm.array(v) for k, v in dcdw.items()})
             else:

@@ -19,6 +19,8 @@ class Array:
     """
 
     __slots__ = ("backend", "data")
+    data: Any
+    backend: str
 
     def __init__(self, data: Any, backend: str | None = None) -> None:
         if isinstance(data, Array):

@@ -25,7 +25,7 @@ from ._tree import Path
 # --- handles: lars_multi.Array and keras.Variable around a native array ---------------
 
 
-def keras_variable_type() -> type | None:
+def keras_variable_type() -> Any:
     """``keras.Variable``, if Keras is imported (it is never imported here)."""
     keras = sys.modules.get("keras")
     return getattr(keras, "Variable", None) if keras is not None else None
@@ -153,7 +153,9 @@ def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: ModuleType) -> No
 def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: ModuleType) -> None:
     device, w_device = ops.device(data), ops.device(w)
     if device != w_device:
-        raise LarsMultiValueError(f"{path}: expected an array on {w_device} (like {w_path}), got one on {device}")
+        raise LarsMultiValueError(
+            f"{path}: expected an array on {w_device} (like {w_path}), got one on {device}"
+        )
 
 
 def _shapes_conflict(a: Any, b: Any) -> bool:
@@ -194,7 +196,9 @@ def _as_float(path: Any, value: Any, expected: str) -> float:
     try:
         number = float(value)
     except OverflowError:
-        raise LarsMultiValueError(f"{path}: expected {expected}, got a number too large for a float") from None
+        raise LarsMultiValueError(
+            f"{path}: expected {expected}, got a number too large for a float"
+        ) from None
     if not -math.inf < number < math.inf:  # (math.isfinite cannot be traced by torch.compile)
         raise LarsMultiValueError(f"{path}: expected {expected}, got {value!r}")
     return number
@@ -217,7 +221,9 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: ModuleType) -> 
             raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {decay_lambda!r}")
         return value or None
     if isinstance(decay_lambda, bool | np.bool_) or owner(decay_lambda) is None:
-        raise LarsMultiTypeError(f"{path}: expected a number >= 0 or a 0-d array, got {type_name(decay_lambda)}")
+        raise LarsMultiTypeError(
+            f"{path}: expected a number >= 0 or a 0-d array, got {type_name(decay_lambda)}"
+        )
     return _check_scalar_array(path, decay_lambda, name, ops, "a number >= 0 or a 0-d array")
 
 
@@ -228,7 +234,9 @@ def _check_scalar_array(path: Any, value: Any, name: str, ops: ModuleType, expec
         raise LarsMultiTypeError(f"{path}: expected {expected}, got {type_name(value)}")
     if value_name != name:
         expected = expected.replace("0-d array", f"0-d {name} array")
-        raise MixedFrameworksError(f"{path}: expected {expected}, got a {value_name} array ({type_name(data)})")
+        raise MixedFrameworksError(
+            f"{path}: expected {expected}, got a {value_name} array ({type_name(data)})"
+        )
     if len(data.shape) != 0:
         raise LarsMultiValueError(f"{path}: expected a 0-d array, got shape {tuple(data.shape)}")
     if data.dtype not in ops.FLOAT_DTYPES:

@@ -78,10 +78,7 @@ def lars_update(
 
 def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
     """The lean path for one array: no tree machinery at all."""
-    name = owner(w)
-    chosen = current_backend()
-    if chosen is not None and chosen != name:
-        _checks.call_backend([w], [()])  # raises the mismatch error
+    name = _checks.call_backend([w], [()])
     ops = get_backend(name)
     w_data = unwrap(w)
     _checks.check_weights("w", w_data, ops)
@@ -141,9 +138,7 @@ def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: 
             _checks.check_weights(Path("w", entries), x, ops)
     single = is_leaf(dcdw)
     gs = [
-        _checks.check_gradient(
-            grads[i], x, "dcdw" if single else Path("dcdw", p), Path("w", p), name, ops
-        )
+        _checks.check_gradient(grads[i], x, "dcdw" if single else Path("dcdw", p), Path("w", p), name, ops)
         for i, x, p in zip(active, ws, paths)
     ]
     rates = _per_leaf("lr", lr, flat, active, ws, ops, partial(_checks.check_lr, name=name, ops=ops))
@@ -212,7 +207,9 @@ def _unchanged(flat: Flat, out: Any, out_leaves: list[Any] | None) -> Any:
     return out
 
 
-def _check_unchanged_outs(flat: Flat, active: list[int], out_leaves: list[Any], name: Any, ops: ModuleType) -> None:
+def _check_unchanged_outs(
+    flat: Flat, active: list[int], out_leaves: list[Any], name: Any, ops: ModuleType
+) -> None:
     """Leaves without a gradient keep their weights: their ``out`` receives a copy."""
     skipped = set(active)
     for i, (x, target) in enumerate(zip(flat.leaves, out_leaves)):

@@ -55,7 +55,18 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
 
     return {
         f.__name__: f
-        for f in (unwritable, is_dense, matches, densify, layout_name, dtype_hint, device, memory_root, overlaps, largest)
+        for f in (
+            unwritable,
+            is_dense,
+            matches,
+            densify,
+            layout_name,
+            dtype_hint,
+            device,
+            memory_root,
+            overlaps,
+            largest,
+        )
     }
 
 

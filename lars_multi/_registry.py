@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
-from ._protocol import complete
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, UnknownBackendError
+from ._protocol import complete
 
 ENV_VAR = "LARS_MULTI_BACKEND"
 

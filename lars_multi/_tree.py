@@ -18,18 +18,29 @@ from typing import Any, NamedTuple
 
 import optree
 
-from ._container import Container
 from . import _registry
-from ._registry import backend_of
+from ._container import Container
 from ._errors import LarsMultiValueError
+from ._registry import backend_of
 
 NAMESPACE = "lars_multi"
 
-# A Container's children are its values, keyed by their names, in its own order.
+
+
+def _flatten_container(container: Container) -> tuple[list[Any], tuple[str, ...], tuple[str, ...]]:
+    """A Container's children are its values, keyed by their names, in its own order."""
+    keys = tuple(container.keys())
+    return [container[k] for k in keys], keys, keys
+
+
+def _unflatten_container(keys: tuple[str, ...], children: Any) -> Container:
+    return Container(dict(zip(keys, children)))
+
+
 optree.register_pytree_node(
     Container,
-    lambda container: (list(container.values()), list(container.keys()), list(container.keys())),
-    lambda keys, children: Container(dict(zip(keys, children))),
+    _flatten_container,  # type: ignore[arg-type]
+    _unflatten_container,  # type: ignore[arg-type]
     namespace=NAMESPACE,
 )
 
@@ -123,7 +134,7 @@ class _Walker:
     def select(self, path: tuple[Any, ...]) -> Any:
         node, w_node = self.value, self.w_root
         for depth, entry in enumerate(path):
-            if self.broadcast and (node is None or is_leaf(node) and not _is_node(node, entry)):
+            if self.broadcast and (node is None or (is_leaf(node) and not _is_node(node, entry))):
                 return node
             self._check_node(node, w_node, path[:depth])
             node, w_node = _child(node, entry), _child(w_node, entry)
@@ -132,8 +143,9 @@ class _Walker:
         return node
 
     def _mismatch(self, prefix: Sequence[Any], detail: str) -> None:
+        here = Path(self.arg, prefix)
         raise LarsMultiValueError(
-            f"{self.arg}: expected the structure of w (or a single value); {Path(self.arg, prefix)}: expected {detail}"
+            f"{self.arg}: expected the structure of w (or a single value); {here}: expected {detail}"
         )
 
     def _check_node(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
@@ -148,8 +160,12 @@ class _Walker:
             extra = [k for k in node if k not in w_node]
             if missing or extra:
                 parts = [f"missing {missing!r}"] * bool(missing) + [f"unexpected {extra!r}"] * bool(extra)
-                self._mismatch(prefix, f"the keys of {w_here}, {list(w_node)!r}, got {list(node)!r} ({'; '.join(parts)})")
-        elif isinstance(w_node, list | tuple) and (not isinstance(node, list | tuple) or len(node) != len(w_node)):
+                self._mismatch(
+                    prefix, f"the keys of {w_here}, {list(w_node)!r}, got {list(node)!r} ({'; '.join(parts)})"
+                )
+        elif isinstance(w_node, list | tuple) and (
+            not isinstance(node, list | tuple) or len(node) != len(w_node)
+        ):
             got = f"a {type(node).__name__} of {len(node)}" if _is_tree(node) else type(node).__name__
             self._mismatch(prefix, f"a sequence of {len(w_node)} like {w_here}, got {got}")
         self.checked.add(key)

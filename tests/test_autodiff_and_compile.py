@@ -299,7 +299,9 @@ def test_torch_compile_fullgraph(case):
         expected_kwargs["out"] = expected_w
     expected = lm.lars_update(expected_w, expected_g, 0.1, **expected_kwargs)
     torch._dynamo.reset()
-    compiled = torch.compile(lambda w, g: lm.lars_update(w, g, 0.1, **kwargs), backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda w, g: lm.lars_update(w, g, 0.1, **kwargs), backend="aot_eager", fullgraph=True
+    )
     got = compiled(w, g)
     if "out" in kwargs:
         assert got is w

@@ -321,7 +321,9 @@ def test_bad_decay_value(backend, decay):
 @pytest.mark.parametrize(("decay", "got"), [("0.1", "str"), (True, "bool"), (None, "NoneType")], ids=str)
 def test_bad_decay_type(backend, decay, got):
     w, g = native(backend, W), native(backend, G)
-    with raises(TypeError, rf"^decay_lambda: expected a number >= 0 or a 0-d array, got {got}", lm.LarsMultiTypeError):
+    with raises(
+        TypeError, rf"^decay_lambda: expected a number >= 0 or a 0-d array, got {got}", lm.LarsMultiTypeError
+    ):
         lm.lars_update(w, g, 0.1, decay_lambda=decay)
 
 

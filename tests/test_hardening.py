@@ -29,8 +29,13 @@ def _copies(tree):
 def _state_dict(backend, layers=12):
     rng = np.random.default_rng(layers)
     keys = [f"layer{i}.weight" for i in range(layers)]
-    w = collections.OrderedDict((k, native(backend, rng.normal(size=(i + 2,)).astype(np.float32))) for i, k in enumerate(keys))
-    g = {k: native(backend, rng.normal(size=(i + 2,)).astype(np.float32)) for i, k in reversed(list(enumerate(keys)))}
+    w = collections.OrderedDict(
+        (k, native(backend, rng.normal(size=(i + 2,)).astype(np.float32))) for i, k in enumerate(keys)
+    )
+    g = {
+        k: native(backend, rng.normal(size=(i + 2,)).astype(np.float32))
+        for i, k in reversed(list(enumerate(keys)))
+    }
     return w, g
 
 
@@ -127,7 +132,10 @@ def test_numpy_big_endian_weights(size):
     assert_layer_close(lm.lars_update(w, g, 0.1, decay_lambda=0.1), w0, g0, 0.1, 0.1, "float32")
     lm.lars_update(w, g, 0.1, out=w)
     assert_layer_close(w, w0, g0, 0.1, 0.0, "float32")
-    with pytest.raises(lm.LarsMultiTypeError, match=r"expected dtype float32 \(big-endian\).*got float32; convert both to one byte order"):
+    with pytest.raises(
+        lm.LarsMultiTypeError,
+        match=r"expected dtype float32 \(big-endian\).*got float32; convert both to one byte order",
+    ):
         lm.lars_update(w, g0, 0.1)
 
 
@@ -183,7 +191,9 @@ def test_numpy_stride_zero_out_is_refused():
     require_backend("numpy")
     base = np.zeros(3, np.float32)
     out = np.lib.stride_tricks.as_strided(base, shape=(4, 3), strides=(0, 4), writeable=True)
-    with pytest.raises(lm.LarsMultiTypeError, match=r"^out: expected an array that can be written.*stride of 0"):
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^out: expected an array that can be written.*stride of 0"
+    ):
         lm.lars_update(W, G, 0.1, out=out)
 
 
@@ -209,7 +219,9 @@ def test_tied_weights_with_per_layer_lr(backend, decay):
     lm.lars_update(tree, [g, g, g], [0.1, 0.2, 0.1], decay_lambda=decay, out=tree)
     d = decay if isinstance(decay, float) else decay[0]
     assert_layer_close(to_numpy(tree[0]), W, G, 0.1, d, "float32")
-    assert_layer_close(to_numpy(tree[1]), W * 3, G, 0.2, decay if isinstance(decay, float) else decay[1], "float32")
+    assert_layer_close(
+        to_numpy(tree[1]), W * 3, G, 0.2, decay if isinstance(decay, float) else decay[1], "float32"
+    )
 
 
 def test_gradient_that_is_another_layers_weights(backend):
@@ -262,7 +274,10 @@ def test_torch_unwritable_or_misplaced_later_layer_writes_nothing(kind):
         error, match = lm.LarsMultiTypeError, r"^out\[1\]: expected an array that can be written.*inference"
     elif kind == "expanded":
         outs[1] = torch.zeros(1, 3).expand(4, 3)
-        error, match = lm.LarsMultiTypeError, r"^out\[1\]: expected an array that can be written.*share memory"
+        error, match = (
+            lm.LarsMultiTypeError,
+            r"^out\[1\]: expected an array that can be written.*share memory",
+        )
     elif kind == "meta-device-out":
         outs[1] = torch.zeros(4, 3, device="meta")
         error, match = lm.LarsMultiValueError, r"^out\[1\]: expected an array on cpu .*got one on meta"

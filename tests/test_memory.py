@@ -13,7 +13,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import require_backend, run_python
 
 LAYERS = 16
@@ -42,7 +41,8 @@ _BUILD = {
         def make(n, size):
             ws = [lm.Array(jnp.asarray(rng.standard_normal(size, dtype=np.float32)).astype(jnp.bfloat16))
                   for _ in range(n)]
-            gs = [jnp.asarray(rng.standard_normal(size, dtype=np.float32)).astype(jnp.bfloat16) for _ in range(n)]
+            gs = [jnp.asarray(rng.standard_normal(size, dtype=np.float32)).astype(jnp.bfloat16)
+                  for _ in range(n)]
             jax.block_until_ready(([w.data for w in ws], gs))
             def step():
                 lm.lars_update(ws, gs, 0.1, out=ws)
@@ -52,7 +52,8 @@ _BUILD = {
     "tensorflow": """
         import tensorflow as tf
         def make(n, size):
-            ws = [tf.Variable(tf.cast(rng.standard_normal(size, dtype=np.float32), tf.bfloat16)) for _ in range(n)]
+            ws = [tf.Variable(tf.cast(rng.standard_normal(size, dtype=np.float32), tf.bfloat16))
+                  for _ in range(n)]
             gs = [tf.cast(rng.standard_normal(size, dtype=np.float32), tf.bfloat16) for _ in range(n)]
             return ws, gs, lambda: lm.lars_update(ws, gs, 0.1, out=ws)
     """,
