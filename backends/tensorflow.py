@@ -2,6 +2,8 @@
 
 The tree function is traced once per structure, shapes and dtypes: rates
 enter as tensors, never as Python numbers, so a new rate never retraces.
+(Not ``reduce_retracing``: its generalised traces kept an earlier variable's
+rank and took norms over the wrong axes.)
 ``tf.Variable`` outputs are updated in the graph, ``assign_sub`` in place.
 """
 
@@ -97,13 +99,13 @@ def write(out: tf.Variable, value: Any) -> None:
     out.assign(value)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function
 def _tree(ws: list, gs: list, lr: Any, decay_lambda: Any, stop_gradients: bool) -> list:
     ops = sys.modules[__name__]
     return _algorithm.lars_layers(ops, ws, gs, lr, decay_lambda, stop_gradients)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function
 def _tree_subtract(variables: list, gs: list, lr: Any, decay_lambda: Any) -> None:
     """``w.assign_sub(lr_local * g)`` for variables that are their own output."""
     ops = sys.modules[__name__]
@@ -111,7 +113,7 @@ def _tree_subtract(variables: list, gs: list, lr: Any, decay_lambda: Any) -> Non
         w.assign_sub(_algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda) * g)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function
 def _tree_assign(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any) -> None:
     """``out.assign(new_w)`` for the other outputs (and half precision ones)."""
     ops = sys.modules[__name__]
@@ -139,7 +141,7 @@ def _half_chunks(ws: Sequence[Any]) -> tuple[int, ...]:
     return tuple(lengths)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function
 def _tree_half(ws: list, gs: list, lr: Any, decay_lambda: Any, stop_gradients: bool, chunks: tuple) -> list:
     """:func:`_tree` for half layers, one chunk after the other."""
     ops = sys.modules[__name__]
@@ -156,7 +158,7 @@ def _tree_half(ws: list, gs: list, lr: Any, decay_lambda: Any, stop_gradients: b
     return new
 
 
-@tf.function(reduce_retracing=True)
+@tf.function
 def _tree_assign_half(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any, chunks: tuple) -> None:
     """:func:`_tree_assign` for half layers, one chunk after the other."""
     ops = sys.modules[__name__]

@@ -274,7 +274,8 @@ def assert_layer_close(got: Any, w: Any, g: Any, lr: float, decay_lambda: float,
     bound = rtol * reference_scale(w, g, lr, decay_lambda) + atol
     err = np.abs(got - want)
     assert np.all(err <= bound), (
-        f"max error {err.max()} (bound {bound[np.argmax(err - bound)]}): {got} vs {want}"
+        f"max error {err.max()} (bound {np.broadcast_to(bound, err.shape).flat[np.argmax(err - bound)]}): "
+        f"{got} vs {want}"
     )
 
 
