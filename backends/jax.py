@@ -84,6 +84,18 @@ def update(w: Any, g: Any, lr_local: Any) -> jax.Array:
     return w - lr_local * g
 
 
+def to_compute(x: Any) -> jax.Array:
+    return x.astype(jnp.float32) if x.dtype in _HALF else x
+
+
+def cos(x: Any) -> jax.Array:
+    return jnp.cos(x)
+
+
+def compile(function: Any) -> Any:
+    return jax.jit(function)
+
+
 def stop_gradient(x: Any) -> jax.Array:
     return jax.lax.stop_gradient(x)
 

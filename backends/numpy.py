@@ -129,6 +129,14 @@ def _sum_of_squares(x: Any) -> np.generic:
     return np.vdot(x, x)
 
 
+def to_compute(x: Any) -> Any:
+    return x.astype(_FLOAT32) if x.dtype in _COMPUTE else x
+
+
+def cos(x: Any) -> Any:
+    return np.cos(x)
+
+
 def stop_gradient(x: Any) -> Any:
     return x
 

@@ -83,6 +83,24 @@ def update(w: Any, g: Any, lr_local: Any) -> tf.Tensor:
     return w - lr_local * g
 
 
+def to_compute(x: Any) -> tf.Tensor:
+    return tf.cast(x, tf.float32) if x.dtype in _HALF else x
+
+
+def cos(x: Any) -> tf.Tensor:
+    return tf.math.cos(x)
+
+
+def compile(function: Any) -> Any:
+    """``function`` as one ``tf.function``; Python-float rates enter as tensors (no retracing)."""
+    traced = tf.function(function)
+
+    def run(*args: Any) -> Any:
+        return traced(*[tf.constant(a, tf.float32) if type(a) is float else a for a in args])
+
+    return run
+
+
 def stop_gradient(x: Any) -> tf.Tensor:
     return tf.stop_gradient(x)
 

@@ -143,6 +143,14 @@ def update(w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> torch.Te
     return torch.addcmul(w, g, lr_local, value=-1)
 
 
+def to_compute(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in _HALF else x
+
+
+def cos(x: torch.Tensor) -> torch.Tensor:
+    return torch.cos(x)
+
+
 def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     return x.detach() if x.requires_grad else x
 

@@ -21,6 +21,7 @@ from ._errors import (
     MixedFrameworksError,
     UnknownBackendError,
 )
+from . import optim, schedules
 from ._lars import lars_update
 from ._registry import (
     available_backends,
@@ -48,6 +49,8 @@ __all__ = [
     "current_backend",
     "installed_backends",
     "lars_update",
+    "optim",
+    "schedules",
     "register_backend",
     "set_backend",
     "unset_backend",

@@ -31,6 +31,10 @@ class UnknownBackendError(LarsMultiValueError):
     """A backend name that is not registered."""
 
 
+class UnknownPresetError(LarsMultiValueError):
+    """An optimizer preset that does not exist."""
+
+
 class BackendNotInstalledError(LarsMultiError, ImportError):
     """A registered backend whose framework cannot be imported here."""
 

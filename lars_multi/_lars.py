@@ -103,7 +103,7 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     return out
 
 
-def _flatten(w: Any) -> Flat:
+def flatten(w: Any) -> Flat:
     """``w`` flattened by optree, or by its backend's own tree library (JAX's
     ``jax.tree_util``) when it holds nodes that only that library knows."""
     flat = flatten_optree(w)
@@ -118,7 +118,7 @@ def _flatten(w: Any) -> Flat:
 
 
 def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
-    flat = _flatten(w)
+    flat = flatten(w)
     if not flat.leaves:
         return w if out is None else out
     grads = leaves_like("dcdw", dcdw, flat)

@@ -49,6 +49,18 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def overlaps(a: Any, b: Any) -> bool:
         return True
 
+    def norms(xs: Any) -> list[Any]:
+        """The 2-norm of each array (halves accumulate in float32)."""
+        return [module.norm(x) for x in xs]
+
+    def to_compute(x: Any) -> Any:
+        """``x`` in the dtype updates are computed in (float32 for halves)."""
+        return x
+
+    def compile(function: Any) -> Any:
+        """``function`` (of lists of arrays) compiled by the framework, where it compiles."""
+        return function
+
     def largest(dtype: Any) -> float:
         """The largest finite value of the dtype the rate is computed in."""
         return float("inf")
@@ -65,6 +77,9 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             device,
             memory_root,
             overlaps,
+            norms,
+            to_compute,
+            compile,
             largest,
         )
     }

@@ -1,0 +1,66 @@
+r"""The LARS conventions of the paper, optax and timm, as data.
+
+With :math:`c` the trust coefficient, :math:`\lambda` the weight decay,
+:math:`\eta` the learning rate, :math:`\mu` the momentum, :math:`d` the
+dampening and :math:`u = g + \lambda w`:
+
+=============  ==========================================  ==========================================
+               trust ratio :math:`r` (1 where a norm is 0)  momentum buffer and step
+=============  ==========================================  ==========================================
+``"paper"``    :math:`c\lVert w\rVert/(\lVert g\rVert       :math:`v \leftarrow \mu v + (1-d)\eta r u`,
+               + \lambda\lVert w\rVert + \epsilon)`          :math:`w \leftarrow w - v`
+``"optax"``    :math:`c\lVert w\rVert/(\lVert u\rVert       as ``"paper"``
+               + \epsilon)`
+``"timm"``     as ``"paper"``, adapted only when            :math:`b \leftarrow \mu b + (1-d) r u`
+               :math:`\lambda \ne 0` (or ``always_adapt``)  (:math:`b = ru` at first),
+                                                            :math:`w \leftarrow w - \eta b`
+=============  ==========================================  ==========================================
+
+Nesterov steps by :math:`\mu v_{new} + \eta r u` (paper, optax) or
+:math:`\eta (r u + \mu b_{new})` (timm); ``trust_clip`` replaces :math:`r` by
+:math:`\min(r/\eta, 1)` (apex LARC). A preset is only these choices and its
+library's defaults: every knob works with every preset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import UnknownPresetError
+
+
+def _is_matrix(path: Any, array: Any) -> bool:
+    """Large-batch practice: biases and normalization scales (1-D) are left out."""
+    return len(array.shape) > 1
+
+
+def _everything(path: Any, array: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One library's LARS convention."""
+
+    name: str
+    ratio_of_update: bool  # r = c|w| / (|u| + eps), else c|w| / (|g| + lambda |w| + eps)
+    lr_in_buffer: bool  # the buffer accumulates eta r u (paper, optax), else r u (timm)
+    adapt_needs_decay: bool  # adapt only where weight decay applies, unless always_adapt (timm)
+    eps: float
+    default_mask: Callable[[Any, Any], bool]
+
+
+PRESETS = {
+    "paper": Preset("paper", False, True, False, 0.0, _is_matrix),
+    "optax": Preset("optax", True, True, False, 0.0, _everything),
+    "timm": Preset("timm", False, False, True, 1e-8, _everything),
+}
+
+
+def get_preset(name: Any) -> Preset:
+    preset = PRESETS.get(name) if isinstance(name, str) else None
+    if preset is None:
+        raise UnknownPresetError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    return preset

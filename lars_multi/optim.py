@@ -1,0 +1,308 @@
+r"""The LARS optimizer, functional: ``opt = lars(...)``, ``state = opt.init(params)``,
+``params, state = opt.step(params, grads, state)``.
+
+One step for every backend and every convention (``preset="paper"``,
+``"optax"``, ``"timm"``; see :mod:`lars_multi._presets`), written once in
+:mod:`lars_multi._optimizer_rule`. ``params`` is any tree of native arrays of
+one backend, paired by key with ``grads``, masks and state as in
+:func:`lars_multi.lars_update`; the state is a :class:`LarsState` of native
+arrays that the framework's own checkpointing saves. On NumPy and torch,
+``out=params`` updates the parameters and momentum buffers in place; on JAX
+the step is one compiled program, on TensorFlow one ``tf.function``.
+
+>>> import numpy as np, lars_multi as lm
+>>> opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.02)
+>>> params = {"w": np.ones((2, 2), np.float32), "b": np.zeros(2, np.float32)}
+>>> state = opt.init(params)
+>>> grads = {"w": np.full((2, 2), 0.5, np.float32), "b": np.ones(2, np.float32)}
+>>> params, state = opt.step(params, grads, state)
+>>> params["w"].round(6).tolist(), params["b"].tolist(), int(state.count)
+([[0.998, 0.998], [0.998, 0.998]], [-0.1, -0.1], 1)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from . import _checks
+from ._aliasing import must_write_late
+from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
+from ._lars import flatten
+from ._optimizer_rule import LayerFlags, StepConfig, lars_momentum_layers
+from ._presets import PRESETS, Preset, get_preset
+from ._registry import get_backend
+from ._tree import Flat, Path, leaves_like
+from .schedules import warmup_cosine, warmup_polynomial
+
+__all__ = ["LarsOptimizer", "LarsState", "lars", "warmup_cosine", "warmup_polynomial", "PRESETS"]
+
+Schedule = Callable[[Any], Any]
+Mask = Any  # a tree of bools like params, or a callable (path, array) -> bool
+
+
+class LarsState(NamedTuple):
+    """The optimizer's state: the step count (a 0-d int32 array) and the
+    momentum buffers (a tree like the parameters, in their dtypes; None without momentum)."""
+
+    count: Any
+    momentum: Any
+
+
+def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, closed: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LarsMultiTypeError(f"{name}: expected a number, got {type_name(value)}")
+    inside = low <= value < high if closed else low <= value <= high
+    if not inside:
+        interval = f"[{low}, {high})" if closed else f"[{low}, {high}]"
+        raise LarsMultiValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def _rate(name: str, value: Any) -> Any:
+    """A number >= 0 (checked now) or a schedule (called with the count, not checked)."""
+    if callable(value):
+        return value
+    return _number(name, value)
+
+
+@dataclass(frozen=True)
+class LarsOptimizer:
+    """A configured LARS optimizer; make one with :func:`lars`."""
+
+    learning_rate: Any
+    weight_decay: Any
+    config: StepConfig
+    adapt_mask: Mask
+    weight_decay_mask: Mask
+
+    def init(self, params: Any) -> LarsState:
+        """Step count 0 and zero momentum buffers like ``params``."""
+        flat = flatten(params)
+        leaves = [_checks.unwrap(x) for x in flat.leaves if _checks.owner(x) is not None]
+        if not leaves:
+            raise LarsMultiValueError("params: expected a tree with at least one array, got none")
+        ops = get_backend(_checks.call_backend(leaves, [()] * len(leaves)))
+        count = ops.asarray(0, "int32")
+        if self.config.momentum == 0:
+            return LarsState(count, None)
+        buffers = [ops.zeros_like(_checks.unwrap(x)) if _checks.owner(x) is not None else None for x in flat.leaves]
+        return LarsState(count, flat.rebuild(buffers))
+
+    @no_autograph
+    def step(self, params: Any, grads: Any, state: LarsState, *, out: Any = None) -> tuple[Any, LarsState]:
+        """One LARS step: the new parameters and state.
+
+        With ``out=params`` (NumPy arrays, torch tensors, ``tf.Variable`` s,
+        ``lm.Array`` s), the parameters and the momentum buffers are written in
+        place and returned; everything is checked before anything is written.
+        """
+        flat = flatten(params)
+        all_grads = leaves_like("grads", grads, flat)
+        active = [i for i, g in enumerate(all_grads) if g is not None]
+        if not active:
+            return params, state
+        paths = [flat.paths[i] for i in active]
+        name = _checks.call_backend([flat.leaves[i] for i in active], paths)
+        ops = get_backend(name)
+        ws = [_checks.unwrap(flat.leaves[i]) for i in active]
+        for p, w in zip(paths, ws):
+            _checks.check_weights(Path("params", p), w, ops)
+        gs = [
+            _checks.check_gradient(all_grads[i], w, Path("grads", p), Path("params", p), name, ops)
+            for i, w, p in zip(active, ws, paths)
+        ]
+        all_buffers = self._buffers(state, flat, active, ws, ops)
+        buffers = [all_buffers[i] for i in active]
+        out_leaves = None if out is None else leaves_like("out", out, flat, broadcast=False)
+        outs = None
+        if out_leaves is not None:
+            outs = [
+                _checks.check_out(out_leaves[i], w, Path("out", p), Path("params", p), name, ops)
+                for i, w, p in zip(active, ws, paths)
+            ]
+        flags = LayerFlags(
+            adapt=tuple(self._mask("adapt_mask", self.adapt_mask, flat, active, ws)),
+            decay=tuple(self._mask("weight_decay_mask", self.weight_decay_mask, flat, active, ws)),
+        )
+        lr = self._rate(self.learning_rate, state.count)
+        decay = self._rate(self.weight_decay, state.count)
+        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, state.count, outs)
+        count = state.count + 1
+        if out_leaves is None:
+            return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(count, flat, all_buffers, active, new_buffers)
+        for i, new in zip(active, new_ws):
+            _checks.write_back(out_leaves[i], new)
+        writable = all(b is None or ops.unwritable(b) is None for b in buffers)
+        momentum = state.momentum if writable else self._new_state(count, flat, all_buffers, active, new_buffers).momentum
+        return out, LarsState(count, momentum)
+
+    def _run(
+        self,
+        ops: ModuleType,
+        flags: LayerFlags,
+        ws: list[Any],
+        gs: list[Any],
+        buffers: list[Any],
+        lr: Any,
+        decay: Any,
+        count: Any,
+        outs: list[Any] | None,
+    ) -> tuple[list[Any], list[Any]]:
+        """The step, compiled (JAX, TensorFlow) or eager; in place into writable
+        ``outs`` and buffers, layer by layer unless they alias an input."""
+        step, compiled = _step(ops, self.config, flags)
+        if compiled:
+            new_ws, new_buffers = step(ws, gs, buffers, lr, decay, count == 0)
+            if outs is not None:
+                _write_all(ops, outs, new_ws, buffers, new_buffers)
+            return new_ws, new_buffers
+        first = bool(count == 0)
+        writable = outs is not None and all(ops.unwritable(o) is None for o in outs)
+        if not writable or must_write_late(ops, outs + [b for b in buffers if b is not None], ws, gs):
+            new_ws, new_buffers = step(ws, gs, buffers, lr, decay, first)
+            if outs is not None:
+                _write_all(ops, outs, new_ws, buffers, new_buffers)
+            return new_ws, new_buffers
+
+        def write(i: int, new_w: Any, new_buffer: Any) -> None:
+            ops.write(outs[i], new_w)
+            if new_buffer is not None:
+                ops.write(buffers[i], new_buffer)
+
+        step(ws, gs, buffers, lr, decay, first, write)
+        return list(outs), list(buffers)
+
+    @staticmethod
+    def _rate(rate: Any, count: Any) -> Any:
+        value = rate(count) if callable(rate) else rate
+        return None if isinstance(value, float) and value == 0 else value
+
+    @staticmethod
+    def _rebuild(flat: Flat, leaves: Sequence[Any], active: list[int], new: list[Any]) -> Any:
+        merged = list(leaves)
+        for i, value in zip(active, new):
+            merged[i] = value
+        return flat.rebuild(merged)
+
+    def _new_state(self, count: Any, flat: Flat, buffers: list[Any], active: list[int], new: list[Any]) -> LarsState:
+        if self.config.momentum == 0:
+            return LarsState(count, None)
+        return LarsState(count, self._rebuild(flat, buffers, active, new))
+
+    def _buffers(self, state: Any, flat: Flat, active: list[int], ws: list[Any], ops: ModuleType) -> list[Any]:
+        if not isinstance(state, LarsState):
+            raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
+        if self.config.momentum == 0:
+            return [None] * len(flat.leaves)
+        if state.momentum is None:
+            raise LarsMultiValueError("state: expected momentum buffers (momentum > 0), got a state without them")
+        buffers = leaves_like("state.momentum", state.momentum, flat, broadcast=False)
+        for i, w in zip(active, ws):
+            p = flat.paths[i]
+            buffers[i] = _checks.unwrap(buffers[i])
+            _checks.check_like(Path("state.momentum", p), buffers[i], Path("params", p), w, ops)
+        return buffers
+
+    def _mask(self, arg: str, mask: Mask, flat: Flat, active: list[int], ws: list[Any]) -> list[bool]:
+        """One bool per active layer, from a tree, a callable, or the preset's default."""
+        if callable(mask):
+            values = [mask(flat.paths[i], w) for i, w in zip(active, ws)]
+        elif isinstance(mask, bool):
+            values = [mask] * len(active)
+        else:
+            leaves = leaves_like(arg, mask, flat)
+            values = [leaves[i] for i in active]
+        for i, value in zip(active, values):
+            if not isinstance(value, bool):
+                raise LarsMultiTypeError(f"{Path(arg, flat.paths[i])}: expected a bool, got {type_name(value)}")
+        return values
+
+
+@functools.lru_cache(maxsize=64)
+def _step(ops: ModuleType, config: StepConfig, flags: LayerFlags) -> tuple[Callable[..., Any], bool]:
+    """The step for one configuration and mask pattern, compiled once where the
+    backend compiles (JAX, TensorFlow); whether it was."""
+    step = functools.partial(lars_momentum_layers, ops, config, flags)
+    compiled = ops.compile(step)
+    return compiled, compiled is not step
+
+
+def _write_all(
+    ops: ModuleType, outs: Sequence[Any], new_ws: Sequence[Any], buffers: Sequence[Any], new_buffers: Sequence[Any]
+) -> None:
+    """New weights into ``outs`` and new buffers into the old ones, where writable."""
+    for target, new in zip([*outs, *buffers], [*new_ws, *new_buffers]):
+        if target is not None and new is not target and ops.unwritable(target) is None:
+            ops.write(target, new)
+
+
+def lars(
+    learning_rate: float | Schedule,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    dampening: float = 0.0,
+    weight_decay: float | Schedule = 0.0,
+    trust_coefficient: float = 0.001,
+    eps: float | None = None,
+    trust_clip: bool = False,
+    always_adapt: bool = False,
+    adapt_mask: Mask = None,
+    weight_decay_mask: Mask = None,
+    preset: str = "paper",
+) -> LarsOptimizer:
+    r"""The LARS optimizer of You, Gitman and Ginsburg (2017), in one library's convention.
+
+    Args:
+        learning_rate: :math:`\eta`, a number or a schedule (a callable of the
+            step count, e.g. :class:`lars_multi.schedules.warmup_polynomial`).
+        momentum: :math:`\mu \in [0, 1)`; 0 keeps no buffers.
+        nesterov: Nesterov momentum (needs momentum > 0 and no dampening).
+        dampening: :math:`d \in [0, 1)`, the part of each update the buffer drops.
+        weight_decay: :math:`\lambda \ge 0`, a number or a schedule.
+        trust_coefficient: :math:`c > 0`.
+        eps: added to the ratio's denominator; None takes the preset's (timm 1e-8, else 0).
+        trust_clip: :math:`r \leftarrow \min(r / \eta, 1)` (apex LARC).
+        always_adapt: timm's flag: adapt layers without weight decay too.
+        adapt_mask, weight_decay_mask: which layers are adapted, and decayed: a
+            tree of bools like the parameters or a callable ``(path, array) -> bool``;
+            None takes the preset's default (``"paper"``: every parameter with
+            more than one dimension; ``"optax"`` and ``"timm"``: every parameter).
+        preset: ``"paper"``, ``"optax"`` or ``"timm"``.
+    """
+    chosen: Preset = get_preset(preset)
+    _number("momentum", momentum, high=1.0)
+    _number("dampening", dampening, high=1.0)
+    _number("trust_coefficient", trust_coefficient)
+    if eps is not None:
+        _number("eps", eps)
+    for name, flag in (("nesterov", nesterov), ("trust_clip", trust_clip), ("always_adapt", always_adapt)):
+        if not isinstance(flag, bool):
+            raise LarsMultiTypeError(f"{name}: expected a bool, got {type_name(flag)}")
+    if nesterov and (momentum == 0 or dampening != 0):
+        raise LarsMultiValueError(
+            f"nesterov: expected momentum > 0 and dampening 0, got momentum {momentum!r}, dampening {dampening!r}"
+        )
+    config = StepConfig(
+        preset=chosen,
+        momentum=float(momentum),
+        nesterov=nesterov,
+        dampening=float(dampening),
+        trust_coefficient=float(trust_coefficient),
+        eps=chosen.eps if eps is None else float(eps),
+        trust_clip=trust_clip,
+        always_adapt=always_adapt,
+    )
+    default = chosen.default_mask
+    return LarsOptimizer(
+        learning_rate=_rate("learning_rate", learning_rate),
+        weight_decay=_rate("weight_decay", weight_decay),
+        config=config,
+        adapt_mask=default if adapt_mask is None else adapt_mask,
+        weight_decay_mask=default if weight_decay_mask is None else weight_decay_mask,
+    )

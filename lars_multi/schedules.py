@@ -1,0 +1,94 @@
+r"""Learning-rate schedules of the LARS papers, as functions of the step count.
+
+A schedule is called with the optimizer's step count: a Python int, or a 0-d
+integer array of any backend (traced under ``jax.jit`` and ``tf.function``),
+and returns the rate as a float or a 0-d float32 array of that backend. It
+reads nothing on the host, so it never waits on the device.
+
+>>> from lars_multi.schedules import warmup_polynomial
+>>> schedule = warmup_polynomial(peak=2.0, warmup_steps=10, total_steps=110)
+>>> [round(schedule(n), 4) for n in (0, 5, 10, 60, 110)]
+[0.0, 1.0, 2.0, 0.5, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._checks import owner, unwrap
+from ._errors import LarsMultiValueError
+from ._registry import get_backend
+
+
+def _check(peak: float, warmup_steps: int, total_steps: int, end: float) -> None:
+    for name, value in (("peak", peak), ("end", end)):
+        if not (isinstance(value, int | float) and 0 <= value < math.inf):
+            raise LarsMultiValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    if not (isinstance(warmup_steps, int) and isinstance(total_steps, int) and 0 <= warmup_steps < total_steps):
+        raise LarsMultiValueError(
+            f"warmup_steps, total_steps: expected integers with 0 <= warmup_steps < total_steps, "
+            f"got {warmup_steps!r} and {total_steps!r}"
+        )
+
+
+def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, Any, Callable[..., Any]]:
+    """The step as a float, its warm-up fraction and decay fraction, both in [0, 1],
+    and a ``where(cond, x, y)`` for the count's backend."""
+    name = owner(count)
+    if name is None:
+        step = float(count)
+        warm = min(step / warmup_steps, 1.0) if warmup_steps else 1.0
+        progress = min(max((step - warmup_steps) / (total_steps - warmup_steps), 0.0), 1.0)
+        return step, warm, progress, lambda c, x, y: x if c else y
+    ops = get_backend(name)
+    step = ops.asarray(unwrap(count), "float32")
+    warm = ops.where(step < warmup_steps, step / warmup_steps, 1.0) if warmup_steps else step * 0 + 1.0
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    progress = ops.where(progress < 0, 0.0 * step, ops.where(progress > 1, 0.0 * step + 1.0, progress))
+    return step, warm, progress, ops.where
+
+
+@dataclass(frozen=True)
+class warmup_polynomial:  # noqa: N801 - used like a function, as optax's schedules are
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then polynomial
+    decay to ``end`` at ``total_steps`` (You et al. 2017; 2019): the LARS papers' schedule.
+
+    .. math:: \\eta_t = (\\eta_{peak} - \\eta_{end}) (1 - p_t)^{power} + \\eta_{end}
+    """
+
+    peak: float
+    warmup_steps: int
+    total_steps: int
+    power: float = 2.0
+    end: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.peak, self.warmup_steps, self.total_steps, self.end)
+
+    def __call__(self, count: Any) -> Any:
+        step, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)
+        decayed = (self.peak - self.end) * (1.0 - progress) ** self.power + self.end
+        return where(step < self.warmup_steps, self.peak * warm, decayed)
+
+
+@dataclass(frozen=True)
+class warmup_cosine:  # noqa: N801
+    """Linear warm-up from 0 to ``peak``, then cosine decay to ``end`` at ``total_steps``."""
+
+    peak: float
+    warmup_steps: int
+    total_steps: int
+    end: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.peak, self.warmup_steps, self.total_steps, self.end)
+
+    def __call__(self, count: Any) -> Any:
+        step, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)
+        name = owner(count)
+        cosine = math.cos(math.pi * progress) if name is None else get_backend(name).cos(math.pi * progress)
+        decayed = self.end + 0.5 * (self.peak - self.end) * (1.0 + cosine)
+        return where(step < self.warmup_steps, self.peak * warm, decayed)
