@@ -28,8 +28,11 @@ _NATIVE_FLOATS: frozenset[np.dtype] = _HALF | {np.dtype(np.float32), np.dtype(np
 # Either byte order: the ufunc paths read swapped data; BLAS gets native data only.
 FLOAT_DTYPES = _NATIVE_FLOATS | {d.newbyteorder("S") for d in _NATIVE_FLOATS if d.kind == "f"}
 _FLOAT32 = np.dtype(np.float32)
-# Halves (in either byte order) compute in float32.
-_COMPUTE = {d: _FLOAT32 for d in FLOAT_DTYPES if d.itemsize == 2}
+# Halves (in either byte order) compute in float32, swapped floats in native order.
+_COMPUTE = {
+    d: _FLOAT32 if d.itemsize == 2 else d.newbyteorder("=") for d in FLOAT_DTYPES if d not in _NATIVE_FLOATS
+}
+_COMPUTE.update({d: _FLOAT32 for d in _HALF})
 # Elements per block of the update: the scratch block stays in L2 cache, so
 # w - r g costs one read of w and g and one write of the result.
 _BLOCK = 1 << 15
@@ -51,6 +54,8 @@ def is_native(x: Any) -> bool:
 
 def unwritable(x: Any) -> str | None:
     """Why ``out=x`` cannot be written in place, or None."""
+    if isinstance(x, np.ndarray) and x.flags.writeable and 0 not in x.strides:
+        return None
     if not isinstance(x, np.ndarray):
         return f"a NumPy scalar ({type(x).__name__})"
     if not x.flags.writeable:
@@ -115,7 +120,7 @@ def where(cond: Any, x: Any, y: Any) -> Any:
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
-    return _COMPUTE.get(dtype) or dtype.newbyteorder("=")
+    return _COMPUTE.get(dtype, dtype)
 
 
 def norm(x: Any) -> np.generic:
@@ -130,7 +135,7 @@ def _sum_of_squares(x: Any) -> np.generic:
 
 
 def to_compute(x: Any) -> Any:
-    return x.astype(_FLOAT32) if x.dtype in _COMPUTE else x
+    return x.astype(_FLOAT32) if _COMPUTE.get(x.dtype) is _FLOAT32 else x
 
 
 def cos(x: Any) -> Any:

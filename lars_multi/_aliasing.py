@@ -27,17 +27,23 @@ def must_write_late(ops: ModuleType, outs: Sequence[Any], ws: Sequence[Any], gs:
 
 
 def _shares_memory(ops: ModuleType, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
-    """Whether an output overlaps the memory of an array other than itself."""
-    by_root: dict[Hashable, list[tuple[bool, Any]]] = {}
-    for is_out, arrays in ((True, outs), (False, ws), (False, gs)):
-        for x in arrays:
-            root = ops.memory_root(x)
-            if root is not None:
-                by_root.setdefault(root, []).append((is_out, x))
-    for entries in by_root.values():
-        if len(entries) < 2:
-            continue
-        for is_out, o in entries:
-            if is_out and any(x is not o and ops.overlaps(o, x) for _, x in entries):
-                return True
-    return False
+    """Whether an output overlaps the memory of an array other than itself.
+
+    Arrays in different buffers never overlap: only those whose buffer holds
+    an output are compared, byte range against byte range.
+    """
+    by_root: dict[Hashable, list[Any]] = {}
+    for o in outs:
+        root = ops.memory_root(o)
+        if root is not None:
+            by_root.setdefault(root, []).append(o)
+    if not by_root:
+        return False
+    for x in (*ws, *gs):
+        sharing = by_root.get(ops.memory_root(x))
+        if sharing is not None and any(o is not x and ops.overlaps(o, x) for o in sharing):
+            return True
+    return any(
+        len(sharing) > 1 and any(a is not b and ops.overlaps(a, b) for a in sharing for b in sharing)
+        for sharing in by_root.values()
+    )

@@ -111,10 +111,25 @@ def check_weights(path: Any, w: Any, ops: ModuleType) -> None:
         )
 
 
-def check_gradient(g: Any, w: Any, path: Any, w_path: Any, name: str, ops: ModuleType) -> Any:
-    """The gradient of the weights ``w`` as a dense native array like them."""
+Where = tuple[str, str, Any, bool]
+
+
+def paths(where: Where) -> tuple[Any, Any]:
+    """``(arg, w_arg, key path, broadcast)`` as the two paths an error message
+    names (``broadcast``: one value for every leaf, named alone); a key path
+    of None names the arguments alone. Built only when a message needs them."""
+    arg, w_arg, entries, broadcast = where
+    if entries is None:
+        return arg, w_arg
+    return (arg if broadcast else Path(arg, entries)), Path(w_arg, entries)
+
+
+def check_gradient(g: Any, w: Any, where: Where, name: str, ops: ModuleType) -> Any:
+    """The gradient of the weights ``w`` as a dense native array like them;
+    ``where`` is ``(arg, w_arg, key path)`` for messages."""
     if type(g) is type(w) and g.dtype == w.dtype and g.shape == w.shape and ops.matches(g, w):
         return g  # the common case, with no message built: a native gradient like the weights
+    path, w_path = paths(where)
     g_name = owner(g)
     if g_name is None:
         dense = ops.densify(g)
@@ -164,11 +179,12 @@ def _shapes_conflict(a: Any, b: Any) -> bool:
     return len(a) != len(b) or any(x is not None and y is not None and x != y for x, y in zip(a, b))
 
 
-def check_out(o: Any, w: Any, path: Any, w_path: Any, name: str, ops: ModuleType) -> Any:
+def check_out(o: Any, w: Any, where: Where, name: str, ops: ModuleType) -> Any:
     """The native array to write the new ``w`` into (a handle's own array)."""
     data = unwrap(o)
     if data is w and (data is not o or ops.unwritable(o) is None):  # out=w: already checked
         return w
+    path, w_path = paths(where)
     o_name = owner(o)
     if o_name != name:
         got = f"a {o_name} array" if o_name else type_name(o)

@@ -82,7 +82,7 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     ops = get_backend(name)
     w_data = unwrap(w)
     _checks.check_weights("w", w_data, ops)
-    g = _checks.check_gradient(dcdw, w_data, "dcdw", "w", name, ops)
+    g = _checks.check_gradient(dcdw, w_data, ("dcdw", "w", None, False), name, ops)
     rate = _checks.check_lr("lr", lr, name=name, ops=ops)
     decay = _checks.check_decay("decay_lambda", decay_lambda, name=name, ops=ops)
     _check_fit("lr", rate, [w_data], [()], ops)
@@ -91,7 +91,7 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     if out is None:
         new = _layer_rule(ops)(w_data, g, rate, decay, stop)
         return Array(new, name) if isinstance(w, Array) else new
-    target = _checks.check_out(out, w_data, "out", "w", name, ops)
+    target = _checks.check_out(out, w_data, ("out", "w", None, False), name, ops)
     late = must_write_late(ops, [target], [w_data], [g])
     if hasattr(ops, "update_into") and not late and ops.unwritable(target) is None:
         _algorithm.lars_layer_into(ops, target, w_data, g, rate, decay)
@@ -138,7 +138,7 @@ def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: 
             _checks.check_weights(Path("w", entries), x, ops)
     single = is_leaf(dcdw)
     gs = [
-        _checks.check_gradient(grads[i], x, "dcdw" if single else Path("dcdw", p), Path("w", p), name, ops)
+        _checks.check_gradient(grads[i], x, ("dcdw", "w", p, single), name, ops)
         for i, x, p in zip(active, ws, paths)
     ]
     rates = _per_leaf("lr", lr, flat, active, ws, ops, partial(_checks.check_lr, name=name, ops=ops))
@@ -149,7 +149,7 @@ def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: 
     outs = None
     if out_leaves is not None:
         outs = [
-            _checks.check_out(out_leaves[i], x, Path("out", p), Path("w", p), name, ops)
+            _checks.check_out(out_leaves[i], x, ("out", "w", p, False), name, ops)
             for i, x, p in zip(active, ws, paths)
         ]
         _check_unchanged_outs(flat, active, out_leaves, name, ops)
@@ -216,7 +216,7 @@ def _check_unchanged_outs(
         if i in skipped or target is x or owner(x) is None:
             continue
         p = flat.paths[i]
-        data = _checks.check_out(target, unwrap(x), Path("out", p), Path("w", p), name, ops)
+        data = _checks.check_out(target, unwrap(x), ("out", "w", p, False), name, ops)
         if data is not unwrap(x) and ops.unwritable(data) is None:
             ops.write(data, unwrap(x))
         write_back(target, unwrap(x))

@@ -39,7 +39,7 @@ from ._registry import get_backend
 from ._tree import Flat, Path, leaves_like
 from .schedules import warmup_cosine, warmup_polynomial
 
-__all__ = ["LarsOptimizer", "LarsState", "lars", "warmup_cosine", "warmup_polynomial", "PRESETS"]
+__all__ = ["PRESETS", "LarsOptimizer", "LarsState", "lars", "warmup_cosine", "warmup_polynomial"]
 
 Schedule = Callable[[Any], Any]
 Mask = Any  # a tree of bools like params, or a callable (path, array) -> bool
@@ -90,7 +90,9 @@ class LarsOptimizer:
         count = ops.asarray(0, "int32")
         if self.config.momentum == 0:
             return LarsState(count, None)
-        buffers = [ops.zeros_like(_checks.unwrap(x)) if _checks.owner(x) is not None else None for x in flat.leaves]
+        buffers = [
+            ops.zeros_like(_checks.unwrap(x)) if _checks.owner(x) is not None else None for x in flat.leaves
+        ]
         return LarsState(count, flat.rebuild(buffers))
 
     @no_autograph
@@ -113,7 +115,7 @@ class LarsOptimizer:
         for p, w in zip(paths, ws):
             _checks.check_weights(Path("params", p), w, ops)
         gs = [
-            _checks.check_gradient(all_grads[i], w, Path("grads", p), Path("params", p), name, ops)
+            _checks.check_gradient(all_grads[i], w, ("grads", "params", p, False), name, ops)
             for i, w, p in zip(active, ws, paths)
         ]
         all_buffers = self._buffers(state, flat, active, ws, ops)
@@ -122,7 +124,7 @@ class LarsOptimizer:
         outs = None
         if out_leaves is not None:
             outs = [
-                _checks.check_out(out_leaves[i], w, Path("out", p), Path("params", p), name, ops)
+                _checks.check_out(out_leaves[i], w, ("out", "params", p, False), name, ops)
                 for i, w, p in zip(active, ws, paths)
             ]
         flags = LayerFlags(
@@ -134,11 +136,17 @@ class LarsOptimizer:
         new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, state.count, outs)
         count = state.count + 1
         if out_leaves is None:
-            return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(count, flat, all_buffers, active, new_buffers)
+            return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
+                count, flat, all_buffers, active, new_buffers
+            )
         for i, new in zip(active, new_ws):
             _checks.write_back(out_leaves[i], new)
         writable = all(b is None or ops.unwritable(b) is None for b in buffers)
-        momentum = state.momentum if writable else self._new_state(count, flat, all_buffers, active, new_buffers).momentum
+        momentum = (
+            state.momentum
+            if writable
+            else self._new_state(count, flat, all_buffers, active, new_buffers).momentum
+        )
         return out, LarsState(count, momentum)
 
     def _run(
@@ -189,18 +197,24 @@ class LarsOptimizer:
             merged[i] = value
         return flat.rebuild(merged)
 
-    def _new_state(self, count: Any, flat: Flat, buffers: list[Any], active: list[int], new: list[Any]) -> LarsState:
+    def _new_state(
+        self, count: Any, flat: Flat, buffers: list[Any], active: list[int], new: list[Any]
+    ) -> LarsState:
         if self.config.momentum == 0:
             return LarsState(count, None)
         return LarsState(count, self._rebuild(flat, buffers, active, new))
 
-    def _buffers(self, state: Any, flat: Flat, active: list[int], ws: list[Any], ops: ModuleType) -> list[Any]:
+    def _buffers(
+        self, state: Any, flat: Flat, active: list[int], ws: list[Any], ops: ModuleType
+    ) -> list[Any]:
         if not isinstance(state, LarsState):
             raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
         if self.config.momentum == 0:
             return [None] * len(flat.leaves)
         if state.momentum is None:
-            raise LarsMultiValueError("state: expected momentum buffers (momentum > 0), got a state without them")
+            raise LarsMultiValueError(
+                "state: expected momentum buffers (momentum > 0), got a state without them"
+            )
         buffers = leaves_like("state.momentum", state.momentum, flat, broadcast=False)
         for i, w in zip(active, ws):
             p = flat.paths[i]
@@ -219,7 +233,9 @@ class LarsOptimizer:
             values = [leaves[i] for i in active]
         for i, value in zip(active, values):
             if not isinstance(value, bool):
-                raise LarsMultiTypeError(f"{Path(arg, flat.paths[i])}: expected a bool, got {type_name(value)}")
+                raise LarsMultiTypeError(
+                    f"{Path(arg, flat.paths[i])}: expected a bool, got {type_name(value)}"
+                )
         return values
 
 
@@ -233,7 +249,11 @@ def _step(ops: ModuleType, config: StepConfig, flags: LayerFlags) -> tuple[Calla
 
 
 def _write_all(
-    ops: ModuleType, outs: Sequence[Any], new_ws: Sequence[Any], buffers: Sequence[Any], new_buffers: Sequence[Any]
+    ops: ModuleType,
+    outs: Sequence[Any],
+    new_ws: Sequence[Any],
+    buffers: Sequence[Any],
+    new_buffers: Sequence[Any],
 ) -> None:
     """New weights into ``outs`` and new buffers into the old ones, where writable."""
     for target, new in zip([*outs, *buffers], [*new_ws, *new_buffers]):
@@ -286,7 +306,8 @@ def lars(
             raise LarsMultiTypeError(f"{name}: expected a bool, got {type_name(flag)}")
     if nesterov and (momentum == 0 or dampening != 0):
         raise LarsMultiValueError(
-            f"nesterov: expected momentum > 0 and dampening 0, got momentum {momentum!r}, dampening {dampening!r}"
+            "nesterov: expected momentum > 0 and dampening 0, "
+            f"got momentum {momentum!r}, dampening {dampening!r}"
         )
     config = StepConfig(
         preset=chosen,

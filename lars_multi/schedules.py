@@ -27,7 +27,9 @@ def _check(peak: float, warmup_steps: int, total_steps: int, end: float) -> None
     for name, value in (("peak", peak), ("end", end)):
         if not (isinstance(value, int | float) and 0 <= value < math.inf):
             raise LarsMultiValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    if not (isinstance(warmup_steps, int) and isinstance(total_steps, int) and 0 <= warmup_steps < total_steps):
+    if not (
+        isinstance(warmup_steps, int) and isinstance(total_steps, int) and 0 <= warmup_steps < total_steps
+    ):
         raise LarsMultiValueError(
             f"warmup_steps, total_steps: expected integers with 0 <= warmup_steps < total_steps, "
             f"got {warmup_steps!r} and {total_steps!r}"
@@ -52,7 +54,7 @@ def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, 
 
 
 @dataclass(frozen=True)
-class warmup_polynomial:  # noqa: N801 - used like a function, as optax's schedules are
+class warmup_polynomial:
     """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then polynomial
     decay to ``end`` at ``total_steps`` (You et al. 2017; 2019): the LARS papers' schedule.
 
@@ -75,7 +77,7 @@ class warmup_polynomial:  # noqa: N801 - used like a function, as optax's schedu
 
 
 @dataclass(frozen=True)
-class warmup_cosine:  # noqa: N801
+class warmup_cosine:
     """Linear warm-up from 0 to ``peak``, then cosine decay to ``end`` at ``total_steps``."""
 
     peak: float
