@@ -30,6 +30,7 @@ NATIVE, FLOOR, LARS_MULTI, OPTAX = "native", "floor", "lars_multi", "optax"
 ROLES = (NATIVE, OPTAX, FLOOR, LARS_MULTI)
 # Keys of the lars_multi contenders, the same on every backend.
 LM, LM_INPLACE = "lars_multi", "lars_multi_inplace"
+LM_COMPILED = "lars_multi_compiled"  # torch: the same call under torch.compile(fullgraph=True)
 
 
 @dataclass
@@ -212,11 +213,16 @@ def _torch(wl: Workload) -> list[Contender]:
         torch._foreach_add_(fl_list, gs)
         return fl_state
 
-    return [
-        *contenders,
+    contenders += [
         Contender("floor", "floor: _foreach_add_(w, g)", FLOOR, floor, read, "add", fl_reset),
         *_lars_multi_mutable(w, g, lm_state, read, lm_reset),
     ]
+    if len(wl.w) <= 200:  # inductor compiles 2,000 leaves for minutes on CPU
+        compiled = torch.compile(lambda w, g: lm.lars_update(w, g, LR), fullgraph=True)
+        contenders.append(
+            Contender(LM_COMPILED, "lars_multi under torch.compile", LARS_MULTI, lambda: compiled(w, g), read)
+        )
+    return contenders
 
 
 def _torch_foreach_contenders(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .contenders import LM, LM_INPLACE, NATIVE
+from .contenders import LM, LM_COMPILED, LM_INPLACE, NATIVE
 
 SAME_KIND = "@native"  # the best native contender of the same kind (functional or in place)
 
@@ -42,6 +42,10 @@ def _timing_targets() -> list[Target]:
         Target("tiny", "jax", LM, ("native_eager",), 1.5, "vs native eager ops"),
         Target("tiny", "jax", LM, ("native_jit",), None, "vs native jitted one-liner"),
         Target("tiny", "tensorflow", LM, ("native_eager",), 1.2, "vs native eager"),
+        # On 6 elements a compiled call costs its guards and wrapper (a compiled native
+        # one-liner is 3x its eager self): reported, not targeted.
+        Target("tiny", "torch", LM_COMPILED, (LM,), None, "compiled (fullgraph) vs lars_multi eager"),
+        Target(r, "torch", LM_COMPILED, (LM,), 1.0, "compiled (fullgraph) vs lars_multi eager"),
     ]
     for backend in ("numpy", "torch", "jax", "tensorflow"):
         targets.append(
