@@ -66,7 +66,8 @@ def cast_like(value: Any, like: Any) -> Any:
 
 
 def where(cond: Any, x: Any, y: Any) -> tf.Tensor:
-    return tf.where(cond, x, tf.constant(y, dtype=x.dtype))
+    x = tf.convert_to_tensor(x)
+    return tf.where(cond, x, tf.cast(y, x.dtype))
 
 
 def norm(x: Any) -> tf.Tensor:

@@ -11,6 +11,7 @@ Importing lars_multi imports no framework; a backend imports its framework
 the first time it is used.
 """
 
+from . import optim, schedules
 from ._array import Array, array, zeros_like
 from ._container import Container
 from ._errors import (
@@ -21,7 +22,6 @@ from ._errors import (
     MixedFrameworksError,
     UnknownBackendError,
 )
-from . import optim, schedules
 from ._lars import lars_update
 from ._registry import (
     available_backends,
@@ -50,10 +50,21 @@ __all__ = [
     "installed_backends",
     "lars_update",
     "optim",
-    "schedules",
     "register_backend",
+    "schedules",
     "set_backend",
     "unset_backend",
     "using_backend",
     "zeros_like",
 ]
+
+# Framework front doors, imported on first access so that importing lars_multi imports no framework.
+_FRONT_DOORS = frozenset({"torch", "optax", "keras"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _FRONT_DOORS:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``python -m lars_multi info | demo | bench``."""
+"""``python -m lars_multi info | demo | bench | train``."""
 
 from __future__ import annotations
 
@@ -109,14 +109,20 @@ def demo(console: Console) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lars_multi", description=__doc__)
-    parser.add_argument("command", choices=["info", "demo", "bench"])
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for bench")
+    parser.add_argument("command", choices=["info", "demo", "bench", "train"])
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for bench and train")
     args = parser.parse_args(argv)
     console = Console() if sys.stdout.isatty() else Console(width=120)
     if args.command == "info":
         info(console)
     elif args.command == "demo":
         demo(console)
+    elif args.command == "train":
+        from . import _train
+
+        train_parser = argparse.ArgumentParser(prog="python -m lars_multi train", description=_train.__doc__)
+        _train.add_arguments(train_parser)
+        _train.run(train_parser.parse_args(args.rest), console)
     else:
         if importlib.util.find_spec("benchmarks") is None:
             console.print("bench runs the suite in benchmarks/: run it from a checkout of lars_multi")

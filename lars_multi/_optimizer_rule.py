@@ -48,12 +48,14 @@ def trust_ratio(
         denominator = u_norm
     else:
         denominator = g_norm if decay is None else g_norm + decay * w_norm
-    ratio = config.trust_coefficient * w_norm / (denominator + config.eps)
     usable = (w_norm > 0) & ((u_norm if config.preset.ratio_of_update else g_norm) > 0)
-    ratio = ops.where(usable, ratio, 1.0)
-    if config.trust_clip:
-        clipped = ratio / lr
-        ratio = ops.where(clipped < 1, clipped, 1.0)
+    # Divide only where the ratio is used (no 0/0 computed, no warning raised).
+    denominator = ops.where(usable, denominator + config.eps, 1.0)
+    ratio = ops.where(usable, config.trust_coefficient * w_norm / denominator, 1.0)
+    if config.trust_clip:  # min(r / lr, 1): r / lr where r < lr (so lr > 0), else 1
+        below = ratio < lr
+        lr_like = ops.zeros_like(ratio) + lr  # in the ratio's dtype, whatever lr is
+        ratio = ops.where(below, ratio / ops.where(below, lr_like, 1.0), 1.0)
     return ratio
 
 
@@ -98,8 +100,11 @@ def lars_momentum_layers(
             new_buffer = mu * ops.to_compute(buffer) + damp * rate * u
             step = mu * new_buffer + rate * u if config.nesterov else new_buffer
         else:
-            later = mu * ops.to_compute(buffer) + damp * u
-            new_buffer = u if first is True else later if first is False else ops.where(first, u, later)
+            if first is True:
+                new_buffer = u
+            else:
+                later = mu * ops.to_compute(buffer) + damp * u
+                new_buffer = later if first is False else ops.where(first, u, later)
             step = rate * (u + mu * new_buffer) if config.nesterov else rate * new_buffer
         new_w = ops.cast_like(wc - step, w)
         new_buffer = None if new_buffer is None else ops.cast_like(new_buffer, buffer)

@@ -26,7 +26,6 @@ from ._registry import backend_of
 NAMESPACE = "lars_multi"
 
 
-
 def _flatten_container(container: Container) -> tuple[list[Any], tuple[str, ...], tuple[str, ...]]:
     """A Container's children are its values, keyed by their names, in its own order."""
     keys = tuple(container.keys())

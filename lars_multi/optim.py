@@ -131,10 +131,11 @@ class LarsOptimizer:
             adapt=tuple(self._mask("adapt_mask", self.adapt_mask, flat, active, ws)),
             decay=tuple(self._mask("weight_decay_mask", self.weight_decay_mask, flat, active, ws)),
         )
-        lr = self._rate(self.learning_rate, state.count)
-        decay = self._rate(self.weight_decay, state.count)
+        lr = _at(self.learning_rate, state.count)
+        decay = _at(self.weight_decay, state.count)
+        decay = None if isinstance(decay, float) and decay == 0 else decay  # no decay: skipped entirely
         new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, state.count, outs)
-        count = state.count + 1
+        count = ops.asarray(state.count + 1, "int32")
         if out_leaves is None:
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
                 count, flat, all_buffers, active, new_buffers
@@ -186,11 +187,6 @@ class LarsOptimizer:
         return list(outs), list(buffers)
 
     @staticmethod
-    def _rate(rate: Any, count: Any) -> Any:
-        value = rate(count) if callable(rate) else rate
-        return None if isinstance(value, float) and value == 0 else value
-
-    @staticmethod
     def _rebuild(flat: Flat, leaves: Sequence[Any], active: list[int], new: list[Any]) -> Any:
         merged = list(leaves)
         for i, value in zip(active, new):
@@ -237,6 +233,11 @@ class LarsOptimizer:
                     f"{Path(arg, flat.paths[i])}: expected a bool, got {type_name(value)}"
                 )
         return values
+
+
+def _at(rate: Any, count: Any) -> Any:
+    """A rate's value at step ``count``: a number, or a schedule's value."""
+    return rate(count) if callable(rate) else rate
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,0 +1,295 @@
+r"""LARS as a ``torch.optim.Optimizer``: ``opt = lm.torch.LARS(model.parameters(), lr=0.1)``.
+
+A thin front door over the one LARS step of :mod:`lars_multi._optimizer_rule`
+(the step :func:`lars_multi.optim.lars` runs): each parameter group's
+hyper-parameters are checked by :func:`lars_multi.optim.lars` and become its
+:class:`~lars_multi._optimizer_rule.StepConfig`; the group's ``adapt`` and
+``decay`` (None: the preset's default, per parameter) become its
+:class:`~lars_multi._optimizer_rule.LayerFlags`. The momentum buffer of a
+parameter is ``opt.state[p]["momentum_buffer"]`` (in the parameter's dtype),
+made at its first step; every layer is written in place as soon as it is
+computed, so no temporary outlives its layer.
+
+It works with ``state_dict``/``load_state_dict``, ``zero_grad``,
+``torch.optim.lr_scheduler``, ``torch.amp.GradScaler`` and
+``torch.compile(opt.step, fullgraph=True)`` (give ``lr`` as a tensor so that
+a scheduler changing it does not recompile).
+
+>>> import torch, lars_multi as lm
+>>> model = torch.nn.Linear(2, 1)
+>>> opt = lm.torch.LARS(lm.torch.param_groups(model), lr=0.1, weight_decay=1e-4)
+>>> [len(g["params"]) for g in opt.param_groups], opt.param_groups[1]["adapt"]
+([1, 1], False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
+from ._optimizer_rule import LayerFlags, StepConfig, lars_momentum_layers
+from ._registry import get_backend
+from .optim import lars
+
+__all__ = ["LARS", "param_groups"]
+
+_OPS = get_backend("torch")
+# The hyper-parameters that make a group's StepConfig, in the order of the key of _CONFIGS.
+_CONFIG_KEYS = (
+    "preset",
+    "momentum",
+    "nesterov",
+    "dampening",
+    "trust_coefficient",
+    "eps",
+    "trust_clip",
+    "always_adapt",
+)
+# StepConfigs by hyper-parameters, made (and checked) when a group is added or loaded,
+# so that a compiled step only looks them up.
+_CONFIGS: dict[tuple[Any, ...], StepConfig] = {}
+
+
+def _check_group(group: dict[str, Any]) -> StepConfig:
+    """The group's StepConfig, after :func:`lars_multi.optim.lars` has checked its values."""
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise LarsMultiValueError(
+                f"lr: expected a number or a 1-element tensor, got shape {tuple(lr.shape)}"
+            )
+        lr = lr.item()
+    for name, value in (("lr", lr), ("weight_decay", group["weight_decay"])):
+        if callable(value):  # lars() takes schedules; here torch.optim.lr_scheduler does that
+            raise LarsMultiTypeError(
+                f"{name}: expected a number, got {type_name(value)} (use torch.optim.lr_scheduler)"
+            )
+    for name in ("adapt", "decay", "foreach"):
+        if group[name] is not None and not isinstance(group[name], bool):
+            raise LarsMultiTypeError(f"{name}: expected None or a bool, got {type_name(group[name])}")
+    if not isinstance(group["maximize"], bool):
+        raise LarsMultiTypeError(f"maximize: expected a bool, got {type_name(group['maximize'])}")
+    config = lars(
+        lr,
+        weight_decay=group["weight_decay"],
+        **{name: group[name] for name in _CONFIG_KEYS},
+    ).config
+    _CONFIGS[tuple(group[name] for name in _CONFIG_KEYS)] = config
+    return config
+
+
+def _config(group: dict[str, Any]) -> StepConfig:
+    config = _CONFIGS.get(tuple(group[name] for name in _CONFIG_KEYS))
+    return _check_group(group) if config is None else config
+
+
+class LARS(torch.optim.Optimizer):
+    r"""LARS (You, Gitman and Ginsburg 2017) in the convention of ``preset``.
+
+    Args:
+        params: parameters or parameter groups (dicts), as for any ``torch.optim`` optimizer;
+            see :func:`param_groups`.
+        lr: :math:`\eta`, a number or a 1-element tensor (a tensor keeps a compiled
+            step from recompiling when a scheduler changes it).
+        momentum, nesterov, dampening, weight_decay, trust_coefficient, eps, trust_clip,
+        always_adapt, preset: as for :func:`lars_multi.optim.lars`, per group.
+        adapt, decay: whether the group's parameters are adapted (trust ratio) and
+            weight-decayed; None takes the preset's default per parameter
+            (``"paper"``: parameters with more than one dimension; else all).
+        foreach: True steps a group's layers in one call of the rule, False one
+            layer at a time, None chooses (True off the CPU); both give the same values.
+        maximize: step along the gradient instead of against it.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float | torch.Tensor,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float | None = None,
+        trust_clip: bool = False,
+        always_adapt: bool = False,
+        preset: str = "paper",
+        foreach: bool | None = None,
+        *,
+        adapt: bool | None = None,
+        decay: bool | None = None,
+        maximize: bool = False,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+            "eps": eps,
+            "trust_clip": trust_clip,
+            "always_adapt": always_adapt,
+            "preset": preset,
+            "adapt": adapt,
+            "decay": decay,
+            "foreach": foreach,
+            "maximize": maximize,
+        }
+        _check_group(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its hyper-parameters (the defaults' where not given) are checked first."""
+        if isinstance(param_group, dict):
+            _check_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            _check_group(group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for name in ("adapt", "decay", "foreach"):
+                group.setdefault(name, None)
+            group.setdefault("maximize", False)
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        buffers: list[torch.Tensor | None],
+    ) -> bool:
+        """The group's parameters with a gradient, their gradients and buffers (None
+        where not made yet); whether the group has momentum. (The name and the
+        list arguments follow ``torch.optim``: ``torch.compile`` runs this eagerly.)"""
+        with_momentum = group["momentum"] != 0
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise LarsMultiTypeError("grads: expected dense gradients, got a sparse one")
+            params.append(p)
+            grads.append(p.grad)
+            # .get: the state of a parameter is made by the traced step, not here (torch.compile
+            # runs this eagerly, and a restarted analysis must find the state as it was)
+            state = self.state.get(p)
+            buffers.append(state.get("momentum_buffer") if with_momentum and state else None)
+        return with_momentum
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One LARS step of every group; the closure's loss, if a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                params: list[torch.Tensor] = []
+                grads: list[torch.Tensor] = []
+                buffers: list[torch.Tensor | None] = []
+                with_momentum = self._init_group(group, params, grads, buffers)
+                if params:
+                    self._step_group(group, params, grads, buffers, with_momentum)
+        return loss
+
+    def _step_group(
+        self,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        buffers: list[torch.Tensor | None],
+        with_momentum: bool,
+    ) -> None:
+        config = _config(group)
+        new = [with_momentum and b is None for b in buffers]
+        if with_momentum:
+            for i, p in enumerate(params):
+                if new[i]:
+                    buffer = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    self.state[p]["momentum_buffer"] = buffer
+                    buffers[i] = buffer
+        default = config.preset.default_mask
+        adapt = tuple(default(None, p) if group["adapt"] is None else group["adapt"] for p in params)
+        decay = tuple(default(None, p) if group["decay"] is None else group["decay"] for p in params)
+        weight_decay = None if group["weight_decay"] == 0 else group["weight_decay"]
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = any(p.device.type != "cpu" for p in params)
+        if group["maximize"] or not foreach:
+            chunks: list[list[int]] = [[i] for i in range(len(params))]
+        else:  # one call per kind of buffer: new ones (timm starts them at r u) and old ones
+            chunks = [
+                c
+                for c in (
+                    [i for i in range(len(params)) if new[i]],
+                    [i for i in range(len(params)) if not new[i]],
+                )
+                if c
+            ]
+        for chunk in chunks:
+            ws = [params[i] for i in chunk]
+            bs = [buffers[i] for i in chunk]
+            gs = [-grads[i] if group["maximize"] else grads[i] for i in chunk]
+            flags = LayerFlags(tuple(adapt[i] for i in chunk), tuple(decay[i] for i in chunk))
+            _run(config, flags, ws, gs, bs, group["lr"], weight_decay, new[chunk[0]])
+
+
+def _run(
+    config: StepConfig,
+    flags: LayerFlags,
+    ws: list[torch.Tensor],
+    gs: list[torch.Tensor],
+    buffers: list[torch.Tensor | None],
+    lr: Any,
+    weight_decay: Any,
+    first: bool,
+) -> None:
+    """The shared rule over these layers, each written in place as soon as it is computed."""
+
+    def write(i: int, new_w: torch.Tensor, new_buffer: torch.Tensor | None) -> None:
+        ws[i].copy_(new_w)
+        if new_buffer is not None:
+            buffers[i].copy_(new_buffer)  # type: ignore[union-attr]
+
+    lars_momentum_layers(_OPS, config, flags, ws, gs, buffers, lr, weight_decay, first, write)
+
+
+def param_groups(
+    model: torch.nn.Module,
+    exclude: Sequence[str] = ("bias", "bn", "norm"),
+    **group_overrides: Any,
+) -> list[dict[str, Any]]:
+    """``model``'s trainable parameters in two groups, for :class:`LARS`.
+
+    The first group is adapted and decayed; the second holds the parameters
+    with at most one dimension and those whose name contains one of
+    ``exclude`` (case-insensitive), with ``adapt=False, decay=False``, as
+    large-batch practice does for biases and normalization scales.
+    ``group_overrides`` (e.g. ``lr=...``) go into both groups; empty groups are left out.
+    """
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    patterns = [pattern.lower() for pattern in exclude]
+    adapted: list[torch.Tensor] = []
+    excluded: list[torch.Tensor] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lowered = name.lower()
+        if p.ndim <= 1 or any(pattern in lowered for pattern in patterns):
+            excluded.append(p)
+        else:
+            adapted.append(p)
+    groups = [
+        {"params": adapted, **group_overrides, "adapt": True, "decay": True},
+        {"params": excluded, **group_overrides, "adapt": False, "decay": False},
+    ]
+    return [group for group in groups if group["params"]]

@@ -1,0 +1,430 @@
+"""``lm.torch.LARS``: the torch.optim front door over the one LARS step.
+
+Every trajectory is compared with the functional ``lm.optim.lars`` on the same
+gradients (the same rule, so the values agree to rounding), and the torch.optim
+machinery around it (groups, None gradients, state_dict, schedulers,
+GradScaler, foreach, torch.compile) is exercised on small models.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import lars_multi as lm  # noqa: E402
+from lars_multi.torch import LARS, param_groups  # noqa: E402
+
+SHAPES = {"w1": (8, 4), "b1": (8,), "w2": (3, 8), "b2": (3,)}
+STEPS = 50
+HYPER = {"trust_coefficient": 0.02}
+
+
+def make_params(dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype))
+        for name, shape in SHAPES.items()
+    }
+
+
+def make_grads(steps=STEPS, dtype=torch.float64, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {name: torch.randn(shape, generator=generator, dtype=dtype) for name, shape in SHAPES.items()}
+        for _ in range(steps)
+    ]
+
+
+def run_torch(opt, params, grads, names=None, on_step=None):
+    """Steps of ``opt`` over ``grads`` (a list of dicts; a None gradient is left None)."""
+    for t, g in enumerate(grads):
+        opt.zero_grad()
+        for name in names or params:
+            params[name].grad = None if g[name] is None else g[name].clone()
+        opt.step()
+        if on_step is not None:
+            on_step(t)
+    return {name: p.detach().clone() for name, p in params.items()}
+
+
+def run_functional(fopt, params, grads):
+    params = {name: p.detach().clone() for name, p in params.items()}
+    state = fopt.init(params)
+    for g in grads:
+        params, state = fopt.step(params, g, state)
+    return params
+
+
+def assert_close(got, expected, rtol=1e-10, atol=1e-12):
+    assert got.keys() == expected.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=atol, msg=name)
+
+
+# --- the same trajectory as lm.optim.lars ---------------------------------------------------------
+
+CONFIGS = [
+    {"momentum": 0.9},
+    {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+    {"momentum": 0.8, "dampening": 0.1, "weight_decay": 5e-3},
+    {"momentum": 0.0, "weight_decay": 1e-3},
+    {"momentum": 0.9, "weight_decay": 1e-3, "trust_clip": True, "always_adapt": True, "eps": 1e-6},
+]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("preset", ["paper", "optax", "timm"])
+def test_matches_functional(preset, config, foreach):
+    params, grads = make_params(), make_grads()
+    expected = run_functional(lm.optim.lars(0.1, preset=preset, **HYPER, **config), params, grads)
+    opt = LARS(params.values(), lr=0.1, preset=preset, foreach=foreach, **HYPER, **config)
+    got = run_torch(opt, params, grads)
+    assert_close(got, expected)
+    momentum = config["momentum"]
+    for p in params.values():
+        assert ("momentum_buffer" in opt.state[p]) == (momentum != 0)
+
+
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_groups_with_their_own_hyper_parameters(preset):
+    params, grads = make_params(), make_grads()
+    main, other = ["w1", "b1", "w2"], ["b2"]
+    opt = LARS(
+        [
+            {"params": [params[n] for n in main]},
+            {
+                "params": [params[n] for n in other],
+                "lr": 0.03,
+                "momentum": 0.5,
+                "adapt": False,
+                "decay": False,
+            },
+        ],
+        lr=0.1,
+        weight_decay=1e-3,
+        preset=preset,
+        **HYPER,
+    )
+    start = make_params()
+    got = run_torch(opt, params, grads)
+    first = lm.optim.lars(0.1, weight_decay=1e-3, preset=preset, **HYPER)
+    second = lm.optim.lars(
+        0.03,
+        momentum=0.5,
+        weight_decay=1e-3,
+        preset=preset,
+        adapt_mask=False,
+        weight_decay_mask=False,
+        **HYPER,
+    )
+    pick = lambda d, names: {n: d[n] for n in names}  # noqa: E731
+    expected = run_functional(first, pick(start, main), [pick(g, main) for g in grads])
+    expected |= run_functional(second, pick(start, other), [pick(g, other) for g in grads])
+    assert_close(got, expected)
+
+
+def test_adapt_and_decay_switched_on_for_every_layer():
+    """``adapt=True, decay=True`` overrides the paper preset's default (matrices only)."""
+    params, grads = make_params(), make_grads(10)
+    opt = LARS(params.values(), lr=0.1, weight_decay=1e-3, adapt=True, decay=True, **HYPER)
+    fopt = lm.optim.lars(0.1, weight_decay=1e-3, adapt_mask=True, weight_decay_mask=True, **HYPER)
+    expected = run_functional(fopt, params, grads)
+    assert_close(run_torch(opt, params, grads), expected)
+
+
+def test_float32_and_bfloat16_buffers_keep_the_parameter_dtype():
+    for dtype in (torch.float32, torch.bfloat16):
+        params, grads = make_params(dtype), make_grads(5, dtype)
+        opt = LARS(params.values(), lr=0.1, weight_decay=1e-3, **HYPER)
+        pointers = {n: p.data_ptr() for n, p in params.items()}
+        expected = run_functional(lm.optim.lars(0.1, weight_decay=1e-3, **HYPER), params, grads)
+        got = run_torch(opt, params, grads)
+        assert_close(got, expected, rtol=0, atol=0)
+        for name, p in params.items():
+            assert p.data_ptr() == pointers[name]  # written in place
+            assert opt.state[p]["momentum_buffer"].dtype == dtype
+
+
+def test_maximize_steps_up_the_gradient():
+    params, grads = make_params(), make_grads(10)
+    negated = [{n: -g for n, g in step.items()} for step in grads]
+    twin = {n: torch.nn.Parameter(p.detach().clone()) for n, p in params.items()}
+    up = run_torch(LARS(params.values(), lr=0.1, weight_decay=1e-3, maximize=True, **HYPER), params, grads)
+    down = run_torch(LARS(twin.values(), lr=0.1, weight_decay=1e-3, **HYPER), twin, negated)
+    assert_close(up, down, rtol=0, atol=0)
+
+
+# --- None gradients and buffers made at a parameter's first step ----------------------------------
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_none_gradients_are_skipped(foreach):
+    params, grads = make_params(), make_grads(20)
+    for g in grads:
+        g["b1"] = None
+    before = params["b1"].detach().clone()
+    opt = LARS(params.values(), lr=0.1, weight_decay=1e-3, foreach=foreach, **HYPER)
+    expected = run_functional(lm.optim.lars(0.1, weight_decay=1e-3, **HYPER), params, grads)
+    got = run_torch(opt, params, grads)
+    assert_close(got, expected)
+    assert torch.equal(got["b1"], before)
+    assert params["b1"] not in opt.state or not opt.state[params["b1"]]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_timm_buffers_start_at_each_parameters_first_step(foreach):
+    """A parameter whose first gradient comes late starts its timm buffer at r u then,
+    in the same step as parameters with old buffers (two calls of the rule)."""
+    params, grads = make_params(), make_grads(15)
+    late = ("w2", "b2")
+    for g in grads[:5]:
+        for name in late:
+            g[name] = None
+    hyper = {"momentum": 0.9, "dampening": 0.2, "weight_decay": 1e-3, "preset": "timm", **HYPER}
+    opt = LARS(params.values(), lr=0.1, foreach=foreach, **hyper)
+    start = make_params()
+    got = run_torch(opt, params, grads)
+    fopt = lm.optim.lars(0.1, **hyper)
+    for name in params:  # layers are independent: one functional run per layer, from its first gradient
+        steps = [{name: g[name]} for g in grads if g[name] is not None]
+        expected = run_functional(fopt, {name: start[name]}, steps)
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-12)
+
+
+# --- state_dict, zero_grad, schedulers, GradScaler ------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_state_dict_round_trip_resumes_the_same_trajectory(preset):
+    params, grads = make_params(), make_grads(30)
+    hyper = {"lr": 0.1, "weight_decay": 1e-3, "preset": preset, **HYPER}
+    opt = LARS(params.values(), **hyper)
+    run_torch(opt, params, grads[:12])
+    saved_params = {n: p.detach().clone() for n, p in params.items()}
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    straight = run_torch(opt, params, grads[12:])
+
+    resumed_params = {n: torch.nn.Parameter(p.clone()) for n, p in saved_params.items()}
+    resumed = LARS(resumed_params.values(), lr=1.0, momentum=0.5, preset="optax")  # overwritten by the load
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer))
+    assert resumed.param_groups[0]["preset"] == preset
+    assert_close(run_torch(resumed, resumed_params, grads[12:]), straight, rtol=0, atol=0)
+
+
+def test_zero_grad_and_deepcopy():
+    params, grads = make_params(), make_grads(3)
+    opt = LARS(params.values(), lr=0.1)
+    run_torch(opt, params, grads)
+    twin = copy.deepcopy(opt)
+    assert twin.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+    opt.zero_grad()
+    assert all(p.grad is None for p in params.values())
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    opt.zero_grad(set_to_none=False)
+    assert all(torch.count_nonzero(p.grad) == 0 for p in params.values())
+
+
+SCHEDULES = {
+    "StepLR": (
+        lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5),
+        lambda t: 0.5 ** (t // 10),
+    ),
+    "LambdaLR": (
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + t)),
+        lambda t: 1 / (1 + t),
+    ),
+}
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True])
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_lr_scheduler(name, tensor_lr):
+    make_scheduler, factor = SCHEDULES[name]
+    params, grads = make_params(), make_grads(30)
+    lr = torch.tensor(0.1, dtype=torch.float64) if tensor_lr else 0.1
+    opt = LARS(params.values(), lr=lr, weight_decay=1e-3, **HYPER)
+    scheduler = make_scheduler(opt)
+    fopt = lm.optim.lars(lambda count: 0.1 * factor(int(count)), weight_decay=1e-3, **HYPER)
+    expected = run_functional(fopt, params, grads)
+    got = run_torch(opt, params, grads, on_step=lambda t: scheduler.step())
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor) == tensor_lr
+    assert_close(got, expected)
+
+
+def mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def test_grad_scaler_steps_with_unscaled_gradients():
+    x, y = torch.randn(32, 6, generator=torch.Generator().manual_seed(2)), torch.randn(32, 3)
+    results = []
+    for scaled in (False, True):
+        model = mlp()
+        opt = LARS(param_groups(model), lr=0.1, weight_decay=1e-3, **HYPER)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaled)
+        for _ in range(20):
+            opt.zero_grad()
+            scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+            scaler.step(opt)
+            scaler.update()
+        results.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+def test_grad_scaler_skips_a_step_with_inf_gradients():
+    model = mlp()
+    opt = LARS(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(model(torch.randn(4, 6)).sum()).backward()
+    next(model.parameters()).grad[0, 0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not opt.state
+
+
+# --- torch.compile --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_compiled_step_fullgraph_matches_eager_without_recompiling_for_lr(preset):
+    """Tensor lr changed every step: one graph for the first step (new buffers; timm
+    starts them at r u, which dampening tells apart), one for the rest, the same values as eager."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(3))
+    results = []
+    for compiled in (False, True):
+        model = mlp()
+        opt = LARS(
+            model.parameters(), lr=torch.tensor(0.1), weight_decay=1e-3, dampening=0.1, preset=preset, **HYPER
+        )
+        step = torch.compile(opt.step, fullgraph=True, backend=counting_backend) if compiled else opt.step
+        for t in range(6):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            step()
+            opt.param_groups[0]["lr"].fill_(0.1 / (1 + t))
+        results.append([p.detach().clone() for p in model.parameters()])
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    assert len(graphs) == 2
+
+
+def test_compiled_step_aot_eager_with_groups():
+    model = mlp()
+    opt = LARS(param_groups(model), lr=0.1, weight_decay=1e-3, preset="optax", foreach=True, **HYPER)
+    twin = copy.deepcopy(model)
+    twin_opt = LARS(param_groups(twin), lr=0.1, weight_decay=1e-3, preset="optax", foreach=True, **HYPER)
+    step = torch.compile(opt.step, fullgraph=True, backend="aot_eager")
+    x = torch.randn(16, 6)
+    for _ in range(3):
+        for m, o, s in ((model, opt, step), (twin, twin_opt, twin_opt.step)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            s()
+    for got, expected in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
+# --- param_groups ---------------------------------------------------------------------------------
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 8)
+        self.bn = torch.nn.BatchNorm1d(8)
+        self.norm_proj = torch.nn.Linear(8, 8, bias=False)
+        self.head = torch.nn.Linear(8, 2)
+        self.frozen = torch.nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(self.norm_proj(self.bn(self.fc(x))))
+
+
+def test_param_groups_splits_matrices_from_biases_and_norms():
+    net = Net()
+    groups = param_groups(net, lr=0.5)
+    assert [len(g["params"]) for g in groups] == [2, 5]
+    assert groups[0]["params"][0] is net.fc.weight and groups[0]["params"][1] is net.head.weight
+    assert (groups[0]["adapt"], groups[0]["decay"], groups[1]["adapt"], groups[1]["decay"]) == (
+        True,
+        True,
+        False,
+        False,
+    )
+    assert groups[0]["lr"] == groups[1]["lr"] == 0.5
+    assert any(p is net.norm_proj.weight for p in groups[1]["params"])  # excluded by name
+    assert [len(g["params"]) for g in param_groups(net, exclude=())] == [3, 4]
+
+    opt = LARS(groups, lr=0.1, weight_decay=0.1, trust_coefficient=0.02)
+    net(torch.randn(5, 4)).sum().backward()
+    bias, grad = net.head.bias.detach().clone(), net.head.bias.grad.clone()
+    opt.step()
+    # excluded: neither adapted nor decayed, the first paper step is w - lr g
+    torch.testing.assert_close(net.head.bias.detach(), bias - 0.5 * grad)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+P = [torch.nn.Parameter(torch.ones(2, 2))]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"lr": -0.1}, lm.LarsMultiValueError, "learning_rate"),
+        ({"lr": "0.1"}, lm.LarsMultiTypeError, "learning_rate"),
+        ({"lr": lambda t: 0.1}, lm.LarsMultiTypeError, "lr_scheduler"),
+        ({"lr": torch.ones(2)}, lm.LarsMultiValueError, "1-element"),
+        ({"lr": 0.1, "momentum": 1.5}, lm.LarsMultiValueError, "momentum"),
+        ({"lr": 0.1, "weight_decay": -1.0}, lm.LarsMultiValueError, "weight_decay"),
+        ({"lr": 0.1, "nesterov": True, "dampening": 0.1}, lm.LarsMultiValueError, "nesterov"),
+        ({"lr": 0.1, "preset": "lamb"}, lm.LarsMultiValueError, "preset"),
+        ({"lr": 0.1, "trust_clip": 1}, lm.LarsMultiTypeError, "trust_clip"),
+        ({"lr": 0.1, "adapt": "yes"}, lm.LarsMultiTypeError, "adapt"),
+        ({"lr": 0.1, "foreach": 1}, lm.LarsMultiTypeError, "foreach"),
+        ({"lr": 0.1, "maximize": None}, lm.LarsMultiTypeError, "maximize"),
+    ],
+)
+def test_bad_hyper_parameters(kwargs, error, match):
+    with pytest.raises(error, match=match) as info:
+        LARS(P, **kwargs)
+    assert isinstance(info.value, lm.LarsMultiError)
+
+
+def test_bad_group_is_refused_and_not_added():
+    opt = LARS(P, lr=0.1)
+    with pytest.raises(lm.LarsMultiValueError, match="momentum"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(3))], "momentum": -1.0})
+    with pytest.raises(lm.LarsMultiValueError, match="momentum"):
+        LARS([{"params": P, "momentum": 2.0}], lr=0.1)
+    assert len(opt.param_groups) == 1
+
+
+def test_lazy_front_door_imports():
+    from conftest import run_python
+
+    script = """
+import sys
+import lars_multi as lm
+print("torch" in sys.modules)
+print(lm.torch.LARS.__name__, "torch" in sys.modules)
+"""
+    assert run_python(script).splitlines() == ["False", "LARS True"]

@@ -1,0 +1,50 @@
+"""``python -m lars_multi train``: the MLP on the digits trains on every installed backend.
+
+The demo runs in this process (the frameworks are imported inside the tests, as
+everywhere in the suite), for a few epochs; the last line of its output is the
+test accuracy with two decimals.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ALL_BACKENDS, require_backend
+
+from lars_multi.__main__ import main
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _train(capsys, *args: str) -> list[str]:
+    main(["train", *args])
+    return capsys.readouterr().out.strip().splitlines()
+
+
+def _accuracy(last_line: str) -> float:
+    prefix = "test accuracy: "
+    assert last_line.startswith(prefix), last_line
+    value = last_line[len(prefix) :]
+    assert len(value) == 4 and value[1] == ".", last_line  # two decimals: "0.97"
+    return float(value)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_train_few_epochs(backend, tmp_path, capsys):
+    require_backend(backend)
+    out = tmp_path / "curves.png"
+    lines = _train(capsys, "--backend", backend, "--epochs", "4", "--out", str(out))
+    assert _accuracy(lines[-1]) > 0.8
+    assert out.read_bytes()[:8] == PNG
+
+
+def test_compare_large_batch(tmp_path, capsys):
+    out = tmp_path / "compare.png"
+    args = ("--backend", "numpy", "--batch-size", "1024", "--epochs", "10", "--compare", "--out", str(out))
+    lines = _train(capsys, *args)
+    assert any(line.startswith("SGD") for line in lines)
+    assert any(line.startswith("LARS") for line in lines)
+    assert _accuracy(lines[-1]) > 0.8
+    assert out.read_bytes()[:8] == PNG
