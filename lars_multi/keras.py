@@ -1,0 +1,220 @@
+r"""LARS as a Keras 3 optimizer: ``lm.keras.LARS(...)``, for ``model.compile`` / ``model.fit``.
+
+The step is the shared rule of :mod:`lars_multi._optimizer_rule` (the one
+:func:`lars_multi.optim.lars` runs), applied to each variable on Keras'
+TensorFlow, JAX and torch backends with that backend's lars_multi primitives.
+Masks are given as variable-name patterns, schedules as Keras
+``LearningRateSchedule`` s, so the optimizer serializes with the model:
+``model.save("m.keras")`` and ``keras.models.load_model`` restore it with its
+momentum buffers (import :mod:`lars_multi.keras` before loading: it registers
+the class as ``"lars_multi>LARS"``).
+
+.. code-block:: python
+
+    import keras, lars_multi.keras
+
+    model.compile(
+        optimizer=lars_multi.keras.LARS(0.1, weight_decay=1e-4, exclude_from_adaptation=["norm"]),
+        loss="mse",
+    )
+
+Importing this module without Keras succeeds; using :class:`LARS` then raises
+:class:`lars_multi.BackendNotInstalledError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from . import optim
+from ._errors import BackendNotInstalledError, LarsMultiTypeError, type_name
+from ._optimizer_rule import LayerFlags, lars_momentum_layers
+from ._registry import backend_of, get_backend
+
+try:
+    import keras
+except ImportError as _error:  # the module imports without Keras; LARS says why it is missing
+    keras = None
+    _MISSING = str(_error)
+
+__all__ = ["LARS"]
+
+
+def _patterns(name: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    values = list(value) if isinstance(value, Iterable) else None
+    if values is None or not all(isinstance(v, str) for v in values):
+        raise LarsMultiTypeError(f"{name}: expected a list of name patterns (str), got {type_name(value)}")
+    return values
+
+
+def _matches(patterns: list[str], variable: Any) -> bool:
+    """Whether a pattern (a substring or a regular expression) occurs in the
+    variable's path (``"sequential/dense/kernel"``) or name."""
+    names = [
+        str(n) for n in (getattr(variable, "path", None), getattr(variable, "name", None)) if n is not None
+    ]
+    return any(p in n or re.search(p, n) is not None for p in patterns for n in names)
+
+
+if keras is not None:
+
+    @keras.saving.register_keras_serializable(package="lars_multi")
+    class LARS(keras.optimizers.Optimizer):
+        """LARS (You, Gitman and Ginsburg, 2017) as a Keras 3 optimizer.
+
+        Args:
+            learning_rate: a float or a ``keras.optimizers.schedules.LearningRateSchedule``.
+            momentum, nesterov, dampening, trust_coefficient, eps, trust_clip,
+            always_adapt, preset: as :func:`lars_multi.optim.lars`.
+            weight_decay: LARS's weight decay :math:`\\lambda` (inside the trust
+                ratio), a float or a ``LearningRateSchedule`` of the iteration.
+                Keras' decoupled weight decay is not used.
+            exclude_from_adaptation, exclude_from_weight_decay: name patterns
+                (substrings or regular expressions, matched against
+                ``variable.path`` and ``variable.name``) of variables that are
+                not adapted, not decayed. They narrow the preset's default
+                (``"paper"``: variables with more than one dimension;
+                ``"optax"``, ``"timm"``: every variable).
+                :meth:`exclude_from_weight_decay` also narrows the decay.
+            name, **kwargs: as ``keras.optimizers.Optimizer`` (``clipnorm``,
+                ``global_clipnorm``, ``use_ema``, ``loss_scale_factor``, ...).
+        """
+
+        def __init__(
+            self,
+            learning_rate: Any = 0.01,
+            momentum: float = 0.9,
+            nesterov: bool = False,
+            dampening: float = 0.0,
+            weight_decay: Any = 0.0,
+            trust_coefficient: float = 0.001,
+            eps: float | None = None,
+            trust_clip: bool = False,
+            always_adapt: bool = False,
+            exclude_from_adaptation: Any = None,
+            exclude_from_weight_decay: Any = None,
+            preset: str = "paper",
+            name: str = "lars",
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
+            decay = 0.0 if weight_decay is None else weight_decay
+            # Checks every hyper-parameter and makes the rule's configuration.
+            checked = optim.lars(
+                0.0,
+                momentum=momentum,
+                nesterov=nesterov,
+                dampening=dampening,
+                weight_decay=decay,
+                trust_coefficient=trust_coefficient,
+                eps=eps,
+                trust_clip=trust_clip,
+                always_adapt=always_adapt,
+                preset=preset,
+            )
+            self._lars_config = checked.config
+            self.lars_weight_decay = checked.weight_decay
+            self.momentum = checked.config.momentum
+            self.nesterov = nesterov
+            self.dampening = checked.config.dampening
+            self.trust_coefficient = checked.config.trust_coefficient
+            self.eps = eps
+            self.trust_clip = trust_clip
+            self.always_adapt = always_adapt
+            self.preset = preset
+            self.exclude_from_adaptation_patterns = _patterns(
+                "exclude_from_adaptation", exclude_from_adaptation
+            )
+            self.exclude_from_weight_decay_patterns = _patterns(
+                "exclude_from_weight_decay", exclude_from_weight_decay
+            )
+
+        def build(self, var_list: list[Any]) -> None:
+            """Momentum buffers (none when momentum is 0) and each variable's flags."""
+            if self.built:
+                return
+            super().build(var_list)
+            default = self._lars_config.preset.default_mask
+            self._lars_flags = []
+            for variable in var_list:
+                included = bool(default(getattr(variable, "path", variable.name), variable))
+                adapt = included and not _matches(self.exclude_from_adaptation_patterns, variable)
+                decay = (
+                    included
+                    and not _matches(self.exclude_from_weight_decay_patterns, variable)
+                    and self._use_weight_decay(variable)
+                )
+                self._lars_flags.append(LayerFlags(adapt=(adapt,), decay=(decay,)))
+            self.momentums = []
+            if self.momentum != 0:
+                self.momentums = [self.add_variable_from_reference(v, "momentum") for v in var_list]
+
+        def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+            """One LARS step on one variable, by the shared rule."""
+            index = self._get_variable_index(variable)
+            dtype = variable.dtype
+            w = keras.ops.stop_gradient(keras.ops.convert_to_tensor(variable))
+            g = keras.ops.cast(keras.ops.convert_to_tensor(gradient), dtype)
+            momentum = self.momentums[index] if self.momentums else None
+            buffer = None if momentum is None else keras.ops.convert_to_tensor(momentum)
+            lr = keras.ops.cast(learning_rate, dtype)
+            decay = self.lars_weight_decay
+            if callable(decay):
+                decay = keras.ops.cast(decay(self.iterations), dtype)
+            elif decay == 0:
+                decay = None
+            first = keras.ops.equal(self.iterations, 0)
+            ops = get_backend(backend_of(w))
+            (new_w,), (new_buffer,) = lars_momentum_layers(
+                ops, self._lars_config, self._lars_flags[index], [w], [g], [buffer], lr, decay, first
+            )
+            self.assign(variable, new_w)
+            if momentum is not None:
+                self.assign(momentum, new_buffer)
+
+        def get_config(self) -> dict[str, Any]:
+            config = super().get_config()
+            decay = self.lars_weight_decay
+            if callable(decay):
+                decay = keras.saving.serialize_keras_object(decay)
+            config.update(
+                {
+                    "momentum": self.momentum,
+                    "nesterov": self.nesterov,
+                    "dampening": self.dampening,
+                    "weight_decay": decay,
+                    "trust_coefficient": self.trust_coefficient,
+                    "eps": self.eps,
+                    "trust_clip": self.trust_clip,
+                    "always_adapt": self.always_adapt,
+                    "exclude_from_adaptation": list(self.exclude_from_adaptation_patterns),
+                    "exclude_from_weight_decay": list(self.exclude_from_weight_decay_patterns),
+                    "preset": self.preset,
+                }
+            )
+            return config
+
+        @classmethod
+        def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> LARS:
+            config = dict(config)
+            if isinstance(config.get("weight_decay"), dict):
+                config["weight_decay"] = keras.saving.deserialize_keras_object(
+                    config["weight_decay"], custom_objects=custom_objects
+                )
+            return super().from_config(config, custom_objects=custom_objects)
+
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name == "LARS":
+            raise BackendNotInstalledError(
+                f"lars_multi.keras.LARS needs Keras 3, which cannot be imported here ({_MISSING}); "
+                'install it with: pip install "lars-multi[tensorflow]" (or pip install keras)'
+            )
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

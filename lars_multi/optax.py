@@ -1,0 +1,106 @@
+r"""LARS as an :class:`optax.GradientTransformation`: ``lm.optax.lars(...)``.
+
+The transformation is the functional optimizer :func:`lars_multi.optim.lars`
+behind optax's ``init`` / ``update`` interface: the step is the shared rule of
+:mod:`lars_multi._optimizer_rule`, in every preset (``"paper"``, ``"optax"``,
+``"timm"``). ``update(grads, state, params)`` returns the update that
+:func:`optax.apply_updates` adds to the parameters (the new parameters minus the
+old ones, within one rounding of the new parameters), so it composes with
+:func:`optax.chain` (e.g. after :func:`optax.clip_by_global_norm`), runs under
+:func:`jax.jit`, and takes optax schedules (callables of the step count) for the
+learning rate and the weight decay. ``preset="optax"`` is :func:`optax.lars`.
+
+.. code-block:: python
+
+    import jax.numpy as jnp, optax, lars_multi.optax
+
+    tx = optax.chain(optax.clip_by_global_norm(1.0), lars_multi.optax.lars(0.1, weight_decay=1e-4))
+    params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params)  # params are required
+    params = optax.apply_updates(params, updates)
+
+Importing this module without optax and JAX succeeds; :func:`lars` then raises
+:class:`lars_multi.BackendNotInstalledError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import optim
+from ._errors import BackendNotInstalledError, LarsMultiValueError
+from .optim import LarsState, Mask, Schedule
+
+try:
+    import jax
+    import optax
+except ImportError as _error:  # the module imports without them (pytest collects it); lars() says why
+    jax = optax = None
+    _MISSING = str(_error)
+
+__all__ = ["LarsState", "lars"]
+
+
+def _difference(new: Any, old: Any) -> Any:
+    return None if new is None else new - old
+
+
+def lars(
+    learning_rate: float | Schedule,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    dampening: float = 0.0,
+    weight_decay: float | Schedule = 0.0,
+    trust_coefficient: float = 0.001,
+    eps: float | None = None,
+    trust_clip: bool = False,
+    always_adapt: bool = False,
+    adapt_mask: Mask = None,
+    weight_decay_mask: Mask = None,
+    preset: str = "paper",
+) -> Any:  # optax.GradientTransformation
+    """LARS as an optax transformation; the arguments are those of :func:`lars_multi.optim.lars`.
+
+    ``learning_rate`` and ``weight_decay`` are numbers or optax schedules,
+    called with the step count (0 at the first update). ``adapt_mask`` and
+    ``weight_decay_mask`` are trees of bools like the parameters or callables
+    ``(path, array) -> bool``; None takes the preset's default. The state is a
+    :class:`lars_multi.optim.LarsState` (``count`` and the ``momentum``
+    buffers, None without momentum), a pytree of JAX arrays.
+    """
+    if optax is None:
+        raise BackendNotInstalledError(
+            f"lars_multi.optax.lars needs optax and JAX, which cannot be imported here ({_MISSING}); "
+            "install them with: pip install optax"
+        )
+    opt = optim.lars(
+        learning_rate,
+        momentum=momentum,
+        nesterov=nesterov,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        trust_coefficient=trust_coefficient,
+        eps=eps,
+        trust_clip=trust_clip,
+        always_adapt=always_adapt,
+        adapt_mask=adapt_mask,
+        weight_decay_mask=weight_decay_mask,
+        preset=preset,
+    )
+
+    def init(params: Any) -> LarsState:
+        return opt.init(params)
+
+    def update(updates: Any, state: LarsState, params: Any = None) -> tuple[Any, LarsState]:
+        if params is None:
+            raise LarsMultiValueError(
+                "params: lm.optax.lars needs the parameters (the trust ratio is |w| / |g|): "
+                "call update(grads, state, params)"
+            )
+        new_params, new_state = opt.step(params, updates, state)
+        steps = jax.tree.map(_difference, new_params, params, is_leaf=lambda x: x is None)
+        return steps, new_state
+
+    return optax.GradientTransformation(init, update)

@@ -1,0 +1,222 @@
+"""``lm.keras.LARS``: the shared LARS rule as a Keras 3 optimizer.
+
+On each Keras backend (TensorFlow in this process when Keras runs on it, JAX
+and torch in fresh interpreters started at once): ``apply_gradients`` equals
+:func:`lars_multi.optim.lars` on NumPy copies (name-pattern masks, Nesterov,
+schedules, the timm preset's first step), ``model.fit`` trains, and a
+``model.save`` / ``keras.models.load_model`` round trip restores the
+optimizer with its momentum buffers and resumes identically.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import backends_to_test, require_backend, run_python
+
+# Defines ``check(folder)``, which returns a dict of results.
+KERAS_SCRIPT = r"""
+import json
+import os
+import numpy as np
+import keras
+import lars_multi as lm
+import lars_multi.keras
+
+
+def _numpy(x):
+    return np.array(keras.ops.convert_to_numpy(x))
+
+
+def _model():
+    # seeded initializers: keras.utils.set_random_seed would import TensorFlow
+    normal = keras.initializers.RandomNormal
+    hidden = keras.layers.Dense(
+        3, kernel_initializer=normal(seed=0), bias_initializer=normal(seed=1), name="hidden"
+    )
+    head = keras.layers.Dense(2, kernel_initializer=normal(seed=2), name="head")
+    return keras.Sequential([keras.Input((4,)), hidden, head])
+
+
+class _Exponential:
+    # ExponentialDecay(initial, 10, rate) of the step count, for lars_multi.optim
+    def __init__(self, initial, rate):
+        self.initial, self.rate = initial, rate
+
+    def __call__(self, count):
+        return self.initial * self.rate ** (float(count) / 10)
+
+
+CASES = {
+    # name: (LARS keyword arguments, lars_multi.optim.lars keyword arguments)
+    "paper_patterns": (
+        dict(learning_rate=0.5, weight_decay=1e-2, trust_coefficient=0.02,
+             exclude_from_adaptation=["hidden/kernel"], exclude_from_weight_decay=["head"]),
+        dict(learning_rate=0.5, weight_decay=1e-2, trust_coefficient=0.02,
+             adapt_mask=[False, False, True, False], weight_decay_mask=[True, False, False, False]),
+    ),
+    "timm_nesterov_schedules": (
+        dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(0.5, 10, 0.5),
+             weight_decay=keras.optimizers.schedules.ExponentialDecay(1e-2, 10, 0.1),
+             nesterov=True, trust_coefficient=0.02, preset="timm"),
+        dict(learning_rate=_Exponential(0.5, 0.5), weight_decay=_Exponential(1e-2, 0.1),
+             nesterov=True, trust_coefficient=0.02, preset="timm"),
+    ),
+    "optax_dampening_clip": (
+        dict(learning_rate=0.5, weight_decay=1e-3, dampening=0.1, trust_clip=True, eps=1e-6, preset="optax"),
+        dict(learning_rate=0.5, weight_decay=1e-3, dampening=0.1, trust_clip=True, eps=1e-6, preset="optax"),
+    ),
+}
+
+
+def check_apply_gradients(name):
+    ours, reference = CASES[name]
+    model = _model()
+    variables = model.trainable_variables
+    optimizer = lars_multi.keras.LARS(**ours)
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=v.shape).astype("float32") for v in variables] for _ in range(4)]
+    params = [_numpy(v) for v in variables]
+    for gs in grads:
+        optimizer.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in gs], variables))
+    opt = lm.optim.lars(**reference)
+    state = opt.init(params)
+    for gs in grads:
+        params, state = opt.step(params, gs, state)
+    err = max(float(np.abs(_numpy(v) - p).max()) for v, p in zip(variables, params))
+    momentum_err = max(
+        float(np.abs(_numpy(m) - b).max()) for m, b in zip(optimizer.momentums, state.momentum)
+    )
+    return {"err": err, "momentum_err": momentum_err, "iterations": int(_numpy(optimizer.iterations))}
+
+
+def check_fit_save_load(folder):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    model = _model()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.5, 10, 0.5)
+    optimizer = lars_multi.keras.LARS(
+        schedule, weight_decay=keras.optimizers.schedules.ExponentialDecay(1e-2, 10, 0.1),
+        trust_coefficient=0.02, exclude_from_weight_decay=["head"], preset="timm",
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    before = [_numpy(v) for v in model.trainable_variables]
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    trained = all(np.all(np.isfinite(_numpy(v))) for v in model.trainable_variables)
+    moved = all(np.any(_numpy(v) != b) for v, b in zip(model.trainable_variables, before))
+    path = os.path.join(folder, "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    restored = loaded.optimizer
+    state_err = max(
+        float(np.abs(_numpy(a) - _numpy(b)).max()) for a, b in zip(optimizer.momentums, restored.momentums)
+    )
+    iterations = [int(_numpy(optimizer.iterations)), int(_numpy(restored.iterations))]
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    resume_err = max(
+        float(np.abs(_numpy(a) - _numpy(b)).max())
+        for a, b in zip(model.trainable_variables, loaded.trainable_variables)
+    )
+    config = optimizer.get_config()
+    again = lars_multi.keras.LARS.from_config(json.loads(json.dumps(config))).get_config()
+    return {
+        "trained": bool(trained),
+        "moved": bool(moved),
+        "type": type(restored).__name__,
+        "iterations": iterations,
+        "state_err": state_err,
+        "resume_err": resume_err,
+        "config_round_trip": again == config,
+        "restored_config": restored.get_config() == config,
+        "keras_weight_decay": optimizer.weight_decay,
+        "n_momentums": len(restored.momentums),
+    }
+
+
+def check(folder, cases=tuple(CASES)):
+    import time
+
+    result = {"backend": keras.backend.backend(), "seconds": {}}
+    for name in cases:
+        start = time.perf_counter()
+        result[name] = check_apply_gradients(name)
+        result["seconds"][name] = time.perf_counter() - start
+    start = time.perf_counter()
+    result["fit"] = check_fit_save_load(folder)
+    result["seconds"]["fit"] = time.perf_counter() - start
+    return result
+"""
+
+SUBPROCESS_BACKENDS = ("jax", "torch")
+ALL_CASES = ("paper_patterns", "timm_nesterov_schedules", "optax_dampening_clip")
+# The other Keras backends run the case that exercises most (schedules, Nesterov, the
+# timm preset's first step) and the fit / save / load round trip.
+ESSENTIAL_CASES = ("timm_nesterov_schedules",)
+
+
+def _check_result(result, backend):
+    assert result["backend"] == backend
+    for name in ALL_CASES if backend == "tensorflow" else ESSENTIAL_CASES:
+        case = result[name]
+        assert case["err"] < 1e-6 and case["momentum_err"] < 1e-6 and case["iterations"] == 4, (name, case)
+    fit = result["fit"]
+    assert fit["trained"] and fit["moved"], fit
+    assert fit["type"] == "LARS" and fit["n_momentums"] == 4, fit
+    assert fit["iterations"] == [4, 4], fit
+    assert fit["state_err"] == 0 and fit["resume_err"] < 1e-6, fit
+    assert fit["config_round_trip"] and fit["restored_config"], fit
+    assert fit["keras_weight_decay"] is None, fit
+
+
+@pytest.fixture(scope="module")
+def keras_runs(tmp_path_factory):
+    """The JAX and torch Keras backends, each in a fresh interpreter started at
+    once (in threads), so that they run while the in-process test does."""
+    if importlib.util.find_spec("keras") is None:
+        yield {}
+        return
+    names = [n for n in SUBPROCESS_BACKENDS if n in backends_to_test()]
+    with ThreadPoolExecutor(max(1, len(names))) as pool:
+        futures = {}
+        for name in names:
+            folder = tmp_path_factory.mktemp(f"keras_{name}")
+            call = f"check({str(folder)!r}, cases={ESSENTIAL_CASES!r})"
+            script = f"{KERAS_SCRIPT}\nprint('RESULT ' + json.dumps({call}))\n"
+            futures[name] = pool.submit(run_python, script, KERAS_BACKEND=name, TF_CPP_MIN_LOG_LEVEL="3")
+        yield futures
+
+
+def test_keras_tensorflow_backend(keras_runs, tmp_path):
+    require_backend("tensorflow")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    namespace: dict = {}
+    exec(KERAS_SCRIPT, namespace)
+    _check_result(namespace["check"](str(tmp_path)), "tensorflow")
+
+
+@pytest.mark.parametrize("keras_backend", SUBPROCESS_BACKENDS)
+def test_keras_other_backends(keras_backend, keras_runs):
+    require_backend(keras_backend)
+    pytest.importorskip("keras")
+    out = keras_runs[keras_backend].result()
+    line = next(s for s in out.splitlines() if s.startswith("RESULT "))
+    _check_result(json.loads(line.removeprefix("RESULT ")), keras_backend)
+
+
+def test_bad_arguments_are_lars_multi_errors():
+    pytest.importorskip("keras")
+    import lars_multi as lm
+    import lars_multi.keras
+
+    with pytest.raises(lm.LarsMultiValueError, match="momentum"):
+        lars_multi.keras.LARS(0.1, momentum=2.0)
+    with pytest.raises(lm.LarsMultiTypeError, match="exclude_from_adaptation"):
+        lars_multi.keras.LARS(0.1, exclude_from_adaptation=[3])
+    assert lm.keras.LARS is lars_multi.keras.LARS

@@ -1,0 +1,216 @@
+"""``lm.optax.lars``: the functional optimizer behind optax's interface.
+
+It equals :func:`lars_multi.optim.lars` in every preset, equals
+:func:`optax.lars` with ``preset="optax"``, and behaves as an optax
+transformation: under ``jax.jit``, in ``optax.chain``, with
+``optax.apply_updates`` and optax schedules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import require_backend, to_numpy
+
+import lars_multi as lm
+
+STEPS = 50
+
+
+@pytest.fixture(autouse=True)
+def _jax_and_optax():
+    require_backend("jax")
+    pytest.importorskip("optax")
+
+
+def _params_and_grads(seed=0):
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    shapes = {"w": (4, 3), "b": (3,), "deep": [(2, 5), (5,)]}
+
+    def tree(scale):
+        return {
+            "w": jnp.asarray(rng.normal(size=shapes["w"]) * scale, jnp.float32),
+            "b": jnp.asarray(rng.normal(size=shapes["b"]) * scale, jnp.float32),
+            "deep": [jnp.asarray(rng.normal(size=s) * scale, jnp.float32) for s in shapes["deep"]],
+        }
+
+    params = tree(1.0)
+    return params, [tree(0.5) for _ in range(STEPS)]
+
+
+def _assert_trees_close(got, want, atol):
+    import jax
+
+    got_leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
+    assert len(got_leaves) == len(want_leaves)
+    for a, b in zip(got_leaves, want_leaves):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=0, atol=atol)
+
+
+def _scan(step, params, state, grads):
+    """``step(params, g, state) -> (params, state)`` over every gradient, in one compiled loop."""
+    import jax
+
+    stacked = jax.tree.map(lambda *g: jax.numpy.stack(g), *grads)
+
+    def body(carry, g):
+        return step(*carry[:1], g, carry[1]), None
+
+    (params, state), _ = jax.jit(lambda p, s, gs: jax.lax.scan(body, (p, s), gs))(params, state, stacked)
+    return params, state
+
+
+def _run_optax(tx, params, grads, jit=True):
+    import optax
+
+    def step(params, g, state):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    if jit:
+        return _scan(step, params, tx.init(params), grads)
+    state = tx.init(params)
+    for g in grads:
+        params, state = step(params, g, state)
+    return params, state
+
+
+def _run_functional(opt, params, grads, transform=None):
+    def step(params, g, state):
+        return opt.step(params, g if transform is None else transform(g), state)
+
+    return _scan(step, params, opt.init(params), grads)
+
+
+def test_both_spellings_import():
+    import lars_multi.optax
+
+    assert lm.optax is lars_multi.optax
+    assert callable(lm.optax.lars)
+
+
+@pytest.mark.parametrize("preset", ["paper", "optax", "timm"])
+def test_equals_functional_optimizer(preset):
+    import jax
+
+    kwargs = dict(momentum=0.9, weight_decay=1e-3, trust_coefficient=0.02, preset=preset)
+    params, grads = _params_and_grads()
+    got, state = _run_optax(lm.optax.lars(0.5, **kwargs), params, grads)
+    want, want_state = _run_functional(lm.optim.lars(0.5, **kwargs), params, grads)
+    _assert_trees_close(got, want, atol=2e-6)
+    _assert_trees_close(state.momentum, want_state.momentum, atol=2e-6)
+    assert int(state.count) == STEPS
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
+
+
+def _optax_cases():
+    import optax
+
+    decay_mask = {"w": True, "b": False, "deep": [True, False]}
+    adapt_mask = {"w": True, "b": True, "deep": [False, True]}
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, 10, STEPS)
+    decay_schedule = optax.linear_schedule(1e-2, 1e-4, STEPS)
+    return {
+        "decay_momentum": (dict(learning_rate=0.5, weight_decay=1e-3, momentum=0.9), {}),
+        "nesterov": (dict(learning_rate=0.5, weight_decay=1e-3, momentum=0.9, nesterov=True), {}),
+        "no_decay": (dict(learning_rate=0.5, momentum=0.8), {}),
+        "masks": (
+            dict(
+                learning_rate=0.5,
+                weight_decay=1e-2,
+                weight_decay_mask=decay_mask,
+                trust_ratio_mask=adapt_mask,
+            ),
+            dict(weight_decay_mask=decay_mask, adapt_mask=adapt_mask),
+        ),
+        "eps": (dict(learning_rate=0.5, weight_decay=1e-3, eps=1e-3), {}),
+        "schedules": (dict(learning_rate=schedule, weight_decay=decay_schedule), {}),
+    }
+
+
+@pytest.mark.parametrize("case", ["decay_momentum", "nesterov", "no_decay", "masks", "eps", "schedules"])
+def test_optax_preset_equals_optax_lars(case):
+    import optax
+
+    theirs, ours = _optax_cases()[case]
+    theirs = {"trust_coefficient": 0.02, **theirs}
+    params, grads = _params_and_grads(1)
+    want, _ = _run_optax(optax.lars(**theirs), params, grads)
+    kwargs = {k: v for k, v in theirs.items() if k not in ("weight_decay_mask", "trust_ratio_mask")}
+    kwargs.setdefault("momentum", 0.9)  # optax.lars' default
+    learning_rate = kwargs.pop("learning_rate")
+    got, _ = _run_optax(lm.optax.lars(learning_rate, preset="optax", **kwargs, **ours), params, grads)
+    _assert_trees_close(got, want, atol=1e-6)
+
+
+def test_chain_with_clipping_equals_clipping_then_functional():
+    import jax
+    import optax
+
+    params, grads = _params_and_grads(2)
+    grads = [jax.tree.map(lambda g: 10 * g, g) for g in grads[:10]]
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0), lm.optax.lars(0.3, weight_decay=1e-3, trust_coefficient=0.02)
+    )
+    got, (_, state) = _run_optax(tx, params, grads)
+    clip = optax.clip_by_global_norm(1.0)
+    opt = lm.optim.lars(0.3, weight_decay=1e-3, trust_coefficient=0.02)
+    want, _ = _run_functional(opt, params, grads, lambda g: clip.update(g, clip.init(g))[0])
+    _assert_trees_close(got, want, atol=1e-6)
+    assert int(state.count) == len(grads)
+
+
+def test_eager_equals_jit_and_state_is_a_pytree_of_arrays():
+    import jax
+
+    params, grads = _params_and_grads(3)
+    tx = lm.optax.lars(0.2, weight_decay=1e-3, trust_coefficient=0.02, preset="timm")
+    eager, _ = _run_optax(tx, params, grads[:5], jit=False)
+    jitted, jit_state = _run_optax(tx, params, grads[:5])
+    _assert_trees_close(eager, jitted, atol=1e-6)
+    leaves = jax.tree.leaves(jit_state)
+    assert len(leaves) == 1 + len(jax.tree.leaves(params))
+    assert all(isinstance(x, jax.Array) for x in leaves)
+    assert jit_state.count.dtype == np.int32 and jit_state.count.shape == ()
+    # the state round-trips through jax.tree (e.g. checkpointing libraries)
+    flat, treedef = jax.tree.flatten(jit_state)
+    assert jax.tree.unflatten(treedef, flat) == jit_state
+
+
+def test_updates_are_the_step():
+    import jax
+
+    params, grads = _params_and_grads(4)
+    tx = lm.optax.lars(0.1, weight_decay=1e-4, trust_coefficient=0.02)
+    updates, _ = tx.update(grads[0], tx.init(params), params)
+    new, _ = lm.optim.lars(0.1, weight_decay=1e-4, trust_coefficient=0.02).step(
+        params, grads[0], lm.optim.lars(0.1).init(params)
+    )
+    _assert_trees_close(jax.tree.map(lambda p, u: p + u, params, updates), new, atol=1e-7)
+
+
+def test_without_momentum_keeps_no_buffers():
+    params, grads = _params_and_grads(5)
+    tx = lm.optax.lars(0.1, momentum=0.0, trust_coefficient=0.02)
+    got, state = _run_optax(tx, params, grads[:3])
+    assert state.momentum is None
+    want, _ = _run_functional(lm.optim.lars(0.1, momentum=0.0, trust_coefficient=0.02), params, grads[:3])
+    _assert_trees_close(got, want, atol=1e-7)
+
+
+def test_params_are_required():
+    params, grads = _params_and_grads(6)
+    tx = lm.optax.lars(0.1)
+    with pytest.raises(lm.LarsMultiValueError, match="params"):
+        tx.update(grads[0], tx.init(params))
+    with pytest.raises(lm.LarsMultiValueError, match="params"):
+        tx.update(grads[0], tx.init(params), None)
+
+
+def test_bad_hyper_parameters_are_lars_multi_errors():
+    with pytest.raises(lm.LarsMultiValueError, match="momentum"):
+        lm.optax.lars(0.1, momentum=1.5)
+    with pytest.raises(lm.LarsMultiError, match="preset"):
+        lm.optax.lars(0.1, preset="lamb")
