@@ -315,7 +315,7 @@ def _train_jax(config: Config, data: Data, report: Report) -> None:
 
     if config.optimizer == "lars":
         opt = make_lars(config, schedule)
-        state = opt.init(params)
+        state: Any = opt.init(params)
 
         def apply(p: Any, grads: Any, s: Any) -> tuple[Any, Any]:
             return opt.step(p, grads, s)

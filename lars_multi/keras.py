@@ -170,7 +170,7 @@ if keras is not None:
             elif decay == 0:
                 decay = None
             first = keras.ops.equal(self.iterations, 0)
-            ops = get_backend(backend_of(w))
+            ops = get_backend(backend_of(w) or keras.backend.backend())
             (new_w,), (new_buffer,) = lars_momentum_layers(
                 ops, self._lars_config, self._lars_flags[index], [w], [g], [buffer], lr, decay, first
             )

@@ -36,7 +36,7 @@ try:
     import jax
     import optax
 except ImportError as _error:  # the module imports without them (pytest collects it); lars() says why
-    jax = optax = None
+    jax = optax = None  # type: ignore[assignment]
     _MISSING = str(_error)
 
 __all__ = ["LarsState", "lars"]

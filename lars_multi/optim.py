@@ -171,20 +171,22 @@ class LarsOptimizer:
                 _write_all(ops, outs, new_ws, buffers, new_buffers)
             return new_ws, new_buffers
         first = bool(count == 0)
-        writable = outs is not None and all(ops.unwritable(o) is None for o in outs)
-        if not writable or must_write_late(ops, outs + [b for b in buffers if b is not None], ws, gs):
+        if outs is None:
+            return step(ws, gs, buffers, lr, decay, first)
+        targets = outs
+        writable = all(ops.unwritable(o) is None for o in targets)
+        if not writable or must_write_late(ops, targets + [b for b in buffers if b is not None], ws, gs):
             new_ws, new_buffers = step(ws, gs, buffers, lr, decay, first)
-            if outs is not None:
-                _write_all(ops, outs, new_ws, buffers, new_buffers)
+            _write_all(ops, targets, new_ws, buffers, new_buffers)
             return new_ws, new_buffers
 
         def write(i: int, new_w: Any, new_buffer: Any) -> None:
-            ops.write(outs[i], new_w)
+            ops.write(targets[i], new_w)
             if new_buffer is not None:
                 ops.write(buffers[i], new_buffer)
 
         step(ws, gs, buffers, lr, decay, first, write)
-        return list(outs), list(buffers)
+        return list(targets), list(buffers)
 
     @staticmethod
     def _rebuild(flat: Flat, leaves: Sequence[Any], active: list[int], new: list[Any]) -> Any:
