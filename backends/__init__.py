@@ -1,8 +1,10 @@
 """Backends: one module per framework, each with the same primitives.
 
-The LARS rule itself lives once, in :mod:`lars_multi._algorithm`; a backend
-only says how its framework computes each step. A module registered with
-:func:`lars_multi.register_backend` provides:
+The LARS rule itself lives once, in :mod:`lars_multi._algorithm` (the
+optimizer's in :mod:`lars_multi._optimizer_rule`); a backend only says how its
+framework computes each step. A module registered with
+:func:`lars_multi.register_backend` satisfies the ``typing.Protocol``
+:class:`lars_multi._protocol.Backend` once completed with the defaults there:
 
 Required
     ``FRAMEWORK``: the framework's name, for messages.

@@ -31,13 +31,14 @@ arrays share, so they also run traced inside ``jax.jit`` and ``tf.function``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
+
+from ._protocol import Backend
 
 EPSILON = 1e-12
 
 
-def trust_ratio(ops: ModuleType, w_norm: Any, g_norm: Any, lr: Any, decay_lambda: Any) -> Any:
+def trust_ratio(ops: Backend, w_norm: Any, g_norm: Any, lr: Any, decay_lambda: Any) -> Any:
     r"""The layer-local rate :math:`\eta_\ell`; ``decay_lambda`` is None for :math:`\lambda = 0`.
 
     Works elementwise, so the norms may be 0-d (one layer) or vectors (many).
@@ -50,21 +51,23 @@ def trust_ratio(ops: ModuleType, w_norm: Any, g_norm: Any, lr: Any, decay_lambda
     return lr_local / ops.where(scale > 0, scale, 1.0)
 
 
-def lars_layer(ops: ModuleType, w: Any, g: Any, lr: Any, decay_lambda: Any, stop_gradients: bool) -> Any:
+def lars_layer(ops: Backend, w: Any, g: Any, lr: Any, decay_lambda: Any, stop_gradients: bool) -> Any:
     """One layer's new weights :math:`w - \\eta_\\ell g`."""
     lr_local = trust_ratio(ops, ops.norm(w), ops.norm(g), lr, decay_lambda)
     new_w = ops.update(w, g, lr_local)
     return ops.stop_gradient(new_w) if stop_gradients else new_w
 
 
-def lars_layer_into(ops: ModuleType, out: Any, w: Any, g: Any, lr: Any, decay_lambda: Any) -> None:
-    """:func:`lars_layer` written into ``out`` (which may be ``w``), in place."""
+def lars_layer_into(ops: Backend, out: Any, w: Any, g: Any, lr: Any, decay_lambda: Any) -> None:
+    """:func:`lars_layer` written into ``out`` (which may be ``w``), in place
+    (for backends with an ``update_into``)."""
+    assert ops.update_into is not None
     lr_local = trust_ratio(ops, ops.norm(w), ops.norm(g), lr, decay_lambda)
     ops.update_into(out, w, g, lr_local)
 
 
 def lars_layers(
-    ops: ModuleType,
+    ops: Backend,
     ws: Sequence[Any],
     gs: Sequence[Any],
     lr: Any,

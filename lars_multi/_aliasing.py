@@ -12,11 +12,12 @@ torch storages), which objects alone do not show.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from types import ModuleType
 from typing import Any
 
+from ._protocol import Backend
 
-def must_write_late(ops: ModuleType, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
+
+def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
     """Whether writing ``outs`` one by one could change an input not yet read."""
     position = {id(o): i for i, o in enumerate(outs)}
     if len(position) != len(outs) or any(id(g) in position for g in gs):
@@ -26,7 +27,7 @@ def must_write_late(ops: ModuleType, outs: Sequence[Any], ws: Sequence[Any], gs:
     return _shares_memory(ops, outs, ws, gs)
 
 
-def _shares_memory(ops: ModuleType, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
+def _shares_memory(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
     """Whether an output overlaps the memory of an array other than itself.
 
     Arrays in different buffers never overlap: only those whose buffer holds

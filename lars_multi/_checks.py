@@ -12,13 +12,13 @@ import math
 import numbers
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
+from ._protocol import Backend
 from ._registry import backend_of, current_backend
 from ._tree import Path
 
@@ -100,11 +100,11 @@ def call_backend(leaves: Sequence[Any], paths: Sequence[Any]) -> str:
 # --- weights, gradients, outputs -----------------------------------------------------------
 
 
-def _dtype(ops: ModuleType, x: Any) -> str:
+def _dtype(ops: Backend, x: Any) -> str:
     return ops.dtype_name(x.dtype)
 
 
-def check_weights(path: Any, w: Any, ops: ModuleType) -> None:
+def check_weights(path: Any, w: Any, ops: Backend) -> None:
     if w.dtype not in ops.FLOAT_DTYPES:
         raise LarsMultiTypeError(
             f"{path}: expected a floating dtype (float16, bfloat16, float32 or float64), got {_dtype(ops, w)}"
@@ -124,7 +124,7 @@ def paths(where: Where) -> tuple[Any, Any]:
     return (arg if broadcast else Path(arg, entries)), Path(w_arg, entries)
 
 
-def check_gradient(g: Any, w: Any, where: Where, name: str, ops: ModuleType) -> Any:
+def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
     """The gradient of the weights ``w`` as a dense native array like them;
     ``where`` is ``(arg, w_arg, key path)`` for messages."""
     if type(g) is type(w) and g.dtype == w.dtype and g.shape == w.shape and ops.matches(g, w):
@@ -152,7 +152,7 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: ModuleType) -> 
     return data
 
 
-def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: ModuleType) -> None:
+def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> None:
     """``data`` must have the dtype and shape of the weights ``w``."""
     if data.dtype != w.dtype:
         hint = ops.dtype_hint(data.dtype, w.dtype)
@@ -165,7 +165,7 @@ def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: ModuleType) -> No
         )
 
 
-def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: ModuleType) -> None:
+def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> None:
     device, w_device = ops.device(data), ops.device(w)
     if device != w_device:
         raise LarsMultiValueError(
@@ -179,7 +179,7 @@ def _shapes_conflict(a: Any, b: Any) -> bool:
     return len(a) != len(b) or any(x is not None and y is not None and x != y for x, y in zip(a, b))
 
 
-def check_out(o: Any, w: Any, where: Where, name: str, ops: ModuleType) -> Any:
+def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
     """The native array to write the new ``w`` into (a handle's own array)."""
     data = unwrap(o)
     if data is w and (data is not o or ops.unwritable(o) is None):  # out=w: already checked
@@ -220,14 +220,14 @@ def _as_float(path: Any, value: Any, expected: str) -> float:
     return number
 
 
-def check_lr(path: Any, lr: Any, *, name: str, ops: ModuleType) -> Any:
+def check_lr(path: Any, lr: Any, *, name: str, ops: Backend) -> Any:
     """A finite float, or a 0-d floating array of the backend (possibly traced)."""
     if type(lr) is float or _python_number(lr):
         return _as_float(path, lr, "a finite number")
     return _check_scalar_array(path, lr, name, ops, "a float or a 0-d array")
 
 
-def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: ModuleType) -> Any:
+def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any:
     """``None`` for no decay (the rule then skips it), a float >= 0, or a 0-d array."""
     if type(decay_lambda) in (int, float) and decay_lambda == 0:
         return None
@@ -243,7 +243,7 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: ModuleType) -> 
     return _check_scalar_array(path, decay_lambda, name, ops, "a number >= 0 or a 0-d array")
 
 
-def _check_scalar_array(path: Any, value: Any, name: str, ops: ModuleType, expected: str) -> Any:
+def _check_scalar_array(path: Any, value: Any, name: str, ops: Backend, expected: str) -> Any:
     data = unwrap(value)
     value_name = owner(value)
     if value_name is None or isinstance(value, bool):
@@ -260,7 +260,7 @@ def _check_scalar_array(path: Any, value: Any, name: str, ops: ModuleType, expec
     return data
 
 
-def check_fits(path: Any, value: Any, w: Any, w_path: Any, ops: ModuleType) -> None:
+def check_fits(path: Any, value: Any, w: Any, w_path: Any, ops: Backend) -> None:
     """A Python-number hyper-parameter must be finite in the weights' dtype (1e39 is
     inf in float32), since the rate is computed in that dtype."""
     if type(value) is float and abs(value) > ops.largest(w.dtype):

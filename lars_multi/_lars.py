@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
-from types import ModuleType
 from typing import Any
 
 from . import _algorithm, _checks
@@ -17,6 +16,7 @@ from ._aliasing import must_write_late
 from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import no_autograph
+from ._protocol import Backend
 from ._registry import current_backend, get_backend
 from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
 
@@ -93,7 +93,7 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
         return Array(new, name) if isinstance(w, Array) else new
     target = _checks.check_out(out, w_data, ("out", "w", None, False), name, ops)
     late = must_write_late(ops, [target], [w_data], [g])
-    if hasattr(ops, "update_into") and not late and ops.unwritable(target) is None:
+    if ops.update_into is not None and not late and ops.unwritable(target) is None:
         _algorithm.lars_layer_into(ops, target, w_data, g, rate, decay)
         new = target
     else:
@@ -113,7 +113,7 @@ def flatten(w: Any) -> Flat:
     name = current_backend() or next((n for n in names if n is not None), None)
     if name is None and "jax" in sys.modules:
         name = "jax"  # a pytree that only JAX knows (flax, equinox)
-    flatten = None if name is None else getattr(get_backend(name), "flatten", None)
+    flatten = None if name is None else get_backend(name).flatten
     return flat if flatten is None else flatten(w)
 
 
@@ -174,7 +174,7 @@ def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: 
     return _finish(flat, out, out_leaves, name, dict(zip(active, results)))
 
 
-def _write(ops: ModuleType, outs: Sequence[Any], results: Sequence[Any]) -> None:
+def _write(ops: Backend, outs: Sequence[Any], results: Sequence[Any]) -> None:
     """Write what was not written as the step went (late, or computed as new arrays)."""
     for target, new in zip(outs, results):
         if new is not target and ops.unwritable(target) is None:
@@ -208,7 +208,7 @@ def _unchanged(flat: Flat, out: Any, out_leaves: list[Any] | None) -> Any:
 
 
 def _check_unchanged_outs(
-    flat: Flat, active: list[int], out_leaves: list[Any], name: Any, ops: ModuleType
+    flat: Flat, active: list[int], out_leaves: list[Any], name: Any, ops: Backend
 ) -> None:
     """Leaves without a gradient keep their weights: their ``out`` receives a copy."""
     skipped = set(active)
@@ -228,7 +228,7 @@ def _per_leaf(
     flat: Flat,
     active: list[int],
     ws: list[Any],
-    ops: ModuleType,
+    ops: Backend,
     check: Callable[[Any, Any], Any],
 ) -> list[Any]:
     """``check``-ed values, one per active leaf of ``w``; a single value is checked once."""
@@ -246,7 +246,7 @@ def _per_leaf(
     return values
 
 
-def _check_fit(arg: Any, value: Any, ws: Sequence[Any], paths: Sequence[Any], ops: ModuleType) -> None:
+def _check_fit(arg: Any, value: Any, ws: Sequence[Any], paths: Sequence[Any], ops: Backend) -> None:
     """A float hyper-parameter must be finite in the dtype every layer computes in."""
     if type(value) is not float:
         return
@@ -256,7 +256,7 @@ def _check_fit(arg: Any, value: Any, ws: Sequence[Any], paths: Sequence[Any], op
 
 
 def _run(
-    ops: ModuleType,
+    ops: Backend,
     group_w: list[Any],
     group_g: list[Any],
     lr: Any,
@@ -282,7 +282,7 @@ def _run(
         and all(o is x for o, x in zip(group_out, group_w))
     )
     direct = writable and not write_late
-    fused = getattr(ops, "lars_tree", None)
+    fused = ops.lars_tree
     if fused is not None:
         return fused(group_w, group_g, lr, decay, stop, group_out if direct else None, donate)
     rule = _layer_rule(ops)
@@ -313,10 +313,10 @@ def _key(value: Any) -> Any:
 _RULES: dict[str, Callable[..., Any]] = {}
 
 
-def _layer_rule(ops: ModuleType) -> Callable[..., Any]:
+def _layer_rule(ops: Backend) -> Callable[..., Any]:
     """The backend's own one-layer path (jax: compiled), else the generic rule."""
-    rule = _RULES.get(ops.__name__)
+    rule = _RULES.get(ops.FRAMEWORK)
     if rule is None:
-        rule = getattr(ops, "lars_layer", None) or partial(_algorithm.lars_layer, ops)
-        _RULES[ops.__name__] = rule
+        rule = ops.lars_layer or partial(_algorithm.lars_layer, ops)
+        _RULES[ops.FRAMEWORK] = rule
     return rule

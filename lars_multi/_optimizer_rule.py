@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 from ._presets import Preset
+from ._protocol import Backend
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class LayerFlags:
 
 
 def trust_ratio(
-    ops: ModuleType, config: StepConfig, w_norm: Any, g_norm: Any, u_norm: Any, lr: Any, decay: Any
+    ops: Backend, config: StepConfig, w_norm: Any, g_norm: Any, u_norm: Any, lr: Any, decay: Any
 ) -> Any:
     """:math:`r` of one layer; ``decay`` is None where no weight decay applies."""
     if config.preset.ratio_of_update:
@@ -60,7 +60,7 @@ def trust_ratio(
 
 
 def lars_momentum_layers(
-    ops: ModuleType,
+    ops: Backend,
     config: StepConfig,
     flags: LayerFlags,
     ws: Sequence[Any],

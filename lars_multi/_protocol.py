@@ -1,18 +1,67 @@
-"""What a backend module provides, and the defaults for what it may leave out.
+"""What a backend module provides: :class:`Backend`, and defaults for the optional parts.
 
-The required primitives are listed in :mod:`lars_multi.backends`. The
-optional ones below have defaults that fit a framework with one device, dense
-arrays and no way to share memory between arrays; :func:`complete` gives a
-backend module the defaults it does not define itself.
+A backend is a module (see :mod:`lars_multi.backends`) that satisfies the
+:class:`Backend` protocol. The optional primitives have defaults that fit a
+framework with one device, dense arrays and no way to share memory between
+arrays, and the optional fused paths default to None (the generic rule runs);
+:func:`complete` gives a module what it does not define itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+import math
+from collections.abc import Callable, Collection, Hashable, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ._errors import type_name
+
+
+class Backend(Protocol):
+    """The primitives a backend module provides (after :func:`complete`)."""
+
+    FRAMEWORK: str
+    FLOAT_DTYPES: Collection[Any]
+
+    def __hash__(self) -> int: ...
+
+    def is_native(self, x: Any) -> bool: ...
+    def dtype_name(self, dtype: Any) -> str: ...
+    def asarray(self, obj: Any, dtype: Any = None) -> Any: ...
+    def zeros_like(self, x: Any) -> Any: ...
+    def to_numpy(self, x: Any) -> Any: ...
+    def norm(self, x: Any) -> Any: ...
+    def cast_like(self, value: Any, like: Any) -> Any: ...
+    def where(self, cond: Any, x: Any, y: Any) -> Any: ...
+    def update(self, w: Any, g: Any, lr_local: Any) -> Any: ...
+    def stop_gradient(self, x: Any) -> Any: ...
+    def write(self, out: Any, value: Any) -> None: ...
+    def info(self) -> dict[str, str]: ...
+
+    # Optional, with defaults (see _defaults below).
+    def unwritable(self, x: Any) -> str | None: ...
+    def is_dense(self, x: Any) -> bool: ...
+    def matches(self, g: Any, w: Any) -> bool: ...
+    def densify(self, x: Any) -> Any: ...
+    def layout_name(self, x: Any) -> str: ...
+    def dtype_hint(self, got: Any, expected: Any) -> str: ...
+    def device(self, x: Any) -> Any: ...
+    def memory_root(self, x: Any) -> Hashable | None: ...
+    def overlaps(self, a: Any, b: Any) -> bool: ...
+    def norms(self, xs: Sequence[Any]) -> list[Any]: ...
+    def to_compute(self, x: Any) -> Any: ...
+    def compile(self, function: Any) -> Any: ...
+    def largest(self, dtype: Any) -> float: ...
+    def cos(self, x: Any) -> Any: ...
+
+    # Optional fast paths: None where the backend has none.
+    lars_layer: Callable[..., Any] | None
+    lars_tree: Callable[..., list[Any]] | None
+    update_into: Callable[[Any, Any, Any, Any], None] | None
+    flatten: Callable[[Any], Any] | None
+
+
+_FAST_PATHS = ("lars_layer", "lars_tree", "update_into", "flatten")
 
 
 def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
@@ -65,6 +114,13 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         """The largest finite value of the dtype the rate is computed in."""
         return float("inf")
 
+    def write(out: Any, value: Any) -> None:
+        """Copy ``value`` into ``out`` in place (called only where ``unwritable`` is None)."""
+        raise TypeError(f"{type_name(out)} cannot be written in place")
+
+    def cos(x: Any) -> Any:
+        return math.cos(x)
+
     return {
         f.__name__: f
         for f in (
@@ -81,13 +137,19 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             to_compute,
             compile,
             largest,
+            write,
+            cos,
         )
     }
 
 
-def complete(module: ModuleType) -> ModuleType:
-    """Give ``module`` the optional primitives it does not define."""
+def complete(module: ModuleType) -> Backend:
+    """Give ``module`` the optional primitives it does not define (and None for
+    the fast paths it lacks): then it is a :class:`Backend`."""
     for name, default in _defaults(module).items():
         if not hasattr(module, name):
             setattr(module, name, default)
-    return module
+    for name in _FAST_PATHS:
+        if not hasattr(module, name):
+            setattr(module, name, None)
+    return cast(Backend, module)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, UnknownBackendError
-from ._protocol import complete
+from ._protocol import Backend, complete
 
 ENV_VAR = "LARS_MULTI_BACKEND"
 
@@ -41,7 +41,7 @@ class BackendSpec:
 
 
 _SPECS: dict[str, BackendSpec] = {}
-_MODULES: dict[str, ModuleType] = {}
+_MODULES: dict[str, Backend] = {}
 _NATIVE_TYPES: dict[type, str | None] = {}
 _NEVER_NATIVE = frozenset({"builtins", "collections", "lars_multi._container"})
 _LOCK = threading.Lock()
@@ -93,7 +93,7 @@ def installed_backends() -> list[str]:
     return names
 
 
-def get_backend(name: str) -> ModuleType:
+def get_backend(name: str) -> Backend:
     """The backend module registered as ``name``, imported on first use."""
     module = _MODULES.get(name)
     if module is not None:
@@ -109,8 +109,8 @@ def get_backend(name: str) -> ModuleType:
             f"backend {name!r} needs the {spec.framework!r} package, which cannot be "
             f"imported here ({error}){hint}"
         ) from error
-    _MODULES[name] = complete(module)
-    return module
+    backend = _MODULES[name] = complete(module)
+    return backend
 
 
 def _import(module_path: str) -> ModuleType:
@@ -153,7 +153,7 @@ def unset_backend() -> None:
 
 
 @contextlib.contextmanager
-def using_backend(name: str) -> Iterator[ModuleType]:
+def using_backend(name: str) -> Iterator[Backend]:
     """Use ``name`` inside a ``with`` block, in this thread or asyncio task only."""
     global _contexts
     module = get_backend(name)

@@ -26,7 +26,6 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, NamedTuple
 
 from . import _checks
@@ -35,6 +34,7 @@ from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type
 from ._lars import flatten
 from ._optimizer_rule import LayerFlags, StepConfig, lars_momentum_layers
 from ._presets import PRESETS, Preset, get_preset
+from ._protocol import Backend
 from ._registry import get_backend
 from ._tree import Flat, Path, leaves_like
 from .schedules import warmup_cosine, warmup_polynomial
@@ -152,7 +152,7 @@ class LarsOptimizer:
 
     def _run(
         self,
-        ops: ModuleType,
+        ops: Backend,
         flags: LayerFlags,
         ws: list[Any],
         gs: list[Any],
@@ -202,9 +202,7 @@ class LarsOptimizer:
             return LarsState(count, None)
         return LarsState(count, self._rebuild(flat, buffers, active, new))
 
-    def _buffers(
-        self, state: Any, flat: Flat, active: list[int], ws: list[Any], ops: ModuleType
-    ) -> list[Any]:
+    def _buffers(self, state: Any, flat: Flat, active: list[int], ws: list[Any], ops: Backend) -> list[Any]:
         if not isinstance(state, LarsState):
             raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
         if self.config.momentum == 0:
@@ -243,7 +241,7 @@ def _at(rate: Any, count: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _step(ops: ModuleType, config: StepConfig, flags: LayerFlags) -> tuple[Callable[..., Any], bool]:
+def _step(ops: Backend, config: StepConfig, flags: LayerFlags) -> tuple[Callable[..., Any], bool]:
     """The step for one configuration and mask pattern, compiled once where the
     backend compiles (JAX, TensorFlow); whether it was."""
     step = functools.partial(lars_momentum_layers, ops, config, flags)
@@ -252,7 +250,7 @@ def _step(ops: ModuleType, config: StepConfig, flags: LayerFlags) -> tuple[Calla
 
 
 def _write_all(
-    ops: ModuleType,
+    ops: Backend,
     outs: Sequence[Any],
     new_ws: Sequence[Any],
     buffers: Sequence[Any],
