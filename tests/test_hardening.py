@@ -9,7 +9,7 @@ import collections
 
 import numpy as np
 import pytest
-from conftest import assert_layer_close, native, reference_layer, require_backend, to_numpy
+from conftest import assert_layer_close, native, reference_layer, require_backend, run_python, to_numpy
 
 import lars_multi as lm
 
@@ -366,3 +366,37 @@ def test_errors_keep_their_type_inside_tf_function():
         step(tf.ones((3,)))
     assert type(info.value) is lm.LarsMultiValueError
     assert str(info.value).startswith("dcdw: expected shape (3,)")
+
+
+def test_torch_dtensor_memory_checks_use_the_local_shard():
+    """DTensors (data_ptr() 0, no storage of their own) are compared through their local
+    tensors: in place and an out that is a view of the gradient give the plain result."""
+    require_backend("torch")
+    pytest.importorskip("torch.distributed")
+    script = """
+import os, socket, torch, torch.distributed as dist
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+dist.init_process_group("gloo", rank=0, world_size=1)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+import lars_multi as lm
+mesh = init_device_mesh("cpu", (1,))
+torch.manual_seed(0)
+w0, g0 = torch.randn(6, 4), torch.randn(6, 4) * 0.1
+want = lm.lars_update(w0, g0, 0.1)
+shard = lambda t: distribute_tensor(t.clone(), mesh, [Shard(0)])
+errors = [(lm.lars_update(shard(w0), shard(g0), 0.1).full_tensor() - want).abs().max().item()]
+w, g = shard(w0), shard(g0)
+lm.lars_update({"a": w}, {"a": g}, 0.1, out={"a": w})
+errors.append((w.full_tensor() - want).abs().max().item())
+g = shard(g0)
+out = g.view_as(g)
+lm.lars_update(shard(w0), g, 0.1, out=out)
+errors.append((out.full_tensor() - want).abs().max().item())
+dist.destroy_process_group()
+print(max(errors))
+"""
+    assert float(run_python(script)) < 1e-6
