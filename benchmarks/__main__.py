@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "contender on CPU; 0 = all 2,000 (default 100; quick 10)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    parser.add_argument(
+        "--optimizer",
+        action="store_true",
+        help="time one optimizer step (momentum, weight decay) of lm.torch.LARS, lm.optax.lars, "
+        "lm.optim.lars and lm.keras.LARS against timm, optax, SGD and a NumPy loop instead "
+        "(benchmarks/optimizer.py; writes optimizer.json; tensorflow means keras there)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
     return parser.parse_args(argv)
 
@@ -186,6 +193,14 @@ def run_all(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.optimizer:
+        from . import optimizer
+
+        console = Console(width=None if Console().is_terminal else 200)
+        optimizer.run(
+            optimizer.backends_from(args.backends), optimizer.settings_from(args), console, args.out
+        )
+        return 0
     backends = _names(args.backends, contenders.BACKENDS, "backends")
     names = _names(args.workloads, workloads.NAMES, "workloads")
     settings = settings_from(args)
