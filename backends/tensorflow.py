@@ -220,6 +220,16 @@ def lars_tree(
     ``assign_sub`` for the weights that are their own output, ``assign`` for the rest."""
     lr, decay_lambda = _as_tensor(lr), _as_tensor(decay_lambda)
     half = [w.dtype in _HALF for w in ws]
+    if any(isinstance(x, tf.distribute.DistributedValues) for x in (*ws, *(outs or ()))):
+        # tf.function takes every distributed variable of one shape and dtype for the
+        # first one it traced: pass their values, and assign in Python.
+        values = [tf.convert_to_tensor(w) if isinstance(w, tf.Variable) else w for w in ws]
+        new = lars_tree(values, gs, lr, decay_lambda, stop_gradients)
+        if outs is None:
+            return new
+        for out, value in zip(outs, new):
+            out.assign(value)
+        return list(outs)
     if outs is None:
         if not any(half):
             return _tree(list(ws), list(gs), lr, decay_lambda, stop_gradients)
