@@ -147,6 +147,14 @@ class LARS(torch.optim.Optimizer):
         if isinstance(param_group, dict):
             _check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
+        for i, p in enumerate(self.param_groups[-1]["params"]):
+            if getattr(p, "_is_flat_param", False):
+                self.param_groups.pop()
+                raise LarsMultiValueError(
+                    f"params[{i}]: expected one tensor per layer, got a flattened FSDP parameter of "
+                    f"{p.numel()} values (FullyShardedDataParallel with use_orig_params=False), whose "
+                    "layer boundaries LARS cannot see; shard with torch.distributed.fsdp.fully_shard (FSDP2)"
+                )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
