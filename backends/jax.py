@@ -70,11 +70,36 @@ def where(cond: Any, x: Any, y: Any) -> jax.Array:
     return jnp.where(cond, x, y)
 
 
-def norm(x: Any) -> jax.Array:
-    """:math:`\\lVert x \\rVert_2`; halves accumulate in float32."""
+def norm(x: Any, axis_name: Any = None) -> jax.Array:
+    """:math:`\\lVert x \\rVert_2`; halves accumulate in float32. With ``axis_name``
+    (inside ``jax.shard_map``), the sum of squares is summed over that mesh axis
+    (``lax.psum``) before the root: the norm of the whole array, not of the shard."""
     if x.dtype in _HALF:
         x = x.astype(jnp.float32)
-    return jnp.sqrt(jnp.sum(jnp.square(x)))
+    if axis_name is None:
+        return jnp.sqrt(jnp.sum(jnp.square(x)))
+    return jnp.sqrt(jax.lax.psum(jnp.sum(jnp.square(x)), axis_name))
+
+
+def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[jax.Array]:
+    """:func:`norm` of each array; with ``axis_names`` (one name or None per array),
+    the sums of squares sharing an axis are summed across devices in one ``psum``."""
+    if axis_names is None:
+        return [norm(x) for x in xs]
+    sums = [jnp.sum(jnp.square(to_compute(x))) for x in xs]
+    by_axis: dict[Any, list[int]] = {}
+    for i, name in enumerate(axis_names):
+        if name is not None:
+            by_axis.setdefault(name, []).append(i)
+    for name, indices in by_axis.items():
+        totals = jax.lax.psum([sums[i] for i in indices], name)
+        for i, total in zip(indices, totals):
+            sums[i] = total
+    return [jnp.sqrt(x) for x in sums]
+
+
+def check_axis_name(arg: Any, value: Any) -> None:
+    """Mesh axis names are JAX's own: every name is accepted (JAX checks it when tracing)."""
 
 
 def update(w: Any, g: Any, lr_local: Any) -> jax.Array:
@@ -101,19 +126,27 @@ def stop_gradient(x: Any) -> jax.Array:
 
 
 @functools.cache
-def _compiled(tree: bool, donate: bool) -> Any:
+def _compiled(tree: bool, donate: bool, sharded: bool = False) -> Any:
+    """The rule under ``jax.jit``; ``sharded``: with the (static) mesh axis names too."""
     ops = sys.modules[__name__]
     rule = _algorithm.lars_layers if tree else _algorithm.lars_layer
+    axes = ("axis_names" if tree else "axis_name",) if sharded else ()
     return jax.jit(
         functools.partial(rule, ops),
-        static_argnames="stop_gradients",
+        static_argnames=("stop_gradients", *axes),
         donate_argnums=(0,) if donate else (),
     )
 
 
-def lars_layer(w: Any, g: Any, lr: Any, decay_lambda: Any, stop_gradients: bool) -> jax.Array:
+def lars_layer(
+    w: Any, g: Any, lr: Any, decay_lambda: Any, stop_gradients: bool, axis_name: Any = None
+) -> jax.Array:
     """One layer in one compiled call (eager JAX would dispatch seven ops)."""
-    return _compiled(False, False)(w, g, lr, decay_lambda, stop_gradients=stop_gradients)
+    if axis_name is None:
+        return _compiled(False, False)(w, g, lr, decay_lambda, stop_gradients=stop_gradients)
+    return _compiled(False, False, True)(
+        w, g, lr, decay_lambda, stop_gradients=stop_gradients, axis_name=axis_name
+    )
 
 
 def lars_tree(
@@ -124,18 +157,28 @@ def lars_tree(
     stop_gradients: bool,
     outs: Sequence[Any] | None = None,
     donate: bool = False,
+    axis_names: Sequence[Any] | None = None,
 ) -> list[jax.Array]:
-    """Every layer in one compiled call; ``donate`` reuses the weights' buffers.
+    """Every layer in one compiled call; ``donate`` reuses the weights' buffers;
+    ``axis_names`` (one mesh axis name or None per layer, inside ``jax.shard_map``)
+    sums the norms over the layers' mesh axes.
 
     Half layers go in chunks of separate calls (see :func:`_half_chunks`): one
     program over them all would hold float32 copies of every w and g at once.
     """
-    run = _compiled(True, donate)
+    if axis_names is None:
+        run = _compiled(True, donate)
+    else:
+        run = functools.partial(_compiled(True, donate, True), axis_names=tuple(axis_names))
     if _HALF.isdisjoint({w.dtype for w in ws}) or isinstance(ws[0], jax.core.Tracer):
         return run(list(ws), list(gs), lr, decay_lambda, stop_gradients=stop_gradients)
     results = list(ws)
     rest = [i for i, w in enumerate(ws) if w.dtype not in _HALF]
     for part in ([rest] if rest else []) + _half_chunks(ws):
+        if axis_names is not None:
+            run = functools.partial(
+                _compiled(True, donate, True), axis_names=tuple(axis_names[i] for i in part)
+            )
         new = run(
             [ws[i] for i in part], [gs[i] for i in part], lr, decay_lambda, stop_gradients=stop_gradients
         )

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lars_multi._algorithm import trust_ratio
+from lars_multi._protocol import no_axis_name
 
 try:  # bfloat16 for NumPy comes from ml_dtypes (a dependency of JAX and TF).
     from ml_dtypes import bfloat16 as _bfloat16
@@ -123,8 +124,11 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
     return _COMPUTE.get(dtype, dtype)
 
 
-def norm(x: Any) -> np.generic:
-    """:math:`\\lVert x \\rVert_2` through BLAS ``dot``; halves in float32."""
+def norm(x: Any, axis_name: Any = None) -> np.generic:
+    """:math:`\\lVert x \\rVert_2` through BLAS ``dot``; halves in float32.
+    NumPy has no mesh axes: an ``axis_name`` raises."""
+    if axis_name is not None:
+        raise no_axis_name("axis_name", FRAMEWORK, axis_name)
     return np.sqrt(_sum_of_squares(x))
 
 
@@ -241,6 +245,18 @@ def _indices_by_dtype(ws: Sequence[Any]) -> list[Sequence[int]]:
     for i, w in enumerate(ws):
         groups.setdefault(w.dtype, []).append(i)
     return list(groups.values())
+
+
+def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
+    """``a x + b y``; into ``out`` (which may be ``x``) through cache-sized blocks."""
+    if out is None:
+        return (x if a == 1 else a * x) + b * y
+    if out is not x:
+        np.multiply(x, a, out=out)
+    elif a != 1:
+        np.multiply(out, a, out=out)
+    update_into(out, out, y, -b)
+    return out
 
 
 def info() -> dict[str, str]:

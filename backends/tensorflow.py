@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from lars_multi import _algorithm
+from lars_multi._protocol import no_axis_name
 
 FRAMEWORK = "tensorflow"
 _HALF = frozenset({tf.float16, tf.bfloat16})
@@ -70,8 +71,11 @@ def where(cond: Any, x: Any, y: Any) -> tf.Tensor:
     return tf.where(cond, x, tf.cast(y, x.dtype))
 
 
-def norm(x: Any) -> tf.Tensor:
-    """:math:`\\lVert x \\rVert_2` in one kernel; halves accumulate in float32."""
+def norm(x: Any, axis_name: Any = None) -> tf.Tensor:
+    """:math:`\\lVert x \\rVert_2` in one kernel; halves accumulate in float32.
+    No mesh axes here: an ``axis_name`` raises."""
+    if axis_name is not None:
+        raise no_axis_name("axis_name", FRAMEWORK, axis_name)
     if x.dtype in _HALF:
         x = tf.cast(x, tf.float32)
     return tf.math.reduce_euclidean_norm(x)
@@ -93,11 +97,22 @@ def cos(x: Any) -> tf.Tensor:
 
 
 def compile(function: Any) -> Any:
-    """``function`` as one ``tf.function``; Python-float rates enter as tensors (no retracing)."""
+    """``function`` as one ``tf.function``; Python-float rates enter as tensors (no
+    retracing), distributed variables as their values (a trace would keep the first)."""
     traced = tf.function(function)
 
+    def argument(value: Any) -> Any:
+        if type(value) is float:
+            return tf.constant(value, tf.float32)
+        if isinstance(value, list):
+            return [
+                tf.convert_to_tensor(x) if isinstance(x, tf.distribute.DistributedValues) else x
+                for x in value
+            ]
+        return value
+
     def run(*args: Any) -> Any:
-        return traced(*[tf.constant(a, tf.float32) if type(a) is float else a for a in args])
+        return traced(*[argument(a) for a in args])
 
     return run
 

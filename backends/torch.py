@@ -16,6 +16,7 @@ import torch
 
 from lars_multi import _registry
 from lars_multi._algorithm import trust_ratio
+from lars_multi._protocol import no_axis_name
 
 FRAMEWORK = "torch"
 _HALF = frozenset({torch.float16, torch.bfloat16})
@@ -129,8 +130,11 @@ def where(cond: Any, x: Any, y: Any) -> torch.Tensor:
     return torch.where(cond, x, y)
 
 
-def norm(x: torch.Tensor) -> torch.Tensor:
-    """:math:`\\lVert x \\rVert_2`; halves accumulate in float32."""
+def norm(x: torch.Tensor, axis_name: Any = None) -> torch.Tensor:
+    """:math:`\\lVert x \\rVert_2`; halves accumulate in float32.
+    No mesh axes here (DTensor norms are global already): an ``axis_name`` raises."""
+    if axis_name is not None:
+        raise no_axis_name("axis_name", FRAMEWORK, axis_name)
     if x.dtype in _HALF:
         return torch.linalg.vector_norm(x, dtype=torch.float32)
     return torch.linalg.vector_norm(x)
@@ -271,6 +275,23 @@ def info() -> dict[str, str]:
     cuda = [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     devices = ["cpu", *cuda]
     return {"version": torch.__version__, "devices": ", ".join(devices)}
+
+
+def axpby(
+    a: float, x: torch.Tensor, b: Any, y: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``a x + b y`` in one ``addcmul`` (``b`` may be a 0-d tensor: no host read);
+    into ``out`` (which may be ``x``) in place."""
+    tensor = isinstance(b, torch.Tensor)
+    if out is None:
+        base = x if a == 1 else x * a
+        return torch.addcmul(base, y, b) if tensor else torch.add(base, y, alpha=b)
+    with torch.no_grad():
+        if out is not x:
+            torch.mul(x, a, out=out)
+        elif a != 1:
+            out.mul_(a)
+        return out.addcmul_(y, b) if tensor else out.add_(y, alpha=b)
 
 
 _SELF = sys.modules[__name__]  # the module as ``ops``: sys.modules cannot be read while compiling

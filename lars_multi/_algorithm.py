@@ -51,9 +51,26 @@ def trust_ratio(ops: Backend, w_norm: Any, g_norm: Any, lr: Any, decay_lambda: A
     return lr_local / ops.where(scale > 0, scale, 1.0)
 
 
-def lars_layer(ops: Backend, w: Any, g: Any, lr: Any, decay_lambda: Any, stop_gradients: bool) -> Any:
-    """One layer's new weights :math:`w - \\eta_\\ell g`."""
-    lr_local = trust_ratio(ops, ops.norm(w), ops.norm(g), lr, decay_lambda)
+def lars_layer(
+    ops: Backend,
+    w: Any,
+    g: Any,
+    lr: Any,
+    decay_lambda: Any,
+    stop_gradients: bool,
+    axis_name: Any = None,
+) -> Any:
+    """One layer's new weights :math:`w - \\eta_\\ell g`.
+
+    ``axis_name`` (JAX, inside ``jax.shard_map``): the mesh axis ``w`` and ``g``
+    are sharded over; their squared norms are summed over it, so the norms are
+    those of the whole layer, not of this device's shard.
+    """
+    if axis_name is None:
+        lr_local = trust_ratio(ops, ops.norm(w), ops.norm(g), lr, decay_lambda)
+    else:
+        w_norm, g_norm = ops.norms([w, g], (axis_name, axis_name))
+        lr_local = trust_ratio(ops, w_norm, g_norm, lr, decay_lambda)
     new_w = ops.update(w, g, lr_local)
     return ops.stop_gradient(new_w) if stop_gradients else new_w
 
@@ -73,6 +90,19 @@ def lars_layers(
     lr: Any,
     decay_lambda: Any,
     stop_gradients: bool,
+    axis_names: Sequence[Any] | None = None,
 ) -> list[Any]:
-    """:func:`lars_layer` over many layers: the body that jit compilers fuse."""
-    return [lars_layer(ops, w, g, lr, decay_lambda, stop_gradients) for w, g in zip(ws, gs)]
+    """:func:`lars_layer` over many layers: the body that jit compilers fuse.
+
+    ``axis_names``: one mesh axis name (or None) per layer; the squared norms
+    of every layer are then summed across devices together (one collective).
+    """
+    if axis_names is None:
+        return [lars_layer(ops, w, g, lr, decay_lambda, stop_gradients) for w, g in zip(ws, gs)]
+    n = len(ws)
+    norms = ops.norms([*ws, *gs], (*axis_names, *axis_names))
+    new_ws = [
+        ops.update(w, g, trust_ratio(ops, norms[i], norms[n + i], lr, decay_lambda))
+        for i, (w, g) in enumerate(zip(ws, gs))
+    ]
+    return [ops.stop_gradient(x) for x in new_ws] if stop_gradients else new_ws

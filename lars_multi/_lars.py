@@ -7,7 +7,7 @@ raises a clear error and leaves ``out`` (and every input) as it was.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -15,7 +15,7 @@ from . import _algorithm, _checks
 from ._aliasing import must_write_late
 from ._array import Array
 from ._checks import owner, unwrap, write_back
-from ._errors import no_autograph
+from ._errors import LarsMultiTypeError, no_autograph, type_name
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
 from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
@@ -31,6 +31,7 @@ def lars_update(
     decay_lambda: Any = 0,
     stop_gradients: Any = True,
     out: Any = None,
+    axis_name: Any = None,
 ) -> Any:
     r"""Update weights with Layer-wise Adaptive Rate Scaling (LARS).
 
@@ -59,6 +60,18 @@ def lars_update(
             arrays and torch tensors are written in place, ``tf.Variable`` s
             and ``keras.Variable`` s assigned, ``lars_multi.Array`` s given the
             new data. ``out=w`` updates the weights in place.
+        axis_name: JAX only, inside ``jax.shard_map``: the mesh axis the layers
+            are sharded over (a name, or a tuple of names for several axes), so
+            that their norms are summed across devices (``jax.lax.psum``) and
+            are those of the whole layers. For a tree mixing sharded and
+            replicated layers, a tree of names and ``None`` paired with ``w``
+            by key (``None``: the layer is whole on every device, not summed);
+            per-layer names for tuple-shaped weights go in a list, since a
+            tuple of strings is one name. Without it, **inside
+            jax.shard_map every norm is the norm of the device's own shard**,
+            and the update differs from the unsharded one. Not needed under
+            ``jax.jit`` with sharded arrays (``NamedSharding``): there the norms
+            are already global and the result keeps the input's sharding.
 
     Returns:
         The new weights, with the structure and types of ``w`` (or ``out``).
@@ -71,9 +84,14 @@ def lars_update(
         lars_multi.array([[2.34077978, 0.78025991, 4.5605197 ],
                           [6.78026009, 1.56051981, 8.12103939]])
     """
-    if owner(w) is not None and owner(dcdw) is not None and (out is None or owner(out) is not None):
+    if (
+        axis_name is None
+        and owner(w) is not None
+        and owner(dcdw) is not None
+        and (out is None or owner(out) is not None)
+    ):
         return _update_one(w, dcdw, lr, decay_lambda, stop_gradients, out)
-    return _update_tree(w, dcdw, lr, decay_lambda, stop_gradients, out)
+    return _update_tree(w, dcdw, lr, decay_lambda, stop_gradients, out, axis_name)
 
 
 def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
@@ -117,7 +135,9 @@ def flatten(w: Any) -> Flat:
     return flat if flatten is None else flatten(w)
 
 
-def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
+def _update_tree(
+    w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any, axis_name: Any = None
+) -> Any:
     flat = flatten(w)
     if not flat.leaves:
         return w if out is None else out
@@ -153,6 +173,7 @@ def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: 
             for i, x, p in zip(active, ws, paths)
         ]
         _check_unchanged_outs(flat, active, out_leaves, name, ops)
+    axes = axis_names("axis_name", axis_name, flat, active, ops)
 
     write_late = outs is not None and must_write_late(ops, outs, ws, gs)
     results: list[Any] = [None] * len(ws)
@@ -166,6 +187,7 @@ def _update_tree(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: 
             stops[indices[0]],
             None if outs is None else [outs[i] for i in indices],
             write_late=write_late,
+            axis_names=None if axes is None else tuple(axes[i] for i in indices),
         )
         for i, new in zip(indices, group):
             results[i] = new
@@ -265,12 +287,13 @@ def _run(
     group_out: list[Any] | None,
     *,
     write_late: bool,
+    axis_names: tuple[Any, ...] | None = None,
 ) -> list[Any]:
     """One group of layers that share their hyperparameters.
 
     Unless ``write_late``, writable outputs are written as the group goes; with
     it the new arrays are returned, for the caller to write once every group
-    has been computed.
+    has been computed. ``axis_names``: one mesh axis name (or None) per layer.
     """
     writable = group_out is not None and all(ops.unwritable(o) is None for o in group_out)
     # Immutable arrays (jax) are replaced instead: donate the weights' buffers
@@ -284,9 +307,14 @@ def _run(
     direct = writable and not write_late
     fused = ops.lars_tree
     if fused is not None:
+        if axis_names is not None:
+            return fused(group_w, group_g, lr, decay, stop, group_out if direct else None, donate, axis_names)
         return fused(group_w, group_g, lr, decay, stop, group_out if direct else None, donate)
     rule = _layer_rule(ops)
-    new = [rule(x, g, lr, decay, stop) for x, g in zip(group_w, group_g)]
+    if axis_names is not None:
+        new = [rule(x, g, lr, decay, stop, a) for x, g, a in zip(group_w, group_g, axis_names)]
+    else:
+        new = [rule(x, g, lr, decay, stop) for x, g in zip(group_w, group_g)]
     if direct and group_out is not None:
         for target, value in zip(group_out, new):
             ops.write(target, value)
@@ -320,3 +348,57 @@ def _layer_rule(ops: Backend) -> Callable[..., Any]:
         rule = ops.lars_layer or partial(_algorithm.lars_layer, ops)
         _RULES[ops.FRAMEWORK] = rule
     return rule
+
+
+class _Name:
+    """One mesh axis name, kept whole while a tree of names is paired with ``w``
+    (a tuple of strings is one name, not a tree)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: Any) -> None:
+        self.name = name
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) or (
+        type(value) is tuple and len(value) > 0 and all(isinstance(v, str) for v in value)
+    )
+
+
+def _wrap_names(value: Any) -> Any:
+    """``value`` with every name (a str, or a tuple of str) a :class:`_Name` leaf."""
+    if _is_name(value):
+        return _Name(value)
+    if isinstance(value, Mapping):
+        return {k: _wrap_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wrap_names(v) for v in value]
+    if isinstance(value, tuple):
+        items = [_wrap_names(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
+
+
+def axis_names(arg: str, value: Any, flat: Flat, active: list[int], ops: Backend) -> tuple[Any, ...] | None:
+    """One mesh axis name (or None) per active layer of ``flat``, from one name
+    or a tree of names and None; None when no layer has one (the default path)."""
+    if value is None:
+        return None
+    if _is_name(value):
+        ops.check_axis_name(arg, value)
+        return (value,) * len(active)
+    leaves = leaves_like(arg, _wrap_names(value), flat)
+    names = []
+    for i in active:
+        leaf = leaves[i]
+        if leaf is not None and not isinstance(leaf, _Name):
+            raise LarsMultiTypeError(
+                f"{Path(arg, flat.paths[i])}: expected a mesh axis name (a str or a tuple of str) "
+                f"or None, got {type_name(leaf)}"
+            )
+        names.append(None if leaf is None else leaf.name)
+    if all(n is None for n in names):
+        return None
+    ops.check_axis_name(arg, value)
+    return tuple(names)

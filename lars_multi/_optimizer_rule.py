@@ -38,6 +38,9 @@ class LayerFlags:
 
     adapt: tuple[bool, ...]
     decay: tuple[bool, ...]
+    # One mesh axis name (or None) per layer whose norms are summed across
+    # devices (inside jax.shard_map); None: every norm is local.
+    axis_names: tuple[Any, ...] | None = None
 
 
 def trust_ratio(
@@ -78,7 +81,12 @@ def lars_momentum_layers(
     ``write(i, new_w, new_buffer)``, if given, stores each layer's results as
     soon as they are computed (in place), so no temporary outlives its layer.
     """
-    w_norms, g_norms = ops.norms(ws), ops.norms(gs)
+    axes = flags.axis_names
+    if axes is None:
+        w_norms, g_norms = ops.norms(ws), ops.norms(gs)
+    else:  # every layer's two norms summed across devices together
+        both = ops.norms([*ws, *gs], (*axes, *axes))
+        w_norms, g_norms = both[: len(ws)], both[len(ws) :]
     mu, damp = config.momentum, 1.0 - config.dampening
     new_ws, new_buffers = [], []
     for i, (w, g, buffer) in enumerate(zip(ws, gs, buffers)):
@@ -92,7 +100,10 @@ def lars_momentum_layers(
             config.always_adapt or not config.preset.adapt_needs_decay or decay is not None
         )
         if adapted:
-            u_norm = ops.norm(u) if config.preset.ratio_of_update and decay is not None else g_norms[i]
+            if config.preset.ratio_of_update and decay is not None:
+                u_norm = ops.norm(u) if axes is None or axes[i] is None else ops.norm(u, axes[i])
+            else:
+                u_norm = g_norms[i]
             u = trust_ratio(ops, config, w_norm, g_norms[i], u_norm, rate, decay) * u
         if mu == 0:
             step, new_buffer = rate * u, None

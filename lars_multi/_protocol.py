@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Hashable, Sequence
 from types import ModuleType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from ._errors import type_name
+from ._errors import LarsMultiValueError, type_name
 
 
 class Backend(Protocol):
@@ -30,7 +30,7 @@ class Backend(Protocol):
     def asarray(self, obj: Any, dtype: Any = None) -> Any: ...
     def zeros_like(self, x: Any) -> Any: ...
     def to_numpy(self, x: Any) -> Any: ...
-    def norm(self, x: Any) -> Any: ...
+    def norm(self, x: Any, axis_name: Any = None) -> Any: ...
     def cast_like(self, value: Any, like: Any) -> Any: ...
     def where(self, cond: Any, x: Any, y: Any) -> Any: ...
     def update(self, w: Any, g: Any, lr_local: Any) -> Any: ...
@@ -48,7 +48,8 @@ class Backend(Protocol):
     def device(self, x: Any) -> Any: ...
     def memory_root(self, x: Any) -> Hashable | None: ...
     def overlaps(self, a: Any, b: Any) -> bool: ...
-    def norms(self, xs: Sequence[Any]) -> list[Any]: ...
+    def norms(self, xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[Any]: ...
+    def check_axis_name(self, arg: Any, value: Any) -> None: ...
     def to_compute(self, x: Any) -> Any: ...
     def compile(self, function: Any) -> Any: ...
     def largest(self, dtype: Any) -> float: ...
@@ -98,9 +99,16 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def overlaps(a: Any, b: Any) -> bool:
         return True
 
-    def norms(xs: Any) -> list[Any]:
-        """The 2-norm of each array (halves accumulate in float32)."""
-        return [module.norm(x) for x in xs]
+    def norms(xs: Any, axis_names: Any = None) -> list[Any]:
+        """The 2-norm of each array (halves accumulate in float32); with
+        ``axis_names``, one mesh axis name (or None) per array (see ``norm``)."""
+        if axis_names is None:
+            return [module.norm(x) for x in xs]
+        return [module.norm(x, a) if a is not None else module.norm(x) for x, a in zip(xs, axis_names)]
+
+    def check_axis_name(arg: Any, value: Any) -> None:
+        """Raise unless the backend sums norms over named mesh axes (``axis_name``)."""
+        raise no_axis_name(arg, module.FRAMEWORK, value)
 
     def to_compute(x: Any) -> Any:
         """``x`` in the dtype updates are computed in (float32 for halves)."""
@@ -134,6 +142,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             memory_root,
             overlaps,
             norms,
+            check_axis_name,
             to_compute,
             compile,
             largest,
@@ -141,6 +150,14 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             cos,
         )
     }
+
+
+def no_axis_name(arg: Any, framework: str, value: Any) -> LarsMultiValueError:
+    """The error for an ``axis_name`` given to a backend without named mesh axes."""
+    return LarsMultiValueError(
+        f"{arg}: supported on JAX only (norms summed over a named mesh axis of jax.shard_map); "
+        f"{framework} has no named mesh axes, got {value!r}"
+    )
 
 
 def complete(module: ModuleType) -> Backend:
@@ -152,4 +169,5 @@ def complete(module: ModuleType) -> Backend:
     for name in _FAST_PATHS:
         if not hasattr(module, name):
             setattr(module, name, None)
-    return cast(Backend, module)
+    # Not typing.cast: torch.compile would take its result for a new, sourceless object.
+    return module  # type: ignore[return-value]

@@ -60,6 +60,7 @@ def lars(
     adapt_mask: Mask = None,
     weight_decay_mask: Mask = None,
     preset: str = "paper",
+    axis_name: Any = None,
 ) -> Any:  # optax.GradientTransformation
     """LARS as an optax transformation; the arguments are those of :func:`lars_multi.optim.lars`.
 
@@ -68,7 +69,10 @@ def lars(
     ``weight_decay_mask`` are trees of bools like the parameters or callables
     ``(path, array) -> bool``; None takes the preset's default. The state is a
     :class:`lars_multi.optim.LarsState` (``count`` and the ``momentum``
-    buffers, None without momentum), a pytree of JAX arrays.
+    buffers, None without momentum), a pytree of JAX arrays. ``axis_name``
+    (inside ``jax.shard_map``): the mesh axis the parameters are sharded over,
+    or a tree of names and None, as in :func:`lars_multi.optim.lars`; without
+    it, norms inside ``jax.shard_map`` are those of each device's shard.
     """
     if optax is None:
         raise BackendNotInstalledError(
@@ -88,6 +92,7 @@ def lars(
         adapt_mask=adapt_mask,
         weight_decay_mask=weight_decay_mask,
         preset=preset,
+        axis_name=axis_name,
     )
 
     def init(params: Any) -> LarsState:

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from . import _checks
 from ._aliasing import must_write_late
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
-from ._lars import flatten
+from ._lars import axis_names, flatten
 from ._optimizer_rule import LayerFlags, StepConfig, lars_momentum_layers
 from ._presets import PRESETS, Preset, get_preset
 from ._protocol import Backend
@@ -79,6 +79,7 @@ class LarsOptimizer:
     config: StepConfig
     adapt_mask: Mask
     weight_decay_mask: Mask
+    axis_name: Any = None
 
     def init(self, params: Any) -> LarsState:
         """Step count 0 and zero momentum buffers like ``params``."""
@@ -130,6 +131,7 @@ class LarsOptimizer:
         flags = LayerFlags(
             adapt=tuple(self._mask("adapt_mask", self.adapt_mask, flat, active, ws)),
             decay=tuple(self._mask("weight_decay_mask", self.weight_decay_mask, flat, active, ws)),
+            axis_names=axis_names("axis_name", self.axis_name, flat, active, ops),
         )
         lr = _at(self.learning_rate, state.count)
         decay = _at(self.weight_decay, state.count)
@@ -276,6 +278,7 @@ def lars(
     adapt_mask: Mask = None,
     weight_decay_mask: Mask = None,
     preset: str = "paper",
+    axis_name: Any = None,
 ) -> LarsOptimizer:
     r"""The LARS optimizer of You, Gitman and Ginsburg (2017), in one library's convention.
 
@@ -295,6 +298,16 @@ def lars(
             None takes the preset's default (``"paper"``: every parameter with
             more than one dimension; ``"optax"`` and ``"timm"``: every parameter).
         preset: ``"paper"``, ``"optax"`` or ``"timm"``.
+        axis_name: JAX only, for a step inside ``jax.shard_map``: the mesh axis
+            the parameters are sharded over (a name, or a tuple of names), or a
+            tree of names and ``None`` paired with the parameters by key
+            (``None``: a replicated parameter, whose norms are not summed). The
+            norms of the weights, the gradients and (``preset="optax"``) the
+            updates are then summed across devices (``jax.lax.psum``).
+            Without it, **inside jax.shard_map every norm is the norm of the
+            device's own shard**, and the step differs from the unsharded one.
+            Not needed under ``jax.jit`` with sharded arrays (``NamedSharding``),
+            where norms are global and the results keep their sharding.
     """
     chosen: Preset = get_preset(preset)
     _number("momentum", momentum, high=1.0)
@@ -327,4 +340,5 @@ def lars(
         config=config,
         adapt_mask=default if adapt_mask is None else adapt_mask,
         weight_decay_mask=default if weight_decay_mask is None else weight_decay_mask,
+        axis_name=axis_name,
     )

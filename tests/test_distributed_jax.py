@@ -1,0 +1,248 @@
+"""LARS on sharded and replicated JAX parameters (8 host CPU devices).
+
+The JAX cases run once, in a fresh interpreter with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the rest of the suite
+keeps its single device): the script prints, for every case, the largest
+relative difference from the unsharded result and whether every output kept
+its input's sharding; the tests below check those numbers.
+
+* ``NamedSharding`` placement (sharded ``P("x")``, replicated ``P()``, mixed),
+  eager and under ``jax.jit``: XLA's partitioner computes global norms, so the
+  results equal the unsharded ones and keep their sharding.
+* Inside ``jax.shard_map`` each device sees its shard: ``axis_name`` sums the
+  squared norms over the mesh axis (one name, or a tree of names and None for
+  replicated leaves). Without it the norms are per shard (negative control), and
+  a replicated leaf summed over the axis is overcounted (second control).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import require_backend, run_python
+
+import lars_multi as lm
+from lars_multi._registry import get_backend
+
+TOLERANCE = 1e-6
+
+SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import lars_multi as lm
+import lars_multi.optax
+from lars_multi._registry import get_backend
+
+assert len(jax.devices()) == 8, jax.devices()
+mesh = jax.make_mesh((8,), ("x",))
+rng = np.random.default_rng(0)
+
+
+def tree(scale):
+    return {
+        "dense": {"kernel": scale * rng.standard_normal((16, 8)), "bias": scale * rng.standard_normal(8)},
+        "head": scale * rng.standard_normal((8, 24)),
+    }
+
+
+W = jax.tree.map(lambda x: x.astype(np.float32), tree(1.0))
+G = jax.tree.map(lambda x: x.astype(np.float32), tree(0.1))
+ALL = {"dense": {"kernel": P("x"), "bias": P("x")}, "head": P(None, "x")}
+REPLICATED = {"dense": {"kernel": P(), "bias": P()}, "head": P()}
+MIXED = {"dense": {"kernel": P("x"), "bias": P()}, "head": P(None, "x")}
+MIXED_NAMES = {"dense": {"kernel": "x", "bias": None}, "head": "x"}
+is_spec = lambda s: isinstance(s, P)
+results = {}
+
+
+def put(t, specs):
+    return jax.tree.map(lambda s, x: jax.device_put(x, NamedSharding(mesh, s)), specs, t, is_leaf=is_spec)
+
+
+def rel(a, b):
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / np.max(np.abs(np.asarray(y))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+def kept(a, like):
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(like))
+    return all(x.sharding.is_equivalent_to(y.sharding, x.ndim) for x, y in pairs)
+
+
+def record(case, got, ref, like=None):
+    results[case] = {"rel": rel(got, ref), "kept": None if like is None else kept(got, like)}
+
+
+W0, G0 = jax.tree.map(jnp.asarray, W), jax.tree.map(jnp.asarray, G)
+update = lambda w, g, **kw: lm.lars_update(w, g, 0.1, decay_lambda=0.01, **kw)
+REF = update(W0, G0)
+OPTS = {
+    "optim_paper": lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.02),
+    "optim_optax": lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset="optax"),
+}
+
+
+def run_opt(opt, params, steps=5, wrap=lambda f: f):
+    step = wrap(lambda p, g, s: opt.step(p, g, s))
+    state = opt.init(params)
+    for _ in range(steps):
+        params, state = step(params, like(G, params), state)
+    return params
+
+
+def like(t, params):  # t placed like params
+    return jax.tree.map(lambda x, p: jax.device_put(x, p.sharding), t, params)
+
+
+def run_optax(tx, params, steps=5, wrap=jax.jit):
+    def step(p, g, s):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    step, state = wrap(step), tx.init(params)
+    for _ in range(steps):
+        params, state = step(params, like(G, params), state)
+    return params
+
+
+OPT_REFS = {k: run_opt(opt, W0) for k, opt in OPTS.items()}
+TX = lambda **kw: lm.optax.lars(0.1, momentum=0.9, weight_decay=1e-2, preset="optax", **kw)
+TX_REF = run_optax(TX(), W0)
+
+# 1. NamedSharding placement: eager and under jax.jit, no axis_name needed.
+for place, specs in (("sharded", ALL), ("replicated", REPLICATED), ("mixed", MIXED)):
+    w, g = put(W, specs), put(G, specs)
+    record(f"{place}/lars_update", update(w, g), REF, w)
+    record(f"{place}/lars_update_jit", jax.jit(update)(w, g), REF, w)
+    record(f"{place}/lars_update_one_array", update(w["head"], g["head"]), REF["head"], w["head"])
+    for k, opt in OPTS.items():
+        record(f"{place}/{k}_5_steps", run_opt(opt, w), OPT_REFS[k], w)
+        record(f"{place}/{k}_5_steps_jit", run_opt(opt, w, wrap=jax.jit), OPT_REFS[k], w)
+    record(f"{place}/optax_5_steps_jit", run_optax(TX(), w), TX_REF, w)
+
+# 2. Inside jax.shard_map: axis_name sums the norms over the mesh axis.
+def smap(f, specs, n_in=2, out=None):
+    return jax.shard_map(f, mesh=mesh, in_specs=(specs,) * n_in, out_specs=specs if out is None else out)
+
+
+w, g = put(W, ALL), put(G, ALL)
+f = smap(lambda w, g: update(w, g, axis_name="x"), ALL)
+record("shard_map/one_name", f(w, g), REF, w)
+record("shard_map/one_name_jit", jax.jit(f)(w, g), REF, w)
+f = jax.jit(smap(lambda w, g: update(w, g, axis_name=("x",)), ALL))
+record("shard_map/tuple_name_jit", f(w, g), REF, w)
+record("control/shard_map_no_axis_name", jax.jit(smap(update, ALL))(w, g), REF)
+head = P(None, "x")
+f = jax.shard_map(lambda w, g: update(w, g, axis_name="x"), mesh=mesh, in_specs=(head, head), out_specs=head)
+record("shard_map/one_array_jit", jax.jit(f)(w["head"], g["head"]), REF["head"], w["head"])
+
+w, g = put(W, MIXED), put(G, MIXED)
+f = smap(lambda w, g: update(w, g, axis_name=MIXED_NAMES), MIXED)
+record("shard_map/mixed_tree_of_names", f(w, g), REF, w)
+record("shard_map/mixed_tree_of_names_jit", jax.jit(f)(w, g), REF, w)
+# A replicated leaf summed over the axis counts 8 times: bias differs.
+over = jax.jit(smap(lambda w, g: update(w, g, axis_name="x"), MIXED))(w, g)
+record("control/replicated_leaf_summed", over["dense"]["bias"], REF["dense"]["bias"])
+rep_norm = jax.jit(jax.shard_map(
+    lambda x: (get_backend("jax").norm(x, "x") ** 2, get_backend("jax").norms([x], [None])[0] ** 2),
+    mesh=mesh, in_specs=P(), out_specs=(P(), P()),
+))(jax.device_put(jnp.array([1.0, 2.0]), NamedSharding(mesh, P())))
+results["control/replicated_sq_norm_summed_vs_not"] = [float(v) for v in rep_norm]
+
+def in_shard_map(specs):
+    state = lm.optim.LarsState(P(), specs)
+    return lambda f: jax.jit(
+        jax.shard_map(f, mesh=mesh, in_specs=(specs, specs, state), out_specs=(specs, state))
+    )
+
+
+wa = put(W, ALL)
+for k, opt in OPTS.items():
+    c = opt.config
+    named = lambda names: lm.optim.lars(
+        0.1, momentum=0.9, weight_decay=1e-2, trust_coefficient=c.trust_coefficient,
+        preset=c.preset.name, axis_name=names,
+    )
+    got = run_opt(named(MIXED_NAMES), w, wrap=in_shard_map(MIXED))
+    record(f"shard_map/{k}_mixed_5_steps", got, OPT_REFS[k], w)
+    record(f"control/{k}_no_axis_name", run_opt(opt, w, wrap=in_shard_map(MIXED)), OPT_REFS[k])
+    got = run_opt(named("x"), wa, wrap=in_shard_map(ALL))
+    record(f"shard_map/{k}_one_name_5_steps", got, OPT_REFS[k], wa)
+
+got = run_optax(TX(axis_name=MIXED_NAMES), w, wrap=in_shard_map(MIXED))
+record("shard_map/optax_mixed_5_steps", got, TX_REF, w)
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    require_backend("jax")
+    pytest.importorskip("optax")
+    out = run_python(SCRIPT, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    found = json.loads(out.splitlines()[-1])
+    print("\n".join(f"{k}: {v}" for k, v in found.items()))
+    return found
+
+
+def test_named_sharding_equals_unsharded_and_keeps_sharding(results: dict) -> None:
+    cases = {k: v for k, v in results.items() if k.split("/")[0] in ("sharded", "replicated", "mixed")}
+    assert len(cases) == 3 * 8
+    for case, v in cases.items():
+        assert v["rel"] <= TOLERANCE, (case, v)
+        assert v["kept"], (case, v)
+
+
+def test_shard_map_with_axis_name_equals_unsharded(results: dict) -> None:
+    cases = {k: v for k, v in results.items() if k.startswith("shard_map/")}
+    assert len(cases) == 11
+    for case, v in cases.items():
+        assert v["rel"] <= TOLERANCE, (case, v)
+        assert v["kept"], (case, v)
+
+
+def test_shard_map_without_axis_name_uses_per_shard_norms(results: dict) -> None:
+    # (100 times the tolerance at least: the optax preset's small trust
+    # coefficient makes its 5 steps differ least, by about 4e-4.)
+    for case in ("shard_map_no_axis_name", "optim_paper_no_axis_name", "optim_optax_no_axis_name"):
+        assert results[f"control/{case}"]["rel"] > 100 * TOLERANCE, case
+
+
+def test_replicated_leaf_is_not_summed_over_the_axis(results: dict) -> None:
+    # Summed over 8 devices, the replicated bias's squared norm is 8 times too large ...
+    assert results["control/replicated_sq_norm_summed_vs_not"] == [40.0, 5.0]
+    assert results["control/replicated_leaf_summed"]["rel"] > 1e-3
+    # ... while None for it (shard_map/mixed_*) gives the unsharded result.
+    assert results["shard_map/mixed_tree_of_names"]["rel"] <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["numpy", "torch", "tensorflow"])
+def test_axis_name_on_other_backends_is_a_clear_error(name: str) -> None:
+    require_backend(name)
+    ops = get_backend(name)
+    w = ops.asarray(np.ones((2, 2), np.float32))
+    with pytest.raises(lm.LarsMultiValueError, match="axis_name: supported on JAX only"):
+        lm.lars_update(w, w, 0.1, axis_name="x")
+    with pytest.raises(lm.LarsMultiValueError, match="axis_name: supported on JAX only"):
+        lm.lars_update({"a": w}, {"a": w}, 0.1, axis_name={"a": "x"})
+    opt = lm.optim.lars(0.1, axis_name="x")
+    with pytest.raises(lm.LarsMultiValueError, match="axis_name: supported on JAX only"):
+        opt.step({"a": w}, {"a": w}, opt.init({"a": w}))
+    with pytest.raises(lm.LarsMultiValueError, match="axis_name: supported on JAX only"):
+        ops.norm(w, "x")
+    # None everywhere is the default path.
+    np.testing.assert_allclose(
+        ops.to_numpy(lm.lars_update({"a": w}, {"a": w}, 0.1, axis_name={"a": None})["a"]),
+        ops.to_numpy(lm.lars_update(w, w, 0.1)),
+    )
+
+
+def test_axis_name_of_the_wrong_type() -> None:
+    w = np.ones((2, 2), np.float32)
+    with pytest.raises(lm.LarsMultiTypeError, match=r"axis_name\['a'\]: expected a mesh axis name"):
+        lm.lars_update({"a": w}, {"a": w}, 0.1, axis_name={"a": 3})
