@@ -249,11 +249,12 @@ def _indices_by_dtype(ws: Sequence[Any]) -> list[Sequence[int]]:
 
 def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
     """``a x + b y``; into ``out`` (which may be ``x``) through cache-sized blocks."""
+    one = type(a) is float and a == 1
     if out is None:
-        return (x if a == 1 else a * x) + b * y
+        return (x if one else a * x) + b * y
     if out is not x:
         np.multiply(x, a, out=out)
-    elif a != 1:
+    elif not one:
         np.multiply(out, a, out=out)
     update_into(out, out, y, -b)
     return out

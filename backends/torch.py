@@ -277,19 +277,18 @@ def info() -> dict[str, str]:
     return {"version": torch.__version__, "devices": ", ".join(devices)}
 
 
-def axpby(
-    a: float, x: torch.Tensor, b: Any, y: torch.Tensor, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``a x + b y`` in one ``addcmul`` (``b`` may be a 0-d tensor: no host read);
-    into ``out`` (which may be ``x``) in place."""
+def axpby(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a x + b y`` in one ``addcmul`` (``a`` and ``b`` may be 0-d tensors: no host
+    read); into ``out`` (which may be ``x``) in place."""
     tensor = isinstance(b, torch.Tensor)
+    one = type(a) is float and a == 1
     if out is None:
-        base = x if a == 1 else x * a
+        base = x if one else x * a
         return torch.addcmul(base, y, b) if tensor else torch.add(base, y, alpha=b)
     with torch.no_grad():
         if out is not x:
             torch.mul(x, a, out=out)
-        elif a != 1:
+        elif not one:
             out.mul_(a)
         return out.addcmul_(y, b) if tensor else out.add_(y, alpha=b)
 

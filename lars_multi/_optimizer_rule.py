@@ -10,7 +10,7 @@ framework's arrays share, so it also runs traced inside ``jax.jit`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,56 +72,105 @@ def lars_momentum_layers(
     lr: Any,
     weight_decay: Any,
     first: Any,
-    write: Callable[[int, Any, Any], None] | None = None,
+    in_place: bool = False,
 ) -> tuple[list[Any], list[Any]]:
-    """New weights and momentum buffers of every layer.
+    r"""New weights and momentum buffers of every layer.
 
     ``buffers`` holds None for every layer when ``config.momentum`` is 0;
     ``first`` says the buffers are empty (timm starts them at :math:`r u`).
-    ``write(i, new_w, new_buffer)``, if given, stores each layer's results as
-    soon as they are computed (in place), so no temporary outlives its layer.
+    With ``in_place`` (NumPy, torch), each layer's weights and buffer are
+    updated in their own memory as soon as the layer is computed, with
+    ``axpby`` (``a x + b y``) passes and no temporary beyond :math:`u = g + \lambda w`;
+    half-precision layers compute in float32 and are copied back.
+    The trust ratio scales the coefficients, so :math:`r u` is never stored.
     """
-    axes = flags.axis_names
-    if axes is None:
-        w_norms, g_norms = ops.norms(ws), ops.norms(gs)
-    else:  # every layer's two norms summed across devices together
-        both = ops.norms([*ws, *gs], (*axes, *axes))
-        w_norms, g_norms = both[: len(ws)], both[len(ws) :]
-    mu, damp = config.momentum, 1.0 - config.dampening
+    mu = config.momentum
+    decays = [weight_decay if flags.decay[i] else None for i in range(len(ws))]
+    adapted = [
+        flags.adapt[i]
+        and (config.always_adapt or not config.preset.adapt_needs_decay or decays[i] is not None)
+        for i in range(len(ws))
+    ]
+    ratios = _ratios(ops, config, flags, ws, gs, decays, adapted, lr)
     new_ws, new_buffers = [], []
     for i, (w, g, buffer) in enumerate(zip(ws, gs, buffers)):
-        w_norm = w_norms[i]
-        rate = ops.cast_like(lr, w_norm)
-        wc, u = ops.to_compute(w), ops.to_compute(g)
-        decay = ops.cast_like(weight_decay, w_norm) if flags.decay[i] and weight_decay is not None else None
-        if decay is not None:
-            u = u + decay * wc
-        adapted = flags.adapt[i] and (
-            config.always_adapt or not config.preset.adapt_needs_decay or decay is not None
-        )
-        if adapted:
-            if config.preset.ratio_of_update and decay is not None:
-                u_norm = ops.norm(u) if axes is None or axes[i] is None else ops.norm(u, axes[i])
-            else:
-                u_norm = g_norms[i]
-            u = trust_ratio(ops, config, w_norm, g_norms[i], u_norm, rate, decay) * u
+        wc = ops.to_compute(w)
+        u = ops.to_compute(g) if decays[i] is None else ops.axpby(1.0, ops.to_compute(g), decays[i], wc)
+        ratio = ratios[i]
+        rate = lr if ratio is None else lr * ratio  # eta r
+        direct = in_place and wc is w  # else computed aside (halves in float32), then copied
+        into = w if direct else None
         if mu == 0:
-            step, new_buffer = rate * u, None
-        elif config.preset.lr_in_buffer:
-            new_buffer = mu * ops.to_compute(buffer) + damp * rate * u
-            step = mu * new_buffer + rate * u if config.nesterov else new_buffer
+            new_w, new_buffer = ops.axpby(1.0, wc, -rate, u, out=into), None
         else:
-            if first is True:
-                new_buffer = u
+            new_buffer = _new_buffer(
+                ops, config, ops.to_compute(buffer), u, ratio, rate, first, buffer if direct else None
+            )
+            step = 1.0 if config.preset.lr_in_buffer else lr  # w - step * buffer
+            if config.nesterov:  # w - (mu * step * buffer + eta r u), the step summed first
+                nesterov_step = ops.axpby(mu * step, new_buffer, rate, u)
+                new_w = ops.axpby(1.0, wc, -1.0, nesterov_step, out=into)
             else:
-                later = mu * ops.to_compute(buffer) + damp * u
-                new_buffer = later if first is False else ops.where(first, u, later)
-            step = rate * (u + mu * new_buffer) if config.nesterov else rate * new_buffer
-        new_w = ops.cast_like(wc - step, w)
+                new_w = ops.axpby(1.0, wc, -step, new_buffer, out=into)
+        if direct:
+            continue
+        new_w = ops.cast_like(new_w, w)
         new_buffer = None if new_buffer is None else ops.cast_like(new_buffer, buffer)
-        if write is not None:
-            write(i, new_w, new_buffer)
-        else:
-            new_ws.append(new_w)
-            new_buffers.append(new_buffer)
+        if in_place:
+            ops.write(w, new_w)
+            if new_buffer is not None:
+                ops.write(buffer, new_buffer)
+            continue
+        new_ws.append(new_w)
+        new_buffers.append(new_buffer)
     return new_ws, new_buffers
+
+
+def _ratios(
+    ops: Backend,
+    config: StepConfig,
+    flags: LayerFlags,
+    ws: Sequence[Any],
+    gs: Sequence[Any],
+    decays: Sequence[Any],
+    adapted: Sequence[bool],
+    lr: Any,
+) -> list[Any]:
+    """Every layer's trust ratio :math:`r` (None where it is not adapted); norms
+    are taken of the adapted layers only, all at once (summed over mesh axes)."""
+    chosen = [i for i, a in enumerate(adapted) if a]
+    ratios: list[Any] = [None] * len(ws)
+    if not chosen:
+        return ratios
+    axes = flags.axis_names
+    pairs = [ws[i] for i in chosen] + [gs[i] for i in chosen]
+    if axes is None:
+        both = ops.norms(pairs)
+    else:  # every layer's two norms summed across devices together
+        picked = tuple(axes[i] for i in chosen)
+        both = ops.norms(pairs, (*picked, *picked))
+    for k, i in enumerate(chosen):
+        w_norm, g_norm = both[k], both[len(chosen) + k]
+        decay = None if decays[i] is None else ops.cast_like(decays[i], w_norm)
+        u_norm = g_norm
+        if config.preset.ratio_of_update and decay is not None:
+            u = ops.axpby(1.0, ops.to_compute(gs[i]), decay, ops.to_compute(ws[i]))
+            u_norm = ops.norm(u) if axes is None or axes[i] is None else ops.norm(u, axes[i])
+        ratios[i] = trust_ratio(ops, config, w_norm, g_norm, u_norm, ops.cast_like(lr, w_norm), decay)
+    return ratios
+
+
+def _new_buffer(
+    ops: Backend, config: StepConfig, buffer: Any, u: Any, ratio: Any, rate: Any, first: Any, into: Any
+) -> Any:
+    r"""The new momentum buffer: :math:`\mu v + (1-d)\eta r u` (paper, optax), or
+    :math:`\mu b + (1-d) r u`, :math:`r u` at first (timm); into ``into`` if given."""
+    mu, damp = config.momentum, 1.0 - config.dampening
+    if config.preset.lr_in_buffer:
+        return ops.axpby(mu, buffer, damp * rate, u, out=into)
+    scale = 1.0 if ratio is None else ratio
+    if first is True:
+        return ops.axpby(0.0, buffer, scale, u, out=into)
+    if first is False:
+        return ops.axpby(mu, buffer, damp * scale, u, out=into)
+    return ops.where(first, scale * u, ops.axpby(mu, buffer, damp * scale, u))  # traced (jit)

@@ -54,6 +54,7 @@ class Backend(Protocol):
     def compile(self, function: Any) -> Any: ...
     def largest(self, dtype: Any) -> float: ...
     def cos(self, x: Any) -> Any: ...
+    def axpby(self, a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any: ...
 
     # Optional fast paths: None where the backend has none.
     lars_layer: Callable[..., Any] | None
@@ -129,6 +130,15 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def cos(x: Any) -> Any:
         return math.cos(x)
 
+    def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
+        """``a x + b y`` (``a`` a number, ``b`` a number or 0-d array), written into
+        ``out`` when given (which may be ``x``)."""
+        result = (x if type(a) is float and a == 1 else a * x) + b * y
+        if out is None:
+            return result
+        module.write(out, result)
+        return out
+
     return {
         f.__name__: f
         for f in (
@@ -148,6 +158,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             largest,
             write,
             cos,
+            axpby,
         )
     }
 

@@ -182,12 +182,11 @@ class LarsOptimizer:
             _write_all(ops, targets, new_ws, buffers, new_buffers)
             return new_ws, new_buffers
 
-        def write(i: int, new_w: Any, new_buffer: Any) -> None:
-            ops.write(targets[i], new_w)
-            if new_buffer is not None:
-                ops.write(buffers[i], new_buffer)
-
-        step(ws, gs, buffers, lr, decay, first, write)
+        if any(o is not w for o, w in zip(targets, ws)):  # out= another tree: computed, then copied
+            new_ws, new_buffers = step(ws, gs, buffers, lr, decay, first)
+            _write_all(ops, targets, new_ws, buffers, new_buffers)
+            return new_ws, new_buffers
+        step(ws, gs, buffers, lr, decay, first, True)
         return list(targets), list(buffers)
 
     @staticmethod

@@ -260,14 +260,8 @@ def _run(
     weight_decay: Any,
     first: bool,
 ) -> None:
-    """The shared rule over these layers, each written in place as soon as it is computed."""
-
-    def write(i: int, new_w: torch.Tensor, new_buffer: torch.Tensor | None) -> None:
-        ws[i].copy_(new_w)
-        if new_buffer is not None:
-            buffers[i].copy_(new_buffer)  # type: ignore[union-attr]
-
-    lars_momentum_layers(_OPS, config, flags, ws, gs, buffers, lr, weight_decay, first, write)
+    """The shared rule over these layers, each updated in place as soon as it is computed."""
+    lars_momentum_layers(_OPS, config, flags, ws, gs, buffers, lr, weight_decay, first, in_place=True)
 
 
 def param_groups(
