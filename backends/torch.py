@@ -140,6 +140,73 @@ def norm(x: torch.Tensor, axis_name: Any = None) -> torch.Tensor:
     return torch.linalg.vector_norm(x)
 
 
+def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -> list[torch.Tensor]:
+    """The 2-norm of each array, in order, with few kernels and few collectives.
+
+    Plain tensors: one ``torch._foreach_norm`` per (device, dtype), halves
+    accumulated in float32. DTensors sharded over mesh dimensions: the squared
+    norms of the local shards of all the arrays with the same mesh, placements and
+    dtype are stacked into one tensor and summed over the sharded mesh dimensions
+    in ONE all-reduce (a Partial DTensor redistributed to Replicate), instead of
+    one reduction per array; each norm is returned as a replicated 0-d DTensor.
+    Replicated DTensors need no collective. Anything else (Partial placements,
+    sparse layouts) takes ``norm`` one array at a time. As ``norm``, an
+    ``axis_name`` other than None raises."""
+    if axis_names is not None:
+        for a in axis_names:
+            if a is not None:
+                raise no_axis_name("axis_name", FRAMEWORK, a)
+    out: list[Any] = [None] * len(xs)
+    groups: dict[Any, list[int]] = {}
+    for i, x in enumerate(xs):
+        local = _local(x)
+        if local.layout != torch.strided or local.dtype not in FLOAT_DTYPES:
+            out[i] = norm(x)
+            continue
+        if local is x:
+            key: Any = (None, None, x.device, x.dtype)
+        else:
+            dtensor: Any = x
+            placements = tuple(dtensor.placements)
+            if not all(p.is_shard() or p.is_replicate() for p in placements):
+                out[i] = norm(x)
+                continue
+            key = (dtensor.device_mesh, placements, local.device, local.dtype)
+        groups.setdefault(key, []).append(i)
+    for (mesh, placements, _, dtype), indices in groups.items():
+        locals_ = [_local(xs[i]) for i in indices]
+        values = _foreach_norms(locals_, dtype)
+        if mesh is None:
+            for i, value in zip(indices, values):
+                out[i] = value
+            continue
+        _dtensor_norms(out, indices, values, mesh, placements)
+    return out
+
+
+def _foreach_norms(xs: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    if dtype in _HALF:
+        return list(torch._foreach_norm(xs, 2, dtype=torch.float32))
+    return list(torch._foreach_norm(xs))
+
+
+def _dtensor_norms(
+    out: list[Any], indices: list[int], values: list[torch.Tensor], mesh: Any, placements: tuple
+) -> None:
+    """The whole layers' norms from their local shards' ``values``: squares summed
+    over the sharded mesh dimensions in one all-reduce, as replicated 0-d DTensors."""
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    replicated = [Replicate()] * mesh.ndim
+    stacked = torch.stack(values)
+    if any(p.is_shard() for p in placements):
+        partial = [Partial() if p.is_shard() else Replicate() for p in placements]
+        squares = DTensor.from_local(stacked * stacked, mesh, partial, run_check=False)
+        stacked = _local(squares.redistribute(mesh, replicated)).sqrt()
+    for i, value in zip(indices, stacked.unbind()):
+        out[i] = DTensor.from_local(value, mesh, replicated, run_check=False)
+
+
 def update(w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> torch.Tensor:
     """:math:`w - \\eta_\\ell g` in one ``addcmul``; halves computed in float32."""
     if w.dtype in _HALF:

@@ -40,7 +40,9 @@ def _shares_memory(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Seq
             by_root.setdefault(root, []).append(o)
     if not by_root:
         return False
-    for x in (*ws, *gs):
+    # Weights that are their own outputs are compared with the outputs below.
+    inputs = gs if all(o is w for o, w in zip(outs, ws)) else (*ws, *gs)
+    for x in inputs:
         sharing = by_root.get(ops.memory_root(x))
         if sharing is not None and any(o is not x and ops.overlaps(o, x) for o in sharing):
             return True

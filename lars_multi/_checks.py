@@ -43,6 +43,16 @@ def unwrap(x: Any) -> Any:
     return x
 
 
+def all_native(xs: Sequence[Any]) -> bool:
+    """Whether ``xs`` are native arrays of one type (no handle to unwrap or write back)."""
+    kind = type(xs[0])
+    return backend_of(xs[0]) is not None and all(type(x) is kind for x in xs)
+
+
+def unwrap_all(xs: Sequence[Any]) -> list[Any]:
+    return list(xs) if all_native(xs) else [unwrap(x) for x in xs]
+
+
 def owner(x: Any) -> str | None:
     """The backend of a native array or handle, or None."""
     if isinstance(x, Array):

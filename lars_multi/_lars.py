@@ -151,7 +151,7 @@ def _update_tree(
     name = _checks.call_backend(leaves, paths)
     ops = get_backend(name)
 
-    ws = [unwrap(x) for x in leaves]
+    ws = _checks.unwrap_all(leaves)
     floats = ops.FLOAT_DTYPES
     for entries, x in zip(paths, ws):
         if x.dtype not in floats:
@@ -206,9 +206,10 @@ def _write(ops: Backend, outs: Sequence[Any], results: Sequence[Any]) -> None:
 def _finish(flat: Flat, out: Any, out_leaves: list[Any] | None, name: str, new: dict[int, Any]) -> Any:
     """Results given to ``out``'s handles (and ``out`` returned), or a new tree like ``w``."""
     if out_leaves is not None:
-        for i, target in enumerate(out_leaves):
-            if i in new:
-                write_back(target, new[i])
+        if not _checks.all_native(out_leaves):  # native outputs were written already
+            for i, target in enumerate(out_leaves):
+                if i in new:
+                    write_back(target, new[i])
         return out
     leaves = [
         x if i not in new else Array(new[i], name) if isinstance(x, Array) else new[i]

@@ -230,7 +230,9 @@ class LARS(torch.optim.Optimizer):
         weight_decay = None if group["weight_decay"] == 0 else group["weight_decay"]
         foreach = group["foreach"]
         if foreach is None:
-            foreach = any(p.device.type != "cpu" for p in params)
+            # Lists where they pay: off the CPU, and on DTensors (one all-reduce of the
+            # stacked norms per group instead of one per layer).
+            foreach = any(p.device.type != "cpu" or hasattr(p, "_local_tensor") for p in params)
         if group["maximize"] or not foreach:
             chunks: list[list[int]] = [[i] for i in range(len(params))]
         else:  # one call per kind of buffer: new ones (timm starts them at r u) and old ones
