@@ -100,7 +100,7 @@ class LARS(torch.optim.Optimizer):
             weight-decayed; None takes the preset's default per parameter
             (``"paper"``: parameters with more than one dimension; else all).
         foreach: True steps a group's layers in one call of the rule, False one
-            layer at a time, None chooses (True off the CPU); both give the same values.
+            layer at a time, None chooses (True: faster on the CPU too); both give the same values.
         maximize: step along the gradient instead of against it.
     """
 
@@ -228,11 +228,9 @@ class LARS(torch.optim.Optimizer):
         adapt = tuple(default(None, p) if group["adapt"] is None else group["adapt"] for p in params)
         decay = tuple(default(None, p) if group["decay"] is None else group["decay"] for p in params)
         weight_decay = None if group["weight_decay"] == 0 else group["weight_decay"]
-        foreach = group["foreach"]
-        if foreach is None:
-            # Lists where they pay: off the CPU, and on DTensors (one all-reduce of the
-            # stacked norms per group instead of one per layer).
-            foreach = any(p.device.type != "cpu" or hasattr(p, "_local_tensor") for p in params)
+        # None: lists, which pay on every device here (one _foreach_norm per group; on
+        # DTensors one all-reduce of the stacked norms per group instead of one per layer).
+        foreach = group["foreach"] is not False
         if group["maximize"] or not foreach:
             chunks: list[list[int]] = [[i] for i in range(len(params))]
         else:  # one call per kind of buffer: new ones (timm starts them at r u) and old ones
