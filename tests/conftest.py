@@ -56,6 +56,68 @@ def run_python(script, **env):
     return result.stdout.strip()
 
 
+def require_gloo() -> None:
+    """Skip unless torch.distributed with the gloo backend can run here."""
+    require_backend("torch")
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+
+
+def run_ranks(
+    script: str, args: list[str], out_dir: Any, name: str, world: int = 2, timeout: float = 60
+) -> list[dict]:
+    """Run ``script`` (a test file run as a program) in ``world`` processes on gloo at
+    127.0.0.1 (RANK, WORLD_SIZE, a free MASTER_PORT; LARS_MULTI_DIST_OUT=``out_dir``),
+    bounded by ``timeout``; each rank's report, read from ``out_dir/<name>-<rank>.json``
+    (a rank reports {"error": traceback} when it fails)."""
+    import json
+    import socket
+    import time
+    from pathlib import Path
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        OMP_NUM_THREADS="1",
+        LARS_MULTI_DIST_OUT=str(out_dir),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, *args],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    deadline = time.monotonic() + timeout
+    try:
+        logs = [proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0] for proc in procs]
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        logs = [proc.communicate()[0] for proc in procs]
+        pytest.fail(f"{name}: timed out after {timeout} s\n" + logs[-1][-4000:])
+    reports = []
+    for rank, (proc, log) in enumerate(zip(procs, logs)):
+        path = Path(out_dir) / f"{name}-{rank}.json"
+        if not path.exists():
+            pytest.fail(f"{name}: rank {rank} exited {proc.returncode} without a report\n{log[-4000:]}")
+        report = json.loads(path.read_text())
+        if "error" in report:
+            pytest.fail(f"{name}: rank {rank} failed\n{report['error']}")
+        reports.append(report)
+    return reports
+
+
 def selected_backends() -> list[str]:
     """The backends named by ``LARS_MULTI_TEST_BACKENDS`` (all four by default)."""
     value = os.environ.get("LARS_MULTI_TEST_BACKENDS", "").strip()

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -33,61 +30,17 @@ WIDTHS = {2: (4, 7, 3), 6: (4, 7, 5, 3, 7, 5, 3)}  # first dimensions split unev
 
 @pytest.fixture(autouse=True)
 def _torch_distributed() -> None:
-    from conftest import require_backend
+    from conftest import require_gloo
 
-    require_backend("torch")
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    require_gloo()
 
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> list[dict[str, Any]]:
+    from conftest import run_ranks
+
     out = tmp_path_factory.mktemp("collectives")
-    env = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
-    env.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        WORLD_SIZE=str(WORLD),
-        OMP_NUM_THREADS="1",
-        LARS_MULTI_DIST_OUT=str(out),
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__],
-            env={**env, "RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(WORLD)
-    ]
-    deadline = time.monotonic() + CASE_TIMEOUT_S
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-        pytest.fail(f"timed out after {CASE_TIMEOUT_S} s")
-    found = []
-    for rank in range(WORLD):
-        path = out / f"{rank}.json"
-        if not path.exists():
-            pytest.fail(f"rank {rank} left no report\n{logs[rank][-4000:]}")
-        report = json.loads(path.read_text())
-        if "error" in report:
-            pytest.fail(f"rank {rank} failed\n{report['error']}")
-        found.append(report)
-    return found
+    return run_ranks(__file__, [], out, "collectives", world=WORLD, timeout=CASE_TIMEOUT_S)
 
 
 def test_collectives_per_step_do_not_grow_with_layers(reports):
@@ -197,7 +150,7 @@ def _worker() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    path = Path(os.environ["LARS_MULTI_DIST_OUT"]) / f"{os.environ['RANK']}.json"
+    path = Path(os.environ["LARS_MULTI_DIST_OUT"]) / f"collectives-{os.environ['RANK']}.json"
     try:
         import datetime
 

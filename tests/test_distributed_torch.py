@@ -17,10 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -39,62 +36,16 @@ HYPER = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "trust_coefficient": 
 
 @pytest.fixture(autouse=True)
 def _torch_distributed() -> None:
-    from conftest import require_backend
+    from conftest import require_gloo
 
-    require_backend("torch")
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    require_gloo()
 
 
 def run_ranks(case: str, tmp_path: Path) -> list[dict[str, Any]]:
-    """Run ``case`` in WORLD processes; each rank's report (a dict)."""
-    env = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
-    env.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        WORLD_SIZE=str(WORLD),
-        OMP_NUM_THREADS="1",
-        LARS_MULTI_DIST_OUT=str(tmp_path),
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, case],
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(WORLD)
-    ]
-    deadline = time.monotonic() + CASE_TIMEOUT_S
-    outputs = []
-    try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outputs.append(out)
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-        logs = [proc.communicate()[0] for proc in procs]
-        pytest.fail(f"{case}: timed out after {CASE_TIMEOUT_S} s\n" + "\n".join(logs[-1:])[-4000:])
-    reports = []
-    for rank, (proc, out) in enumerate(zip(procs, outputs)):
-        path = tmp_path / f"{case}-{rank}.json"
-        if not path.exists():
-            pytest.fail(f"{case}: rank {rank} exited {proc.returncode} without a report\n{out[-4000:]}")
-        report = json.loads(path.read_text())
-        if "error" in report:
-            pytest.fail(f"{case}: rank {rank} failed\n{report['error']}")
-        reports.append(report)
-    return reports
+    """Run ``case`` in WORLD processes (this file as a program); each rank's report."""
+    from conftest import run_ranks as launch
+
+    return launch(__file__, [case], tmp_path, case, world=WORLD, timeout=CASE_TIMEOUT_S)
 
 
 def test_lars_update_on_dtensors(tmp_path):
