@@ -27,7 +27,7 @@ def torch(session: nox.Session) -> None:
 
 @nox.session
 def jax(session: nox.Session) -> None:
-    _test(session, "jax,test", "numpy,jax")
+    _test(session, "jax,jax-ecosystem,test", "numpy,jax")
 
 
 @nox.session

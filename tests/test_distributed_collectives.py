@@ -37,8 +37,9 @@ def _torch_distributed() -> None:
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> list[dict[str, Any]]:
-    from conftest import run_ranks
+    from conftest import require_gloo, run_ranks
 
+    require_gloo()  # (module-scoped: it runs before the autouse check)
     out = tmp_path_factory.mktemp("collectives")
     return run_ranks(__file__, [], out, "collectives", world=WORLD, timeout=CASE_TIMEOUT_S)
 
