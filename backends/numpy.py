@@ -133,8 +133,10 @@ def norm(x: Any, axis_name: Any = None) -> np.generic:
 
 
 def _sum_of_squares(x: Any) -> np.generic:
-    if compute_dtype(x.dtype) != x.dtype:
-        x = x.astype(np.float32)
+    """In the compute dtype: float32 for halves, native byte order for swapped floats."""
+    compute = _COMPUTE.get(x.dtype)
+    if compute is not None:
+        x = x.astype(compute)
     return np.vdot(x, x)
 
 

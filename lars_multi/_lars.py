@@ -115,7 +115,8 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
         _algorithm.lars_layer_into(ops, target, w_data, g, rate, decay)
         new = target
     else:
-        (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late)
+        writable = ops.unwritable(target) is None
+        (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late, writable=writable)
         _write(ops, [target], [new])
     write_back(out, new)
     return out
@@ -176,6 +177,7 @@ def _update_tree(
     axes = axis_names("axis_name", axis_name, flat, active, ops)
 
     write_late = outs is not None and must_write_late(ops, outs, ws, gs)
+    writable = outs is not None and all(ops.unwritable(o) is None for o in outs)
     results: list[Any] = [None] * len(ws)
     for indices in _groups(rates, decays, stops):
         group = _run(
@@ -187,6 +189,7 @@ def _update_tree(
             stops[indices[0]],
             None if outs is None else [outs[i] for i in indices],
             write_late=write_late,
+            writable=writable,
             axis_names=None if axes is None else tuple(axes[i] for i in indices),
         )
         for i, new in zip(indices, group):
@@ -288,15 +291,17 @@ def _run(
     group_out: list[Any] | None,
     *,
     write_late: bool,
+    writable: bool,
     axis_names: tuple[Any, ...] | None = None,
 ) -> list[Any]:
     """One group of layers that share their hyperparameters.
 
-    Unless ``write_late``, writable outputs are written as the group goes; with
-    it the new arrays are returned, for the caller to write once every group
-    has been computed. ``axis_names``: one mesh axis name (or None) per layer.
+    Unless ``write_late``, ``writable`` outputs (every one of them) are written
+    as the group goes; else the new arrays are returned, for the caller to
+    write once every group has been computed. ``axis_names``: one mesh axis
+    name (or None) per layer.
     """
-    writable = group_out is not None and all(ops.unwritable(o) is None for o in group_out)
+    writable = writable and group_out is not None
     # Immutable arrays (jax) are replaced instead: donate the weights' buffers
     # when the caller hands them over (out=w) and nothing else reads them.
     donate = (

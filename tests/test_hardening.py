@@ -400,3 +400,14 @@ dist.destroy_process_group()
 print(max(errors))
 """
     assert float(run_python(script)) < 1e-6
+
+
+def test_numpy_big_endian_float64_keeps_float64_precision():
+    """Byte-swapped float64 is computed in float64 (its norms too), not rounded to float32."""
+    require_backend("numpy")
+    w = RNG.normal(size=257) * 1e3 + 1
+    g = RNG.normal(size=257)
+    native_result = lm.lars_update(w, g, 0.1, decay_lambda=0.3)
+    swapped = lm.lars_update(w.astype(">f8"), g.astype(">f8"), 0.1, decay_lambda=0.3)
+    np.testing.assert_array_equal(swapped.astype(np.float64), native_result)
+    assert_layer_close(swapped, w, g, 0.1, 0.3, "float64")
