@@ -34,7 +34,6 @@ import sys
 import time
 import traceback
 import tracemalloc
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,36 +79,19 @@ def _c(key: str, label: str, role: str, step: Callable[[], Any]) -> Contender:
     return Contender(key, label, role, step, _no_read)
 
 
-# --- timm, loaded without the timm package (as tests/_timm_lars.py does) ------
-
-_TIMM_PACKAGE = "_lars_multi_timm_optim"
+# --- timm, loaded without the timm package ------------------------------------------
 
 
 def load_timm_lars() -> Any | None:
-    """timm's ``lars`` module (``.Lars``), or None where timm is not installed.
-
-    ``timm/__init__.py`` needs torchvision (installed with --no-deps, it is absent);
-    only ``timm/optim/lars.py`` and its sibling ``_helpers.py`` are loaded."""
-    if f"{_TIMM_PACKAGE}.lars" in sys.modules:
-        return sys.modules[f"{_TIMM_PACKAGE}.lars"]
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
+    """timm's ``lars`` module (``.Lars``), or None where timm is not installed: by the
+    loader the tests use (``tests/_timm_lars.py``, which says why timm is loaded so)."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "_timm_lars.py"
+    spec = importlib.util.spec_from_file_location("_timm_lars", path)
+    if spec is None or spec.loader is None:
         return None
-    optim_dir = os.path.join(next(iter(spec.submodule_search_locations)), "optim")
-    if not os.path.isfile(os.path.join(optim_dir, "lars.py")):
-        return None
-    package = types.ModuleType(_TIMM_PACKAGE)
-    package.__path__ = [optim_dir]
-    sys.modules[_TIMM_PACKAGE] = package
-    module = None
-    for name in ("_helpers", "lars"):
-        full = f"{_TIMM_PACKAGE}.{name}"
-        file_spec = importlib.util.spec_from_file_location(full, os.path.join(optim_dir, f"{name}.py"))
-        assert file_spec is not None and file_spec.loader is not None
-        module = importlib.util.module_from_spec(file_spec)
-        sys.modules[full] = module
-        file_spec.loader.exec_module(module)
-    return module
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    return loader.load_timm_lars()
 
 
 # --- torch --------------------------------------------------------------------

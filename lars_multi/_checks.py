@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
 from ._protocol import Backend
 from ._registry import backend_of, current_backend
-from ._tree import Path
+from ._tree import Flat, Path, leaves_like
 
 # --- handles: lars_multi.Array and keras.Variable around a native array ---------------
 
@@ -286,3 +286,60 @@ def check_stop(path: Any, stop_gradients: Any) -> bool:
     if not isinstance(stop_gradients, bool | np.bool_):
         raise LarsMultiTypeError(f"{path}: expected a bool, got {type_name(stop_gradients)}")
     return bool(stop_gradients)
+
+
+# --- mesh axis names ---------------------------------------------------------------------------
+
+
+class _Name:
+    """One mesh axis name, kept whole while a tree of names is paired with ``w``
+    (a tuple of strings is one name, not a tree)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: Any) -> None:
+        self.name = name
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) or (
+        type(value) is tuple and len(value) > 0 and all(isinstance(v, str) for v in value)
+    )
+
+
+def _wrap_names(value: Any) -> Any:
+    """``value`` with every name (a str, or a tuple of str) a :class:`_Name` leaf."""
+    if _is_name(value):
+        return _Name(value)
+    if isinstance(value, Mapping):
+        return {k: _wrap_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wrap_names(v) for v in value]
+    if isinstance(value, tuple):
+        items = [_wrap_names(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
+
+
+def axis_names(arg: str, value: Any, flat: Flat, active: list[int], ops: Backend) -> tuple[Any, ...] | None:
+    """One mesh axis name (or None) per active layer of ``flat``, from one name
+    or a tree of names and None; None when no layer has one (the default path)."""
+    if value is None:
+        return None
+    if _is_name(value):
+        ops.check_axis_name(arg, value)
+        return (value,) * len(active)
+    leaves = leaves_like(arg, _wrap_names(value), flat)
+    names = []
+    for i in active:
+        leaf = leaves[i]
+        if leaf is not None and not isinstance(leaf, _Name):
+            raise LarsMultiTypeError(
+                f"{Path(arg, flat.paths[i])}: expected a mesh axis name (a str or a tuple of str) "
+                f"or None, got {type_name(leaf)}"
+            )
+        names.append(None if leaf is None else leaf.name)
+    if all(n is None for n in names):
+        return None
+    ops.check_axis_name(arg, value)
+    return tuple(names)

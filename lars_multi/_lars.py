@@ -7,7 +7,7 @@ raises a clear error and leaves ``out`` (and every input) as it was.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -15,7 +15,7 @@ from . import _algorithm, _checks
 from ._aliasing import must_write_late
 from ._array import Array
 from ._checks import owner, unwrap, write_back
-from ._errors import LarsMultiTypeError, no_autograph, type_name
+from ._errors import no_autograph
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
 from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
@@ -174,7 +174,7 @@ def _update_tree(
             for i, x, p in zip(active, ws, paths)
         ]
         _check_unchanged_outs(flat, active, out_leaves, name, ops)
-    axes = axis_names("axis_name", axis_name, flat, active, ops)
+    axes = _checks.axis_names("axis_name", axis_name, flat, active, ops)
 
     write_late = outs is not None and must_write_late(ops, outs, ws, gs)
     writable = outs is not None and all(ops.unwritable(o) is None for o in outs)
@@ -354,57 +354,3 @@ def _layer_rule(ops: Backend) -> Callable[..., Any]:
         rule = ops.lars_layer or partial(_algorithm.lars_layer, ops)
         _RULES[ops.FRAMEWORK] = rule
     return rule
-
-
-class _Name:
-    """One mesh axis name, kept whole while a tree of names is paired with ``w``
-    (a tuple of strings is one name, not a tree)."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: Any) -> None:
-        self.name = name
-
-
-def _is_name(value: Any) -> bool:
-    return isinstance(value, str) or (
-        type(value) is tuple and len(value) > 0 and all(isinstance(v, str) for v in value)
-    )
-
-
-def _wrap_names(value: Any) -> Any:
-    """``value`` with every name (a str, or a tuple of str) a :class:`_Name` leaf."""
-    if _is_name(value):
-        return _Name(value)
-    if isinstance(value, Mapping):
-        return {k: _wrap_names(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_wrap_names(v) for v in value]
-    if isinstance(value, tuple):
-        items = [_wrap_names(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
-    return value
-
-
-def axis_names(arg: str, value: Any, flat: Flat, active: list[int], ops: Backend) -> tuple[Any, ...] | None:
-    """One mesh axis name (or None) per active layer of ``flat``, from one name
-    or a tree of names and None; None when no layer has one (the default path)."""
-    if value is None:
-        return None
-    if _is_name(value):
-        ops.check_axis_name(arg, value)
-        return (value,) * len(active)
-    leaves = leaves_like(arg, _wrap_names(value), flat)
-    names = []
-    for i in active:
-        leaf = leaves[i]
-        if leaf is not None and not isinstance(leaf, _Name):
-            raise LarsMultiTypeError(
-                f"{Path(arg, flat.paths[i])}: expected a mesh axis name (a str or a tuple of str) "
-                f"or None, got {type_name(leaf)}"
-            )
-        names.append(None if leaf is None else leaf.name)
-    if all(n is None for n in names):
-        return None
-    ops.check_axis_name(arg, value)
-    return tuple(names)

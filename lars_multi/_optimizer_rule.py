@@ -154,6 +154,8 @@ def _ratios(
         decay = None if decays[i] is None else ops.cast_like(decays[i], w_norm)
         u_norm = g_norm
         if config.preset.ratio_of_update and decay is not None:
+            # u is made again by the step: keeping every layer's u until then would
+            # hold a temporary the size of the tree.
             u = ops.axpby(1.0, ops.to_compute(gs[i]), decay, ops.to_compute(ws[i]))
             u_norm = ops.norm(u) if axes is None or axes[i] is None else ops.norm(u, axes[i])
         ratios[i] = trust_ratio(ops, config, w_norm, g_norm, u_norm, ops.cast_like(lr, w_norm), decay)

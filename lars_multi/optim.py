@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from . import _checks
 from ._aliasing import must_write_late
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
-from ._lars import axis_names, flatten
+from ._lars import flatten
 from ._optimizer_rule import LayerFlags, StepConfig, lars_momentum_layers
 from ._presets import PRESETS, Preset, get_preset
 from ._protocol import Backend
@@ -131,7 +131,7 @@ class LarsOptimizer:
         flags = LayerFlags(
             adapt=tuple(self._mask("adapt_mask", self.adapt_mask, flat, active, ws)),
             decay=tuple(self._mask("weight_decay_mask", self.weight_decay_mask, flat, active, ws)),
-            axis_names=axis_names("axis_name", self.axis_name, flat, active, ops),
+            axis_names=_checks.axis_names("axis_name", self.axis_name, flat, active, ops),
         )
         lr = _at(self.learning_rate, state.count)
         decay = _at(self.weight_decay, state.count)
