@@ -1,8 +1,8 @@
 """Backends: one module per framework, each with the same primitives.
 
-The LARS rule itself lives once, in :mod:`lars_multi._algorithm` (the
-optimizer's in :mod:`lars_multi._optimizer_rule`); a backend only says how its
-framework computes each step. A module registered with
+The LARS step lives once, in :mod:`lars_multi._step`, written over lists of
+layers with these primitives; a backend only says how its framework computes
+each of them, never what LARS is. A module registered with
 :func:`lars_multi.register_backend` satisfies the ``typing.Protocol``
 :class:`lars_multi._protocol.Backend` once completed with the defaults there:
 
@@ -19,24 +19,23 @@ Required
     bfloat16 accumulate in float32.
     ``cast_like(value, like)``: an array ``value`` in ``like``'s dtype (numbers pass through).
     ``where(cond, x, y)``: elementwise choice; ``y`` may be a Python float.
-    ``update(w, g, lr_local)``: ``w - lr_local * g`` in ``w``'s dtype.
+    ``stack(xs)``: 0-d arrays as one vector; ``unstack(vector)``: back to a list.
     ``stop_gradient(x)``: ``x`` cut from the autograd graph.
     ``info()``: ``{"version": ..., "devices": ...}`` for ``python -m lars_multi info``.
 
-Optional
-    ``lars_layer(w, g, lr, decay_lambda, stop_gradients)``: a faster one-layer path.
-    ``lars_tree(ws, gs, lr, decay_lambda, stop_gradients, outs, donate)``: the
-    fused whole-tree path; writes into ``outs`` when given and returns the
-    new arrays. ``donate`` says the weights' buffers may be reused.
-    ``write(out, value)``: copy ``value`` into ``out`` in place; needed for
-    ``out=`` when there is no ``lars_tree``.
-    ``update_into(out, w, g, lr_local)``: ``w - lr_local * g`` written into
-    ``out`` (which may be ``w``) with no temporary: the one-array ``out=`` path.
-    ``flatten(tree)``: a :class:`lars_multi._tree.Flat` of the framework's own
-    pytrees (JAX), used when optree sees leaves that are not arrays.
-
 Optional, with defaults in :mod:`lars_multi._protocol` (one device, dense
-arrays, no shared memory) given to a module that lacks them:
+arrays, no shared memory, no compiler) given to a module that lacks them:
+    ``axpby(a, x, b, y, out=None)``: ``a x + b y``, written into ``out`` (which
+    may be ``x``) when given (default: the arrays' operators, then ``write``).
+    ``axpbys(a, xs, bs, ys, outs=None)``: ``axpby`` of many arrays, ``bs`` one
+    coefficient or one per array (default: a loop over ``axpby``).
+    ``norms(xs, axis_names=None)``: the norms of many arrays (default: a loop).
+    ``batches(ws)``: the groups of layers the step runs over, each of one dtype
+    and device (default: all at once; NumPy and torch on CPUs use cache-sized batches).
+    ``compile(function, donate=False)``: a step compiled by the framework (JAX,
+    TensorFlow); ``donate``: the weights' buffers may be reused.
+    ``write(out, value)``: copy ``value`` into ``out`` in place (for ``out=``).
+    ``to_compute(x)``: ``x`` in the dtype updates are computed in (float32 for halves).
     ``unwritable(x)``: why ``x`` cannot be written in place, or None (default:
     from ``is_writable``).
     ``matches(g, w)``: a fast check that a gradient of ``w``'s type, dtype and
@@ -48,6 +47,8 @@ arrays, no shared memory) given to a module that lacks them:
     ``dtype_hint(got, expected)``: advice for a dtype mismatch message.
     ``largest(dtype)``: the largest finite value of the dtype the rate is
     computed in, to refuse hyper-parameters that overflow it.
+    ``flatten(tree)``: a :class:`lars_multi._tree.Flat` of the framework's own
+    pytrees (JAX), used when optree sees leaves that are not arrays.
 
 ``decay_lambda`` reaches the primitives as None when it is 0.
 """

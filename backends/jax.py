@@ -1,14 +1,13 @@
-"""JAX backend: the LARS rule compiled with ``jax.jit``, one XLA program per tree.
+"""JAX backend: the LARS step compiled with ``jax.jit``, one XLA program per batch.
 
-``jax.jit`` caches a compiled program per tree structure, shapes and dtypes;
-Python-float rates are traced (weakly typed), so a new rate never recompiles.
-With ``donate=True`` the weights' buffers are donated and reused for the result.
+A batch is every layer of one dtype (half layers: chunks of them). ``jax.jit``
+caches a compiled program per tree structure, shapes and dtypes; Python-float
+rates are traced (weakly typed), so a new rate never recompiles. With
+``donate=True`` the weights' buffers are donated and reused for the result.
 """
 
 from __future__ import annotations
 
-import functools
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lars_multi import _algorithm
 from lars_multi._container import Container
 from lars_multi._tree import Attribute, Flat
 
@@ -102,13 +100,6 @@ def check_axis_name(arg: Any, value: Any) -> None:
     """Mesh axis names are JAX's own: every name is accepted (JAX checks it when tracing)."""
 
 
-def update(w: Any, g: Any, lr_local: Any) -> jax.Array:
-    """:math:`w - \\eta_\\ell g`; halves computed in float32 (XLA fuses the casts)."""
-    if w.dtype in _HALF:
-        return (w.astype(jnp.float32) - lr_local * g.astype(jnp.float32)).astype(w.dtype)
-    return w - lr_local * g
-
-
 def to_compute(x: Any) -> jax.Array:
     return x.astype(jnp.float32) if x.dtype in _HALF else x
 
@@ -117,74 +108,20 @@ def cos(x: Any) -> jax.Array:
     return jnp.cos(x)
 
 
-def compile(function: Any) -> Any:
-    return jax.jit(function)
+def compile(function: Any, donate: bool = False) -> Any:
+    return jax.jit(function, donate_argnums=(0,) if donate else ())
 
 
 def stop_gradient(x: Any) -> jax.Array:
     return jax.lax.stop_gradient(x)
 
 
-@functools.cache
-def _compiled(tree: bool, donate: bool, sharded: bool = False) -> Any:
-    """The rule under ``jax.jit``; ``sharded``: with the (static) mesh axis names too."""
-    ops = sys.modules[__name__]
-    rule = _algorithm.lars_layers if tree else _algorithm.lars_layer
-    axes = ("axis_names" if tree else "axis_name",) if sharded else ()
-    return jax.jit(
-        functools.partial(rule, ops),
-        static_argnames=("stop_gradients", *axes),
-        donate_argnums=(0,) if donate else (),
-    )
+def stack(xs: Sequence[Any]) -> jax.Array:
+    return jnp.stack(xs)
 
 
-def lars_layer(
-    w: Any, g: Any, lr: Any, decay_lambda: Any, stop_gradients: bool, axis_name: Any = None
-) -> jax.Array:
-    """One layer in one compiled call (eager JAX would dispatch seven ops)."""
-    if axis_name is None:
-        return _compiled(False, False)(w, g, lr, decay_lambda, stop_gradients=stop_gradients)
-    return _compiled(False, False, True)(
-        w, g, lr, decay_lambda, stop_gradients=stop_gradients, axis_name=axis_name
-    )
-
-
-def lars_tree(
-    ws: Sequence[Any],
-    gs: Sequence[Any],
-    lr: Any,
-    decay_lambda: Any,
-    stop_gradients: bool,
-    outs: Sequence[Any] | None = None,
-    donate: bool = False,
-    axis_names: Sequence[Any] | None = None,
-) -> list[jax.Array]:
-    """Every layer in one compiled call; ``donate`` reuses the weights' buffers;
-    ``axis_names`` (one mesh axis name or None per layer, inside ``jax.shard_map``)
-    sums the norms over the layers' mesh axes.
-
-    Half layers go in chunks of separate calls (see :func:`_half_chunks`): one
-    program over them all would hold float32 copies of every w and g at once.
-    """
-    if axis_names is None:
-        run = _compiled(True, donate)
-    else:
-        run = functools.partial(_compiled(True, donate, True), axis_names=tuple(axis_names))
-    if _HALF.isdisjoint({w.dtype for w in ws}) or isinstance(ws[0], jax.core.Tracer):
-        return run(list(ws), list(gs), lr, decay_lambda, stop_gradients=stop_gradients)
-    results = list(ws)
-    rest = [i for i, w in enumerate(ws) if w.dtype not in _HALF]
-    for part in ([rest] if rest else []) + _half_chunks(ws):
-        if axis_names is not None:
-            run = functools.partial(
-                _compiled(True, donate, True), axis_names=tuple(axis_names[i] for i in part)
-            )
-        new = run(
-            [ws[i] for i in part], [gs[i] for i in part], lr, decay_lambda, stop_gradients=stop_gradients
-        )
-        for i, n in zip(part, new):
-            results[i] = n
-    return results
+def unstack(vector: Any) -> list[jax.Array]:
+    return list(vector)
 
 
 # Half layers are compiled in chunks of about this many bytes of weights (or
@@ -193,19 +130,29 @@ def lars_tree(
 _HALF_CHUNK_BYTES = 2 << 20
 
 
-def _half_chunks(ws: Sequence[Any]) -> list[list[int]]:
-    """The half layers' indices, consecutive, at most ``max(_HALF_CHUNK_BYTES, largest)`` bytes a chunk."""
-    half = [i for i, w in enumerate(ws) if w.dtype in _HALF]
-    budget = max(_HALF_CHUNK_BYTES, max(ws[i].nbytes for i in half))
-    chunks: list[list[int]] = [[]]
-    total = 0
-    for i in half:
-        if total + ws[i].nbytes > budget:
-            chunks.append([])
-            total = 0
-        chunks[-1].append(i)
-        total += ws[i].nbytes
-    return chunks
+def batches(ws: Sequence[Any]) -> list[list[int]]:
+    """The layers by dtype, each dtype one program, half layers in chunks of about
+    ``_HALF_CHUNK_BYTES`` (one program over them all would hold float32 copies
+    of every w and g at once). Already inside a trace: by dtype only."""
+    by_dtype: dict[Any, list[int]] = {}
+    for i, w in enumerate(ws):
+        by_dtype.setdefault(w.dtype, []).append(i)
+    traced = isinstance(ws[0], jax.core.Tracer)
+    batches: list[list[int]] = []
+    for dtype, indices in by_dtype.items():
+        if dtype not in _HALF or traced:
+            batches.append(indices)
+            continue
+        budget = max(_HALF_CHUNK_BYTES, max(ws[i].nbytes for i in indices))
+        batches.append([])
+        total = 0
+        for i in indices:
+            if total + ws[i].nbytes > budget and batches[-1]:
+                batches.append([])
+                total = 0
+            batches[-1].append(i)
+            total += ws[i].nbytes
+    return batches
 
 
 def _entry(key: Any) -> Any:

@@ -8,13 +8,11 @@ scratch block.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from lars_multi._algorithm import trust_ratio
 from lars_multi._protocol import no_axis_name
 
 try:  # bfloat16 for NumPy comes from ml_dtypes (a dependency of JAX and TF).
@@ -34,10 +32,10 @@ _COMPUTE = {
     d: _FLOAT32 if d.itemsize == 2 else d.newbyteorder("=") for d in FLOAT_DTYPES if d not in _NATIVE_FLOATS
 }
 _COMPUTE.update({d: _FLOAT32 for d in _HALF})
-# Elements per block of the update: the scratch block stays in L2 cache, so
-# w - r g costs one read of w and g and one write of the result.
+# Elements per block of a multiply-add: the scratch block stays in L2 cache, so
+# a x + b y costs one read of x and y and one write of the result.
 _BLOCK = 1 << 15
-# Layers are processed in batches of about this many bytes of weights: their
+# Layers are stepped in batches of about this many bytes of weights: their
 # norms are taken, then they are updated while still in cache.
 _BATCH_BYTES = 1 << 22
 
@@ -156,110 +154,81 @@ def write(out: np.ndarray, value: Any) -> None:
     np.copyto(out, value)
 
 
-def update(w: Any, g: Any, lr_local: Any) -> np.ndarray:
-    """:math:`w - \\eta_\\ell g` in a new array of ``w``'s dtype."""
-    out = np.empty_like(w)
-    update_into(out, w, g, lr_local)
-    return out
+def stack(xs: Sequence[Any]) -> np.ndarray:
+    return np.array(xs)
 
 
-def update_into(out: np.ndarray, w: Any, g: Any, rate: Any) -> None:
-    """``out[...] = w - rate * g`` with no temporary larger than a cache-sized block.
-
-    ``out`` may be ``w`` or ``g`` themselves: each block is read before it is
-    written. Halves are computed in float32 and rounded once; large float32
-    and float64 layers go through BLAS ``axpy`` when SciPy is installed.
-    """
-    half = compute_dtype(w.dtype) != w.dtype
-    contiguous = out.flags.c_contiguous and w.flags.c_contiguous and g.flags.c_contiguous
-    axpy = _AXPY.get(w.dtype)
-    if axpy is not None and w.size > _BLOCK and contiguous and _blas_ready(out, g) and not overlaps(out, g):
-        flat_out = out.reshape(-1)
-        if out is not w:
-            np.copyto(flat_out, w.reshape(-1))
-        axpy(g.reshape(-1), flat_out, a=-rate)
-        return
-    if not half and (w.size <= _BLOCK or not contiguous):
-        np.subtract(w, np.multiply(g, rate), out=out)
-        return
-    if not contiguous:  # a strided half: one float32 temporary
-        np.subtract(w, np.multiply(g, rate, dtype=np.float32), out=out, dtype=np.float32, casting="unsafe")
-        return
-    cdt = compute_dtype(w.dtype)
-    scratch = np.empty(_BLOCK, dtype=cdt)
-    flat_w, flat_g, flat_out = w.reshape(-1), g.reshape(-1), out.reshape(-1)
-    for start in range(0, flat_w.size, _BLOCK):
-        stop = min(start + _BLOCK, flat_w.size)
-        block = scratch[: stop - start]
-        np.multiply(flat_g[start:stop], rate, out=block, dtype=cdt)
-        np.subtract(flat_w[start:stop], block, out=flat_out[start:stop], dtype=cdt, casting="unsafe")
+def unstack(vector: np.ndarray) -> list[float]:
+    """Python floats (exact): BLAS and ufuncs take them fastest."""
+    return vector.tolist()
 
 
-def _blas_ready(out: np.ndarray, g: np.ndarray) -> bool:
-    """Whether f2py hands BLAS these very buffers: aligned, in native byte order
-    (else it works on a copy, and the update of ``out`` would be lost)."""
-    return out.flags.aligned and g.flags.aligned and out.dtype.isnative and g.dtype.isnative
-
-
-def lars_tree(
-    ws: Sequence[Any],
-    gs: Sequence[Any],
-    lr: Any,
-    decay_lambda: Any,
-    stop_gradients: bool,
-    outs: Sequence[Any] | None = None,
-    donate: bool = False,
-) -> list[Any]:
-    """All layers at once: one vector of trust ratios per dtype, then each
-    layer's update written straight into its output (``outs``, or new arrays)
-    while the batch is still in cache."""
-    results = list(outs) if outs is not None else [np.empty_like(w) for w in ws]
-    ops = sys.modules[__name__]
-    for indices in _indices_by_dtype(ws):
-        cdt = compute_dtype(ws[indices[0]].dtype)
-        for batch in _cache_batches(indices, ws):
-            w_norms = np.sqrt(np.array([_sum_of_squares(ws[i]) for i in batch], dtype=cdt))
-            g_norms = np.sqrt(np.array([_sum_of_squares(gs[i]) for i in batch], dtype=cdt))
-            rates = trust_ratio(ops, w_norms, g_norms, lr, decay_lambda)
-            for i, rate in zip(batch, rates.tolist()):
-                update_into(results[i], ws[i], gs[i], rate)
-    return results
-
-
-def _cache_batches(indices: Sequence[int], ws: Sequence[Any]) -> list[list[int]]:
-    """Consecutive layers in batches of about ``_BATCH_BYTES`` of weights."""
+def batches(ws: Sequence[Any]) -> list[list[int]]:
+    """Consecutive layers of one dtype, in batches of about ``_BATCH_BYTES`` in
+    their compute dtype (halves are computed on float32 copies)."""
+    by_dtype: dict[np.dtype, list[int]] = {}
+    for i, w in enumerate(ws):
+        by_dtype.setdefault(w.dtype, []).append(i)
     batches, batch, size = [], [], 0
-    for i in indices:
-        batch.append(i)
-        size += ws[i].nbytes
-        if size >= _BATCH_BYTES:
+    for dtype, indices in by_dtype.items():
+        widen = compute_dtype(dtype).itemsize // dtype.itemsize
+        for i in indices:
+            batch.append(i)
+            size += ws[i].nbytes * widen
+            if size >= _BATCH_BYTES:
+                batches.append(batch)
+                batch, size = [], 0
+        if batch:
             batches.append(batch)
             batch, size = [], 0
-    if batch:
-        batches.append(batch)
     return batches
 
 
-def _indices_by_dtype(ws: Sequence[Any]) -> list[Sequence[int]]:
-    if len({w.dtype for w in ws}) == 1:
-        return [range(len(ws))]
-    groups: dict[np.dtype, list[int]] = {}
-    for i, w in enumerate(ws):
-        groups.setdefault(w.dtype, []).append(i)
-    return list(groups.values())
+def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
+    """``a x + b y`` into ``out`` (a new array of ``x``'s dtype if None; it may be
+    ``x`` itself) with no temporary larger than a cache-sized block.
 
-
-def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
-    """``a x + b y``; into ``out`` (which may be ``x``) through cache-sized blocks."""
-    one = type(a) is float and a == 1
+    ``x += b y`` on a large, contiguous, aligned float32 or float64 layer is one
+    BLAS ``axpy`` (when SciPy is installed).
+    """
     if out is None:
-        return (x if one else a * x) + b * y
-    if out is not x:
-        np.multiply(x, a, out=out)
-    elif not one:
-        np.multiply(out, a, out=out)
-    update_into(out, out, y, -b)
+        out = np.empty_like(x)
+    one = type(a) is float and a == 1
+    contiguous = out.flags.c_contiguous and x.flags.c_contiguous and y.flags.c_contiguous
+    axpy = _AXPY.get(out.dtype) if one else None
+    if axpy is not None and out.size > _BLOCK and contiguous and _blas_ready(out, y) and not overlaps(out, y):
+        flat_out = out.reshape(-1)
+        if out is not x:
+            np.copyto(flat_out, x.reshape(-1))
+        axpy(y.reshape(-1), flat_out, a=b)
+        return out
+    if out.size <= _BLOCK or not contiguous:
+        scaled = np.multiply(y, b, dtype=compute_dtype(out.dtype))  # the one temporary
+        if one:
+            np.add(x, scaled, out=out, casting="unsafe")
+        else:
+            scaled += np.multiply(x, a, dtype=scaled.dtype)
+            np.copyto(out, scaled, casting="unsafe")
+        return out
+    cdt = compute_dtype(out.dtype)
+    scratch = np.empty(_BLOCK, dtype=cdt)
+    flat_x, flat_y, flat_out = x.reshape(-1), y.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_out.size, _BLOCK):
+        stop = min(start + _BLOCK, flat_out.size)
+        block = scratch[: stop - start]
+        np.multiply(flat_y[start:stop], b, out=block, dtype=cdt)
+        if one:
+            np.add(flat_x[start:stop], block, out=flat_out[start:stop], dtype=cdt, casting="unsafe")
+        else:
+            block += np.multiply(flat_x[start:stop], a, dtype=cdt)
+            np.copyto(flat_out[start:stop], block, casting="unsafe")
     return out
+
+
+def _blas_ready(out: np.ndarray, y: np.ndarray) -> bool:
+    """Whether f2py hands BLAS these very buffers: aligned, in native byte order
+    (else it works on a copy, and the update of ``out`` would be lost)."""
+    return out.flags.aligned and y.flags.aligned and out.dtype.isnative and y.dtype.isnative
 
 
 def info() -> dict[str, str]:

@@ -1,22 +1,21 @@
-"""TensorFlow backend: eager kernels for one layer, one ``tf.function`` per tree.
+"""TensorFlow backend: the LARS step as one ``tf.function`` per batch.
 
-The tree function is traced once per structure, shapes and dtypes: rates
-enter as tensors, never as Python numbers, so a new rate never retraces.
-(Not ``reduce_retracing``: its generalised traces kept an earlier variable's
-rank and took norms over the wrong axes.)
-``tf.Variable`` outputs are updated in the graph, ``assign_sub`` in place.
+A batch is every layer of one dtype (half layers: chunks of them). Each step
+function is traced once per structure, shapes and dtypes: rates enter as
+tensors, never as Python numbers, so a new rate never retraces. (Not
+``reduce_retracing``: its generalised traces kept an earlier variable's rank
+and took norms over the wrong axes.) ``tf.Variable`` outputs are assigned in
+the graph, ``assign_add`` in place.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from lars_multi import _algorithm
 from lars_multi._protocol import no_axis_name
 
 FRAMEWORK = "tensorflow"
@@ -81,13 +80,6 @@ def norm(x: Any, axis_name: Any = None) -> tf.Tensor:
     return tf.math.reduce_euclidean_norm(x)
 
 
-def update(w: Any, g: Any, lr_local: Any) -> tf.Tensor:
-    """:math:`w - \\eta_\\ell g`; halves computed in float32."""
-    if w.dtype in _HALF:
-        return tf.cast(tf.cast(w, tf.float32) - lr_local * tf.cast(g, tf.float32), w.dtype)
-    return w - lr_local * g
-
-
 def to_compute(x: Any) -> tf.Tensor:
     return tf.cast(x, tf.float32) if x.dtype in _HALF else x
 
@@ -96,22 +88,23 @@ def cos(x: Any) -> tf.Tensor:
     return tf.math.cos(x)
 
 
-def compile(function: Any) -> Any:
-    """``function`` as one ``tf.function``; Python-float rates enter as tensors (no
-    retracing), distributed variables as their values (a trace would keep the first)."""
-    traced = tf.function(function)
+def compile(function: Any, donate: bool = False) -> Any:
+    """``function`` as one ``tf.function``; Python-float rates enter as float64
+    tensors (no retracing; each batch casts them to its dtype). Inside a caller's
+    ``tf.function`` it is part of the caller's trace; with distributed variables
+    among the arguments it runs op by op: a trace would take any later set of
+    them for the first one it saw."""
+    traced = tf.function(function, autograph=False)
 
     def argument(value: Any) -> Any:
-        if type(value) is float:
-            return tf.constant(value, tf.float32)
-        if isinstance(value, list):
-            return [
-                tf.convert_to_tensor(x) if isinstance(x, tf.distribute.DistributedValues) else x
-                for x in value
-            ]
-        return value
+        return tf.constant(value, tf.float64) if type(value) is float else value
+
+    def distributed(value: Any) -> bool:
+        return isinstance(value, list) and any(isinstance(x, tf.distribute.DistributedValues) for x in value)
 
     def run(*args: Any) -> Any:
+        if not tf.executing_eagerly() or any(distributed(a) for a in args):
+            return function(*args)  # already traced (by the caller's tf.function), or distributed
         return traced(*[argument(a) for a in args])
 
     return run
@@ -121,157 +114,59 @@ def stop_gradient(x: Any) -> tf.Tensor:
     return tf.stop_gradient(x)
 
 
-def update_into(out: tf.Variable, w: Any, g: Any, lr_local: Any) -> None:
-    """:math:`w - \\eta_\\ell g` assigned to the variable ``out`` (``assign_sub`` when it is ``w``)."""
-    if out is w and w.dtype not in _HALF:
-        out.assign_sub(lr_local * g)
-    else:
-        out.assign(update(w, g, lr_local))
-
-
 def write(out: tf.Variable, value: Any) -> None:
-    out.assign(value)
+    out.assign(value, read_value=False)
 
 
-@tf.function
-def _tree(ws: list, gs: list, lr: Any, decay_lambda: Any, stop_gradients: bool) -> list:
-    ops = sys.modules[__name__]
-    return _algorithm.lars_layers(ops, ws, gs, lr, decay_lambda, stop_gradients)
+def stack(xs: Sequence[Any]) -> tf.Tensor:
+    return tf.stack(xs)
 
 
-@tf.function
-def _tree_subtract(variables: list, gs: list, lr: Any, decay_lambda: Any) -> None:
-    """``w.assign_sub(lr_local * g)`` for variables that are their own output."""
-    ops = sys.modules[__name__]
-    for w, g in zip(variables, gs):
-        w.assign_sub(_algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda) * g)
+def unstack(vector: Any) -> list[tf.Tensor]:
+    return tf.unstack(vector)
 
 
-@tf.function
-def _tree_assign(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any) -> None:
-    """``out.assign(new_w)`` for the other outputs (and half precision ones)."""
-    ops = sys.modules[__name__]
-    for out, w, g in zip(outs, ws, gs):
-        out.assign(update(w, g, _algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda)))
+def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
+    """``a x + b y``; assigned to the variable ``out`` when given (``assign_add``
+    when it is ``x``)."""
+    one = type(a) is float and a == 1
+    if out is not None and out is x and one:
+        out.assign_add(b * y, read_value=False)
+        return out
+    result = (x if one else a * x) + b * y
+    if out is None:
+        return result
+    out.assign(result, read_value=False)
+    return out
 
 
 # Half layers are computed in float32 a chunk of about this many bytes of
-# weights (or one layer, if larger) at a time: each chunk waits for the one
-# before, so only one chunk's float32 temporaries exist at once.
+# weights (or one layer, if larger) at a time, each chunk one call, so that
+# only one chunk's float32 temporaries exist at once.
 _HALF_CHUNK_BYTES = 2 << 20
 
 
-def _half_chunks(ws: Sequence[Any]) -> tuple[int, ...]:
-    """The lengths of consecutive chunks of ``ws``, at most ``max(_HALF_CHUNK_BYTES, largest)`` bytes each."""
-    sizes = [w.shape.num_elements() * w.dtype.size for w in ws]
-    budget = max(_HALF_CHUNK_BYTES, max(sizes))
-    lengths, total = [0], 0
-    for size in sizes:
-        if total + size > budget:
-            lengths.append(0)
-            total = 0
-        lengths[-1] += 1
-        total += size
-    return tuple(lengths)
-
-
-@tf.function
-def _tree_half(ws: list, gs: list, lr: Any, decay_lambda: Any, stop_gradients: bool, chunks: tuple) -> list:
-    """:func:`_tree` for half layers, one chunk after the other."""
-    ops = sys.modules[__name__]
-    new: list = []
-    done: list = []
-    start = 0
-    for length in chunks:
-        with tf.control_dependencies(done):
-            done = _algorithm.lars_layers(
-                ops, ws[start : start + length], gs[start : start + length], lr, decay_lambda, stop_gradients
-            )
-        new += done
-        start += length
-    return new
-
-
-@tf.function
-def _tree_assign_half(outs: list, ws: list, gs: list, lr: Any, decay_lambda: Any, chunks: tuple) -> None:
-    """:func:`_tree_assign` for half layers, one chunk after the other."""
-    ops = sys.modules[__name__]
-    done: list = []
-    start = 0
-    for length in chunks:
-        with tf.control_dependencies(done):
-            done = [
-                out.assign(
-                    update(w, g, _algorithm.trust_ratio(ops, norm(w), norm(g), lr, decay_lambda)),
-                    read_value=False,
-                )
-                for out, w, g in zip(
-                    outs[start : start + length], ws[start : start + length], gs[start : start + length]
-                )
-            ]
-        start += length
-
-
-def _select(mask: list[bool], *lists: Sequence[Any]) -> list[list[Any]]:
-    return [[x for x, chosen in zip(items, mask) if chosen] for items in lists]
-
-
-def _as_tensor(value: Any) -> Any:
-    if value is None or isinstance(value, tf.Tensor | tf.Variable):
-        return value
-    return tf.constant(value, dtype=tf.float64)
-
-
-def lars_tree(
-    ws: Sequence[Any],
-    gs: Sequence[Any],
-    lr: Any,
-    decay_lambda: Any,
-    stop_gradients: bool,
-    outs: Sequence[Any] | None = None,
-    donate: bool = False,
-) -> list[Any]:
-    """Every layer in one ``tf.function`` call; ``outs`` (variables) are assigned:
-    ``assign_sub`` for the weights that are their own output, ``assign`` for the rest."""
-    lr, decay_lambda = _as_tensor(lr), _as_tensor(decay_lambda)
-    half = [w.dtype in _HALF for w in ws]
-    if any(isinstance(x, tf.distribute.DistributedValues) for x in (*ws, *(outs or ()))):
-        # tf.function takes every distributed variable of one shape and dtype for the
-        # first one it traced: pass their values, and assign in Python.
-        values = [tf.convert_to_tensor(w) if isinstance(w, tf.Variable) else w for w in ws]
-        new = lars_tree(values, gs, lr, decay_lambda, stop_gradients)
-        if outs is None:
-            return new
-        for out, value in zip(outs, new):
-            out.assign(value)
-        return list(outs)
-    if outs is None:
-        if not any(half):
-            return _tree(list(ws), list(gs), lr, decay_lambda, stop_gradients)
-        return _half_and_rest(half, ws, gs, lr, decay_lambda, stop_gradients)
-    # Each variable is passed once: every argument costs tf.function time per call.
-    subtract = [o is w and not h for o, w, h in zip(outs, ws, half)]
-    if any(subtract):
-        _tree_subtract(*_select(subtract, ws, gs), lr, decay_lambda)
-    if not all(subtract):
-        keep = [not s and not h for s, h in zip(subtract, half)]
-        if any(keep):
-            _tree_assign(*_select(keep, outs, ws, gs), lr, decay_lambda)
-        if any(half):
-            half_outs, half_ws, half_gs = _select(half, outs, ws, gs)
-            _tree_assign_half(half_outs, half_ws, half_gs, lr, decay_lambda, _half_chunks(half_ws))
-    return list(outs)
-
-
-def _half_and_rest(
-    half: list[bool], ws: Sequence[Any], gs: Sequence[Any], lr: Any, decay_lambda: Any, stop: bool
-) -> list:
-    """New weights: the half layers by :func:`_tree_half`, the others by :func:`_tree`."""
-    half_ws, half_gs = _select(half, ws, gs)
-    new_half = iter(_tree_half(half_ws, half_gs, lr, decay_lambda, stop, _half_chunks(half_ws)))
-    rest = [not h for h in half]
-    new_rest = iter(_tree(*_select(rest, ws, gs), lr, decay_lambda, stop) if any(rest) else [])
-    return [next(new_half) if h else next(new_rest) for h in half]
+def batches(ws: Sequence[Any]) -> list[list[int]]:
+    """The layers by dtype, half layers in chunks of about ``_HALF_CHUNK_BYTES``."""
+    by_dtype: dict[Any, list[int]] = {}
+    for i, w in enumerate(ws):
+        by_dtype.setdefault(w.dtype, []).append(i)
+    batches: list[list[int]] = []
+    for dtype, indices in by_dtype.items():
+        if dtype not in _HALF:
+            batches.append(indices)
+            continue
+        sizes = [ws[i].shape.num_elements() * ws[i].dtype.size for i in indices]
+        budget = max(_HALF_CHUNK_BYTES, max(sizes))
+        batches.append([])
+        total = 0
+        for i, size in zip(indices, sizes):
+            if total + size > budget and batches[-1]:
+                batches.append([])
+                total = 0
+            batches[-1].append(i)
+            total += size
+    return batches
 
 
 def info() -> dict[str, str]:

@@ -1,12 +1,13 @@
-"""PyTorch backend: ``torch.linalg`` norms and ``torch._foreach_*`` whole-tree updates.
+"""PyTorch backend: ``torch._foreach_*`` norms and multiply-adds over lists of tensors.
 
 Nothing here calls ``.item()``: the trust ratios stay on the device, so the
-update never waits for the GPU and traces under ``torch.compile``.
+step never waits for the GPU and traces under ``torch.compile``. On CPUs the
+layers are stepped in cache-sized batches (each ``_foreach`` kernel streams
+its whole list); on GPUs in one batch per device and dtype.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 
 from lars_multi import _registry
-from lars_multi._algorithm import trust_ratio
 from lars_multi._protocol import no_axis_name
 
 FRAMEWORK = "torch"
@@ -207,13 +207,6 @@ def _dtensor_norms(
         out[i] = DTensor.from_local(value, mesh, replicated, run_check=False)
 
 
-def update(w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> torch.Tensor:
-    """:math:`w - \\eta_\\ell g` in one ``addcmul``; halves computed in float32."""
-    if w.dtype in _HALF:
-        return torch.addcmul(w.float(), g.float(), lr_local, value=-1).to(w.dtype)
-    return torch.addcmul(w, g, lr_local, value=-1)
-
-
 def to_compute(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in _HALF else x
 
@@ -226,116 +219,109 @@ def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     return x.detach() if x.requires_grad else x
 
 
-def update_into(out: torch.Tensor, w: torch.Tensor, g: torch.Tensor, lr_local: torch.Tensor) -> None:
-    """:math:`w - \\eta_\\ell g` written into ``out`` (which may be ``w``), not differentiable."""
-    with torch.no_grad():
-        if w.dtype in _HALF:
-            out.copy_(update(w, g, lr_local))
-        elif out is w:
-            out.addcmul_(g, lr_local, value=-1)
-        else:
-            torch.addcmul(w, g, lr_local, value=-1, out=out)
-
-
 def write(out: torch.Tensor, value: torch.Tensor) -> None:
     with torch.no_grad():
         out.copy_(value)
 
 
-def lars_tree(
-    ws: Sequence[torch.Tensor],
-    gs: Sequence[torch.Tensor],
-    lr: Any,
-    decay_lambda: Any,
-    stop_gradients: bool,
-    outs: Sequence[torch.Tensor] | None = None,
-    donate: bool = False,
-) -> list[torch.Tensor]:
-    """Every layer in a few ``_foreach`` kernels per (device, dtype) group.
-
-    Norms: ``_foreach_norm``; rates: :func:`trust_ratio` on the stacked norms;
-    update: ``_foreach_addcmul`` (new tensors), ``_foreach_addcmul_`` into the
-    weights when ``outs`` is ``ws`` (no temporary the size of the tree).
-    """
-    ops = _SELF
-    results: list[Any] = [None] * len(ws)
-    no_grad = stop_gradients or outs is not None
-    with torch.no_grad() if no_grad else contextlib.nullcontext():
-        for indices in _indices_by_device_and_dtype(ws):
-            group_w = [ws[i] for i in indices]
-            group_g = [gs[i] for i in indices]
-            half = group_w[0].dtype in _HALF
-            accumulate = torch.float32 if half else None
-            w_norms = torch.stack(torch._foreach_norm(group_w, dtype=accumulate))
-            g_norms = torch.stack(torch._foreach_norm(group_g, dtype=accumulate))
-            rates = trust_ratio(ops, w_norms, g_norms, lr, decay_lambda).unbind()
-            group_out = None if outs is None else [outs[i] for i in indices]
-            in_place = group_out is not None and not half and all(o is w for o, w in zip(group_out, group_w))
-            if in_place:
-                torch._foreach_addcmul_(group_w, group_g, rates, value=-1)
-                new = group_w
-            elif half:  # written into group_out chunk by chunk, if given
-                new = _half_update(group_w, group_g, rates, group_out)
-            else:
-                new = list(torch._foreach_addcmul(group_w, group_g, rates, value=-1))
-            if group_out is not None and not in_place and not half:
-                torch._foreach_copy_(group_out, new)
-                new = group_out
-            for i, n in zip(indices, new):
-                results[i] = n
-    return results
+def stack(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(list(xs))
 
 
-# Half layers are computed in float32 a chunk of layers at a time: about this
-# many bytes of weights (or one layer, if larger), so that the float32
-# temporaries stay within about twice the chunk, whatever the size of the tree.
-_HALF_CHUNK_BYTES = 4 << 20
+def unstack(vector: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return vector.unbind()
 
 
-def _half_update(
-    ws: Sequence[torch.Tensor],
-    gs: Sequence[torch.Tensor],
-    rates: Sequence[torch.Tensor],
-    outs: Sequence[torch.Tensor] | None,
-) -> list[torch.Tensor]:
-    """:math:`w - \\eta_\\ell g` for half layers, in float32 rounded once, one chunk
-    at a time: each chunk is written into ``outs`` (or new tensors) before the next
-    is converted. One float32 copy of the chunk's weights is the only temporary."""
-    new: list[torch.Tensor] = []
-    for chunk in _half_chunks(ws):
-        computed = [ws[i].float() for i in chunk]
-        torch._foreach_addcmul_(computed, [gs[i] for i in chunk], [rates[i] for i in chunk], value=-1)
-        if outs is None:
-            new.extend(c.to(ws[i].dtype) for c, i in zip(computed, chunk))
-        else:
-            targets = [outs[i] for i in chunk]
-            torch._foreach_copy_(targets, computed)
-            new.extend(targets)
-        del computed
-    return new
+# Layers of a CPU batch: about this many bytes (in float32 for halves, or one
+# layer, if larger), so that a batch stays in cache from its norms to its last
+# pass. Half layers are batched so on every device: each batch is computed on
+# float32 copies, the only temporaries, whatever the size of the tree.
+_BATCH_BYTES = 4 << 20
 
 
-def _half_chunks(ws: Sequence[torch.Tensor]) -> list[range]:
-    """Consecutive layers, at most ``max(_HALF_CHUNK_BYTES, largest layer)`` bytes each."""
-    sizes = [w.nelement() * w.element_size() for w in ws]
-    budget = max(_HALF_CHUNK_BYTES, max(sizes))
-    chunks, start, total = [], 0, 0
-    for i, size in enumerate(sizes):
-        if total + size > budget:
-            chunks.append(range(start, i))
-            start, total = i, 0
-        total += size
-    chunks.append(range(start, len(sizes)))
-    return chunks
-
-
-def _indices_by_device_and_dtype(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
-    if len({(w.device, w.dtype) for w in ws}) == 1:
-        return [range(len(ws))]
+def batches(ws: Sequence[torch.Tensor]) -> list[list[int]]:
+    """The layers by (device, dtype); on CPUs and for halves, in consecutive
+    batches of about ``_BATCH_BYTES``."""
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, w in enumerate(ws):
         groups.setdefault((w.device, w.dtype), []).append(i)
-    return list(groups.values())
+    batches: list[list[int]] = []
+    for (device, dtype), indices in groups.items():
+        if device.type != "cpu" and dtype not in _HALF:
+            batches.append(indices)
+            continue
+        batch: list[int] = []
+        size = 0
+        element = 4 if dtype in _HALF else ws[indices[0]].element_size()
+        for i in indices:
+            batch.append(i)
+            size += ws[i].nelement() * element
+            if size >= _BATCH_BYTES:
+                batches.append(batch)
+                batch, size = [], 0
+        if batch:
+            batches.append(batch)
+    return batches
+
+
+def axpbys(
+    a: Any,
+    xs: Sequence[torch.Tensor],
+    bs: Any,
+    ys: Sequence[torch.Tensor],
+    outs: Sequence[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """``a x_i + b_i y_i`` for every tensor, in two ``_foreach`` kernels; ``bs`` is
+    one number or 0-d tensor, or a list of them (0-d tensors broadcast: no host
+    read); written into ``outs`` (which may be ``xs``) in place when given."""
+    xs, ys = list(xs), list(ys)
+    if isinstance(bs, list):
+        numbers = [i for i, b in enumerate(bs) if not isinstance(b, torch.Tensor)]
+        if numbers and len(numbers) < len(bs):  # tensors and numbers: two calls
+            return _split(a, xs, bs, ys, outs, numbers)
+    if outs is None:
+        base = xs if type(a) is float and a == 1 else list(torch._foreach_mul(xs, a))
+        return list(_foreach_add_scaled(base, ys, bs, in_place=False))
+    with torch.no_grad():
+        targets = list(outs)
+        if any(o is not x for o, x in zip(targets, xs)):
+            torch._foreach_copy_(targets, axpbys(a, xs, bs, ys))
+            return targets
+        if not (type(a) is float and a == 1):
+            torch._foreach_mul_(targets, a)
+        _foreach_add_scaled(targets, ys, bs, in_place=True)
+        return targets
+
+
+def _foreach_add_scaled(xs: list[torch.Tensor], ys: list[torch.Tensor], bs: Any, in_place: bool) -> Any:
+    """``x_i + b_i y_i``, ``bs`` one value or a list of all tensors or all numbers."""
+    if isinstance(bs, list):
+        if isinstance(bs[0], torch.Tensor):
+            return (torch._foreach_addcmul_ if in_place else torch._foreach_addcmul)(xs, ys, bs)
+        scaled = torch._foreach_mul(ys, bs)
+        return (torch._foreach_add_ if in_place else torch._foreach_add)(xs, scaled)
+    if isinstance(bs, torch.Tensor):
+        return (torch._foreach_addcmul_ if in_place else torch._foreach_addcmul)(xs, ys, [bs] * len(ys))
+    return (torch._foreach_add_ if in_place else torch._foreach_add)(xs, ys, alpha=bs)
+
+
+def _split(
+    a: Any, xs: list[Any], bs: list[Any], ys: list[Any], outs: Sequence[Any] | None, numbers: list[int]
+) -> list[torch.Tensor]:
+    """:func:`axpbys` of the layers with number coefficients, then of those with tensors."""
+    others = [i for i in range(len(xs)) if i not in set(numbers)]
+    results: list[Any] = [None] * len(xs)
+    for part in (numbers, others):
+        new = axpbys(
+            a,
+            [xs[i] for i in part],
+            [bs[i] for i in part],
+            [ys[i] for i in part],
+            None if outs is None else [outs[i] for i in part],
+        )
+        for i, value in zip(part, new):
+            results[i] = value
+    return results
 
 
 def info() -> dict[str, str]:

@@ -11,14 +11,19 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from . import _algorithm, _checks
+from . import _checks
 from ._aliasing import must_write_late
 from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import no_autograph
+from ._presets import REFERENCE
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
+from ._step import LayerFlags, StepConfig, lars_step
 from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
+
+# The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
+_RULE = StepConfig(REFERENCE, eps=REFERENCE.eps)
 
 
 @no_autograph
@@ -95,7 +100,7 @@ def lars_update(
 
 
 def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
-    """The lean path for one array: no tree machinery at all."""
+    """The lean path for one array: no tree machinery, the step on a one-element list."""
     name = _checks.call_backend([w], [()])
     ops = get_backend(name)
     w_data = unwrap(w)
@@ -107,17 +112,13 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     _check_fit("decay_lambda", decay, [w_data], [()], ops)
     stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:
-        new = _layer_rule(ops)(w_data, g, rate, decay, stop)
+        (new,) = _run(ops, [w_data], [g], rate, decay, stop, None, write_late=False, writable=False)
         return Array(new, name) if isinstance(w, Array) else new
     target = _checks.check_out(out, w_data, ("out", "w", None, False), name, ops)
     late = must_write_late(ops, [target], [w_data], [g])
-    if ops.update_into is not None and not late and ops.unwritable(target) is None:
-        _algorithm.lars_layer_into(ops, target, w_data, g, rate, decay)
-        new = target
-    else:
-        writable = ops.unwritable(target) is None
-        (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late, writable=writable)
-        _write(ops, [target], [new])
+    writable = ops.unwritable(target) is None
+    (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late, writable=writable)
+    _write(ops, [target], [new])
     write_back(out, new)
     return out
 
@@ -311,46 +312,37 @@ def _run(
         and all(o is x for o, x in zip(group_out, group_w))
     )
     direct = writable and not write_late
-    fused = ops.lars_tree
-    if fused is not None:
-        if axis_names is not None:
-            return fused(group_w, group_g, lr, decay, stop, group_out if direct else None, donate, axis_names)
-        return fused(group_w, group_g, lr, decay, stop, group_out if direct else None, donate)
-    rule = _layer_rule(ops)
-    if axis_names is not None:
-        new = [rule(x, g, lr, decay, stop, a) for x, g, a in zip(group_w, group_g, axis_names)]
-    else:
-        new = [rule(x, g, lr, decay, stop) for x, g in zip(group_w, group_g)]
-    if direct and group_out is not None:
-        for target, value in zip(group_out, new):
-            ops.write(target, value)
-        return group_out
+    flags = LayerFlags.every(len(group_w), axis_names)
+    new, _ = lars_step(
+        ops,
+        _RULE,
+        flags,
+        group_w,
+        group_g,
+        [None] * len(group_w),
+        lr,
+        decay,
+        False,
+        group_out if direct else None,
+        stop_gradients=stop,
+        donate=donate,
+    )
     return new
 
 
-def _groups(rates: list[Any], decays: list[Any], stops: list[bool]) -> list[Sequence[int]]:
-    """Indices of the layers sharing (lr, decay_lambda, stop_gradients)."""
-    if len(set(map(id, rates))) == 1 and len(set(map(id, decays))) == 1 and len(set(stops)) == 1:
-        return [range(len(rates))]
-    groups: dict[tuple[Any, ...], list[int]] = {}
+def _groups(rates: list[Any], decays: list[Any], stops: list[bool]) -> list[list[int]]:
+    """Indices of the layers sharing (lr, decay_lambda, stop_gradients): numbers
+    by value, arrays by identity (no ``id()``: ``torch.compile`` traces this)."""
+    groups: list[tuple[Any, Any, bool, list[int]]] = []
     for i, (rate, decay, stop) in enumerate(zip(rates, decays, stops)):
-        key = (_key(rate), _key(decay), stop)
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
+        for group_rate, group_decay, group_stop, indices in groups:
+            if _same(rate, group_rate) and _same(decay, group_decay) and stop == group_stop:
+                indices.append(i)
+                break
+        else:
+            groups.append((rate, decay, stop, [i]))
+    return [indices for *_, indices in groups]
 
 
-def _key(value: Any) -> Any:
-    """Numbers group by value, arrays by identity."""
-    return value if value is None or type(value) is float else id(value)
-
-
-_RULES: dict[str, Callable[..., Any]] = {}
-
-
-def _layer_rule(ops: Backend) -> Callable[..., Any]:
-    """The backend's own one-layer path (jax: compiled), else the generic rule."""
-    rule = _RULES.get(ops.FRAMEWORK)
-    if rule is None:
-        rule = ops.lars_layer or partial(_algorithm.lars_layer, ops)
-        _RULES[ops.FRAMEWORK] = rule
-    return rule
+def _same(a: Any, b: Any) -> bool:
+    return a is b or (type(a) is float and type(b) is float and a == b)

@@ -16,6 +16,10 @@ dampening and :math:`u = g + \lambda w`:
                                                             :math:`w \leftarrow w - \eta b`
 =============  ==========================================  ==========================================
 
+:func:`lars_multi.lars_update` is the step of the ``REFERENCE`` rule below (the
+reference's: :math:`r = \lVert w\rVert/(\lVert g\rVert + 10^{-12})`, divided by
+:math:`\lambda\lVert w\rVert` where that is positive; :math:`u = g`; no momentum).
+
 Nesterov steps by :math:`\mu v_{new} + \eta r u` (paper, optax) or
 :math:`\eta (r u + \mu b_{new})` (timm); ``trust_clip`` replaces :math:`r` by
 :math:`\min(r/\eta, 1)` (apex LARC). A preset is only these choices and its
@@ -50,6 +54,8 @@ class Preset:
     adapt_needs_decay: bool  # adapt only where weight decay applies, unless always_adapt (timm)
     eps: float
     default_mask: Callable[[Any, Any], bool]
+    # lambda divides r (no fallback where a norm is 0) and u = g: the reference's rule
+    decay_divides_ratio: bool = False
 
 
 PRESETS = {
@@ -57,6 +63,9 @@ PRESETS = {
     "optax": Preset("optax", True, True, False, 0.0, _everything),
     "timm": Preset("timm", False, False, True, 1e-8, _everything),
 }
+
+# The rule of lars_update (not an optimizer convention, so not in PRESETS).
+REFERENCE = Preset("reference", False, True, False, 1e-12, _everything, decay_divides_ratio=True)
 
 
 def get_preset(name: Any) -> Preset:

@@ -1,9 +1,11 @@
 """What a backend module provides: :class:`Backend`, and defaults for the optional parts.
 
 A backend is a module (see :mod:`lars_multi.backends`) that satisfies the
-:class:`Backend` protocol. The optional primitives have defaults that fit a
-framework with one device, dense arrays and no way to share memory between
-arrays, and the optional fused paths default to None (the generic rule runs);
+:class:`Backend` protocol: primitives on arrays and on lists of arrays, with
+which :mod:`lars_multi._step` writes the LARS step once. A backend says how
+to compute, never what LARS is. The optional primitives have defaults that
+fit a framework with one device, dense arrays and no way to share memory
+between arrays (the list primitives loop over the one-array ones);
 :func:`complete` gives a module what it does not define itself.
 """
 
@@ -33,7 +35,8 @@ class Backend(Protocol):
     def norm(self, x: Any, axis_name: Any = None) -> Any: ...
     def cast_like(self, value: Any, like: Any) -> Any: ...
     def where(self, cond: Any, x: Any, y: Any) -> Any: ...
-    def update(self, w: Any, g: Any, lr_local: Any) -> Any: ...
+    def stack(self, xs: Sequence[Any]) -> Any: ...
+    def unstack(self, vector: Any) -> Sequence[Any]: ...
     def stop_gradient(self, x: Any) -> Any: ...
     def write(self, out: Any, value: Any) -> None: ...
     def info(self) -> dict[str, str]: ...
@@ -51,19 +54,20 @@ class Backend(Protocol):
     def norms(self, xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[Any]: ...
     def check_axis_name(self, arg: Any, value: Any) -> None: ...
     def to_compute(self, x: Any) -> Any: ...
-    def compile(self, function: Any) -> Any: ...
+    def compile(self, function: Any, donate: bool = False) -> Any: ...
     def largest(self, dtype: Any) -> float: ...
     def cos(self, x: Any) -> Any: ...
     def axpby(self, a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any: ...
+    def axpbys(
+        self, a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Sequence[Any] | None = None
+    ) -> list[Any]: ...
+    def batches(self, ws: Sequence[Any]) -> Sequence[Sequence[int]]: ...
 
-    # Optional fast paths: None where the backend has none.
-    lars_layer: Callable[..., Any] | None
-    lars_tree: Callable[..., list[Any]] | None
-    update_into: Callable[[Any, Any, Any, Any], None] | None
+    # Optional: None where the framework has no trees of its own.
     flatten: Callable[[Any], Any] | None
 
 
-_FAST_PATHS = ("lars_layer", "lars_tree", "update_into", "flatten")
+_OPTIONAL = ("flatten",)
 
 
 def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
@@ -115,8 +119,9 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         """``x`` in the dtype updates are computed in (float32 for halves)."""
         return x
 
-    def compile(function: Any) -> Any:
-        """``function`` (of lists of arrays) compiled by the framework, where it compiles."""
+    def compile(function: Any, donate: bool = False) -> Any:
+        """``function`` (of lists of arrays) compiled by the framework, where it compiles;
+        ``donate``: its first argument's buffers may be reused for the results."""
         return function
 
     def largest(dtype: Any) -> float:
@@ -139,6 +144,17 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         module.write(out, result)
         return out
 
+    def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None) -> list[Any]:
+        """``axpby`` of each array: ``a x_i + b_i y_i`` (``bs``: one value, or a list
+        with one per array), into ``outs`` when given."""
+        coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
+        targets = outs if outs is not None else [None] * len(xs)
+        return [module.axpby(a, x, b, y, t) for x, b, y, t in zip(xs, coefficients, ys, targets)]
+
+    def batches(ws: Sequence[Any]) -> Sequence[Sequence[int]]:
+        """The layers in the groups the step runs over, in order: here, all at once."""
+        return [range(len(ws))]
+
     return {
         f.__name__: f
         for f in (
@@ -159,6 +175,8 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             write,
             cos,
             axpby,
+            axpbys,
+            batches,
         )
     }
 
@@ -173,11 +191,11 @@ def no_axis_name(arg: Any, framework: str, value: Any) -> LarsMultiValueError:
 
 def complete(module: ModuleType) -> Backend:
     """Give ``module`` the optional primitives it does not define (and None for
-    the fast paths it lacks): then it is a :class:`Backend`."""
+    the optional parts it lacks): then it is a :class:`Backend`."""
     for name, default in _defaults(module).items():
         if not hasattr(module, name):
             setattr(module, name, default)
-    for name in _FAST_PATHS:
+    for name in _OPTIONAL:
         if not hasattr(module, name):
             setattr(module, name, None)
     # Not typing.cast: torch.compile would take its result for a new, sourceless object.

@@ -128,7 +128,7 @@ class _Walker:
     def __init__(self, arg: str, value: Any, w: Flat, broadcast: bool) -> None:
         self.arg, self.value, self.broadcast = arg, value, broadcast
         self.w_root = w.rebuild(w.leaves)  # the weights' nodes, to compare keys with
-        self.checked: set[tuple[int, int]] = set()
+        self.checked: set[tuple[Any, ...]] = set()  # the key paths of the nodes checked
 
     def select(self, path: tuple[Any, ...]) -> Any:
         node, w_node = self.value, self.w_root
@@ -148,8 +148,7 @@ class _Walker:
         )
 
     def _check_node(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
-        key = (id(node), id(w_node))
-        if key in self.checked:
+        if prefix in self.checked:
             return
         w_here = Path("w", prefix)
         if isinstance(w_node, Mapping):
@@ -167,7 +166,7 @@ class _Walker:
         ):
             got = f"a {type(node).__name__} of {len(node)}" if _is_tree(node) else type(node).__name__
             self._mismatch(prefix, f"a sequence of {len(w_node)} like {w_here}, got {got}")
-        self.checked.add(key)
+        self.checked.add(prefix)
 
 
 def _is_node(node: Any, entry: Any) -> bool:

@@ -1,6 +1,6 @@
 r"""LARS as a Keras 3 optimizer: ``lm.keras.LARS(...)``, for ``model.compile`` / ``model.fit``.
 
-The step is the shared rule of :mod:`lars_multi._optimizer_rule` (the one
+The step is the shared rule of :mod:`lars_multi._step` (the one
 :func:`lars_multi.optim.lars` runs), applied to each variable on Keras'
 TensorFlow, JAX and torch backends with that backend's lars_multi primitives.
 Masks are given as variable-name patterns, schedules as Keras
@@ -30,8 +30,8 @@ from typing import Any
 
 from . import optim
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, type_name
-from ._optimizer_rule import LayerFlags, lars_momentum_layers
 from ._registry import backend_of, get_backend
+from ._step import LayerFlags, lars_step
 
 try:
     import keras
@@ -171,7 +171,7 @@ if keras is not None:
                 decay = None
             first = keras.ops.equal(self.iterations, 0)
             ops = get_backend(backend_of(w) or keras.backend.backend())
-            (new_w,), (new_buffer,) = lars_momentum_layers(
+            (new_w,), (new_buffer,) = lars_step(
                 ops, self._lars_config, self._lars_flags[index], [w], [g], [buffer], lr, decay, first
             )
             self.assign(variable, new_w)

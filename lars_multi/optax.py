@@ -2,7 +2,7 @@ r"""LARS as an :class:`optax.GradientTransformation`: ``lm.optax.lars(...)``.
 
 The transformation is the functional optimizer :func:`lars_multi.optim.lars`
 behind optax's ``init`` / ``update`` interface: the step is the shared rule of
-:mod:`lars_multi._optimizer_rule`, in every preset (``"paper"``, ``"optax"``,
+:mod:`lars_multi._step`, in every preset (``"paper"``, ``"optax"``,
 ``"timm"``). ``update(grads, state, params)`` returns the update that
 :func:`optax.apply_updates` adds to the parameters (the new parameters minus the
 old ones, within one rounding of the new parameters), so it composes with

@@ -3,7 +3,7 @@ r"""The LARS optimizer, functional: ``opt = lars(...)``, ``state = opt.init(para
 
 One step for every backend and every convention (``preset="paper"``,
 ``"optax"``, ``"timm"``; see :mod:`lars_multi._presets`), written once in
-:mod:`lars_multi._optimizer_rule`. ``params`` is any tree of native arrays of
+:mod:`lars_multi._step`. ``params`` is any tree of native arrays of
 one backend, paired by key with ``grads``, masks and state as in
 :func:`lars_multi.lars_update`; the state is a :class:`LarsState` of native
 arrays that the framework's own checkpointing saves. On NumPy and torch,
@@ -22,7 +22,6 @@ the step is one compiled program, on TensorFlow one ``tf.function``.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,10 +31,10 @@ from . import _checks
 from ._aliasing import must_write_late
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._lars import flatten
-from ._optimizer_rule import LayerFlags, StepConfig, lars_momentum_layers
 from ._presets import PRESETS, Preset, get_preset
 from ._protocol import Backend
 from ._registry import get_backend
+from ._step import LayerFlags, StepConfig, compiles, lars_step
 from ._tree import Flat, Path, leaves_like
 from .schedules import warmup_cosine, warmup_polynomial
 
@@ -164,30 +163,20 @@ class LarsOptimizer:
         count: Any,
         outs: list[Any] | None,
     ) -> tuple[list[Any], list[Any]]:
-        """The step, compiled (JAX, TensorFlow) or eager; in place into writable
-        ``outs`` and buffers, layer by layer unless they alias an input."""
-        step, compiled = _step(ops, self.config, flags)
-        if compiled:
-            new_ws, new_buffers = step(ws, gs, buffers, lr, decay, count == 0)
-            if outs is not None:
-                _write_all(ops, outs, new_ws, buffers, new_buffers)
-            return new_ws, new_buffers
-        first = bool(count == 0)
-        if outs is None:
-            return step(ws, gs, buffers, lr, decay, first)
-        targets = outs
-        writable = all(ops.unwritable(o) is None for o in targets)
-        if not writable or must_write_late(ops, targets + [b for b in buffers if b is not None], ws, gs):
-            new_ws, new_buffers = step(ws, gs, buffers, lr, decay, first)
-            _write_all(ops, targets, new_ws, buffers, new_buffers)
-            return new_ws, new_buffers
-
-        if any(o is not w for o, w in zip(targets, ws)):  # out= another tree: computed, then copied
-            new_ws, new_buffers = step(ws, gs, buffers, lr, decay, first)
-            _write_all(ops, targets, new_ws, buffers, new_buffers)
-            return new_ws, new_buffers
-        step(ws, gs, buffers, lr, decay, first, True)
-        return list(targets), list(buffers)
+        """The step (compiled per batch on JAX and TensorFlow); written into ``outs``
+        and the buffers as it goes where they are all writable and alias no input,
+        else computed, then written."""
+        first = count == 0
+        if not compiles(ops):
+            first = bool(first)
+        if outs is not None:
+            targets = outs + [b for b in buffers if b is not None]
+            if all(ops.unwritable(t) is None for t in targets) and not must_write_late(ops, targets, ws, gs):
+                return lars_step(ops, self.config, flags, ws, gs, buffers, lr, decay, first, outs)
+        new_ws, new_buffers = lars_step(ops, self.config, flags, ws, gs, buffers, lr, decay, first)
+        if outs is not None:
+            _write_all(ops, outs, new_ws, buffers, new_buffers)
+        return new_ws, new_buffers
 
     @staticmethod
     def _rebuild(flat: Flat, leaves: Sequence[Any], active: list[int], new: list[Any]) -> Any:
@@ -239,15 +228,6 @@ class LarsOptimizer:
 def _at(rate: Any, count: Any) -> Any:
     """A rate's value at step ``count``: a number, or a schedule's value."""
     return rate(count) if callable(rate) else rate
-
-
-@functools.lru_cache(maxsize=64)
-def _step(ops: Backend, config: StepConfig, flags: LayerFlags) -> tuple[Callable[..., Any], bool]:
-    """The step for one configuration and mask pattern, compiled once where the
-    backend compiles (JAX, TensorFlow); whether it was."""
-    step = functools.partial(lars_momentum_layers, ops, config, flags)
-    compiled = ops.compile(step)
-    return compiled, compiled is not step
 
 
 def _write_all(

@@ -1,11 +1,11 @@
 r"""LARS as a ``torch.optim.Optimizer``: ``opt = lm.torch.LARS(model.parameters(), lr=0.1)``.
 
-A thin front door over the one LARS step of :mod:`lars_multi._optimizer_rule`
+A thin front door over the one LARS step of :mod:`lars_multi._step`
 (the step :func:`lars_multi.optim.lars` runs): each parameter group's
 hyper-parameters are checked by :func:`lars_multi.optim.lars` and become its
-:class:`~lars_multi._optimizer_rule.StepConfig`; the group's ``adapt`` and
+:class:`~lars_multi._step.StepConfig`; the group's ``adapt`` and
 ``decay`` (None: the preset's default, per parameter) become its
-:class:`~lars_multi._optimizer_rule.LayerFlags`. The momentum buffer of a
+:class:`~lars_multi._step.LayerFlags`. The momentum buffer of a
 parameter is ``opt.state[p]["momentum_buffer"]`` (in the parameter's dtype),
 made at its first step; every layer is written in place as soon as it is
 computed, so no temporary outlives its layer.
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
-from ._optimizer_rule import LayerFlags, StepConfig, lars_momentum_layers
 from ._registry import get_backend
+from ._step import LayerFlags, StepConfig, lars_step
 from .optim import lars
 
 __all__ = ["LARS", "param_groups"]
@@ -260,8 +260,8 @@ def _run(
     weight_decay: Any,
     first: bool,
 ) -> None:
-    """The shared rule over these layers, each updated in place as soon as it is computed."""
-    lars_momentum_layers(_OPS, config, flags, ws, gs, buffers, lr, weight_decay, first, in_place=True)
+    """The shared step over these layers, written in place batch by batch."""
+    lars_step(_OPS, config, flags, ws, gs, buffers, lr, weight_decay, first, ws)
 
 
 def param_groups(

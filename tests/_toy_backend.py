@@ -1,6 +1,7 @@
 """A third-party backend for the tests: the protocol of ``lars_multi.backends``
-implemented with NumPy, WITHOUT the optional ``lars_layer``/``lars_tree``, so
-that the library's generic rule (and ``write`` for ``out=``) does the work.
+implemented with NumPy, with the required primitives only, so that the
+protocol's defaults (the list primitives looping over ``axpby`` and ``norm``,
+one batch, no compiler) run the step, and ``write`` serves ``out=``.
 
 Its arrays are :class:`ToyTensor`, a small class that is *not* an ndarray
 subclass: backend inference asks the registered backends in order, and the
@@ -92,9 +93,21 @@ def where(cond: Any, x: Any, y: Any) -> Any:
     return np.where(cond, x, y)
 
 
-def update(w: ToyTensor, g: ToyTensor, lr_local: Any) -> ToyTensor:
-    _count("update")
-    return ToyTensor((w.values - lr_local * g.values).astype(w.dtype))
+def stack(xs: Any) -> np.ndarray:
+    return np.array(xs)
+
+
+def unstack(vector: np.ndarray) -> list[Any]:
+    return list(vector)
+
+
+def axpby(a: Any, x: ToyTensor, b: Any, y: ToyTensor, out: ToyTensor | None = None) -> ToyTensor:
+    _count("axpby")
+    result = ToyTensor((a * x.values + b * y.values).astype(x.dtype))
+    if out is None:
+        return result
+    write(out, result)
+    return out
 
 
 def stop_gradient(x: Any) -> Any:

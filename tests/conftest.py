@@ -1,7 +1,9 @@
 """The backend matrix and helpers shared by the test modules.
 
 ``LARS_MULTI_TEST_BACKENDS`` (comma-separated, e.g. ``numpy,torch``) limits the
-backends tested; backends whose framework is not installed are skipped. Every
+backends tested; ``LARS_MULTI_TEST_TORCH_DEVICE`` (e.g. ``cuda``) makes torch
+tensors there, both those the tests build with :func:`native` and torch's own
+factories (``torch.set_default_device``); backends whose framework is not installed are skipped. Every
 backend-parametrized test carries the backend's name in its id, so
 ``pytest -k torch`` runs the torch cases only.
 
@@ -25,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import lars_multi as lm
-from lars_multi import _lars, _registry
+from lars_multi import _registry
 
 try:
     from ml_dtypes import bfloat16 as np_bfloat16
@@ -46,9 +48,14 @@ settings.register_profile(
 settings.load_profile("lars_multi")
 
 
+# Variables a child interpreter must not inherit: the backend it should infer, and
+# the device of this process's torch tests (a script builds its own tensors, on the CPU).
+_NOT_INHERITED = ("LARS_MULTI_BACKEND", "LARS_MULTI_TEST_TORCH_DEVICE")
+
+
 def run_python(script, **env):
     """Run ``script`` in a fresh interpreter; its stdout."""
-    environ = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
+    environ = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     result = subprocess.run(
         [sys.executable, "-c", script], env={**environ, **env}, capture_output=True, text=True, timeout=300
     )
@@ -57,8 +64,11 @@ def run_python(script, **env):
 
 
 def require_gloo() -> None:
-    """Skip unless torch.distributed with the gloo backend can run here."""
+    """Skip unless torch.distributed with the gloo backend can run here, and the torch
+    tests run on the CPU (the gloo ranks do, whatever ``LARS_MULTI_TEST_TORCH_DEVICE``
+    says: the CPU run covers them)."""
     require_backend("torch")
+    require_cpu_torch("the gloo ranks run on the CPU")
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_gloo_available():
@@ -80,7 +90,7 @@ def run_ranks(
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "LARS_MULTI_BACKEND"}
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     env.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -149,6 +159,38 @@ def backends_to_test() -> list[str]:
 BACKEND_PARAMS = [pytest.param(n, id=n) for n in selected_backends()]
 
 
+TORCH_DEVICE = os.environ.get("LARS_MULTI_TEST_TORCH_DEVICE", "").strip() or None
+
+
+def require_cpu_torch(why: str) -> None:
+    """Skip a test that is about torch on the CPU (NumPy interop, host memory, gloo)
+    when ``LARS_MULTI_TEST_TORCH_DEVICE`` names another device."""
+    if TORCH_DEVICE not in (None, "cpu"):
+        pytest.skip(f"CPU only ({why}); torch tests run on {TORCH_DEVICE}")
+
+
+def torch_randn(*size: int, generator: Any, dtype: Any = None) -> Any:
+    """``torch.randn(*size)`` drawn from ``generator``, a CPU generator (the same
+    values whatever the device), then moved to torch's default device."""
+    import torch
+
+    values = torch.randn(*size, generator=generator, dtype=dtype, device="cpu")
+    return values.to(torch.get_default_device())
+
+
+@pytest.fixture(autouse=True)
+def _torch_device() -> Any:
+    """Torch's factories make tensors on ``LARS_MULTI_TEST_TORCH_DEVICE`` (if set)."""
+    if TORCH_DEVICE is None:
+        yield
+        return
+    import torch
+
+    torch.set_default_device(TORCH_DEVICE)
+    yield
+    torch.set_default_device(None)
+
+
 @pytest.fixture(autouse=True)
 def _clean_backend_state(monkeypatch: pytest.MonkeyPatch) -> Any:
     """No test sees a backend chosen by the environment or by an earlier test."""
@@ -189,7 +231,6 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_registry, "_SPECS", dict(_registry._SPECS))
     monkeypatch.setattr(_registry, "_MODULES", dict(_registry._MODULES))
     monkeypatch.setattr(_registry, "_NATIVE_TYPES", dict(_registry._NATIVE_TYPES))
-    monkeypatch.setattr(_lars, "_RULES", dict(_lars._RULES))
 
 
 # --- building native arrays and reading them back -------------------------------
@@ -233,8 +274,8 @@ def native(name: str, values: Any, dtype: str | None = None) -> Any:
         import torch
 
         if dtype == "bfloat16":
-            return torch.from_numpy(arr.astype(np.float32)).to(torch.bfloat16)
-        return torch.from_numpy(arr)
+            return torch.from_numpy(arr.astype(np.float32)).to(TORCH_DEVICE or "cpu", torch.bfloat16)
+        return torch.from_numpy(arr).to(TORCH_DEVICE or "cpu")
     if name == "jax":
         import jax.numpy as jnp
 

@@ -43,8 +43,8 @@ def test_torch_autograd_through_update(decay):
         lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
         new = fn(w, g, lr)
         assert new.requires_grad and new.grad_fn is not None
-        (new * torch.from_numpy(C).double()).sum().backward()
-        return new.detach().numpy(), w.grad.numpy(), g.grad.numpy(), lr.grad.numpy()
+        (new * torch.tensor(C, dtype=torch.float64)).sum().backward()
+        return to_numpy(new), to_numpy(w.grad), to_numpy(g.grad), to_numpy(lr.grad)
 
     got = grads(lambda w, g, lr: lm.lars_update(w, g, lr, decay_lambda=decay, stop_gradients=False))
     want = grads(lambda w, g, lr: torch_lars(w, g, lr, decay))
@@ -61,9 +61,9 @@ def test_torch_autograd_through_tree():
         ws = [torch.tensor(W, requires_grad=True), torch.tensor(W2, requires_grad=True)]
         gs = [torch.tensor(G), torch.tensor(G2)]
         new = fn(ws, gs)
-        loss = (new[0] * torch.from_numpy(C)).sum() + (new[1] * torch.from_numpy(C2)).sum()
+        loss = (new[0] * torch.tensor(C)).sum() + (new[1] * torch.tensor(C2)).sum()
         loss.backward()
-        return [w.grad.numpy() for w in ws]
+        return [to_numpy(w.grad) for w in ws]
 
     got = grads(lambda ws, gs: lm.lars_update(ws, gs, 0.1, decay_lambda=0.2, stop_gradients=False))
     want = grads(lambda ws, gs: [torch_lars(w, g, 0.1, 0.2) for w, g in zip(ws, gs)])
@@ -265,12 +265,12 @@ def _torch_cases():
     import torch
 
     def tree():
-        return {"b": torch.from_numpy(W.copy()), "a": torch.from_numpy(W2.copy())}
+        return {"b": torch.tensor(W), "a": torch.tensor(W2)}
 
     def grads():
-        return {"a": torch.from_numpy(G2.copy()), "b": torch.from_numpy(G.copy())}  # keys in another order
+        return {"a": torch.tensor(G2), "b": torch.tensor(G)}  # keys in another order
 
-    one_w, one_g = torch.from_numpy(W.copy()), torch.from_numpy(G.copy())
+    one_w, one_g = torch.tensor(W), torch.tensor(G)
     return {
         "one": ((one_w, one_g), {}),
         "one-out=w": ((one_w, one_g), {"out": one_w}),

@@ -85,15 +85,17 @@ def _mlp(layers: int) -> Any:
     return torch.nn.Sequential(*mods)
 
 
-def _fsdp2(layers: int) -> Any:
+def _fsdp2(layers: int, mesh: Any) -> Any:
+    """The MLP under FSDP2 on ``mesh``, the CPU mesh (by default ``fully_shard`` takes
+    the accelerator where there is one, which gloo cannot serve)."""
     import torch
     from torch.distributed.fsdp import fully_shard
 
     model = _mlp(layers)
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 
@@ -122,11 +124,13 @@ def _train(model: Any, opt: Any, layers: int, rank: int | None, counts: list | N
 def _worker() -> dict[str, Any]:
     import torch
     import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
     import lars_multi as lm
 
     rank = dist.get_rank()
+    mesh = init_device_mesh("cpu", (WORLD,))
     counts: dict[str, dict[str, Any]] = {}
     max_rel: dict[str, float] = {}
     for layers in (2, 6):
@@ -134,7 +138,7 @@ def _worker() -> dict[str, Any]:
         _train(model, lm.torch.LARS(model.parameters(), **HYPER), layers, None)
         ref = {n: p.detach() for n, p in model.named_parameters()}
         for foreach in (True, False):
-            model = _fsdp2(layers)
+            model = _fsdp2(layers, mesh)
             assert all(isinstance(p, DTensor) for p in model.parameters())
             seen: list = []
             _train(model, lm.torch.LARS(model.parameters(), foreach=foreach, **HYPER), layers, rank, seen)

@@ -273,15 +273,17 @@ def case_dtensor_optimizer(mesh: Any) -> dict[str, Any]:
     return {"max_rel": max_rel}
 
 
-def _fsdp2_model() -> Any:
+def _fsdp2_model(mesh: Any) -> Any:
+    """The MLP under FSDP2 on ``mesh``: the CPU mesh (by default ``fully_shard`` takes
+    the accelerator where there is one, which gloo cannot serve)."""
     import torch
     from torch.distributed.fsdp import fully_shard
 
     model = _mlp()
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 
@@ -291,7 +293,7 @@ def case_fsdp2(mesh: Any, step_context: Any = None) -> dict[str, Any]:
 
     import lars_multi as lm
 
-    model = _fsdp2_model()
+    model = _fsdp2_model(mesh)
     params = list(model.parameters())
     opt = lm.torch.LARS(params, **HYPER)
     losses = _train(model, opt, dist.get_rank(), step_context)
@@ -397,7 +399,7 @@ def case_fsdp2_local_norms(mesh: Any) -> dict[str, Any]:
     _train(model, _LocalNormLARS(model.parameters(), **HYPER), None)
     ref, _ = _reference()
     control = max(_rel(p.detach(), ref[n]) for n, p in model.named_parameters())
-    model = _fsdp2_model()
+    model = _fsdp2_model(mesh)
     losses = _train(model, _LocalNormLARS(model.parameters(), **HYPER), dist.get_rank())
     return {**_compare_model(model, losses), "control_single_rel": control}
 

@@ -81,7 +81,8 @@ def check():
     else:
         import torch
 
-        loss = ((model(x) - torch.as_tensor(y)) ** 2).mean()
+        pred = model(x)  # on keras's device: the GPU where there is one
+        loss = ((pred - torch.as_tensor(y, device=pred.device)) ** 2).mean()
         loss.backward()
         grads = [v.value.grad for v in variables]
         native = torch.Tensor
@@ -359,7 +360,7 @@ def test_torch_sparse_gradient_is_rejected_with_its_path():
             assert torch.equal(w[k].detach(), before[k])
     coo = torch.sparse_coo_tensor([[0, 1], [2, 0]], [1.0, 2.0], (2, 3))
     with pytest.raises(lm.LarsMultiTypeError, match=r"^dcdw\b.*sparse"):
-        lm.lars_update(torch.from_numpy(W.copy()), coo, 0.1)
+        lm.lars_update(torch.tensor(W), coo, 0.1)
 
 
 # --- tf.function: typed errors, traced hyper-parameters -----------------------------------

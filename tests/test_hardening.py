@@ -6,6 +6,7 @@ written, hyper-parameters out of range, and traced hyper-parameters."""
 from __future__ import annotations
 
 import collections
+import re
 
 import numpy as np
 import pytest
@@ -174,16 +175,17 @@ def test_numpy_out_partly_overlapping_the_weights(size):
 
 
 def test_torch_gradient_views_shared_through_numpy():
-    """``out=p.grad.numpy()`` with ``dcdw=p.grad.numpy()``: two objects, one memory."""
+    """``out=p.grad.numpy()`` with ``dcdw=p.grad.numpy()``: two objects, one memory
+    (CPU tensors, whatever the tests' torch device: only they share memory with NumPy)."""
     require_backend("torch")
     import torch
 
-    p = torch.nn.Parameter(torch.from_numpy(W.copy()))
-    p.grad = torch.from_numpy(G.copy())
+    p = torch.nn.Parameter(torch.tensor(W, device="cpu"))
+    p.grad = torch.tensor(G, device="cpu")
     lm.lars_update(p.detach().numpy(), p.grad.numpy(), 0.1, out=p.grad.numpy())
     assert_layer_close(p.grad, W, G, 0.1, 0.0, "float32")
-    g = torch.from_numpy(G.copy())
-    lm.lars_update(torch.from_numpy(W.copy()), g, 0.1, out=g.view_as(g))
+    g = torch.tensor(G)
+    lm.lars_update(torch.tensor(W), g, 0.1, out=g.view_as(g))
     assert_layer_close(g, W, G, 0.1, 0.0, "float32")
 
 
@@ -258,7 +260,7 @@ def test_jax_failed_or_aliased_calls_never_delete_inputs():
 def _torch_tree():
     import torch
 
-    return [torch.from_numpy(W.copy()), torch.from_numpy(W.copy() * 2)], [torch.from_numpy(G.copy())] * 2
+    return [torch.tensor(W), torch.tensor(W * 2)], [torch.tensor(G)] * 2
 
 
 @pytest.mark.parametrize("kind", ["inference", "expanded", "meta-device-out", "meta-device-grad"])
@@ -267,6 +269,7 @@ def test_torch_unwritable_or_misplaced_later_layer_writes_nothing(kind):
     import torch
 
     ws, gs = _torch_tree()
+    device = re.escape(str(ws[0].device))  # cpu, or cuda:0 where the tests run there
     outs = [torch.zeros(4, 3), torch.zeros(4, 3)]
     if kind == "inference":
         with torch.inference_mode():
@@ -280,25 +283,25 @@ def test_torch_unwritable_or_misplaced_later_layer_writes_nothing(kind):
         )
     elif kind == "meta-device-out":
         outs[1] = torch.zeros(4, 3, device="meta")
-        error, match = lm.LarsMultiValueError, r"^out\[1\]: expected an array on cpu .*got one on meta"
+        error, match = lm.LarsMultiValueError, rf"^out\[1\]: expected an array on {device} .*got one on meta"
     else:
         gs = [gs[0], torch.zeros(4, 3, device="meta")]
-        error, match = lm.LarsMultiValueError, r"^dcdw\[1\]: expected an array on cpu .*got one on meta"
+        error, match = lm.LarsMultiValueError, rf"^dcdw\[1\]: expected an array on {device} .*got one on meta"
     with pytest.raises(error, match=match):
         lm.lars_update(ws, gs, 0.1, out=outs)
     assert not outs[0].any()
-    np.testing.assert_array_equal(ws[0].numpy(), W)
+    np.testing.assert_array_equal(to_numpy(ws[0]), W)
 
 
 def test_torch_sparse_gradient_is_refused():
     require_backend("torch")
     import torch
 
-    w = {"emb": torch.from_numpy(W.copy())}
-    sparse = torch.from_numpy(G.copy()).to_sparse()
+    w = {"emb": torch.tensor(W)}
+    sparse = torch.tensor(G).to_sparse()
     with pytest.raises(lm.LarsMultiTypeError, match=r"^dcdw\['emb'\]: expected a dense array.*sparse"):
         lm.lars_update(w, {"emb": sparse}, 0.1, out=w)
-    np.testing.assert_array_equal(w["emb"].numpy(), W)
+    np.testing.assert_array_equal(to_numpy(w["emb"]), W)
 
 
 # --- hyper-parameters out of range ---------------------------------------------------------------------

@@ -524,7 +524,7 @@ def timm_runs(problem):
                     tget(g, path), dtype=torch.float64
                 ).clone()  # Lars may write into p.grad
             opt.step()
-        out[config] = _rebuild({path: t.detach().numpy().copy() for path, t in tensors.items()})
+        out[config] = _rebuild({path: to_numpy(t) for path, t in tensors.items()})
     return out
 
 

@@ -162,8 +162,8 @@ def test_torch_parameter_updated_in_place():
     require_backend("torch")
     import torch
 
-    p = torch.nn.Parameter(torch.from_numpy(W.copy()))
-    (p * torch.from_numpy(G)).sum().backward()
+    p = torch.nn.Parameter(torch.tensor(W))
+    (p * torch.tensor(G)).sum().backward()
     ptr, version = p.data_ptr(), p._version
     returned = lm.lars_update(p, p.grad, 0.1, out=p)
     assert returned is p
@@ -172,9 +172,9 @@ def test_torch_parameter_updated_in_place():
     assert_layer_close(p, W, G, 0.1, 0.0, "float32")
     model = torch.nn.Linear(3, 2)
     params = dict(model.named_parameters())
-    before = {k: v.detach().numpy().copy() for k, v in params.items()}
+    before = {k: to_numpy(v) for k, v in params.items()}
     model(torch.ones(4, 3)).sum().backward()
-    grads = {k: v.grad.numpy().copy() for k, v in params.items()}
+    grads = {k: to_numpy(v.grad) for k, v in params.items()}
     lm.lars_update(params, {k: v.grad for k, v in params.items()}, 0.01, decay_lambda=1e-3, out=params)
     for k in params:
         assert_layer_close(params[k], before[k], grads[k], 0.01, 1e-3, "float32")

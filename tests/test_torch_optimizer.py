@@ -12,6 +12,7 @@ import copy
 import io
 
 import pytest
+from conftest import torch_randn
 
 torch = pytest.importorskip("torch")
 
@@ -26,7 +27,7 @@ HYPER = {"trust_coefficient": 0.02}
 def make_params(dtype=torch.float64, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return {
-        name: torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype))
+        name: torch.nn.Parameter(torch_randn(*shape, generator=generator, dtype=dtype))
         for name, shape in SHAPES.items()
     }
 
@@ -34,7 +35,7 @@ def make_params(dtype=torch.float64, seed=0):
 def make_grads(steps=STEPS, dtype=torch.float64, seed=1):
     generator = torch.Generator().manual_seed(seed)
     return [
-        {name: torch.randn(shape, generator=generator, dtype=dtype) for name, shape in SHAPES.items()}
+        {name: torch_randn(*shape, generator=generator, dtype=dtype) for name, shape in SHAPES.items()}
         for _ in range(steps)
     ]
 
@@ -265,12 +266,12 @@ def mlp():
 
 
 def test_grad_scaler_steps_with_unscaled_gradients():
-    x, y = torch.randn(32, 6, generator=torch.Generator().manual_seed(2)), torch.randn(32, 3)
+    x, y = torch_randn(32, 6, generator=torch.Generator().manual_seed(2)), torch.randn(32, 3)
     results = []
     for scaled in (False, True):
         model = mlp()
         opt = LARS(param_groups(model), lr=0.1, weight_decay=1e-3, **HYPER)
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaled)
+        scaler = torch.amp.GradScaler(x.device.type, init_scale=2.0**12, enabled=scaled)
         for _ in range(20):
             opt.zero_grad()
             scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
@@ -283,7 +284,7 @@ def test_grad_scaler_steps_with_unscaled_gradients():
 def test_grad_scaler_skips_a_step_with_inf_gradients():
     model = mlp()
     opt = LARS(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu")
+    scaler = torch.amp.GradScaler(next(model.parameters()).device.type)
     before = [p.detach().clone() for p in model.parameters()]
     scaler.scale(model(torch.randn(4, 6)).sum()).backward()
     next(model.parameters()).grad[0, 0] = float("inf")
@@ -306,7 +307,7 @@ def test_compiled_step_fullgraph_matches_eager_without_recompiling_for_lr(preset
         graphs.append(gm)
         return gm.forward
 
-    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(3))
+    x = torch_randn(16, 6, generator=torch.Generator().manual_seed(3))
     results = []
     for compiled in (False, True):
         model = mlp()

@@ -7,6 +7,8 @@ test accuracy with two decimals.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from conftest import ALL_BACKENDS, require_backend
 
@@ -31,11 +33,22 @@ def _accuracy(last_line: str) -> float:
     return float(value)
 
 
+def _demo_device(backend: str) -> contextlib.AbstractContextManager:
+    """The torch demo feeds its model ``torch.from_numpy`` batches: it trains on the
+    CPU, so its model is made there too, whatever device the torch tests run on."""
+    if backend != "torch":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.device("cpu")
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_train_few_epochs(backend, tmp_path, capsys):
     require_backend(backend)
     out = tmp_path / "curves.png"
-    lines = _train(capsys, "--backend", backend, "--epochs", "4", "--out", str(out))
+    with _demo_device(backend):
+        lines = _train(capsys, "--backend", backend, "--epochs", "4", "--out", str(out))
     assert _accuracy(lines[-1]) > 0.8
     assert out.read_bytes()[:8] == PNG
 

@@ -1,0 +1,361 @@
+r"""The LARS step, written once, over lists of layers, for every backend and every rule.
+
+You, Gitman and Ginsburg (2017), "Large Batch Training of Convolutional
+Networks" (arXiv:1708.03888). With :math:`c` the trust coefficient,
+:math:`\lambda` the weight decay, :math:`\eta` the learning rate, :math:`\mu`
+the momentum, :math:`d` the dampening and :math:`u = g + \lambda w`, each
+layer takes a trust ratio :math:`r` and steps by it:
+
+.. math::
+
+    r = \frac{c \lVert w \rVert}{\lVert g \rVert + \lambda \lVert w \rVert + \epsilon},
+    \qquad v \leftarrow \mu v + (1 - d)\, \eta\, r\, u,
+    \qquad w \leftarrow w - v
+
+in the paper's convention; :mod:`lars_multi._presets` gives optax's and
+timm's as data. :func:`lars_multi.lars_update` is the same step with the
+reference's rule (the ``"reference"`` preset: no momentum,
+:math:`r = \lVert w \rVert / (\lVert g \rVert + 10^{-12})` divided by
+:math:`\lambda \lVert w \rVert` where that is positive, and :math:`u = g`).
+
+The step runs over the layers in the batches the backend chooses
+(``ops.batches``: cache-sized on CPUs, one per dtype where a compiler fuses
+the step), each batch with the backend's list primitives: the norms of many
+arrays, ``a x + b y`` into an output for many arrays, ``where`` and casts.
+The trust ratios of a batch are one vector, computed once. Half-precision
+layers compute in float32 and are rounded once. On JAX and TensorFlow each
+batch is one compiled program of this same code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import _registry
+from ._presets import Preset
+from ._protocol import Backend
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """The hyper-parameters that shape the step (everything but the rates)."""
+
+    preset: Preset
+    momentum: float = 0.0
+    nesterov: bool = False
+    dampening: float = 0.0
+    trust_coefficient: float = 1.0
+    eps: float = 0.0
+    trust_clip: bool = False
+    always_adapt: bool = False
+
+
+@dataclass(frozen=True)
+class LayerFlags:
+    """Which layers are adapted and decayed (static: they shape the program)."""
+
+    adapt: tuple[bool, ...]
+    decay: tuple[bool, ...]
+    # One mesh axis name (or None) per layer whose norms are summed across
+    # devices (inside jax.shard_map); None: every norm is local.
+    axis_names: tuple[Any, ...] | None = None
+
+    @classmethod
+    def every(cls, n: int, axis_names: tuple[Any, ...] | None = None) -> LayerFlags:
+        """Every one of ``n`` layers adapted and decayed."""
+        return cls((True,) * n, (True,) * n, axis_names)
+
+    def select(self, indices: Sequence[int]) -> LayerFlags:
+        if len(indices) == len(self.adapt):
+            return self
+        axes = self.axis_names
+        return LayerFlags(
+            tuple(self.adapt[i] for i in indices),
+            tuple(self.decay[i] for i in indices),
+            None if axes is None else tuple(axes[i] for i in indices),
+        )
+
+
+def trust_ratio(
+    ops: Backend, config: StepConfig, w_norm: Any, g_norm: Any, u_norm: Any, lr: Any, decay: Any
+) -> Any:
+    """:math:`r` of layers from their norms (0-d arrays or vectors); ``decay`` is
+    None where no weight decay applies."""
+    preset = config.preset
+    if preset.decay_divides_ratio:  # the reference: no fallback, lambda divides r
+        ratio = w_norm / (g_norm + config.eps)
+        if decay is None:
+            return ratio
+        scale = w_norm * decay  # a zero-norm layer keeps rate 0
+        return ratio / ops.where(scale > 0, scale, 1.0)
+    if preset.ratio_of_update:
+        denominator = u_norm
+    elif decay is None:
+        denominator = g_norm
+    else:
+        denominator = g_norm + decay * w_norm
+    usable = (w_norm > 0) & ((u_norm if preset.ratio_of_update else g_norm) > 0)
+    # Divide only where the ratio is used (no 0/0 computed, no warning raised).
+    denominator = ops.where(usable, denominator + config.eps, 1.0)
+    ratio = ops.where(usable, config.trust_coefficient * w_norm / denominator, 1.0)
+    if config.trust_clip:  # min(r / lr, 1): r / lr where r < lr (so lr > 0), else 1
+        below = ratio < lr
+        lr_like = ops.zeros_like(ratio) + lr  # in the ratio's dtype, whatever lr is
+        ratio = ops.where(below, ratio / ops.where(below, lr_like, 1.0), 1.0)
+    return ratio
+
+
+def lars_step(
+    ops: Backend,
+    config: StepConfig,
+    flags: LayerFlags,
+    ws: Sequence[Any],
+    gs: Sequence[Any],
+    buffers: Sequence[Any],
+    lr: Any,
+    weight_decay: Any,
+    first: Any,
+    outs: Sequence[Any] | None = None,
+    *,
+    stop_gradients: bool = True,
+    donate: bool = False,
+) -> tuple[list[Any], list[Any]]:
+    r"""New weights and momentum buffers of every layer.
+
+    ``buffers`` holds None for every layer when ``config.momentum`` is 0;
+    ``first`` says the buffers are empty (timm starts them at :math:`r u`).
+    With ``outs`` (writable, aliasing no input but the weights they replace),
+    the new weights are written into ``outs`` and the new buffers into
+    ``buffers``, batch by batch, with no temporary beyond a batch.
+    ``donate``: the weights' buffers may be reused (JAX, with ``outs`` None).
+    """
+    new_ws, new_buffers = list(ws), list(buffers)
+    for batch in ops.batches(ws):
+        run = _batch_step(ops, config, flags.select(batch), stop_gradients, donate)
+        part_ws, part_buffers = run(
+            [ws[i] for i in batch],
+            [gs[i] for i in batch],
+            [buffers[i] for i in batch],
+            lr,
+            weight_decay,
+            first,
+            None if outs is None else [outs[i] for i in batch],
+        )
+        for i, new_w, new_buffer in zip(batch, part_ws, part_buffers):
+            new_ws[i], new_buffers[i] = new_w, new_buffer
+    return new_ws, new_buffers
+
+
+_COMPILES: dict[str, bool] = {}
+
+
+def compiles(ops: Backend) -> bool:
+    """Whether the backend compiles the step (then values are traced, not read)."""
+    known = _COMPILES.get(ops.FRAMEWORK)
+    if known is None:
+
+        def nothing() -> None:
+            return None
+
+        known = _COMPILES[ops.FRAMEWORK] = ops.compile(nothing) is not nothing
+    return known
+
+
+_STEPS: dict[tuple[Any, ...], Any] = {}
+
+
+def _batch_step(ops: Backend, config: StepConfig, flags: LayerFlags, stop: bool, donate: bool) -> Any:
+    """:func:`_step` for one configuration and pattern of flags, compiled where the
+    backend compiles (one program per batch structure); kept for the next call."""
+    if _registry.is_compiling():  # torch.compile traces the step itself (and not the cache's keys)
+        return functools.partial(_step, ops, config, flags, stop)
+    key = (ops, config, flags, stop, donate)
+    step = _STEPS.get(key)
+    if step is None:
+        if len(_STEPS) >= 256:
+            _STEPS.clear()
+        step = _STEPS[key] = ops.compile(functools.partial(_step, ops, config, flags, stop), donate=donate)
+    return step
+
+
+def _step(
+    ops: Backend,
+    config: StepConfig,
+    flags: LayerFlags,
+    stop: bool,
+    ws: list[Any],
+    gs: list[Any],
+    buffers: list[Any],
+    lr: Any,
+    weight_decay: Any,
+    first: Any,
+    outs: list[Any] | None,
+) -> tuple[list[Any], list[Any]]:
+    """One batch: the trust ratios as vectors, then the update in multiply-add passes."""
+    n = len(ws)
+    if stop and outs is None:
+        ws, gs = [ops.stop_gradient(w) for w in ws], [ops.stop_gradient(g) for g in gs]
+    preset = config.preset
+    decayed = [weight_decay is not None and flags.decay[i] for i in range(n)]
+    adapted = [
+        flags.adapt[i] and (config.always_adapt or not preset.adapt_needs_decay or decayed[i])
+        for i in range(n)
+    ]
+    wcs = [ops.to_compute(w) for w in ws]
+    gcs = [ops.to_compute(g) for g in gs]
+    # A batch is of one dtype: rates in its compute dtype (a number stays a number).
+    lr = ops.cast_like(lr, wcs[0])
+    weight_decay = ops.cast_like(weight_decay, wcs[0])
+    us = list(gcs)
+    if not preset.decay_divides_ratio:  # u = g + lambda w
+        chosen = [i for i in range(n) if decayed[i]]
+        if chosen:
+            decayed_us = ops.axpbys(1.0, [gcs[i] for i in chosen], weight_decay, [wcs[i] for i in chosen])
+            for i, u in zip(chosen, decayed_us):
+                us[i] = u
+    ratios = _ratio_vectors(ops, config, flags, wcs, gcs, us, adapted, decayed, lr, weight_decay)
+    # In place: written straight into the outputs, unless computed aside in float32 (halves).
+    direct = outs is not None and all(wc is w for wc, w in zip(wcs, ws))
+    targets = outs if direct else None
+    new_ws, new_buffers = _update(ops, config, ratios, wcs, us, buffers, lr, first, targets, direct)
+    if direct or outs is None:
+        if outs is None:
+            new_ws = [_rounded(ops, new, w) for new, w in zip(new_ws, ws)]
+            new_buffers = [
+                None if b is None else _rounded(ops, new, b) for new, b in zip(new_buffers, buffers)
+            ]
+        return new_ws, new_buffers
+    for i in range(n):  # computed aside: rounded once, then written
+        ops.write(outs[i], _rounded(ops, new_ws[i], ws[i]))
+        if buffers[i] is not None:
+            ops.write(buffers[i], _rounded(ops, new_buffers[i], buffers[i]))
+    return list(outs), list(buffers)
+
+
+def _rounded(ops: Backend, value: Any, like: Any) -> Any:
+    """``value`` (computed in float32 for halves) in ``like``'s dtype."""
+    return value if value.dtype == like.dtype else ops.cast_like(value, like)
+
+
+_Ratios = list[tuple[list[int], Any]]  # (layers, their trust ratios as one vector)
+
+
+def _ratio_vectors(
+    ops: Backend,
+    config: StepConfig,
+    flags: LayerFlags,
+    wcs: list[Any],
+    gcs: list[Any],
+    us: list[Any],
+    adapted: list[bool],
+    decayed: list[bool],
+    lr: Any,
+    weight_decay: Any,
+) -> _Ratios:
+    """The adapted layers' trust ratios, one vector for the decayed ones and one for
+    the others, from their norms taken all at once (summed over mesh axes, with
+    ``axis_names``).
+
+    Where the backend compiles the step, each layer's ratio is a vector of its
+    own: the compiler fuses them anyway, and inside ``jax.shard_map`` a
+    replicated layer's ratio then stays replicated.
+    """
+    alone = compiles(ops)
+    groups: dict[tuple[bool, int], list[int]] = {}
+    for i in range(len(wcs)):
+        if adapted[i]:
+            groups.setdefault((decayed[i], i if alone else -1), []).append(i)
+    axes = flags.axis_names
+    vectors = []
+    for (is_decayed, _), indices in groups.items():
+        k = len(indices)
+        picked = None if axes is None else tuple(axes[i] for i in indices)
+        norms = ops.norms(
+            [wcs[i] for i in indices] + [gcs[i] for i in indices],
+            None if picked is None else picked + picked,
+        )
+        w_norm, g_norm = ops.stack(norms[:k]), ops.stack(norms[k:])
+        decay = weight_decay if is_decayed else None
+        u_norm = g_norm
+        if config.preset.ratio_of_update and is_decayed:
+            u_norm = ops.stack(ops.norms([us[i] for i in indices], picked))
+        ratio = trust_ratio(ops, config, w_norm, g_norm, u_norm, lr, decay)
+        vectors.append((indices, ratio))
+    return vectors
+
+
+def _per_layer(ops: Backend, n: int, ratios: _Ratios, f: Any) -> list[Any]:
+    """``f(r)`` for every layer: computed on each ratio vector at once, ``f(1.0)``
+    where the layer is not adapted."""
+    values: list[Any] = [None] * n
+    for indices, ratio in ratios:
+        for i, value in zip(indices, ops.unstack(f(ratio))):
+            values[i] = value
+    if any(v is None for v in values):
+        plain = f(1.0)
+        values = [plain if v is None else v for v in values]
+    return values
+
+
+def _update(
+    ops: Backend,
+    config: StepConfig,
+    ratios: _Ratios,
+    wcs: list[Any],
+    us: list[Any],
+    buffers: list[Any],
+    lr: Any,
+    first: Any,
+    targets: list[Any] | None,
+    in_place: bool,
+) -> tuple[list[Any], list[Any]]:
+    r"""The new weights and buffers in ``axpby`` passes (``a x + b y``), written into
+    ``targets`` and the buffers when ``in_place``; :math:`r u` is never stored."""
+    n = len(wcs)
+    mu, damp = config.momentum, 1.0 - config.dampening
+    if mu == 0:
+        rates = _per_layer(ops, n, ratios, lambda r: -(lr * r))
+        return ops.axpbys(1.0, wcs, rates, us, targets), list(buffers)
+    bcs = [ops.to_compute(b) for b in buffers]
+    into = buffers if in_place else None
+    if config.preset.lr_in_buffer:  # v = mu v + (1 - d) eta r u; w - v
+        new_buffers = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, lambda r: damp * (lr * r)), us, into)
+        step: Any = 1.0
+    else:  # b = mu b + (1 - d) r u, r u at first; w - eta b
+        new_buffers = _timm_buffers(ops, n, ratios, damp, mu, bcs, us, first, into)
+        step = lr
+    if config.nesterov:  # w - (mu step b + eta r u), the step summed first
+        rates = _per_layer(ops, n, ratios, lambda r: lr * r)
+        steps = ops.axpbys(mu * step, new_buffers, rates, us)
+        return ops.axpbys(1.0, wcs, -1.0, steps, targets), new_buffers
+    return ops.axpbys(1.0, wcs, -step, new_buffers, targets), new_buffers
+
+
+def _timm_buffers(
+    ops: Backend,
+    n: int,
+    ratios: _Ratios,
+    damp: float,
+    mu: float,
+    bcs: list[Any],
+    us: list[Any],
+    first: Any,
+    into: list[Any] | None,
+) -> list[Any]:
+    r"""timm's buffers: :math:`r u` on the first step, else :math:`\mu b + (1-d) r u`."""
+    if first is True:
+        return ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us, into)
+    if first is False:
+        return ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, lambda r: damp * r), us, into)
+    # Traced (jit): both, then chosen.
+    later = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, lambda r: damp * r), us)
+    at_first = ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us)
+    new = [ops.where(first, a, b) for a, b in zip(at_first, later)]
+    if into is None:
+        return new
+    for target, value in zip(into, new):
+        ops.write(target, value)
+    return list(into)
