@@ -166,6 +166,8 @@ def unstack(vector: np.ndarray) -> list[float]:
 def batches(ws: Sequence[Any]) -> list[list[int]]:
     """Consecutive layers of one dtype, in batches of about ``_BATCH_BYTES`` in
     their compute dtype (halves are computed on float32 copies)."""
+    if len(ws) == 1:
+        return [[0]]
     by_dtype: dict[np.dtype, list[int]] = {}
     for i, w in enumerate(ws):
         by_dtype.setdefault(w.dtype, []).append(i)

@@ -156,6 +156,11 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
         for a in axis_names:
             if a is not None:
                 raise no_axis_name("axis_name", FRAMEWORK, a)
+    first = xs[0]
+    if all(type(x) is torch.Tensor and x.dtype == first.dtype and x.device == first.device for x in xs) and (
+        first.layout == torch.strided and first.dtype in FLOAT_DTYPES
+    ):  # the common case: plain tensors of one device and dtype
+        return _foreach_norms(list(xs), first.dtype)
     out: list[Any] = [None] * len(xs)
     groups: dict[Any, list[int]] = {}
     for i, x in enumerate(xs):
@@ -242,6 +247,8 @@ _BATCH_BYTES = 4 << 20
 def batches(ws: Sequence[torch.Tensor]) -> list[list[int]]:
     """The layers by (device, dtype); on CPUs and for halves, in consecutive
     batches of about ``_BATCH_BYTES``."""
+    if len(ws) == 1:
+        return [[0]]
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, w in enumerate(ws):
         groups.setdefault((w.device, w.dtype), []).append(i)

@@ -24,6 +24,8 @@ from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
 _RULE = StepConfig(REFERENCE, eps=REFERENCE.eps)
+# Every layer adapted and decayed, by (number of layers, mesh axis names).
+_FLAGS: dict[tuple[int, Any], LayerFlags] = {}
 
 
 @no_autograph
@@ -312,7 +314,10 @@ def _run(
         and all(o is x for o, x in zip(group_out, group_w))
     )
     direct = writable and not write_late
-    flags = LayerFlags.every(len(group_w), axis_names)
+    key = (len(group_w), axis_names)
+    flags = _FLAGS.get(key)
+    if flags is None:
+        flags = _FLAGS[key] = LayerFlags.every(*key)
     new, _ = lars_step(
         ops,
         _RULE,

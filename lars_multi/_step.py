@@ -39,9 +39,23 @@ from ._presets import Preset
 from ._protocol import Backend
 
 
+class _Key:
+    """A frozen dataclass used as a cache key: its hash is computed once (the
+    generated one hashes every field, on every lookup). Subclasses say
+    ``__hash__ = _Key.__hash__`` in their body, so that dataclass keeps it."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(tuple(vars(self).values())))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
+
+
 @dataclass(frozen=True)
-class StepConfig:
+class StepConfig(_Key):
     """The hyper-parameters that shape the step (everything but the rates)."""
+
+    __hash__ = _Key.__hash__
 
     preset: Preset
     momentum: float = 0.0
@@ -54,8 +68,10 @@ class StepConfig:
 
 
 @dataclass(frozen=True)
-class LayerFlags:
+class LayerFlags(_Key):
     """Which layers are adapted and decayed (static: they shape the program)."""
+
+    __hash__ = _Key.__hash__
 
     adapt: tuple[bool, ...]
     decay: tuple[bool, ...]
@@ -133,8 +149,12 @@ def lars_step(
     ``donate``: the weights' buffers may be reused (JAX, with ``outs`` None).
     """
     new_ws, new_buffers = list(ws), list(buffers)
+    # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
+    in_place = outs is not None and all(o is w for o, w in zip(outs, ws))
     for batch in ops.batches(ws):
-        run = _batch_step(ops, config, flags.select(batch), stop_gradients, donate)
+        run = _batch_step(
+            ops, config, flags.select(batch), weight_decay is not None, stop_gradients, donate, in_place
+        )
         part_ws, part_buffers = run(
             [ws[i] for i in batch],
             [gs[i] for i in batch],
@@ -142,7 +162,7 @@ def lars_step(
             lr,
             weight_decay,
             first,
-            None if outs is None else [outs[i] for i in batch],
+            None if outs is None or in_place else [outs[i] for i in batch],
         )
         for i, new_w, new_buffer in zip(batch, part_ws, part_buffers):
             new_ws[i], new_buffers[i] = new_w, new_buffer
@@ -167,25 +187,72 @@ def compiles(ops: Backend) -> bool:
 _STEPS: dict[tuple[Any, ...], Any] = {}
 
 
-def _batch_step(ops: Backend, config: StepConfig, flags: LayerFlags, stop: bool, donate: bool) -> Any:
+def _batch_step(
+    ops: Backend,
+    config: StepConfig,
+    flags: LayerFlags,
+    has_decay: bool,
+    stop: bool,
+    donate: bool,
+    in_place: bool,
+) -> Any:
     """:func:`_step` for one configuration and pattern of flags, compiled where the
     backend compiles (one program per batch structure); kept for the next call."""
     if _registry.is_compiling():  # torch.compile traces the step itself (and not the cache's keys)
-        return functools.partial(_step, ops, config, flags, stop)
-    key = (ops, config, flags, stop, donate)
+        return functools.partial(_step, ops, config, _plan(ops, config, flags, has_decay), stop, in_place)
+    key = (ops, config, flags, has_decay, stop, donate, in_place)
     step = _STEPS.get(key)
     if step is None:
         if len(_STEPS) >= 256:
             _STEPS.clear()
-        step = _STEPS[key] = ops.compile(functools.partial(_step, ops, config, flags, stop), donate=donate)
+        plan = _plan(ops, config, flags, has_decay)
+        function = functools.partial(_step, ops, config, plan, stop, in_place)
+        step = _STEPS[key] = ops.compile(function, donate=donate)
     return step
+
+
+@dataclass(frozen=True)
+class _Plan:
+    r"""What the flags make of a batch, decided once: the layers whose update is
+    :math:`u = g + \lambda w`, and the groups of adapted layers whose trust
+    ratios are one vector, each with whether it is decayed and its mesh axes."""
+
+    decayed: tuple[int, ...]
+    groups: tuple[tuple[bool, tuple[int, ...], tuple[Any, ...] | None], ...]
+
+
+def _plan(ops: Backend, config: StepConfig, flags: LayerFlags, has_decay: bool) -> _Plan:
+    """One vector for the decayed adapted layers and one for the others; where the
+    backend compiles the step, each layer's ratio alone: the compiler fuses them
+    anyway, and inside ``jax.shard_map`` a replicated layer's ratio then stays
+    replicated."""
+    preset, n = config.preset, len(flags.adapt)
+    decayed = [has_decay and flags.decay[i] for i in range(n)]
+    adapted = [
+        flags.adapt[i] and (config.always_adapt or not preset.adapt_needs_decay or decayed[i])
+        for i in range(n)
+    ]
+    alone = compiles(ops)
+    groups: dict[tuple[bool, int], list[int]] = {}
+    for i in range(n):
+        if adapted[i]:
+            groups.setdefault((decayed[i], i if alone else -1), []).append(i)
+    axes = flags.axis_names
+    return _Plan(
+        tuple(i for i in range(n) if decayed[i] and not preset.decay_divides_ratio),
+        tuple(
+            (is_decayed, tuple(indices), None if axes is None else tuple(axes[i] for i in indices))
+            for (is_decayed, _), indices in groups.items()
+        ),
+    )
 
 
 def _step(
     ops: Backend,
     config: StepConfig,
-    flags: LayerFlags,
+    plan: _Plan,
     stop: bool,
+    in_place: bool,
     ws: list[Any],
     gs: list[Any],
     buffers: list[Any],
@@ -194,29 +261,26 @@ def _step(
     first: Any,
     outs: list[Any] | None,
 ) -> tuple[list[Any], list[Any]]:
-    """One batch: the trust ratios as vectors, then the update in multiply-add passes."""
+    """One batch: the trust ratios as vectors, then the update in multiply-add passes;
+    ``in_place``: the outputs are the weights."""
     n = len(ws)
+    if in_place:
+        outs = ws
     if stop and outs is None:
         ws, gs = [ops.stop_gradient(w) for w in ws], [ops.stop_gradient(g) for g in gs]
-    preset = config.preset
-    decayed = [weight_decay is not None and flags.decay[i] for i in range(n)]
-    adapted = [
-        flags.adapt[i] and (config.always_adapt or not preset.adapt_needs_decay or decayed[i])
-        for i in range(n)
-    ]
     wcs = [ops.to_compute(w) for w in ws]
     gcs = [ops.to_compute(g) for g in gs]
     # A batch is of one dtype: rates in its compute dtype (a number stays a number).
     lr = ops.cast_like(lr, wcs[0])
     weight_decay = ops.cast_like(weight_decay, wcs[0])
-    us = list(gcs)
-    if not preset.decay_divides_ratio:  # u = g + lambda w
-        chosen = [i for i in range(n) if decayed[i]]
-        if chosen:
-            decayed_us = ops.axpbys(1.0, [gcs[i] for i in chosen], weight_decay, [wcs[i] for i in chosen])
-            for i, u in zip(chosen, decayed_us):
-                us[i] = u
-    ratios = _ratio_vectors(ops, config, flags, wcs, gcs, us, adapted, decayed, lr, weight_decay)
+    us = gcs
+    if plan.decayed:  # u = g + lambda w
+        us = list(gcs)
+        chosen = plan.decayed
+        decayed_us = ops.axpbys(1.0, [gcs[i] for i in chosen], weight_decay, [wcs[i] for i in chosen])
+        for i, u in zip(chosen, decayed_us):
+            us[i] = u
+    ratios = _ratio_vectors(ops, config, plan, wcs, gcs, us, lr, weight_decay)
     # In place: written straight into the outputs, unless computed aside in float32 (halves).
     direct = outs is not None and all(wc is w for wc, w in zip(wcs, ws))
     targets = outs if direct else None
@@ -240,51 +304,41 @@ def _rounded(ops: Backend, value: Any, like: Any) -> Any:
     return value if value.dtype == like.dtype else ops.cast_like(value, like)
 
 
-_Ratios = list[tuple[list[int], Any]]  # (layers, their trust ratios as one vector)
+_Ratios = list[tuple[Sequence[int], Any]]  # (layers, their trust ratios as one vector)
 
 
 def _ratio_vectors(
     ops: Backend,
     config: StepConfig,
-    flags: LayerFlags,
+    plan: _Plan,
     wcs: list[Any],
     gcs: list[Any],
     us: list[Any],
-    adapted: list[bool],
-    decayed: list[bool],
     lr: Any,
     weight_decay: Any,
 ) -> _Ratios:
-    """The adapted layers' trust ratios, one vector for the decayed ones and one for
-    the others, from their norms taken all at once (summed over mesh axes, with
-    ``axis_names``).
-
-    Where the backend compiles the step, each layer's ratio is a vector of its
-    own: the compiler fuses them anyway, and inside ``jax.shard_map`` a
-    replicated layer's ratio then stays replicated.
-    """
-    alone = compiles(ops)
-    groups: dict[tuple[bool, int], list[int]] = {}
-    for i in range(len(wcs)):
-        if adapted[i]:
-            groups.setdefault((decayed[i], i if alone else -1), []).append(i)
-    axes = flags.axis_names
-    vectors = []
-    for (is_decayed, _), indices in groups.items():
+    """The trust ratios of the plan's groups of adapted layers, each group's from
+    its norms taken all at once (summed over mesh axes, where it has them)."""
+    vectors: _Ratios = []
+    for is_decayed, indices, picked in plan.groups:
         k = len(indices)
-        picked = None if axes is None else tuple(axes[i] for i in indices)
         norms = ops.norms(
             [wcs[i] for i in indices] + [gcs[i] for i in indices],
             None if picked is None else picked + picked,
         )
-        w_norm, g_norm = ops.stack(norms[:k]), ops.stack(norms[k:])
+        w_norm, g_norm = _vector(ops, norms[:k]), _vector(ops, norms[k:])
         decay = weight_decay if is_decayed else None
         u_norm = g_norm
         if config.preset.ratio_of_update and is_decayed:
-            u_norm = ops.stack(ops.norms([us[i] for i in indices], picked))
+            u_norm = _vector(ops, ops.norms([us[i] for i in indices], picked))
         ratio = trust_ratio(ops, config, w_norm, g_norm, u_norm, lr, decay)
         vectors.append((indices, ratio))
     return vectors
+
+
+def _vector(ops: Backend, norms: list[Any]) -> Any:
+    """Norms as one vector; one layer's norm as it is (no stacking to undo)."""
+    return norms[0] if len(norms) == 1 else ops.stack(norms)
 
 
 def _per_layer(ops: Backend, n: int, ratios: _Ratios, f: Any) -> list[Any]:
@@ -292,8 +346,9 @@ def _per_layer(ops: Backend, n: int, ratios: _Ratios, f: Any) -> list[Any]:
     where the layer is not adapted."""
     values: list[Any] = [None] * n
     for indices, ratio in ratios:
-        for i, value in zip(indices, ops.unstack(f(ratio))):
-            values[i] = value
+        value = f(ratio)
+        for i, each in zip(indices, [value] if len(indices) == 1 else ops.unstack(value)):
+            values[i] = each
     if any(v is None for v in values):
         plain = f(1.0)
         values = [plain if v is None else v for v in values]
@@ -317,7 +372,8 @@ def _update(
     n = len(wcs)
     mu, damp = config.momentum, 1.0 - config.dampening
     if mu == 0:
-        rates = _per_layer(ops, n, ratios, lambda r: -(lr * r))
+        minus_lr = -lr
+        rates = _per_layer(ops, n, ratios, lambda r: minus_lr * r)
         return ops.axpbys(1.0, wcs, rates, us, targets), list(buffers)
     bcs = [ops.to_compute(b) for b in buffers]
     into = buffers if in_place else None
