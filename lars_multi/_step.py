@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from . import _registry
@@ -40,15 +40,17 @@ from ._protocol import Backend
 
 
 class _Key:
-    """A frozen dataclass used as a cache key: its hash is computed once (the
-    generated one hashes every field, on every lookup). Subclasses say
+    """A frozen dataclass used as a cache key: its hash is computed once, on first
+    use (the generated one hashes every field on every lookup). Subclasses say
     ``__hash__ = _Key.__hash__`` in their body, so that dataclass keeps it."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash(tuple(vars(self).values())))
-
     def __hash__(self) -> int:
-        return self._hash  # type: ignore[attr-defined,no-any-return]
+        try:
+            return self._hash  # type: ignore[attr-defined,no-any-return]
+        except AttributeError:
+            value = hash(tuple(getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
+            object.__setattr__(self, "_hash", value)
+            return value
 
 
 @dataclass(frozen=True)
