@@ -160,12 +160,16 @@ def lars_step(
         part_ws, part_buffers = run(
             [ws[i] for i in batch],
             [gs[i] for i in batch],
-            [buffers[i] for i in batch],
+            None if config.momentum == 0 else [buffers[i] for i in batch],  # no list of Nones to trace
             lr,
             weight_decay,
             first,
             None if outs is None or in_place else [outs[i] for i in batch],
         )
+        if outs is not None:  # written: the outputs and buffers hold the results
+            for i in batch:
+                new_ws[i] = outs[i]
+            continue
         for i, new_w, new_buffer in zip(batch, part_ws, part_buffers):
             new_ws[i], new_buffers[i] = new_w, new_buffer
     return new_ws, new_buffers
@@ -257,7 +261,7 @@ def _step(
     in_place: bool,
     ws: list[Any],
     gs: list[Any],
-    buffers: list[Any],
+    buffers: list[Any] | None,
     lr: Any,
     weight_decay: Any,
     first: Any,
@@ -268,6 +272,8 @@ def _step(
     n = len(ws)
     if in_place:
         outs = ws
+    if buffers is None:  # no momentum
+        buffers = [None] * n
     if stop and outs is None:
         ws, gs = [ops.stop_gradient(w) for w in ws], [ops.stop_gradient(g) for g in gs]
     wcs = [ops.to_compute(w) for w in ws]
@@ -287,18 +293,16 @@ def _step(
     direct = outs is not None and all(wc is w for wc, w in zip(wcs, ws))
     targets = outs if direct else None
     new_ws, new_buffers = _update(ops, config, ratios, wcs, us, buffers, lr, first, targets, direct)
-    if direct or outs is None:
-        if outs is None:
-            new_ws = [_rounded(ops, new, w) for new, w in zip(new_ws, ws)]
-            new_buffers = [
-                None if b is None else _rounded(ops, new, b) for new, b in zip(new_buffers, buffers)
-            ]
+    if outs is None:
+        new_ws = [_rounded(ops, new, w) for new, w in zip(new_ws, ws)]
+        new_buffers = [None if b is None else _rounded(ops, new, b) for new, b in zip(new_buffers, buffers)]
         return new_ws, new_buffers
-    for i in range(n):  # computed aside: rounded once, then written
-        ops.write(outs[i], _rounded(ops, new_ws[i], ws[i]))
-        if buffers[i] is not None:
-            ops.write(buffers[i], _rounded(ops, new_buffers[i], buffers[i]))
-    return list(outs), list(buffers)
+    if not direct:
+        for i in range(n):  # computed aside: rounded once, then written
+            ops.write(outs[i], _rounded(ops, new_ws[i], ws[i]))
+            if buffers[i] is not None:
+                ops.write(buffers[i], _rounded(ops, new_buffers[i], buffers[i]))
+    return [], []  # written (a compiled step returns no variables: each would be read back)
 
 
 def _rounded(ops: Backend, value: Any, like: Any) -> Any:
