@@ -281,18 +281,23 @@ def _step(
     # A batch is of one dtype: rates in its compute dtype (a number stays a number).
     lr = ops.cast_like(lr, wcs[0])
     weight_decay = ops.cast_like(weight_decay, wcs[0])
+    # In place: written straight into the outputs, unless computed aside in float32 (halves).
+    direct = outs is not None and all(wc is w for wc, w in zip(wcs, ws))
+    # Written in place, a buffer takes c u as c g + (c lambda) w: two passes, no u stored.
+    split = direct and _u_used_once(config, first)
     us = gcs
-    if plan.decayed:  # u = g + lambda w
+    if plan.decayed and not split:  # u = g + lambda w
         us = list(gcs)
         chosen = plan.decayed
         decayed_us = ops.axpbys(1.0, [gcs[i] for i in chosen], weight_decay, [wcs[i] for i in chosen])
         for i, u in zip(chosen, decayed_us):
             us[i] = u
     ratios = _ratio_vectors(ops, config, plan, wcs, gcs, us, lr, weight_decay)
-    # In place: written straight into the outputs, unless computed aside in float32 (halves).
-    direct = outs is not None and all(wc is w for wc, w in zip(wcs, ws))
     targets = outs if direct else None
-    new_ws, new_buffers = _update(ops, config, ratios, wcs, us, buffers, lr, first, targets, direct)
+    decay_terms = (plan.decayed, weight_decay) if split and plan.decayed else None
+    new_ws, new_buffers = _update(
+        ops, config, ratios, wcs, us, decay_terms, buffers, lr, first, targets, direct
+    )
     if outs is None:
         new_ws = [_rounded(ops, new, w) for new, w in zip(new_ws, ws)]
         new_buffers = [None if b is None else _rounded(ops, new, b) for new, b in zip(new_buffers, buffers)]
@@ -361,12 +366,24 @@ def _per_layer(ops: Backend, n: int, ratios: _Ratios, f: Any) -> list[Any]:
     return values
 
 
+def _u_used_once(config: StepConfig, first: Any) -> bool:
+    """Whether u enters the step once, through the momentum buffer (not through the
+    ratio, Nesterov's step, the weights directly, or a traced choice of timm's first step)."""
+    return (
+        config.momentum != 0
+        and not config.nesterov
+        and not config.preset.ratio_of_update
+        and (config.preset.lr_in_buffer or first is True or first is False)
+    )
+
+
 def _update(
     ops: Backend,
     config: StepConfig,
     ratios: _Ratios,
     wcs: list[Any],
     us: list[Any],
+    decay_terms: tuple[tuple[int, ...], Any] | None,
     buffers: list[Any],
     lr: Any,
     first: Any,
@@ -374,7 +391,9 @@ def _update(
     in_place: bool,
 ) -> tuple[list[Any], list[Any]]:
     r"""The new weights and buffers in ``axpby`` passes (``a x + b y``), written into
-    ``targets`` and the buffers when ``in_place``; :math:`r u` is never stored."""
+    ``targets`` and the buffers when ``in_place``; :math:`r u` is never stored.
+    ``decay_terms`` (the decayed layers, :math:`\lambda`): ``us`` holds only
+    :math:`g` there, and the buffers add :math:`\lambda w` in a second pass."""
     n = len(wcs)
     mu, damp = config.momentum, 1.0 - config.dampening
     if mu == 0:
@@ -383,12 +402,24 @@ def _update(
         return ops.axpbys(1.0, wcs, rates, us, targets), list(buffers)
     bcs = [ops.to_compute(b) for b in buffers]
     into = buffers if in_place else None
+    scale: Any  # the coefficient of u in the buffer, a function of r
     if config.preset.lr_in_buffer:  # v = mu v + (1 - d) eta r u; w - v
-        new_buffers = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, lambda r: damp * (lr * r)), us, into)
+        scale = lambda r: damp * (lr * r)  # noqa: E731
+        new_buffers = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us, into)
         step: Any = 1.0
     else:  # b = mu b + (1 - d) r u, r u at first; w - eta b
-        new_buffers = _timm_buffers(ops, n, ratios, damp, mu, bcs, us, first, into)
+        new_buffers, scale = _timm_buffers(ops, n, ratios, damp, mu, bcs, us, first, into)
         step = lr
+    if decay_terms is not None:  # + (scale lambda) w, into the buffers
+        chosen, decay = decay_terms
+        coefficients = _per_layer(ops, n, ratios, lambda r: scale(r) * decay)
+        ops.axpbys(
+            1.0,
+            [new_buffers[i] for i in chosen],
+            [coefficients[i] for i in chosen],
+            [wcs[i] for i in chosen],
+            [new_buffers[i] for i in chosen],
+        )
     if config.nesterov:  # w - (mu step b + eta r u), the step summed first
         rates = _per_layer(ops, n, ratios, lambda r: lr * r)
         steps = ops.axpbys(mu * step, new_buffers, rates, us)
@@ -406,18 +437,20 @@ def _timm_buffers(
     us: list[Any],
     first: Any,
     into: list[Any] | None,
-) -> list[Any]:
-    r"""timm's buffers: :math:`r u` on the first step, else :math:`\mu b + (1-d) r u`."""
+) -> tuple[list[Any], Any]:
+    r"""timm's buffers: :math:`r u` on the first step, else :math:`\mu b + (1-d) r u`;
+    and the coefficient of :math:`u`, a function of :math:`r` (when ``first`` is known)."""
     if first is True:
-        return ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us, into)
+        return ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us, into), lambda r: r
+    scale = lambda r: damp * r  # noqa: E731
     if first is False:
-        return ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, lambda r: damp * r), us, into)
+        return ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us, into), scale
     # Traced (jit): both, then chosen.
-    later = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, lambda r: damp * r), us)
+    later = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us)
     at_first = ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us)
     new = [ops.where(first, a, b) for a, b in zip(at_first, later)]
     if into is None:
-        return new
+        return new, scale
     for target, value in zip(into, new):
         ops.write(target, value)
-    return list(into)
+    return list(into), scale
