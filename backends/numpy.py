@@ -27,6 +27,8 @@ _NATIVE_FLOATS: frozenset[np.dtype] = _HALF | {np.dtype(np.float32), np.dtype(np
 # Either byte order: the ufunc paths read swapped data; BLAS gets native data only.
 FLOAT_DTYPES = _NATIVE_FLOATS | {d.newbyteorder("S") for d in _NATIVE_FLOATS if d.kind == "f"}
 _FLOAT32 = np.dtype(np.float32)
+# Computed in their own dtype, in native byte order: the small-array fast path of axpbys.
+_PLAIN = frozenset({_FLOAT32, np.dtype(np.float64)})
 # Halves (in either byte order) compute in float32, swapped floats in native order.
 _COMPUTE = {
     d: _FLOAT32 if d.itemsize == 2 else d.newbyteorder("=") for d in FLOAT_DTYPES if d not in _NATIVE_FLOATS
@@ -225,6 +227,27 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
             block += np.multiply(flat_x[start:stop], a, dtype=cdt)
             np.copyto(flat_out[start:stop], block, casting="unsafe")
     return out
+
+
+def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None) -> list[Any]:
+    """:func:`axpby` of each array; small arrays of a native float dtype in one
+    or two ufunc calls each, with no per-array dispatch (cache-blocking and BLAS
+    only pay on large ones)."""
+    coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
+    one = type(a) is float and a == 1
+    results = []
+    for i, (x, b, y) in enumerate(zip(xs, coefficients, ys)):
+        out = None if outs is None else outs[i]
+        if x.size > _BLOCK or not x.ndim or x.dtype not in _PLAIN or (out is not None and out is not x):
+            results.append(axpby(a, x, b, y, out))
+        elif out is None:
+            results.append(x + y * b if one else x * a + y * b)
+        else:
+            if not one:
+                x *= a
+            x += y * b
+            results.append(x)
+    return results
 
 
 def _blas_ready(out: np.ndarray, y: np.ndarray) -> bool:
