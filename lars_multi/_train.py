@@ -5,8 +5,7 @@ scikit-learn (no download), standardized, with an 80/20 split. Each backend's lo
 is written in its framework's own idiom:
 
 - ``numpy``: a hand-written forward and backward pass, ``lm.optim`` with ``out=params``;
-- ``torch``: an ``nn.Module`` and autograd, ``lm.torch.LARS`` where it exists, else
-  ``lm.optim`` on the parameters with ``out=params``;
+- ``torch``: an ``nn.Module``, autograd and ``lm.torch.LARS`` with a ``LambdaLR`` schedule;
 - ``jax``: ``jax.grad`` and the whole step (gradient and ``lm.optim`` step) under ``jax.jit``;
 - ``tensorflow``: ``tf.Variable`` s and ``tf.GradientTape``, ``lm.optim`` with ``out=variables``.
 
@@ -202,15 +201,6 @@ def _train_numpy(config: Config, data: Data, report: Report) -> None:
 # --------------------------------------------------------------------------- torch
 
 
-def _lars_torch_optimizer() -> Any:
-    """``lm.torch.LARS``, a ``torch.optim.Optimizer``, where this version of the library has it."""
-    try:
-        from lars_multi import torch as lm_torch
-    except ImportError:
-        return None
-    return getattr(lm_torch, "LARS", None)
-
-
 def _train_torch(config: Config, data: Data, report: Report) -> None:
     import torch
     from torch import nn
@@ -229,10 +219,9 @@ def _train_torch(config: Config, data: Data, report: Report) -> None:
             return self.out(torch.relu(self.hidden(x)))
 
     model = MLP()
-    params = dict(model.named_parameters())
     step: Callable[[], None]
-    if config.optimizer == "lars" and _lars_torch_optimizer() is not None:
-        optimizer = _lars_torch_optimizer()(
+    if config.optimizer == "lars":
+        optimizer = lm.torch.LARS(
             model.parameters(),
             lr=config.peak,
             momentum=config.momentum,
@@ -244,15 +233,6 @@ def _train_torch(config: Config, data: Data, report: Report) -> None:
         def step() -> None:
             optimizer.step()
             sched.step()
-
-    elif config.optimizer == "lars":
-        opt = make_lars(config, schedule)
-        state = opt.init(params)
-
-        def step() -> None:
-            nonlocal state
-            grads = {k: p.grad for k, p in params.items()}
-            _, state = opt.step(params, grads, state, out=params)
 
     else:
         matrices = [p for p in model.parameters() if p.ndim > 1]
@@ -271,13 +251,18 @@ def _train_torch(config: Config, data: Data, report: Report) -> None:
             optimizer.step()
             sched.step()
 
-    x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test).long()
+    device = next(model.parameters()).device  # torch's default device (a GPU, if set so)
+
+    def tensor(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values).to(device)
+
+    x_test, y_test = tensor(data.x_test), tensor(data.y_test).long()
     for _ in range(config.epochs):
         model.train()
         total = 0.0
         for x, y in data.batches(rng, config.batch_size):
             model.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y).long())
+            loss = nn.functional.cross_entropy(model(tensor(x)), tensor(y).long())
             loss.backward()
             step()
             total += loss.item() * len(y)
