@@ -24,6 +24,8 @@ from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
 _RULE = StepConfig(REFERENCE, eps=REFERENCE.eps)
+# Finite in every compute dtype (float32 at least: halves compute in float32).
+_FITS_EVERY_DTYPE = 3.0e38
 # Every layer adapted and decayed, by (number of layers, mesh axis names).
 _FLAGS: dict[tuple[int, Any], LayerFlags] = {}
 
@@ -277,7 +279,7 @@ def _per_leaf(
 
 def _check_fit(arg: Any, value: Any, ws: Sequence[Any], paths: Sequence[Any], ops: Backend) -> None:
     """A float hyper-parameter must be finite in the dtype every layer computes in."""
-    if type(value) is not float:
+    if type(value) is not float or -_FITS_EVERY_DTYPE < value < _FITS_EVERY_DTYPE:
         return
     for dtype in {x.dtype for x in ws}:
         i = next(k for k, x in enumerate(ws) if x.dtype == dtype)

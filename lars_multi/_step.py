@@ -158,13 +158,13 @@ def lars_step(
             ops, config, flags.select(batch), weight_decay is not None, stop_gradients, donate, in_place
         )
         part_ws, part_buffers = run(
-            [ws[i] for i in batch],
-            [gs[i] for i in batch],
-            None if config.momentum == 0 else [buffers[i] for i in batch],  # no list of Nones to trace
+            _take(ws, batch),
+            _take(gs, batch),
+            None if config.momentum == 0 else _take(buffers, batch),  # no list of Nones to trace
             lr,
             weight_decay,
             first,
-            None if outs is None or in_place else [outs[i] for i in batch],
+            None if outs is None or in_place else _take(outs, batch),
         )
         if outs is not None:  # written: the outputs and buffers hold the results
             for i in batch:
@@ -173,6 +173,13 @@ def lars_step(
         for i, new_w, new_buffer in zip(batch, part_ws, part_buffers):
             new_ws[i], new_buffers[i] = new_w, new_buffer
     return new_ws, new_buffers
+
+
+def _take(xs: Sequence[Any], batch: Sequence[int]) -> list[Any]:
+    """The batch's items of ``xs``, as a list (``xs`` itself when it is all of them)."""
+    if len(batch) == len(xs) and type(xs) is list:
+        return xs
+    return [xs[i] for i in batch]
 
 
 _COMPILES: dict[str, bool] = {}

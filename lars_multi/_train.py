@@ -205,6 +205,8 @@ def _train_torch(config: Config, data: Data, report: Report) -> None:
     import torch
     from torch import nn
 
+    from lars_multi.torch import LARS
+
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     schedule = make_schedule(config, data)
@@ -221,7 +223,7 @@ def _train_torch(config: Config, data: Data, report: Report) -> None:
     model = MLP()
     step: Callable[[], None]
     if config.optimizer == "lars":
-        optimizer = lm.torch.LARS(
+        optimizer = LARS(
             model.parameters(),
             lr=config.peak,
             momentum=config.momentum,
