@@ -222,6 +222,7 @@ def _train_torch(config: Config, data: Data, report: Report) -> None:
 
     model = MLP()
     step: Callable[[], None]
+    optimizer: torch.optim.Optimizer
     if config.optimizer == "lars":
         optimizer = LARS(
             model.parameters(),
