@@ -144,7 +144,8 @@ def lars_step(
     r"""New weights and momentum buffers of every layer.
 
     ``buffers`` holds None for every layer when ``config.momentum`` is 0;
-    ``first`` says the buffers are empty (timm starts them at :math:`r u`).
+    ``first`` says the buffers are empty (timm starts them at :math:`r u`): one
+    value for all layers, or a list with one (traced) value per layer.
     With ``outs`` (writable, aliasing no input but the weights they replace),
     the new weights are written into ``outs`` and the new buffers into
     ``buffers``, batch by batch, with no temporary beyond a batch.
@@ -163,7 +164,7 @@ def lars_step(
             None if config.momentum == 0 else _take(buffers, batch),  # no list of Nones to trace
             lr,
             weight_decay,
-            first,
+            _take(first, batch) if isinstance(first, list) else first,
             None if outs is None or in_place else _take(outs, batch),
         )
         if outs is not None:  # written: the outputs and buffers hold the results
@@ -452,10 +453,11 @@ def _timm_buffers(
     scale = lambda r: damp * r  # noqa: E731
     if first is False:
         return ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us, into), scale
-    # Traced (jit): both, then chosen.
+    # Traced (jit), for all layers or per layer: both, then chosen.
     later = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us)
     at_first = ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us)
-    new = [ops.where(first, a, b) for a, b in zip(at_first, later)]
+    firsts = first if isinstance(first, list) else [first] * n
+    new = [ops.where(f, a, b) for f, a, b in zip(firsts, at_first, later)]
     if into is None:
         return new, scale
     for target, value in zip(into, new):

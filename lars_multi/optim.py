@@ -45,11 +45,17 @@ Mask = Any  # a tree of bools like params, or a callable (path, array) -> bool
 
 
 class LarsState(NamedTuple):
-    """The optimizer's state: the step count (a 0-d int32 array) and the
-    momentum buffers (a tree like the parameters, in their dtypes; None without momentum)."""
+    """The optimizer's state: the step count (a 0-d int32 array), the momentum
+    buffers (a tree like the parameters, in their dtypes; None without momentum)
+    and, in timm's convention with momentum only (else None), ``started``: per
+    parameter, whether its buffer has been started (a 0-d bool array), so that a
+    parameter's first step starts its buffer at :math:`r u` as timm's does,
+    whenever its first gradient comes. A state without it takes step 0 as every
+    parameter's first."""
 
     count: Any
     momentum: Any
+    started: Any = None
 
 
 def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, closed: bool = True) -> float:
@@ -90,10 +96,17 @@ class LarsOptimizer:
         count = ops.asarray(0, "int32")
         if self.config.momentum == 0:
             return LarsState(count, None)
-        buffers = [
-            ops.zeros_like(_checks.unwrap(x)) if _checks.owner(x) is not None else None for x in flat.leaves
-        ]
-        return LarsState(count, flat.rebuild(buffers))
+        arrays = [_checks.owner(x) is not None for x in flat.leaves]
+        buffers = [ops.zeros_like(_checks.unwrap(x)) if a else None for x, a in zip(flat.leaves, arrays)]
+        started = None
+        if self._tracks_start:
+            started = flat.rebuild([ops.asarray(False, "bool") if a else None for a in arrays])
+        return LarsState(count, flat.rebuild(buffers), started)
+
+    @property
+    def _tracks_start(self) -> bool:
+        """Whether a buffer starts differently (timm: at r u, not mu 0 + (1 - d) r u)."""
+        return self.config.momentum != 0 and not self.config.preset.lr_in_buffer
 
     @no_autograph
     def step(self, params: Any, grads: Any, state: LarsState, *, out: Any = None) -> tuple[Any, LarsState]:
@@ -135,11 +148,16 @@ class LarsOptimizer:
         lr = _at(self.learning_rate, state.count)
         decay = _at(self.weight_decay, state.count)
         decay = None if isinstance(decay, float) and decay == 0 else decay  # no decay: skipped entirely
-        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, state.count, outs)
+        all_started = self._started(state, flat, active, ops)
+        first = _first(ops, state.count, all_started, active)
+        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs)
         count = ops.asarray(state.count + 1, "int32")
+        started = None
+        if all_started is not None:
+            started = self._rebuild(flat, all_started, active, [ops.asarray(True, "bool")] * len(active))
         if out_leaves is None:
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
-                count, flat, all_buffers, active, new_buffers
+                count, flat, all_buffers, active, new_buffers, started
             )
         for i, new in zip(active, new_ws):
             _checks.write_back(out_leaves[i], new)
@@ -147,9 +165,9 @@ class LarsOptimizer:
         momentum = (
             state.momentum
             if writable
-            else self._new_state(count, flat, all_buffers, active, new_buffers).momentum
+            else self._new_state(count, flat, all_buffers, active, new_buffers, started).momentum
         )
-        return out, LarsState(count, momentum)
+        return out, LarsState(count, momentum, started)
 
     def _run(
         self,
@@ -160,21 +178,40 @@ class LarsOptimizer:
         buffers: list[Any],
         lr: Any,
         decay: Any,
-        count: Any,
+        first: Any,
         outs: list[Any] | None,
     ) -> tuple[list[Any], list[Any]]:
         """The step (compiled per batch on JAX and TensorFlow); written into ``outs``
         and the buffers as it goes where they are all writable and alias no input,
-        else computed, then written."""
-        first = count == 0
-        if not compiles(ops):
-            first = bool(first)
+        else computed, then written. ``first``: one value, or one per layer (eager:
+        one step for the layers whose buffers start now, one for the others)."""
+        direct = False
         if outs is not None:
             targets = outs + [b for b in buffers if b is not None]
-            if all(ops.unwritable(t) is None for t in targets) and not must_write_late(ops, targets, ws, gs):
-                return lars_step(ops, self.config, flags, ws, gs, buffers, lr, decay, first, outs)
-        new_ws, new_buffers = lars_step(ops, self.config, flags, ws, gs, buffers, lr, decay, first)
-        if outs is not None:
+            direct = all(ops.unwritable(t) is None for t in targets) and not must_write_late(
+                ops, targets, ws, gs
+            )
+        new_ws, new_buffers = list(ws), list(buffers)
+        for indices, value in _by_first(first, len(ws)):
+
+            def take(xs: list[Any]) -> list[Any]:
+                return xs if len(indices) == len(xs) else [xs[i] for i in indices]  # noqa: B023
+
+            part_ws, part_buffers = lars_step(
+                ops,
+                self.config,
+                flags.select(indices),
+                take(ws),
+                take(gs),
+                take(buffers),
+                lr,
+                decay,
+                value,
+                take(outs) if direct and outs is not None else None,
+            )
+            for i, new_w, new_buffer in zip(indices, part_ws, part_buffers):
+                new_ws[i], new_buffers[i] = new_w, new_buffer
+        if outs is not None and not direct:
             _write_all(ops, outs, new_ws, buffers, new_buffers)
         return new_ws, new_buffers
 
@@ -186,11 +223,25 @@ class LarsOptimizer:
         return flat.rebuild(merged)
 
     def _new_state(
-        self, count: Any, flat: Flat, buffers: list[Any], active: list[int], new: list[Any]
+        self, count: Any, flat: Flat, buffers: list[Any], active: list[int], new: list[Any], started: Any
     ) -> LarsState:
         if self.config.momentum == 0:
             return LarsState(count, None)
-        return LarsState(count, self._rebuild(flat, buffers, active, new))
+        return LarsState(count, self._rebuild(flat, buffers, active, new), started)
+
+    def _started(self, state: LarsState, flat: Flat, active: list[int], ops: Backend) -> list[Any] | None:
+        """``state.started`` as one 0-d bool array per leaf (None where it is not kept)."""
+        if not self._tracks_start or state.started is None:
+            return None
+        started = leaves_like("state.started", state.started, flat, broadcast=False)
+        for i in active:
+            started[i] = _checks.unwrap(started[i])
+            if not ops.is_native(started[i]) or tuple(started[i].shape) != ():
+                raise LarsMultiTypeError(
+                    f"{Path('state.started', flat.paths[i])}: expected a 0-d bool array of "
+                    f"{ops.FRAMEWORK}, got {type_name(started[i])}"
+                )
+        return started
 
     def _buffers(self, state: Any, flat: Flat, active: list[int], ws: list[Any], ops: Backend) -> list[Any]:
         if not isinstance(state, LarsState):
@@ -223,6 +274,29 @@ class LarsOptimizer:
                     f"{Path(arg, flat.paths[i])}: expected a bool, got {type_name(value)}"
                 )
         return values
+
+
+def _first(ops: Backend, count: Any, started: list[Any] | None, active: list[int]) -> Any:
+    """Whether the buffers start now: at step 0, or (``started``) per layer, for
+    each layer whose buffer has not started; values are read on the host only
+    where the step is not compiled."""
+    if started is None:
+        first = count == 0
+        return first if compiles(ops) else bool(first)
+    if compiles(ops):
+        return [~started[i] for i in active]
+    return [not bool(started[i]) for i in active]
+
+
+def _by_first(first: Any, n: int) -> list[tuple[list[int], Any]]:
+    """The layers in groups with one ``first`` each: (layers, value). Host bools
+    split into the layers whose buffers start now and the others."""
+    if not isinstance(first, list) or not all(type(f) is bool for f in first):
+        return [(list(range(n)), first)]
+    groups: dict[bool, list[int]] = {}
+    for i, value in enumerate(first):
+        groups.setdefault(value, []).append(i)
+    return [(indices, value) for value, indices in groups.items()]
 
 
 def _at(rate: Any, count: Any) -> Any:

@@ -878,3 +878,40 @@ def test_tf_function_step_equals_eager(preset, schedule, problem, request):
     assert max_diff(p, tmap(to_numpy, want)) <= 1e-6
     assert max_diff(state.momentum, tmap(to_numpy, want_state.momentum)) <= 1e-6
     assert int(state.count) == 5
+
+
+def test_timm_buffer_starts_at_each_parameters_first_gradient(backend):
+    """timm starts a parameter's buffer at r u on that parameter's first step, not
+    the optimizer's: "b" gets no gradient at step 0, so its buffer starts at step 1
+    (with dampening 0.5, mu 0 + (1 - d) r u would be half of it)."""
+    timm_lars = load_timm_lars()
+    if timm_lars is None:
+        pytest.skip("timm is not installed (pip install --no-deps timm==1.0.31)")
+    import torch
+
+    rng = np.random.default_rng(3)
+    params = {"a": rng.standard_normal((2, 3)), "b": rng.standard_normal((3, 2))}
+    grads = [{k: 0.1 * rng.standard_normal(v.shape) for k, v in params.items()} for _ in range(5)]
+    grads[0]["b"] = None
+    settings = dict(momentum=0.9, dampening=0.5, weight_decay=0.01)
+
+    tensors = {k: torch.nn.Parameter(torch.tensor(v, dtype=torch.float64)) for k, v in params.items()}
+    opt = timm_lars.Lars(list(tensors.values()), lr=0.1, trust_coeff=TRUST, **settings)
+    for g in grads:
+        for k, t in tensors.items():
+            t.grad = None if g[k] is None else torch.tensor(g[k], dtype=torch.float64)
+        opt.step()
+    want = {k: to_numpy(t) for k, t in tensors.items()}
+
+    dtype = "float64" if backend in ("numpy", "torch") else "float32"
+    lm_opt = lm.optim.lars(0.1, preset="timm", trust_coefficient=TRUST, **settings)
+    with x64(backend, dtype):
+        p = {k: native(backend, v, dtype) for k, v in params.items()}
+        state = lm_opt.init(p)
+        for g in grads:
+            p, state = lm_opt.step(
+                p, {k: None if v is None else native(backend, v, dtype) for k, v in g.items()}, state
+            )
+        got = {k: to_numpy(v) for k, v in p.items()}
+    bound = 1e-12 if dtype == "float64" else 1e-5
+    assert max_rel_diff(got, want) <= bound
