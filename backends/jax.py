@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lars_multi import _batching
 from lars_multi._container import Container
 from lars_multi._tree import Attribute, Flat
 
@@ -134,25 +135,13 @@ def batches(ws: Sequence[Any]) -> list[list[int]]:
     """The layers by dtype, each dtype one program, half layers in chunks of about
     ``_HALF_CHUNK_BYTES`` (one program over them all would hold float32 copies
     of every w and g at once). Already inside a trace: by dtype only."""
-    by_dtype: dict[Any, list[int]] = {}
-    for i, w in enumerate(ws):
-        by_dtype.setdefault(w.dtype, []).append(i)
     traced = isinstance(ws[0], jax.core.Tracer)
-    batches: list[list[int]] = []
-    for dtype, indices in by_dtype.items():
-        if dtype not in _HALF or traced:
-            batches.append(indices)
-            continue
-        budget = max(_HALF_CHUNK_BYTES, max(ws[i].nbytes for i in indices))
-        batches.append([])
-        total = 0
-        for i in indices:
-            if total + ws[i].nbytes > budget and batches[-1]:
-                batches.append([])
-                total = 0
-            batches[-1].append(i)
-            total += ws[i].nbytes
-    return batches
+    return _batching.batches(
+        ws,
+        key=lambda w: w.dtype,
+        nbytes=lambda w: w.nbytes,
+        budget=lambda dtype: _HALF_CHUNK_BYTES if dtype in _HALF and not traced else None,
+    )
 
 
 def _entry(key: Any) -> Any:

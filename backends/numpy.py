@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from lars_multi import _batching
 from lars_multi._protocol import no_axis_name
 
 try:  # bfloat16 for NumPy comes from ml_dtypes (a dependency of JAX and TF).
@@ -168,24 +169,12 @@ def unstack(vector: np.ndarray) -> list[float]:
 def batches(ws: Sequence[Any]) -> list[list[int]]:
     """Consecutive layers of one dtype, in batches of about ``_BATCH_BYTES`` in
     their compute dtype (halves are computed on float32 copies)."""
-    if len(ws) == 1:
-        return [[0]]
-    by_dtype: dict[np.dtype, list[int]] = {}
-    for i, w in enumerate(ws):
-        by_dtype.setdefault(w.dtype, []).append(i)
-    batches, batch, size = [], [], 0
-    for dtype, indices in by_dtype.items():
-        widen = compute_dtype(dtype).itemsize // dtype.itemsize
-        for i in indices:
-            batch.append(i)
-            size += ws[i].nbytes * widen
-            if size >= _BATCH_BYTES:
-                batches.append(batch)
-                batch, size = [], 0
-        if batch:
-            batches.append(batch)
-            batch, size = [], 0
-    return batches
+    return _batching.batches(
+        ws,
+        key=lambda w: w.dtype,
+        nbytes=lambda w: w.size * compute_dtype(w.dtype).itemsize,
+        budget=lambda dtype: _BATCH_BYTES,
+    )
 
 
 def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:

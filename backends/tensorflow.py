@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from lars_multi import _batching
 from lars_multi._protocol import no_axis_name
 
 FRAMEWORK = "tensorflow"
@@ -151,25 +152,12 @@ _HALF_CHUNK_BYTES = 2 << 20
 
 def batches(ws: Sequence[Any]) -> list[list[int]]:
     """The layers by dtype, half layers in chunks of about ``_HALF_CHUNK_BYTES``."""
-    by_dtype: dict[Any, list[int]] = {}
-    for i, w in enumerate(ws):
-        by_dtype.setdefault(w.dtype, []).append(i)
-    batches: list[list[int]] = []
-    for dtype, indices in by_dtype.items():
-        if dtype not in _HALF:
-            batches.append(indices)
-            continue
-        sizes = [ws[i].shape.num_elements() * ws[i].dtype.size for i in indices]
-        budget = max(_HALF_CHUNK_BYTES, max(sizes))
-        batches.append([])
-        total = 0
-        for i, size in zip(indices, sizes):
-            if total + size > budget and batches[-1]:
-                batches.append([])
-                total = 0
-            batches[-1].append(i)
-            total += size
-    return batches
+    return _batching.batches(
+        ws,
+        key=lambda w: w.dtype,
+        nbytes=lambda w: w.shape.num_elements() * w.dtype.size,
+        budget=lambda dtype: _HALF_CHUNK_BYTES if dtype in _HALF else None,
+    )
 
 
 def info() -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lars_multi import _registry
+from lars_multi import _batching, _registry
 from lars_multi._protocol import no_axis_name
 
 FRAMEWORK = "torch"
@@ -246,29 +246,13 @@ _BATCH_BYTES = 4 << 20
 
 def batches(ws: Sequence[torch.Tensor]) -> list[list[int]]:
     """The layers by (device, dtype); on CPUs and for halves, in consecutive
-    batches of about ``_BATCH_BYTES``."""
-    if len(ws) == 1:
-        return [[0]]
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, w in enumerate(ws):
-        groups.setdefault((w.device, w.dtype), []).append(i)
-    batches: list[list[int]] = []
-    for (device, dtype), indices in groups.items():
-        if device.type != "cpu" and dtype not in _HALF:
-            batches.append(indices)
-            continue
-        batch: list[int] = []
-        size = 0
-        element = 4 if dtype in _HALF else ws[indices[0]].element_size()
-        for i in indices:
-            batch.append(i)
-            size += ws[i].nelement() * element
-            if size >= _BATCH_BYTES:
-                batches.append(batch)
-                batch, size = [], 0
-        if batch:
-            batches.append(batch)
-    return batches
+    batches of about ``_BATCH_BYTES`` (in float32 for halves)."""
+    return _batching.batches(
+        ws,
+        key=lambda w: (w.device, w.dtype),
+        nbytes=lambda w: w.nelement() * (4 if w.dtype in _HALF else w.element_size()),
+        budget=lambda key: _BATCH_BYTES if key[0].type == "cpu" or key[1] in _HALF else None,
+    )
 
 
 def axpbys(
