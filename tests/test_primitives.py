@@ -1,0 +1,73 @@
+"""The list primitives every backend gives the one LARS step (``lars_multi._step``):
+``axpbys`` (``a x + b y`` for many arrays, into outputs), ``norms``, ``stack`` /
+``unstack`` and ``batches``, each against a float64 NumPy computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import native, to_numpy
+
+from lars_multi._registry import get_backend
+
+SHAPES = [(3, 4), (5,), (2, 3, 2), (7,)]
+
+
+def _arrays(name, rng, dtype="float32"):
+    return [native(name, rng.standard_normal(s).astype(dtype)) for s in SHAPES]
+
+
+@pytest.mark.parametrize("kind", ["number", "array", "per-layer numbers", "per-layer arrays", "mixed"])
+@pytest.mark.parametrize("in_place", [False, True], ids=["new", "in-place"])
+@pytest.mark.parametrize("a", [1.0, 0.9, 0.0])
+def test_axpbys_is_a_x_plus_b_y(backend, kind, in_place, a):
+    ops = get_backend(backend)
+    if in_place and ops.unwritable(native(backend, np.zeros(2, np.float32))) is not None:
+        pytest.skip(f"{backend} arrays are immutable")
+    rng = np.random.default_rng(0)
+    xs, ys = _arrays(backend, rng), _arrays(backend, rng)
+    want_x, want_y = (
+        [to_numpy(x).astype(np.float64) for x in xs],
+        [to_numpy(y).astype(np.float64) for y in ys],
+    )
+    numbers = [0.5, -1.25, 2.0, 1e-3]
+    arrays = [ops.asarray(np.float32(b)) for b in numbers]
+    bs = {
+        "number": 0.5,
+        "array": arrays[0],
+        "per-layer numbers": numbers,
+        "per-layer arrays": arrays,
+        "mixed": [numbers[0], arrays[1], numbers[2], arrays[3]],
+    }[kind]
+    coefficients = [0.5] * 4 if kind in ("number", "array") else numbers
+    got = ops.axpbys(a, xs, bs, ys, xs if in_place else None)
+    if in_place:
+        assert all(g is x for g, x in zip(got, xs))
+    for g, x, b, y in zip(got, want_x, coefficients, want_y):
+        np.testing.assert_allclose(to_numpy(g), a * x + b * y, rtol=1e-6, atol=1e-6)
+
+
+def test_norms_stack_unstack(backend):
+    ops = get_backend(backend)
+    rng = np.random.default_rng(1)
+    xs = _arrays(backend, rng)
+    norms = ops.norms(xs)
+    vector = ops.stack(norms)
+    want = [np.linalg.norm(to_numpy(x).astype(np.float64)) for x in xs]
+    np.testing.assert_allclose(to_numpy(vector), want, rtol=1e-6)
+    np.testing.assert_allclose([float(to_numpy(v)) for v in ops.unstack(vector)], want, rtol=1e-6)
+
+
+def test_batches_cover_every_layer_once_by_dtype(backend):
+    ops = get_backend(backend)
+    rng = np.random.default_rng(2)
+    ws = [
+        native(backend, rng.standard_normal(s).astype(dtype))
+        for s, dtype in zip([(600, 600), (3,), (700, 700), (5, 5), (800, 800)], ["float32"] * 5)
+    ] + [native(backend, rng.standard_normal((4, 4)).astype(np.float16))]
+    batches = ops.batches(ws)
+    flat = sorted(i for batch in batches for i in batch)
+    assert flat == list(range(len(ws)))
+    for batch in batches:
+        assert len({str(ws[i].dtype) for i in batch}) == 1
+        assert list(batch) == sorted(batch)  # consecutive order within a dtype
