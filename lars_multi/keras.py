@@ -42,6 +42,13 @@ except ImportError as _error:  # the module imports without Keras; LARS says why
 __all__ = ["LARS"]
 
 
+def _tf() -> Any:
+    """TensorFlow, imported once Keras runs on it."""
+    import tensorflow
+
+    return tensorflow
+
+
 def _patterns(name: str, value: Any) -> list[str]:
     if value is None:
         return []
@@ -164,11 +171,9 @@ if keras is not None:
             momentum = self.momentums[index] if self.momentums else None
             buffer = None if momentum is None else keras.ops.convert_to_tensor(momentum)
             lr = keras.ops.cast(learning_rate, dtype)
-            decay = self.lars_weight_decay
-            if callable(decay):
-                decay = keras.ops.cast(decay(self.iterations), dtype)
-            elif decay == 0:
-                decay = None
+            decay = self._decay()
+            if decay is not None and not isinstance(decay, float):
+                decay = keras.ops.cast(decay, dtype)
             first = keras.ops.equal(self.iterations, 0)
             ops = get_backend(backend_of(w) or keras.backend.backend())
             (new_w,), (new_buffer,) = lars_step(
@@ -177,6 +182,33 @@ if keras is not None:
             self.assign(variable, new_w)
             if momentum is not None:
                 self.assign(momentum, new_buffer)
+
+        def _backend_update_step(self, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
+            """Every variable in one shared step over the list of layers where Keras runs
+            on TensorFlow without a distribution strategy (one ``tf.function`` per dtype
+            in eager Keras); else Keras' per-variable :meth:`update_step`."""
+            if keras.backend.backend() != "tensorflow" or _tf().distribute.has_strategy():
+                super()._backend_update_step(grads, variables, learning_rate)
+                return
+            tf = _tf()
+            indices = [self._get_variable_index(v) for v in variables]
+            ws = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+            gs = [tf.cast(tf.convert_to_tensor(g), w.dtype) for g, w in zip(grads, ws)]
+            buffers = [self.momentums[i].value for i in indices] if self.momentums else [None] * len(ws)
+            flags = LayerFlags(
+                adapt=tuple(self._lars_flags[i].adapt[0] for i in indices),
+                decay=tuple(self._lars_flags[i].decay[0] for i in indices),
+            )
+            first = keras.ops.equal(self.iterations, 0)
+            ops = get_backend("tensorflow")
+            lars_step(ops, self._lars_config, flags, ws, gs, buffers, learning_rate, self._decay(), first, ws)
+
+        def _decay(self) -> Any:
+            """LARS's weight decay now: a number, a schedule's value, or None for 0."""
+            decay = self.lars_weight_decay
+            if callable(decay):
+                return decay(self.iterations)
+            return None if decay == 0 else decay
 
         def get_config(self) -> dict[str, Any]:
             config = super().get_config()
