@@ -410,17 +410,18 @@ def _update(
         return ops.axpbys(1.0, wcs, rates, us, targets), list(buffers)
     bcs = [ops.to_compute(b) for b in buffers]
     into = buffers if in_place else None
-    scale: Any  # the coefficient of u in the buffer, a function of r
+    factor: Any  # the buffer takes (factor r) u
     if config.preset.lr_in_buffer:  # v = mu v + (1 - d) eta r u; w - v
-        scale = lambda r: damp * (lr * r)  # noqa: E731
-        new_buffers = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us, into)
+        factor = lr if damp == 1 else damp * lr
+        new_buffers = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, lambda r: factor * r), us, into)
         step: Any = 1.0
     else:  # b = mu b + (1 - d) r u, r u at first; w - eta b
-        new_buffers, scale = _timm_buffers(ops, n, ratios, damp, mu, bcs, us, first, into)
+        new_buffers, factor = _timm_buffers(ops, n, ratios, damp, mu, bcs, us, first, into)
         step = lr
-    if decay_terms is not None:  # + (scale lambda) w, into the buffers
+    if decay_terms is not None:  # + (factor lambda r) w, into the buffers
         chosen, decay = decay_terms
-        coefficients = _per_layer(ops, n, ratios, lambda r: scale(r) * decay)
+        factor_decay = factor * decay
+        coefficients = _per_layer(ops, n, ratios, lambda r: factor_decay * r)
         ops.axpbys(
             1.0,
             [new_buffers[i] for i in chosen],
@@ -447,19 +448,19 @@ def _timm_buffers(
     into: list[Any] | None,
 ) -> tuple[list[Any], Any]:
     r"""timm's buffers: :math:`r u` on the first step, else :math:`\mu b + (1-d) r u`;
-    and the coefficient of :math:`u`, a function of :math:`r` (when ``first`` is known)."""
+    and the factor of :math:`r u` (when ``first`` is known)."""
     if first is True:
-        return ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us, into), lambda r: r
-    scale = lambda r: damp * r  # noqa: E731
+        return ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us, into), 1.0
+    scale = (lambda r: r) if damp == 1 else (lambda r: damp * r)
     if first is False:
-        return ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us, into), scale
+        return ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us, into), damp
     # Traced (jit), for all layers or per layer: both, then chosen.
     later = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us)
     at_first = ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us)
     firsts = first if isinstance(first, list) else [first] * n
     new = [ops.where(f, a, b) for f, a, b in zip(firsts, at_first, later)]
     if into is None:
-        return new, scale
+        return new, damp
     for target, value in zip(into, new):
         ops.write(target, value)
-    return list(into), scale
+    return list(into), damp
