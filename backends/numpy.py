@@ -234,7 +234,10 @@ def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = No
         else:
             if not one:
                 x *= a
-            x += y * b
+            if type(b) is float and b == -1:
+                x -= y
+            else:
+                x += y * b
             results.append(x)
     return results
 

@@ -150,7 +150,8 @@ class LarsOptimizer:
         decay = None if isinstance(decay, float) and decay == 0 else decay  # no decay: skipped entirely
         all_started = self._started(state, flat, active, ops)
         first = _first(ops, state.count, all_started, active)
-        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs)
+        buffers_writable = all(b is None or ops.unwritable(b) is None for b in buffers)
+        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, buffers_writable)
         count = ops.asarray(state.count + 1, "int32")
         started = None
         if all_started is not None:
@@ -161,10 +162,9 @@ class LarsOptimizer:
             )
         for i, new in zip(active, new_ws):
             _checks.write_back(out_leaves[i], new)
-        writable = all(b is None or ops.unwritable(b) is None for b in buffers)
         momentum = (
             state.momentum
-            if writable
+            if buffers_writable
             else self._new_state(count, flat, all_buffers, active, new_buffers, started).momentum
         )
         return out, LarsState(count, momentum, started)
@@ -180,17 +180,15 @@ class LarsOptimizer:
         decay: Any,
         first: Any,
         outs: list[Any] | None,
+        buffers_writable: bool,
     ) -> tuple[list[Any], list[Any]]:
         """The step (compiled per batch on JAX and TensorFlow); written into ``outs``
         and the buffers as it goes where they are all writable and alias no input,
         else computed, then written. ``first``: one value, or one per layer (eager:
         one step for the layers whose buffers start now, one for the others)."""
         direct = False
-        if outs is not None:
-            targets = outs + [b for b in buffers if b is not None]
-            direct = all(ops.unwritable(t) is None for t in targets) and not must_write_late(
-                ops, targets, ws, gs
-            )
+        if outs is not None and buffers_writable and all(ops.unwritable(o) is None for o in outs):
+            direct = not must_write_late(ops, outs + [b for b in buffers if b is not None], ws, gs)
         new_ws, new_buffers = list(ws), list(buffers)
         for indices, value in _by_first(first, len(ws)):
 
