@@ -8,7 +8,6 @@ its whole list); on GPUs in one batch per device and dtype.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -300,7 +299,8 @@ def _split(
     a: Any, xs: list[Any], bs: list[Any], ys: list[Any], outs: Sequence[Any] | None, numbers: list[int]
 ) -> list[torch.Tensor]:
     """:func:`axpbys` of the layers with number coefficients, then of those with tensors."""
-    others = [i for i in range(len(xs)) if i not in set(numbers)]
+    chosen = set(numbers)
+    others = [i for i in range(len(xs)) if i not in chosen]
     results: list[Any] = [None] * len(xs)
     for part in (numbers, others):
         new = axpbys(
@@ -337,5 +337,4 @@ def axpby(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: torch.Tensor | 
         return out.addcmul_(y, b) if tensor else out.add_(y, alpha=b)
 
 
-_SELF = sys.modules[__name__]  # the module as ``ops``: sys.modules cannot be read while compiling
 _registry.is_compiling = torch.compiler.is_compiling

@@ -159,13 +159,13 @@ def lars_step(
             ops, config, flags.select(batch), weight_decay is not None, stop_gradients, donate, in_place
         )
         part_ws, part_buffers = run(
-            _take(ws, batch),
-            _take(gs, batch),
-            None if config.momentum == 0 else _take(buffers, batch),  # no list of Nones to trace
+            take(ws, batch),
+            take(gs, batch),
+            None if config.momentum == 0 else take(buffers, batch),  # no list of Nones to trace
             lr,
             weight_decay,
-            _take(first, batch) if isinstance(first, list) else first,
-            None if outs is None or in_place else _take(outs, batch),
+            take(first, batch) if isinstance(first, list) else first,
+            None if outs is None or in_place else take(outs, batch),
         )
         if outs is not None:  # written: the outputs and buffers hold the results
             for i in batch:
@@ -176,8 +176,9 @@ def lars_step(
     return new_ws, new_buffers
 
 
-def _take(xs: Sequence[Any], batch: Sequence[int]) -> list[Any]:
-    """The batch's items of ``xs``, as a list (``xs`` itself when it is all of them)."""
+def take(xs: Sequence[Any], batch: Sequence[int]) -> list[Any]:
+    """The items of ``xs`` at the indices ``batch``, in order, as a list (``xs``
+    itself when it is a list and ``batch`` is all of it)."""
     if len(batch) == len(xs) and type(xs) is list:
         return xs
     return [xs[i] for i in batch]

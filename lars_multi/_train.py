@@ -221,7 +221,6 @@ def _train_torch(config: Config, data: Data, report: Report) -> None:
             return self.out(torch.relu(self.hidden(x)))
 
     model = MLP()
-    step: Callable[[], None]
     optimizer: torch.optim.Optimizer
     if config.optimizer == "lars":
         optimizer = LARS(
@@ -231,12 +230,6 @@ def _train_torch(config: Config, data: Data, report: Report) -> None:
             weight_decay=config.weight_decay,
             trust_coefficient=config.trust_coefficient,
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: schedule(n) / config.peak)
-
-        def step() -> None:
-            optimizer.step()
-            sched.step()
-
     else:
         matrices = [p for p in model.parameters() if p.ndim > 1]
         vectors = [p for p in model.parameters() if p.ndim <= 1]
@@ -248,11 +241,11 @@ def _train_torch(config: Config, data: Data, report: Report) -> None:
             lr=config.peak,
             momentum=config.momentum,
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: schedule(n) / config.peak)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: schedule(n) / config.peak)
 
-        def step() -> None:
-            optimizer.step()
-            sched.step()
+    def step() -> None:
+        optimizer.step()
+        sched.step()
 
     device = next(model.parameters()).device  # torch's default device (a GPU, if set so)
 

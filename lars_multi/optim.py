@@ -34,7 +34,7 @@ from ._lars import flatten
 from ._presets import PRESETS, Preset, get_preset
 from ._protocol import Backend
 from ._registry import get_backend
-from ._step import LayerFlags, StepConfig, compiles, lars_step
+from ._step import LayerFlags, StepConfig, compiles, lars_step, take
 from ._tree import Flat, Path, leaves_like
 from .schedules import warmup_cosine, warmup_polynomial
 
@@ -150,7 +150,8 @@ class LarsOptimizer:
         decay = None if isinstance(decay, float) and decay == 0 else decay  # no decay: skipped entirely
         all_started = self._started(state, flat, active, ops)
         first = _first(ops, state.count, all_started, active)
-        buffers_writable = all(b is None or ops.unwritable(b) is None for b in buffers)
+        # Asked only with out=: whether the buffers can be written in place too.
+        buffers_writable = outs is not None and all(b is None or ops.unwritable(b) is None for b in buffers)
         new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, buffers_writable)
         count = ops.asarray(state.count + 1, "int32")
         started = None
@@ -191,21 +192,17 @@ class LarsOptimizer:
             direct = not must_write_late(ops, outs + [b for b in buffers if b is not None], ws, gs)
         new_ws, new_buffers = list(ws), list(buffers)
         for indices, value in _by_first(first, len(ws)):
-
-            def take(xs: list[Any]) -> list[Any]:
-                return xs if len(indices) == len(xs) else [xs[i] for i in indices]  # noqa: B023
-
             part_ws, part_buffers = lars_step(
                 ops,
                 self.config,
                 flags.select(indices),
-                take(ws),
-                take(gs),
-                take(buffers),
+                take(ws, indices),
+                take(gs, indices),
+                take(buffers, indices),
                 lr,
                 decay,
                 value,
-                take(outs) if direct and outs is not None else None,
+                take(outs, indices) if direct and outs is not None else None,
             )
             for i, new_w, new_buffer in zip(indices, part_ws, part_buffers):
                 new_ws[i], new_buffers[i] = new_w, new_buffer
