@@ -833,6 +833,18 @@ def test_half_precision(backend, dtype, problem):
 # --- 8. compiled: jax.jit and tf.function --------------------------------------------------
 
 
+def _assert_compiled_step_matches(name, step, opt, params, grads, want, want_state):
+    """Five steps of ``step`` (``opt.step`` compiled by framework ``name``) give
+    ``want`` and ``want_state``, the eager run's."""
+    p = to_native(name, params, "float32")
+    state = opt.init(p)
+    for g in grads[:5]:
+        p, state = step(p, to_native(name, g, "float32"), state)
+    assert max_diff(p, tmap(to_numpy, want)) <= 1e-6
+    assert max_diff(state.momentum, tmap(to_numpy, want_state.momentum)) <= 1e-6
+    assert int(state.count) == 5
+
+
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_jax_jit_step_equals_eager(preset, problem):
     require_backend("jax")
@@ -847,14 +859,7 @@ def test_jax_jit_step_equals_eager(preset, problem):
         trust_clip=True,
     )
     want, want_state = run_lib("jax", opt, params, grads, "float32", steps=5)
-    step = jax.jit(opt.step)
-    p = to_native("jax", params, "float32")
-    state = opt.init(p)
-    for g in grads[:5]:
-        p, state = step(p, to_native("jax", g, "float32"), state)
-    assert max_diff(p, tmap(to_numpy, want)) <= 1e-6
-    assert max_diff(state.momentum, tmap(to_numpy, want_state.momentum)) <= 1e-6
-    assert int(state.count) == 5
+    _assert_compiled_step_matches("jax", jax.jit(opt.step), opt, params, grads, want, want_state)
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
@@ -870,14 +875,7 @@ def test_tf_function_step_equals_eager(preset, schedule, problem, request):
         want, want_state = run_lib("numpy", opt, params, grads, "float32", steps=5)
     else:
         want, want_state = run_lib("tensorflow", opt, params, grads, "float32", steps=5)
-    step = tf.function(opt.step)
-    p = to_native("tensorflow", params, "float32")
-    state = opt.init(p)
-    for g in grads[:5]:
-        p, state = step(p, to_native("tensorflow", g, "float32"), state)
-    assert max_diff(p, tmap(to_numpy, want)) <= 1e-6
-    assert max_diff(state.momentum, tmap(to_numpy, want_state.momentum)) <= 1e-6
-    assert int(state.count) == 5
+    _assert_compiled_step_matches("tensorflow", tf.function(opt.step), opt, params, grads, want, want_state)
 
 
 def test_timm_buffer_starts_at_each_parameters_first_gradient(backend):
