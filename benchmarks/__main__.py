@@ -12,7 +12,6 @@ import gc
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import contenders, memory, report, targets, timing, workloads
 from .checks import check_all
+from .timing import Settings
 
 COMPILED = ("jax", "tensorflow")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How long to time: rounds, seconds per (workload, backend), seconds per sample."""
-
-    rounds: int
-    budget_s: float
-    sample_s: float
-    compiled_cap: int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,16 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
     return parser.parse_args(argv)
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    quick = args.quick
-    return Settings(
-        rounds=args.rounds or (5 if quick else 30),
-        budget_s=args.budget if args.budget is not None else (1.5 if quick else 8.0),
-        sample_s=0.002 if quick else 0.005,
-        compiled_cap=args.compiled_cap if args.compiled_cap is not None else (10 if quick else 100),
-    )
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
@@ -203,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     backends = _names(args.backends, contenders.BACKENDS, "backends")
     names = _names(args.workloads, workloads.NAMES, "workloads")
-    settings = settings_from(args)
+    settings = timing.settings_from(args, rounds=30, budget_s=8.0, quick_budget_s=1.5)
     console = Console(width=None if Console().is_terminal else 200)
     started = time.time()
     groups = run_all(backends, names, settings, console)

@@ -35,7 +35,6 @@ import time
 import traceback
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ import lars_multi as lm
 
 from . import report, timing, workloads
 from .contenders import FLOOR, LARS_MULTI, NATIVE, Contender
+from .timing import Settings
 
 LR = 1e-3
 MOMENTUM = 0.9
@@ -60,15 +60,6 @@ WORKLOADS = ("resnet50", "many_small")
 BACKENDS = ("torch", "jax", "numpy", "keras")
 COMPILED = ("jax", "keras")
 ROLE_NAME = {LARS_MULTI: "lars_multi", NATIVE: "LARS", FLOOR: "SGD"}
-
-
-@dataclass(frozen=True)
-class Settings:
-    rounds: int
-    budget_s: float
-    sample_s: float
-    compiled_cap: int
-    memory: bool = True
 
 
 def _no_read(result: Any, key: str) -> np.ndarray:  # Contender.read: no checks here
@@ -572,14 +563,7 @@ def measure_memory(backends: list[str]) -> list[dict[str, Any]]:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    quick = getattr(args, "quick", False)
-    return Settings(
-        rounds=args.rounds or (5 if quick else 20),
-        budget_s=args.budget if args.budget is not None else (1.0 if quick else 6.0),
-        sample_s=0.002 if quick else 0.005,
-        compiled_cap=args.compiled_cap if args.compiled_cap is not None else (10 if quick else 100),
-        memory=not args.no_memory,
-    )
+    return timing.settings_from(args, rounds=20, budget_s=6.0, quick_budget_s=1.0)
 
 
 def run(backends: list[str], settings: Settings, console: Console, out: Path | None) -> dict[str, Any]:

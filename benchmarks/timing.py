@@ -15,8 +15,35 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .contenders import Contender
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to time: rounds, seconds per (workload, backend), seconds per
+    sample, the compiled backends' number of small tensors; whether to measure memory."""
+
+    rounds: int
+    budget_s: float
+    sample_s: float
+    compiled_cap: int
+    memory: bool = True
+
+
+def settings_from(args: Any, rounds: int, budget_s: float, quick_budget_s: float) -> Settings:
+    """Settings from the command line (``--rounds``, ``--budget``, ``--compiled-cap``,
+    ``--quick``, ``--no-memory``), with these defaults for a full and a quick run."""
+    quick = getattr(args, "quick", False)
+    return Settings(
+        rounds=args.rounds or (5 if quick else rounds),
+        budget_s=args.budget if args.budget is not None else (quick_budget_s if quick else budget_s),
+        sample_s=0.002 if quick else 0.005,
+        compiled_cap=args.compiled_cap if args.compiled_cap is not None else (10 if quick else 100),
+        memory=not args.no_memory,
+    )
+
 
 RESET_EVERY = 1_000  # in-place steps between resets of the weights (lr 1e-3: growth below e**2)
 MAX_BATCH = 2_000
