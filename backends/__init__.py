@@ -31,19 +31,20 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     coefficient or one per array (default: a loop over ``axpby``).
     ``norms(xs, axis_names=None)``: the norms of many arrays (default: a loop).
     ``batches(ws)``: the groups of layers the step runs over, each of one dtype
-    and device (default: all at once; NumPy and torch on CPUs use cache-sized batches).
+    and device (default: one per dtype; NumPy and torch on CPUs use cache-sized batches).
     ``compile(function, donate=False)``: a step compiled by the framework (JAX,
     TensorFlow); ``donate``: the weights' buffers may be reused.
     ``write(out, value)``: copy ``value`` into ``out`` in place (for ``out=``).
-    ``to_compute(x)``: ``x`` in the dtype updates are computed in (float32 for halves).
+    ``to_compute(x)``: ``x`` in the dtype updates are computed in (float32 for
+    halves), ``x`` itself where that is its own; decided by the dtype alone.
     ``unwritable(x)``: why ``x`` cannot be written in place, or None (default:
     from ``is_writable``).
     ``matches(g, w)``: a fast check that a gradient of ``w``'s type, dtype and
     shape needs no other (dense, same device); ``is_dense(x)``,
     ``layout_name(x)``, ``densify(g)`` (a framework's sparse gradient as a
     dense array, or None), ``device(x)``.
-    ``memory_root(x)``: the identity of the buffer holding ``x`` (None: arrays
-    never share memory); ``overlaps(a, b)`` for two arrays of one buffer.
+    ``memory_roots(xs)``: the identity of the buffer holding each array (None:
+    arrays never share memory); ``overlaps(a, b)`` for two arrays of one buffer.
     ``dtype_hint(got, expected)``: advice for a dtype mismatch message.
     ``largest(dtype)``: the largest finite value of the dtype the rate is
     computed in, to refuse hyper-parameters that overflow it.

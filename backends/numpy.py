@@ -67,8 +67,12 @@ def unwritable(x: Any) -> str | None:
     return None
 
 
-def memory_root(x: Any) -> int:
-    """The object owning ``x``'s memory (the end of its chain of bases)."""
+def memory_roots(xs: Sequence[Any]) -> list[int]:
+    """The object owning each array's memory (the end of its chain of bases)."""
+    return [id(x) if x.base is None else _memory_root(x) for x in xs]
+
+
+def _memory_root(x: Any) -> int:
     while isinstance(x, np.ndarray) and x.base is not None:
         x = x.base
     return id(x)
@@ -172,8 +176,8 @@ def batches(ws: Sequence[Any]) -> list[list[int]]:
     return _batching.batches(
         ws,
         key=lambda w: w.dtype,
-        nbytes=lambda w: w.size * compute_dtype(w.dtype).itemsize,
-        budget=lambda dtype: _BATCH_BYTES,
+        nbytes=lambda w: w.nbytes,
+        budget=lambda dtype: _BATCH_BYTES * dtype.itemsize // compute_dtype(dtype).itemsize,
     )
 
 
@@ -220,26 +224,43 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
 
 def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None) -> list[Any]:
     """:func:`axpby` of each array; small arrays of a native float dtype in one
-    or two ufunc calls each, with no per-array dispatch (cache-blocking and BLAS
-    only pay on large ones)."""
+    to three ufunc calls each, with no per-array dispatch (cache-blocking and
+    BLAS only pay on large ones), and the coefficients as 0-d arrays of that
+    dtype (a ufunc takes one faster than a Python float, and rounds it the same)."""
     coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
+    in_place = outs is not None and (outs is xs or all(o is x for o, x in zip(outs, xs)))
+    if outs is not None and not in_place:
+        return [axpby(a, x, b, y, out) for x, b, y, out in zip(xs, coefficients, ys, outs)]
+    if not xs or xs[0].dtype not in _PLAIN:  # (halves are computed on float32 copies)
+        return [axpby(a, x, b, y, x if in_place else None) for x, b, y in zip(xs, coefficients, ys)]
+    dtype = xs[0].dtype
     one = type(a) is float and a == 1
+    a_0d = _as_0d(a, dtype)
+    subtract = type(bs) is float and bs == -1  # x - y
+    last = b_0d = None
     results = []
-    for i, (x, b, y) in enumerate(zip(xs, coefficients, ys)):
-        out = None if outs is None else outs[i]
-        if x.size > _BLOCK or not x.ndim or x.dtype not in _PLAIN or (out is not None and out is not x):
-            results.append(axpby(a, x, b, y, out))
-        elif out is None:
-            results.append(x + y * b if one else x * a + y * b)
+    for x, b, y in zip(xs, coefficients, ys):
+        if x.size > _BLOCK or x.dtype is not dtype or not x.ndim:
+            results.append(axpby(a, x, b, y, x if in_place else None))
+            continue
+        if b is not last:  # (a run of layers often shares one coefficient)
+            last, b_0d = b, _as_0d(b, dtype)
+        if not in_place:
+            results.append(x + y * b_0d if one else x * a_0d + y * b_0d)
+            continue
+        if not one:
+            x *= a_0d
+        if subtract:
+            x -= y
         else:
-            if not one:
-                x *= a
-            if type(b) is float and b == -1:
-                x -= y
-            else:
-                x += y * b
-            results.append(x)
+            x += y * b_0d
+        results.append(x)
     return results
+
+
+def _as_0d(value: Any, dtype: np.dtype) -> Any:
+    """A Python float as a 0-d array of ``dtype`` (arrays pass through)."""
+    return np.array(value, dtype) if type(value) is float else value
 
 
 def _blas_ready(out: np.ndarray, y: np.ndarray) -> bool:

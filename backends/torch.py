@@ -69,11 +69,14 @@ def _local(x: torch.Tensor) -> torch.Tensor:
     return x if local is None else local
 
 
-def memory_root(x: torch.Tensor) -> tuple[torch.device, int] | None:
-    """The device and storage holding ``x``; None while compiling (not traceable)."""
+def memory_roots(xs: Sequence[torch.Tensor]) -> list[tuple[torch.device, int] | None]:
+    """The device and storage holding each tensor; None while compiling (not traceable)."""
     if _registry.is_compiling():
-        return None
-    local = _local(x)
+        return [None] * len(xs)
+    return [_memory_root(_local(x)) for x in xs]
+
+
+def _memory_root(local: torch.Tensor) -> tuple[torch.device, int] | None:
     if local.layout != torch.strided:
         return None
     return local.device, local.untyped_storage().data_ptr()

@@ -5,7 +5,7 @@ input read later lives in its memory. Outputs that share memory with another
 layer's weights, with any gradient, or with each other (tied weights, views,
 ``out=g.view()``, a partial overlap) are written only once every layer has
 been computed. Identity covers immutable arrays (JAX, TensorFlow); the
-backend's ``memory_root`` and ``overlaps`` cover memory (NumPy base buffers,
+backend's ``memory_roots`` and ``overlaps`` cover memory (NumPy base buffers,
 torch storages), which objects alone do not show.
 """
 
@@ -33,17 +33,21 @@ def _shares_memory(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Seq
     Arrays in different buffers never overlap: only those whose buffer holds
     an output are compared, byte range against byte range.
     """
-    by_root: dict[Hashable, list[Any]] = {}
-    for o in outs:
-        root = ops.memory_root(o)
-        if root is not None:
-            by_root.setdefault(root, []).append(o)
-    if not by_root:
+    out_roots = ops.memory_roots(outs)
+    if all(root is None for root in out_roots):
         return False
     # Weights that are their own outputs are compared with the outputs below.
     inputs = gs if all(o is w for o, w in zip(outs, ws)) else (*ws, *gs)
-    for x in inputs:
-        sharing = by_root.get(ops.memory_root(x))
+    input_roots = ops.memory_roots(inputs)
+    alone = set(out_roots)
+    if len(alone) == len(outs) and None not in alone and alone.isdisjoint(input_roots):
+        return False  # each output alone in its buffer, and no input in one
+    by_root: dict[Hashable, list[Any]] = {}
+    for o, root in zip(outs, out_roots):
+        if root is not None:
+            by_root.setdefault(root, []).append(o)
+    for x, root in zip(inputs, input_roots):
+        sharing = by_root.get(root)
         if sharing is not None and any(o is not x and ops.overlaps(o, x) for o in sharing):
             return True
     return any(

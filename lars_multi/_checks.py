@@ -121,6 +121,19 @@ def check_weights(path: Any, w: Any, ops: Backend) -> None:
         )
 
 
+def check_all_weights(arg: str, ws: Sequence[Any], paths: Sequence[Any], ops: Backend) -> None:
+    """:func:`check_weights` of every layer (``paths``: their key paths in ``arg``)."""
+    floats = ops.FLOAT_DTYPES
+    for entries, w in zip(paths, ws):
+        if w.dtype not in floats:
+            check_weights(Path(arg, entries), w, ops)
+
+
+def is_like(x: Any, w: Any) -> bool:
+    """Whether ``x`` is an array of ``w``'s type, dtype and shape (no message needed)."""
+    return type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape
+
+
 Where = tuple[str, str, Any, bool]
 
 
@@ -137,7 +150,7 @@ def paths(where: Where) -> tuple[Any, Any]:
 def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
     """The gradient of the weights ``w`` as a dense native array like them;
     ``where`` is ``(arg, w_arg, key path)`` for messages."""
-    if type(g) is type(w) and g.dtype == w.dtype and g.shape == w.shape and ops.matches(g, w):
+    if is_like(g, w) and ops.matches(g, w):
         return g  # the common case, with no message built: a native gradient like the weights
     path, w_path = paths(where)
     g_name = owner(g)
@@ -191,8 +204,10 @@ def _shapes_conflict(a: Any, b: Any) -> bool:
 
 def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
     """The native array to write the new ``w`` into (a handle's own array)."""
+    if o is w and ops.unwritable(o) is None:  # out=w: already checked
+        return w
     data = unwrap(o)
-    if data is w and (data is not o or ops.unwritable(o) is None):  # out=w: already checked
+    if data is w and data is not o:  # a handle of w
         return w
     path, w_path = paths(where)
     o_name = owner(o)

@@ -131,6 +131,8 @@ def flatten(w: Any) -> Flat:
     """``w`` flattened by optree, or by its backend's own tree library (JAX's
     ``jax.tree_util``) when it holds nodes that only that library knows."""
     flat = flatten_optree(w)
+    if not flat.leaves or _checks.all_native(flat.leaves):
+        return flat
     names = [owner(x) for x in flat.leaves]
     if all(names):
         return flat
@@ -158,10 +160,7 @@ def _update_tree(
     ops = get_backend(name)
 
     ws = _checks.unwrap_all(leaves)
-    floats = ops.FLOAT_DTYPES
-    for entries, x in zip(paths, ws):
-        if x.dtype not in floats:
-            _checks.check_weights(Path("w", entries), x, ops)
+    _checks.check_all_weights("w", ws, paths, ops)
     single = is_leaf(dcdw)
     gs = [
         _checks.check_gradient(grads[i], x, ("dcdw", "w", p, single), name, ops)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Hashable, Sequence
 from types import ModuleType
 from typing import Any, Protocol
 
+from . import _batching
 from ._errors import LarsMultiValueError, type_name
 
 
@@ -49,7 +50,7 @@ class Backend(Protocol):
     def layout_name(self, x: Any) -> str: ...
     def dtype_hint(self, got: Any, expected: Any) -> str: ...
     def device(self, x: Any) -> Any: ...
-    def memory_root(self, x: Any) -> Hashable | None: ...
+    def memory_roots(self, xs: Sequence[Any]) -> list[Hashable | None]: ...
     def overlaps(self, a: Any, b: Any) -> bool: ...
     def norms(self, xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[Any]: ...
     def check_axis_name(self, arg: Any, value: Any) -> None: ...
@@ -97,9 +98,9 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def device(x: Any) -> Any:
         return None
 
-    def memory_root(x: Any) -> Hashable | None:
-        """The identity of the buffer holding ``x``, or None where arrays never share one."""
-        return None
+    def memory_roots(xs: Sequence[Any]) -> list[Hashable | None]:
+        """The identity of the buffer holding each array, or None where arrays never share one."""
+        return [None] * len(xs)
 
     def overlaps(a: Any, b: Any) -> bool:
         return True
@@ -116,7 +117,8 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         raise no_axis_name(arg, module.FRAMEWORK, value)
 
     def to_compute(x: Any) -> Any:
-        """``x`` in the dtype updates are computed in (float32 for halves)."""
+        """``x`` in the dtype updates are computed in (float32 for halves); ``x``
+        itself where that is its own. Decided by the dtype alone."""
         return x
 
     def compile(function: Any, donate: bool = False) -> Any:
@@ -152,8 +154,9 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         return [module.axpby(a, x, b, y, t) for x, b, y, t in zip(xs, coefficients, ys, targets)]
 
     def batches(ws: Sequence[Any]) -> Sequence[Sequence[int]]:
-        """The layers in the groups the step runs over, in order: here, all at once."""
-        return [range(len(ws))]
+        """The layers in the groups the step runs over, each of one dtype, in order:
+        here, one group per dtype."""
+        return _batching.batches(ws, key=lambda w: w.dtype, nbytes=lambda w: 0, budget=lambda dtype: None)
 
     return {
         f.__name__: f
@@ -165,7 +168,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             layout_name,
             dtype_hint,
             device,
-            memory_root,
+            memory_roots,
             overlaps,
             norms,
             check_axis_name,

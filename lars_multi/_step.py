@@ -285,8 +285,7 @@ def _step(
         buffers = [None] * n
     if stop and outs is None:
         ws, gs = [ops.stop_gradient(w) for w in ws], [ops.stop_gradient(g) for g in gs]
-    wcs = [ops.to_compute(w) for w in ws]
-    gcs = [ops.to_compute(g) for g in gs]
+    wcs, gcs = _computed(ops, ws), _computed(ops, gs)
     # A batch is of one dtype: rates in its compute dtype (a number stays a number).
     lr = ops.cast_like(lr, wcs[0])
     weight_decay = ops.cast_like(weight_decay, wcs[0])
@@ -317,6 +316,12 @@ def _step(
             if buffers[i] is not None:
                 ops.write(buffers[i], _rounded(ops, new_buffers[i], buffers[i]))
     return [], []  # written (a compiled step returns no variables: each would be read back)
+
+
+def _computed(ops: Backend, xs: list[Any]) -> list[Any]:
+    """``xs`` in their compute dtype: the list itself where they compute in their
+    own (a batch is of one dtype, and ``to_compute`` goes by the dtype)."""
+    return xs if ops.to_compute(xs[0]) is xs[0] else [ops.to_compute(x) for x in xs]
 
 
 def _rounded(ops: Backend, value: Any, like: Any) -> Any:
@@ -409,7 +414,7 @@ def _update(
         minus_lr = -lr
         rates = _per_layer(ops, n, ratios, lambda r: minus_lr * r)
         return ops.axpbys(1.0, wcs, rates, us, targets), list(buffers)
-    bcs = [ops.to_compute(b) for b in buffers]
+    bcs = _computed(ops, buffers)
     into = buffers if in_place else None
     factor: Any  # the buffer takes (factor r) u
     if config.preset.lr_in_buffer:  # v = mu v + (1 - d) eta r u; w - v

@@ -121,28 +121,31 @@ class LarsOptimizer:
         active = [i for i, g in enumerate(all_grads) if g is not None]
         if not active:
             return params, state
-        paths = [flat.paths[i] for i in active]
-        name = _checks.call_backend([flat.leaves[i] for i in active], paths)
+        paths = take(flat.paths, active)
+        leaves = take(flat.leaves, active)
+        name = _checks.call_backend(leaves, paths)
         ops = get_backend(name)
-        ws = [_checks.unwrap(flat.leaves[i]) for i in active]
-        for p, w in zip(paths, ws):
-            _checks.check_weights(Path("params", p), w, ops)
+        ws = _checks.unwrap_all(leaves)
+        _checks.check_all_weights("params", ws, paths, ops)
         gs = [
             _checks.check_gradient(all_grads[i], w, ("grads", "params", p, False), name, ops)
             for i, w, p in zip(active, ws, paths)
         ]
         all_buffers = self._buffers(state, flat, active, ws, ops)
-        buffers = [all_buffers[i] for i in active]
-        out_leaves = None if out is None else leaves_like("out", out, flat, broadcast=False)
+        buffers = take(all_buffers, active)
+        out_leaves = None
+        if out is not None:  # out=params: its leaves are the parameters'
+            out_leaves = flat.leaves if out is params else leaves_like("out", out, flat, broadcast=False)
         outs = None
         if out_leaves is not None:
             outs = [
                 _checks.check_out(out_leaves[i], w, ("out", "params", p, False), name, ops)
                 for i, w, p in zip(active, ws, paths)
             ]
+        adapt, decay_flags = self._masks(flat, active, ws)
         flags = LayerFlags(
-            adapt=tuple(self._mask("adapt_mask", self.adapt_mask, flat, active, ws)),
-            decay=tuple(self._mask("weight_decay_mask", self.weight_decay_mask, flat, active, ws)),
+            adapt=adapt,
+            decay=decay_flags,
             axis_names=_checks.axis_names("axis_name", self.axis_name, flat, active, ops),
         )
         lr = _at(self.learning_rate, state.count)
@@ -162,7 +165,8 @@ class LarsOptimizer:
                 count, flat, all_buffers, active, new_buffers, started
             )
         for i, new in zip(active, new_ws):
-            _checks.write_back(out_leaves[i], new)
+            if out_leaves[i] is not new:  # (a native output was written already)
+                _checks.write_back(out_leaves[i], new)
         momentum = (
             state.momentum
             if buffers_writable
@@ -249,10 +253,21 @@ class LarsOptimizer:
             )
         buffers = leaves_like("state.momentum", state.momentum, flat, broadcast=False)
         for i, w in zip(active, ws):
-            p = flat.paths[i]
-            buffers[i] = _checks.unwrap(buffers[i])
-            _checks.check_like(Path("state.momentum", p), buffers[i], Path("params", p), w, ops)
+            if not _checks.is_like(buffers[i], w):
+                p = flat.paths[i]
+                buffers[i] = _checks.unwrap(buffers[i])
+                _checks.check_like(Path("state.momentum", p), buffers[i], Path("params", p), w, ops)
         return buffers
+
+    def _masks(
+        self, flat: Flat, active: list[int], ws: list[Any]
+    ) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        """Which active layers are adapted, and which decayed (one mask read once
+        where both are the same, as the preset's default is)."""
+        adapt = tuple(self._mask("adapt_mask", self.adapt_mask, flat, active, ws))
+        if self.weight_decay_mask is self.adapt_mask:
+            return adapt, adapt
+        return adapt, tuple(self._mask("weight_decay_mask", self.weight_decay_mask, flat, active, ws))
 
     def _mask(self, arg: str, mask: Mask, flat: Flat, active: list[int], ws: list[Any]) -> list[bool]:
         """One bool per active layer, from a tree, a callable, or the preset's default."""

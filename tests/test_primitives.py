@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import native, to_numpy
+from conftest import native, to_numpy, x64
 
 from lars_multi._registry import get_backend
 
@@ -71,3 +71,23 @@ def test_batches_cover_every_layer_once_by_dtype(backend):
     for batch in batches:
         assert len({str(ws[i].dtype) for i in batch}) == 1
         assert list(batch) == sorted(batch)  # consecutive order within a dtype
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["new", "in-place"])
+def test_axpbys_keeps_each_dtype_in_a_mixed_list(backend, in_place):
+    """Coefficients converted once for a list's first dtype must not round another's
+    (a float64 layer after float32 ones, a large layer, a 0-d one)."""
+    ops = get_backend(backend)
+    if in_place and ops.unwritable(native(backend, np.zeros(2, np.float32))) is not None:
+        pytest.skip(f"{backend} arrays are immutable")
+    rng = np.random.default_rng(3)
+    shapes_and_dtypes = [((5,), "float32"), ((4,), "float64"), ((40_000,), "float64"), ((), "float64")]
+    want_x = [rng.standard_normal(s).astype(d) for s, d in shapes_and_dtypes]
+    want_y = [rng.standard_normal(s).astype(d) for s, d in shapes_and_dtypes]
+    with x64(backend):
+        xs = [native(backend, x.copy()) for x in want_x]
+        ys = [native(backend, y) for y in want_y]
+        got = [to_numpy(g) for g in ops.axpbys(0.9, xs, 0.1, ys, xs if in_place else None)]
+    for g, x, y in zip(got[1:], want_x[1:], want_y[1:]):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, 0.9 * x + 0.1 * y, rtol=1e-15, atol=1e-15)
