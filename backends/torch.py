@@ -192,9 +192,36 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
 
 
 def _foreach_norms(xs: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Halves accumulated in float32; on a CPU, large contiguous layers by
+    :func:`_cpu_norm`, the others in one ``_foreach_norm``."""
     if dtype in _HALF:
         return list(torch._foreach_norm(xs, 2, dtype=torch.float32))
-    return list(torch._foreach_norm(xs))
+    if xs[0].device.type != "cpu":
+        return list(torch._foreach_norm(xs))
+    large = [i for i, x in enumerate(xs) if x.numel() >= _DOT_ELEMENTS and x.is_contiguous()]
+    if not large:
+        return list(torch._foreach_norm(xs))
+    out: list[Any] = [None] * len(xs)
+    for i in large:
+        out[i] = _cpu_norm(xs[i])
+    small = [i for i, value in enumerate(out) if value is None]
+    if small:
+        for i, value in zip(small, torch._foreach_norm([xs[i] for i in small])):
+            out[i] = value
+    return out
+
+
+# A CPU layer of at least this many elements takes its norm from BLAS ``dot``.
+_DOT_ELEMENTS = 1 << 14
+
+
+def _cpu_norm(x: torch.Tensor) -> torch.Tensor:
+    """The square root of a BLAS ``dot`` of a contiguous CPU tensor with itself:
+    it reads memory more than twice as fast as ``vector_norm``, and rounds no
+    worse. (MKL's ``dot`` sums in an order set by the data's alignment: a layer
+    at the same offset of its allocation gets the same norm on every run.)"""
+    flat = x.view(-1)
+    return torch.dot(flat, flat).sqrt()
 
 
 def _dtensor_norms(

@@ -91,3 +91,16 @@ def test_axpbys_keeps_each_dtype_in_a_mixed_list(backend, in_place):
     for g, x, y in zip(got[1:], want_x[1:], want_y[1:]):
         assert g.dtype == np.float64
         np.testing.assert_allclose(g, 0.9 * x + 0.1 * y, rtol=1e-15, atol=1e-15)
+
+
+def test_norms_of_large_and_strided_layers(backend):
+    """Large layers (BLAS dot on torch CPUs), a transposed view, and small ones, in one call."""
+    ops = get_backend(backend)
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in [(300, 200), (7,), (256, 256), (1,)]]
+    xs = [native(backend, a) for a in arrays]
+    if backend in ("numpy", "torch"):
+        xs[2] = xs[2].T  # a strided view
+    want = [np.linalg.norm(a.astype(np.float64)) for a in arrays]
+    got = [float(to_numpy(v)) for v in ops.norms(xs)]
+    np.testing.assert_allclose(got, want, rtol=2e-6)
