@@ -137,6 +137,19 @@ def norm(x: Any, axis_name: Any = None) -> np.generic:
     return np.sqrt(_sum_of_squares(x))
 
 
+def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[Any]:
+    """The 2-norms of many arrays: their sums of squares (BLAS ``dot``), then one
+    square root for all of them where they are many, of one dtype (the same
+    values as :func:`norm` gives one by one)."""
+    for axis_name in axis_names or ():
+        if axis_name is not None:
+            raise no_axis_name("axis_name", FRAMEWORK, axis_name)
+    squares = [np.vdot(x, x) if x.dtype in _PLAIN else _sum_of_squares(x) for x in xs]
+    if len(squares) < 8 or len({s.dtype for s in squares}) != 1:  # (a few: one by one is faster)
+        return [np.sqrt(s) for s in squares]
+    return list(np.sqrt(np.array(squares)))
+
+
 def _sum_of_squares(x: Any) -> np.generic:
     """In the compute dtype: float32 for halves, native byte order for swapped floats."""
     compute = _COMPUTE.get(x.dtype)

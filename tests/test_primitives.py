@@ -104,3 +104,19 @@ def test_norms_of_large_and_strided_layers(backend):
     want = [np.linalg.norm(a.astype(np.float64)) for a in arrays]
     got = [float(to_numpy(v)) for v in ops.norms(xs)]
     np.testing.assert_allclose(got, want, rtol=2e-6)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one-dtype", "mixed-dtypes"])
+def test_norms_of_many_layers(backend, mixed):
+    """Many layers at once (NumPy takes one square root for all of one dtype): each
+    norm as the float64 one, in the layer's own dtype."""
+    ops = get_backend(backend)
+    rng = np.random.default_rng(5)
+    dtypes = ["float32", "float64"] * 6 if mixed else ["float32"] * 12
+    arrays = [rng.standard_normal(3 + i).astype(d) for i, d in enumerate(dtypes)]
+    with x64(backend):
+        got = [to_numpy(v) for v in ops.norms([native(backend, a) for a in arrays])]
+    for value, a in zip(got, arrays):
+        assert value.dtype == a.dtype
+        want = np.linalg.norm(a.astype(np.float64))
+        np.testing.assert_allclose(value, want, rtol=2e-7 if a.dtype == np.float32 else 1e-15)
