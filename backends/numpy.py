@@ -8,7 +8,9 @@ scratch block.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import operator
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,12 +44,15 @@ _BLOCK = 1 << 15
 # norms are taken, then they are updated while still in cache.
 _BATCH_BYTES = 1 << 22
 
-try:  # BLAS axpy, y <- y + a x in one pass (f2py writes contiguous y in place).
+try:  # BLAS axpy, y <- y + a x, and scal, x <- a x, in one pass each (f2py writes
+    # a contiguous, aligned, native y or x in place, and returns it; else a new array).
     from scipy.linalg import blas as _blas
 
     _AXPY = {np.dtype(np.float32): _blas.saxpy, np.dtype(np.float64): _blas.daxpy}
+    _SCAL = {np.dtype(np.float32): _blas.sscal, np.dtype(np.float64): _blas.dscal}
 except ImportError:  # pragma: no cover - exercised only without SciPy
     _AXPY = {}
+    _SCAL = {}
 
 
 def is_native(x: Any) -> bool:
@@ -236,10 +241,12 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
 
 
 def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None) -> list[Any]:
-    """:func:`axpby` of each array; small arrays of a native float dtype in one
-    to three ufunc calls each, with no per-array dispatch (cache-blocking and
-    BLAS only pay on large ones), and the coefficients as 0-d arrays of that
-    dtype (a ufunc takes one faster than a Python float, and rounds it the same)."""
+    """:func:`axpby` of each array. Arrays of a native float dtype that own their
+    memory (none can overlap another), written in place: one BLAS ``scal`` and one
+    ``axpy`` call each (when SciPy is installed), mapped over the lists with no
+    Python per array; else, small ones in one to three ufunc calls each, with the
+    coefficients as 0-d arrays of their dtype (a ufunc takes one faster than a
+    Python float, and rounds it the same)."""
     coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
     in_place = outs is not None and (outs is xs or all(o is x for o, x in zip(outs, xs)))
     if outs is not None and not in_place:
@@ -247,28 +254,104 @@ def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = No
     if not xs or xs[0].dtype not in _PLAIN:  # (halves are computed on float32 copies)
         return [axpby(a, x, b, y, x if in_place else None) for x, b, y in zip(xs, coefficients, ys)]
     dtype = xs[0].dtype
-    one = type(a) is float and a == 1
-    a_0d = _as_0d(a, dtype)
-    subtract = type(bs) is float and bs == -1  # x - y
-    last = b_0d = None
+    if in_place and dtype in _AXPY and a != 0 and _blas_vectors(xs, ys, dtype):
+        return _blas_in_place(a, xs, coefficients, ys, dtype)
+    small = _Small(a, dtype)
     results = []
     for x, b, y in zip(xs, coefficients, ys):
         if x.size > _BLOCK or x.dtype is not dtype or not x.ndim:
             results.append(axpby(a, x, b, y, x if in_place else None))
-            continue
-        if b is not last:  # (a run of layers often shares one coefficient)
-            last, b_0d = b, _as_0d(b, dtype)
-        if not in_place:
-            results.append(x + y * b_0d if one else x * a_0d + y * b_0d)
-            continue
-        if not one:
-            x *= a_0d
-        if subtract:
-            x -= y
+        elif small.axpy is None or x.ndim != 1 or not x.size or _may_overlap(x, y):
+            results.append(small.by_ufuncs(x, b, y, in_place))
         else:
-            x += y * b_0d
-        results.append(x)
+            results.append(small.by_blas(x, b, y, in_place))
     return results
+
+
+_BASE = operator.attrgetter("base")
+_DTYPE_AND_NDIM = operator.attrgetter("dtype", "ndim")
+_SIZE = operator.attrgetter("size")
+
+
+def _blas_vectors(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) -> bool:
+    """Whether every array is a non-empty NumPy vector of ``dtype`` that owns its
+    memory, so that none overlaps another (f2py hands BLAS a vector itself, if
+    contiguous and aligned; it copies others)."""
+    arrays = (*xs, *ys)
+    return (
+        set(map(type, arrays)) == {np.ndarray}
+        and all(map(operator.is_, map(_BASE, arrays), itertools.repeat(None)))
+        and set(map(_DTYPE_AND_NDIM, arrays)) == {(dtype, 1)}
+        and all(map(_SIZE, arrays))
+    )
+
+
+def _blas_in_place(a: Any, xs: Sequence[Any], bs: list[Any], ys: Sequence[Any], dtype: np.dtype) -> list[Any]:
+    """``x <- a x + b y`` for every array, by BLAS ``scal`` and ``axpy`` (whose
+    multiply-add may be fused: one rounding)."""
+    if not (type(a) is float and a == 1):
+        _all_written(xs, map(_SCAL[dtype], itertools.repeat(a), xs))
+    _all_written(xs, map(_AXPY[dtype], ys, xs, map(_SIZE, ys), bs))
+    return list(xs)
+
+
+def _all_written(targets: Sequence[Any], results: Iterable[Any]) -> None:
+    """BLAS calls' ``results`` in their ``targets`` (f2py worked on a copy where
+    an array was not contiguous and aligned)."""
+    results = list(results)
+    if not all(map(operator.is_, results, targets)):
+        for target, result in zip(targets, results):
+            _written(target, result)
+
+
+class _Small:
+    """``a x + b y`` on a small array of one native float dtype, one of the ways."""
+
+    __slots__ = ("_last", "a", "a_0d", "axpy", "dtype", "one", "scal")
+
+    def __init__(self, a: Any, dtype: np.dtype) -> None:
+        self.a, self.dtype, self.one = a, dtype, type(a) is float and a == 1
+        self.a_0d = _as_0d(a, dtype)
+        self.axpy: Any = _AXPY.get(dtype)
+        self.scal: Any = _SCAL.get(dtype)
+        self._last: tuple[Any, Any] = (None, None)
+
+    def by_blas(self, x: np.ndarray, b: Any, y: np.ndarray, in_place: bool) -> np.ndarray:
+        """``scal`` then ``axpy`` (its multiply-add may be fused: one rounding)."""
+        if not in_place:
+            out = x.copy() if self.one else np.multiply(x, self.a_0d)
+        else:
+            out = x
+            if not self.one:
+                _written(out, self.scal(self.a, out))
+        _written(out, self.axpy(y, out, y.size, b))
+        return out
+
+    def by_ufuncs(self, x: np.ndarray, b: Any, y: np.ndarray, in_place: bool) -> np.ndarray:
+        last, b_0d = self._last
+        if b is not last:  # (a run of layers often shares one coefficient)
+            b_0d = _as_0d(b, self.dtype)
+            self._last = (b, b_0d)
+        if not in_place:
+            return x + y * b_0d if self.one else x * self.a_0d + y * b_0d
+        if not self.one:
+            x *= self.a_0d
+        x += y * b_0d
+        return x
+
+
+def _written(target: np.ndarray, result: np.ndarray) -> None:
+    """A BLAS call's ``result`` in ``target`` (f2py worked on a copy where it had to)."""
+    if result is not target:
+        np.copyto(target, result)
+
+
+def _may_overlap(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether ``x`` and ``y`` may be different views of some memory (arrays that
+    own their memory never are)."""
+    if x is y or (x.base is None and y.base is None):
+        return False
+    return bool(np.may_share_memory(x, y))
 
 
 def _as_0d(value: Any, dtype: np.dtype) -> Any:

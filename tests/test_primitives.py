@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from conftest import native, to_numpy, x64
@@ -120,3 +122,31 @@ def test_norms_of_many_layers(backend, mixed):
         assert value.dtype == a.dtype
         want = np.linalg.norm(a.astype(np.float64))
         np.testing.assert_allclose(value, want, rtol=2e-7 if a.dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("layout", ["own-memory", "views-of-one-buffer", "with-an-empty-one", "strided"])
+@pytest.mark.parametrize("a", [1.0, 0.9])
+def test_axpbys_on_vectors_in_place(backend, layout, a):
+    """Vectors written in place (NumPy maps BLAS scal and axpy over the lists where
+    each owns its memory, and steps the others one by one)."""
+    ops = get_backend(backend)
+    if ops.unwritable(native(backend, np.zeros(2, np.float32))) is not None:
+        pytest.skip(f"{backend} arrays are immutable")
+    rng = np.random.default_rng(6)
+    sizes = [5, 0, 7, 300] if layout == "with-an-empty-one" else [5, 9, 7, 300]
+    want_x = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    want_y = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    if layout == "views-of-one-buffer":
+        buffer = native(backend, np.concatenate(want_x))
+        bounds = np.cumsum([0, *sizes])
+        xs = [buffer[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    elif layout == "strided":
+        xs = [native(backend, np.repeat(x, 2))[::2] for x in want_x]
+    else:
+        xs = [native(backend, x.copy()) for x in want_x]
+    ys = [native(backend, y) for y in want_y]
+    bs = [0.5, -1.25, 2.0, 1e-3]
+    got = ops.axpbys(a, xs, bs, ys, xs)
+    assert all(g is x for g, x in zip(got, xs))
+    for x, want, b, y in zip(xs, want_x, bs, want_y):  # the arrays given hold the results
+        np.testing.assert_allclose(to_numpy(x), a * want.astype(np.float64) + b * y, rtol=1e-6, atol=1e-6)
