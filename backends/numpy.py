@@ -44,6 +44,11 @@ _BLOCK = 1 << 15
 # norms are taken, then they are updated while still in cache.
 _BATCH_BYTES = 1 << 22
 
+# Read off many arrays at once (map: no Python per array).
+_BASE = operator.attrgetter("base")
+_DTYPE_AND_NDIM = operator.attrgetter("dtype", "ndim")
+_SIZE = operator.attrgetter("size")
+
 try:  # BLAS axpy, y <- y + a x, and scal, x <- a x, in one pass each (f2py writes
     # a contiguous, aligned, native y or x in place, and returns it; else a new array).
     from scipy.linalg import blas as _blas
@@ -74,7 +79,9 @@ def unwritable(x: Any) -> str | None:
 
 def memory_roots(xs: Sequence[Any]) -> list[int]:
     """The object owning each array's memory (the end of its chain of bases)."""
-    return [id(x) if x.base is None else _memory_root(x) for x in xs]
+    if all(map(operator.is_, map(_BASE, xs), itertools.repeat(None))):
+        return list(map(id, xs))  # (every array owns its memory)
+    return [_memory_root(x) for x in xs]
 
 
 def _memory_root(x: Any) -> int:
@@ -266,11 +273,6 @@ def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = No
         else:
             results.append(small.by_blas(x, b, y, in_place))
     return results
-
-
-_BASE = operator.attrgetter("base")
-_DTYPE_AND_NDIM = operator.attrgetter("dtype", "ndim")
-_SIZE = operator.attrgetter("size")
 
 
 def _blas_vectors(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) -> bool:

@@ -22,12 +22,16 @@ def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Se
     position = {id(o): i for i, o in enumerate(outs)}
     if len(position) != len(outs) or any(id(g) in position for g in gs):
         return True
-    if any(position.get(id(x), i) != i for i, x in enumerate(ws)):
+    # A weight may be its own output (out=w), not another layer's.
+    in_place = all(o is w for o, w in zip(outs, ws))
+    if not in_place and any(position.get(id(x), i) != i for i, x in enumerate(ws)):
         return True
-    return _shares_memory(ops, outs, ws, gs)
+    return _shares_memory(ops, outs, ws, gs, in_place)
 
 
-def _shares_memory(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
+def _shares_memory(
+    ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any], in_place: bool
+) -> bool:
     """Whether an output overlaps the memory of an array other than itself.
 
     Arrays in different buffers never overlap: only those whose buffer holds
@@ -36,8 +40,8 @@ def _shares_memory(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Seq
     out_roots = ops.memory_roots(outs)
     if all(root is None for root in out_roots):
         return False
-    # Weights that are their own outputs are compared with the outputs below.
-    inputs = gs if all(o is w for o, w in zip(outs, ws)) else (*ws, *gs)
+    # Weights that are their own outputs (in place) are compared with the outputs below.
+    inputs = gs if in_place else (*ws, *gs)
     input_roots = ops.memory_roots(inputs)
     alone = set(out_roots)
     if len(alone) == len(outs) and None not in alone and alone.isdisjoint(input_roots):
