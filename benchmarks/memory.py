@@ -119,7 +119,7 @@ def rss_delta(backend: str, variant: str) -> dict[str, Any]:
     """In this process: peak-RSS growth of one call on the ResNet-50 tree."""
     workload = build("resnet50")
     w, g = _native_trees(backend, workload)
-    few = list(w)[:4]
+    few = [*list(w)[:4], workload.largest]  # (a large layer too: its norms take BLAS paths)
     small_w, small_g = (
         {k: w[k].clone() if backend == "torch" else w[k].copy() for k in few},
         {k: g[k] for k in few},
