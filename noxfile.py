@@ -56,4 +56,4 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "-e", ".[all]", "mypy")
-    session.run("mypy", "lars_multi", "backends", "--ignore-missing-imports")
+    session.run("mypy", "lars_multi", "backends", "benchmarks", "--ignore-missing-imports")

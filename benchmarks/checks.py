@@ -67,8 +67,8 @@ def check_all(contenders: Sequence[Contender], workload: Workload) -> dict[str, 
     firsts = {c.key: _first_step(c, workload) for c in contenders}
     floor_ref = {k: _head(reference(workload, k, "add")) for k in workload.check_keys()}
     lars_ref = {k: _head(reference(workload, k, "lars")) for k in workload.check_keys()}
-    native = next(
-        (firsts[c.key] for c in contenders if c.role == NATIVE and isinstance(firsts[c.key], dict)), None
+    native: dict[str, np.ndarray] | None = next(
+        (found for c in contenders if c.role == NATIVE and isinstance(found := firsts[c.key], dict)), None
     )
     checks = {}
     for c in contenders:

@@ -78,9 +78,7 @@ def _smallest(workload: Workload) -> str:
 # --- NumPy ------------------------------------------------------------------
 
 
-def _lars_multi_mutable(
-    w: dict[str, Any], g: dict[str, Any], state: dict[str, Any], read: Any, reset: Any
-) -> list[Contender]:
+def _lars_multi_mutable(w: Any, g: Any, state: Any, read: Any, reset: Any) -> list[Contender]:
     """lars_multi on a framework with mutable arrays: functional, and in place (``out=w``)."""
     return [
         Contender(LM, "lars_multi", LARS_MULTI, lambda: lm.lars_update(w, g, LR), read),
@@ -380,6 +378,8 @@ def _jax_lm_inplace(
 
     key0 = next(iter(wl.w))
     arrays = {k: lm.Array(v) for k, v in fresh().items()}
+    target: Any  # one lm.Array, or an lm.Container of them
+    g: Any
     if wl.single:
         target, g = arrays[key0], g_tree[key0]
     else:
