@@ -81,9 +81,14 @@ def unwritable(x: Any) -> str | None:
 
 def memory_roots(xs: Sequence[Any]) -> list[int]:
     """The object owning each array's memory (the end of its chain of bases)."""
-    if all(map(operator.is_, map(_BASE, xs), itertools.repeat(None))):
-        return list(map(id, xs))  # (every array owns its memory)
+    if _own_memory(xs):
+        return list(map(id, xs))
     return [_memory_root(x) for x in xs]
+
+
+def _own_memory(xs: Iterable[Any]) -> bool:
+    """Whether every array owns its memory (has no base), asked of the list at once."""
+    return all(map(operator.is_, map(_BASE, xs), itertools.repeat(None)))
 
 
 def _memory_root(x: Any) -> int:
@@ -193,7 +198,8 @@ def stack(xs: Sequence[Any]) -> np.ndarray:
 
 
 def unstack(vector: np.ndarray) -> list[float]:
-    """Python floats (exact): BLAS and ufuncs take them fastest."""
+    """Python floats (exact), as BLAS takes them (the small-array ufunc path
+    converts them to 0-d arrays of the layers' dtype)."""
     return vector.tolist()
 
 
@@ -284,7 +290,7 @@ def _blas_vectors(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) -> bool
     arrays = (*xs, *ys)
     return (
         set(map(type, arrays)) == {np.ndarray}
-        and all(map(operator.is_, map(_BASE, arrays), itertools.repeat(None)))
+        and _own_memory(arrays)
         and set(map(_DTYPE_AND_NDIM, arrays)) == {(dtype, 1)}
         and all(map(_SIZE, arrays))
     )

@@ -154,7 +154,7 @@ def lars_step(
     new_ws, new_buffers = list(ws), list(buffers)
     # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
     in_place = outs is not None and all(o is w for o, w in zip(outs, ws))
-    for batch in [[0]] if len(ws) == 1 else ops.batches(ws):  # (one layer: one batch)
+    for batch in ops.batches(ws):
         run = _batch_step(
             ops, config, flags.select(batch), weight_decay is not None, stop_gradients, donate, in_place
         )

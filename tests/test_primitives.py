@@ -15,6 +15,11 @@ from lars_multi._registry import get_backend
 SHAPES = [(3, 4), (5,), (2, 3, 2), (7,)]
 
 
+def _skip_if_immutable(backend):
+    if get_backend(backend).unwritable(native(backend, np.zeros(2, np.float32))) is not None:
+        pytest.skip(f"{backend} arrays are immutable")
+
+
 def _arrays(name, rng, dtype="float32"):
     return [native(name, rng.standard_normal(s).astype(dtype)) for s in SHAPES]
 
@@ -24,8 +29,8 @@ def _arrays(name, rng, dtype="float32"):
 @pytest.mark.parametrize("a", [1.0, 0.9, 0.0])
 def test_axpbys_is_a_x_plus_b_y(backend, kind, in_place, a):
     ops = get_backend(backend)
-    if in_place and ops.unwritable(native(backend, np.zeros(2, np.float32))) is not None:
-        pytest.skip(f"{backend} arrays are immutable")
+    if in_place:
+        _skip_if_immutable(backend)
     rng = np.random.default_rng(0)
     xs, ys = _arrays(backend, rng), _arrays(backend, rng)
     want_x, want_y = (
@@ -80,8 +85,8 @@ def test_axpbys_keeps_each_dtype_in_a_mixed_list(backend, in_place):
     """Coefficients converted once for a list's first dtype must not round another's
     (a float64 layer after float32 ones, a large layer, a 0-d one)."""
     ops = get_backend(backend)
-    if in_place and ops.unwritable(native(backend, np.zeros(2, np.float32))) is not None:
-        pytest.skip(f"{backend} arrays are immutable")
+    if in_place:
+        _skip_if_immutable(backend)
     rng = np.random.default_rng(3)
     shapes_and_dtypes = [((5,), "float32"), ((4,), "float64"), ((40_000,), "float64"), ((), "float64")]
     want_x = [rng.standard_normal(s).astype(d) for s, d in shapes_and_dtypes]
@@ -130,8 +135,7 @@ def test_axpbys_on_vectors_in_place(backend, layout, a):
     """Vectors written in place (NumPy maps BLAS scal and axpy over the lists where
     each owns its memory, and steps the others one by one)."""
     ops = get_backend(backend)
-    if ops.unwritable(native(backend, np.zeros(2, np.float32))) is not None:
-        pytest.skip(f"{backend} arrays are immutable")
+    _skip_if_immutable(backend)
     rng = np.random.default_rng(6)
     sizes = [5, 0, 7, 300] if layout == "with-an-empty-one" else [5, 9, 7, 300]
     want_x = [rng.standard_normal(n).astype(np.float32) for n in sizes]
