@@ -48,8 +48,10 @@ _BATCH_BYTES = 1 << 22
 
 # Read off many arrays at once (map: no Python per array).
 _BASE = operator.attrgetter("base")
+_DTYPE = operator.attrgetter("dtype")
 _DTYPE_AND_NDIM = operator.attrgetter("dtype", "ndim")
 _SIZE = operator.attrgetter("size")
+_NBYTES = operator.attrgetter("nbytes")
 
 try:  # BLAS axpy, y <- y + a x, and scal, x <- a x, in one pass each (f2py writes
     # a contiguous, aligned, native y or x in place, and returns it; else a new array).
@@ -208,8 +210,8 @@ def batches(ws: Sequence[Any]) -> list[list[int]]:
     their compute dtype (halves are computed on float32 copies)."""
     return _batching.batches(
         ws,
-        key=lambda w: w.dtype,
-        nbytes=lambda w: w.nbytes,
+        key=_DTYPE,
+        nbytes=_NBYTES,
         budget=lambda dtype: _BATCH_BYTES * dtype.itemsize // compute_dtype(dtype).itemsize,
     )
 
@@ -256,12 +258,13 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
 
 
 def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None) -> list[Any]:
-    """:func:`axpby` of each array. Arrays of a native float dtype that own their
-    memory (none can overlap another), written in place: one BLAS ``scal`` and one
-    ``axpy`` call each (when SciPy is installed), mapped over the lists with no
-    Python per array; else, small ones in one to three ufunc calls each, with the
-    coefficients as 0-d arrays of their dtype (a ufunc takes one faster than a
-    Python float, and rounds it the same)."""
+    """:func:`axpby` of each array (``ys`` of the dtypes and shapes of ``xs``;
+    ``outs`` overlap no ``y`` but their own ``x``, as the step ensures before it
+    writes in place). Vectors of a native float dtype, written in place: one
+    BLAS ``scal`` and one ``axpy`` call each (when SciPy is installed), mapped
+    over the lists with no Python per array; else, small arrays in one to three
+    ufunc calls each, with the coefficients as 0-d arrays of their dtype (a ufunc
+    takes one faster than a Python float, and rounds it the same)."""
     coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
     in_place = outs is not None and (outs is xs or all(o is x for o, x in zip(outs, xs)))
     if outs is not None and not in_place:
@@ -276,7 +279,7 @@ def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = No
     for x, b, y in zip(xs, coefficients, ys):
         if x.size > _BLOCK or x.dtype is not dtype or not x.ndim:
             results.append(axpby(a, x, b, y, x if in_place else None))
-        elif small.axpy is None or x.ndim != 1 or not x.size or _may_overlap(x, y):
+        elif small.axpy is None or x.ndim != 1 or not x.size:
             results.append(small.by_ufuncs(x, b, y, in_place))
         else:
             results.append(small.by_blas(x, b, y, in_place))
@@ -284,15 +287,14 @@ def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = No
 
 
 def _blas_vectors(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) -> bool:
-    """Whether every array is a non-empty NumPy vector of ``dtype`` that owns its
-    memory, so that none overlaps another (f2py hands BLAS a vector itself, if
-    contiguous and aligned; it copies others)."""
-    arrays = (*xs, *ys)
+    """Whether every ``x`` is a non-empty NumPy vector of ``dtype``, and every
+    ``y`` of ``dtype`` (f2py hands BLAS a vector itself where it is contiguous and
+    aligned, else a copy, written back); the ``ys`` have the ``xs``' shapes."""
     return (
-        set(map(type, arrays)) == {np.ndarray}
-        and _own_memory(arrays)
-        and set(map(_DTYPE_AND_NDIM, arrays)) == {(dtype, 1)}
-        and all(map(_SIZE, arrays))
+        set(map(type, xs)) == {np.ndarray}
+        and set(map(_DTYPE_AND_NDIM, xs)) == {(dtype, 1)}
+        and all(map(_SIZE, xs))
+        and set(map(_DTYPE, ys)) == {dtype}
     )
 
 
@@ -356,14 +358,6 @@ def _written(target: np.ndarray, result: np.ndarray) -> None:
     """A BLAS call's ``result`` in ``target`` (f2py worked on a copy where it had to)."""
     if result is not target:
         np.copyto(target, result)
-
-
-def _may_overlap(x: np.ndarray, y: np.ndarray) -> bool:
-    """Whether ``x`` and ``y`` may be different views of some memory (arrays that
-    own their memory never are)."""
-    if x is y or (x.base is None and y.base is None):
-        return False
-    return bool(np.may_share_memory(x, y))
 
 
 def _as_0d(value: Any, dtype: np.dtype) -> Any:

@@ -11,6 +11,7 @@ torch storages), which objects alone do not show.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -19,13 +20,15 @@ from ._protocol import Backend
 
 def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
     """Whether writing ``outs`` one by one could change an input not yet read."""
-    position = {id(o): i for i, o in enumerate(outs)}
-    if len(position) != len(outs) or any(id(g) in position for g in gs):
+    out_ids = set(map(id, outs))
+    if len(out_ids) != len(outs) or not out_ids.isdisjoint(map(id, gs)):
         return True
     # A weight may be its own output (out=w), not another layer's.
-    in_place = all(o is w for o, w in zip(outs, ws))
-    if not in_place and any(position.get(id(x), i) != i for i, x in enumerate(ws)):
-        return True
+    in_place = all(map(operator.is_, outs, ws))
+    if not in_place:
+        position = dict(zip(map(id, outs), range(len(outs))))
+        if any(position.get(id(x), i) != i for i, x in enumerate(ws)):
+            return True
     return _shares_memory(ops, outs, ws, gs, in_place)
 
 
@@ -38,7 +41,7 @@ def _shares_memory(
     an output are compared, byte range against byte range.
     """
     out_roots = ops.memory_roots(outs)
-    if all(root is None for root in out_roots):
+    if out_roots.count(None) == len(out_roots):
         return False
     # Weights that are their own outputs (in place) are compared with the outputs below.
     inputs = gs if in_place else (*ws, *gs)

@@ -25,19 +25,23 @@ def batches(
     (``nbytes(w)`` each; a larger layer is a batch of its own; None: uncut)."""
     if len(ws) == 1:
         return [[0]]
-    groups: dict[Key, list[int]] = {}
-    for i, w in enumerate(ws):
-        groups.setdefault(key(w), []).append(i)
+    keys = list(map(key, ws))
+    if keys.count(keys[0]) == len(keys):  # one group (the common case)
+        groups = {keys[0]: list(range(len(ws)))}
+    else:
+        groups = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
     cut: list[list[int]] = []
     for group_key, indices in groups.items():
         limit = budget(group_key)
         if limit is None:
             cut.append(indices)
             continue
+        members = ws if len(indices) == len(ws) else [ws[i] for i in indices]
         batch: list[int] = []
         total = 0
-        for i in indices:
-            size = nbytes(ws[i])
+        for i, size in zip(indices, map(nbytes, members)):
             if batch and total + size > limit:
                 cut.append(batch)
                 batch, total = [], 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -134,6 +135,24 @@ def is_like(x: Any, w: Any) -> bool:
     return type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape
 
 
+def all_like(xs: Sequence[Any], ws: Sequence[Any], ops: Backend) -> bool:
+    """Whether every ``x`` is a native array like its ``w`` (type, dtype, shape,
+    and ``ops.matches``): the common case, asked of the lists at once."""
+    matches = ops.matches
+    return all(
+        [
+            type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape and matches(x, w)
+            for x, w in zip(xs, ws)
+        ]
+    )
+
+
+def all_writable(xs: Sequence[Any], ops: Backend) -> bool:
+    """Whether every array can be written in place."""
+    unwritable = ops.unwritable
+    return all([unwritable(x) is None for x in xs])
+
+
 Where = tuple[str, str, Any, bool]
 
 
@@ -188,6 +207,22 @@ def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> None:
         )
 
 
+def check_gradients(
+    gs: Sequence[Any],
+    ws: Sequence[Any],
+    paths: Sequence[Any],
+    where: tuple[str, str, bool],
+    name: str,
+    ops: Backend,
+) -> list[Any]:
+    """:func:`check_gradient` of every layer (``where``: ``(arg, w_arg, broadcast)``),
+    at once where every gradient is a native array like its weights."""
+    if all_like(gs, ws, ops):
+        return list(gs)
+    arg, w_arg, broadcast = where
+    return [check_gradient(g, w, (arg, w_arg, p, broadcast), name, ops) for g, w, p in zip(gs, ws, paths)]
+
+
 def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> None:
     device, w_device = ops.device(data), ops.device(w)
     if device != w_device:
@@ -224,6 +259,22 @@ def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
     check_like(path, data, w_path, w, ops)
     check_device(path, data, w_path, w, ops)
     return data
+
+
+def check_outs(
+    outs: Sequence[Any],
+    ws: Sequence[Any],
+    paths: Sequence[Any],
+    where: tuple[str, str],
+    name: str,
+    ops: Backend,
+) -> list[Any]:
+    """:func:`check_out` of every layer (``where``: ``(arg, w_arg)``); ``ws`` itself
+    (the same list) where every output is its own weights and writable (``out=w``)."""
+    if all(map(operator.is_, outs, ws)) and all_writable(ws, ops):
+        return ws if isinstance(ws, list) else list(ws)
+    arg, w_arg = where
+    return [check_out(o, w, (arg, w_arg, p, False), name, ops) for o, w, p in zip(outs, ws, paths)]
 
 
 # --- hyper-parameters -------------------------------------------------------------------------

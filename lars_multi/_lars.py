@@ -162,10 +162,7 @@ def _update_tree(
     ws = _checks.unwrap_all(leaves)
     _checks.check_all_weights("w", ws, paths, ops)
     single = is_leaf(dcdw)
-    gs = [
-        _checks.check_gradient(grads[i], x, ("dcdw", "w", p, single), name, ops)
-        for i, x, p in zip(active, ws, paths)
-    ]
+    gs = _checks.check_gradients([grads[i] for i in active], ws, paths, ("dcdw", "w", single), name, ops)
     rates = _per_leaf("lr", lr, flat, active, ws, ops, partial(_checks.check_lr, name=name, ops=ops))
     decays = _per_leaf(
         "decay_lambda", decay_lambda, flat, active, ws, ops, partial(_checks.check_decay, name=name, ops=ops)
@@ -173,15 +170,12 @@ def _update_tree(
     stops = _per_leaf("stop_gradients", stop_gradients, flat, active, ws, ops, _checks.check_stop)
     outs = None
     if out_leaves is not None:
-        outs = [
-            _checks.check_out(out_leaves[i], x, ("out", "w", p, False), name, ops)
-            for i, x, p in zip(active, ws, paths)
-        ]
+        outs = _checks.check_outs([out_leaves[i] for i in active], ws, paths, ("out", "w"), name, ops)
         _check_unchanged_outs(flat, active, out_leaves, name, ops)
     axes = _checks.axis_names("axis_name", axis_name, flat, active, ops)
 
     write_late = outs is not None and must_write_late(ops, outs, ws, gs)
-    writable = outs is not None and all(ops.unwritable(o) is None for o in outs)
+    writable = outs is not None and (outs is ws or _checks.all_writable(outs, ops))
     results: list[Any] = [None] * len(ws)
     for indices in _groups(rates, decays, stops):
         group = _run(

@@ -30,6 +30,7 @@ batch is one compiled program of this same code.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -90,6 +91,9 @@ class LayerFlags(_Key):
         if len(indices) == len(self.adapt):
             return self
         axes = self.axis_names
+        if indices[-1] - indices[0] == len(indices) - 1:  # consecutive (ascending): a slice
+            run = slice(indices[0], indices[-1] + 1)
+            return LayerFlags(self.adapt[run], self.decay[run], None if axes is None else axes[run])
         return LayerFlags(
             tuple(self.adapt[i] for i in indices),
             tuple(self.decay[i] for i in indices),
@@ -153,7 +157,7 @@ def lars_step(
     """
     new_ws, new_buffers = list(ws), list(buffers)
     # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
-    in_place = outs is not None and all(o is w for o, w in zip(outs, ws))
+    in_place = outs is not None and (outs is ws or all(map(operator.is_, outs, ws)))
     for batch in ops.batches(ws):
         run = _batch_step(
             ops, config, flags.select(batch), weight_decay is not None, stop_gradients, donate, in_place
@@ -168,8 +172,9 @@ def lars_step(
             None if outs is None or in_place else take(outs, batch),
         )
         if outs is not None:  # written: the outputs and buffers hold the results
-            for i in batch:
-                new_ws[i] = outs[i]
+            if not in_place:
+                for i in batch:
+                    new_ws[i] = outs[i]
             continue
         for i, new_w, new_buffer in zip(batch, part_ws, part_buffers):
             new_ws[i], new_buffers[i] = new_w, new_buffer
@@ -177,10 +182,11 @@ def lars_step(
 
 
 def take(xs: Sequence[Any], batch: Sequence[int]) -> list[Any]:
-    """The items of ``xs`` at the indices ``batch``, in order, as a list (``xs``
-    itself when it is a list and ``batch`` is all of it)."""
-    if len(batch) == len(xs) and type(xs) is list:
-        return xs
+    """The items of ``xs`` at the ascending indices ``batch``, as a list (``xs``
+    itself when it is a list and ``batch`` is all of it; a slice of it when
+    ``batch`` is a run of consecutive indices)."""
+    if type(xs) is list and batch and batch[-1] - batch[0] == len(batch) - 1:
+        return xs if len(batch) == len(xs) else xs[batch[0] : batch[-1] + 1]
     return [xs[i] for i in batch]
 
 
@@ -290,7 +296,7 @@ def _step(
     lr = ops.cast_like(lr, wcs[0])
     weight_decay = ops.cast_like(weight_decay, wcs[0])
     # In place: written straight into the outputs, unless computed aside in float32 (halves).
-    direct = outs is not None and all(wc is w for wc, w in zip(wcs, ws))
+    direct = outs is not None and (wcs is ws or all(map(operator.is_, wcs, ws)))
     # Written in place, a buffer takes c u as c g + (c lambda) w: two passes, no u stored.
     split = direct and _u_used_once(config, first)
     us = gcs
@@ -369,6 +375,8 @@ def _vector(ops: Backend, norms: list[Any]) -> Any:
 def _per_layer(ops: Backend, n: int, ratios: _Ratios, f: Any) -> list[Any]:
     """``f(r)`` for every layer: computed on each ratio vector at once, ``f(1.0)``
     where the layer is not adapted."""
+    if not ratios:
+        return [f(1.0)] * n
     values: list[Any] = [None] * n
     for indices, ratio in ratios:
         value = f(ratio)

@@ -127,21 +127,17 @@ class LarsOptimizer:
         ops = get_backend(name)
         ws = _checks.unwrap_all(leaves)
         _checks.check_all_weights("params", ws, paths, ops)
-        gs = [
-            _checks.check_gradient(all_grads[i], w, ("grads", "params", p, False), name, ops)
-            for i, w, p in zip(active, ws, paths)
-        ]
+        gs = _checks.check_gradients(
+            take(all_grads, active), ws, paths, ("grads", "params", False), name, ops
+        )
         all_buffers = self._buffers(state, flat, active, ws, ops)
         buffers = take(all_buffers, active)
         out_leaves = None
         if out is not None:  # out=params: its leaves are the parameters'
             out_leaves = flat.leaves if out is params else leaves_like("out", out, flat, broadcast=False)
         outs = None
-        if out_leaves is not None:
-            outs = [
-                _checks.check_out(out_leaves[i], w, ("out", "params", p, False), name, ops)
-                for i, w, p in zip(active, ws, paths)
-            ]
+        if out_leaves is not None:  # (ws itself where out=params)
+            outs = _checks.check_outs(take(out_leaves, active), ws, paths, ("out", "params"), name, ops)
         adapt, decay_flags = self._masks(flat, active, ws)
         flags = LayerFlags(
             adapt=adapt,
@@ -154,7 +150,9 @@ class LarsOptimizer:
         all_started = self._started(state, flat, active, ops)
         first = _first(ops, state.count, all_started, active)
         # Asked only with out=: whether the buffers can be written in place too.
-        buffers_writable = outs is not None and all(b is None or ops.unwritable(b) is None for b in buffers)
+        buffers_writable = outs is not None and (
+            self.config.momentum == 0 or _checks.all_writable(buffers, ops)
+        )
         new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, buffers_writable)
         count = ops.asarray(state.count + 1, "int32")
         started = None
@@ -164,9 +162,10 @@ class LarsOptimizer:
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
                 count, flat, all_buffers, active, new_buffers, started
             )
-        for i, new in zip(active, new_ws):
-            if out_leaves[i] is not new:  # (a native output was written already)
-                _checks.write_back(out_leaves[i], new)
+        if outs is not ws:  # handles take their new arrays (native outputs were written already)
+            for i, new in zip(active, new_ws):
+                if out_leaves[i] is not new:
+                    _checks.write_back(out_leaves[i], new)
         momentum = (
             state.momentum
             if buffers_writable
@@ -192,10 +191,11 @@ class LarsOptimizer:
         else computed, then written. ``first``: one value, or one per layer (eager:
         one step for the layers whose buffers start now, one for the others)."""
         direct = False
-        if outs is not None and buffers_writable and all(ops.unwritable(o) is None for o in outs):
+        if outs is not None and buffers_writable and (outs is ws or _checks.all_writable(outs, ops)):
             direct = not must_write_late(ops, outs + [b for b in buffers if b is not None], ws, gs)
         new_ws, new_buffers = list(ws), list(buffers)
-        for indices, value in _by_first(first, len(ws)):
+        groups = _by_first(first, len(ws))
+        for indices, value in groups:
             part_ws, part_buffers = lars_step(
                 ops,
                 self.config,
@@ -208,6 +208,9 @@ class LarsOptimizer:
                 value,
                 take(outs, indices) if direct and outs is not None else None,
             )
+            if len(groups) == 1:
+                new_ws, new_buffers = part_ws, part_buffers
+                break
             for i, new_w, new_buffer in zip(indices, part_ws, part_buffers):
                 new_ws[i], new_buffers[i] = new_w, new_buffer
         if outs is not None and not direct:
@@ -252,6 +255,8 @@ class LarsOptimizer:
                 "state: expected momentum buffers (momentum > 0), got a state without them"
             )
         buffers = leaves_like("state.momentum", state.momentum, flat, broadcast=False)
+        if _checks.all_like(take(buffers, active), ws, ops):
+            return buffers
         for i, w in zip(active, ws):
             if not _checks.is_like(buffers[i], w):
                 p = flat.paths[i]
