@@ -44,7 +44,8 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``layout_name(x)``, ``densify(g)`` (a framework's sparse gradient as a
     dense array, or None), ``device(x)``.
     ``memory_roots(xs)``: the identity of the buffer holding each array (None:
-    arrays never share memory); ``overlaps(a, b)`` for two arrays of one buffer.
+    it shares memory with no other array of ``xs`` except by being the same
+    object); ``overlaps(a, b)`` for two arrays of one buffer.
     ``dtype_hint(got, expected)``: advice for a dtype mismatch message.
     ``largest(dtype)``: the largest finite value of the dtype the rate is
     computed in, to refuse hyper-parameters that overflow it.

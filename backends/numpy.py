@@ -49,7 +49,7 @@ _BATCH_BYTES = 1 << 22
 # Read off many arrays at once (map: no Python per array).
 _BASE = operator.attrgetter("base")
 _DTYPE = operator.attrgetter("dtype")
-_DTYPE_AND_NDIM = operator.attrgetter("dtype", "ndim")
+_NDIM = operator.attrgetter("ndim")
 _SIZE = operator.attrgetter("size")
 _NBYTES = operator.attrgetter("nbytes")
 
@@ -81,10 +81,11 @@ def unwritable(x: Any) -> str | None:
     return None
 
 
-def memory_roots(xs: Sequence[Any]) -> list[int]:
-    """The object owning each array's memory (the end of its chain of bases)."""
+def memory_roots(xs: Sequence[Any]) -> list[int | None]:
+    """The object owning each array's memory (the end of its chain of bases);
+    None for all where every array owns its memory (then no two share it)."""
     if _own_memory(xs):
-        return list(map(id, xs))
+        return [None] * len(xs)
     return [_memory_root(x) for x in xs]
 
 
@@ -290,11 +291,13 @@ def _blas_vectors(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) -> bool
     """Whether every ``x`` is a non-empty NumPy vector of ``dtype``, and every
     ``y`` of ``dtype`` (f2py hands BLAS a vector itself where it is contiguous and
     aligned, else a copy, written back); the ``ys`` have the ``xs``' shapes."""
+    n = len(xs)
     return (
         set(map(type, xs)) == {np.ndarray}
-        and set(map(_DTYPE_AND_NDIM, xs)) == {(dtype, 1)}
+        and list(map(_NDIM, xs)).count(1) == n
+        and list(map(_DTYPE, xs)).count(dtype) == n
+        and list(map(_DTYPE, ys)).count(dtype) == n
         and all(map(_SIZE, xs))
-        and set(map(_DTYPE, ys)) == {dtype}
     )
 
 

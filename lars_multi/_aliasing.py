@@ -40,12 +40,12 @@ def _shares_memory(
     Arrays in different buffers never overlap: only those whose buffer holds
     an output are compared, byte range against byte range.
     """
-    out_roots = ops.memory_roots(outs)
-    if out_roots.count(None) == len(out_roots):
-        return False
     # Weights that are their own outputs (in place) are compared with the outputs below.
     inputs = gs if in_place else (*ws, *gs)
-    input_roots = ops.memory_roots(inputs)
+    roots = ops.memory_roots([*outs, *inputs])
+    out_roots, input_roots = roots[: len(outs)], roots[len(outs) :]
+    if out_roots.count(None) == len(out_roots):
+        return False
     alone = set(out_roots)
     if len(alone) == len(outs) and None not in alone and alone.isdisjoint(input_roots):
         return False  # each output alone in its buffer, and no input in one

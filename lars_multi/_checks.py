@@ -46,8 +46,7 @@ def unwrap(x: Any) -> Any:
 
 def all_native(xs: Sequence[Any]) -> bool:
     """Whether ``xs`` are native arrays of one type (no handle to unwrap or write back)."""
-    kind = type(xs[0])
-    return backend_of(xs[0]) is not None and all(type(x) is kind for x in xs)
+    return backend_of(xs[0]) is not None and list(map(type, xs)).count(type(xs[0])) == len(xs)
 
 
 def unwrap_all(xs: Sequence[Any]) -> list[Any]:
@@ -83,11 +82,8 @@ def write_back(target: Any, new: Any) -> None:
 
 def call_backend(leaves: Sequence[Any], paths: Sequence[Any]) -> str:
     """The one backend owning every weight, which must be the chosen one, if any."""
-    first_type = type(leaves[0])
-    if all(type(leaf) is first_type for leaf in leaves) and backend_of(leaves[0]) is not None:
-        names = [backend_of(leaves[0])] * len(leaves)  # one native type: one framework
-    else:
-        names = [owner(leaf) for leaf in leaves]
+    one_type = all_native(leaves)  # one native type: one framework
+    names = [backend_of(leaves[0])] * len(leaves) if one_type else [owner(leaf) for leaf in leaves]
     first = names[0]
     if first is None or names.count(first) != len(names):
         for entries, leaf, name in zip(paths, leaves, names):

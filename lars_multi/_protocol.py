@@ -99,7 +99,8 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         return None
 
     def memory_roots(xs: Sequence[Any]) -> list[Hashable | None]:
-        """The identity of the buffer holding each array, or None where arrays never share one."""
+        """The identity of the buffer holding each array; None where the array shares
+        memory with no other of ``xs`` except by being the same object."""
         return [None] * len(xs)
 
     def overlaps(a: Any, b: Any) -> bool:

@@ -283,11 +283,9 @@ class LarsOptimizer:
         else:
             leaves = leaves_like(arg, mask, flat)
             values = [leaves[i] for i in active]
-        for i, value in zip(active, values):
-            if not isinstance(value, bool):
-                raise LarsMultiTypeError(
-                    f"{Path(arg, flat.paths[i])}: expected a bool, got {type_name(value)}"
-                )
+        if list(map(type, values)).count(bool) != len(values):
+            i, value = next((i, v) for i, v in zip(active, values) if type(v) is not bool)
+            raise LarsMultiTypeError(f"{Path(arg, flat.paths[i])}: expected a bool, got {type_name(value)}")
         return values
 
 
