@@ -259,7 +259,7 @@ def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
 
 def check_outs(
     outs: Sequence[Any],
-    ws: Sequence[Any],
+    ws: list[Any],
     paths: Sequence[Any],
     where: tuple[str, str],
     name: str,
@@ -268,7 +268,7 @@ def check_outs(
     """:func:`check_out` of every layer (``where``: ``(arg, w_arg)``); ``ws`` itself
     (the same list) where every output is its own weights and writable (``out=w``)."""
     if all(map(operator.is_, outs, ws)) and all_writable(ws, ops):
-        return ws if isinstance(ws, list) else list(ws)
+        return ws
     arg, w_arg = where
     return [check_out(o, w, (arg, w_arg, p, False), name, ops) for o, w, p in zip(outs, ws, paths)]
 

@@ -19,7 +19,7 @@ from ._errors import no_autograph
 from ._presets import REFERENCE
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
-from ._step import LayerFlags, StepConfig, lars_step
+from ._step import LayerFlags, StepConfig, lars_step, put
 from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
@@ -190,8 +190,7 @@ def _update_tree(
             writable=writable,
             axis_names=None if axes is None else tuple(axes[i] for i in indices),
         )
-        for i, new in zip(indices, group):
-            results[i] = new
+        put(results, indices, group)
     if outs is not None:
         _write(ops, outs, results)
     return _finish(flat, out, out_leaves, name, dict(zip(active, results)))

@@ -173,11 +173,10 @@ def lars_step(
         )
         if outs is not None:  # written: the outputs and buffers hold the results
             if not in_place:
-                for i in batch:
-                    new_ws[i] = outs[i]
+                put(new_ws, batch, take(outs, batch))
             continue
-        for i, new_w, new_buffer in zip(batch, part_ws, part_buffers):
-            new_ws[i], new_buffers[i] = new_w, new_buffer
+        put(new_ws, batch, part_ws)
+        put(new_buffers, batch, part_buffers)
     return new_ws, new_buffers
 
 
@@ -188,6 +187,16 @@ def take(xs: Sequence[Any], batch: Sequence[int]) -> list[Any]:
     if type(xs) is list and batch and batch[-1] - batch[0] == len(batch) - 1:
         return xs if len(batch) == len(xs) else xs[batch[0] : batch[-1] + 1]
     return [xs[i] for i in batch]
+
+
+def put(xs: list[Any], batch: Sequence[int], values: Sequence[Any]) -> None:
+    """Set the items of ``xs`` at the ascending indices ``batch`` to ``values`` (the
+    inverse of :func:`take`)."""
+    if batch and batch[-1] - batch[0] == len(batch) - 1:
+        xs[batch[0] : batch[-1] + 1] = values
+        return
+    for i, value in zip(batch, values):
+        xs[i] = value
 
 
 _COMPILES: dict[str, bool] = {}

@@ -34,7 +34,7 @@ from ._lars import flatten
 from ._presets import PRESETS, Preset, get_preset
 from ._protocol import Backend
 from ._registry import get_backend
-from ._step import LayerFlags, StepConfig, compiles, lars_step, take
+from ._step import LayerFlags, StepConfig, compiles, lars_step, put, take
 from ._tree import Flat, Path, leaves_like
 from .schedules import warmup_cosine, warmup_polynomial
 
@@ -194,8 +194,7 @@ class LarsOptimizer:
         if outs is not None and buffers_writable and (outs is ws or _checks.all_writable(outs, ops)):
             direct = not must_write_late(ops, outs + [b for b in buffers if b is not None], ws, gs)
         new_ws, new_buffers = list(ws), list(buffers)
-        groups = _by_first(first, len(ws))
-        for indices, value in groups:
+        for indices, value in _by_first(first, len(ws)):
             part_ws, part_buffers = lars_step(
                 ops,
                 self.config,
@@ -208,11 +207,8 @@ class LarsOptimizer:
                 value,
                 take(outs, indices) if direct and outs is not None else None,
             )
-            if len(groups) == 1:
-                new_ws, new_buffers = part_ws, part_buffers
-                break
-            for i, new_w, new_buffer in zip(indices, part_ws, part_buffers):
-                new_ws[i], new_buffers[i] = new_w, new_buffer
+            put(new_ws, indices, part_ws)
+            put(new_buffers, indices, part_buffers)
         if outs is not None and not direct:
             _write_all(ops, outs, new_ws, buffers, new_buffers)
         return new_ws, new_buffers
