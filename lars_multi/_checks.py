@@ -265,12 +265,19 @@ def check_outs(
     name: str,
     ops: Backend,
 ) -> list[Any]:
-    """:func:`check_out` of every layer (``where``: ``(arg, w_arg)``); ``ws`` itself
-    (the same list) where every output is its own weights and writable (``out=w``)."""
+    """:func:`check_out` of every layer (``where``: ``(arg, w_arg)``), at once where
+    every output is its own weights and writable (``out=w``)."""
     if all(map(operator.is_, outs, ws)) and all_writable(ws, ops):
         return ws
     arg, w_arg = where
     return [check_out(o, w, (arg, w_arg, p, False), name, ops) for o, w, p in zip(outs, ws, paths)]
+
+
+def outs_writable(out_leaves: Sequence[Any], outs: Sequence[Any], ops: Backend) -> bool:
+    """Whether every output (``out_leaves``, checked into ``outs`` by :func:`check_outs`)
+    can be written in place: native ones can (the check refuses the others), a
+    handle if its array can."""
+    return all_native(out_leaves) or all_writable(outs, ops)
 
 
 # --- hyper-parameters -------------------------------------------------------------------------

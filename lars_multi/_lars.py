@@ -19,7 +19,7 @@ from ._errors import no_autograph
 from ._presets import REFERENCE
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
-from ._step import LayerFlags, StepConfig, lars_step, put
+from ._step import LayerFlags, StepConfig, lars_step, put, take
 from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
@@ -169,13 +169,15 @@ def _update_tree(
     )
     stops = _per_leaf("stop_gradients", stop_gradients, flat, active, ws, ops, _checks.check_stop)
     outs = None
+    writable = False
     if out_leaves is not None:
-        outs = _checks.check_outs([out_leaves[i] for i in active], ws, paths, ("out", "w"), name, ops)
+        active_outs = take(out_leaves, active)
+        outs = _checks.check_outs(active_outs, ws, paths, ("out", "w"), name, ops)
         _check_unchanged_outs(flat, active, out_leaves, name, ops)
+        writable = _checks.outs_writable(active_outs, outs, ops)
     axes = _checks.axis_names("axis_name", axis_name, flat, active, ops)
 
     write_late = outs is not None and must_write_late(ops, outs, ws, gs)
-    writable = outs is not None and (outs is ws or _checks.all_writable(outs, ops))
     results: list[Any] = [None] * len(ws)
     for indices in _groups(rates, decays, stops):
         group = _run(

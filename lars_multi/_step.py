@@ -157,7 +157,8 @@ def lars_step(
     """
     new_ws, new_buffers = list(ws), list(buffers)
     # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
-    in_place = outs is not None and (outs is ws or all(map(operator.is_, outs, ws)))
+    # (Element by element: torch 2.11's Dynamo cannot trace `is` between two lists.)
+    in_place = outs is not None and all(map(operator.is_, outs, ws))
     for batch in ops.batches(ws):
         run = _batch_step(
             ops, config, flags.select(batch), weight_decay is not None, stop_gradients, donate, in_place
@@ -305,7 +306,7 @@ def _step(
     lr = ops.cast_like(lr, wcs[0])
     weight_decay = ops.cast_like(weight_decay, wcs[0])
     # In place: written straight into the outputs, unless computed aside in float32 (halves).
-    direct = outs is not None and (wcs is ws or all(map(operator.is_, wcs, ws)))
+    direct = outs is not None and all(map(operator.is_, wcs, ws))
     # Written in place, a buffer takes c u as c g + (c lambda) w: two passes, no u stored.
     split = direct and _u_used_once(config, first)
     us = gcs

@@ -136,8 +136,11 @@ class LarsOptimizer:
         if out is not None:  # out=params: its leaves are the parameters'
             out_leaves = flat.leaves if out is params else leaves_like("out", out, flat, broadcast=False)
         outs = None
-        if out_leaves is not None:  # (ws itself where out=params)
-            outs = _checks.check_outs(take(out_leaves, active), ws, paths, ("out", "params"), name, ops)
+        outs_writable = False  # asked only with out=, as is whether the buffers are writable
+        if out_leaves is not None:
+            active_outs = take(out_leaves, active)
+            outs = _checks.check_outs(active_outs, ws, paths, ("out", "params"), name, ops)
+            outs_writable = _checks.outs_writable(active_outs, outs, ops)
         adapt, decay_flags = self._masks(flat, active, ws)
         flags = LayerFlags(
             adapt=adapt,
@@ -149,11 +152,11 @@ class LarsOptimizer:
         decay = None if isinstance(decay, float) and decay == 0 else decay  # no decay: skipped entirely
         all_started = self._started(state, flat, active, ops)
         first = _first(ops, state.count, all_started, active)
-        # Asked only with out=: whether the buffers can be written in place too.
         buffers_writable = outs is not None and (
             self.config.momentum == 0 or _checks.all_writable(buffers, ops)
         )
-        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, buffers_writable)
+        writable = outs_writable and buffers_writable
+        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, writable)
         count = ops.asarray(state.count + 1, "int32")
         started = None
         if all_started is not None:
@@ -162,7 +165,7 @@ class LarsOptimizer:
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
                 count, flat, all_buffers, active, new_buffers, started
             )
-        if outs is not ws:  # handles take their new arrays (native outputs were written already)
+        if not _checks.all_native(active_outs):  # (native outputs were written already)
             for i, new in zip(active, new_ws):
                 if out_leaves[i] is not new:
                     _checks.write_back(out_leaves[i], new)
@@ -184,14 +187,14 @@ class LarsOptimizer:
         decay: Any,
         first: Any,
         outs: list[Any] | None,
-        buffers_writable: bool,
+        writable: bool,
     ) -> tuple[list[Any], list[Any]]:
         """The step (compiled per batch on JAX and TensorFlow); written into ``outs``
-        and the buffers as it goes where they are all writable and alias no input,
+        and the buffers as it goes where they are all ``writable`` and alias no input,
         else computed, then written. ``first``: one value, or one per layer (eager:
         one step for the layers whose buffers start now, one for the others)."""
         direct = False
-        if outs is not None and buffers_writable and (outs is ws or _checks.all_writable(outs, ops)):
+        if outs is not None and writable:
             direct = not must_write_late(ops, outs + [b for b in buffers if b is not None], ws, gs)
         new_ws, new_buffers = list(ws), list(buffers)
         for indices, value in _by_first(first, len(ws)):
