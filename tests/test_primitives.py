@@ -1,6 +1,7 @@
 """The list primitives every backend gives the one LARS step (``lars_multi._step``):
 ``axpbys`` (``a x + b y`` for many arrays, into outputs), ``norms``, ``stack`` /
-``unstack`` and ``batches``, each against a float64 NumPy computation."""
+``unstack`` and ``batches``, each against a float64 NumPy computation; and
+``memory_roots``, and the step's own ``take`` / ``put`` of layers."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from lars_multi._registry import get_backend
 SHAPES = [(3, 4), (5,), (2, 3, 2), (7,)]
 
 
+def _immutable(backend):
+    return get_backend(backend).unwritable(native(backend, np.zeros(2, np.float32))) is not None
+
+
 def _skip_if_immutable(backend):
-    if get_backend(backend).unwritable(native(backend, np.zeros(2, np.float32))) is not None:
+    if _immutable(backend):
         pytest.skip(f"{backend} arrays are immutable")
 
 
@@ -154,3 +159,29 @@ def test_axpbys_on_vectors_in_place(backend, layout, a):
     assert all(g is x for g, x in zip(got, xs))
     for x, want, b, y in zip(xs, want_x, bs, want_y):  # the arrays given hold the results
         np.testing.assert_allclose(to_numpy(x), a * want.astype(np.float64) + b * y, rtol=1e-6, atol=1e-6)
+
+
+def test_memory_roots_tell_which_arrays_share_memory(backend):
+    """``memory_roots(xs)``: arrays sharing memory have one root; None only where an
+    array shares memory with no other of ``xs`` (except by being the same object)."""
+    ops = get_backend(backend)
+    rng = np.random.default_rng(7)
+    own = [native(backend, rng.standard_normal(n).astype(np.float32)) for n in (4, 6)]
+    roots = ops.memory_roots(own + own[:1])
+    assert all(root is None for root in roots) or (roots[0] == roots[2] != roots[1])
+    if not _immutable(backend):
+        roots = ops.memory_roots([own[0], own[1], own[1][2:]])  # a view of the second
+        assert roots[1] is not None and roots[0] != roots[1] == roots[2]
+
+
+@pytest.mark.parametrize("indices", [[0, 1, 2, 3, 4], [1, 2, 3], [3], [0, 2, 4], [], [1, 4]])
+def test_take_and_put_are_inverse(indices):
+    """``take`` (a slice for consecutive layers) and ``put`` give back what they took."""
+    from lars_multi._step import put, take
+
+    xs = list("abcde")
+    taken = take(xs, indices)
+    assert taken == [xs[i] for i in indices]
+    ys = list(xs)
+    put(ys, indices, [t.upper() for t in taken])
+    assert ys == [x.upper() if i in indices else x for i, x in enumerate(xs)]
