@@ -135,12 +135,7 @@ def all_like(xs: Sequence[Any], ws: Sequence[Any], ops: Backend) -> bool:
     """Whether every ``x`` is a native array like its ``w`` (type, dtype, shape,
     and ``ops.matches``): the common case, asked of the lists at once."""
     matches = ops.matches
-    return all(
-        [
-            type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape and matches(x, w)
-            for x, w in zip(xs, ws)
-        ]
-    )
+    return all([is_like(x, w) and matches(x, w) for x, w in zip(xs, ws)])
 
 
 def all_writable(xs: Sequence[Any], ops: Backend) -> bool:

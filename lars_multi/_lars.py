@@ -154,15 +154,15 @@ def _update_tree(
     out_leaves = None if out is None else leaves_like("out", out, flat, broadcast=False)
     if not active:
         return _unchanged(flat, out, out_leaves)
-    leaves = [flat.leaves[i] for i in active]
-    paths = [flat.paths[i] for i in active]
+    leaves = take(flat.leaves, active)
+    paths = take(flat.paths, active)
     name = _checks.call_backend(leaves, paths)
     ops = get_backend(name)
 
     ws = _checks.unwrap_all(leaves)
     _checks.check_all_weights("w", ws, paths, ops)
     single = is_leaf(dcdw)
-    gs = _checks.check_gradients([grads[i] for i in active], ws, paths, ("dcdw", "w", single), name, ops)
+    gs = _checks.check_gradients(take(grads, active), ws, paths, ("dcdw", "w", single), name, ops)
     rates = _per_leaf("lr", lr, flat, active, ws, ops, partial(_checks.check_lr, name=name, ops=ops))
     decays = _per_leaf(
         "decay_lambda", decay_lambda, flat, active, ws, ops, partial(_checks.check_decay, name=name, ops=ops)
