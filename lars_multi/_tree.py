@@ -71,19 +71,38 @@ class Flat:
     spec: Any
     flatten: Callable[[Any], tuple[list[Any], Any]]
     unflatten: Callable[[Any, list[Any]], Any]
+    # The values of a tree at the spec's leaves (mappings matched by key); raises
+    # ValueError (or TypeError) where the tree lacks the spec's nodes.
+    flatten_up_to: Callable[[Any, Any], list[Any]]
 
     def rebuild(self, leaves: list[Any]) -> Any:
         return self.unflatten(self.spec, leaves)
+
+    def leaves_of(self, value: Any) -> list[Any] | None:
+        """``value``'s leaves, one per layer, where it has exactly the weights'
+        nodes (mappings matched by key, whatever their order); else None."""
+        try:
+            leaves = self.flatten_up_to(self.spec, value)
+        except (ValueError, TypeError):
+            return None
+        # A tree where the weights have a leaf is not their structure.
+        if any(issubclass(t, _TREE_TYPES) for t in set(map(type, leaves))):
+            return None
+        return leaves
 
 
 def _optree_flatten(tree: Any) -> tuple[list[Any], Any]:
     return optree.tree_flatten(tree, namespace=NAMESPACE)
 
 
+def _optree_flatten_up_to(spec: Any, tree: Any) -> list[Any]:
+    return spec.flatten_up_to(tree)  # type: ignore[no-any-return]
+
+
 def flatten_optree(tree: Any) -> Flat:
     """``tree`` flattened by optree (dict, list, tuple, namedtuple, Container...)."""
     paths, leaves, spec = optree.tree_flatten_with_path(tree, namespace=NAMESPACE)
-    return Flat(leaves, paths, spec, _optree_flatten, optree.tree_unflatten)
+    return Flat(leaves, paths, spec, _optree_flatten, optree.tree_unflatten, _optree_flatten_up_to)
 
 
 def is_leaf(value: Any) -> bool:
@@ -101,9 +120,9 @@ def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> lis
     """
     if broadcast and _single(value, w):
         return [value] * len(w.leaves)
-    if not _registry.is_compiling():  # (optree cannot be traced on trees of numbers, nor compare specs)
-        leaves, spec = w.flatten(value)
-        if spec == w.spec:
+    if not _registry.is_compiling():  # (optree cannot be traced on trees of numbers)
+        leaves = w.leaves_of(value)
+        if leaves is not None:
             return leaves
     walker = _Walker(arg, value, w, broadcast)
     return [walker.select(path) for path in w.paths]
@@ -178,6 +197,9 @@ def _child(node: Any, entry: Any) -> Any:
     if isinstance(entry, Attribute):
         return getattr(node, entry.name)
     return node[entry]
+
+
+_TREE_TYPES = (Mapping, list, tuple)
 
 
 def _is_tree(value: Any) -> bool:

@@ -363,6 +363,12 @@ def test_tree_structure_mismatch(backend):
         lm.lars_update(w, {"a": a, "b": b, "c": b}, 0.1)
     with raises(ValueError, r"(?s)^dcdw: expected the structure of w.*\['b'\]", lm.LarsMultiValueError):
         lm.lars_update({"a": a, "b": {"c": b}}, {"a": a, "b": [b]}, 0.1)
+    # A tree where w has a leaf (a structure that pairs with w's nodes up to their leaves).
+    for subtree in ({"c": b}, [b], (b,)):
+        with raises(ValueError, r"(?s)^dcdw: expected the structure of w.*\['b'\]", lm.LarsMultiValueError):
+            lm.lars_update(w, {"a": a, "b": subtree}, 0.1)
+        with raises(ValueError, r"(?s)^out: expected the structure of w.*\['b'\]", lm.LarsMultiValueError):
+            lm.lars_update(w, {"a": a, "b": b}, 0.1, out={"a": a, "b": subtree})
     with raises(ValueError, r"(?s)^lr: expected the structure of w.*'b'", lm.LarsMultiValueError):
         lm.lars_update(w, native(backend, G), {"a": 0.1})
     with raises(ValueError, r"(?s)^decay_lambda: expected the structure of w", lm.LarsMultiValueError):
