@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from lars_multi import _batching
+from lars_multi._aliasing import overlap_groups
 from lars_multi._protocol import no_axis_name
+
+try:  # (NumPy 2 moved it)
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # pragma: no cover - NumPy 1
+    from numpy import byte_bounds  # type: ignore[attr-defined,no-redef]
 
 try:  # bfloat16 for NumPy comes from ml_dtypes (a dependency of JAX and TF).
     from ml_dtypes import bfloat16 as _bfloat16
@@ -82,11 +88,23 @@ def unwritable(x: Any) -> str | None:
 
 
 def memory_roots(xs: Sequence[Any]) -> list[int | None]:
-    """The object owning each array's memory (the end of its chain of bases);
-    None for all where every array owns its memory (then no two share it)."""
+    """The memory each array lies in: arrays with different roots share none.
+
+    None for all where every array owns its memory (has no base: every way
+    NumPy offers of wrapping other memory gives the array one), as then no two
+    share it. Else each array's root is the array at the end of its chain of
+    bases; where some of those hold memory from outside NumPy (a memoryview, a
+    DLPack capsule, a torch tensor), which other objects may hold too, ends
+    whose byte ranges meet share a root.
+    """
     if _own_memory(xs):
         return [None] * len(xs)
-    return [_memory_root(x) for x in xs]
+    ends = [_chain_end(x) for x in xs]
+    distinct = {id(end): end for end in ends}
+    if _own_memory(distinct.values()):  # each end owns its memory: one root per end
+        return [id(end) for end in ends]
+    groups = overlap_groups({key: byte_bounds(end) for key, end in distinct.items()})
+    return [groups[id(end)] for end in ends]
 
 
 def _own_memory(xs: Iterable[Any]) -> bool:
@@ -94,10 +112,11 @@ def _own_memory(xs: Iterable[Any]) -> bool:
     return all(map(operator.is_, map(_BASE, xs), itertools.repeat(None)))
 
 
-def _memory_root(x: Any) -> int:
-    while isinstance(x, np.ndarray) and x.base is not None:
+def _chain_end(x: Any) -> Any:
+    """The last NumPy array on ``x``'s chain of bases (``x`` itself if it has none)."""
+    while isinstance(x.base, np.ndarray):
         x = x.base
-    return id(x)
+    return x
 
 
 def overlaps(a: Any, b: Any) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lars_multi import _batching, _registry
+from lars_multi._aliasing import overlap_groups
 from lars_multi._protocol import no_axis_name
 
 FRAMEWORK = "torch"
@@ -70,19 +71,30 @@ def _local(x: torch.Tensor) -> torch.Tensor:
 
 
 def memory_roots(xs: Sequence[torch.Tensor]) -> list[tuple[torch.device, int] | None]:
-    """The device and storage holding each tensor; None while compiling (not traceable)."""
+    """The memory each tensor lies in: its device, and its storage's group of
+    storages whose byte ranges meet (storages made from NumPy arrays or buffers,
+    ``torch.from_numpy`` of two views of one array, may share memory). None for
+    a sparse tensor, and for all while compiling (storages cannot be traced)."""
     if _registry.is_compiling():
         return [None] * len(xs)
-    return [_memory_root(_local(x)) for x in xs]
+    storages = [_storage(_local(x)) for x in xs]
+    groups: dict[tuple[torch.device, int, int], tuple[torch.device, int]] = {}
+    for device in {s[0] for s in storages if s is not None}:
+        spans = {s: (s[1], s[1] + s[2]) for s in storages if s is not None and s[0] == device}
+        groups.update((key, (device, number)) for key, number in overlap_groups(spans).items())
+    return [None if s is None else groups[s] for s in storages]
 
 
-def _memory_root(local: torch.Tensor) -> tuple[torch.device, int] | None:
+def _storage(local: torch.Tensor) -> tuple[torch.device, int, int] | None:
+    """The device, address and size in bytes of a dense tensor's storage."""
     if local.layout != torch.strided:
         return None
-    return local.device, local.untyped_storage().data_ptr()
+    storage = local.untyped_storage()
+    return local.device, storage.data_ptr(), storage.nbytes()
 
 
 def _byte_span(x: torch.Tensor) -> tuple[int, int]:
+    """The addresses ``[low, high)`` of the bytes ``x`` reaches (empty: ``(0, 0)``)."""
     size = x.element_size()
     low = high = x.storage_offset()
     for length, stride in zip(x.shape, x.stride()):
@@ -90,11 +102,12 @@ def _byte_span(x: torch.Tensor) -> tuple[int, int]:
             return 0, 0
         reach = (length - 1) * stride
         low, high = (low + reach, high) if reach < 0 else (low, high + reach)
-    return int(low * size), int((high + 1) * size)
+    start = x.untyped_storage().data_ptr()
+    return start + int(low * size), start + int((high + 1) * size)
 
 
 def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the byte ranges of ``a`` and ``b`` in their (common) storage meet."""
+    """Whether ``a`` and ``b`` (of one device) reach a common byte."""
     (a_low, a_high), (b_low, b_high) = _byte_span(_local(a)), _byte_span(_local(b))
     return a_low < b_high and b_low < a_high
 

@@ -12,10 +12,12 @@ torch storages), which objects alone do not show.
 from __future__ import annotations
 
 import operator
-from collections.abc import Hashable, Sequence
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ._protocol import Backend
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
@@ -61,3 +63,19 @@ def _shares_memory(
         len(sharing) > 1 and any(a is not b and ops.overlaps(a, b) for a in sharing for b in sharing)
         for sharing in by_root.values()
     )
+
+
+def overlap_groups(spans: Mapping[Key, tuple[int, int]]) -> dict[Key, int]:
+    """A group number for each key of ``spans`` (byte ranges ``[low, high)`` in one
+    address space): keys whose ranges meet, directly or through others, share one.
+    For memory that several objects may hold (NumPy arrays over another library's
+    buffer, torch storages made from NumPy arrays), where identity shows nothing."""
+    groups: dict[Key, int] = {}
+    number, reach = -1, 0
+    for key, (low, high) in sorted(spans.items(), key=operator.itemgetter(1)):
+        if number < 0 or low >= reach:
+            number, reach = number + 1, high
+        else:
+            reach = max(reach, high)
+        groups[key] = number
+    return groups

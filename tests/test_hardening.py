@@ -189,6 +189,58 @@ def test_torch_gradient_views_shared_through_numpy():
     assert_layer_close(g, W, G, 0.1, 0.0, "float32")
 
 
+def _foreign_view(route, array):
+    """A native array over ``array``'s memory (one element on), reached through an
+    object that is not a NumPy array: nothing but addresses shows the sharing."""
+    rest = array[1:]
+    if route == "numpy-memoryview":
+        return np.frombuffer(memoryview(rest), dtype=rest.dtype)
+    if route == "numpy-ctypes":
+        import ctypes
+
+        return np.ctypeslib.as_array((ctypes.c_float * rest.size).from_buffer(rest))
+    if route == "numpy-dlpack":
+        return np.from_dlpack(rest)
+    import torch
+
+    if route == "numpy-torch":
+        return torch.from_numpy(rest).numpy()
+    return torch.from_numpy(rest)  # "torch-from-numpy": a storage of its own, inside another's
+
+
+@pytest.mark.parametrize(
+    "route", ["numpy-memoryview", "numpy-ctypes", "numpy-dlpack", "numpy-torch", "torch-from-numpy"]
+)
+@pytest.mark.parametrize("entry", ["lars_update", "optim"])
+def test_gradient_sharing_memory_through_another_object(route, entry):
+    """Layer 1's gradient lies in layer 0's weights, through a memoryview, ctypes,
+    DLPack or torch: written in place, the step still reads it as it was."""
+    backend = route.split("-")[0]
+    require_backend(backend)
+    if "torch" in route:
+        pytest.importorskip("torch")
+    memory = RNG.normal(size=8).astype(np.float32)
+    w0 = memory.copy()
+    w1 = RNG.normal(size=7).astype(np.float32)
+    g0 = (RNG.normal(size=8) * 0.1).astype(np.float32)
+    g1_values = memory[1:].copy()
+    as_native = (lambda a: __import__("torch").from_numpy(a)) if backend == "torch" else (lambda a: a)
+    weights = [as_native(memory), as_native(w1.copy())]
+    grads = [as_native(g0.copy()), _foreign_view(route, memory)]
+    if entry == "lars_update":
+        lm.lars_update(weights, grads, [0.1, 0.3], out=weights)
+        assert_layer_close(to_numpy(weights[0]), w0, g0, 0.1, 0.0, "float32")
+        assert_layer_close(to_numpy(weights[1]), w1, g1_values, 0.3, 0.0, "float32")
+        return
+    opt = lm.optim.lars(0.1, momentum=0.0, adapt_mask=True)
+    want, _ = opt.step(
+        [as_native(w0.copy()), as_native(w1.copy())], [as_native(g0), as_native(g1_values)], opt.init(weights)
+    )
+    opt.step(weights, grads, opt.init(weights), out=weights)
+    for got, expected in zip(weights, want):
+        np.testing.assert_array_equal(to_numpy(got), to_numpy(expected))
+
+
 def test_numpy_stride_zero_out_is_refused():
     require_backend("numpy")
     base = np.zeros(3, np.float32)

@@ -172,6 +172,16 @@ def test_memory_roots_tell_which_arrays_share_memory(backend):
     if not _immutable(backend):
         roots = ops.memory_roots([own[0], own[1], own[1][2:]])  # a view of the second
         assert roots[1] is not None and roots[0] != roots[1] == roots[2]
+    if backend in ("numpy", "torch"):  # memory held by another object than the array's own
+        memory = np.arange(6, dtype=np.float32)
+        foreign = {
+            "numpy": lambda a: np.frombuffer(memoryview(a), dtype=a.dtype),
+            "torch": lambda a: __import__("torch").from_numpy(a),
+        }[backend]
+        roots = ops.memory_roots([foreign(memory[:4]), foreign(memory[4:]), foreign(memory[3:5])])
+        assert roots[0] == roots[1] == roots[2] is not None  # one chain of ranges that meet
+        roots = ops.memory_roots([foreign(memory[:3]), foreign(memory[3:])])
+        assert roots[0] != roots[1]
 
 
 @pytest.mark.parametrize("indices", [[0, 1, 2, 3, 4], [1, 2, 3], [3], [0, 2, 4], [], [1, 4]])
@@ -185,3 +195,16 @@ def test_take_and_put_are_inverse(indices):
     ys = list(xs)
     put(ys, indices, [t.upper() for t in taken])
     assert ys == [x.upper() if i in indices else x for i, x in enumerate(xs)]
+
+
+def test_overlap_groups_join_ranges_that_meet():
+    """Byte ranges that meet, directly or through a third, share a group; touching ends do not."""
+    from lars_multi._aliasing import overlap_groups
+
+    groups = overlap_groups(
+        {"a": (0, 10), "b": (30, 40), "c": (8, 20), "d": (20, 25), "e": (19, 21), "f": (50, 50)}
+    )
+    assert groups["a"] == groups["c"] == groups["e"] == groups["d"]
+    assert len({groups["a"], groups["b"], groups["f"]}) == 3
+    assert overlap_groups({"x": (0, 4), "y": (4, 8)})["x"] != overlap_groups({"x": (0, 4), "y": (4, 8)})["y"]
+    assert overlap_groups({}) == {}
