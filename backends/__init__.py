@@ -38,7 +38,8 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``to_compute(x)``: ``x`` in the dtype updates are computed in (float32 for
     halves), ``x`` itself where that is its own; decided by the dtype alone.
     ``unwritable(x)``: why ``x`` cannot be written in place, or None (default:
-    from ``is_writable``).
+    from ``is_writable``); ``all_writable(xs)``: whether every array can be
+    (default: ``unwritable`` of each).
     ``matches(g, w)``: a fast check that a gradient of ``w``'s type, dtype and
     shape needs no other (dense, same device); ``is_dense(x)``,
     ``layout_name(x)``, ``densify(g)`` (a framework's sparse gradient as a

@@ -58,6 +58,10 @@ _DTYPE = operator.attrgetter("dtype")
 _NDIM = operator.attrgetter("ndim")
 _SIZE = operator.attrgetter("size")
 _NBYTES = operator.attrgetter("nbytes")
+_FLAG_BITS = operator.attrgetter("flags.num")
+# Bits of ``flags.num`` (NumPy's NPY_ARRAY_* flags).
+_CONTIGUOUS = 0x1 | 0x2  # C or Fortran order
+_WRITEABLE = 0x400
 
 try:  # BLAS axpy, y <- y + a x, and scal, x <- a x, in one pass each (f2py writes
     # a contiguous, aligned, native y or x in place, and returns it; else a new array).
@@ -85,6 +89,16 @@ def unwritable(x: Any) -> str | None:
     if any(stride == 0 and size > 1 for stride, size in zip(x.strides, x.shape)):
         return "a NumPy array whose elements share memory (a stride of 0, as from broadcast_to)"
     return None
+
+
+def all_writable(xs: Sequence[Any]) -> bool:
+    """:func:`unwritable` of every array is None: asked of the list at once where
+    each is a writeable, contiguous NumPy array (so no stride is 0)."""
+    if list(map(type, xs)).count(np.ndarray) == len(xs) and all(
+        bits & _WRITEABLE and bits & _CONTIGUOUS for bits in set(map(_FLAG_BITS, xs))
+    ):
+        return True
+    return all([unwritable(x) is None for x in xs])
 
 
 def memory_roots(xs: Sequence[Any]) -> list[int | None]:
@@ -292,8 +306,9 @@ def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = No
     if not xs or xs[0].dtype not in _PLAIN:  # (halves are computed on float32 copies)
         return [axpby(a, x, b, y, x if in_place else None) for x, b, y in zip(xs, coefficients, ys)]
     dtype = xs[0].dtype
-    if in_place and dtype in _AXPY and a != 0 and _blas_vectors(xs, ys, dtype):
-        return _blas_in_place(a, xs, coefficients, ys, dtype)
+    sizes = _blas_vector_sizes(xs, dtype) if in_place and dtype in _AXPY and a != 0 else None
+    if sizes is not None:
+        return _blas_in_place(a, xs, coefficients, ys, sizes)
     small = _Small(a, dtype)
     results = []
     for x, b, y in zip(xs, coefficients, ys):
@@ -306,26 +321,30 @@ def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = No
     return results
 
 
-def _blas_vectors(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) -> bool:
-    """Whether every ``x`` is a non-empty NumPy vector of ``dtype``, and every
-    ``y`` of ``dtype`` (f2py hands BLAS a vector itself where it is contiguous and
-    aligned, else a copy, written back); the ``ys`` have the ``xs``' shapes."""
+def _blas_vector_sizes(xs: Sequence[Any], dtype: np.dtype) -> list[int] | None:
+    """The sizes of ``xs`` where every one is a non-empty NumPy vector of ``dtype``
+    (f2py hands BLAS a vector itself where it is contiguous and aligned, else a
+    copy, written back); else None. The ``ys`` have the ``xs``' dtypes and shapes."""
     n = len(xs)
-    return (
-        set(map(type, xs)) == {np.ndarray}
+    if not (
+        list(map(type, xs)).count(np.ndarray) == n
         and list(map(_NDIM, xs)).count(1) == n
         and list(map(_DTYPE, xs)).count(dtype) == n
-        and list(map(_DTYPE, ys)).count(dtype) == n
-        and all(map(_SIZE, xs))
-    )
+    ):
+        return None
+    sizes = list(map(_SIZE, xs))
+    return None if 0 in sizes else sizes
 
 
-def _blas_in_place(a: Any, xs: Sequence[Any], bs: list[Any], ys: Sequence[Any], dtype: np.dtype) -> list[Any]:
+def _blas_in_place(
+    a: Any, xs: Sequence[Any], bs: list[Any], ys: Sequence[Any], sizes: list[int]
+) -> list[Any]:
     """``x <- a x + b y`` for every array, by BLAS ``scal`` and ``axpy`` (whose
     multiply-add may be fused: one rounding)."""
+    dtype = xs[0].dtype
     if not (type(a) is float and a == 1):
         _all_written(xs, map(_SCAL[dtype], itertools.repeat(a), xs))
-    _all_written(xs, map(_AXPY[dtype], ys, xs, map(_SIZE, ys), bs))
+    _all_written(xs, map(_AXPY[dtype], ys, xs, sizes, bs))
     return list(xs)
 
 

@@ -138,12 +138,6 @@ def all_like(xs: Sequence[Any], ws: Sequence[Any], ops: Backend) -> bool:
     return all([is_like(x, w) and matches(x, w) for x, w in zip(xs, ws)])
 
 
-def all_writable(xs: Sequence[Any], ops: Backend) -> bool:
-    """Whether every array can be written in place."""
-    unwritable = ops.unwritable
-    return all([unwritable(x) is None for x in xs])
-
-
 Where = tuple[str, str, Any, bool]
 
 
@@ -262,7 +256,7 @@ def check_outs(
 ) -> list[Any]:
     """:func:`check_out` of every layer (``where``: ``(arg, w_arg)``), at once where
     every output is its own weights and writable (``out=w``)."""
-    if all(map(operator.is_, outs, ws)) and all_writable(ws, ops):
+    if all(map(operator.is_, outs, ws)) and ops.all_writable(ws):
         return ws
     arg, w_arg = where
     return [check_out(o, w, (arg, w_arg, p, False), name, ops) for o, w, p in zip(outs, ws, paths)]
@@ -272,7 +266,7 @@ def outs_writable(out_leaves: Sequence[Any], outs: Sequence[Any], ops: Backend) 
     """Whether every output (``out_leaves``, checked into ``outs`` by :func:`check_outs`)
     can be written in place: native ones can (the check refuses the others), a
     handle if its array can."""
-    return all_native(out_leaves) or all_writable(outs, ops)
+    return all_native(out_leaves) or ops.all_writable(outs)
 
 
 # --- hyper-parameters -------------------------------------------------------------------------

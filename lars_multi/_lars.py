@@ -20,7 +20,7 @@ from ._presets import REFERENCE
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
 from ._step import LayerFlags, StepConfig, lars_step, put, take
-from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like
+from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like, present
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
 _RULE = StepConfig(REFERENCE, eps=REFERENCE.eps)
@@ -150,7 +150,7 @@ def _update_tree(
     if not flat.leaves:
         return w if out is None else out
     grads = leaves_like("dcdw", dcdw, flat)
-    active = [i for i, g in enumerate(grads) if g is not None]
+    active = present(grads)
     out_leaves = None if out is None else leaves_like("out", out, flat, broadcast=False)
     if not active:
         return _unchanged(flat, out, out_leaves)

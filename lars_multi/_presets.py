@@ -28,20 +28,35 @@ library's defaults: every knob works with every preset.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ._errors import UnknownPresetError
 
-
-def _is_matrix(path: Any, array: Any) -> bool:
-    """Large-batch practice: biases and normalization scales (1-D) are left out."""
-    return len(array.shape) > 1
+_SHAPE = operator.attrgetter("shape")
 
 
-def _everything(path: Any, array: Any) -> bool:
-    return True
+@dataclass(frozen=True)
+class RankMask:
+    """A preset's default mask: the arrays of at least ``min_rank`` dimensions. A
+    mask callable, ``(path, array) -> bool``; :meth:`of` asks many arrays at once."""
+
+    min_rank: int
+
+    def __call__(self, path: Any, array: Any) -> bool:
+        return len(array.shape) >= self.min_rank
+
+    def of(self, arrays: Sequence[Any]) -> list[bool]:
+        if self.min_rank == 0:
+            return [True] * len(arrays)
+        return [len(shape) >= self.min_rank for shape in map(_SHAPE, arrays)]
+
+
+# Large-batch practice: biases and normalization scales (1-D) are left out.
+_MATRICES = RankMask(2)
+_EVERYTHING = RankMask(0)
 
 
 @dataclass(frozen=True)
@@ -53,19 +68,19 @@ class Preset:
     lr_in_buffer: bool  # the buffer accumulates eta r u (paper, optax), else r u (timm)
     adapt_needs_decay: bool  # adapt only where weight decay applies, unless always_adapt (timm)
     eps: float
-    default_mask: Callable[[Any, Any], bool]
+    default_mask: RankMask
     # lambda divides r (no fallback where a norm is 0) and u = g: the reference's rule
     decay_divides_ratio: bool = False
 
 
 PRESETS = {
-    "paper": Preset("paper", False, True, False, 0.0, _is_matrix),
-    "optax": Preset("optax", True, True, False, 0.0, _everything),
-    "timm": Preset("timm", False, False, True, 1e-8, _everything),
+    "paper": Preset("paper", False, True, False, 0.0, _MATRICES),
+    "optax": Preset("optax", True, True, False, 0.0, _EVERYTHING),
+    "timm": Preset("timm", False, False, True, 1e-8, _EVERYTHING),
 }
 
 # The rule of lars_update (not an optimizer convention, so not in PRESETS).
-REFERENCE = Preset("reference", False, True, False, 1e-12, _everything, decay_divides_ratio=True)
+REFERENCE = Preset("reference", False, True, False, 1e-12, _EVERYTHING, decay_divides_ratio=True)
 
 
 def get_preset(name: Any) -> Preset:

@@ -44,6 +44,7 @@ class Backend(Protocol):
 
     # Optional, with defaults (see _defaults below).
     def unwritable(self, x: Any) -> str | None: ...
+    def all_writable(self, xs: Sequence[Any]) -> bool: ...
     def is_dense(self, x: Any) -> bool: ...
     def matches(self, g: Any, w: Any) -> bool: ...
     def densify(self, x: Any) -> Any: ...
@@ -75,6 +76,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def unwritable(x: Any) -> str | None:
         """Why ``x`` cannot be written in place, or None when it can."""
         return None if module.is_writable(x) else f"an immutable {type_name(x)}"
+
+    def all_writable(xs: Sequence[Any]) -> bool:
+        """Whether every array can be written in place (``unwritable`` of each is None)."""
+        unwritable = module.unwritable
+        return all([unwritable(x) is None for x in xs])
 
     def is_dense(x: Any) -> bool:
         return True
@@ -163,6 +169,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         f.__name__: f
         for f in (
             unwritable,
+            all_writable,
             is_dense,
             matches,
             densify,

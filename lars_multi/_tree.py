@@ -128,6 +128,14 @@ def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> lis
     return [walker.select(path) for path in w.paths]
 
 
+def present(leaves: Sequence[Any]) -> list[int]:
+    """The indices of the leaves that are not None (gradients given), asked of the
+    list at once where none is (types, not values: an array's == is elementwise)."""
+    if type(None) not in map(type, leaves):
+        return list(range(len(leaves)))
+    return [i for i, leaf in enumerate(leaves) if leaf is not None]
+
+
 def _single(value: Any, w: Flat) -> bool:
     """Whether ``value`` is one value, not a tree (a module is a tree to JAX)."""
     if not is_leaf(value) or isinstance(value, Container):

@@ -31,11 +31,11 @@ from . import _checks
 from ._aliasing import must_write_late
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._lars import flatten
-from ._presets import PRESETS, Preset, get_preset
+from ._presets import PRESETS, Preset, RankMask, get_preset
 from ._protocol import Backend
 from ._registry import get_backend
 from ._step import LayerFlags, StepConfig, compiles, lars_step, put, take
-from ._tree import Flat, Path, leaves_like
+from ._tree import Flat, Path, leaves_like, present
 from .schedules import warmup_cosine, warmup_polynomial
 
 __all__ = ["PRESETS", "LarsOptimizer", "LarsState", "lars", "warmup_cosine", "warmup_polynomial"]
@@ -118,7 +118,7 @@ class LarsOptimizer:
         """
         flat = flatten(params)
         all_grads = leaves_like("grads", grads, flat)
-        active = [i for i, g in enumerate(all_grads) if g is not None]
+        active = present(all_grads)
         if not active:
             return params, state
         paths = take(flat.paths, active)
@@ -152,9 +152,7 @@ class LarsOptimizer:
         decay = None if isinstance(decay, float) and decay == 0 else decay  # no decay: skipped entirely
         all_started = self._started(state, flat, active, ops)
         first = _first(ops, state.count, all_started, active)
-        buffers_writable = outs is not None and (
-            self.config.momentum == 0 or _checks.all_writable(buffers, ops)
-        )
+        buffers_writable = outs is not None and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = outs_writable and buffers_writable
         new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, writable)
         count = ops.asarray(state.count + 1, "int32")
@@ -275,6 +273,8 @@ class LarsOptimizer:
 
     def _mask(self, arg: str, mask: Mask, flat: Flat, active: list[int], ws: list[Any]) -> list[bool]:
         """One bool per active layer, from a tree, a callable, or the preset's default."""
+        if isinstance(mask, RankMask):
+            return mask.of(ws)
         if callable(mask):
             values = [mask(flat.paths[i], w) for i, w in zip(active, ws)]
         elif isinstance(mask, bool):

@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import native, to_numpy, x64
+from conftest import native, require_backend, to_numpy, x64
 
 from lars_multi._registry import get_backend
 
@@ -208,3 +208,23 @@ def test_overlap_groups_join_ranges_that_meet():
     assert len({groups["a"], groups["b"], groups["f"]}) == 3
     assert overlap_groups({"x": (0, 4), "y": (4, 8)})["x"] != overlap_groups({"x": (0, 4), "y": (4, 8)})["y"]
     assert overlap_groups({}) == {}
+
+
+def test_all_writable_agrees_with_unwritable_of_each():
+    """NumPy asks a list at once; every list gives what ``unwritable`` of each gives."""
+    require_backend("numpy")
+    ops = get_backend("numpy")
+    frozen = np.ones(3, np.float32)
+    frozen.flags.writeable = False
+    plain = [np.ones(n, np.float32) for n in (2, 3, 4)]
+    cases = [
+        plain,
+        [*plain, frozen],
+        [*plain, np.ones(8, np.float32)[::2]],  # writable, not contiguous
+        [*plain, np.lib.stride_tricks.as_strided(np.ones(3, np.float32), (4,), (0,), writeable=True)],
+        [*plain, np.float32(1.0)],
+        [np.ones((3, 2), np.float32).T, np.ones(2, np.float32).view(np.memmap)],
+    ]
+    for xs in cases:
+        assert ops.all_writable(xs) == all(ops.unwritable(x) is None for x in xs)
+    assert ops.all_writable(plain) and not ops.all_writable([*plain, frozen])
