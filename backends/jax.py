@@ -131,7 +131,7 @@ def unstack(vector: Any) -> list[jax.Array]:
 _HALF_CHUNK_BYTES = 2 << 20
 
 
-def batches(ws: Sequence[Any]) -> list[list[int]]:
+def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     """The layers by dtype, each dtype one program, half layers in chunks of about
     ``_HALF_CHUNK_BYTES`` (one program over them all would hold float32 copies
     of every w and g at once). Already inside a trace: by dtype only."""

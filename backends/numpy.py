@@ -239,7 +239,7 @@ def unstack(vector: np.ndarray) -> list[float]:
     return vector.tolist()
 
 
-def batches(ws: Sequence[Any]) -> list[list[int]]:
+def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     """Consecutive layers of one dtype, in batches of about ``_BATCH_BYTES`` in
     their compute dtype (halves are computed on float32 copies)."""
     return _batching.batches(

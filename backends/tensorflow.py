@@ -150,7 +150,7 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
 _HALF_CHUNK_BYTES = 2 << 20
 
 
-def batches(ws: Sequence[Any]) -> list[list[int]]:
+def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     """The layers by dtype, half layers in chunks of about ``_HALF_CHUNK_BYTES``."""
     return _batching.batches(
         ws,

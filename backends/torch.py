@@ -286,7 +286,7 @@ def unstack(vector: torch.Tensor) -> tuple[torch.Tensor, ...]:
 _BATCH_BYTES = 4 << 20
 
 
-def batches(ws: Sequence[torch.Tensor]) -> list[list[int]]:
+def batches(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
     """The layers by (device, dtype); on CPUs and for halves, in consecutive
     batches of about ``_BATCH_BYTES`` (in float32 for halves)."""
     return _batching.batches(

@@ -8,8 +8,12 @@ layers stay small (every device). This is the one place that cuts them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import bisect
+import itertools
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
+
+from . import _registry
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -19,33 +23,45 @@ def batches(
     key: Callable[[Any], Key],
     nbytes: Callable[[Any], int],
     budget: Callable[[Key], int | None],
-) -> list[list[int]]:
+) -> list[Sequence[int]]:
     """The indices of ``ws`` grouped by ``key(w)`` (in order of first appearance),
     each group cut into consecutive batches of at most ``budget(key)`` bytes
-    (``nbytes(w)`` each; a larger layer is a batch of its own; None: uncut)."""
+    (``nbytes(w)`` each; a larger layer is a batch of its own; None: uncut).
+    A run of consecutive indices is a ``range``."""
     if len(ws) == 1:
-        return [[0]]
+        return [range(1)]
     keys = list(map(key, ws))
+    groups: Mapping[Key, Sequence[int]]
     if keys.count(keys[0]) == len(keys):  # one group (the common case)
-        groups = {keys[0]: list(range(len(ws)))}
+        groups = {keys[0]: range(len(ws))}
     else:
-        groups = {}
+        lists: dict[Key, list[int]] = {}
         for i, k in enumerate(keys):
-            groups.setdefault(k, []).append(i)
-    cut: list[list[int]] = []
+            lists.setdefault(k, []).append(i)
+        groups = lists
+    cut: list[Sequence[int]] = []
     for group_key, indices in groups.items():
         limit = budget(group_key)
         if limit is None:
             cut.append(indices)
             continue
         members = ws if len(indices) == len(ws) else [ws[i] for i in indices]
-        batch: list[int] = []
-        total = 0
-        for i, size in zip(indices, map(nbytes, members)):
-            if batch and total + size > limit:
-                cut.append(batch)
-                batch, total = [], 0
-            batch.append(i)
-            total += size
-        cut.append(batch)
+        ends = list(itertools.accumulate(map(nbytes, members)))  # bytes up to each layer's end
+        start = 0
+        while start < len(ends):
+            stop = _batch_end(ends, start, limit)
+            cut.append(indices[start:stop])
+            start = stop
     return cut
+
+
+def _batch_end(ends: list[int], start: int, limit: int) -> int:
+    """Where the batch from layer ``start`` ends: after the layers that fit in
+    ``limit`` bytes (at least one). ``ends``: the bytes up to each layer's end."""
+    bound = (ends[start - 1] if start else 0) + limit
+    if _registry.is_compiling():  # (Dynamo cannot trace bisect: the same search, layer by layer)
+        stop = start + 1
+        while stop < len(ends) and ends[stop] <= bound:
+            stop += 1
+        return stop
+    return bisect.bisect_right(ends, bound, lo=start + 1)

@@ -5,11 +5,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
 import pytest
 from conftest import native, require_backend, to_numpy, x64
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lars_multi._registry import get_backend
 
@@ -228,3 +231,44 @@ def test_all_writable_agrees_with_unwritable_of_each():
     for xs in cases:
         assert ops.all_writable(xs) == all(ops.unwritable(x) is None for x in xs)
     assert ops.all_writable(plain) and not ops.all_writable([*plain, frozen])
+
+
+@contextlib.contextmanager
+def mock_compiling(registry, compiling):
+    """Whether torch.compile traces, as the registry is told (the real trace of the
+    step, batches included, runs in test_autodiff_and_compile)."""
+    saved = registry.is_compiling
+    registry.is_compiling = lambda: compiling
+    try:
+        yield
+    finally:
+        registry.is_compiling = saved
+
+
+@given(
+    layers=st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 100)), min_size=1, max_size=40),
+    limit=st.integers(1, 150),
+)
+@settings(max_examples=200, deadline=None)
+def test_batches_cut_each_group_greedily_by_bytes(layers, limit):
+    """Each key's layers, in order, in batches that fill up to the budget (a layer
+    larger than it alone): the same cut as adding layers one by one."""
+    from lars_multi._batching import batches
+
+    got = [
+        list(b) for b in batches(layers, key=lambda x: x[0], nbytes=lambda x: x[1], budget=lambda k: limit)
+    ]
+    want: list[list[int]] = []
+    for key in dict.fromkeys(k for k, _ in layers):
+        batch: list[int] = []
+        total = 0
+        for i, (k, size) in enumerate(layers):
+            if k != key:
+                continue
+            if batch and total + size > limit:
+                want.append(batch)
+                batch, total = [], 0
+            batch.append(i)
+            total += size
+        want.append(batch)
+    assert got == want
