@@ -40,8 +40,10 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``unwritable(x)``: why ``x`` cannot be written in place, or None (default:
     from ``is_writable``); ``all_writable(xs)``: whether every array can be
     (default: ``unwritable`` of each).
-    ``matches(g, w)``: a fast check that a gradient of ``w``'s type, dtype and
-    shape needs no other (dense, same device); ``is_dense(x)``,
+    ``alike(xs, ws)``: a fast check that every ``x`` is an array of its
+    ``w``'s type, dtype and shape needing no other check (dense, on ``w``'s
+    device); False sends each through every check, with messages (default:
+    type, dtype and shape). ``is_dense(x)``,
     ``layout_name(x)``, ``densify(g)`` (a framework's sparse gradient as a
     dense array, or None), ``device(x)``.
     ``memory_roots(xs)``: the identity of the buffer holding each array (None:

@@ -52,8 +52,18 @@ def is_dense(x: torch.Tensor) -> bool:
     return x.layout == torch.strided
 
 
-def matches(g: torch.Tensor, w: torch.Tensor) -> bool:
-    return g.layout == torch.strided and g.device == w.device
+def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:
+    """Tensors of the weights' type, dtype and shape, dense and on their devices."""
+    return all(
+        [
+            type(x) is type(w)
+            and x.dtype == w.dtype
+            and x.shape == w.shape
+            and x.layout == torch.strided
+            and x.device == w.device
+            for x, w in zip(xs, ws)
+        ]
+    )
 
 
 def layout_name(x: torch.Tensor) -> str:

@@ -126,18 +126,6 @@ def check_all_weights(arg: str, ws: Sequence[Any], paths: Sequence[Any], ops: Ba
             check_weights(Path(arg, entries), w, ops)
 
 
-def is_like(x: Any, w: Any) -> bool:
-    """Whether ``x`` is an array of ``w``'s type, dtype and shape (no message needed)."""
-    return type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape
-
-
-def all_like(xs: Sequence[Any], ws: Sequence[Any], ops: Backend) -> bool:
-    """Whether every ``x`` is a native array like its ``w`` (type, dtype, shape,
-    and ``ops.matches``): the common case, asked of the lists at once."""
-    matches = ops.matches
-    return all([is_like(x, w) and matches(x, w) for x, w in zip(xs, ws)])
-
-
 Where = tuple[str, str, Any, bool]
 
 
@@ -152,9 +140,10 @@ def paths(where: Where) -> tuple[Any, Any]:
 
 
 def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
-    """The gradient of the weights ``w`` as a dense native array like them;
-    ``where`` is ``(arg, w_arg, key path)`` for messages."""
-    if is_like(g, w) and ops.matches(g, w):
+    """The gradient of the weights ``w`` (or another array paired with them, a
+    momentum buffer) as a dense native array like them; ``where`` is ``(arg,
+    w_arg, key path, broadcast)`` for messages."""
+    if ops.alike([g], [w]):
         return g  # the common case, with no message built: a native gradient like the weights
     path, w_path = paths(where)
     g_name = owner(g)
@@ -202,7 +191,7 @@ def check_gradients(
 ) -> list[Any]:
     """:func:`check_gradient` of every layer (``where``: ``(arg, w_arg, broadcast)``),
     at once where every gradient is a native array like its weights."""
-    if all_like(gs, ws, ops):
+    if ops.alike(gs, ws):
         return list(gs)
     arg, w_arg, broadcast = where
     return [check_gradient(g, w, (arg, w_arg, p, broadcast), name, ops) for g, w, p in zip(gs, ws, paths)]

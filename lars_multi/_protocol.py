@@ -46,7 +46,7 @@ class Backend(Protocol):
     def unwritable(self, x: Any) -> str | None: ...
     def all_writable(self, xs: Sequence[Any]) -> bool: ...
     def is_dense(self, x: Any) -> bool: ...
-    def matches(self, g: Any, w: Any) -> bool: ...
+    def alike(self, xs: Sequence[Any], ws: Sequence[Any]) -> bool: ...
     def densify(self, x: Any) -> Any: ...
     def layout_name(self, x: Any) -> str: ...
     def dtype_hint(self, got: Any, expected: Any) -> str: ...
@@ -85,10 +85,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def is_dense(x: Any) -> bool:
         return True
 
-    def matches(g: Any, w: Any) -> bool:
-        """A fast check that ``g``, of ``w``'s type, dtype and shape, needs no other check
-        (dense, on ``w``'s device); False sends it through every check, with messages."""
-        return True
+    def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
+        """A fast check that every ``x`` is an array of its ``w``'s type, dtype and
+        shape needing no other check (dense, on ``w``'s device), asked of the lists
+        at once; False sends each through every check, with messages."""
+        return all([type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape for x, w in zip(xs, ws)])
 
     def densify(x: Any) -> Any:
         """A dense native array for a framework's sparse gradient, or None."""
@@ -171,7 +172,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             unwritable,
             all_writable,
             is_dense,
-            matches,
+            alike,
             densify,
             layout_name,
             dtype_hint,

@@ -130,7 +130,7 @@ class LarsOptimizer:
         gs = _checks.check_gradients(
             take(all_grads, active), ws, paths, ("grads", "params", False), name, ops
         )
-        all_buffers = self._buffers(state, flat, active, ws, ops)
+        all_buffers = self._buffers(state, flat, active, ws, name, ops)
         buffers = take(all_buffers, active)
         out_leaves = None
         if out is not None:  # out=params: its leaves are the parameters'
@@ -242,7 +242,9 @@ class LarsOptimizer:
                 )
         return started
 
-    def _buffers(self, state: Any, flat: Flat, active: list[int], ws: list[Any], ops: Backend) -> list[Any]:
+    def _buffers(
+        self, state: Any, flat: Flat, active: list[int], ws: list[Any], name: str, ops: Backend
+    ) -> list[Any]:
         if not isinstance(state, LarsState):
             raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
         if self.config.momentum == 0:
@@ -252,13 +254,11 @@ class LarsOptimizer:
                 "state: expected momentum buffers (momentum > 0), got a state without them"
             )
         buffers = leaves_like("state.momentum", state.momentum, flat, broadcast=False)
-        if _checks.all_like(take(buffers, active), ws, ops):
+        if ops.alike(take(buffers, active), ws):
             return buffers
         for i, w in zip(active, ws):
-            if not _checks.is_like(buffers[i], w):
-                p = flat.paths[i]
-                buffers[i] = _checks.unwrap(buffers[i])
-                _checks.check_like(Path("state.momentum", p), buffers[i], Path("params", p), w, ops)
+            where = ("state.momentum", "params", flat.paths[i], False)
+            buffers[i] = _checks.check_gradient(buffers[i], w, where, name, ops)  # (a dense array like w)
         return buffers
 
     def _masks(

@@ -719,6 +719,8 @@ def _bad_steps(name, grads):
         ("grads of another shape", opt, g_bad_shape, ["conv"]),
         ("state for another tree", opt, "other-state", ["state"]),
         ("not a state", opt, "not-a-state", ["state"]),
+        ("a buffer of another dtype", opt, "buffer-float16", ["state.momentum['conv']", "float16"]),
+        ("a buffer that is a number", opt, "buffer-number", ["state.momentum['conv']", "float"]),
     ]
 
 
@@ -739,6 +741,11 @@ def test_step_errors_write_nothing(name, problem):
             the_state, bad_g = opt.init(to_native(name, {"a": np.ones((2, 2))}, "float32")), g
         elif bad_g == "not-a-state":
             the_state, bad_g = (state.count, state.momentum), g
+        elif bad_g in ("buffer-float16", "buffer-number"):
+            bad_buffer = (
+                native(name, np.zeros(SHAPES["conv"]), "float16") if bad_g == "buffer-float16" else 1.0
+            )
+            the_state, bad_g = state._replace(momentum=dict(state.momentum, conv=bad_buffer)), g
         elif bad_g is None:
             bad_g = g
         try:
