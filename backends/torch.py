@@ -81,26 +81,24 @@ def _local(x: torch.Tensor) -> torch.Tensor:
 
 
 def memory_roots(xs: Sequence[torch.Tensor]) -> list[tuple[torch.device, int] | None]:
-    """The memory each tensor lies in: its device, and its storage's group of
-    storages whose byte ranges meet (storages made from NumPy arrays or buffers,
-    ``torch.from_numpy`` of two views of one array, may share memory). None for
-    a sparse tensor, and for all while compiling (storages cannot be traced)."""
+    """The memory each tensor lies in: its device and storage. Storages that hold
+    memory from elsewhere (``torch.from_numpy``, ``frombuffer``, DLPack, a
+    memory-mapped file: not resizable) may share it with other storages, so then
+    storages whose byte ranges meet share a root. None for a sparse tensor, and
+    for all while compiling (storages cannot be traced)."""
     if _registry.is_compiling():
         return [None] * len(xs)
-    storages = [_storage(_local(x)) for x in xs]
-    groups: dict[tuple[torch.device, int, int], tuple[torch.device, int]] = {}
-    for device in {s[0] for s in storages if s is not None}:
-        spans = {s: (s[1], s[1] + s[2]) for s in storages if s is not None and s[0] == device}
-        groups.update((key, (device, number)) for key, number in overlap_groups(spans).items())
-    return [None if s is None else groups[s] for s in storages]
-
-
-def _storage(local: torch.Tensor) -> tuple[torch.device, int, int] | None:
-    """The device, address and size in bytes of a dense tensor's storage."""
-    if local.layout != torch.strided:
-        return None
-    storage = local.untyped_storage()
-    return local.device, storage.data_ptr(), storage.nbytes()
+    locals_ = [_local(x) for x in xs]
+    storages = [x.untyped_storage() if x.layout == torch.strided else None for x in locals_]
+    roots = [None if s is None else (x.device, s.data_ptr()) for x, s in zip(locals_, storages)]
+    if all([s is None or s.resizable() for s in storages]):  # each its own allocation
+        return roots
+    sizes = {root: s.nbytes() for root, s in zip(roots, storages) if root is not None and s is not None}
+    groups: dict[tuple[torch.device, int], tuple[torch.device, int]] = {}
+    for device in {root[0] for root in sizes}:
+        spans = {root: (root[1], root[1] + size) for root, size in sizes.items() if root[0] == device}
+        groups.update((root, (device, number)) for root, number in overlap_groups(spans).items())
+    return [None if root is None else groups[root] for root in roots]
 
 
 def _byte_span(x: torch.Tensor) -> tuple[int, int]:
