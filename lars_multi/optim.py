@@ -193,7 +193,8 @@ class LarsOptimizer:
         one step for the layers whose buffers start now, one for the others)."""
         direct = False
         if outs is not None and writable:
-            direct = not must_write_late(ops, outs + [b for b in buffers if b is not None], ws, gs)
+            written = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
+            direct = not must_write_late(ops, written, ws, gs)
         new_ws, new_buffers = list(ws), list(buffers)
         for indices, value in _by_first(first, len(ws)):
             part_ws, part_buffers = lars_step(
