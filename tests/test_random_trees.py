@@ -197,8 +197,19 @@ def handle(backend: str, x: Any) -> Any:
     return x
 
 
-def view_of(backend: str, g: Any) -> Any:
-    return g.view() if backend == "numpy" else g.view_as(g)
+def view_of(backend: str, g: Any, rng: np.random.Generator) -> Any:
+    """A view of ``g``'s memory: the framework's own, or (for a contiguous CPU array of
+    a plain float dtype) one reached through another object, which only addresses show."""
+    plain = str(g.dtype).removeprefix("torch.") in ("float16", "float32", "float64")
+    if backend == "numpy":
+        if plain and g.flags.c_contiguous and g.dtype.isnative and rng.random() < 0.5:
+            return np.frombuffer(memoryview(g), dtype=g.dtype).reshape(g.shape)
+        return g.view()
+    if plain and g.device.type == "cpu" and g.is_contiguous() and rng.random() < 0.5:
+        import torch
+
+        return torch.from_numpy(g.numpy())
+    return g.view_as(g)
 
 
 # --- one example ------------------------------------------------------------------------------
@@ -299,7 +310,7 @@ def check_example(backend: str, spec: Any, seed: int, mode: str, lr_kind: str, d
             handle(backend, make_array(backend, np.zeros(s["shape"]), s["dtype"], s["layout"])) for s in specs
         ]
         if mode == "out_view_g":
-            outs[view_at] = view_of(backend, gs[view_at])
+            outs[view_at] = view_of(backend, gs[view_at], rng)
         out = assemble(spec, dict(zip(paths, outs)), rng)
     else:
         out = None
