@@ -8,7 +8,10 @@ hyper-parameters are checked by :func:`lars_multi.optim.lars` and become its
 :class:`~lars_multi._step.LayerFlags`. The momentum buffer of a
 parameter is ``opt.state[p]["momentum_buffer"]`` (in the parameter's dtype),
 made at its first step; every layer is written in place as soon as it is
-computed, so no temporary outlives its layer.
+computed, so no temporary outlives its layer, unless a gradient or a
+parameter shares memory with another parameter (of any group): then every
+layer is computed first, and written after, as the functional step would
+(not checked while ``torch.compile`` traces the step: storages cannot be).
 
 It works with ``state_dict``/``load_state_dict``, ``zero_grad``,
 ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler`` and
@@ -29,6 +32,8 @@ from typing import Any
 
 import torch
 
+from . import _registry
+from ._aliasing import must_write_late
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 from ._registry import get_backend
 from ._step import LayerFlags, StepConfig, lars_step
@@ -199,13 +204,19 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
+            work = []
             for group in self.param_groups:
                 params: list[torch.Tensor] = []
                 grads: list[torch.Tensor] = []
                 buffers: list[torch.Tensor | None] = []
                 with_momentum = self._init_group(group, params, grads, buffers)
                 if params:
-                    self._step_group(group, params, grads, buffers, with_momentum)
+                    work.append((group, params, grads, buffers, with_momentum))
+            late = not _registry.is_compiling() and _aliased(work)
+            writes = [self._step_group(*args, in_place=not late) for args in work]
+            for targets, values in writes:  # computed first where memory is shared: written now
+                for target, value in zip(targets, values):
+                    target.copy_(value)
         return loss
 
     def _step_group(
@@ -215,7 +226,10 @@ class LARS(torch.optim.Optimizer):
         grads: list[torch.Tensor],
         buffers: list[torch.Tensor | None],
         with_momentum: bool,
-    ) -> None:
+        in_place: bool,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The group's step, written in place; else computed, and returned as
+        ``(targets, values)`` to be written once every group is computed."""
         config = _config(group)
         new = [with_momentum and b is None for b in buffers]
         if with_momentum:
@@ -242,26 +256,40 @@ class LARS(torch.optim.Optimizer):
                 )
                 if c
             ]
+        targets: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
         for chunk in chunks:
             ws = [params[i] for i in chunk]
             bs = [buffers[i] for i in chunk]
             gs = [-grads[i] if group["maximize"] else grads[i] for i in chunk]
             flags = LayerFlags(tuple(adapt[i] for i in chunk), tuple(decay[i] for i in chunk))
-            _run(config, flags, ws, gs, bs, group["lr"], weight_decay, new[chunk[0]])
+            # In place: written batch by batch; else the new weights and buffers.
+            new_ws, new_bs = lars_step(
+                _OPS,
+                config,
+                flags,
+                ws,
+                gs,
+                bs,
+                group["lr"],
+                weight_decay,
+                new[chunk[0]],
+                ws if in_place else None,
+            )
+            if not in_place:
+                pairs = [(t, v) for t, v in zip(ws + bs, new_ws + new_bs) if t is not None]
+                targets += [t for t, _ in pairs]
+                values += [v for _, v in pairs]
+        return targets, values
 
 
-def _run(
-    config: StepConfig,
-    flags: LayerFlags,
-    ws: list[torch.Tensor],
-    gs: list[torch.Tensor],
-    buffers: list[torch.Tensor | None],
-    lr: Any,
-    weight_decay: Any,
-    first: bool,
-) -> None:
-    """The shared step over these layers, written in place batch by batch."""
-    lars_step(_OPS, config, flags, ws, gs, buffers, lr, weight_decay, first, ws)
+def _aliased(work: list[tuple[Any, list[torch.Tensor], list[torch.Tensor], list[Any], bool]]) -> bool:
+    """Whether a gradient or a parameter of any group shares memory with another
+    parameter or a momentum buffer (writing one layer could change another's input)."""
+    params = [p for _, ps, _, _, _ in work for p in ps]
+    grads = [g for _, _, gs, _, _ in work for g in gs]
+    buffers = [b for _, _, _, bs, _ in work for b in bs if b is not None]
+    return bool(params) and must_write_late(_OPS, params + buffers, params, grads)
 
 
 def param_groups(

@@ -91,6 +91,35 @@ def test_matches_functional(preset, config, foreach):
         assert ("momentum_buffer" in opt.state[p]) == (momentum != 0)
 
 
+@pytest.mark.parametrize("foreach", [None, False])
+@pytest.mark.parametrize("where", ["same-group", "other-batch", "other-group"])
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_gradient_sharing_another_parameters_memory(preset, where, foreach):
+    """A gradient that is (a view of) another parameter's weights, in the same group,
+    in another cache-sized batch (after a large layer) or in another group: every
+    layer reads the weights as they were, as the functional step does."""
+    generator = torch.Generator().manual_seed(5)
+    sizes = {"a": 6, "large": 2_000_000, "b": 6}  # the large layer is a CPU batch of its own
+    values = {k: torch_randn(n, generator=generator, dtype=torch.float32) for k, n in sizes.items()}
+    grads = {k: torch_randn(n, generator=generator, dtype=torch.float32) for k, n in sizes.items()}
+    params = {k: torch.nn.Parameter(v.clone()) for k, v in values.items()}
+    order = ["a", "b", "large"] if where == "same-group" else ["a", "large", "b"]
+    groups = [{"params": [params[k] for k in order]}]
+    if where == "other-group":
+        groups = [{"params": [params["a"], params["large"]]}, {"params": [params["b"]]}]
+    config = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "preset": preset, "foreach": foreach}
+    opt = LARS(groups, **config, **HYPER)
+    for k in ("a", "large"):
+        params[k].grad = grads[k].clone()
+    params["b"].grad = params["a"].detach()  # b's gradient lies in a's weights
+    opt.step()
+    del config["foreach"]
+    functional = lm.optim.lars(0.1, **{k: v for k, v in config.items() if k != "lr"}, **HYPER)
+    fgrads = dict(grads, b=values["a"].clone())
+    expected, _ = functional.step(dict(values), fgrads, functional.init(values))
+    assert_close({k: p.detach() for k, p in params.items()}, expected, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("preset", ["paper", "timm"])
 def test_groups_with_their_own_hyper_parameters(preset):
     params, grads = make_params(), make_grads()
