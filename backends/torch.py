@@ -8,6 +8,7 @@ its whole list); on GPUs in one batch per device and dtype.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,25 +81,30 @@ def _local(x: torch.Tensor) -> torch.Tensor:
     return x if local is None else local
 
 
-def memory_roots(xs: Sequence[torch.Tensor]) -> list[tuple[torch.device, int] | None]:
-    """The memory each tensor lies in: its device and storage. Storages that hold
-    memory from elsewhere (``torch.from_numpy``, ``frombuffer``, DLPack, a
-    memory-mapped file: not resizable) may share it with other storages, so then
-    storages whose byte ranges meet share a root. None for a sparse tensor, and
-    for all while compiling (storages cannot be traced)."""
+def memory_roots(xs: Sequence[torch.Tensor]) -> list[int | None]:
+    """The memory each tensor lies in: its storage's address (devices share one
+    address space: CUDA's unified addressing). Storages that hold memory from
+    elsewhere (``torch.from_numpy``, ``frombuffer``, DLPack, a memory-mapped file:
+    not resizable) may share it with other storages, so then storages whose byte
+    ranges meet share a root. None for a sparse tensor, and for all while
+    compiling (storages cannot be traced)."""
     if _registry.is_compiling():
         return [None] * len(xs)
-    locals_ = [_local(x) for x in xs]
-    storages = [x.untyped_storage() if x.layout == torch.strided else None for x in locals_]
-    roots = [None if s is None else (x.device, s.data_ptr()) for x, s in zip(locals_, storages)]
-    if all([s is None or s.resizable() for s in storages]):  # each its own allocation
-        return roots
-    sizes = {root: s.nbytes() for root, s in zip(roots, storages) if root is not None and s is not None}
-    groups: dict[tuple[torch.device, int], tuple[torch.device, int]] = {}
-    for device in {root[0] for root in sizes}:
-        spans = {root: (root[1], root[1] + size) for root, size in sizes.items() if root[0] == device}
-        groups.update((root, (device, number)) for root, number in overlap_groups(spans).items())
-    return [None if root is None else groups[root] for root in roots]
+    locals_ = list(map(_local, xs))
+    try:
+        storages: list[Any] = list(map(torch.Tensor.untyped_storage, locals_))
+    except NotImplementedError:  # a sparse tensor has none
+        storages = [x.untyped_storage() if x.layout == torch.strided else None for x in locals_]
+    present = [s for s in storages if s is not None] if type(None) in map(type, storages) else storages
+    starts: list[Any] = list(map(torch.UntypedStorage.data_ptr, present))
+    if not all(map(torch.UntypedStorage.resizable, present)):  # not each its own allocation
+        ends = map(operator.add, starts, map(torch.UntypedStorage.nbytes, present))
+        groups = overlap_groups(dict(zip(starts, zip(starts, ends))))
+        starts = list(map(groups.__getitem__, starts))
+    if present is storages:
+        return starts
+    found = iter(starts)
+    return [None if s is None else next(found) for s in storages]
 
 
 def _byte_span(x: torch.Tensor) -> tuple[int, int]:
@@ -115,8 +121,11 @@ def _byte_span(x: torch.Tensor) -> tuple[int, int]:
 
 
 def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``a`` and ``b`` (of one device) reach a common byte."""
-    (a_low, a_high), (b_low, b_high) = _byte_span(_local(a)), _byte_span(_local(b))
+    """Whether ``a`` and ``b`` reach a common byte (of one device)."""
+    local_a, local_b = _local(a), _local(b)
+    if local_a.device != local_b.device:
+        return False
+    (a_low, a_high), (b_low, b_high) = _byte_span(local_a), _byte_span(local_b)
     return a_low < b_high and b_low < a_high
 
 

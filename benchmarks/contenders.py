@@ -158,8 +158,9 @@ def _torch(wl: Workload) -> list[Contender]:
 
     single = wl.single
     key0 = next(iter(wl.w))
-    w_tree = {k: torch.from_numpy(v) for k, v in wl.w.items()}
-    g_tree = {k: torch.from_numpy(v) for k, v in wl.g.items()}
+    # In memory torch allocates, as a model's parameters and autograd's gradients are.
+    w_tree = {k: torch.from_numpy(v).clone() for k, v in wl.w.items()}
+    g_tree = {k: torch.from_numpy(v).clone() for k, v in wl.g.items()}
     w = w_tree[key0] if single else w_tree
     g = g_tree[key0] if single else g_tree
     vn = torch.linalg.vector_norm

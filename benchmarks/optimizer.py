@@ -91,10 +91,11 @@ def load_timm_lars() -> Any | None:
 
 
 def _torch_params(wl: workloads.Workload, grads: list[Any]) -> list[Any]:
-    """A private copy of the weights as Parameters, with the shared gradients on ``.grad``."""
+    """A private copy of the weights as Parameters (in memory torch allocates, as a
+    model's), with the shared gradients on ``.grad``."""
     import torch
 
-    params = [torch.nn.Parameter(torch.from_numpy(w.copy())) for w in wl.w.values()]
+    params = [torch.nn.Parameter(torch.from_numpy(w).clone()) for w in wl.w.values()]
     for p, g in zip(params, grads):
         p.grad = g
     return params
@@ -137,10 +138,15 @@ def torch_optimizers() -> dict[str, tuple[str, str, Callable[[list[Any]], Any]]]
     return found
 
 
-def _torch(wl: workloads.Workload, settings: Settings) -> list[Contender]:
+def torch_grads(wl: workloads.Workload) -> list[Any]:
+    """The gradients in memory torch allocates, as autograd's are."""
     import torch
 
-    grads = [torch.from_numpy(g) for g in wl.g.values()]
+    return [torch.from_numpy(g).clone() for g in wl.g.values()]
+
+
+def _torch(wl: workloads.Workload, settings: Settings) -> list[Contender]:
+    grads = torch_grads(wl)
     out = []
     for key, (label, role, factory) in torch_optimizers().items():
         out.append(_c(key, label, role, factory(_torch_params(wl, grads)).step))
@@ -532,12 +538,11 @@ def _nothing() -> None:
 
 def _rss_child(variant: str) -> dict[str, Any]:
     """In this (fresh) process: peak-RSS growth of one step on ResNet-50, buffers already made."""
-    import torch
 
     from .memory import _reset_peak, _status_bytes
 
     wl = workloads.build("resnet50")
-    grads = [torch.from_numpy(g) for g in wl.g.values()]
+    grads = torch_grads(wl)
     params = _torch_params(wl, grads)
     step = torch_optimizers()[variant][2](params).step if variant != "none" else _nothing
     step()  # the first step makes the momentum buffers
