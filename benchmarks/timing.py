@@ -79,7 +79,10 @@ def warm_up(contender: Contender, calls: int = 1) -> float:
 
 
 def calibrate(contender: Contender, sample_s: float) -> int:
-    """Calls per sample so that one sample lasts about ``sample_s`` seconds."""
+    """Calls per sample so that one sample lasts about ``sample_s`` seconds, timed
+    after a first call (which compiles, traces or fills caches: timed with it, a
+    fast call would be sampled one at a time)."""
+    warm_up(contender)
     once = warm_up(contender)
     if once < sample_s:  # fast calls: a steadier estimate from the best of three
         once = min(once, warm_up(contender), warm_up(contender))
