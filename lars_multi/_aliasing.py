@@ -15,8 +15,6 @@ import operator
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import numpy as np
-
 from ._protocol import Backend
 
 Key = TypeVar("Key", bound=Hashable)
@@ -72,14 +70,13 @@ def overlap_groups(spans: Mapping[Key, tuple[int, int]]) -> dict[Key, int]:
     address space): keys whose ranges meet, directly or through others, share one.
     For memory that several objects may hold (NumPy arrays over another library's
     buffer, torch storages made from NumPy arrays), where identity shows nothing."""
-    if not spans:
-        return {}
-    bounds = np.array(list(spans.values()), dtype=np.int64).reshape(-1, 2)
-    order = np.argsort(bounds[:, 0], kind="stable")
-    lows, highs = bounds[order, 0], bounds[order, 1]
+    groups: dict[Key, int] = {}
+    number, reach = -1, 0
     # In address order, a range starts a group where it begins at or after every earlier end.
-    starts = np.ones(len(order), dtype=bool)
-    starts[1:] = lows[1:] >= np.maximum.accumulate(highs)[:-1]
-    numbers = np.empty(len(order), dtype=np.int64)
-    numbers[order] = np.cumsum(starts) - 1
-    return dict(zip(spans, numbers.tolist()))
+    for key, (low, high) in sorted(spans.items(), key=operator.itemgetter(1)):
+        if number < 0 or low >= reach:
+            number, reach = number + 1, high
+        elif high > reach:
+            reach = high
+        groups[key] = number
+    return groups
