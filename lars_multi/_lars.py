@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from . import _checks
-from ._aliasing import must_write_late
+from ._aliasing import array_values, must_write_late
 from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import no_autograph
@@ -177,7 +177,9 @@ def _update_tree(
         writable = _checks.outs_writable(active_outs, outs, ops)
     axes = _checks.axis_names("axis_name", axis_name, flat, active, ops)
 
-    write_late = outs is not None and must_write_late(ops, outs, ws, gs)
+    # Array learning rates and decays are read as the step goes, like the gradients.
+    inputs = [*gs, *array_values(ops, [*rates, *decays])] if outs is not None else gs
+    write_late = outs is not None and must_write_late(ops, outs, ws, inputs)
     results: list[Any] = [None] * len(ws)
     for indices in _groups(rates, decays, stops):
         group = _run(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import _checks
-from ._aliasing import must_write_late
+from ._aliasing import array_values, must_write_late
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._lars import flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
@@ -194,7 +194,7 @@ class LarsOptimizer:
         direct = False
         if outs is not None and writable:
             written = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
-            direct = not must_write_late(ops, written, ws, gs)
+            direct = not must_write_late(ops, written, ws, [*gs, *array_values(ops, [lr, decay])])
         new_ws, new_buffers = list(ws), list(buffers)
         for indices, value in _by_first(first, len(ws)):
             part_ws, part_buffers = lars_step(

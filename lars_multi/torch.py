@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from . import _registry
-from ._aliasing import must_write_late
+from ._aliasing import array_values, must_write_late
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 from ._registry import get_backend
 from ._step import LayerFlags, StepConfig, lars_step
@@ -284,12 +284,14 @@ class LARS(torch.optim.Optimizer):
 
 
 def _aliased(work: list[tuple[Any, list[torch.Tensor], list[torch.Tensor], list[Any], bool]]) -> bool:
-    """Whether a gradient or a parameter of any group shares memory with another
-    parameter or a momentum buffer (writing one layer could change another's input)."""
+    """Whether a gradient, a tensor learning rate or weight decay, or a parameter of
+    any group shares memory with another parameter or a momentum buffer (writing
+    one layer could change another's input)."""
     params = [p for _, ps, _, _, _ in work for p in ps]
     grads = [g for _, _, gs, _, _ in work for g in gs]
     buffers = [b for _, _, _, bs, _ in work for b in bs if b is not None]
-    return bool(params) and must_write_late(_OPS, params + buffers, params, grads)
+    rates = array_values(_OPS, [group[k] for group, _, _, _, _ in work for k in ("lr", "weight_decay")])
+    return bool(params) and must_write_late(_OPS, params + buffers, params, grads + rates)
 
 
 def param_groups(

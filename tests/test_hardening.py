@@ -241,6 +241,71 @@ def test_gradient_sharing_memory_through_another_object(route, entry):
         np.testing.assert_array_equal(to_numpy(got), to_numpy(expected))
 
 
+def _zero_d_view(backend, x):
+    """A 0-d array in the memory of ``x``'s first element."""
+    return x[0:1].reshape(())
+
+
+def _copy(backend, x):
+    return x.clone() if backend == "torch" else x.copy()
+
+
+@pytest.mark.parametrize("arg", ["lr", "decay_lambda"])
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_hyper_parameter_array_in_an_outputs_memory(backend_name, arg):
+    """An array learning rate or decay that lies in an output's memory (a 0-d view of
+    the first layer's weights) keeps its value for every layer: the later layers,
+    in a batch of their own, are computed with it as it was."""
+    require_backend(backend_name)
+    rng = np.random.default_rng(11)
+    values = {"a": np.abs(rng.normal(size=5)) + 1, "b": rng.normal(size=LARGE * 50), "c": rng.normal(size=5)}
+    w = {k: native(backend_name, v.astype(np.float32)) for k, v in values.items()}
+    g = {k: native(backend_name, rng.normal(size=v.shape).astype(np.float32)) for k, v in values.items()}
+    view = _zero_d_view(backend_name, w["a"])
+    value = _copy(backend_name, view)
+    args = (value, 0.0) if arg == "lr" else (0.1, value)
+    want = lm.lars_update({k: _copy(backend_name, v) for k, v in w.items()}, g, args[0], decay_lambda=args[1])
+    args = (view, 0.0) if arg == "lr" else (0.1, view)
+    lm.lars_update(w, g, args[0], decay_lambda=args[1], out=w)
+    for k in w:
+        np.testing.assert_array_equal(to_numpy(w[k]), to_numpy(want[k]), err_msg=k)
+
+
+@pytest.mark.parametrize("front_door", ["optim", "torch.LARS"])
+def test_learning_rate_in_a_parameters_memory(front_door):
+    """lm.optim (a schedule giving a 0-d view of a parameter) and lm.torch.LARS (a
+    tensor lr that is such a view): every layer steps with the rate as it was."""
+    backend_name = "torch" if front_door == "torch.LARS" else "numpy"
+    require_backend(backend_name)
+    rng = np.random.default_rng(12)
+    values = {
+        "a": np.abs(rng.normal(size=5)) + 1,
+        "b": rng.normal(size=LARGE * 50),
+        "c": rng.normal(size=(5, 2)),
+    }
+    grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in values.items()}
+    w = {k: native(backend_name, v.astype(np.float32)) for k, v in values.items()}
+    g = {k: native(backend_name, v) for k, v in grads.items()}
+    rate = float(values["a"][0].astype(np.float32))
+    functional = lm.optim.lars(rate, momentum=0.9, weight_decay=1e-3)
+    fresh = {k: native(backend_name, v.astype(np.float32)) for k, v in values.items()}
+    want, _ = functional.step(fresh, g, functional.init(fresh))
+    view = _zero_d_view(backend_name, w["a"])
+    if front_door == "optim":
+        opt = lm.optim.lars(lambda count: view, momentum=0.9, weight_decay=1e-3)
+        opt.step(w, g, opt.init(w), out=w)
+    else:
+        import torch
+
+        params = [torch.nn.Parameter(w[k]) for k in ("a", "b", "c")]
+        for p, k in zip(params, ("a", "b", "c")):
+            p.grad = g[k]
+        lm.torch.LARS(params, lr=params[0].detach()[0:1].reshape(()), momentum=0.9, weight_decay=1e-3).step()
+        w = dict(zip(("a", "b", "c"), (p.detach() for p in params)))
+    for k in w:
+        np.testing.assert_allclose(to_numpy(w[k]), to_numpy(want[k]), rtol=1e-6, atol=1e-7, err_msg=k)
+
+
 def test_numpy_stride_zero_out_is_refused():
     require_backend("numpy")
     base = np.zeros(3, np.float32)
