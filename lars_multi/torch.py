@@ -8,8 +8,9 @@ hyper-parameters are checked by :func:`lars_multi.optim.lars` and become its
 :class:`~lars_multi._step.LayerFlags`. The momentum buffer of a
 parameter is ``opt.state[p]["momentum_buffer"]`` (in the parameter's dtype),
 made at its first step; every layer is written in place as soon as it is
-computed, so no temporary outlives its layer, unless a gradient or a
-parameter shares memory with another parameter (of any group): then every
+computed, so no temporary outlives its layer, unless a gradient, a tensor
+learning rate or a parameter shares memory with another parameter (of any
+group): then every
 layer is computed first, and written after, as the functional step would
 (not checked while ``torch.compile`` traces the step: storages cannot be).
 
