@@ -35,14 +35,13 @@ def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Se
 
 
 def array_values(ops: Backend, values: Sequence[Any]) -> list[Any]:
-    """The distinct arrays among hyper-parameter values (learning rates, weight
-    decays): inputs like the gradients, which may lie in an output's memory (a
-    float or None is a value of its own)."""
+    """The arrays among hyper-parameter values (learning rates, weight decays):
+    inputs like the gradients, which may lie in an output's memory (a float or
+    None is a value of its own)."""
     types = list(map(type, values))
     if types.count(float) + types.count(type(None)) == len(values):
         return []
-    distinct = {id(v): v for v in values}
-    return [v for v in distinct.values() if v is not None and ops.is_native(v)]
+    return [v for v in values if v is not None and ops.is_native(v)]
 
 
 def _shares_memory(

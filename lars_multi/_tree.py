@@ -131,7 +131,7 @@ def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> lis
 def present(leaves: Sequence[Any]) -> list[int]:
     """The indices of the leaves that are not None (gradients given), asked of the
     list at once where none is (types, not values: an array's == is elementwise)."""
-    if type(None) not in map(type, leaves):
+    if not list(map(type, leaves)).count(type(None)):
         return list(range(len(leaves)))
     return [i for i, leaf in enumerate(leaves) if leaf is not None]
 
