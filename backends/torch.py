@@ -98,9 +98,10 @@ def memory_roots(xs: Sequence[torch.Tensor]) -> list[int | None]:
     present = [s for s in storages if s is not None] if type(None) in map(type, storages) else storages
     starts: list[Any] = list(map(torch.UntypedStorage.data_ptr, present))
     if not all(map(torch.UntypedStorage.resizable, present)):  # not each its own allocation
-        ends = map(operator.add, starts, map(torch.UntypedStorage.nbytes, present))
-        groups = overlap_groups(dict(zip(starts, zip(starts, ends))))
-        starts = list(map(groups.__getitem__, starts))
+        # Keyed by the whole range: two storages may start at one address and end apart.
+        spans = list(zip(starts, map(operator.add, starts, map(torch.UntypedStorage.nbytes, present))))
+        groups = overlap_groups(dict(zip(spans, spans)))
+        starts = list(map(groups.__getitem__, spans))
     if present is storages:
         return starts
     found = iter(starts)

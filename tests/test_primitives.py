@@ -185,6 +185,9 @@ def test_memory_roots_tell_which_arrays_share_memory(backend):
         assert roots[0] == roots[1] == roots[2] is not None  # one chain of ranges that meet
         roots = ops.memory_roots([foreign(memory[:3]), foreign(memory[3:])])
         assert roots[0] != roots[1]
+        # Two storages from one address, the first the longer: a third meets only the first.
+        roots = ops.memory_roots([foreign(memory), foreign(memory[:2]), foreign(memory[4:])])
+        assert roots[0] == roots[1] == roots[2]
 
 
 @pytest.mark.parametrize("indices", [[0, 1, 2, 3, 4], [1, 2, 3], [3], [0, 2, 4], [], [1, 4]])
