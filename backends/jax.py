@@ -166,12 +166,7 @@ def flatten(tree: Any) -> Flat:
         spec,
         jax.tree_util.tree_flatten,
         jax.tree_util.tree_unflatten,
-        _flatten_up_to,
     )
-
-
-def _flatten_up_to(spec: Any, tree: Any) -> list[Any]:
-    return spec.flatten_up_to(tree)  # type: ignore[no-any-return]
 
 
 def info() -> dict[str, str]:

@@ -71,9 +71,6 @@ class Flat:
     spec: Any
     flatten: Callable[[Any], tuple[list[Any], Any]]
     unflatten: Callable[[Any, list[Any]], Any]
-    # The values of a tree at the spec's leaves (mappings matched by key); raises
-    # ValueError (or TypeError) where the tree lacks the spec's nodes.
-    flatten_up_to: Callable[[Any, Any], list[Any]]
 
     def rebuild(self, leaves: list[Any]) -> Any:
         return self.unflatten(self.spec, leaves)
@@ -81,8 +78,8 @@ class Flat:
     def leaves_of(self, value: Any) -> list[Any] | None:
         """``value``'s leaves, one per layer, where it has exactly the weights'
         nodes (mappings matched by key, whatever their order); else None."""
-        try:
-            leaves = self.flatten_up_to(self.spec, value)
+        try:  # (optree's and JAX's specs: the values at the spec's leaves, mappings by key)
+            leaves: list[Any] = self.spec.flatten_up_to(value)
         except (ValueError, TypeError):
             return None
         # A tree where the weights have a leaf is not their structure.
@@ -95,14 +92,10 @@ def _optree_flatten(tree: Any) -> tuple[list[Any], Any]:
     return optree.tree_flatten(tree, namespace=NAMESPACE)
 
 
-def _optree_flatten_up_to(spec: Any, tree: Any) -> list[Any]:
-    return spec.flatten_up_to(tree)  # type: ignore[no-any-return]
-
-
 def flatten_optree(tree: Any) -> Flat:
     """``tree`` flattened by optree (dict, list, tuple, namedtuple, Container...)."""
     paths, leaves, spec = optree.tree_flatten_with_path(tree, namespace=NAMESPACE)
-    return Flat(leaves, paths, spec, _optree_flatten, optree.tree_unflatten, _optree_flatten_up_to)
+    return Flat(leaves, paths, spec, _optree_flatten, optree.tree_unflatten)
 
 
 def is_leaf(value: Any) -> bool:
@@ -211,4 +204,4 @@ _TREE_TYPES = (Mapping, list, tuple)
 
 
 def _is_tree(value: Any) -> bool:
-    return isinstance(value, Mapping | list | tuple)
+    return isinstance(value, _TREE_TYPES)
