@@ -34,6 +34,15 @@ def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Se
     return _shares_memory(ops, outs, ws, gs, in_place)
 
 
+def write_all(ops: Backend, targets: Sequence[Any], values: Sequence[Any]) -> None:
+    """Each value into its target (None: no target), where the target can be
+    written and is not the value itself: what was not written as the step went
+    (late, or computed as new arrays)."""
+    for target, value in zip(targets, values):
+        if target is not None and value is not target and ops.unwritable(target) is None:
+            ops.write(target, value)
+
+
 def array_values(ops: Backend, values: Sequence[Any]) -> list[Any]:
     """The arrays among hyper-parameter values (learning rates, weight decays):
     inputs like the gradients, which may lie in an output's memory (a float or

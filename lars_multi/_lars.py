@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from . import _checks
-from ._aliasing import array_values, must_write_late
+from ._aliasing import array_values, must_write_late, write_all
 from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import no_autograph
@@ -122,7 +122,7 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     late = must_write_late(ops, [target], [w_data], [g])
     writable = ops.unwritable(target) is None
     (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late, writable=writable)
-    _write(ops, [target], [new])
+    write_all(ops, [target], [new])
     write_back(out, new)
     return out
 
@@ -178,8 +178,9 @@ def _update_tree(
     axes = _checks.axis_names("axis_name", axis_name, flat, active, ops)
 
     # Array learning rates and decays are read as the step goes, like the gradients.
-    inputs = [*gs, *array_values(ops, [*rates, *decays])] if outs is not None else gs
-    write_late = outs is not None and must_write_late(ops, outs, ws, inputs)
+    write_late = outs is not None and must_write_late(
+        ops, outs, ws, [*gs, *array_values(ops, [*rates, *decays])]
+    )
     results: list[Any] = [None] * len(ws)
     for indices in _groups(rates, decays, stops):
         group = _run(
@@ -196,15 +197,8 @@ def _update_tree(
         )
         put(results, indices, group)
     if outs is not None:
-        _write(ops, outs, results)
+        write_all(ops, outs, results)
     return _finish(flat, out, out_leaves, name, dict(zip(active, results)))
-
-
-def _write(ops: Backend, outs: Sequence[Any], results: Sequence[Any]) -> None:
-    """Write what was not written as the step went (late, or computed as new arrays)."""
-    for target, new in zip(outs, results):
-        if new is not target and ops.unwritable(target) is None:
-            ops.write(target, new)
 
 
 def _finish(flat: Flat, out: Any, out_leaves: list[Any] | None, name: str, new: dict[int, Any]) -> Any:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import _checks
-from ._aliasing import array_values, must_write_late
+from ._aliasing import array_values, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._lars import flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
@@ -212,7 +212,7 @@ class LarsOptimizer:
             put(new_ws, indices, part_ws)
             put(new_buffers, indices, part_buffers)
         if outs is not None and not direct:
-            _write_all(ops, outs, new_ws, buffers, new_buffers)
+            write_all(ops, [*outs, *buffers], [*new_ws, *new_buffers])  # (no buffer: None)
         return new_ws, new_buffers
 
     @staticmethod
@@ -315,19 +315,6 @@ def _by_first(first: Any, n: int) -> list[tuple[list[int], Any]]:
 def _at(rate: Any, count: Any) -> Any:
     """A rate's value at step ``count``: a number, or a schedule's value."""
     return rate(count) if callable(rate) else rate
-
-
-def _write_all(
-    ops: Backend,
-    outs: Sequence[Any],
-    new_ws: Sequence[Any],
-    buffers: Sequence[Any],
-    new_buffers: Sequence[Any],
-) -> None:
-    """New weights into ``outs`` and new buffers into the old ones, where writable."""
-    for target, new in zip([*outs, *buffers], [*new_ws, *new_buffers]):
-        if target is not None and new is not target and ops.unwritable(target) is None:
-            ops.write(target, new)
 
 
 def lars(

@@ -10,9 +10,9 @@ parameter is ``opt.state[p]["momentum_buffer"]`` (in the parameter's dtype),
 made at its first step; every layer is written in place as soon as it is
 computed, so no temporary outlives its layer, unless a gradient, a tensor
 learning rate or a parameter shares memory with another parameter (of any
-group): then every
-layer is computed first, and written after, as the functional step would
-(not checked while ``torch.compile`` traces the step: storages cannot be).
+group): then every layer is computed first, and written after, as the
+functional step would (not checked while ``torch.compile`` traces the step:
+storages cannot be).
 
 It works with ``state_dict``/``load_state_dict``, ``zero_grad``,
 ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler`` and
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from . import _registry
-from ._aliasing import array_values, must_write_late
+from ._aliasing import array_values, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 from ._registry import get_backend
 from ._step import LayerFlags, StepConfig, lars_step
@@ -216,8 +216,7 @@ class LARS(torch.optim.Optimizer):
             late = not _registry.is_compiling() and _aliased(work)
             writes = [self._step_group(*args, in_place=not late) for args in work]
             for targets, values in writes:  # computed first where memory is shared: written now
-                for target, value in zip(targets, values):
-                    target.copy_(value)
+                write_all(_OPS, targets, values)
         return loss
 
     def _step_group(
@@ -228,7 +227,7 @@ class LARS(torch.optim.Optimizer):
         buffers: list[torch.Tensor | None],
         with_momentum: bool,
         in_place: bool,
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
         """The group's step, written in place; else computed, and returned as
         ``(targets, values)`` to be written once every group is computed."""
         config = _config(group)
@@ -257,7 +256,7 @@ class LARS(torch.optim.Optimizer):
                 )
                 if c
             ]
-        targets: list[torch.Tensor] = []
+        targets: list[torch.Tensor | None] = []  # (None: no buffer)
         values: list[torch.Tensor] = []
         for chunk in chunks:
             ws = [params[i] for i in chunk]
@@ -278,9 +277,8 @@ class LARS(torch.optim.Optimizer):
                 ws if in_place else None,
             )
             if not in_place:
-                pairs = [(t, v) for t, v in zip(ws + bs, new_ws + new_bs) if t is not None]
-                targets += [t for t, _ in pairs]
-                values += [v for _, v in pairs]
+                targets += ws + bs
+                values += new_ws + new_bs
         return targets, values
 
 
