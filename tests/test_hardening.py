@@ -241,7 +241,7 @@ def test_gradient_sharing_memory_through_another_object(route, entry):
         np.testing.assert_array_equal(to_numpy(got), to_numpy(expected))
 
 
-def _zero_d_view(backend, x):
+def _zero_d_view(x):
     """A 0-d array in the memory of ``x``'s first element."""
     return x[0:1].reshape(())
 
@@ -261,7 +261,7 @@ def test_hyper_parameter_array_in_an_outputs_memory(backend_name, arg):
     values = {"a": np.abs(rng.normal(size=5)) + 1, "b": rng.normal(size=LARGE * 50), "c": rng.normal(size=5)}
     w = {k: native(backend_name, v.astype(np.float32)) for k, v in values.items()}
     g = {k: native(backend_name, rng.normal(size=v.shape).astype(np.float32)) for k, v in values.items()}
-    view = _zero_d_view(backend_name, w["a"])
+    view = _zero_d_view(w["a"])
     value = _copy(backend_name, view)
     args = (value, 0.0) if arg == "lr" else (0.1, value)
     want = lm.lars_update({k: _copy(backend_name, v) for k, v in w.items()}, g, args[0], decay_lambda=args[1])
@@ -290,7 +290,7 @@ def test_learning_rate_in_a_parameters_memory(front_door):
     functional = lm.optim.lars(rate, momentum=0.9, weight_decay=1e-3)
     fresh = {k: native(backend_name, v.astype(np.float32)) for k, v in values.items()}
     want, _ = functional.step(fresh, g, functional.init(fresh))
-    view = _zero_d_view(backend_name, w["a"])
+    view = _zero_d_view(w["a"])  # (a Parameter of w["a"] shares its memory)
     if front_door == "optim":
         opt = lm.optim.lars(lambda count: view, momentum=0.9, weight_decay=1e-3)
         opt.step(w, g, opt.init(w), out=w)
@@ -300,7 +300,7 @@ def test_learning_rate_in_a_parameters_memory(front_door):
         params = [torch.nn.Parameter(w[k]) for k in ("a", "b", "c")]
         for p, k in zip(params, ("a", "b", "c")):
             p.grad = g[k]
-        lm.torch.LARS(params, lr=params[0].detach()[0:1].reshape(()), momentum=0.9, weight_decay=1e-3).step()
+        lm.torch.LARS(params, lr=view, momentum=0.9, weight_decay=1e-3).step()
         w = dict(zip(("a", "b", "c"), (p.detach() for p in params)))
     for k in w:
         np.testing.assert_allclose(to_numpy(w[k]), to_numpy(want[k]), rtol=1e-6, atol=1e-7, err_msg=k)
