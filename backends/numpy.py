@@ -201,7 +201,7 @@ def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[An
             raise no_axis_name("axis_name", FRAMEWORK, axis_name)
     squares = [np.vdot(x, x) if x.dtype in _PLAIN else _sum_of_squares(x) for x in xs]
     if len(squares) < 8 or len({s.dtype for s in squares}) != 1:  # (a few: one by one is faster)
-        return [np.sqrt(s) for s in squares]
+        return list(map(np.sqrt, squares))
     return list(np.sqrt(np.array(squares)))
 
 
@@ -366,7 +366,7 @@ class _Small:
 
     def __init__(self, a: Any, dtype: np.dtype) -> None:
         self.a, self.dtype, self.one = a, dtype, type(a) is float and a == 1
-        self.a_0d = _as_0d(a, dtype)
+        self.a_0d: Any = None if self.one else _as_0d(a, dtype)  # (used only where a is not 1)
         self.axpy: Any = _AXPY.get(dtype)
         self.scal: Any = _SCAL.get(dtype)
         self._last: tuple[Any, Any] = (None, None)

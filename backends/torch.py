@@ -190,8 +190,11 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
             if a is not None:
                 raise no_axis_name("axis_name", FRAMEWORK, a)
     first = xs[0]
-    if all(type(x) is torch.Tensor and x.dtype == first.dtype and x.device == first.device for x in xs) and (
-        first.layout == torch.strided and first.dtype in FLOAT_DTYPES
+    if (
+        list(map(type, xs)).count(torch.Tensor) == len(xs)
+        and first.layout == torch.strided
+        and first.dtype in FLOAT_DTYPES
+        and all([x.dtype == first.dtype and x.device == first.device for x in xs])
     ):  # the common case: plain tensors of one device and dtype
         return _foreach_norms(list(xs), first.dtype)
     out: list[Any] = [None] * len(xs)
@@ -227,7 +230,7 @@ def _foreach_norms(xs: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Ten
     :func:`_cpu_norm`, the others in one ``_foreach_norm``."""
     if dtype in _HALF:
         return list(torch._foreach_norm(xs, 2, dtype=torch.float32))
-    if xs[0].device.type != "cpu":
+    if not xs[0].is_cpu:
         return list(torch._foreach_norm(xs))
     large = [i for i, x in enumerate(xs) if x.numel() >= _DOT_ELEMENTS and x.is_contiguous()]
     if not large:

@@ -94,14 +94,19 @@ def call_backend(leaves: Sequence[Any], paths: Sequence[Any]) -> str:
                     f"{Path('w', entries)} is a {name} array but {Path('w', paths[0])} is a {first} "
                     "array; pass arrays of one framework"
                 )
-    chosen = current_backend()
-    if chosen is not None and chosen != first:
-        raise MixedFrameworksError(
-            f"w: expected {chosen} arrays (the active backend), got {first} arrays "
-            f"({type_name(leaves[0])}); convert them or change the backend"
-        )
     assert first is not None
+    check_chosen(first, leaves[0])
     return first
+
+
+def check_chosen(name: str, leaf: Any) -> None:
+    """The weights' backend ``name`` (of ``leaf``, one of them) must be the chosen one, if any."""
+    chosen = current_backend()
+    if chosen is not None and chosen != name:
+        raise MixedFrameworksError(
+            f"w: expected {chosen} arrays (the active backend), got {name} arrays "
+            f"({type_name(leaf)}); convert them or change the backend"
+        )
 
 
 # --- weights, gradients, outputs -----------------------------------------------------------

@@ -93,19 +93,18 @@ def lars_update(
         lars_multi.array([[2.34077978, 0.78025991, 4.5605197 ],
                           [6.78026009, 1.56051981, 8.12103939]])
     """
-    if (
-        axis_name is None
-        and owner(w) is not None
-        and owner(dcdw) is not None
-        and (out is None or owner(out) is not None)
-    ):
-        return _update_one(w, dcdw, lr, decay_lambda, stop_gradients, out)
+    name = owner(w) if axis_name is None else None
+    if name is not None and owner(dcdw) is not None and (out is None or owner(out) is not None):
+        return _update_one(name, w, dcdw, lr, decay_lambda, stop_gradients, out)
     return _update_tree(w, dcdw, lr, decay_lambda, stop_gradients, out, axis_name)
 
 
-def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any) -> Any:
-    """The lean path for one array: no tree machinery, the step on a one-element list."""
-    name = _checks.call_backend([w], [()])
+def _update_one(
+    name: str, w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any
+) -> Any:
+    """The lean path for one array (of the backend ``name``): no tree machinery,
+    the step on a one-element list."""
+    _checks.check_chosen(name, w)
     ops = get_backend(name)
     w_data = unwrap(w)
     _checks.check_weights("w", w_data, ops)
@@ -113,7 +112,8 @@ def _update_one(w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: A
     rate = _checks.check_lr("lr", lr, name=name, ops=ops)
     decay = _checks.check_decay("decay_lambda", decay_lambda, name=name, ops=ops)
     _check_fit("lr", rate, [w_data], [()], ops)
-    _check_fit("decay_lambda", decay, [w_data], [()], ops)
+    if decay is not None:
+        _check_fit("decay_lambda", decay, [w_data], [()], ops)
     stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:
         (new,) = _run(ops, [w_data], [g], rate, decay, stop, None, write_late=False, writable=False)

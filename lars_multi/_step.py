@@ -155,30 +155,78 @@ def lars_step(
     ``buffers``, batch by batch, with no temporary beyond a batch.
     ``donate``: the weights' buffers may be reused (JAX, with ``outs`` None).
     """
-    new_ws, new_buffers = list(ws), list(buffers)
     # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
     # (Element by element: torch 2.11's Dynamo cannot trace `is` between two lists.)
     in_place = outs is not None and all(map(operator.is_, outs, ws))
-    for batch in ops.batches(ws):
-        run = _batch_step(
-            ops, config, flags.select(batch), weight_decay is not None, stop_gradients, donate, in_place
+    cut = ops.batches(ws)
+    if len(cut) == 1:  # every layer in one batch (one layer; a compiled step): nothing to cut
+        return _run_batch(
+            ops,
+            config,
+            flags,
+            ws,
+            gs,
+            buffers,
+            lr,
+            weight_decay,
+            first,
+            outs,
+            stop_gradients,
+            donate,
+            in_place,
         )
-        part_ws, part_buffers = run(
+    new_ws, new_buffers = list(ws), list(buffers)
+    for batch in cut:
+        part_ws, part_buffers = _run_batch(
+            ops,
+            config,
+            flags.select(batch),
             take(ws, batch),
             take(gs, batch),
-            None if config.momentum == 0 else take(buffers, batch),  # no list of Nones to trace
+            take(buffers, batch),
             lr,
             weight_decay,
             take(first, batch) if isinstance(first, list) else first,
-            None if outs is None or in_place else take(outs, batch),
+            None if outs is None else take(outs, batch),
+            stop_gradients,
+            donate,
+            in_place,
         )
-        if outs is not None:  # written: the outputs and buffers hold the results
-            if not in_place:
-                put(new_ws, batch, take(outs, batch))
-            continue
         put(new_ws, batch, part_ws)
         put(new_buffers, batch, part_buffers)
     return new_ws, new_buffers
+
+
+def _run_batch(
+    ops: Backend,
+    config: StepConfig,
+    flags: LayerFlags,
+    ws: Sequence[Any],
+    gs: Sequence[Any],
+    buffers: Sequence[Any],
+    lr: Any,
+    weight_decay: Any,
+    first: Any,
+    outs: Sequence[Any] | None,
+    stop: bool,
+    donate: bool,
+    in_place: bool,
+) -> tuple[list[Any], list[Any]]:
+    """:func:`lars_step` of one batch: its new weights and buffers (the outputs and
+    the buffers themselves, where they were written)."""
+    run = _batch_step(ops, config, flags, weight_decay is not None, stop, donate, in_place)
+    new_ws, new_buffers = run(
+        list(ws),
+        list(gs),
+        None if config.momentum == 0 else list(buffers),  # no list of Nones to trace
+        lr,
+        weight_decay,
+        first,
+        None if outs is None or in_place else list(outs),
+    )
+    if outs is None:
+        return new_ws, new_buffers
+    return list(outs), list(buffers)
 
 
 def take(xs: Sequence[Any], batch: Sequence[int]) -> list[Any]:
@@ -303,8 +351,10 @@ def _step(
         ws, gs = [ops.stop_gradient(w) for w in ws], [ops.stop_gradient(g) for g in gs]
     wcs, gcs = _computed(ops, ws), _computed(ops, gs)
     # A batch is of one dtype: rates in its compute dtype (a number stays a number).
-    lr = ops.cast_like(lr, wcs[0])
-    weight_decay = ops.cast_like(weight_decay, wcs[0])
+    if type(lr) is not float:
+        lr = ops.cast_like(lr, wcs[0])
+    if weight_decay is not None and type(weight_decay) is not float:
+        weight_decay = ops.cast_like(weight_decay, wcs[0])
     # In place: written straight into the outputs, unless computed aside in float32 (halves).
     direct = outs is not None and all(map(operator.is_, wcs, ws))
     # Written in place, a buffer takes c u as c g + (c lambda) w: two passes, no u stored.
@@ -323,8 +373,10 @@ def _step(
         ops, config, ratios, wcs, us, decay_terms, buffers, lr, first, targets, direct
     )
     if outs is None:
-        new_ws = [_rounded(ops, new, w) for new, w in zip(new_ws, ws)]
-        new_buffers = [None if b is None else _rounded(ops, new, b) for new, b in zip(new_buffers, buffers)]
+        if wcs is not ws:  # (computed in their own dtype: nothing to round)
+            new_ws = [_rounded(ops, new, w) for new, w in zip(new_ws, ws)]
+        if config.momentum != 0:
+            new_buffers = [_rounded(ops, new, b) for new, b in zip(new_buffers, buffers)]
         return new_ws, new_buffers
     if not direct:
         for i in range(n):  # computed aside: rounded once, then written
@@ -363,11 +415,9 @@ def _ratio_vectors(
     vectors: _Ratios = []
     for is_decayed, indices, picked in plan.groups:
         k = len(indices)
-        norms = ops.norms(
-            [wcs[i] for i in indices] + [gcs[i] for i in indices],
-            None if picked is None else picked + picked,
-        )
-        w_norm, g_norm = _vector(ops, norms[:k]), _vector(ops, norms[k:])
+        axes = None if picked is None else picked + picked
+        norms = ops.norms(take(wcs, indices) + take(gcs, indices), axes)
+        w_norm, g_norm = (norms[0], norms[1]) if k == 1 else (ops.stack(norms[:k]), ops.stack(norms[k:]))
         decay = weight_decay if is_decayed else None
         u_norm = g_norm
         if config.preset.ratio_of_update and is_decayed:
@@ -388,11 +438,12 @@ def _per_layer(ops: Backend, n: int, ratios: _Ratios, f: Any) -> list[Any]:
     if not ratios:
         return [f(1.0)] * n
     values: list[Any] = [None] * n
+    covered = 0  # (the groups are disjoint)
     for indices, ratio in ratios:
         value = f(ratio)
-        for i, each in zip(indices, [value] if len(indices) == 1 else ops.unstack(value)):
-            values[i] = each
-    if any(v is None for v in values):
+        put(values, indices, [value] if len(indices) == 1 else ops.unstack(value))
+        covered += len(indices)
+    if covered < n:  # layers not adapted
         plain = f(1.0)
         values = [plain if v is None else v for v in values]
     return values
