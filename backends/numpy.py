@@ -225,6 +225,10 @@ def stop_gradient(x: Any) -> Any:
     return x
 
 
+def stop_gradients(xs: list[Any]) -> list[Any]:
+    return xs  # (no autograd: nothing to cut)
+
+
 def write(out: np.ndarray, value: Any) -> None:
     np.copyto(out, value)
 

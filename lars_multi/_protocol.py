@@ -54,6 +54,7 @@ class Backend(Protocol):
     def memory_roots(self, xs: Sequence[Any]) -> list[Hashable | None]: ...
     def overlaps(self, a: Any, b: Any) -> bool: ...
     def norms(self, xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[Any]: ...
+    def stop_gradients(self, xs: list[Any]) -> list[Any]: ...
     def check_axis_name(self, arg: Any, value: Any) -> None: ...
     def to_compute(self, x: Any) -> Any: ...
     def compile(self, function: Any, donate: bool = False) -> Any: ...
@@ -120,6 +121,10 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             return [module.norm(x) for x in xs]
         return [module.norm(x, a) if a is not None else module.norm(x) for x, a in zip(xs, axis_names)]
 
+    def stop_gradients(xs: list[Any]) -> list[Any]:
+        """``stop_gradient`` of each array."""
+        return [module.stop_gradient(x) for x in xs]
+
     def check_axis_name(arg: Any, value: Any) -> None:
         """Raise unless the backend sums norms over named mesh axes (``axis_name``)."""
         raise no_axis_name(arg, module.FRAMEWORK, value)
@@ -180,6 +185,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             memory_roots,
             overlaps,
             norms,
+            stop_gradients,
             check_axis_name,
             to_compute,
             compile,

@@ -158,7 +158,7 @@ def lars_step(
     # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
     # (Element by element: torch 2.11's Dynamo cannot trace `is` between two lists.)
     in_place = outs is not None and all(map(operator.is_, outs, ws))
-    cut = ops.batches(ws)
+    cut = ops.batches(ws) if len(ws) > 1 else [range(1)]
     if len(cut) == 1:  # every layer in one batch (one layer; a compiled step): nothing to cut
         return _run_batch(
             ops,
@@ -348,7 +348,7 @@ def _step(
     if buffers is None:  # no momentum
         buffers = [None] * n
     if stop and outs is None:
-        ws, gs = [ops.stop_gradient(w) for w in ws], [ops.stop_gradient(g) for g in gs]
+        ws, gs = ops.stop_gradients(ws), ops.stop_gradients(gs)
     wcs, gcs = _computed(ops, ws), _computed(ops, gs)
     # A batch is of one dtype: rates in its compute dtype (a number stays a number).
     if type(lr) is not float:
