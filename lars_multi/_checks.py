@@ -198,6 +198,10 @@ def check_gradients(
     at once where every gradient is a native array like its weights."""
     if ops.alike(gs, ws):
         return list(gs)
+    if not all_native(gs):  # handles (lm.Array, keras.Variable): their arrays, if they are alike
+        data = [unwrap(g) for g in gs]
+        if ops.alike(data, ws):
+            return data
     arg, w_arg, broadcast = where
     return [check_gradient(g, w, (arg, w_arg, p, broadcast), name, ops) for g, w, p in zip(gs, ws, paths)]
 

@@ -218,6 +218,9 @@ def test_shape_mismatch(backend):
         lm.lars_update({"a": w}, {"a": g}, 0.1)
     with raises(ValueError, r"^dcdw\[1\]: expected shape \(3,\) \(the shape of w\[1\]\), got \(1, 3\)"):
         lm.lars_update([w, w], [native(backend, W), native(backend, W[None])], 0.1)
+    # Gradients in handles (lm.Array), checked through their arrays.
+    with raises(ValueError, r"^dcdw\['b'\]: expected shape \(3,\) \(the shape of w\['b'\]\), got \(2,\)"):
+        lm.lars_update(lm.Container(a=w, b=w), lm.Container(a=lm.Array(w), b=lm.Array(g)), 0.1)
     # One array broadcast to every leaf must fit every leaf.
     with raises(ValueError, r"^dcdw: expected shape \(2,\) \(the shape of w\['b'\]\), got \(3,\)"):
         lm.lars_update({"a": w, "b": g}, native(backend, G), 0.1)
@@ -231,6 +234,8 @@ def test_dtype_mismatch(backend):
         lm.lars_update(w, g, 0.1)
     with raises(TypeError, r"^dcdw\['x'\]\['y'\]: expected dtype float32 \(the dtype of w\['x'\]\['y'\]\)"):
         lm.lars_update({"x": {"y": w}}, {"x": {"y": g}}, 0.1)
+    with raises(TypeError, r"^dcdw\['y'\]: expected dtype float32 \(the dtype of w\['y'\]\)"):
+        lm.lars_update({"x": w, "y": w}, {"x": lm.Array(native(backend, G)), "y": lm.Array(g)}, 0.1)
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64", "bool"])
