@@ -11,10 +11,14 @@ torch storages), which objects alone do not show.
 
 from __future__ import annotations
 
+import itertools
 import operator
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
+from ._errors import LarsMultiValueError
 from ._protocol import Backend
 
 Key = TypeVar("Key", bound=Hashable)
@@ -34,13 +38,71 @@ def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Se
     return _shares_memory(ops, outs, ws, gs, in_place)
 
 
-def write_all(ops: Backend, targets: Sequence[Any], values: Sequence[Any]) -> None:
+def write_all(
+    ops: Backend, targets: Sequence[Any], values: Sequence[Any], label: Callable[[int], str]
+) -> None:
     """Each value into its target (None: no target), where the target can be
     written and is not the value itself: what was not written as the step went
-    (late, or computed as new arrays)."""
-    for target, value in zip(targets, values):
-        if target is not None and value is not target and ops.unwritable(target) is None:
-            ops.write(target, value)
+    (late, or computed as new arrays). Nothing is written where two targets
+    share memory but would receive different values (``label(i)`` names
+    target ``i`` in the error): no order of writes gives both their result."""
+    pending = [
+        i
+        for i, (target, value) in enumerate(zip(targets, values))
+        if target is not None and value is not target and ops.unwritable(target) is None
+    ]
+    if len(pending) > 1:
+        _check_no_conflict(ops, [targets[i] for i in pending], [values[i] for i in pending], pending, label)
+    for i in pending:
+        ops.write(targets[i], values[i])
+
+
+def _check_no_conflict(
+    ops: Backend, targets: list[Any], values: list[Any], indices: list[int], label: Callable[[int], str]
+) -> None:
+    """Raise where two targets share memory and their values differ: the same
+    array given twice (tied weights with other gradients or rates, a momentum
+    buffer that is a parameter or another parameter's buffer), or overlapping views."""
+    roots = ops.memory_roots(targets)
+    groups: dict[Hashable, list[int]] = {}
+    for k, (target, root) in enumerate(zip(targets, roots)):
+        # Arrays that own their memory share it only with themselves.
+        groups.setdefault(("own", id(target)) if root is None else root, []).append(k)
+    for members in groups.values():
+        for j, k in itertools.combinations(members, 2):
+            a, b = targets[j], targets[k]
+            if a is b:
+                if not _same_values(ops, values[j], values[k]):
+                    raise _conflict(label(indices[j]), label(indices[k]), _DIFFERENT)
+            elif ops.overlaps(a, b):
+                raise _conflict(label(indices[j]), label(indices[k]), "overlap in memory")
+
+
+def check_handles(
+    ops: Backend, handles: Sequence[Any], values: Sequence[Any], label: Callable[[int], str]
+) -> None:
+    """Raise where one handle (``lm.Array``, ``keras.Variable``) is given for two layers
+    whose new values differ: it can hold only one. (Arrays written in place are
+    checked by :func:`write_all`, by memory.)"""
+    first: dict[int, int] = {}
+    for i, handle in enumerate(handles):
+        j = first.setdefault(id(handle), i)
+        if j != i and not _same_values(ops, values[j], values[i]):
+            raise _conflict(label(j), label(i), _DIFFERENT)
+
+
+_DIFFERENT = "are the same array, and the step gives them different values"
+
+
+def _conflict(first: str, second: str, detail: str) -> LarsMultiValueError:
+    return LarsMultiValueError(
+        f"{first} and {second} {detail}: each would overwrite the other's result; pass arrays "
+        "that share no memory (tied weights once, with their gradients summed)"
+    )
+
+
+def _same_values(ops: Backend, a: Any, b: Any) -> bool:
+    return a is b or bool(np.array_equal(ops.to_numpy(a), ops.to_numpy(b), equal_nan=True))
 
 
 def array_values(ops: Backend, values: Sequence[Any]) -> list[Any]:

@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from . import _checks
-from ._aliasing import array_values, must_write_late, write_all
+from ._aliasing import array_values, check_handles, must_write_late, write_all
 from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import no_autograph
@@ -122,7 +122,7 @@ def _update_one(
     late = must_write_late(ops, [target], [w_data], [g])
     writable = ops.unwritable(target) is None
     (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late, writable=writable)
-    write_all(ops, [target], [new])
+    write_all(ops, [target], [new], lambda i: "out")
     write_back(out, new)
     return out
 
@@ -197,7 +197,13 @@ def _update_tree(
         )
         put(results, indices, group)
     if outs is not None:
-        write_all(ops, outs, results)
+
+        def label(i: int) -> str:
+            return str(Path("out", paths[i]))
+
+        if not _checks.all_native(active_outs):
+            check_handles(ops, active_outs, results, label)
+        write_all(ops, outs, results, label)
     return _finish(flat, out, out_leaves, name, dict(zip(active, results)))
 
 

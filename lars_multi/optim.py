@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import _checks
-from ._aliasing import array_values, must_write_late, write_all
+from ._aliasing import array_values, check_handles, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._lars import flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
@@ -154,7 +154,7 @@ class LarsOptimizer:
         first = _first(ops, state.count, all_started, active)
         buffers_writable = outs is not None and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = outs_writable and buffers_writable
-        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, writable)
+        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, writable, paths)
         count = ops.asarray(state.count + 1, "int32")
         started = None
         if all_started is not None:
@@ -164,6 +164,7 @@ class LarsOptimizer:
                 count, flat, all_buffers, active, new_buffers, started
             )
         if not _checks.all_native(active_outs):  # (native outputs were written already)
+            check_handles(ops, active_outs, new_ws, lambda i: str(Path("out", paths[i])))
             for i, new in zip(active, new_ws):
                 if out_leaves[i] is not new:
                     _checks.write_back(out_leaves[i], new)
@@ -186,11 +187,13 @@ class LarsOptimizer:
         first: Any,
         outs: list[Any] | None,
         writable: bool,
+        paths: list[Any],
     ) -> tuple[list[Any], list[Any]]:
         """The step (compiled per batch on JAX and TensorFlow); written into ``outs``
         and the buffers as it goes where they are all ``writable`` and alias no input,
         else computed, then written. ``first``: one value, or one per layer (eager:
-        one step for the layers whose buffers start now, one for the others)."""
+        one step for the layers whose buffers start now, one for the others);
+        ``paths``: the layers' key paths, for messages."""
         direct = False
         if outs is not None and writable:
             written = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
@@ -212,7 +215,12 @@ class LarsOptimizer:
             put(new_ws, indices, part_ws)
             put(new_buffers, indices, part_buffers)
         if outs is not None and not direct:
-            write_all(ops, [*outs, *buffers], [*new_ws, *new_buffers])  # (no buffer: None)
+            n = len(outs)
+
+            def label(i: int) -> str:
+                return str(Path("out", paths[i]) if i < n else Path("state.momentum", paths[i - n]))
+
+            write_all(ops, [*outs, *buffers], [*new_ws, *new_buffers], label)  # (no buffer: None)
         return new_ws, new_buffers
 
     @staticmethod

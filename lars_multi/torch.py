@@ -214,10 +214,24 @@ class LARS(torch.optim.Optimizer):
                 if params:
                     work.append((group, params, grads, buffers, with_momentum))
             late = not _registry.is_compiling() and _aliased(work)
-            writes = [self._step_group(*args, in_place=not late) for args in work]
-            for targets, values in writes:  # computed first where memory is shared: written now
-                write_all(_OPS, targets, values)
+            # Computed first where memory is shared: written now, (target, value, parameter, is a buffer).
+            writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]] = []
+            for args in work:
+                self._step_group(*args, in_place=not late, writes=writes)
+            if late:
+                targets, values, owners, of_buffer = zip(*writes)  # (late: some group has parameters)
+                write_all(_OPS, targets, values, lambda i: self._label(owners[i], of_buffer[i]))
         return loss
+
+    def _label(self, param: torch.Tensor, buffer: bool) -> str:
+        """A parameter by its place in ``param_groups``, or its momentum buffer, for messages."""
+        place = next(
+            f"param_groups[{g}]['params'][{k}]"
+            for g, group in enumerate(self.param_groups)
+            for k, p in enumerate(group["params"])
+            if p is param
+        )
+        return f"the momentum buffer of {place}" if buffer else place
 
     def _step_group(
         self,
@@ -227,9 +241,11 @@ class LARS(torch.optim.Optimizer):
         buffers: list[torch.Tensor | None],
         with_momentum: bool,
         in_place: bool,
-    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
-        """The group's step, written in place; else computed, and returned as
-        ``(targets, values)`` to be written once every group is computed."""
+        writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]],
+    ) -> None:
+        """The group's step, written in place; else computed, and added to ``writes``
+        (target, value, parameter, whether the target is its buffer), to be written
+        once every group is computed."""
         config = _config(group)
         new = [with_momentum and b is None for b in buffers]
         if with_momentum:
@@ -256,8 +272,6 @@ class LARS(torch.optim.Optimizer):
                 )
                 if c
             ]
-        targets: list[torch.Tensor | None] = []  # (None: no buffer)
-        values: list[torch.Tensor] = []
         for chunk in chunks:
             ws = [params[i] for i in chunk]
             bs = [buffers[i] for i in chunk]
@@ -277,9 +291,8 @@ class LARS(torch.optim.Optimizer):
                 ws if in_place else None,
             )
             if not in_place:
-                targets += ws + bs
-                values += new_ws + new_bs
-        return targets, values
+                writes += zip(ws, new_ws, ws, [False] * len(ws))
+                writes += zip(bs, new_bs, ws, [True] * len(ws))  # (None: no buffer)
 
 
 def _aliased(work: list[tuple[Any, list[torch.Tensor], list[torch.Tensor], list[Any], bool]]) -> bool:

@@ -343,6 +343,68 @@ def test_tied_weights_with_per_layer_lr(backend, decay):
     )
 
 
+@pytest.mark.parametrize("partial", [False, True], ids=["same-array", "overlapping-views"])
+def test_outputs_that_would_receive_two_results_are_refused(backend, partial):
+    """One array at two leaves with other rates (or two views that overlap) cannot hold both
+    results: refused before anything is written, on every backend."""
+    if partial and backend not in ("numpy", "torch"):
+        pytest.skip("views: NumPy and torch")
+    (a, b) = _writable_leaves(backend, [W, W * 3])
+    g = native(backend, G)
+    if partial:  # rows 0-2 and 1-3 of one array
+        tree = [a[:3], b, a[1:]]
+        detail = "overlap in memory"
+    else:
+        tree = [a, b, a]
+        detail = "are the same array, and the step gives them different values"
+    with pytest.raises(lm.LarsMultiValueError, match=rf"^out\[0\] and out\[2\] {detail}: each would"):
+        lm.lars_update(tree, [g[:3], g, g[1:]] if partial else [g, g, g], [0.1, 0.2, 0.3], out=tree)
+    np.testing.assert_array_equal(to_numpy(a), W)
+    np.testing.assert_array_equal(to_numpy(b), W * 3)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+@pytest.mark.parametrize("case", ["shared-buffer", "buffer-is-a-parameter"])
+def test_optimizer_buffers_sharing_memory_are_refused(backend_name, case):
+    """A momentum buffer given for two parameters, or that is a parameter: in place, refused
+    with both names and nothing written (the functional step keeps them apart)."""
+    require_backend(backend_name)
+    params = {"a": native(backend_name, W), "b": native(backend_name, W * 2)}
+    grads = {"a": native(backend_name, G), "b": native(backend_name, G * 3)}
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-3, preset="optax")
+    shared = native(backend_name, np.full_like(W, 0.5))
+    if case == "shared-buffer":
+        momentum, names = {"a": shared, "b": shared}, r"state\.momentum\['a'\] and state\.momentum\['b'\]"
+    else:
+        momentum, names = {"a": params["a"], "b": shared}, r"out\['a'\] and state\.momentum\['a'\]"
+    state = opt.init(params)._replace(momentum=momentum)
+    with pytest.raises(lm.LarsMultiValueError, match=rf"^{names} are the same array"):
+        opt.step(params, grads, state, out=params)
+    np.testing.assert_array_equal(to_numpy(params["a"]), W)
+    np.testing.assert_array_equal(to_numpy(params["b"]), W * 2)
+    np.testing.assert_array_equal(to_numpy(shared), np.full_like(W, 0.5))
+
+
+def test_torch_optimizer_buffer_shared_by_two_parameters_is_refused():
+    require_backend("torch")
+    import torch
+
+    a, b = torch.nn.Parameter(torch.tensor(W)), torch.nn.Parameter(torch.tensor(W * 2))
+    a.grad, b.grad = torch.tensor(G), torch.tensor(G * 3)
+    opt = lm.torch.LARS([a, b], lr=0.1, momentum=0.9, weight_decay=1e-3)
+    shared = torch.full_like(a, 0.5)
+    opt.state[a]["momentum_buffer"] = opt.state[b]["momentum_buffer"] = shared
+    with pytest.raises(
+        lm.LarsMultiValueError,
+        match=r"^the momentum buffer of param_groups\[0\]\['params'\]\[0\] and the momentum buffer of "
+        r"param_groups\[0\]\['params'\]\[1\] are the same array",
+    ):
+        opt.step()
+    np.testing.assert_array_equal(a.detach().numpy(), W)
+    np.testing.assert_array_equal(b.detach().numpy(), W * 2)
+    np.testing.assert_array_equal(shared.numpy(), np.full_like(W, 0.5))
+
+
 def test_gradient_that_is_another_layers_weights(backend):
     """Layer 1's gradient is layer 0's weights; with per-layer lr they are read before written."""
     a, b = _writable_leaves(backend, [W, W * 2])
