@@ -400,9 +400,9 @@ def test_torch_optimizer_buffer_shared_by_two_parameters_is_refused():
         r"param_groups\[0\]\['params'\]\[1\] are the same array",
     ):
         opt.step()
-    np.testing.assert_array_equal(a.detach().numpy(), W)
-    np.testing.assert_array_equal(b.detach().numpy(), W * 2)
-    np.testing.assert_array_equal(shared.numpy(), np.full_like(W, 0.5))
+    np.testing.assert_array_equal(to_numpy(a), W)
+    np.testing.assert_array_equal(to_numpy(b), W * 2)
+    np.testing.assert_array_equal(to_numpy(shared), np.full_like(W, 0.5))
 
 
 def test_gradient_that_is_another_layers_weights(backend):
