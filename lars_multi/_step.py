@@ -437,6 +437,9 @@ def _per_layer(ops: Backend, n: int, ratios: _Ratios, f: Any) -> list[Any]:
     where the layer is not adapted."""
     if not ratios:
         return [f(1.0)] * n
+    if len(ratios[0][0]) == n:  # one vector for every layer
+        value = f(ratios[0][1])
+        return [value] if n == 1 else list(ops.unstack(value))
     values: list[Any] = [None] * n
     covered = 0  # (the groups are disjoint)
     for indices, ratio in ratios:
