@@ -387,10 +387,12 @@ class _Small:
         return out
 
     def by_ufuncs(self, x: np.ndarray, b: Any, y: np.ndarray, in_place: bool) -> np.ndarray:
-        last, b_0d = self._last
-        if b is not last:  # (a run of layers often shares one coefficient)
-            b_0d = _as_0d(b, self.dtype)
-            self._last = (b, b_0d)
+        b_0d = b
+        if type(b) is float:  # as a 0-d array, once for a run of layers sharing it
+            last, b_0d = self._last
+            if b is not last:
+                b_0d = _as_0d(b, self.dtype)
+                self._last = (b, b_0d)
         if not in_place:
             return x + y * b_0d if self.one else x * self.a_0d + y * b_0d
         if not self.one:
