@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -281,7 +282,7 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
             np.copyto(out, scaled, casting="unsafe")
         return out
     cdt = compute_dtype(out.dtype)
-    scratch = np.empty(_BLOCK, dtype=cdt)
+    scratch, other = _scratch_blocks(cdt)
     flat_x, flat_y, flat_out = x.reshape(-1), y.reshape(-1), out.reshape(-1)
     for start in range(0, flat_out.size, _BLOCK):
         stop = min(start + _BLOCK, flat_out.size)
@@ -290,9 +291,26 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
         if one:
             np.add(flat_x[start:stop], block, out=flat_out[start:stop], dtype=cdt, casting="unsafe")
         else:
-            block += np.multiply(flat_x[start:stop], a, dtype=cdt)
+            block += np.multiply(flat_x[start:stop], a, out=other[: stop - start], dtype=cdt)
             np.copyto(flat_out[start:stop], block, casting="unsafe")
     return out
+
+
+_THREAD = threading.local()
+
+
+def _scratch_blocks(dtype: np.dtype) -> np.ndarray:
+    """Two blocks of ``_BLOCK`` elements of ``dtype``, kept by this thread: a blocked
+    multiply-add allocates nothing. (Blocks of this size would each come from the
+    system, ``mmap``-ed, where the C library's threshold is at its default, and
+    cost a page fault per 4 KiB on every call.)"""
+    blocks: dict[np.dtype, np.ndarray] | None = getattr(_THREAD, "blocks", None)
+    if blocks is None:
+        blocks = _THREAD.blocks = {}
+    pair = blocks.get(dtype)
+    if pair is None:
+        pair = blocks[dtype] = np.empty((2, _BLOCK), dtype=dtype)
+    return pair
 
 
 def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None) -> list[Any]:

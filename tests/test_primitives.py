@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -60,6 +61,32 @@ def test_axpbys_is_a_x_plus_b_y(backend, kind, in_place, a):
         assert all(g is x for g, x in zip(got, xs))
     for g, x, b, y in zip(got, want_x, coefficients, want_y):
         np.testing.assert_allclose(to_numpy(g), a * x + b * y, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_numpy_blocked_axpby_in_threads(dtype):
+    """Layers above the block size (and 4-D, so not BLAS vectors) take the cache-blocked
+    path, whose scratch blocks each thread keeps: four threads at once, a x + b y each."""
+    ops = get_backend("numpy")
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((5, 4, 60, 60)).astype(dtype) for _ in range(4)]
+    ys = [rng.standard_normal((5, 4, 60, 60)).astype(dtype) for _ in range(4)]
+    coefficients = [0.25, -1.5, 3.0, 0.125]
+    expected = [
+        0.9 * x.astype(np.float64) + b * y.astype(np.float64) for x, b, y in zip(xs, coefficients, ys)
+    ]
+    targets = [x.copy() for x in xs]
+
+    def run(i):
+        for _ in range(20):
+            np.copyto(targets[i], xs[i])
+            ops.axpbys(0.9, [targets[i]], [coefficients[i]], [ys[i]], [targets[i]])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(run, range(4)))
+    rtol = {"float16": 2e-3, "float32": 1e-6, "float64": 1e-14}[dtype]
+    for target, want in zip(targets, expected):
+        np.testing.assert_allclose(target.astype(np.float64), want, rtol=rtol, atol=rtol * 10)
 
 
 def test_norms_stack_unstack(backend):
