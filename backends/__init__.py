@@ -30,6 +30,8 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``axpbys(a, xs, bs, ys, outs=None)``: ``axpby`` of many arrays, ``bs`` one
     coefficient or one per array (default: a loop over ``axpby``).
     ``norms(xs, axis_names=None)``: the norms of many arrays (default: a loop).
+    ``byte_spans(xs)``: the address range each array reaches, where ``overlaps`` is decided
+    by them (default: None, and arrays of one buffer are compared pair by pair).
     ``stop_gradients(xs)``: ``stop_gradient`` of many arrays (default: a loop).
     ``batches(ws)``: the groups of layers the step runs over, each of one dtype
     and device (default: one per dtype; NumPy and torch on CPUs use cache-sized batches).

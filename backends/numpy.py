@@ -138,6 +138,11 @@ def overlaps(a: Any, b: Any) -> bool:
     return bool(np.may_share_memory(a, b))
 
 
+def byte_spans(xs: Sequence[Any]) -> list[tuple[int, int]]:
+    """The address range each array reaches (``may_share_memory`` compares these)."""
+    return [byte_bounds(x) for x in xs]
+
+
 def dtype_name(dtype: Any) -> str:
     dtype = np.dtype(dtype)
     order = {">": " (big-endian)", "<": " (little-endian)"}.get(dtype.byteorder, "")

@@ -121,6 +121,12 @@ def _byte_span(x: torch.Tensor) -> tuple[int, int]:
     return start + int(low * size), start + int((high + 1) * size)
 
 
+def byte_spans(xs: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """The addresses each tensor reaches (of one device's memory: the arrays compared
+    lie in one storage)."""
+    return [_byte_span(_local(x)) for x in xs]
+
+
 def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether ``a`` and ``b`` reach a common byte (of one device)."""
     local_a, local_b = _local(a), _local(b)

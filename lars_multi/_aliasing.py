@@ -69,13 +69,18 @@ def _check_no_conflict(
         # Arrays that own their memory share it only with themselves.
         groups.setdefault(("own", id(target)) if root is None else root, []).append(k)
     for members in groups.values():
-        for j, k in itertools.combinations(members, 2):
-            a, b = targets[j], targets[k]
-            if a is b:
-                if not _same_values(ops, values[j], values[k]):
-                    raise _conflict(label(indices[j]), label(indices[k]), _DIFFERENT)
-            elif ops.overlaps(a, b):
-                raise _conflict(label(indices[j]), label(indices[k]), "overlap in memory")
+        if len(members) < 2:
+            continue
+        first: dict[int, int] = {}  # each array's first place
+        for k in members:
+            j = first.setdefault(id(targets[k]), k)
+            if j != k and not _same_values(ops, values[j], values[k]):
+                raise _conflict(label(indices[j]), label(indices[k]), _DIFFERENT)
+        distinct = list(first.values())
+        pair = _overlapping(ops, [targets[k] for k in distinct], [True] * len(distinct))
+        if pair is not None:
+            j, k = sorted(distinct[i] for i in pair)
+            raise _conflict(label(indices[j]), label(indices[k]), "overlap in memory")
 
 
 def check_handles(
@@ -132,18 +137,48 @@ def _shares_memory(
     alone = set(out_roots)
     if len(alone) == len(outs) and None not in alone and alone.isdisjoint(input_roots):
         return False  # each output alone in its buffer, and no input in one
-    by_root: dict[Hashable, list[Any]] = {}
+    # Per buffer holding an output: its distinct arrays, and whether each is an output.
+    by_root: dict[Hashable, dict[int, tuple[Any, bool]]] = {}
     for o, root in zip(outs, out_roots):
         if root is not None:
-            by_root.setdefault(root, []).append(o)
+            by_root.setdefault(root, {})[id(o)] = (o, True)
     for x, root in zip(inputs, input_roots):
         sharing = by_root.get(root)
-        if sharing is not None and any(o is not x and ops.overlaps(o, x) for o in sharing):
-            return True
+        if sharing is not None:
+            sharing.setdefault(id(x), (x, False))
     return any(
-        len(sharing) > 1 and any(a is not b and ops.overlaps(a, b) for a in sharing for b in sharing)
+        len(sharing) > 1 and _overlapping(ops, *map(list, zip(*sharing.values()))) is not None
         for sharing in by_root.values()
     )
+
+
+def _overlapping(ops: Backend, xs: list[Any], outputs: list[bool]) -> tuple[int, int] | None:
+    """Two of the distinct arrays ``xs`` of one buffer that overlap, one of them an
+    output (``outputs``), or None. By the backend's byte spans in address order
+    (n log n) where it gives them, else pair by pair."""
+    spans = ops.byte_spans(xs)
+    if spans is None:
+        return next(
+            (
+                (i, j)
+                for i, j in itertools.combinations(range(len(xs)), 2)
+                if (outputs[i] or outputs[j]) and ops.overlaps(xs[i], xs[j])
+            ),
+            None,
+        )
+    reach = reach_out = (0, -1)  # the furthest end so far (of any array, of an output) and its array
+    for i in sorted(range(len(xs)), key=lambda i: spans[i][0]):
+        low, high = spans[i]
+        if low == high:  # empty: reaches nothing
+            continue
+        end, j = reach if outputs[i] else reach_out
+        if j >= 0 and low < end:
+            return j, i
+        if high > reach[0]:
+            reach = (high, i)
+        if outputs[i] and high > reach_out[0]:
+            reach_out = (high, i)
+    return None
 
 
 def overlap_groups(spans: Mapping[Key, tuple[int, int]]) -> dict[Key, int]:

@@ -53,6 +53,7 @@ class Backend(Protocol):
     def device(self, x: Any) -> Any: ...
     def memory_roots(self, xs: Sequence[Any]) -> list[Hashable | None]: ...
     def overlaps(self, a: Any, b: Any) -> bool: ...
+    def byte_spans(self, xs: Sequence[Any]) -> list[tuple[int, int]] | None: ...
     def norms(self, xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[Any]: ...
     def stop_gradients(self, xs: list[Any]) -> list[Any]: ...
     def check_axis_name(self, arg: Any, value: Any) -> None: ...
@@ -113,6 +114,12 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
 
     def overlaps(a: Any, b: Any) -> bool:
         return True
+
+    def byte_spans(xs: Sequence[Any]) -> list[tuple[int, int]] | None:
+        """The address range ``[low, high)`` each array reaches, where ``overlaps`` is
+        decided by them (then many arrays of one buffer are compared in address
+        order, not pair by pair); None: ask ``overlaps``."""
+        return None
 
     def norms(xs: Any, axis_names: Any = None) -> list[Any]:
         """The 2-norm of each array (halves accumulate in float32); with
@@ -184,6 +191,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             device,
             memory_roots,
             overlaps,
+            byte_spans,
             norms,
             stop_gradients,
             check_axis_name,

@@ -230,6 +230,36 @@ def test_take_and_put_are_inverse(indices):
     assert ys == [x.upper() if i in indices else x for i, x in enumerate(xs)]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 12), st.sampled_from([1, 2, 3, -1]), st.booleans()),
+        min_size=2,
+        max_size=8,
+    )
+)
+def test_overlap_search_by_address_agrees_with_pairs(views):
+    """Arrays of one buffer, some of them outputs: the search in address order (byte
+    spans) finds an overlap involving an output exactly when pair-by-pair does."""
+    from types import SimpleNamespace
+
+    from lars_multi._aliasing import _overlapping
+
+    ops = get_backend("numpy")
+    pairs_only = SimpleNamespace(byte_spans=lambda xs: None, overlaps=ops.overlaps)
+    base = np.zeros(64, np.float32)
+    xs, outputs = [], []
+    for start, length, step, output in views:
+        stop = start + length * step
+        xs.append(base[start:stop:step] if step > 0 else base[start : max(stop, 0) or None : step])
+        outputs.append(output)
+    found = _overlapping(ops, xs, outputs)
+    assert (found is None) == (_overlapping(pairs_only, xs, outputs) is None)
+    if found is not None:
+        i, j = found
+        assert (outputs[i] or outputs[j]) and ops.overlaps(xs[i], xs[j])
+
+
 def test_overlap_groups_join_ranges_that_meet():
     """Byte ranges that meet, directly or through a third, share a group; touching ends do not."""
     from lars_multi._aliasing import overlap_groups
