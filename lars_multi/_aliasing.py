@@ -146,10 +146,12 @@ def _shares_memory(
         sharing = by_root.get(root)
         if sharing is not None:
             sharing.setdefault(id(x), (x, False))
-    return any(
-        len(sharing) > 1 and _overlapping(ops, *map(list, zip(*sharing.values()))) is not None
-        for sharing in by_root.values()
-    )
+    for sharing in by_root.values():
+        if len(sharing) > 1:
+            arrays, outputs = zip(*sharing.values())
+            if _overlapping(ops, list(arrays), list(outputs)) is not None:
+                return True
+    return False
 
 
 def _overlapping(ops: Backend, xs: list[Any], outputs: list[bool]) -> tuple[int, int] | None:
