@@ -293,6 +293,10 @@ def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     return x.detach() if x.requires_grad else x
 
 
+def stop_gradients(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [x.detach() if x.requires_grad else x for x in xs]
+
+
 def write(out: torch.Tensor, value: torch.Tensor) -> None:
     with torch.no_grad():
         out.copy_(value)
