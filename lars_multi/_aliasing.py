@@ -71,12 +71,12 @@ def _check_no_conflict(
     for members in groups.values():
         if len(members) < 2:
             continue
-        first: dict[int, int] = {}  # each array's first place
-        for k in members:
-            j = first.setdefault(id(targets[k]), k)
-            if j != k and not _same_values(ops, values[j], values[k]):
-                raise _conflict(label(indices[j]), label(indices[k]), _DIFFERENT)
-        distinct = list(first.values())
+
+        def member_label(i: int, members: list[int] = members) -> str:
+            return label(indices[members[i]])
+
+        places = check_handles(ops, [targets[k] for k in members], [values[k] for k in members], member_label)
+        distinct = [members[i] for i in places]
         pair = _overlapping(ops, [targets[k] for k in distinct], [True] * len(distinct))
         if pair is not None:
             j, k = sorted(distinct[i] for i in pair)
@@ -85,15 +85,17 @@ def _check_no_conflict(
 
 def check_handles(
     ops: Backend, handles: Sequence[Any], values: Sequence[Any], label: Callable[[int], str]
-) -> None:
-    """Raise where one handle (``lm.Array``, ``keras.Variable``) is given for two layers
-    whose new values differ: it can hold only one. (Arrays written in place are
-    checked by :func:`write_all`, by memory.)"""
+) -> list[int]:
+    """Raise where one handle (``lm.Array``, ``keras.Variable``, an array) is given for
+    two layers whose new values differ: it can hold only one. (Arrays written in
+    place are also checked by :func:`write_all`, by memory.) The first place of each
+    distinct handle."""
     first: dict[int, int] = {}
     for i, handle in enumerate(handles):
         j = first.setdefault(id(handle), i)
         if j != i and not _same_values(ops, values[j], values[i]):
             raise _conflict(label(j), label(i), _DIFFERENT)
+    return list(first.values())
 
 
 _DIFFERENT = "are the same array, and the step gives them different values"

@@ -417,7 +417,7 @@ def _ratio_vectors(
         k = len(indices)
         axes = None if picked is None else picked + picked
         norms = ops.norms(take(wcs, indices) + take(gcs, indices), axes)
-        w_norm, g_norm = (norms[0], norms[1]) if k == 1 else (ops.stack(norms[:k]), ops.stack(norms[k:]))
+        w_norm, g_norm = _vector(ops, norms[:k]), _vector(ops, norms[k:])
         decay = weight_decay if is_decayed else None
         u_norm = g_norm
         if config.preset.ratio_of_update and is_decayed:
