@@ -57,7 +57,6 @@ _BATCH_BYTES = 1 << 22
 _BASE = operator.attrgetter("base")
 _DTYPE = operator.attrgetter("dtype")
 _NDIM = operator.attrgetter("ndim")
-_SIZE = operator.attrgetter("size")
 _NBYTES = operator.attrgetter("nbytes")
 _FLAG_BITS = operator.attrgetter("flags.num")
 # Bits of ``flags.num`` (NumPy's NPY_ARRAY_* flags).
@@ -354,12 +353,12 @@ def _blas_vector_sizes(xs: Sequence[Any], dtype: np.dtype) -> list[int] | None:
     copy, written back); else None. The ``ys`` have the ``xs``' dtypes and shapes."""
     n = len(xs)
     if not (
-        list(map(type, xs)).count(np.ndarray) == n
-        and list(map(_NDIM, xs)).count(1) == n
+        list(map(_NDIM, xs)).count(1) == n
+        and list(map(type, xs)).count(np.ndarray) == n
         and list(map(_DTYPE, xs)).count(dtype) == n
     ):
         return None
-    sizes = list(map(_SIZE, xs))
+    sizes = list(map(len, xs))  # (of vectors: their sizes)
     return None if 0 in sizes else sizes
 
 

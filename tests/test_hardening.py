@@ -86,6 +86,36 @@ def test_key_mismatch_names_the_key(backend):
         lm.lars_update(w, {"b": native(backend, G), "a": native(backend, G)}, 0.1)
 
 
+def test_dicts_with_remembered_keys_keep_their_own_structure(backend):
+    """Plain dicts of arrays are flattened once per sequence of keys; a later dict
+    with those keys in another order, or with a subtree, None or a key of another
+    type where an array was, gives its own structure and pairing."""
+    import enum
+
+    class Key(str, enum.Enum):
+        A = "a"
+
+    a, b = native(backend, W), native(backend, W * 2)
+    ga, gb = native(backend, G), native(backend, -G)
+    for w, g in [
+        ({"b": b, "a": a}, {"a": ga, "b": gb}),  # remembered
+        ({"b": b, "a": a}, {"a": ga, "b": gb}),  # from what was remembered
+        ({"a": a, "b": b}, {"b": gb, "a": ga}),  # the same keys in another order
+    ]:
+        new = lm.lars_update(w, g, 0.1)
+        assert list(new) == list(w)
+        assert_layer_close(new["a"], W, G, 0.1, 0.0, "float32")
+        assert_layer_close(new["b"], W * 2, -G, 0.1, 0.0, "float32")
+    nested = lm.lars_update({"b": {"c": b}, "a": a}, {"a": ga, "b": {"c": gb}}, 0.1)
+    assert list(nested) == ["b", "a"] and list(nested["b"]) == ["c"]
+    assert_layer_close(nested["b"]["c"], W * 2, -G, 0.1, 0.0, "float32")
+    assert lm.lars_update({"b": None, "a": a}, {"a": ga, "b": None}, 0.1)["b"] is None
+    enum_keyed = lm.lars_update({Key.A: a}, {"a": ga}, 0.1)
+    assert type(next(iter(enum_keyed))) is Key
+    plain = lm.lars_update({"a": a}, {"a": ga}, 0.1)
+    assert type(next(iter(plain))) is str
+
+
 # --- NumPy memory: unaligned, swapped, shared ---------------------------------------------------
 
 
