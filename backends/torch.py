@@ -362,6 +362,8 @@ def _foreach_add_scaled(xs: list[torch.Tensor], ys: list[torch.Tensor], bs: Any,
     if isinstance(bs, list):
         if isinstance(bs[0], torch.Tensor):
             return (torch._foreach_addcmul_ if in_place else torch._foreach_addcmul)(xs, ys, bs)
+        if bs.count(bs[0]) == len(bs):  # one number (layers not adapted): no scaled copies
+            return _foreach_add_scaled(xs, ys, bs[0], in_place)
         scaled = torch._foreach_mul(ys, bs)
         return (torch._foreach_add_ if in_place else torch._foreach_add)(xs, scaled)
     if isinstance(bs, torch.Tensor):
