@@ -115,7 +115,7 @@ def _flatten_dict_of_arrays(keys: tuple[str, ...], tree: dict[str, Any]) -> Flat
     known = _FLAT_DICTS.get(keys)
     if known is None:
         flat = _flatten_anew(tree)
-        if len(_FLAT_DICTS) >= 64:
+        if len(_FLAT_DICTS) >= 16:
             _FLAT_DICTS.clear()
         _FLAT_DICTS[keys] = ([p[0] for p in flat.paths], flat.paths, flat.spec)
         return flat
