@@ -103,7 +103,7 @@ def flatten_optree(tree: Any) -> Flat:
     if type(tree) is dict and tree:
         keys = tuple(tree)
         if (
-            list(map(type, keys)).count(str) == len(keys)  # (equal keys of other types: kept apart)
+            list(map(type, keys)).count(str) == len(keys)  # (a str enum's member equals its string)
             and _of_one_array_type(list(tree.values()))  # every value a leaf
             and not _registry.is_compiling()  # (Dynamo traces optree's own calls)
         ):
@@ -112,6 +112,8 @@ def flatten_optree(tree: Any) -> Flat:
 
 
 def _flatten_dict_of_arrays(keys: tuple[str, ...], tree: dict[str, Any]) -> Flat:
+    """``tree`` (whose values are arrays) by the structure kept for ``keys``, its
+    keys in insertion order; flattened by optree and kept, the first time."""
     known = _FLAT_DICTS.get(keys)
     if known is None:
         flat = _flatten_anew(tree)
@@ -130,7 +132,7 @@ def _flatten_anew(tree: Any) -> Flat:
 
 # Plain dicts of arrays flattened before, by their keys in insertion order (which
 # optree's structure keeps): their keys in optree's order, key paths and structure.
-_FLAT_DICTS: dict[tuple[Any, ...], tuple[list[Any], list[tuple[Any, ...]], Any]] = {}
+_FLAT_DICTS: dict[tuple[str, ...], tuple[list[str], list[tuple[Any, ...]], Any]] = {}
 
 
 def _of_one_array_type(leaves: list[Any]) -> bool:
