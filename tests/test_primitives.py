@@ -63,6 +63,23 @@ def test_axpbys_is_a_x_plus_b_y(backend, kind, in_place, a):
         np.testing.assert_allclose(to_numpy(g), a * x + b * y, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["new", "in-place"])
+def test_axpbys_one_number_per_layer_is_that_number(backend, in_place):
+    """A list repeating one number (the step gives layers not adapted f(1.0)) rounds
+    as that number given once: a layer's result does not depend on how its
+    coefficient came."""
+    ops = get_backend(backend)
+    if in_place:
+        _skip_if_immutable(backend)
+    rng = np.random.default_rng(3)
+    xs, ys = _arrays(backend, rng), _arrays(backend, rng)
+    copies = [native(backend, to_numpy(x)) for x in xs]
+    once = ops.axpbys(0.9, copies, 1e-3 / 3, ys, copies if in_place else None)
+    listed = ops.axpbys(0.9, xs, [1e-3 / 3] * len(xs), ys, xs if in_place else None)
+    for a, b in zip(once, listed):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_numpy_blocked_axpby_in_threads(dtype):
     """Layers above the block size (and 4-D, so not BLAS vectors) take the cache-blocked
