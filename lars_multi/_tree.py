@@ -2,7 +2,8 @@
 
 The weights ``w`` decide the structure: they are flattened once (with optree,
 or with ``jax.tree_util`` on JAX so that every registered pytree works), giving
-each layer a key path. Every other tree (``dcdw``, ``lr``, ``decay_lambda``,
+each layer a key path; the structure of a plain dict of arrays is kept from one
+call to the next. Every other tree (``dcdw``, ``lr``, ``decay_lambda``,
 ``stop_gradients``, ``out``) is paired with the weights *by key* along those
 paths: mappings of any kind (dict, OrderedDict, defaultdict, Container, a
 framework's own) match whatever their key order, and only sequences match by
