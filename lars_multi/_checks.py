@@ -20,7 +20,7 @@ import numpy as np
 from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
 from ._protocol import Backend
-from ._registry import backend_of, current_backend
+from ._registry import all_native, backend_of, current_backend
 from ._tree import Flat, Path, leaves_like
 
 # --- handles: lars_multi.Array and keras.Variable around a native array ---------------
@@ -42,11 +42,6 @@ def unwrap(x: Any) -> Any:
     if variable is not None and isinstance(x, variable):
         return x.value
     return x
-
-
-def all_native(xs: Sequence[Any]) -> bool:
-    """Whether ``xs`` are native arrays of one type (no handle to unwrap or write back)."""
-    return backend_of(xs[0]) is not None and list(map(type, xs)).count(type(xs[0])) == len(xs)
 
 
 def unwrap_all(xs: Sequence[Any]) -> list[Any]:

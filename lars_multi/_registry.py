@@ -20,7 +20,7 @@ import importlib
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -200,3 +200,8 @@ def backend_of(x: object) -> str | None:
             _NATIVE_TYPES[cls] = spec.name
             return spec.name
     return None
+
+
+def all_native(xs: Sequence[object]) -> bool:
+    """Whether ``xs`` are native arrays of one type (no handle to unwrap or write back)."""
+    return backend_of(xs[0]) is not None and list(map(type, xs)).count(type(xs[0])) == len(xs)

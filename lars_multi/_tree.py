@@ -22,7 +22,7 @@ import optree
 from . import _registry
 from ._container import Container
 from ._errors import LarsMultiValueError
-from ._registry import backend_of
+from ._registry import all_native, backend_of
 
 NAMESPACE = "lars_multi"
 
@@ -105,7 +105,7 @@ def flatten_optree(tree: Any) -> Flat:
         keys = tuple(tree)
         if (
             list(map(type, keys)).count(str) == len(keys)  # (a str enum's member equals its string)
-            and _of_one_array_type(list(tree.values()))  # every value a leaf
+            and all_native(list(tree.values()))  # every value a leaf (to optree)
             and not _registry.is_compiling()  # (Dynamo traces optree's own calls)
         ):
             return _flatten_dict_of_arrays(keys, tree)
@@ -134,12 +134,6 @@ def _flatten_anew(tree: Any) -> Flat:
 # Plain dicts of arrays flattened before, by their keys in insertion order (which
 # optree's structure keeps): their keys in optree's order, key paths and structure.
 _FLAT_DICTS: dict[tuple[str, ...], tuple[list[str], list[tuple[Any, ...]], Any]] = {}
-
-
-def _of_one_array_type(leaves: list[Any]) -> bool:
-    """Whether ``leaves`` are all arrays of one type of a framework."""
-    first = type(leaves[0])
-    return list(map(type, leaves)).count(first) == len(leaves) and backend_of(leaves[0]) is not None
 
 
 def is_leaf(value: Any) -> bool:
