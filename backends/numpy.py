@@ -263,18 +263,21 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
     """``a x + b y`` into ``out`` (a new array of ``x``'s dtype if None; it may be
     ``x`` itself) with no temporary larger than a cache-sized block.
 
-    ``x += b y`` on a large, contiguous, aligned float32 or float64 layer is one
-    BLAS ``axpy`` (when SciPy is installed).
+    On a large, contiguous, aligned float32 or float64 layer (when SciPy is
+    installed), ``x += b y`` is one BLAS ``axpy`` pass, and ``x <- a x + b y``
+    in place a ``scal`` and an ``axpy``.
     """
     if out is None:
         out = np.empty_like(x)
     one = type(a) is float and a == 1
     contiguous = out.flags.c_contiguous and x.flags.c_contiguous and y.flags.c_contiguous
-    axpy = _AXPY.get(out.dtype) if one else None
+    axpy = _AXPY.get(out.dtype) if one or (out is x and a != 0) else None
     if axpy is not None and out.size > _BLOCK and contiguous and _blas_ready(out, y) and not overlaps(out, y):
         flat_out = out.reshape(-1)
         if out is not x:
             np.copyto(flat_out, x.reshape(-1))
+        elif not one:
+            _SCAL[out.dtype](a, flat_out)
         axpy(y.reshape(-1), flat_out, a=b)
         return out
     if out.size <= _BLOCK or not contiguous:

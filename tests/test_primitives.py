@@ -152,6 +152,33 @@ def test_axpbys_keeps_each_dtype_in_a_mixed_list(backend, in_place):
         np.testing.assert_allclose(g, 0.9 * x + 0.1 * y, rtol=1e-15, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("a", [1.0, 0.9, 0.0])
+def test_axpbys_on_large_layers_in_place(backend, dtype, a):
+    """Layers larger than a cache block, of several dimensions, written in place
+    (NumPy: BLAS ``scal`` and ``axpy`` on a contiguous layer, blocks of ufuncs on a
+    strided one), each against the float64 result."""
+    ops = get_backend(backend)
+    _skip_if_immutable(backend)
+    rng = np.random.default_rng(7)
+    shapes = [(128, 64, 3, 3), (300, 200), (40_001,)]
+    want_x = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    want_y = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    with x64(backend):
+        xs = [native(backend, x.copy()) for x in want_x]
+        xs[1] = native(backend, want_x[1].T.copy()).T  # a transposed (strided) layer
+        ys = [native(backend, y) for y in want_y]
+        bs = [0.5, -1.25, 1e-3]
+        got = ops.axpbys(a, xs, bs, ys, xs)
+        assert all(g is x for g, x in zip(got, xs))
+        results = [to_numpy(x) for x in xs]
+    tolerance = 1e-6 if dtype == "float32" else 1e-14
+    for value, x, b, y in zip(results, want_x, bs, want_y):
+        assert value.dtype == np.dtype(dtype)
+        want = a * x.astype(np.float64) + b * y.astype(np.float64)
+        np.testing.assert_allclose(value, want, rtol=tolerance, atol=tolerance)
+
+
 def test_norms_of_large_and_strided_layers(backend):
     """Large layers (BLAS dot on torch CPUs), a transposed view, and small ones, in one call."""
     ops = get_backend(backend)
