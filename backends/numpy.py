@@ -201,12 +201,13 @@ def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[An
     """The 2-norms of many arrays: their sums of squares (BLAS ``dot``), then one
     square root for all of them where they are many, of one dtype (the same
     values as :func:`norm` gives one by one)."""
-    for axis_name in axis_names or ():
-        if axis_name is not None:
-            raise no_axis_name("axis_name", FRAMEWORK, axis_name)
+    if axis_names is not None:
+        for axis_name in axis_names:
+            if axis_name is not None:
+                raise no_axis_name("axis_name", FRAMEWORK, axis_name)
     squares = [np.vdot(x, x) if x.dtype in _PLAIN else _sum_of_squares(x) for x in xs]
     if len(squares) < 8 or len({s.dtype for s in squares}) != 1:  # (a few: one by one is faster)
-        return list(map(np.sqrt, squares))
+        return [np.sqrt(s) for s in squares]
     return list(np.sqrt(np.array(squares)))
 
 

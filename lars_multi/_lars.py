@@ -28,6 +28,7 @@ _RULE = StepConfig(REFERENCE, eps=REFERENCE.eps)
 _FITS_EVERY_DTYPE = 3.0e38
 # Every layer adapted and decayed, by (number of layers, mesh axis names).
 _FLAGS: dict[tuple[int, Any], LayerFlags] = {}
+_ONE_LAYER = LayerFlags.every(1)  # (the one-array path's, without out=: the step called directly)
 
 
 @no_autograph
@@ -116,7 +117,9 @@ def _update_one(
         _check_fit("decay_lambda", decay, [w_data], [()], ops)
     stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:
-        (new,) = _run(ops, [w_data], [g], rate, decay, stop, None, write_late=False, writable=False)
+        (new,), _ = lars_step(
+            ops, _RULE, _ONE_LAYER, [w_data], [g], [None], rate, decay, False, stop_gradients=stop
+        )
         return Array(new, name) if isinstance(w, Array) else new
     target = _checks.check_out(out, w_data, ("out", "w", None, False), name, ops)
     late = must_write_late(ops, [target], [w_data], [g])
