@@ -28,7 +28,7 @@ _RULE = StepConfig(REFERENCE, eps=REFERENCE.eps)
 _FITS_EVERY_DTYPE = 3.0e38
 # Every layer adapted and decayed, by (number of layers, mesh axis names).
 _FLAGS: dict[tuple[int, Any], LayerFlags] = {}
-_ONE_LAYER = LayerFlags.every(1)  # (the one-array path's, without out=: the step called directly)
+_ONE_LAYER = LayerFlags.every(1)  # one array without out=: the step is called directly
 
 
 @no_autograph

@@ -156,8 +156,8 @@ def test_axpbys_keeps_each_dtype_in_a_mixed_list(backend, in_place):
 @pytest.mark.parametrize("a", [1.0, 0.9, 0.0])
 def test_axpbys_on_large_layers_in_place(backend, dtype, a):
     """Layers larger than a cache block, of several dimensions, written in place
-    (NumPy: BLAS ``scal`` and ``axpy`` on a contiguous layer, blocks of ufuncs on a
-    strided one), each against the float64 result."""
+    (NumPy: BLAS ``scal`` and ``axpy`` on a contiguous layer, ufuncs on a strided one),
+    each against the float64 result."""
     ops = get_backend(backend)
     _skip_if_immutable(backend)
     rng = np.random.default_rng(7)
