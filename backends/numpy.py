@@ -262,7 +262,8 @@ def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
 
 def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
     """``a x + b y`` into ``out`` (a new array of ``x``'s dtype if None; it may be
-    ``x`` itself) with no temporary larger than a cache-sized block.
+    ``x`` itself) with no temporary larger than a cache-sized block where the
+    arrays are contiguous (else one temporary the size of the layer).
 
     On a large, contiguous, aligned float32 or float64 layer (when SciPy is
     installed), ``x += b y`` is one BLAS ``axpy`` pass, and ``x <- a x + b y``
