@@ -273,14 +273,12 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
         out = np.empty_like(x)
     one = type(a) is float and a == 1
     contiguous = out.flags.c_contiguous and x.flags.c_contiguous and y.flags.c_contiguous
-    axpy = _AXPY.get(out.dtype) if one or (out is x and a != 0) else None
-    if axpy is not None and out.size > _BLOCK and contiguous and _blas_ready(out, y) and not overlaps(out, y):
+    blas = out.dtype in _AXPY and (one or (out is x and a != 0))
+    if blas and out.size > _BLOCK and contiguous and _blas_ready(out, y) and not overlaps(out, y):
         flat_out = out.reshape(-1)
-        if out is not x:
+        if out is not x:  # (then a is 1)
             np.copyto(flat_out, x.reshape(-1))
-        elif not one:
-            _SCAL[out.dtype](a, flat_out)
-        axpy(y.reshape(-1), flat_out, a=b)
+        _blas_in_place(a, [flat_out], [b], [y.reshape(-1)], [flat_out.size])
         return out
     if out.size <= _BLOCK or not contiguous:
         scaled = np.multiply(y, b, dtype=compute_dtype(out.dtype))  # the one temporary
