@@ -304,6 +304,17 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any
     return _check_scalar_array(path, decay_lambda, name, ops, "a number >= 0 or a 0-d array")
 
 
+def check_rate(path: Any, value: Any, *, name: str, ops: Backend) -> Any:
+    """A rate (a learning rate or weight decay, a schedule's value): a finite float
+    >= 0, or a 0-d floating array of the backend (possibly traced; not read)."""
+    if _python_number(value):
+        number = _as_float(path, value, "a finite number >= 0")
+        if number < 0:
+            raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {value!r}")
+        return number
+    return _check_scalar_array(path, value, name, ops, "a number >= 0 or a 0-d array")
+
+
 def _check_scalar_array(path: Any, value: Any, name: str, ops: Backend, expected: str) -> Any:
     data = unwrap(value)
     value_name = owner(value)

@@ -127,6 +127,11 @@ def trust_ratio(
         below = ratio < lr
         lr_like = ops.zeros_like(ratio) + lr  # in the ratio's dtype, whatever lr is
         ratio = ops.where(below, ratio / ops.where(below, lr_like, 1.0), 1.0)
+    timm_rule = preset.adapt_needs_decay and not config.always_adapt
+    if timm_rule and decay is not None and type(decay) is not float:
+        # timm adapts only where lambda != 0: an array (a schedule's, maybe traced) is
+        # not read on the host, so a layer planned as adapted keeps r = 1 where it is 0.
+        ratio = ops.where(decay != 0, ratio, 1.0)
     return ratio
 
 

@@ -22,6 +22,7 @@ the step is one compiled program, on TensorFlow one ``tf.function``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,39 @@ from .schedules import warmup_cosine, warmup_polynomial
 __all__ = ["PRESETS", "LarsOptimizer", "LarsState", "lars", "warmup_cosine", "warmup_polynomial"]
 
 Schedule = Callable[[Any], Any]
-Mask = Any  # a tree of bools like params, or a callable (path, array) -> bool
+Mask = Any  # a tree of bools like params, a callable (path, array) -> bool, or params -> tree of bools
+
+
+@dataclass(frozen=True)
+class ParamsMask:
+    """A mask in optax's convention: a callable of the whole parameter tree that
+    returns a tree of bools like it (a one-argument callable given as a mask)."""
+
+    function: Callable[[Any], Any]
+
+
+def _mask_arg(name: str, mask: Mask, default: RankMask) -> Mask:
+    """A mask as given (None: the preset's ``default``); a callable by its
+    signature: one that takes one argument is called with the parameters
+    (optax's convention), one that takes two per leaf with ``(path, array)``."""
+    if mask is None:
+        return default
+    if not callable(mask) or isinstance(mask, RankMask):
+        return mask
+    try:
+        signature = inspect.signature(mask)
+    except (TypeError, ValueError):  # no signature to read (some builtins): per leaf
+        return mask
+    for arguments, takes_params in (((None, None), False), ((None,), True)):
+        try:
+            signature.bind(*arguments)
+        except TypeError:
+            continue
+        return ParamsMask(mask) if takes_params else mask
+    raise LarsMultiTypeError(
+        f"{name}: expected a callable (path, array) -> bool or params -> tree of bools, "
+        f"got {type_name(mask)} with signature {signature}"
+    )
 
 
 class LarsState(NamedTuple):
@@ -69,7 +102,7 @@ def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, 
 
 
 def _rate(name: str, value: Any) -> Any:
-    """A number >= 0 (checked now) or a schedule (called with the count, not checked)."""
+    """A number >= 0 (checked now) or a schedule (its values checked at each step)."""
     if callable(value):
         return value
     return _number(name, value)
@@ -141,15 +174,15 @@ class LarsOptimizer:
             active_outs = take(out_leaves, active)
             outs = _checks.check_outs(active_outs, ws, paths, ("out", "params"), name, ops)
             outs_writable = _checks.outs_writable(active_outs, outs, ops)
-        adapt, decay_flags = self._masks(flat, active, ws)
+        adapt, decay_flags = self._masks(params, flat, active, ws)
         flags = LayerFlags(
             adapt=adapt,
             decay=decay_flags,
             axis_names=_checks.axis_names("axis_name", self.axis_name, flat, active, ops),
         )
-        lr = _at(self.learning_rate, state.count)
-        decay = _at(self.weight_decay, state.count)
-        decay = None if isinstance(decay, float) and decay == 0 else decay  # no decay: skipped entirely
+        lr = _rate_now("learning_rate", self.learning_rate, state.count, ws, paths, name, ops)
+        decay = _rate_now("weight_decay", self.weight_decay, state.count, ws, paths, name, ops)
+        decay = None if type(decay) is float and decay == 0 else decay  # no decay: skipped entirely
         all_started = self._started(state, flat, active, ops)
         first = _first(ops, state.count, all_started, active)
         buffers_writable = outs is not None and (self.config.momentum == 0 or ops.all_writable(buffers))
@@ -271,19 +304,23 @@ class LarsOptimizer:
         return buffers
 
     def _masks(
-        self, flat: Flat, active: list[int], ws: list[Any]
+        self, params: Any, flat: Flat, active: list[int], ws: list[Any]
     ) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         """Which active layers are adapted, and which decayed (one mask read once
         where both are the same, as the preset's default is)."""
-        adapt = tuple(self._mask("adapt_mask", self.adapt_mask, flat, active, ws))
+        adapt = tuple(self._mask("adapt_mask", self.adapt_mask, params, flat, active, ws))
         if self.weight_decay_mask is self.adapt_mask:
             return adapt, adapt
-        return adapt, tuple(self._mask("weight_decay_mask", self.weight_decay_mask, flat, active, ws))
+        decay = self._mask("weight_decay_mask", self.weight_decay_mask, params, flat, active, ws)
+        return adapt, tuple(decay)
 
-    def _mask(self, arg: str, mask: Mask, flat: Flat, active: list[int], ws: list[Any]) -> list[bool]:
+    @staticmethod
+    def _mask(arg: str, mask: Mask, params: Any, flat: Flat, active: list[int], ws: list[Any]) -> list[bool]:
         """One bool per active layer, from a tree, a callable, or the preset's default."""
         if isinstance(mask, RankMask):
             return mask.of(ws)
+        if isinstance(mask, ParamsMask):
+            mask = mask.function(params)  # optax's convention: a tree of bools
         if callable(mask):
             values = [mask(flat.paths[i], w) for i, w in zip(active, ws)]
         elif isinstance(mask, bool):
@@ -320,9 +357,24 @@ def _by_first(first: Any, n: int) -> list[tuple[list[int], Any]]:
     return [(indices, value) for value, indices in groups.items()]
 
 
-def _at(rate: Any, count: Any) -> Any:
-    """A rate's value at step ``count``: a number, or a schedule's value."""
-    return rate(count) if callable(rate) else rate
+# The largest float32: a Python-number rate above it is inf in every compute dtype but float64.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _rate_now(
+    arg: str, rate: Any, count: Any, ws: list[Any], paths: list[Any], name: str, ops: Backend
+) -> Any:
+    """A rate's value at step ``count``: a number (checked when the optimizer was
+    made), or a schedule's value, checked now as far as it can be without reading
+    an array (a number finite and >= 0; an array 0-d and floating, of the
+    parameters' backend). A number must fit every parameter's compute dtype."""
+    value = rate
+    if callable(rate):
+        value = _checks.check_rate(f"{arg}(state.count)", rate(count), name=name, ops=ops)
+    if type(value) is float and value > _FLOAT32_MAX:
+        for w, entries in zip(ws, paths):
+            _checks.check_fits(arg, value, w, Path("params", entries), ops)
+    return value
 
 
 def lars(
@@ -345,7 +397,10 @@ def lars(
 
     Args:
         learning_rate: :math:`\eta`, a number or a schedule (a callable of the
-            step count, e.g. :class:`lars_multi.schedules.warmup_polynomial`).
+            step count, e.g. :class:`lars_multi.schedules.warmup_polynomial`). A
+            schedule's value is checked at each step without reading an array: a
+            number must be finite and >= 0, an array 0-d and floating (its
+            value is not read on the host).
         momentum: :math:`\mu \in [0, 1)`; 0 keeps no buffers.
         nesterov: Nesterov momentum (needs momentum > 0 and no dampening).
         dampening: :math:`d \in [0, 1)`, the part of each update the buffer drops.
@@ -355,9 +410,11 @@ def lars(
         trust_clip: :math:`r \leftarrow \min(r / \eta, 1)` (apex LARC).
         always_adapt: timm's flag: adapt layers without weight decay too.
         adapt_mask, weight_decay_mask: which layers are adapted, and decayed: a
-            tree of bools like the parameters or a callable ``(path, array) -> bool``;
-            None takes the preset's default (``"paper"``: every parameter with
-            more than one dimension; ``"optax"`` and ``"timm"``: every parameter).
+            tree of bools like the parameters, a callable ``(path, array) -> bool``
+            called per leaf, or a callable of one argument called with the
+            parameters that returns such a tree (optax's masks); None takes the
+            preset's default (``"paper"``: every parameter with more than one
+            dimension; ``"optax"`` and ``"timm"``: every parameter).
         preset: ``"paper"``, ``"optax"`` or ``"timm"``.
         axis_name: JAX only, for a step inside ``jax.shard_map``: the mesh axis
             the parameters are sharded over (a name, or a tuple of names), or a
@@ -399,7 +456,7 @@ def lars(
         learning_rate=_rate("learning_rate", learning_rate),
         weight_decay=_rate("weight_decay", weight_decay),
         config=config,
-        adapt_mask=default if adapt_mask is None else adapt_mask,
-        weight_decay_mask=default if weight_decay_mask is None else weight_decay_mask,
+        adapt_mask=_mask_arg("adapt_mask", adapt_mask, default),
+        weight_decay_mask=_mask_arg("weight_decay_mask", weight_decay_mask, default),
         axis_name=axis_name,
     )

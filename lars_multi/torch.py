@@ -29,11 +29,11 @@ a scheduler changing it does not recompile).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from . import _registry
+from . import _checks, _registry
 from ._aliasing import array_values, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 from ._registry import get_backend
@@ -59,27 +59,19 @@ _CONFIG_KEYS = (
 _CONFIGS: dict[tuple[Any, ...], StepConfig] = {}
 
 
+# Settings a group saved by an older release may lack, with their defaults.
+_LATER_SETTINGS = {"adapt": None, "decay": None, "foreach": None, "maximize": False}
+# The largest float32: a number rate above it is inf in every compute dtype but float64.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _check_group(group: dict[str, Any]) -> StepConfig:
-    """The group's StepConfig, after :func:`lars_multi.optim.lars` has checked its values."""
+    """The group's StepConfig, after :func:`lars_multi.optim.lars` has checked its
+    values (a tensor ``lr``'s value too: read here, never in a step)."""
+    _rates(group)
     lr = group["lr"]
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1:
-            raise LarsMultiValueError(
-                f"lr: expected a number or a 1-element tensor, got shape {tuple(lr.shape)}"
-            )
-        lr = lr.item()
-    for name, value in (("lr", lr), ("weight_decay", group["weight_decay"])):
-        if callable(value):  # lars() takes schedules; here torch.optim.lr_scheduler does that
-            raise LarsMultiTypeError(
-                f"{name}: expected a number, got {type_name(value)} (use torch.optim.lr_scheduler)"
-            )
-    for name in ("adapt", "decay", "foreach"):
-        if group[name] is not None and not isinstance(group[name], bool):
-            raise LarsMultiTypeError(f"{name}: expected None or a bool, got {type_name(group[name])}")
-    if not isinstance(group["maximize"], bool):
-        raise LarsMultiTypeError(f"maximize: expected a bool, got {type_name(group['maximize'])}")
     config = lars(
-        lr,
+        lr.item() if isinstance(lr, torch.Tensor) else lr,
         weight_decay=group["weight_decay"],
         **{name: group[name] for name in _CONFIG_KEYS},
     ).config
@@ -90,6 +82,37 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
 def _config(group: dict[str, Any]) -> StepConfig:
     config = _CONFIGS.get(tuple(group[name] for name in _CONFIG_KEYS))
     return _check_group(group) if config is None else config
+
+
+def _rates(group: dict[str, Any]) -> tuple[Any, Any]:
+    """The group's learning rate and weight decay, checked as far as they can be
+    without reading a tensor (asked at every step: a group's values may be changed
+    at any time): numbers finite and >= 0, a tensor ``lr`` floating with one
+    element (as a 0-d view); and its flags."""
+    lr, weight_decay = group["lr"], group["weight_decay"]
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if callable(value):  # lars() takes schedules; here torch.optim.lr_scheduler does that
+            raise LarsMultiTypeError(
+                f"{name}: expected a number, got {type_name(value)} (use torch.optim.lr_scheduler)"
+            )
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise LarsMultiValueError(
+                f"lr: expected a number or a floating tensor of one element, got a {lr.dtype} tensor "
+                f"of shape {tuple(lr.shape)}"
+            )
+        lr = lr.reshape(()) if lr.ndim else lr
+    else:
+        lr = _checks.check_rate("lr", lr, name="torch", ops=_OPS)
+    if isinstance(weight_decay, torch.Tensor):
+        raise LarsMultiTypeError("weight_decay: expected a number, got a torch.Tensor")
+    weight_decay = _checks.check_rate("weight_decay", weight_decay, name="torch", ops=_OPS)
+    for name in ("adapt", "decay", "foreach"):
+        if group[name] is not None and not isinstance(group[name], bool):
+            raise LarsMultiTypeError(f"{name}: expected None or a bool, got {type_name(group[name])}")
+    if not isinstance(group["maximize"], bool):
+        raise LarsMultiTypeError(f"maximize: expected a bool, got {type_name(group['maximize'])}")
+    return lr, weight_decay
 
 
 class LARS(torch.optim.Optimizer):
@@ -163,16 +186,40 @@ class LARS(torch.optim.Optimizer):
                 )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state; its groups' hyper-parameters and its momentum buffers (paired
+        with the parameters by position, as torch does) are checked first."""
+        groups = state_dict.get("param_groups", []) if isinstance(state_dict, dict) else []
+        for saved in groups:
+            if isinstance(saved, dict):
+                _check_group({**_LATER_SETTINGS, **saved})
+        self._check_saved_buffers(state_dict, groups)
         super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            _check_group(group)
+
+    def _check_saved_buffers(self, state_dict: dict[str, Any], groups: list[Any]) -> None:
+        """Each saved momentum buffer must have its parameter's shape (the pairing is
+        by position: a state saved with the parameters in another order fails here)."""
+        saved_ids = [i for group in groups for i in group.get("params", ())]
+        params = [p for group in self.param_groups for p in group["params"]]
+        if len(saved_ids) != len(params):
+            return  # torch says so
+        states = state_dict.get("state", {})
+        for place, (saved_id, p) in enumerate(zip(saved_ids, params)):
+            buffer = states.get(saved_id, {}).get("momentum_buffer")
+            if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape):
+                got = (
+                    f"shape {tuple(buffer.shape)}" if isinstance(buffer, torch.Tensor) else type_name(buffer)
+                )
+                raise LarsMultiValueError(
+                    f"state_dict['state'][{saved_id!r}]['momentum_buffer']: expected a tensor of shape "
+                    f"{tuple(p.shape)} (the shape of {self._label(p, False)}, parameter {place} in order), "
+                    f"got {got}"
+                )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            for name in ("adapt", "decay", "foreach"):
-                group.setdefault(name, None)
-            group.setdefault("maximize", False)
+            for name, value in _LATER_SETTINGS.items():
+                group.setdefault(name, value)
 
     def _init_group(
         self,
@@ -182,8 +229,8 @@ class LARS(torch.optim.Optimizer):
         buffers: list[torch.Tensor | None],
     ) -> bool:
         """The group's parameters with a gradient, their gradients and buffers (None
-        where not made yet); whether the group has momentum. (The name and the
-        list arguments follow ``torch.optim``: ``torch.compile`` runs this eagerly.)"""
+        where not made yet), checked; whether the group has momentum. (The name and
+        the list arguments follow ``torch.optim``: ``torch.compile`` runs this eagerly.)"""
         with_momentum = group["momentum"] != 0
         for p in group["params"]:
             if p.grad is None:
@@ -196,10 +243,32 @@ class LARS(torch.optim.Optimizer):
             # runs this eagerly, and a restarted analysis must find the state as it was)
             state = self.state.get(p)
             buffers.append(state.get("momentum_buffer") if with_momentum and state else None)
+        if params:
+            self._check_tensors(params, grads, buffers)
         return with_momentum
 
+    def _check_tensors(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None]
+    ) -> None:
+        """Floating parameters that can be written in place, gradients and buffers like them."""
+        if _fine(params, grads, buffers):
+            return
+        for p, g, b in zip(params, grads, buffers):
+            label = self._label(p, False)
+            _checks.check_weights(label, p, _OPS)
+            reason = _OPS.unwritable(p)
+            if reason is not None:
+                raise LarsMultiTypeError(
+                    f"{label}: expected a parameter that can be written in place, got {reason}"
+                )
+            _checks.check_gradient(g, p, (f"{label}.grad", label, (), False), "torch", _OPS)
+            if b is not None:
+                where = (f"the momentum buffer of {label}", label, (), False)
+                _checks.check_gradient(b, p, where, "torch", _OPS)
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One LARS step of every group; the closure's loss, if a closure is given."""
+        """One LARS step of every group; the closure's loss, if a closure is given.
+        Every group is checked before anything is written."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -212,15 +281,24 @@ class LARS(torch.optim.Optimizer):
                 buffers: list[torch.Tensor | None] = []
                 with_momentum = self._init_group(group, params, grads, buffers)
                 if params:
-                    work.append((group, params, grads, buffers, with_momentum))
+                    lr, weight_decay = _rates(group)
+                    _check_fits(lr, params, self._label)
+                    work.append(
+                        _GroupStep(
+                            group, _config(group), lr, weight_decay, params, grads, buffers, with_momentum
+                        )
+                    )
             late = not _registry.is_compiling() and _aliased(work)
             # Computed first where memory is shared: written now, (target, value, parameter, is a buffer).
             writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]] = []
-            for args in work:
-                self._step_group(*args, in_place=not late, writes=writes)
+            made: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, its new buffer)
+            for part in work:
+                made += _step_group(part, in_place=not late, writes=writes)
             if late:
                 targets, values, owners, of_buffer = zip(*writes)  # (late: some group has parameters)
                 write_all(_OPS, targets, values, lambda i: self._label(owners[i], of_buffer[i]))
+            for p, buffer in made:  # kept once the step is written
+                self.state[p]["momentum_buffer"] = buffer
         return loss
 
     def _label(self, param: torch.Tensor, buffer: bool) -> str:
@@ -233,76 +311,105 @@ class LARS(torch.optim.Optimizer):
         )
         return f"the momentum buffer of {place}" if buffer else place
 
-    def _step_group(
-        self,
-        group: dict[str, Any],
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        buffers: list[torch.Tensor | None],
-        with_momentum: bool,
-        in_place: bool,
-        writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]],
-    ) -> None:
-        """The group's step, written in place; else computed, and added to ``writes``
-        (target, value, parameter, whether the target is its buffer), to be written
-        once every group is computed."""
-        config = _config(group)
-        new = [with_momentum and b is None for b in buffers]
-        if with_momentum:
-            for i, p in enumerate(params):
-                if new[i]:
-                    buffer = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    self.state[p]["momentum_buffer"] = buffer
-                    buffers[i] = buffer
-        default = config.preset.default_mask
-        adapt = tuple(default(None, p) if group["adapt"] is None else group["adapt"] for p in params)
-        decay = tuple(default(None, p) if group["decay"] is None else group["decay"] for p in params)
-        weight_decay = None if group["weight_decay"] == 0 else group["weight_decay"]
-        # None: lists, which pay on every device here (one _foreach_norm per group; on
-        # DTensors one all-reduce of the stacked norms per group instead of one per layer).
-        foreach = group["foreach"] is not False
-        if group["maximize"] or not foreach:
-            chunks: list[list[int]] = [[i] for i in range(len(params))]
-        else:  # one call per kind of buffer: new ones (timm starts them at r u) and old ones
-            chunks = [
-                c
-                for c in (
-                    [i for i in range(len(params)) if new[i]],
-                    [i for i in range(len(params)) if not new[i]],
-                )
-                if c
-            ]
-        for chunk in chunks:
-            ws = [params[i] for i in chunk]
-            bs = [buffers[i] for i in chunk]
-            gs = [-grads[i] if group["maximize"] else grads[i] for i in chunk]
-            flags = LayerFlags(tuple(adapt[i] for i in chunk), tuple(decay[i] for i in chunk))
-            # In place: written batch by batch; else the new weights and buffers.
-            new_ws, new_bs = lars_step(
-                _OPS,
-                config,
-                flags,
-                ws,
-                gs,
-                bs,
-                group["lr"],
-                weight_decay,
-                new[chunk[0]],
-                ws if in_place else None,
+
+class _GroupStep(NamedTuple):
+    """One group's step: its checked settings, and its parameters with a gradient,
+    their gradients and momentum buffers (None where not made yet)."""
+
+    group: dict[str, Any]
+    config: StepConfig
+    lr: Any
+    weight_decay: float
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    buffers: list[torch.Tensor | None]
+    with_momentum: bool
+
+
+def _step_group(
+    part: _GroupStep,
+    in_place: bool,
+    writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A group's step, written in place; else computed, and added to ``writes``
+    (target, value, parameter, whether the target is its buffer), to be written once
+    every group is computed. Returns the buffers it made, to keep once written."""
+    group, config, params, buffers = part.group, part.config, part.params, list(part.buffers)
+    new = [part.with_momentum and b is None for b in buffers]
+    made = []
+    for i, p in enumerate(params):
+        if new[i]:
+            buffer = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buffers[i] = buffer
+            made.append((p, buffer))
+    default = config.preset.default_mask
+    adapt = tuple(default(None, p) if group["adapt"] is None else group["adapt"] for p in params)
+    decay = tuple(default(None, p) if group["decay"] is None else group["decay"] for p in params)
+    # None: lists, which pay on every device here (one _foreach_norm per group; on
+    # DTensors one all-reduce of the stacked norms per group instead of one per layer).
+    foreach = group["foreach"] is not False
+    if group["maximize"] or not foreach:
+        chunks: list[list[int]] = [[i] for i in range(len(params))]
+    else:  # one call per kind of buffer: new ones (timm starts them at r u) and old ones
+        chunks = [
+            c
+            for c in (
+                [i for i in range(len(params)) if new[i]],
+                [i for i in range(len(params)) if not new[i]],
             )
-            if not in_place:
-                writes += zip(ws, new_ws, ws, [False] * len(ws))
-                writes += zip(bs, new_bs, ws, [True] * len(ws))  # (None: no buffer)
+            if c
+        ]
+    for chunk in chunks:
+        ws = [params[i] for i in chunk]
+        bs = [buffers[i] for i in chunk]
+        gs = [-part.grads[i] if group["maximize"] else part.grads[i] for i in chunk]
+        flags = LayerFlags(tuple(adapt[i] for i in chunk), tuple(decay[i] for i in chunk))
+        # In place: written batch by batch; else the new weights and buffers.
+        new_ws, new_bs = lars_step(
+            _OPS,
+            config,
+            flags,
+            ws,
+            gs,
+            bs,
+            part.lr,
+            part.weight_decay or None,
+            new[chunk[0]],
+            ws if in_place else None,
+        )
+        if not in_place:
+            writes += zip(ws, new_ws, ws, [False] * len(ws))
+            writes += zip(bs, new_bs, ws, [True] * len(ws))  # (None: no buffer)
+    return made
 
 
-def _aliased(work: list[tuple[Any, list[torch.Tensor], list[torch.Tensor], list[Any], bool]]) -> bool:
-    """Whether a gradient, a tensor learning rate or weight decay, or a parameter of
-    any group shares memory with another parameter or a momentum buffer (writing
-    one layer could change another's input)."""
-    params = [p for _, ps, _, _, _ in work for p in ps]
-    grads = [g for _, _, gs, _, _ in work for g in gs]
-    buffers = [b for _, _, _, bs, _ in work for b in bs if b is not None]
-    rates = array_values(_OPS, [group[k] for group, _, _, _, _ in work for k in ("lr", "weight_decay")])
+def _fine(params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None]) -> bool:
+    """The common case, asked of the lists at once: floating parameters that can be
+    written, gradients and buffers (those made already) like them."""
+    kept = [b for b in buffers if b is not None]
+    return (
+        all([p.dtype in _OPS.FLOAT_DTYPES for p in params])
+        and _OPS.alike(grads, params)
+        and (not kept or _OPS.alike(kept, [p for p, b in zip(params, buffers) if b is not None]))
+        and _OPS.all_writable(params)
+    )
+
+
+def _check_fits(lr: Any, params: list[torch.Tensor], label: Callable[[torch.Tensor, bool], str]) -> None:
+    """A number ``lr`` must be finite in every parameter's compute dtype."""
+    if type(lr) is float and lr > _FLOAT32_MAX:
+        for p in params:
+            _checks.check_fits("lr", lr, p, label(p, False), _OPS)
+
+
+def _aliased(work: list[_GroupStep]) -> bool:
+    """Whether a gradient, a tensor learning rate, or a parameter of any group shares
+    memory with another parameter or a momentum buffer (writing one layer could
+    change another's input)."""
+    params = [p for part in work for p in part.params]
+    grads = [g for part in work for g in part.grads]
+    buffers = [b for part in work for b in part.buffers if b is not None]
+    rates = array_values(_OPS, [part.lr for part in work])
     return bool(params) and must_write_late(_OPS, params + buffers, params, grads + rates)
 
 

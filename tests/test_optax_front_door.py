@@ -125,12 +125,23 @@ def _optax_cases():
             ),
             dict(weight_decay_mask=decay_mask, adapt_mask=adapt_mask),
         ),
+        "callable_masks": (  # optax's masks: callables of the parameters, passed as they are
+            dict(
+                learning_rate=0.5,
+                weight_decay=1e-2,
+                weight_decay_mask=lambda params: decay_mask,
+                trust_ratio_mask=lambda params: adapt_mask,
+            ),
+            dict(weight_decay_mask=lambda params: decay_mask, adapt_mask=lambda params: adapt_mask),
+        ),
         "eps": (dict(learning_rate=0.5, weight_decay=1e-3, eps=1e-3), {}),
         "schedules": (dict(learning_rate=schedule, weight_decay=decay_schedule), {}),
     }
 
 
-@pytest.mark.parametrize("case", ["decay_momentum", "nesterov", "no_decay", "masks", "eps", "schedules"])
+@pytest.mark.parametrize(
+    "case", ["decay_momentum", "nesterov", "no_decay", "masks", "callable_masks", "eps", "schedules"]
+)
 def test_optax_preset_equals_optax_lars(case):
     import optax
 
@@ -143,6 +154,18 @@ def test_optax_preset_equals_optax_lars(case):
     learning_rate = kwargs.pop("learning_rate")
     got, _ = _run_optax(lm.optax.lars(learning_rate, preset="optax", **kwargs, **ours), params, grads)
     _assert_trees_close(got, want, atol=1e-6)
+
+
+def test_timm_zero_weight_decay_schedule_adapts_nothing():
+    """timm adapts only where lambda != 0: a schedule at 0, traced under jit, as 0."""
+    import optax
+
+    params, grads = _params_and_grads(2)
+    common = dict(momentum=0.9, trust_coefficient=0.02, preset="timm")
+    want, _ = _run_optax(lm.optax.lars(0.5, weight_decay=0.0, **common), params, grads)
+    zero = optax.constant_schedule(0.0)
+    got, _ = _run_optax(lm.optax.lars(0.5, weight_decay=zero, **common), params, grads)
+    _assert_trees_close(got, want, atol=0.0)
 
 
 def test_chain_with_clipping_equals_clipping_then_functional():

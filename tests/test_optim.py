@@ -712,6 +712,37 @@ def _bad_steps(name, grads):
             ["weight_decay_mask['dense']"],
         ),
         ("mask of non-bools", lm.optim.lars(LR, adapt_mask=lambda p, w: 1), None, ["adapt_mask"]),
+        (
+            "a params mask of another structure",
+            lm.optim.lars(LR, adapt_mask=lambda params: {"dense": True}),
+            None,
+            ["adapt_mask"],
+        ),
+        (
+            "a scheduled learning rate of shape (3,)",
+            lm.optim.lars(lambda count: native(name, np.full(3, LR), "float32"), weight_decay=1e-3),
+            None,
+            ["learning_rate(state.count)", "(3,)"],
+        ),
+        (
+            "a negative scheduled learning rate",
+            lm.optim.lars(lambda count: -LR),
+            None,
+            ["learning_rate(state.count)", "-0.1"],
+        ),
+        (
+            "a NaN scheduled weight decay",
+            lm.optim.lars(LR, weight_decay=lambda count: math.nan),
+            None,
+            ["weight_decay(state.count)", "nan"],
+        ),
+        (
+            "a scheduled weight decay that is a string",
+            lm.optim.lars(LR, weight_decay=lambda count: "1e-3"),
+            None,
+            ["weight_decay(state.count)", "str"],
+        ),
+        ("a learning rate that overflows float32", lm.optim.lars(1e39), None, ["learning_rate", "float32"]),
         ("grads missing a key", opt, g_missing, ["grads"]),
         ("grads with an extra key", opt, g_extra, ["grads"]),
         *([("grads of another framework", opt, g_other_framework, [])] if other_name else []),
@@ -764,6 +795,52 @@ def test_step_errors_write_nothing(name, problem):
         if int(to_numpy(state.count)) != 1:
             failures.append(f"{what}: count changed")
     assert not failures, "\n".join(failures)
+
+
+def test_mask_callables_by_signature():
+    """A one-argument mask is called with the parameters (optax's convention), a
+    two-argument one per leaf; any other signature is refused when the optimizer is made."""
+    params = {"w": np.ones((2, 2), np.float32), "b": np.ones(2, np.float32)}
+    grads = {"w": np.full((2, 2), 0.5, np.float32), "b": np.full(2, 0.5, np.float32)}
+    seen = []
+
+    def of_params(tree):
+        seen.append(sorted(tree))
+        return {"w": True, "b": False}
+
+    runs = {}
+    for label, mask in [
+        ("tree", {"w": True, "b": False}),
+        ("params", of_params),
+        ("per leaf", lambda path, array: array.ndim > 1),
+    ]:
+        opt = lm.optim.lars(LR, weight_decay=1e-2, adapt_mask=mask, weight_decay_mask=mask, preset="optax")
+        runs[label], _ = opt.step(params, grads, opt.init(params))
+    assert seen == [["b", "w"], ["b", "w"]]  # (adapt_mask and weight_decay_mask)
+    for label in ("params", "per leaf"):
+        for key in params:
+            np.testing.assert_array_equal(runs[label][key], runs["tree"][key])
+    for bad in (lambda: True, lambda a, b, c: True):
+        with pytest.raises(lm.LarsMultiTypeError, match="adapt_mask: expected a callable"):
+            lm.optim.lars(LR, adapt_mask=bad)
+
+
+def test_timm_adapts_only_where_a_scheduled_weight_decay_is_nonzero(backend, problem):
+    """timm adapts a layer only where lambda != 0 (without always_adapt): a schedule's
+    value, an array that is not read on the host, counts as timm's check does."""
+    params, grads = problem
+
+    def opt(weight_decay):
+        return lm.optim.lars(LR, weight_decay=weight_decay, trust_coefficient=TRUST, preset="timm")
+
+    zero = native(backend, 0.0, "float32")
+    want, _ = run_lib(backend, opt(0.0), params, grads, "float32", steps=3)
+    got, _ = run_lib(backend, opt(lambda count: zero), params, grads, "float32", steps=3)
+    assert max_diff(got, tmap(to_numpy, want)) == 0.0
+    decay = native(backend, 1e-3, "float32")
+    want, _ = run_lib(backend, opt(1e-3), params, grads, "float32", steps=3)
+    got, _ = run_lib(backend, opt(lambda count: decay), params, grads, "float32", steps=3)
+    assert max_diff(got, tmap(to_numpy, want)) < 1e-6
 
 
 def test_momentum_state_missing_buffers():

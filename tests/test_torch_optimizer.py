@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 
 import pytest
 from conftest import torch_randn
@@ -420,10 +421,11 @@ P = [torch.nn.Parameter(torch.ones(2, 2))]
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"lr": -0.1}, lm.LarsMultiValueError, "learning_rate"),
-        ({"lr": "0.1"}, lm.LarsMultiTypeError, "learning_rate"),
+        ({"lr": -0.1}, lm.LarsMultiValueError, "^lr: expected a finite number >= 0"),
+        ({"lr": "0.1"}, lm.LarsMultiTypeError, "^lr: expected a number"),
         ({"lr": lambda t: 0.1}, lm.LarsMultiTypeError, "lr_scheduler"),
-        ({"lr": torch.ones(2)}, lm.LarsMultiValueError, "1-element"),
+        ({"lr": torch.ones(2)}, lm.LarsMultiValueError, "one element"),
+        ({"lr": torch.tensor(1)}, lm.LarsMultiValueError, "floating tensor"),
         ({"lr": 0.1, "momentum": 1.5}, lm.LarsMultiValueError, "momentum"),
         ({"lr": 0.1, "weight_decay": -1.0}, lm.LarsMultiValueError, "weight_decay"),
         ({"lr": 0.1, "nesterov": True, "dampening": 0.1}, lm.LarsMultiValueError, "nesterov"),
@@ -447,6 +449,180 @@ def test_bad_group_is_refused_and_not_added():
     with pytest.raises(lm.LarsMultiValueError, match="momentum"):
         LARS([{"params": P, "momentum": 2.0}], lr=0.1)
     assert len(opt.param_groups) == 1
+
+
+# --- a refused step writes nothing -------------------------------------------------------
+
+
+def _stepped_groups(**kw):
+    """An optimizer of two groups after one step (its buffers made), with new gradients."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))
+    opt = LARS([{"params": [a]}, {"params": [b]}], lr=0.1, momentum=0.9, weight_decay=1e-3, **kw)
+    a.grad, b.grad = torch.randn(4, 3), torch.randn(3)
+    opt.step()
+    a.grad, b.grad = torch.randn(4, 3), torch.randn(3)
+    return opt
+
+
+def _snapshot(opt):
+    params = [p.detach().clone() for group in opt.param_groups for p in group["params"]]
+    buffers = {id(p): s["momentum_buffer"].clone() for p, s in opt.state.items()}
+    return params, buffers
+
+
+def _assert_unchanged(opt, before):
+    params, buffers = _snapshot(opt)
+    assert all(torch.equal(x, y) for x, y in zip(params, before[0]))
+    assert buffers.keys() == before[1].keys()
+    assert all(torch.equal(buffers[k], before[1][k]) for k in buffers)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"momentum": 1.5}, lm.LarsMultiValueError, "momentum"),
+        ({"preset": "bogus"}, lm.LarsMultiValueError, "preset"),
+        ({"nesterov": "yes"}, lm.LarsMultiTypeError, "nesterov"),
+        ({"lr": math.nan}, lm.LarsMultiValueError, "^lr: expected a finite number >= 0, got nan"),
+        ({"lr": -0.1}, lm.LarsMultiValueError, "^lr: expected a finite number >= 0"),
+        (
+            {"lr": 1e39},
+            lm.LarsMultiValueError,
+            r"^lr: expected a number that fits float32 .*param_groups\[1\]",
+        ),
+        ({"lr": torch.tensor([0.1, 0.2])}, lm.LarsMultiValueError, "^lr: .*one element"),
+        ({"weight_decay": -1.0}, lm.LarsMultiValueError, "^weight_decay: expected a finite number >= 0"),
+        ({"weight_decay": torch.tensor(0.1)}, lm.LarsMultiTypeError, "^weight_decay: expected a number"),
+        ({"maximize": "False"}, lm.LarsMultiTypeError, "^maximize: expected a bool"),
+        ({"adapt": 1}, lm.LarsMultiTypeError, "^adapt: expected None or a bool"),
+    ],
+    ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(f"{k}={x}" for k, x in v.items()),
+)
+def test_a_value_changed_on_a_later_group_is_refused_before_anything_is_written(change, error, match):
+    """Values set on a group after it was added are checked at every step, all groups
+    before the first is written."""
+    opt = _stepped_groups()
+    opt.param_groups[1].update(change)
+    before = _snapshot(opt)
+    with pytest.raises(error, match=match):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def _complex_parameter():
+    p = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    p.grad = torch.randn(3, dtype=torch.complex64)
+    return p, "complex64"
+
+
+def _integer_tensor():
+    t = torch.arange(6).reshape(2, 3)
+    t.grad = torch.ones(2, 3, dtype=torch.int64)
+    return t, "int64"
+
+
+def _expanded_tensor():
+    t = torch.zeros(1, 3).expand(2, 3)
+    t.grad = torch.ones(2, 3)
+    return t, "share memory"
+
+
+def _buffer_of_another_shape(opt):
+    p = opt.param_groups[1]["params"][0]
+    opt.state[p]["momentum_buffer"] = torch.zeros(5)
+    return None, "the momentum buffer of param_groups[1]['params'][0]: expected shape (3,)"
+
+
+@pytest.mark.parametrize(
+    "make", [_complex_parameter, _integer_tensor, _expanded_tensor, _buffer_of_another_shape]
+)
+def test_a_bad_tensor_in_a_later_group_is_refused_before_anything_is_written(make):
+    opt = _stepped_groups(foreach=False)
+    if make is _buffer_of_another_shape:
+        _, needle = make(opt)
+    else:
+        tensor, needle = make()
+        opt.add_param_group({"params": [tensor]})
+    before = _snapshot(opt)
+    with pytest.raises(lm.LarsMultiError) as info:
+        opt.step()
+    assert needle in str(info.value)
+    _assert_unchanged(opt, before)
+
+
+def test_load_state_dict_refuses_bad_values_and_loads_nothing():
+    opt = _stepped_groups()
+    saved = opt.state_dict()
+    bad = {**saved, "param_groups": [dict(g) for g in saved["param_groups"]]}
+    bad["param_groups"][1]["lr"] = math.nan
+    bad["state"] = {k: {"momentum_buffer": v["momentum_buffer"] + 1} for k, v in saved["state"].items()}
+    before = _snapshot(opt)
+    with pytest.raises(lm.LarsMultiValueError, match=r"^lr: "):
+        opt.load_state_dict(bad)
+    assert opt.param_groups[1]["lr"] == 0.1
+    _assert_unchanged(opt, before)
+
+
+def test_load_state_dict_refuses_buffers_of_parameters_in_another_order():
+    """torch pairs a saved state with the parameters by position: a state saved with the
+    parameters in another order pairs buffers with parameters of other shapes."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(8))
+    opt = LARS([a, b], lr=0.1)
+    a.grad, b.grad = torch.randn(8, 4), torch.randn(8)
+    opt.step()
+    reordered = LARS([b, a], lr=0.1)
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"expected a tensor of shape \(8,\).*got shape \(8, 4\)"
+    ):
+        reordered.load_state_dict(opt.state_dict())
+    assert not reordered.state
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1)])
+def test_one_element_tensor_lr_of_any_shape_steps_every_parameter(shape):
+    """A tensor learning rate of one element acts as a number on every parameter (0-d ones too)."""
+    results = []
+    for lr in (0.1, torch.full(shape, 0.1)):
+        torch.manual_seed(0)
+        params = [
+            torch.nn.Parameter(torch.randn(())),
+            torch.nn.Parameter(torch.randn(3)),
+            torch.nn.Parameter(torch.randn(2, 3)),
+        ]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        LARS(params, lr=lr, weight_decay=1e-3).step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_refused_step_makes_no_buffers():
+    """timm starts a buffer at r u on its parameter's first step: a step refused (here:
+    overlapping parameters given different values) must not leave buffers that make
+    the next step a later one."""
+    base = torch.randn(10, 4)
+    g1, g2 = torch.randn(6, 4), torch.randn(6, 4)
+    kw = dict(lr=0.1, momentum=0.9, dampening=0.5, weight_decay=1e-2, preset="timm")
+    results = []
+    for refused_first in (True, False):
+        b = base.clone()
+        first, second = b[:6].requires_grad_(True), b[4:].requires_grad_(True)
+        opt = LARS([first, second], **kw)
+        if refused_first:
+            first.grad, second.grad = g1.clone(), g2.clone()
+            with pytest.raises(lm.LarsMultiValueError):
+                opt.step()
+            assert not opt.state
+            second.grad = None
+        else:
+            first.grad = g1.clone()
+        opt.step()
+        results.append(b)
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 
 def test_lazy_front_door_imports():
