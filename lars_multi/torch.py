@@ -250,11 +250,22 @@ class LARS(torch.optim.Optimizer):
     def _check_tensors(
         self, params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None]
     ) -> None:
-        """Floating parameters that can be written in place, gradients and buffers like them."""
-        if _fine(params, grads, buffers):
+        """Floating parameters that can be written in place, and kept momentum buffers
+        of their shapes. (torch keeps each ``.grad`` of its parameter's dtype, shape and
+        device, and casts a loaded buffer to its parameter's dtype and device.) The
+        common case is asked of the lists at once; the others one by one, with messages."""
+        floats = _OPS.FLOAT_DTYPES
+        if all([p.dtype in floats and 0 not in p.stride() and not p.is_inference() for p in params]) and all(
+            [b is None or b.shape == p.shape for p, b in zip(params, buffers)]
+        ):
             return
+        labels = {
+            id(p): f"param_groups[{g}]['params'][{k}]"
+            for g, group in enumerate(self.param_groups)
+            for k, p in enumerate(group["params"])
+        }
         for p, g, b in zip(params, grads, buffers):
-            label = self._label(p, False)
+            label = labels[id(p)]
             _checks.check_weights(label, p, _OPS)
             reason = _OPS.unwritable(p)
             if reason is not None:
@@ -381,18 +392,6 @@ def _step_group(
             writes += zip(ws, new_ws, ws, [False] * len(ws))
             writes += zip(bs, new_bs, ws, [True] * len(ws))  # (None: no buffer)
     return made
-
-
-def _fine(params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None]) -> bool:
-    """The common case, asked of the lists at once: floating parameters that can be
-    written, gradients and buffers (those made already) like them."""
-    kept = [b for b in buffers if b is not None]
-    return (
-        all([p.dtype in _OPS.FLOAT_DTYPES for p in params])
-        and _OPS.alike(grads, params)
-        and (not kept or _OPS.alike(kept, [p for p, b in zip(params, buffers) if b is not None]))
-        and _OPS.all_writable(params)
-    )
 
 
 def _check_fits(lr: Any, params: list[torch.Tensor], label: Callable[[torch.Tensor, bool], str]) -> None:
