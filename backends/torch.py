@@ -318,11 +318,12 @@ _BATCH_BYTES = 4 << 20
 
 
 def batches(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
-    """The layers by (device, dtype); on CPUs and for halves, in consecutive
-    batches of about ``_BATCH_BYTES`` (in float32 for halves)."""
+    """The layers by (device, dtype, type: a ``_foreach`` kernel takes plain tensors
+    or DTensors, not both); on CPUs and for halves, in consecutive batches of about
+    ``_BATCH_BYTES`` (in float32 for halves)."""
     return _batching.batches(
         ws,
-        key=lambda w: (w.device, w.dtype),
+        key=lambda w: (w.device, w.dtype, type(w)),
         nbytes=lambda w: w.nelement() * (4 if w.dtype in _HALF else w.element_size()),
         budget=lambda key: _BATCH_BYTES if key[0].type == "cpu" or key[1] in _HALF else None,
     )

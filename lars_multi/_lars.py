@@ -20,7 +20,7 @@ from ._presets import REFERENCE
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
 from ._step import LayerFlags, StepConfig, lars_step, put, take
-from ._tree import Flat, Path, flatten_optree, is_leaf, leaves_like, present
+from ._tree import Flat, Path, flatten_optree, is_leaf, is_single, leaves_like, present
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
 _RULE = StepConfig(REFERENCE, eps=REFERENCE.eps)
@@ -122,7 +122,7 @@ def _update_one(
         )
         return Array(new, name) if isinstance(w, Array) else new
     target = _checks.check_out(out, w_data, ("out", "w", None, False), name, ops)
-    late = must_write_late(ops, [target], [w_data], [g])
+    late = must_write_late(ops, [target], [w_data], [g, *array_values(ops, [rate, decay])])
     writable = ops.unwritable(target) is None
     (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late, writable=writable)
     write_all(ops, [target], [new], lambda i: "out")
@@ -262,7 +262,7 @@ def _per_leaf(
     check: Callable[[Any, Any], Any],
 ) -> list[Any]:
     """``check``-ed values, one per active leaf of ``w``; a single value is checked once."""
-    if is_leaf(value):
+    if is_single(value, flat):
         checked = check(arg, value)
         _check_fit(arg, checked, ws, [flat.paths[i] for i in active], ops)
         return [checked] * len(active)

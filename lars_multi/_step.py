@@ -352,8 +352,12 @@ def _step(
         outs = ws
     if buffers is None:  # no momentum
         buffers = [None] * n
-    if stop and outs is None:
+    if stop and outs is None:  # the result cut from the graph: nothing it is made of is traced
         ws, gs = ops.stop_gradients(ws), ops.stop_gradients(gs)
+        if type(lr) is not float:
+            lr = ops.stop_gradient(lr)
+        if weight_decay is not None and type(weight_decay) is not float:
+            weight_decay = ops.stop_gradient(weight_decay)
     wcs, gcs = _computed(ops, ws), _computed(ops, gs)
     # A batch is of one dtype: rates in its compute dtype (a number stays a number).
     if type(lr) is not float:

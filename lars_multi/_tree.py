@@ -149,7 +149,7 @@ def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> lis
     a single value, or a value where ``w`` has a subtree, serves every layer
     below it.
     """
-    if broadcast and _single(value, w):
+    if broadcast and is_single(value, w):
         return [value] * len(w.leaves)
     if not _registry.is_compiling():  # (optree cannot be traced on trees of numbers)
         leaves = w.leaves_of(value)
@@ -167,7 +167,7 @@ def present(leaves: Sequence[Any]) -> list[int]:
     return [i for i, leaf in enumerate(leaves) if leaf is not None]
 
 
-def _single(value: Any, w: Flat) -> bool:
+def is_single(value: Any, w: Flat) -> bool:
     """Whether ``value`` is one value, not a tree (a module is a tree to JAX)."""
     if not is_leaf(value) or isinstance(value, Container):
         return False
@@ -194,7 +194,10 @@ class _Walker:
             if self.broadcast and (node is None or (is_leaf(node) and not _is_node(node, entry))):
                 return node
             self._check_node(node, w_node, path[:depth])
-            node, w_node = _child(node, entry), _child(w_node, entry)
+            try:
+                node, w_node = _child(node, entry), _child(w_node, entry)
+            except (TypeError, AttributeError, LookupError):  # a node of its own kind, not walkable
+                self._mismatch(path[:depth], f"the structure of {Path('w', path[:depth])}, got another")
         if _is_tree(node) and not _is_tree(w_node):
             self._mismatch(path, f"a single array like {Path('w', path)}, got a {type(node).__name__}")
         return node
@@ -224,6 +227,8 @@ class _Walker:
         ):
             got = f"a {type(node).__name__} of {len(node)}" if _is_tree(node) else type(node).__name__
             self._mismatch(prefix, f"a sequence of {len(w_node)} like {w_here}, got {got}")
+        elif not _is_tree(w_node) and type(node) is not type(w_node):  # a registered node (a module)
+            self._mismatch(prefix, f"a {type(w_node).__name__} like {w_here}, got {type(node).__name__}")
         self.checked.add(prefix)
 
 

@@ -66,7 +66,16 @@ def _matches(patterns: list[str], variable: Any) -> bool:
     names = [
         str(n) for n in (getattr(variable, "path", None), getattr(variable, "name", None)) if n is not None
     ]
-    return any(p in n or re.search(p, n) is not None for p in patterns for n in names)
+    return any(p in n or _search(p, n) for p in patterns for n in names)
+
+
+def _search(pattern: str, name: str) -> bool:
+    """Whether the regular expression ``pattern`` occurs in ``name``; a pattern that is
+    not a regular expression (``"block("``) is a substring only."""
+    try:
+        return re.search(pattern, name) is not None
+    except re.error:
+        return False
 
 
 if keras is not None:
@@ -114,7 +123,7 @@ if keras is not None:
             decay = 0.0 if weight_decay is None else weight_decay
             # Checks every hyper-parameter and makes the rule's configuration.
             checked = optim.lars(
-                0.0,
+                learning_rate if isinstance(learning_rate, int | float) else 0.0,  # (a schedule: Keras')
                 momentum=momentum,
                 nesterov=nesterov,
                 dampening=dampening,
@@ -161,6 +170,14 @@ if keras is not None:
             self.momentums = []
             if self.momentum != 0:
                 self.momentums = [self.add_variable_from_reference(v, "momentum") for v in var_list]
+            # timm starts a buffer at r u on its variable's first update (a variable may get
+            # its first gradient late): one flag per variable, 1 once started.
+            self._lars_started = []
+            if self.momentum != 0 and not self._lars_config.preset.lr_in_buffer:
+                self._lars_started = [
+                    self.add_variable((), dtype="float32", name=f"lars_started_{i}")
+                    for i in range(len(var_list))
+                ]
 
         def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
             """One LARS step on one variable, by the shared rule."""
@@ -174,7 +191,7 @@ if keras is not None:
             decay = self._decay()
             if decay is not None and not isinstance(decay, float):
                 decay = keras.ops.cast(decay, dtype)
-            first = keras.ops.equal(self.iterations, 0)
+            first = self._first([index])
             ops = get_backend(backend_of(w) or keras.backend.backend())
             (new_w,), (new_buffer,) = lars_step(
                 ops, self._lars_config, self._lars_flags[index], [w], [g], [buffer], lr, decay, first
@@ -182,6 +199,18 @@ if keras is not None:
             self.assign(variable, new_w)
             if momentum is not None:
                 self.assign(momentum, new_buffer)
+            self._start([index])
+
+        def _first(self, indices: list[int]) -> Any:
+            """Whether each variable's buffer starts now (timm), one traced value per
+            variable; False where buffers need no start."""
+            if not self._lars_started:
+                return False
+            return [keras.ops.equal(self._lars_started[i], 0.0) for i in indices]
+
+        def _start(self, indices: list[int]) -> None:
+            for i in indices if self._lars_started else ():
+                self._lars_started[i].assign(1.0)
 
         def _backend_update_step(self, grads: list[Any], variables: list[Any], learning_rate: Any) -> None:
             """Every variable in one shared step over the list of layers where Keras runs
@@ -199,15 +228,16 @@ if keras is not None:
                 adapt=tuple(self._lars_flags[i].adapt[0] for i in indices),
                 decay=tuple(self._lars_flags[i].decay[0] for i in indices),
             )
-            first = keras.ops.equal(self.iterations, 0)
             ops = get_backend("tensorflow")
+            first = self._first(indices)
             lars_step(ops, self._lars_config, flags, ws, gs, buffers, learning_rate, self._decay(), first, ws)
+            self._start(indices)
 
         def _decay(self) -> Any:
             """LARS's weight decay now: a number, a schedule's value, or None for 0."""
             decay = self.lars_weight_decay
-            if callable(decay):
-                return decay(self.iterations)
+            if callable(decay):  # on the clock Keras asks the learning rate's schedule on
+                return decay(self._iterations)
             return None if decay == 0 else decay
 
         def get_config(self) -> dict[str, Any]:

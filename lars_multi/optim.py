@@ -430,7 +430,8 @@ def lars(
     chosen: Preset = get_preset(preset)
     _number("momentum", momentum, high=1.0)
     _number("dampening", dampening, high=1.0)
-    _number("trust_coefficient", trust_coefficient)
+    if _number("trust_coefficient", trust_coefficient) == 0:  # (r = 0: adapted layers would never move)
+        raise LarsMultiValueError("trust_coefficient: expected a number > 0, got 0")
     if eps is not None:
         _number("eps", eps)
     for name, flag in (("nesterov", nesterov), ("trust_clip", trust_clip), ("always_adapt", always_adapt)):

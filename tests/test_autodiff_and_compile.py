@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_layer_close, require_backend, run_python, to_numpy
+from conftest import assert_layer_close, native, require_backend, run_python, to_numpy
 
 import lars_multi as lm
 
@@ -84,6 +84,39 @@ def test_torch_stop_gradients():
     mixed = lm.lars_update([w, w], [g, g], 0.1, stop_gradients=[True, False])
     assert not mixed[0].requires_grad and mixed[1].requires_grad
     assert_layer_close(mixed[1], W, G, 0.1, 0.0, "float32")
+
+
+def test_stop_gradients_cuts_differentiable_rates_too(backend_name):
+    """The result is cut from the graph even where lr and decay_lambda are arrays
+    the graph differentiates: no gradient reaches them through the result."""
+    if backend_name == "numpy":
+        pytest.skip("NumPy has no autodiff")
+    w, g = native(backend_name, W), native(backend_name, G)
+    if backend_name == "torch":
+        import torch
+
+        lr = torch.tensor(0.1, requires_grad=True)
+        decay = torch.tensor(0.2, requires_grad=True)
+        for tree in (False, True):
+            new = lm.lars_update({"a": w} if tree else w, {"a": g} if tree else g, lr, decay_lambda=decay)
+            new = new["a"] if tree else new
+            assert not new.requires_grad and new.grad_fn is None
+        return
+    if backend_name == "jax":
+        import jax
+
+        def loss(lr, decay):
+            return lm.lars_update({"a": w}, {"a": g}, lr, decay_lambda=decay)["a"].sum()
+
+        grads = jax.grad(loss, argnums=(0, 1))(0.1, 0.2)
+        assert [float(x) for x in grads] == [0.0, 0.0]
+        return
+    import tensorflow as tf
+
+    lr, decay = tf.Variable(0.1), tf.Variable(0.2)
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(lm.lars_update(w, g, lr, decay_lambda=decay))
+    assert all(x is None for x in tape.gradient(total, [lr, decay]))
 
 
 # --- jax -----------------------------------------------------------------------------

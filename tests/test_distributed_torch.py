@@ -59,7 +59,7 @@ def test_lars_update_on_dtensors(tmp_path):
 
 def test_torch_lars_on_dtensors(tmp_path):
     """``lm.torch.LARS`` (momentum, weight decay) on DTensor parameters, 5 steps,
-    equals the optimizer on the full tensors."""
+    equals the optimizer on the full tensors; also with a plain tensor in the group."""
     for report in run_ranks("dtensor_optimizer", tmp_path):
         for variant, rel in report["max_rel"].items():
             assert rel <= REL_TOL, (variant, report)
@@ -246,16 +246,18 @@ def case_dtensor_optimizer(mesh: Any) -> dict[str, Any]:
     hyper = {**HYPER, "weight_decay": 1e-2}
 
     def run(place, foreach):
-        params = {
-            k: torch.nn.Parameter(
-                v.clone() if place is None else distribute_tensor(v.clone(), mesh, place[k])
+        def placed(k, v):  # (a placement of None: a plain tensor, as in a partly sharded model)
+            return (
+                v.clone()
+                if place is None or place[k] is None
+                else distribute_tensor(v.clone(), mesh, place[k])
             )
-            for k, v in init.items()
-        }
+
+        params = {k: torch.nn.Parameter(placed(k, v)) for k, v in init.items()}
         opt = lm.torch.LARS(params.values(), foreach=foreach, **hyper)
         for step in grads:
             for k, p in params.items():
-                p.grad = step[k].clone() if place is None else distribute_tensor(step[k], mesh, place[k])
+                p.grad = placed(k, step[k])
             opt.step()
         return {k: _full(p.detach()) for k, p in params.items()}
 
@@ -263,6 +265,7 @@ def case_dtensor_optimizer(mesh: Any) -> dict[str, Any]:
         "shard": {k: [Shard(0)] for k in shapes},
         "replicate": {k: [Replicate()] for k in shapes},
         "mixed": {"a": [Shard(0)], "b": [Replicate()], "c": [Shard(1)]},
+        "dtensors_and_a_plain_tensor": {"a": [Shard(0)], "b": None, "c": [Shard(1)]},
     }
     max_rel = {}
     for foreach in (False, True):

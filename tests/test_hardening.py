@@ -9,6 +9,7 @@ import collections
 import re
 
 import numpy as np
+import optree
 import pytest
 from conftest import assert_layer_close, native, reference_layer, require_backend, run_python, to_numpy
 
@@ -463,7 +464,81 @@ def test_jax_failed_or_aliased_calls_never_delete_inputs():
         np.asarray(data)  # still alive: raises if the buffer was donated
 
 
-# --- torch: nothing written unless everything can be ----------------------------------------------
+@pytest.mark.parametrize("arg", ["lr", "decay_lambda"])
+def test_jax_rate_that_is_the_donated_weights(arg):
+    """One array, out=w (its buffer donated), with the rate being that same buffer: the
+    rate is read before the weights are replaced, as for a tree."""
+    require_backend("jax")
+    import jax.numpy as jnp
+
+    x = jnp.asarray(0.5, dtype=jnp.float32)
+    handle = lm.Array(x)
+    g = jnp.asarray(0.25, dtype=jnp.float32)
+    want = lm.lars_update(
+        jnp.asarray(0.5), g, 0.5 if arg == "lr" else 0.1, **({arg: 0.5} if arg != "lr" else {})
+    )
+    kwargs = {"decay_lambda": x} if arg == "decay_lambda" else {}
+    lm.lars_update(handle, g, x if arg == "lr" else 0.1, out=handle, **kwargs)
+    np.testing.assert_allclose(np.asarray(handle.data), np.asarray(want), rtol=1e-6)
+
+
+class _Pair:
+    """A node of its own kind, registered with optree (lars_multi's namespace) as two children."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+
+optree.register_pytree_node(
+    _Pair,
+    lambda n: ((n.a, n.b), None, ("a", "b")),
+    lambda _, children: _Pair(*children),
+    namespace="lars_multi",
+)
+
+
+def test_a_registered_node_against_another_structure_is_a_value_error():
+    w, g = _Pair(W, W * 2), _Pair(G, G)
+    for arg, call in [
+        ("dcdw", lambda: lm.lars_update(w, {"a": G, "b": G}, 0.1)),
+        ("lr", lambda: lm.lars_update(w, g, {"a": 0.1, "b": 0.2})),
+        ("decay_lambda", lambda: lm.lars_update(w, g, 0.1, decay_lambda=[0.1, 0.2])),
+    ]:
+        with pytest.raises(lm.LarsMultiValueError, match=f"^{arg}: expected the structure of w"):
+            call()
+
+
+def test_rates_as_a_tree_of_the_weights_registered_node():
+    w, g = _Pair(W, W * 2), _Pair(G, G)
+    new = lm.lars_update(w, g, _Pair(0.1, 0.3), decay_lambda=_Pair(0.0, 0.5))
+    assert_layer_close(new.a, W, G, 0.1, 0.0, "float32")
+    assert_layer_close(new.b, W * 2, G, 0.3, 0.5, "float32")
+
+
+def test_jax_rates_as_a_tree_of_a_registered_pytree():
+    """On JAX every registered pytree is a tree: per-layer rates shaped like the weights' module."""
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    @jax.tree_util.register_pytree_with_keys_class
+    class Module:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def tree_flatten_with_keys(self):
+            return ((jax.tree_util.GetAttrKey("x"), self.x), (jax.tree_util.GetAttrKey("y"), self.y)), None
+
+        @classmethod
+        def tree_unflatten(cls, aux, children):
+            return cls(*children)
+
+    w, g = Module(jnp.asarray(W), jnp.asarray(W * 2)), Module(jnp.asarray(G), jnp.asarray(G))
+    new = lm.lars_update(w, g, Module(0.1, 0.3))
+    assert_layer_close(np.asarray(new.x), W, G, 0.1, 0.0, "float32")
+    assert_layer_close(np.asarray(new.y), W * 2, G, 0.3, 0.0, "float32")
+    with pytest.raises(lm.LarsMultiValueError, match=r"^dcdw: expected the structure of w"):
+        lm.lars_update(w, {"x": jnp.asarray(G), "y": jnp.asarray(G)}, 0.1)
 
 
 def _torch_tree():

@@ -14,6 +14,7 @@ import importlib.util
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from conftest import backends_to_test, require_backend, run_python
 
@@ -42,12 +43,13 @@ def _model():
 
 
 class _Exponential:
-    # ExponentialDecay(initial, 10, rate) of the step count, for lars_multi.optim
-    def __init__(self, initial, rate):
-        self.initial, self.rate = initial, rate
+    # ExponentialDecay(initial, 10, rate) of the step count, for lars_multi.optim; at
+    # step every * count + shift (Keras asks schedules at its count of micro-batches)
+    def __init__(self, initial, rate, every=1, shift=0):
+        self.initial, self.rate, self.every, self.shift = initial, rate, every, shift
 
     def __call__(self, count):
-        return self.initial * self.rate ** (float(count) / 10)
+        return self.initial * self.rate ** (float(self.every * int(count) + self.shift) / 10)
 
 
 CASES = {
@@ -65,6 +67,20 @@ CASES = {
         dict(learning_rate=_Exponential(0.5, 0.5), weight_decay=_Exponential(1e-2, 0.1),
              nesterov=True, trust_coefficient=0.02, preset="timm"),
     ),
+    # timm starts a buffer at r u on its own variable's first update: "hidden/kernel" gets
+    # no gradient at the first call
+    "timm_late_gradient_dampening": (
+        dict(learning_rate=0.5, weight_decay=1e-2, dampening=0.5, trust_coefficient=0.02, preset="timm"),
+        dict(learning_rate=0.5, weight_decay=1e-2, dampening=0.5, trust_coefficient=0.02, preset="timm"),
+    ),
+    # two micro-batches per update (their mean gradient); both schedules on one clock
+    "accumulation_schedules": (
+        dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(0.5, 10, 0.5),
+             weight_decay=keras.optimizers.schedules.ExponentialDecay(0.5, 10, 0.5),
+             trust_coefficient=0.02, gradient_accumulation_steps=2),
+        dict(learning_rate=_Exponential(0.5, 0.5, every=2, shift=1),
+             weight_decay=_Exponential(0.5, 0.5, every=2, shift=1), trust_coefficient=0.02),
+    ),
     "optax_dampening_clip": (
         dict(learning_rate=0.5, weight_decay=1e-3, dampening=0.1, trust_clip=True, eps=1e-6, preset="optax"),
         dict(learning_rate=0.5, weight_decay=1e-3, dampening=0.1, trust_clip=True, eps=1e-6, preset="optax"),
@@ -79,12 +95,19 @@ def check_apply_gradients(name):
     optimizer = lars_multi.keras.LARS(**ours)
     rng = np.random.default_rng(0)
     grads = [[rng.normal(size=v.shape).astype("float32") for v in variables] for _ in range(4)]
+    if "late" in name:
+        grads[0][0] = None
     params = [_numpy(v) for v in variables]
+    optimizer.build(variables)  # (as model.fit does: every variable, whether it gets a gradient or not)
     for gs in grads:
-        optimizer.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in gs], variables))
+        pairs = [(keras.ops.convert_to_tensor(g), v) for g, v in zip(gs, variables) if g is not None]
+        optimizer.apply_gradients(pairs)
     opt = lm.optim.lars(**reference)
     state = opt.init(params)
-    for gs in grads:
+    every = ours.get("gradient_accumulation_steps") or 1
+    for k in range(0, len(grads), every):
+        gs = [None if g is None else np.mean([grads[j][i] for j in range(k, k + every)], axis=0)
+              for i, g in enumerate(grads[k])]
         params, state = opt.step(params, gs, state)
     err = max(float(np.abs(_numpy(v) - p).max()) for v, p in zip(variables, params))
     momentum_err = max(
@@ -153,17 +176,28 @@ def check(folder, cases=tuple(CASES)):
 """
 
 SUBPROCESS_BACKENDS = ("jax", "torch")
-ALL_CASES = ("paper_patterns", "timm_nesterov_schedules", "optax_dampening_clip")
-# The other Keras backends run the case that exercises most (schedules, Nesterov, the
-# timm preset's first step) and the fit / save / load round trip.
-ESSENTIAL_CASES = ("timm_nesterov_schedules",)
+ALL_CASES = (
+    "paper_patterns",
+    "timm_nesterov_schedules",
+    "timm_late_gradient_dampening",
+    "accumulation_schedules",
+    "optax_dampening_clip",
+)
+# The other Keras backends run the cases that exercise most (schedules, Nesterov, the
+# timm preset's first step of each variable) and the fit / save / load round trip.
+ESSENTIAL_CASES = ("timm_nesterov_schedules", "timm_late_gradient_dampening")
+UPDATES = {"accumulation_schedules": 2}  # optimizer.iterations after the 4 calls (else 4)
 
 
 def _check_result(result, backend):
     assert result["backend"] == backend
     for name in ALL_CASES if backend == "tensorflow" else ESSENTIAL_CASES:
         case = result[name]
-        assert case["err"] < 1e-6 and case["momentum_err"] < 1e-6 and case["iterations"] == 4, (name, case)
+        updates = UPDATES.get(name, 4)
+        assert case["err"] < 1e-6 and case["momentum_err"] < 1e-6 and case["iterations"] == updates, (
+            name,
+            case,
+        )
     fit = result["fit"]
     assert fit["trained"] and fit["moved"], fit
     assert fit["type"] == "LARS" and fit["n_momentums"] == 4, fit
@@ -219,4 +253,20 @@ def test_bad_arguments_are_lars_multi_errors():
         lars_multi.keras.LARS(0.1, momentum=2.0)
     with pytest.raises(lm.LarsMultiTypeError, match="exclude_from_adaptation"):
         lars_multi.keras.LARS(0.1, exclude_from_adaptation=[3])
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(lm.LarsMultiValueError, match="learning_rate"):
+            lars_multi.keras.LARS(bad)
+    with pytest.raises(lm.LarsMultiValueError, match="trust_coefficient"):
+        lars_multi.keras.LARS(0.1, trust_coefficient=0.0)
     assert lm.keras.LARS is lars_multi.keras.LARS
+
+
+def test_a_pattern_that_is_not_a_regular_expression_is_a_substring():
+    keras = pytest.importorskip("keras")
+    import lars_multi.keras
+
+    optimizer = lars_multi.keras.LARS(0.1, exclude_from_adaptation=["block(", "head"])
+    inside = keras.Variable(np.ones((2, 2), "float32"), name="block(1)")
+    outside = keras.Variable(np.ones((2, 2), "float32"), name="other")
+    optimizer.build([inside, outside])
+    assert [flags.adapt for flags in optimizer._lars_flags] == [(False,), (True,)]
