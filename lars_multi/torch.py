@@ -414,15 +414,17 @@ def _aliased(work: list[_GroupStep]) -> bool:
 
 def param_groups(
     model: torch.nn.Module,
-    exclude: Sequence[str] = ("bias", "bn", "norm"),
+    exclude: Sequence[str] = (),
     **group_overrides: Any,
 ) -> list[dict[str, Any]]:
     """``model``'s trainable parameters in two groups, for :class:`LARS`.
 
     The first group is adapted and decayed; the second holds the parameters
-    with at most one dimension and those whose name contains one of
-    ``exclude`` (case-insensitive), with ``adapt=False, decay=False``, as
-    large-batch practice does for biases and normalization scales.
+    with at most one dimension (biases, normalization scales: as timm's
+    ``param_groups_weight_decay`` and large-batch practice leave out) and those
+    whose name contains one of ``exclude`` (case-insensitive substrings, e.g.
+    ``("pos_embed",)``), with ``adapt=False, decay=False``. No name is excluded
+    by default: a substring such as ``"bn"`` would also catch ``"subnet.weight"``.
     ``group_overrides`` (e.g. ``lr=...``) go into both groups; empty groups are left out.
     """
     if isinstance(exclude, str):

@@ -382,19 +382,26 @@ class Net(torch.nn.Module):
         self.fc = torch.nn.Linear(4, 8)
         self.bn = torch.nn.BatchNorm1d(8)
         self.norm_proj = torch.nn.Linear(8, 8, bias=False)
+        self.subnet = torch.nn.Linear(8, 8, bias=False)  # (contains "bn")
         self.head = torch.nn.Linear(8, 2)
         self.frozen = torch.nn.Linear(2, 2)
         self.frozen.requires_grad_(False)
 
     def forward(self, x):
-        return self.head(self.norm_proj(self.bn(self.fc(x))))
+        return self.head(self.subnet(self.norm_proj(self.bn(self.fc(x)))))
 
 
 def test_param_groups_splits_matrices_from_biases_and_norms():
     net = Net()
-    groups = param_groups(net, lr=0.5)
-    assert [len(g["params"]) for g in groups] == [2, 5]
-    assert groups[0]["params"][0] is net.fc.weight and groups[0]["params"][1] is net.head.weight
+    adapted = [net.fc.weight, net.norm_proj.weight, net.subnet.weight, net.head.weight]
+    default = param_groups(net)
+    assert [len(g["params"]) for g in default] == [4, 4]  # by dimension only
+    assert all(p is q for p, q in zip(default[0]["params"], adapted))
+    groups = param_groups(net, exclude=("NORM", "bias"), lr=0.5)
+    assert [len(g["params"]) for g in groups] == [3, 5]
+    assert [
+        p is q for p, q in zip(groups[0]["params"], [net.fc.weight, net.subnet.weight, net.head.weight])
+    ] == [True] * 3
     assert (groups[0]["adapt"], groups[0]["decay"], groups[1]["adapt"], groups[1]["decay"]) == (
         True,
         True,
@@ -403,7 +410,6 @@ def test_param_groups_splits_matrices_from_biases_and_norms():
     )
     assert groups[0]["lr"] == groups[1]["lr"] == 0.5
     assert any(p is net.norm_proj.weight for p in groups[1]["params"])  # excluded by name
-    assert [len(g["params"]) for g in param_groups(net, exclude=())] == [3, 4]
 
     opt = LARS(groups, lr=0.1, weight_decay=0.1, trust_coefficient=0.02)
     net(torch.randn(5, 4)).sum().backward()
