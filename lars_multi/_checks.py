@@ -12,7 +12,7 @@ import math
 import numbers
 import operator
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -340,6 +340,25 @@ def check_fits(path: Any, value: Any, w: Any, w_path: Any, ops: Backend) -> None
             f"{path}: expected a number that fits {_dtype(ops, w)} (the dtype of {w_path}), got {value!r}, "
             "which overflows it to inf"
         )
+
+
+# Finite in every compute dtype (float32 at least: halves compute in float32).
+_FITS_EVERY_DTYPE = 3.0e38
+
+
+def check_fit_all(arg: Any, value: Any, ws: Sequence[Any], label: Callable[[int], Any], ops: Backend) -> None:
+    """A float hyper-parameter must be finite in the dtype every layer computes in
+    (``label(i)``: how a message names layer ``i``)."""
+    if type(value) is not float or -_FITS_EVERY_DTYPE < value < _FITS_EVERY_DTYPE:
+        return
+    for dtype in {x.dtype for x in ws}:
+        i = next(k for k, x in enumerate(ws) if x.dtype == dtype)
+        check_fits(arg, value, ws[i], label(i), ops)
+
+
+def named(label: Any) -> Callable[[int], Any]:
+    """A ``label`` argument of :func:`check_fit_all` for one layer."""
+    return lambda _: label
 
 
 def check_stop(path: Any, stop_gradients: Any) -> bool:

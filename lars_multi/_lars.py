@@ -7,7 +7,7 @@ raises a clear error and leaves ``out`` (and every input) as it was.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -24,8 +24,6 @@ from ._tree import Flat, Path, flatten_optree, is_leaf, is_single, leaves_like, 
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
 _RULE = StepConfig(REFERENCE, eps=REFERENCE.eps)
-# Finite in every compute dtype (float32 at least: halves compute in float32).
-_FITS_EVERY_DTYPE = 3.0e38
 # Every layer adapted and decayed, by (number of layers, mesh axis names).
 _FLAGS: dict[tuple[int, Any], LayerFlags] = {}
 _ONE_LAYER = LayerFlags.every(1)  # one array without out=: the step is called directly
@@ -112,9 +110,9 @@ def _update_one(
     g = _checks.check_gradient(dcdw, w_data, ("dcdw", "w", None, False), name, ops)
     rate = _checks.check_lr("lr", lr, name=name, ops=ops)
     decay = _checks.check_decay("decay_lambda", decay_lambda, name=name, ops=ops)
-    _check_fit("lr", rate, [w_data], [()], ops)
+    _checks.check_fit_all("lr", rate, [w_data], lambda i: "w", ops)
     if decay is not None:
-        _check_fit("decay_lambda", decay, [w_data], [()], ops)
+        _checks.check_fit_all("decay_lambda", decay, [w_data], lambda i: "w", ops)
     stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:
         (new,), _ = lars_step(
@@ -264,25 +262,16 @@ def _per_leaf(
     """``check``-ed values, one per active leaf of ``w``; a single value is checked once."""
     if is_single(value, flat):
         checked = check(arg, value)
-        _check_fit(arg, checked, ws, [flat.paths[i] for i in active], ops)
+        _checks.check_fit_all(arg, checked, ws, lambda k: Path("w", flat.paths[active[k]]), ops)
         return [checked] * len(active)
     leaves = leaves_like(arg, value, flat)
     values = []
     for i, x in zip(active, ws):
         path = Path(arg, flat.paths[i])
         checked = check(path, leaves[i])
-        _check_fit(path, checked, [x], [flat.paths[i]], ops)
+        _checks.check_fit_all(path, checked, [x], _checks.named(Path("w", flat.paths[i])), ops)
         values.append(checked)
     return values
-
-
-def _check_fit(arg: Any, value: Any, ws: Sequence[Any], paths: Sequence[Any], ops: Backend) -> None:
-    """A float hyper-parameter must be finite in the dtype every layer computes in."""
-    if type(value) is not float or -_FITS_EVERY_DTYPE < value < _FITS_EVERY_DTYPE:
-        return
-    for dtype in {x.dtype for x in ws}:
-        i = next(k for k, x in enumerate(ws) if x.dtype == dtype)
-        _checks.check_fits(arg, value, ws[i], Path("w", paths[i]), ops)
 
 
 def _run(

@@ -357,10 +357,6 @@ def _by_first(first: Any, n: int) -> list[tuple[list[int], Any]]:
     return [(indices, value) for value, indices in groups.items()]
 
 
-# The largest float32: a Python-number rate above it is inf in every compute dtype but float64.
-_FLOAT32_MAX = 3.4028234663852886e38
-
-
 def _rate_now(
     arg: str, rate: Any, count: Any, ws: list[Any], paths: list[Any], name: str, ops: Backend
 ) -> Any:
@@ -371,9 +367,7 @@ def _rate_now(
     value = rate
     if callable(rate):
         value = _checks.check_rate(f"{arg}(state.count)", rate(count), name=name, ops=ops)
-    if type(value) is float and value > _FLOAT32_MAX:
-        for w, entries in zip(ws, paths):
-            _checks.check_fits(arg, value, w, Path("params", entries), ops)
+    _checks.check_fit_all(arg, value, ws, lambda i: Path("params", paths[i]), ops)
     return value
 
 

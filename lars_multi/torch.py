@@ -61,8 +61,6 @@ _CONFIGS: dict[tuple[Any, ...], StepConfig] = {}
 
 # Settings a group saved by an older release may lack, with their defaults.
 _LATER_SETTINGS = {"adapt": None, "decay": None, "foreach": None, "maximize": False}
-# The largest float32: a number rate above it is inf in every compute dtype but float64.
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _check_group(group: dict[str, Any]) -> StepConfig:
@@ -293,7 +291,7 @@ class LARS(torch.optim.Optimizer):
                 with_momentum = self._init_group(group, params, grads, buffers)
                 if params:
                     lr, weight_decay = _rates(group)
-                    _check_fits(lr, params, self._label)
+                    _checks.check_fit_all("lr", lr, params, self._labels_of(params), _OPS)
                     work.append(
                         _GroupStep(
                             group, _config(group), lr, weight_decay, params, grads, buffers, with_momentum
@@ -311,6 +309,10 @@ class LARS(torch.optim.Optimizer):
             for p, buffer in made:  # kept once the step is written
                 self.state[p]["momentum_buffer"] = buffer
         return loss
+
+    def _labels_of(self, params: list[torch.Tensor]) -> Callable[[int], str]:
+        """How messages name ``params[i]``."""
+        return lambda i: self._label(params[i], False)
 
     def _label(self, param: torch.Tensor, buffer: bool) -> str:
         """A parameter by its place in ``param_groups``, or its momentum buffer, for messages."""
@@ -392,13 +394,6 @@ def _step_group(
             writes += zip(ws, new_ws, ws, [False] * len(ws))
             writes += zip(bs, new_bs, ws, [True] * len(ws))  # (None: no buffer)
     return made
-
-
-def _check_fits(lr: Any, params: list[torch.Tensor], label: Callable[[torch.Tensor, bool], str]) -> None:
-    """A number ``lr`` must be finite in every parameter's compute dtype."""
-    if type(lr) is float and lr > _FLOAT32_MAX:
-        for p in params:
-            _checks.check_fits("lr", lr, p, label(p, False), _OPS)
 
 
 def _aliased(work: list[_GroupStep]) -> bool:
