@@ -176,6 +176,10 @@ def norm(x: torch.Tensor, axis_name: Any = None) -> torch.Tensor:
         raise no_axis_name("axis_name", FRAMEWORK, axis_name)
     if x.dtype in _HALF:
         return torch.linalg.vector_norm(x, dtype=torch.float32)
+    if x.is_cpu and x.layout == torch.strided and _local(x) is x:
+        value = _blas_norm(x)
+        if value is not None:
+            return value
     return torch.linalg.vector_norm(x)
 
 
@@ -232,18 +236,18 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
 
 
 def _foreach_norms(xs: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    """Halves accumulated in float32; on a CPU, large contiguous layers by
-    :func:`_cpu_norm`, the others in one ``_foreach_norm``."""
+    """Halves accumulated in float32; on a CPU, large layers that fill their memory
+    by BLAS ``dot`` (:func:`_blas_norm`), the others in one ``_foreach_norm``."""
     if dtype in _HALF:
         return list(torch._foreach_norm(xs, 2, dtype=torch.float32))
     if not xs[0].is_cpu:
         return list(torch._foreach_norm(xs))
-    large = [i for i, x in enumerate(xs) if x.numel() >= _DOT_ELEMENTS and x.is_contiguous()]
+    large = [i for i, x in enumerate(xs) if x.numel() >= _DOT_ELEMENTS]
     if not large:
         return list(torch._foreach_norm(xs))
     out: list[Any] = [None] * len(xs)
     for i in large:
-        out[i] = _cpu_norm(xs[i])
+        out[i] = _blas_norm(xs[i])
     small = [i for i, value in enumerate(out) if value is None]
     if small:
         for i, value in zip(small, torch._foreach_norm([xs[i] for i in small])):
@@ -255,12 +259,26 @@ def _foreach_norms(xs: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Ten
 _DOT_ELEMENTS = 1 << 14
 
 
-def _cpu_norm(x: torch.Tensor) -> torch.Tensor:
-    """The square root of a BLAS ``dot`` of a contiguous CPU tensor with itself:
-    it reads memory more than twice as fast as ``vector_norm``, and rounds no
-    worse. (MKL's ``dot`` sums in an order set by the data's alignment: a layer
-    at the same offset of its allocation gets the same norm on every run.)"""
-    flat = x.view(-1)
+def _blas_norm(x: torch.Tensor) -> torch.Tensor | None:
+    """The norm of a large CPU layer whose elements fill their memory (contiguous, or
+    transposed: contiguous once its dimensions are put in the order of their
+    strides) by BLAS ``dot`` of a 1-D view of it: it reads memory more than twice as
+    fast as ``vector_norm`` and rounds far better than a reduction over a transposed
+    layer (2e-4 relative error on a million float32 elements, against 1e-6). (MKL's
+    ``dot`` sums in an order set by the data's alignment: a layer at the same offset
+    of its allocation gets the same norm on every run.) None for a small layer or
+    one with gaps between its elements."""
+    if x.numel() < _DOT_ELEMENTS:
+        return None
+    if x.is_contiguous():
+        flat = x.view(-1)
+    elif _registry.is_compiling():
+        return None
+    else:
+        ordered = x.permute(sorted(range(x.ndim), key=x.stride, reverse=True))
+        if not ordered.is_contiguous():
+            return None
+        flat = ordered.view(-1)
     return torch.dot(flat, flat).sqrt()
 
 

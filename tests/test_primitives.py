@@ -192,6 +192,38 @@ def test_norms_of_large_and_strided_layers(backend):
     np.testing.assert_allclose(got, want, rtol=2e-6)
 
 
+def _reordered_views(backend, values):
+    """Views of ``values`` (a C-contiguous float32 array, reshaped) whose elements fill
+    their memory in another order than their own: transposed, permuted and (NumPy,
+    which has negative strides) reversed, each with the values it holds."""
+    square = values.reshape(1024, -1)
+    views = {"transposed": square.T, "permuted": values.reshape(16, 64, 32, -1).transpose(0, 2, 3, 1)}
+    if backend == "numpy":
+        views |= {
+            "reversed": values[::-1],
+            "reversed-2d": square[::-1, ::-1],
+            "fortran": np.asfortranarray(square),
+        }
+        return {k: (v, v) for k, v in views.items()}
+    tensor = native(backend, values)
+    square_t = tensor.reshape(1024, -1)
+    natives = {"transposed": square_t.T, "permuted": tensor.reshape(16, 64, 32, -1).permute(0, 2, 3, 1)}
+    return {k: (natives[k], views[k]) for k in views}
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_norms_of_large_reordered_layers_are_as_accurate_as_contiguous_ones(backend_name):
+    """A million float32 elements read in memory order (BLAS): a reduction in the layer's
+    own order (NumPy's vdot on a reversed array, torch's on a transposed one) erred by 1e-4."""
+    require_backend(backend_name)
+    ops = get_backend(backend_name)
+    values = np.random.default_rng(5).random(1 << 20).astype(np.float32)
+    for name, (x, view) in _reordered_views(backend_name, values).items():
+        want = np.linalg.norm(view.astype(np.float64))
+        for got in (ops.norms([x, x])[0], ops.norm(x)):
+            assert abs(float(to_numpy(got)) - want) / want < 3e-6, name
+
+
 @pytest.mark.parametrize("mixed", [False, True], ids=["one-dtype", "mixed-dtypes"])
 def test_norms_of_many_layers(backend, mixed):
     """Many layers at once (NumPy takes one square root for all of one dtype): each
