@@ -70,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
-    if unknown:
-        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    if unknown or not names:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown) or text!r} (known: {', '.join(known)})")
     return names
 
 

@@ -685,7 +685,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def backends_from(text: str) -> list[str]:
     """The optimizer benchmark's backends; the suite's "tensorflow" means keras here."""
     names = ["keras" if n.strip() == "tensorflow" else n.strip() for n in text.split(",") if n.strip()]
-    return [n for n in dict.fromkeys(names) if n in BACKENDS]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise SystemExit(f"--backends: expected some of {', '.join(BACKENDS)} (or tensorflow), got {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,8 +36,15 @@ def settings_from(args: Any, rounds: int, budget_s: float, quick_budget_s: float
     """Settings from the command line (``--rounds``, ``--budget``, ``--compiled-cap``,
     ``--quick``, ``--no-memory``), with these defaults for a full and a quick run."""
     quick = getattr(args, "quick", False)
+    for flag, value, low in (
+        ("--rounds", args.rounds, 1),
+        ("--budget", args.budget, 0),
+        ("--compiled-cap", args.compiled_cap, 0),
+    ):
+        if value is not None and not value >= low:
+            raise SystemExit(f"{flag}: expected a number >= {low}, got {value}")
     return Settings(
-        rounds=args.rounds or (5 if quick else rounds),
+        rounds=args.rounds if args.rounds is not None else (5 if quick else rounds),
         budget_s=args.budget if args.budget is not None else (quick_budget_s if quick else budget_s),
         sample_s=0.002 if quick else 0.005,
         compiled_cap=args.compiled_cap if args.compiled_cap is not None else (10 if quick else 100),

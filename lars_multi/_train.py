@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -483,7 +484,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="numpy")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--optimizer", choices=("lars", "sgd"), default="lars")
+    parser.add_argument("--optimizer", choices=("lars", "sgd"), default=None, help="lars (default) or sgd")
     parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT_PEAK})")
     parser.add_argument("--trust-coefficient", type=float, default=defaults.trust_coefficient)
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
@@ -494,13 +495,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every argument, before anything is trained: a clear message and exit status 1."""
+    problems = []
+    if args.epochs < 1 or args.batch_size < 1:
+        problems.append("--epochs and --batch-size: expected integers >= 1")
+    if args.lr is not None and not 0 < args.lr < math.inf:
+        problems.append(f"--lr: expected a finite number > 0, got {args.lr}")
+    if not 0 < args.trust_coefficient < math.inf:
+        problems.append(f"--trust-coefficient: expected a finite number > 0, got {args.trust_coefficient}")
+    if not 0 <= args.weight_decay < math.inf:
+        problems.append(f"--weight-decay: expected a finite number >= 0, got {args.weight_decay}")
+    if args.seed < 0:
+        problems.append(f"--seed: expected an integer >= 0, got {args.seed}")
+    if args.compare and (args.lr is not None or args.optimizer is not None):
+        problems.append(
+            "--compare trains both optimizers, each at its own peak rate: drop --lr and --optimizer"
+        )
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix.lower() != ".png" or not out.parent.is_dir():
+            problems.append(f"--out: expected a .png file in an existing folder, got {args.out}")
+    if problems:
+        raise SystemExit("\n".join(problems))
+
+
 def run(args: argparse.Namespace, console: Console) -> float:
     """Train as the command line says, write the plot, print the test accuracy last; the accuracy."""
-    if args.epochs < 1 or args.batch_size < 1:
-        raise SystemExit("--epochs and --batch-size: expected integers >= 1")
+    _check_arguments(args)
     config = Config(
         backend=args.backend,
-        optimizer=args.optimizer,
+        optimizer=args.optimizer or "lars",
         epochs=args.epochs,
         batch_size=args.batch_size,
         peak_lr=args.lr,

@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from . import optim
+from . import optim, schedules
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, type_name
 from ._registry import backend_of, get_backend
 from ._step import LayerFlags, lars_step
@@ -39,7 +39,8 @@ except ImportError as _error:  # the module imports without Keras; LARS says why
     keras = None
     _MISSING = str(_error)
 
-__all__ = ["LARS"]
+__all__ = ["LARS", "Schedule"]
+_SCHEDULES = {kind.__name__: kind for kind in (schedules.warmup_polynomial, schedules.warmup_cosine)}
 
 
 def _tf() -> Any:
@@ -81,15 +82,37 @@ def _search(pattern: str, name: str) -> bool:
 if keras is not None:
 
     @keras.saving.register_keras_serializable(package="lars_multi")
+    class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+        """A :mod:`lars_multi.schedules` schedule as a Keras one: Keras calls it with the
+        step, and it is saved with the model (``kind``: the schedule's name)."""
+
+        def __init__(self, kind: str, **arguments: Any) -> None:
+            self.kind, self.arguments = kind, arguments
+            self.schedule = _SCHEDULES[kind](**arguments)
+
+        def __call__(self, step: Any) -> Any:
+            return self.schedule(step)
+
+        def get_config(self) -> dict[str, Any]:
+            return {"kind": self.kind, **self.arguments}
+
+    def _keras_schedule(value: Any) -> Any:
+        """A lars_multi schedule as a :class:`Schedule`; anything else as it is."""
+        if isinstance(value, tuple(_SCHEDULES.values())):
+            return Schedule(type(value).__name__, **vars(value))
+        return value
+
+    @keras.saving.register_keras_serializable(package="lars_multi")
     class LARS(keras.optimizers.Optimizer):
         """LARS (You, Gitman and Ginsburg, 2017) as a Keras 3 optimizer.
 
         Args:
-            learning_rate: a float or a ``keras.optimizers.schedules.LearningRateSchedule``.
+            learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule``,
+                or a :mod:`lars_multi.schedules` schedule (made a :class:`Schedule`).
             momentum, nesterov, dampening, trust_coefficient, eps, trust_clip,
             always_adapt, preset: as :func:`lars_multi.optim.lars`.
             weight_decay: LARS's weight decay :math:`\\lambda` (inside the trust
-                ratio), a float or a ``LearningRateSchedule`` of the iteration.
+                ratio), a float or a schedule of the iteration, as ``learning_rate``.
                 Keras' decoupled weight decay is not used.
             exclude_from_adaptation, exclude_from_weight_decay: name patterns
                 (substrings or regular expressions, matched against
@@ -119,8 +142,9 @@ if keras is not None:
             name: str = "lars",
             **kwargs: Any,
         ) -> None:
+            learning_rate = _keras_schedule(learning_rate)
             super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
-            decay = 0.0 if weight_decay is None else weight_decay
+            decay = 0.0 if weight_decay is None else _keras_schedule(weight_decay)
             # Checks every hyper-parameter and makes the rule's configuration.
             checked = optim.lars(
                 learning_rate if isinstance(learning_rate, int | float) else 0.0,  # (a schedule: Keras')
@@ -274,9 +298,9 @@ if keras is not None:
 else:
 
     def __getattr__(name: str) -> Any:
-        if name == "LARS":
+        if name in __all__:
             raise BackendNotInstalledError(
-                f"lars_multi.keras.LARS needs Keras 3, which cannot be imported here ({_MISSING}); "
+                f"lars_multi.keras.{name} needs Keras 3, which cannot be imported here ({_MISSING}); "
                 'install it with: pip install "lars-multi[tensorflow]" (or pip install keras)'
             )
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,22 +14,21 @@ reads nothing on the host, so it never waits on the device.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._checks import owner, unwrap
-from ._errors import LarsMultiValueError
+from ._errors import LarsMultiTypeError, LarsMultiValueError
 from ._registry import get_backend
 
 
-def _check(peak: float, warmup_steps: int, total_steps: int, end: float) -> None:
-    for name, value in (("peak", peak), ("end", end)):
-        if not (isinstance(value, int | float) and 0 <= value < math.inf):
+def _check(peak: float, warmup_steps: int, total_steps: int, end: float, power: float = 1.0) -> None:
+    for name, value in (("peak", peak), ("end", end), ("power", power)):
+        if isinstance(value, bool) or not (isinstance(value, int | float) and 0 <= value < math.inf):
             raise LarsMultiValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    if not (
-        isinstance(warmup_steps, int) and isinstance(total_steps, int) and 0 <= warmup_steps < total_steps
-    ):
+    if not (type(warmup_steps) is int and type(total_steps) is int and 0 <= warmup_steps < total_steps):
         raise LarsMultiValueError(
             f"warmup_steps, total_steps: expected integers with 0 <= warmup_steps < total_steps, "
             f"got {warmup_steps!r} and {total_steps!r}"
@@ -38,15 +37,24 @@ def _check(peak: float, warmup_steps: int, total_steps: int, end: float) -> None
 
 def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, Any, Callable[..., Any]]:
     """The step as a float, its warm-up fraction and decay fraction, both in [0, 1],
-    and a ``where(cond, x, y)`` for the count's backend."""
+    and a ``where(cond, x, y)`` for the count's backend. A count is an integer >= 0
+    (an array's dtype is checked; its value is not read)."""
     name = owner(count)
     if name is None:
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
+            raise LarsMultiValueError(f"count: expected an integer >= 0 (the step count), got {count!r}")
         step = float(count)
         warm = min(step / warmup_steps, 1.0) if warmup_steps else 1.0
         progress = min(max((step - warmup_steps) / (total_steps - warmup_steps), 0.0), 1.0)
         return step, warm, progress, lambda c, x, y: x if c else y
     ops = get_backend(name)
-    step = ops.asarray(unwrap(count), "float32")
+    data = unwrap(count)
+    if ops.dtype_name(data.dtype) not in ("int32", "int64") or len(data.shape) != 0:
+        raise LarsMultiTypeError(
+            f"count: expected an integer >= 0 or a 0-d int32 or int64 array (the step count), got a "
+            f"{ops.dtype_name(data.dtype)} array of shape {tuple(data.shape)}"
+        )
+    step = ops.asarray(data, "float32")
     warm = ops.where(step < warmup_steps, step / warmup_steps, 1.0) if warmup_steps else step * 0 + 1.0
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     progress = ops.where(progress < 0, 0.0 * step, ops.where(progress > 1, 0.0 * step + 1.0, progress))
@@ -68,7 +76,7 @@ class warmup_polynomial:
     end: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.peak, self.warmup_steps, self.total_steps, self.end)
+        _check(self.peak, self.warmup_steps, self.total_steps, self.end, self.power)
 
     def __call__(self, count: Any) -> Any:
         step, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)

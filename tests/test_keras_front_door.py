@@ -261,6 +261,41 @@ def test_bad_arguments_are_lars_multi_errors():
     assert lm.keras.LARS is lars_multi.keras.LARS
 
 
+def test_lars_multi_schedules_are_keras_schedules(tmp_path):
+    """A lars_multi schedule as learning_rate (Keras calls other callables with no
+    argument) and as weight_decay: the same steps as lm.optim, saved with the model."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    import lars_multi as lm
+    import lars_multi.keras
+
+    schedules = dict(
+        learning_rate=lm.schedules.warmup_polynomial(0.5, 2, 8),
+        weight_decay=lm.schedules.warmup_cosine(1e-2, 1, 8),
+    )
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
+    optimizer = lars_multi.keras.LARS(trust_coefficient=0.02, **schedules)
+    model.compile(optimizer=optimizer, loss="mse")
+    params = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=p.shape).astype("float32") for p in params] for _ in range(4)]
+    for gs in grads:
+        optimizer.apply_gradients(
+            zip([keras.ops.convert_to_tensor(g) for g in gs], model.trainable_variables)
+        )
+    opt = lm.optim.lars(trust_coefficient=0.02, **schedules)
+    state = opt.init(params)
+    for gs in grads:
+        params, state = opt.step(params, gs, state)
+    for v, p in zip(model.trainable_variables, params):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(v), p, rtol=0, atol=1e-6)
+    model.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras").optimizer
+    assert restored.get_config() == optimizer.get_config()
+    assert isinstance(restored.lars_weight_decay, lars_multi.keras.Schedule)
+
+
 def test_a_pattern_that_is_not_a_regular_expression_is_a_substring():
     keras = pytest.importorskip("keras")
     import lars_multi.keras

@@ -425,6 +425,35 @@ def test_optax_polynomial_schedule_is_warmup_polynomial():
             assert abs(float(optax_schedule_f64(jnp.asarray(n))) - ours(n)) <= 1e-12
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(power=math.nan),
+        dict(power=-1.0),
+        dict(power="2"),
+        dict(power=True),
+        dict(peak=True),
+        dict(warmup_steps=True),
+    ],
+    ids=lambda kw: ",".join(f"{k}={v!r}" for k, v in kw.items()),
+)
+def test_schedule_arguments_are_checked(kwargs):
+    """A negative power made the "decay" rise to inf, NaN gave NaN weights; bools are not numbers."""
+    arguments = {"peak": 1.0, "warmup_steps": 2, "total_steps": 10, **kwargs}
+    with pytest.raises(lm.LarsMultiValueError, match=next(iter(kwargs))):
+        warmup_polynomial(**arguments)
+
+
+@pytest.mark.parametrize("count", [-1, 2.5, "3", True, None, np.float32(2), np.zeros(2, np.int32)], ids=repr)
+@pytest.mark.parametrize("kind", ["warmup_polynomial", "warmup_cosine"])
+def test_schedule_counts_are_integers_from_zero(kind, count):
+    """A count is the step count: a negative one gave a negative rate, 2.5 an odd one."""
+    schedule = getattr(lm.schedules, kind)(1.0, 4, 10)
+    with pytest.raises(lm.LarsMultiError, match=r"^count: expected an integer >= 0"):
+        schedule(count)
+    assert schedule(np.int64(2)) == schedule(2) == 0.5
+
+
 def lm_optax(config, name, dtype):
     kw, masks, schedule = _optax_kwargs(config)
     if masks:

@@ -61,3 +61,28 @@ def test_compare_large_batch(tmp_path, capsys):
     assert any(line.startswith("LARS") for line in lines)
     assert _accuracy(lines[-1]) > 0.8
     assert out.read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--lr", "0"), "--lr"),
+        (("--lr", "nan"), "--lr"),
+        (("--trust-coefficient", "0"), "--trust-coefficient"),
+        (("--weight-decay", "-1"), "--weight-decay"),
+        (("--seed", "-1"), "--seed"),
+        (("--compare", "--lr", "0.5"), "--compare"),
+        (("--compare", "--optimizer", "sgd"), "--compare"),
+        (("--out", "curves.svg"), "--out"),
+        (("--out", "no/such/folder/curves.png"), "--out"),
+    ],
+    ids=lambda a: " ".join(a) if isinstance(a, tuple) else a,
+)
+def test_bad_arguments_are_refused_before_training(args, needle, tmp_path, monkeypatch, capsys):
+    """A clear message and a failing exit, not a traceback after training (--out) or
+    an ignored argument (--compare with --lr)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--backend", "numpy", "--epochs", "1", *args])
+    assert needle in str(info.value.code)
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written

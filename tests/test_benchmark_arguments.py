@@ -1,0 +1,30 @@
+"""The benchmarks' command line refuses what it cannot run, before running anything
+(an unknown or empty backend list wrote empty results over the committed ones)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import __main__ as suite
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--optimizer", "--backends", "foo"], "--backends"),
+        (["--optimizer", "--backends", ","], "--backends"),
+        (["--backends", ","], "unknown backends"),
+        (["--backends", "numpy,foo"], "unknown backends"),
+        (["--workloads", "bar"], "unknown workloads"),
+        (["--rounds", "0"], "--rounds"),
+        (["--rounds", "-1"], "--rounds"),
+        (["--budget", "-1"], "--budget"),
+        (["--compiled-cap", "-2"], "--compiled-cap"),
+    ],
+    ids=" ".join,
+)
+def test_bad_arguments_are_refused(args, needle, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        suite.main([*args, "--out", str(tmp_path / "results")])
+    assert needle in str(info.value.code)
+    assert not (tmp_path / "results").exists()
