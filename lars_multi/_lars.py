@@ -110,9 +110,9 @@ def _update_one(
     g = _checks.check_gradient(dcdw, w_data, ("dcdw", "w", None, False), name, ops)
     rate = _checks.check_lr("lr", lr, name=name, ops=ops)
     decay = _checks.check_decay("decay_lambda", decay_lambda, name=name, ops=ops)
-    _checks.check_fit_all("lr", rate, [w_data], lambda i: "w", ops)
+    _checks.check_fit_all("lr", rate, [w_data], _checks.named("w"), ops)
     if decay is not None:
-        _checks.check_fit_all("decay_lambda", decay, [w_data], lambda i: "w", ops)
+        _checks.check_fit_all("decay_lambda", decay, [w_data], _checks.named("w"), ops)
     stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:
         (new,), _ = lars_step(
