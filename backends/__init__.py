@@ -58,5 +58,10 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``flatten(tree)``: a :class:`lars_multi._tree.Flat` of the framework's own
     pytrees (JAX), used when optree sees leaves that are not arrays.
 
-``decay_lambda`` reaches the primitives as None when it is 0.
+``decay_lambda`` reaches the primitives as None when it is 0. The step also uses
+the arrays' own Python operators, as NumPy, torch, JAX and TensorFlow arrays
+define them: arithmetic (``+ - * / **``) and comparisons (``< > == !=``, ``&``,
+``~``) between arrays and with numbers, and ``bool()`` of a 0-d array (an
+optimizer's step count and timm's first-step flags, read on the host where the
+step is not compiled).
 """

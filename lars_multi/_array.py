@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import LarsMultiTypeError, no_autograph, type_name
+from ._errors import LarsMultiTypeError, MixedFrameworksError, no_autograph, type_name
 from ._registry import backend_of, current_backend, get_backend
 
 
@@ -25,7 +25,12 @@ class Array:
     def __init__(self, data: Any, backend: str | None = None) -> None:
         if isinstance(data, Array):
             data, backend = data.data, backend or data.backend
-        owner = backend or backend_of(data)
+        known = backend_of(data)
+        if known is not None and backend is not None and backend != known:
+            raise MixedFrameworksError(
+                f"backend: expected the backend of data, {known!r}, got {backend!r} (a {type_name(data)})"
+            )
+        owner = backend or known
         if owner is None:
             raise LarsMultiTypeError(
                 f"data: expected a native array of an imported framework, got {type_name(data)}"
@@ -58,8 +63,16 @@ class Array:
         return get_backend(self.backend).to_numpy(self.data)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """NumPy's conversion: ``copy=True`` (``np.array``'s default) gives a copy that
+        later writes to the weights leave as it is; otherwise a view where the
+        framework allows one."""
         values = self.to_numpy()
-        return values if dtype is None else values.astype(dtype, copy=False)
+        if dtype is not None:
+            converted = values.astype(dtype, copy=False)
+            if copy and converted is not values:  # (already a copy)
+                return converted
+            values = converted
+        return values.copy() if copy else values
 
     def __len__(self) -> int:
         return len(self.data)

@@ -20,7 +20,7 @@ import numpy as np
 from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
 from ._protocol import Backend
-from ._registry import all_native, backend_of, current_backend
+from ._registry import all_native, backend_of, current_backend, get_backend
 from ._tree import Flat, Path, leaves_like
 
 # --- handles: lars_multi.Array and keras.Variable around a native array ---------------
@@ -98,6 +98,7 @@ def check_chosen(name: str, leaf: Any) -> None:
     """The weights' backend ``name`` (of ``leaf``, one of them) must be the chosen one, if any."""
     chosen = current_backend()
     if chosen is not None and chosen != name:
+        get_backend(chosen)  # BackendNotInstalledError where the chosen one does not import
         raise MixedFrameworksError(
             f"w: expected {chosen} arrays (the active backend), got {name} arrays "
             f"({type_name(leaf)}); convert them or change the backend"

@@ -20,9 +20,7 @@ class Container(Mapping):
 
     def __init__(self, mapping: Mapping[str, Any] | None = None, /, **entries: Any) -> None:
         items = dict(mapping or {}, **entries)
-        for key in items:
-            if not isinstance(key, str):
-                raise LarsMultiTypeError(f"Container keys: expected str, got {type_name(key)} {key!r}")
+        _check_keys(items)
         object.__setattr__(
             self,
             "_items",
@@ -33,6 +31,7 @@ class Container(Mapping):
         return self._items[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        _check_keys((key,))
         self._items[key] = Container(value) if isinstance(value, dict) else value
 
     def __getattr__(self, key: str) -> Any:
@@ -70,9 +69,7 @@ class Container(Mapping):
     def __setstate__(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict):
             raise LarsMultiTypeError(f"Container state: expected dict, got {type_name(state)}")
-        for key in state:
-            if not isinstance(key, str):
-                raise LarsMultiTypeError(f"Container keys: expected str, got {type_name(key)} {key!r}")
+        _check_keys(state)
         object.__setattr__(self, "_items", dict(state))
 
     # Arrays have no single truth value, so Containers compare by identity.
@@ -111,3 +108,9 @@ class Container(Mapping):
         from ._lars import lars_update
 
         return lars_update(self, dcdw, lr, decay_lambda=decay_lambda, stop_gradients=stop_gradients, out=out)
+
+
+def _check_keys(keys: Any) -> None:
+    for key in keys:
+        if not isinstance(key, str):
+            raise LarsMultiTypeError(f"Container keys: expected str, got {type_name(key)} {key!r}")

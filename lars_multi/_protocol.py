@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from . import _batching
-from ._errors import LarsMultiValueError, type_name
+from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 
 
 class Backend(Protocol):
@@ -215,9 +215,37 @@ def no_axis_name(arg: Any, framework: str, value: Any) -> LarsMultiValueError:
     )
 
 
+# What a backend module must define itself (see lars_multi.backends).
+_REQUIRED = (
+    "FRAMEWORK",
+    "FLOAT_DTYPES",
+    "is_native",
+    "dtype_name",
+    "asarray",
+    "zeros_like",
+    "to_numpy",
+    "norm",
+    "cast_like",
+    "where",
+    "stack",
+    "unstack",
+    "stop_gradient",
+    "info",
+)
+
+
 def complete(module: ModuleType) -> Backend:
     """Give ``module`` the optional primitives it does not define (and None for
-    the optional parts it lacks): then it is a :class:`Backend`."""
+    the optional parts it lacks): then it is a :class:`Backend`. A module that
+    lacks a required one is refused, before any call uses it."""
+    missing = [name for name in _REQUIRED if not hasattr(module, name)]
+    if not (hasattr(module, "is_writable") or hasattr(module, "unwritable")):
+        missing.append("is_writable (or unwritable)")
+    if missing:
+        raise LarsMultiTypeError(
+            f"backend module {module.__name__}: expected the required primitives of lars_multi.backends, "
+            f"missing {', '.join(missing)}"
+        )
     for name, default in _defaults(module).items():
         if not hasattr(module, name):
             setattr(module, name, default)

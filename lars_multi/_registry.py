@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-from ._errors import BackendNotInstalledError, LarsMultiTypeError, UnknownBackendError
+from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError, UnknownBackendError
 from ._protocol import Backend, complete
 
 ENV_VAR = "LARS_MULTI_BACKEND"
@@ -51,6 +51,7 @@ _context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "lars_multi_backend", default=None
 )
 _contexts = 0  # open using_backend blocks, in every thread
+_contexts_used = False  # whether any using_backend block was ever opened
 
 
 def register_backend(
@@ -65,13 +66,21 @@ def register_backend(
     """
     if not isinstance(name, str) or not name:
         raise LarsMultiTypeError(f"name: expected a non-empty str, got {name!r}")
+    if not isinstance(module_path, str) or not module_path:
+        raise LarsMultiTypeError(f"module_path: expected a module's dotted path (a str), got {module_path!r}")
+    builtin = f"lars_multi.backends.{name}"
+    if name in _BUILT_IN and module_path != builtin:
+        raise LarsMultiValueError(
+            f"name: {name!r} is a built-in backend ({builtin}); register yours under another name"
+        )
     with _LOCK:
         _SPECS[name] = BackendSpec(name, module_path, framework or name, pip_extra)
         _MODULES.pop(name, None)
         _NATIVE_TYPES.clear()
 
 
-for _name in ("numpy", "torch", "jax", "tensorflow"):
+_BUILT_IN = ("numpy", "torch", "jax", "tensorflow")
+for _name in _BUILT_IN:
     register_backend(_name, f"lars_multi.backends.{_name}", pip_extra=None if _name == "numpy" else _name)
 del _name
 
@@ -82,12 +91,13 @@ def available_backends() -> list[str]:
 
 
 def installed_backends() -> list[str]:
-    """Names of the registered backends whose framework imports here."""
+    """Names of the registered backends whose framework imports here (and whose
+    module defines the required primitives)."""
     names = []
     for name in _SPECS:
         try:
             get_backend(name)
-        except ImportError:
+        except (ImportError, LarsMultiTypeError):
             continue
         names.append(name)
     return names
@@ -95,19 +105,22 @@ def installed_backends() -> list[str]:
 
 def get_backend(name: str) -> Backend:
     """The backend module registered as ``name``, imported on first use."""
-    module = _MODULES.get(name)
+    try:
+        module = _MODULES.get(name)
+    except TypeError:  # unhashable: not a name
+        module = None
     if module is not None:
         return module
-    spec = _SPECS.get(name)
+    spec = _SPECS.get(name) if isinstance(name, str) else None
     if spec is None:
         raise UnknownBackendError(f"backend: expected one of {sorted(_SPECS)}, got {name!r}")
     try:
         module = _import(spec.module_path)
-    except ImportError as error:
+    except Exception as error:  # (a module that fails to import for any reason is not installed)
         hint = f'; install it with: pip install "lars-multi[{spec.pip_extra}]"' if spec.pip_extra else ""
         raise BackendNotInstalledError(
             f"backend {name!r} needs the {spec.framework!r} package, which cannot be "
-            f"imported here ({error}){hint}"
+            f"imported here ({type(error).__name__}: {error}){hint}"
         ) from error
     backend = _MODULES[name] = complete(module)
     return backend
@@ -155,11 +168,12 @@ def unset_backend() -> None:
 @contextlib.contextmanager
 def using_backend(name: str) -> Iterator[Backend]:
     """Use ``name`` inside a ``with`` block, in this thread or asyncio task only."""
-    global _contexts
+    global _contexts, _contexts_used
     module = get_backend(name)
     token = _context_choice.set(name)
     with _LOCK:
         _contexts += 1
+        _contexts_used = True
     try:
         yield module
     finally:
@@ -170,8 +184,11 @@ def using_backend(name: str) -> Iterator[Backend]:
 
 def current_backend() -> str | None:
     """The chosen backend's name: context, then set_backend, then environment."""
-    # The context variable is read only while some with-block is open (torch.compile cannot trace it).
-    choice = (_context_choice.get() if _contexts else None) or _global_choice or _env_choice
+    # The context variable is read once some with-block was opened (a task it made may run
+    # after the block closed), and while compiling only while one is open (torch.compile
+    # cannot trace it).
+    context = _context_choice.get() if _contexts or (_contexts_used and not is_compiling()) else None
+    choice = context or _global_choice or _env_choice
     if choice is not None and choice not in _SPECS:
         raise UnknownBackendError(f"{ENV_VAR}: expected one of {sorted(_SPECS)}, got {choice!r}")
     return choice

@@ -187,8 +187,8 @@ class LarsOptimizer:
         first = _first(ops, state.count, all_started, active)
         buffers_writable = outs is not None and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = outs_writable and buffers_writable
+        count = ops.asarray(state.count + 1, "int32")  # (before anything is written)
         new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, writable, paths)
-        count = ops.asarray(state.count + 1, "int32")
         started = None
         if all_started is not None:
             started = self._rebuild(flat, all_started, active, [ops.asarray(True, "bool")] * len(active))

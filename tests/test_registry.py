@@ -182,6 +182,24 @@ def test_asyncio_task_inherits_the_creators_choice():
     assert asyncio.run(main()) == (first, None)
 
 
+def test_asyncio_task_made_in_a_block_keeps_its_choice_after_the_block():
+    """A task copies its creator's context: one made inside the block, run after the
+    block closed, still sees the block's choice (it saw none, unless another thread
+    had a block open)."""
+    first, _ = two_backends()
+
+    async def child():
+        await asyncio.sleep(0)
+        return lm.current_backend()
+
+    async def main():
+        with lm.using_backend(first):
+            task = asyncio.create_task(child())
+        return await task
+
+    assert asyncio.run(main()) == first
+
+
 # --- LARS_MULTI_BACKEND ---------------------------------------------------------------------------
 
 
@@ -274,6 +292,35 @@ def test_lm_array_interface(backend_name):
     assert isinstance(zn, native_type(backend_name))
     assert lm.Array(a).data is a.data
     assert lm.array(a.data).backend == backend_name  # inferred from the data
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_np_array_of_an_lm_array_is_a_copy(backend_name):
+    """np.array copies (NumPy 2 asks __array__ for one): the copy keeps its values when
+    the weights are updated in place (it was a view of them)."""
+    require_backend(backend_name)
+    w = lm.Array(native(backend_name, W))
+    snapshot, view = np.array(w), np.asarray(w)
+    assert np.array(w, dtype=np.float64).dtype == np.float64
+    lm.lars_update(w, native(backend_name, G), 0.1, out=w)
+    np.testing.assert_array_equal(snapshot, W)
+    assert not np.array_equal(to_numpy(w.data), W)
+    assert view.shape == W.shape
+
+
+def test_lm_array_of_another_backends_data_is_refused():
+    require_backend("numpy")
+    for other in ("torch", "jax", "tensorflow"):
+        if other in lm.installed_backends():
+            with pytest.raises(lm.MixedFrameworksError, match="backend: expected the backend of data"):
+                lm.Array(np.ones(2, np.float32), other)
+
+
+def test_container_keys_set_later_are_strings_too():
+    c = lm.Container({"a": np.ones(2, np.float32)})
+    with pytest.raises(lm.LarsMultiTypeError, match="Container keys"):
+        c[1] = np.ones(2, np.float32)
+    assert list(c.keys()) == ["a"]
 
 
 def test_lm_array_of_python_data_defaults_to_numpy():
@@ -430,6 +477,53 @@ def test_toy_backend_errors(toy):
 
 def test_toy_backend_forgotten_after_the_test():
     assert "toy" not in lm.available_backends()
+
+
+def _module(tmp_path, monkeypatch, name, source):
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_registering_checks_its_arguments(isolated_registry):
+    with pytest.raises(lm.LarsMultiTypeError, match="module_path"):
+        lm.register_backend("mine", 123)
+    with pytest.raises(lm.LarsMultiValueError, match="'numpy' is a built-in backend"):
+        lm.register_backend("numpy", "_toy_backend")
+    with pytest.raises(lm.UnknownBackendError):
+        lm.set_backend(["numpy"])
+
+
+def test_a_backend_that_fails_to_import_is_not_installed(isolated_registry, tmp_path, monkeypatch):
+    """Any error importing it, not only ImportError: installed_backends leaves it out."""
+    _module(tmp_path, monkeypatch, "broken_backend_mod", "raise RuntimeError('broken on import')\n")
+    lm.register_backend("broken", "broken_backend_mod")
+    assert "broken" not in lm.installed_backends()
+    with pytest.raises(lm.BackendNotInstalledError, match="RuntimeError: broken on import"):
+        lm.set_backend("broken")
+
+
+def test_a_backend_missing_a_required_primitive_is_refused_before_anything_is_written(
+    isolated_registry, tmp_path, monkeypatch
+):
+    source = (TESTS / "_toy_backend.py").read_text().replace("def stack(", "def _no_stack(")
+    _module(tmp_path, monkeypatch, "toy_without_stack", source)
+    lm.register_backend("nostack", "toy_without_stack", framework="toy_without_stack")
+    import toy_without_stack
+
+    assert "nostack" not in lm.installed_backends()
+    w = {"a": toy_without_stack.ToyTensor(W.copy()), "b": toy_without_stack.ToyTensor(W.copy())}
+    with pytest.raises(lm.LarsMultiTypeError, match="missing stack"):
+        lm.lars_update(w, {"a": w["a"], "b": w["b"]}, 0.1, out=w)
+    assert all(np.array_equal(w[k].values, W) for k in w)
+
+
+def test_a_chosen_backend_that_does_not_import_says_so(isolated_registry, monkeypatch):
+    """LARS_MULTI_BACKEND naming a backend whose framework is missing: not installed, not "mixed"."""
+    require_backend("numpy")
+    lm.register_backend("ghost", "no_such_module_for_lars_multi")
+    monkeypatch.setattr(lm._registry, "_env_choice", "ghost")
+    with pytest.raises(lm.BackendNotInstalledError, match="ghost"):
+        lm.lars_update(W, G, 0.1)
 
 
 def test_reregistering_a_name_replaces_it(isolated_registry, monkeypatch):
