@@ -27,6 +27,7 @@ _RULE = StepConfig(REFERENCE, eps=REFERENCE.eps)
 # Every layer adapted and decayed, by (number of layers, mesh axis names).
 _FLAGS: dict[tuple[int, Any], LayerFlags] = {}
 _ONE_LAYER = LayerFlags.every(1)  # one array without out=: the step is called directly
+_W = _checks.named("w")  # how messages name the one array
 
 
 @no_autograph
@@ -110,9 +111,9 @@ def _update_one(
     g = _checks.check_gradient(dcdw, w_data, ("dcdw", "w", None, False), name, ops)
     rate = _checks.check_lr("lr", lr, name=name, ops=ops)
     decay = _checks.check_decay("decay_lambda", decay_lambda, name=name, ops=ops)
-    _checks.check_fit_all("lr", rate, [w_data], _checks.named("w"), ops)
+    _checks.check_fit_all("lr", rate, [w_data], _W, ops)
     if decay is not None:
-        _checks.check_fit_all("decay_lambda", decay, [w_data], _checks.named("w"), ops)
+        _checks.check_fit_all("decay_lambda", decay, [w_data], _W, ops)
     stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:
         (new,), _ = lars_step(
