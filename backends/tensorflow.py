@@ -71,14 +71,30 @@ def where(cond: Any, x: Any, y: Any) -> tf.Tensor:
     return tf.where(cond, x, tf.cast(y, x.dtype))
 
 
+try:
+    from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext as _in_xla_context
+except ImportError:  # pragma: no cover (a TensorFlow without it)
+    _in_xla_context = None
+
+
 def norm(x: Any, axis_name: Any = None) -> tf.Tensor:
-    """:math:`\\lVert x \\rVert_2` in one kernel; halves accumulate in float32.
-    No mesh axes here: an ``axis_name`` raises."""
+    """:math:`\\lVert x \\rVert_2` in one kernel (``tf.norm``'s three where XLA
+    compiles the step, ``tf.function(jit_compile=True)``: ``reduce_euclidean_norm``
+    has no XLA CPU kernel); halves accumulate in float32. No mesh axes here: an
+    ``axis_name`` raises."""
     if axis_name is not None:
         raise no_axis_name("axis_name", FRAMEWORK, axis_name)
     if x.dtype in _HALF:
         x = tf.cast(x, tf.float32)
-    return tf.math.reduce_euclidean_norm(x)
+    return tf.norm(x) if _compiled_by_xla() else tf.math.reduce_euclidean_norm(x)
+
+
+def _compiled_by_xla() -> bool:
+    """Whether the graph being traced is compiled by XLA (TensorFlow's own test,
+    private: where it is gone, every traced graph takes ``tf.norm``)."""
+    if tf.executing_eagerly():
+        return False
+    return _in_xla_context is None or bool(_in_xla_context(tf.compat.v1.get_default_graph()))
 
 
 def to_compute(x: Any) -> tf.Tensor:

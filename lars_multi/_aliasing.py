@@ -93,12 +93,18 @@ def check_handles(
     first: dict[int, int] = {}
     for i, handle in enumerate(handles):
         j = first.setdefault(id(handle), i)
-        if j != i and not _same_values(ops, values[j], values[i]):
-            raise _conflict(label(j), label(i), _DIFFERENT)
+        if j != i:
+            same = _same_values(ops, values[j], values[i])
+            if not same:
+                raise _conflict(label(j), label(i), _DIFFERENT if same is False else _TRACED)
     return list(first.values())
 
 
 _DIFFERENT = "are the same array, and the step gives them different values"
+_TRACED = (
+    "are the same array, whose two new values cannot be compared while the step is traced "
+    "(tf.function, jax.jit)"
+)
 
 
 def _conflict(first: str, second: str, detail: str) -> LarsMultiValueError:
@@ -108,8 +114,15 @@ def _conflict(first: str, second: str, detail: str) -> LarsMultiValueError:
     )
 
 
-def _same_values(ops: Backend, a: Any, b: Any) -> bool:
-    return a is b or bool(np.array_equal(ops.to_numpy(a), ops.to_numpy(b), equal_nan=True))
+def _same_values(ops: Backend, a: Any, b: Any) -> bool | None:
+    """Whether two new values are equal; None where they cannot be read (traced)."""
+    if a is b:
+        return True
+    try:
+        left, right = ops.to_numpy(a), ops.to_numpy(b)
+    except Exception:  # (symbolic tensors and tracers have no values to read)
+        return None
+    return bool(np.array_equal(left, right, equal_nan=True))
 
 
 def array_values(ops: Backend, values: Sequence[Any]) -> list[Any]:

@@ -73,6 +73,7 @@ def lars(
     (inside ``jax.shard_map``): the mesh axis the parameters are sharded over,
     or a tree of names and None, as in :func:`lars_multi.optim.lars`; without
     it, norms inside ``jax.shard_map`` are those of each device's shard.
+    Updates are differentiable, as optax's are (``jax.grad`` through an update).
     """
     if optax is None:
         raise BackendNotInstalledError(
@@ -93,6 +94,7 @@ def lars(
         weight_decay_mask=weight_decay_mask,
         preset=preset,
         axis_name=axis_name,
+        differentiable=True,  # (optax's updates are: jax.grad through an update, meta-learning)
     )
 
     def init(params: Any) -> LarsState:

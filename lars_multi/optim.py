@@ -118,6 +118,7 @@ class LarsOptimizer:
     adapt_mask: Mask
     weight_decay_mask: Mask
     axis_name: Any = None
+    differentiable: bool = False
 
     def init(self, params: Any) -> LarsState:
         """Step count 0 and zero momentum buffers like ``params``."""
@@ -244,6 +245,7 @@ class LarsOptimizer:
                 decay,
                 value,
                 take(outs, indices) if direct and outs is not None else None,
+                stop_gradients=not self.differentiable,
             )
             put(new_ws, indices, part_ws)
             put(new_buffers, indices, part_buffers)
@@ -277,10 +279,16 @@ class LarsOptimizer:
         started = leaves_like("state.started", state.started, flat, broadcast=False)
         for i in active:
             started[i] = _checks.unwrap(started[i])
-            if not ops.is_native(started[i]) or tuple(started[i].shape) != ():
+            flag = started[i]
+            if not ops.is_native(flag) or tuple(flag.shape) != () or ops.dtype_name(flag.dtype) != "bool":
+                got = (
+                    f"a {ops.dtype_name(flag.dtype)} array of shape {tuple(flag.shape)}"
+                    if ops.is_native(flag)
+                    else type_name(flag)
+                )
                 raise LarsMultiTypeError(
                     f"{Path('state.started', flat.paths[i])}: expected a 0-d bool array of "
-                    f"{ops.FRAMEWORK}, got {type_name(started[i])}"
+                    f"{ops.FRAMEWORK}, got {got}"
                 )
         return started
 
@@ -386,6 +394,7 @@ def lars(
     weight_decay_mask: Mask = None,
     preset: str = "paper",
     axis_name: Any = None,
+    differentiable: bool = False,
 ) -> LarsOptimizer:
     r"""The LARS optimizer of You, Gitman and Ginsburg (2017), in one library's convention.
 
@@ -420,6 +429,12 @@ def lars(
             device's own shard**, and the step differs from the unsharded one.
             Not needed under ``jax.jit`` with sharded arrays (``NamedSharding``),
             where norms are global and the results keep their sharding.
+        differentiable: whether the functional step stays in the autograd graph
+            (``jax.grad`` through an update, hyper-gradients), as optax's
+            transformations do; by default the new parameters and state are cut
+            from it, as ``torch.optim``'s steps are (a training loop then keeps
+            no graph from one step to the next). In-place steps are never
+            differentiable.
     """
     chosen: Preset = get_preset(preset)
     _number("momentum", momentum, high=1.0)
@@ -428,7 +443,8 @@ def lars(
         raise LarsMultiValueError("trust_coefficient: expected a number > 0, got 0")
     if eps is not None:
         _number("eps", eps)
-    for name, flag in (("nesterov", nesterov), ("trust_clip", trust_clip), ("always_adapt", always_adapt)):
+    flags = (("nesterov", nesterov), ("trust_clip", trust_clip), ("always_adapt", always_adapt))
+    for name, flag in (*flags, ("differentiable", differentiable)):
         if not isinstance(flag, bool):
             raise LarsMultiTypeError(f"{name}: expected a bool, got {type_name(flag)}")
     if nesterov and (momentum == 0 or dampening != 0):
@@ -454,4 +470,5 @@ def lars(
         adapt_mask=_mask_arg("adapt_mask", adapt_mask, default),
         weight_decay_mask=_mask_arg("weight_decay_mask", weight_decay_mask, default),
         axis_name=axis_name,
+        differentiable=differentiable,
     )

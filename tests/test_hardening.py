@@ -541,6 +541,24 @@ def test_jax_rates_as_a_tree_of_a_registered_pytree():
         lm.lars_update(w, {"x": jnp.asarray(G), "y": jnp.asarray(G)}, 0.1)
 
 
+def test_tf_tied_outputs_inside_tf_function_are_refused_clearly():
+    """Inside tf.function the two new values of one variable cannot be compared: a
+    LarsMultiValueError says so (it was an AttributeError of the symbolic tensor)."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    v = tf.Variable(W)
+    g = tf.constant(G)
+
+    @tf.function
+    def tied():
+        return lm.lars_update([v, v], [g, g], 0.1, out=[v, v])
+
+    with pytest.raises(lm.LarsMultiValueError, match="cannot be compared while the step is traced"):
+        tied()
+    np.testing.assert_array_equal(v.numpy(), W)
+
+
 def _torch_tree():
     import torch
 

@@ -168,6 +168,44 @@ def test_timm_zero_weight_decay_schedule_adapts_nothing():
     _assert_trees_close(got, want, atol=0.0)
 
 
+def test_gradients_flow_through_an_update_as_through_optax_lars():
+    """Updates are differentiable, as optax's are (meta-learning, hyper-gradients):
+    d loss / d params and d loss / d lr after one update equal optax.lars' (they were 0)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    params = {"w": jnp.linspace(0.5, 3.0, 6).reshape(2, 3)}
+    grads = {"w": jnp.linspace(-0.3, 0.4, 6).reshape(2, 3)}
+
+    def loss_after(make, p, lr):
+        tx = make(lambda count: lr, weight_decay=1e-2, trust_coefficient=0.02, momentum=0.9)
+        updates, _ = tx.update(grads, tx.init(p), p)
+        new = optax.apply_updates(p, updates)
+        return jnp.sum(new["w"] ** 2)
+
+    def ours(schedule, **kw):
+        return lm.optax.lars(schedule, preset="optax", **kw)
+
+    for wrt in (0, 1):
+        want = jax.grad(lambda p, lr: loss_after(optax.lars, p, lr), argnums=wrt)(params, 0.5)
+        got = jax.grad(lambda p, lr: loss_after(ours, p, lr), argnums=wrt)(params, 0.5)
+        _assert_trees_close(got, want, atol=1e-6)
+        assert float(jnp.max(jnp.abs(jnp.asarray(jax.tree.leaves(got)[0])))) > 0.1
+
+
+def test_a_started_flag_of_another_dtype_is_refused():
+    """timm's per-parameter flags are bools: an int 1 (~1 == -2, true) restarted the buffer."""
+    import jax.numpy as jnp
+
+    params, grads = {"w": jnp.ones((2, 2))}, {"w": jnp.full((2, 2), 0.5)}
+    tx = lm.optax.lars(0.1, weight_decay=1e-3, preset="timm")
+    state = tx.init(params)
+    bad = state._replace(started={"w": jnp.asarray(1, jnp.int32)})
+    with pytest.raises(lm.LarsMultiTypeError, match=r"state.started\['w'\]: expected a 0-d bool array"):
+        tx.update(grads, bad, params)
+
+
 def test_chain_with_clipping_equals_clipping_then_functional():
     import jax
     import optax

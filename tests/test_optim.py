@@ -872,6 +872,38 @@ def test_timm_adapts_only_where_a_scheduled_weight_decay_is_nonzero(backend, pro
     assert max_diff(got, tmap(to_numpy, want)) < 1e-6
 
 
+def test_differentiable_steps_on_jax():
+    """differentiable=True keeps the step in the graph (d new w / d w near 1); the
+    default cuts it, as torch.optim's steps are."""
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    w, g = jnp.linspace(0.5, 3.0, 6).reshape(2, 3), jnp.linspace(-0.3, 0.4, 6).reshape(2, 3)
+
+    def total(opt, w):
+        new, _ = opt.step({"w": w}, {"w": g}, opt.init({"w": w}))
+        return jnp.sum(new["w"])
+
+    kept = jax.grad(lambda w: total(lm.optim.lars(0.1, weight_decay=1e-2, differentiable=True), w))(w)
+    cut = jax.grad(lambda w: total(lm.optim.lars(0.1, weight_decay=1e-2), w))(w)
+    assert np.all(np.abs(np.asarray(kept) - 1) < 0.05) and not np.any(np.asarray(cut))
+    with pytest.raises(lm.LarsMultiTypeError, match="differentiable"):
+        lm.optim.lars(0.1, differentiable=1)
+
+
+def test_tf_function_jit_compile_step_equals_eager(problem):
+    """XLA compiles the step (tf.norm; reduce_euclidean_norm has no XLA CPU kernel)."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    params, grads = problem
+    opt = lm.optim.lars(LR, weight_decay=1e-3, trust_coefficient=TRUST, preset="optax")
+    want, want_state = run_lib("tensorflow", opt, params, grads, "float32", steps=5)
+    compiled = tf.function(opt.step, jit_compile=True)
+    _assert_compiled_step_matches("tensorflow", compiled, opt, params, grads, want, want_state)
+
+
 def test_momentum_state_missing_buffers():
     p = {"w": np.ones((2, 2), np.float32)}
     state = lm.optim.lars(LR, momentum=0.0).init(p)
