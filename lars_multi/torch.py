@@ -73,12 +73,17 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
         weight_decay=group["weight_decay"],
         **{name: group[name] for name in _CONFIG_KEYS},
     ).config
-    _CONFIGS[tuple(group[name] for name in _CONFIG_KEYS)] = config
+    _CONFIGS[_config_key(group)] = config
     return config
 
 
+def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
+    """The group's hyper-parameters with their types (``1`` is not ``True``)."""
+    return tuple((type(group[name]), group[name]) for name in _CONFIG_KEYS)
+
+
 def _config(group: dict[str, Any]) -> StepConfig:
-    config = _CONFIGS.get(tuple(group[name] for name in _CONFIG_KEYS))
+    config = _CONFIGS.get(_config_key(group))
     return _check_group(group) if config is None else config
 
 
@@ -241,7 +246,12 @@ class LARS(torch.optim.Optimizer):
             # runs this eagerly, and a restarted analysis must find the state as it was)
             state = self.state.get(p)
             buffers.append(state.get("momentum_buffer") if with_momentum and state else None)
-        if params:
+        if params:  # (eagerly under torch.compile: lr.item() and messages stay out of the graph)
+            _config(group)
+            lr, weight_decay = _rates(group)
+            labels = self._labels_of(params)
+            _checks.check_fit_all("lr", lr, params, labels, _OPS)
+            _checks.check_fit_all("weight_decay", weight_decay, params, labels, _OPS)
             self._check_tensors(params, grads, buffers)
         return with_momentum
 
@@ -289,12 +299,17 @@ class LARS(torch.optim.Optimizer):
                 grads: list[torch.Tensor] = []
                 buffers: list[torch.Tensor | None] = []
                 with_momentum = self._init_group(group, params, grads, buffers)
-                if params:
-                    lr, weight_decay = _rates(group)
-                    _checks.check_fit_all("lr", lr, params, self._labels_of(params), _OPS)
+                if params:  # (checked by _init_group)
+                    config, lr, weight_decay = (
+                        _CONFIGS[_config_key(group)],
+                        group["lr"],
+                        group["weight_decay"],
+                    )
+                    if isinstance(lr, torch.Tensor) and lr.ndim:
+                        lr = lr.reshape(())
                     work.append(
                         _GroupStep(
-                            group, _config(group), lr, weight_decay, params, grads, buffers, with_momentum
+                            group, config, lr, float(weight_decay), params, grads, buffers, with_momentum
                         )
                     )
             late = not _registry.is_compiling() and _aliased(work)

@@ -357,6 +357,29 @@ def test_compiled_step_fullgraph_matches_eager_without_recompiling_for_lr(preset
     assert len(graphs) == 2
 
 
+def test_compiled_step_follows_hyper_parameters_changed_after_compiling():
+    """A group's momentum (as OneCycleLR cycles it) or preset changed after compiling, with
+    a tensor lr: the step recompiles and equals eager (the checks read lr.item() inside
+    the trace, which failed)."""
+    torch._dynamo.reset()  # (each change recompiles LARS.step: keep other tests under the recompile limit)
+    results = []
+    for compiled in (True, False):  # (compiled first: an eager step would have checked the values)
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+        opt = LARS([{"params": params[:1]}, {"params": params[1:]}], lr=torch.tensor(0.1), weight_decay=1e-3)
+        step = torch.compile(opt.step, fullgraph=True, backend="eager") if compiled else opt.step
+        for t, change in enumerate([{}, {"momentum": 0.8517}, {"preset": "timm", "momentum": 0.8123}]):
+            for group in opt.param_groups:
+                group.update(change)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(t))
+            step()
+        results.append([p.detach().clone() for p in params])
+    torch._dynamo.reset()
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_compiled_step_aot_eager_with_groups():
     model = mlp()
     opt = LARS(param_groups(model), lr=0.1, weight_decay=1e-3, preset="optax", foreach=True, **HYPER)
@@ -501,6 +524,13 @@ def _assert_unchanged(opt, before):
         ({"weight_decay": -1.0}, lm.LarsMultiValueError, "^weight_decay: expected a finite number >= 0"),
         ({"weight_decay": torch.tensor(0.1)}, lm.LarsMultiTypeError, "^weight_decay: expected a number"),
         ({"maximize": "False"}, lm.LarsMultiTypeError, "^maximize: expected a bool"),
+        (
+            {"weight_decay": 1e39},
+            lm.LarsMultiValueError,
+            "^weight_decay: expected a number that fits float32",
+        ),
+        ({"always_adapt": 0}, lm.LarsMultiTypeError, "^always_adapt: expected a bool"),  # (0 == False)
+        ({"dampening": False}, lm.LarsMultiTypeError, "^dampening: expected a number"),
         ({"adapt": 1}, lm.LarsMultiTypeError, "^adapt: expected None or a bool"),
     ],
     ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(f"{k}={x}" for k, x in v.items()),
