@@ -335,13 +335,17 @@ def unstack(vector: torch.Tensor) -> tuple[torch.Tensor, ...]:
 _BATCH_BYTES = 4 << 20
 
 
+# Tensor types that one _foreach kernel takes together (a parameter is a plain tensor).
+_PLAIN_KIND = {torch.nn.Parameter: torch.Tensor}
+
+
 def batches(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
-    """The layers by (device, dtype, type: a ``_foreach`` kernel takes plain tensors
-    or DTensors, not both); on CPUs and for halves, in consecutive batches of about
-    ``_BATCH_BYTES`` (in float32 for halves)."""
+    """The layers by (device, dtype, kind of tensor: a ``_foreach`` kernel takes plain
+    tensors or DTensors, not both); on CPUs and for halves, in consecutive batches of
+    about ``_BATCH_BYTES`` (in float32 for halves)."""
     return _batching.batches(
         ws,
-        key=lambda w: (w.device, w.dtype, type(w)),
+        key=lambda w: (w.device, w.dtype, _PLAIN_KIND.get(type(w), type(w))),
         nbytes=lambda w: w.nelement() * (4 if w.dtype in _HALF else w.element_size()),
         budget=lambda key: _BATCH_BYTES if key[0].type == "cpu" or key[1] in _HALF else None,
     )

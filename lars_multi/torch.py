@@ -66,7 +66,7 @@ _LATER_SETTINGS = {"adapt": None, "decay": None, "foreach": None, "maximize": Fa
 def _check_group(group: dict[str, Any]) -> StepConfig:
     """The group's StepConfig, after :func:`lars_multi.optim.lars` has checked its
     values (a tensor ``lr``'s value too: read here, never in a step)."""
-    _rates(group)
+    _check_rates(group)
     lr = group["lr"]
     config = lars(
         lr.item() if isinstance(lr, torch.Tensor) else lr,
@@ -87,11 +87,11 @@ def _config(group: dict[str, Any]) -> StepConfig:
     return _check_group(group) if config is None else config
 
 
-def _rates(group: dict[str, Any]) -> tuple[Any, Any]:
+def _check_rates(group: dict[str, Any]) -> None:
     """The group's learning rate and weight decay, checked as far as they can be
     without reading a tensor (asked at every step: a group's values may be changed
     at any time): numbers finite and >= 0, a tensor ``lr`` floating with one
-    element (as a 0-d view); and its flags."""
+    element; and its flags."""
     lr, weight_decay = group["lr"], group["weight_decay"]
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
         if callable(value):  # lars() takes schedules; here torch.optim.lr_scheduler does that
@@ -104,18 +104,26 @@ def _rates(group: dict[str, Any]) -> tuple[Any, Any]:
                 f"lr: expected a number or a floating tensor of one element, got a {lr.dtype} tensor "
                 f"of shape {tuple(lr.shape)}"
             )
-        lr = lr.reshape(()) if lr.ndim else lr
     else:
-        lr = _checks.check_rate("lr", lr, name="torch", ops=_OPS)
+        _checks.check_rate("lr", lr, name="torch", ops=_OPS)
     if isinstance(weight_decay, torch.Tensor):
         raise LarsMultiTypeError("weight_decay: expected a number, got a torch.Tensor")
-    weight_decay = _checks.check_rate("weight_decay", weight_decay, name="torch", ops=_OPS)
+    _checks.check_rate("weight_decay", weight_decay, name="torch", ops=_OPS)
     for name in ("adapt", "decay", "foreach"):
         if group[name] is not None and not isinstance(group[name], bool):
             raise LarsMultiTypeError(f"{name}: expected None or a bool, got {type_name(group[name])}")
     if not isinstance(group["maximize"], bool):
         raise LarsMultiTypeError(f"maximize: expected a bool, got {type_name(group['maximize'])}")
-    return lr, weight_decay
+
+
+def _rates(group: dict[str, Any]) -> tuple[Any, float]:
+    """The group's (checked) learning rate and weight decay as the step takes them: a
+    tensor ``lr`` as a 0-d view, numbers as floats (an int or NumPy number is not
+    taken for an array)."""
+    lr, weight_decay = group["lr"], float(group["weight_decay"])
+    if not isinstance(lr, torch.Tensor):
+        return float(lr), weight_decay
+    return (lr.reshape(()) if lr.ndim else lr), weight_decay
 
 
 class LARS(torch.optim.Optimizer):
@@ -248,6 +256,7 @@ class LARS(torch.optim.Optimizer):
             buffers.append(state.get("momentum_buffer") if with_momentum and state else None)
         if params:  # (eagerly under torch.compile: lr.item() and messages stay out of the graph)
             _config(group)
+            _check_rates(group)
             lr, weight_decay = _rates(group)
             labels = self._labels_of(params)
             _checks.check_fit_all("lr", lr, params, labels, _OPS)
@@ -300,17 +309,9 @@ class LARS(torch.optim.Optimizer):
                 buffers: list[torch.Tensor | None] = []
                 with_momentum = self._init_group(group, params, grads, buffers)
                 if params:  # (checked by _init_group)
-                    config, lr, weight_decay = (
-                        _CONFIGS[_config_key(group)],
-                        group["lr"],
-                        group["weight_decay"],
-                    )
-                    if isinstance(lr, torch.Tensor) and lr.ndim:
-                        lr = lr.reshape(())
+                    config, (lr, weight_decay) = _CONFIGS[_config_key(group)], _rates(group)
                     work.append(
-                        _GroupStep(
-                            group, config, lr, float(weight_decay), params, grads, buffers, with_momentum
-                        )
+                        _GroupStep(group, config, lr, weight_decay, params, grads, buffers, with_momentum)
                     )
             late = not _registry.is_compiling() and _aliased(work)
             # Computed first where memory is shared: written now, (target, value, parameter, is a buffer).

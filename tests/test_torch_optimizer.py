@@ -12,6 +12,7 @@ import copy
 import io
 import math
 
+import numpy as np
 import pytest
 from conftest import torch_randn
 
@@ -633,6 +634,22 @@ def test_one_element_tensor_lr_of_any_shape_steps_every_parameter(shape):
         results.append([p.detach().clone() for p in params])
     for got, want in zip(*results):
         assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lr", [1, np.float64(0.5)], ids=["int", "numpy-float64"])
+def test_a_number_lr_of_another_type_on_the_computed_first_path(lr):
+    """A gradient in another parameter's memory sends the step down its computed-then-written
+    path, which cut the rates from the graph as arrays: an int or NumPy lr raised there."""
+    results = []
+    for rate in (float(lr), lr):
+        torch.manual_seed(0)
+        a, b = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(4, 3))
+        opt = LARS([a, b], lr=rate, weight_decay=1e-3)
+        a.grad, b.grad = b.detach(), torch.randn(4, 3)  # a's gradient is b's memory
+        opt.step()
+        results.append([a.detach().clone(), b.detach().clone()])
+    for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
