@@ -27,8 +27,9 @@ Optional, with defaults in :mod:`lars_multi._protocol` (one device, dense
 arrays, no shared memory, no compiler) given to a module that lacks them:
     ``axpby(a, x, b, y, out=None)``: ``a x + b y``, written into ``out`` (which
     may be ``x``) when given (default: the arrays' operators, then ``write``).
-    ``axpbys(a, xs, bs, ys, outs=None)``: ``axpby`` of many arrays, ``bs`` one
-    coefficient or one per array (default: a loop over ``axpby``).
+    ``axpbys(a, xs, bs, ys, outs=None, scale=1.0)``: ``a x_i + s b_i y_i`` for
+    many arrays, ``bs`` one coefficient or one per array, ``s`` a Python number
+    (that a kernel such as ``addcmul`` takes for free); default: a loop over ``axpby``.
     ``norms(xs, axis_names=None)``: the norms of many arrays (default: a loop).
     ``byte_spans(xs)``: the address range each array reaches, where ``overlaps`` is decided
     by them (default: None, and arrays of one buffer are compared pair by pair).
@@ -55,6 +56,9 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``dtype_hint(got, expected)``: advice for a dtype mismatch message.
     ``largest(dtype)``: the largest finite value of the dtype the rate is
     computed in, to refuse hyper-parameters that overflow it.
+    ``constant(value, like)``: the number ``value`` as arithmetic with arrays
+    like ``like`` takes it fastest (default: the number; torch: a cached 0-d
+    tensor, since an operator wraps a Python number in a new tensor at each call).
     ``flatten(tree)``: a :class:`lars_multi._tree.Flat` of the framework's own
     pytrees (JAX), used when optree sees leaves that are not arrays.
 

@@ -328,15 +328,21 @@ def _scratch_blocks(dtype: np.dtype) -> np.ndarray:
     return pair
 
 
-def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None) -> list[Any]:
+def axpbys(
+    a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None, scale: float = 1.0
+) -> list[Any]:
     """:func:`axpby` of each array (``ys`` of the dtypes and shapes of ``xs``;
     ``outs`` overlap no ``y`` but their own ``x``, as the step ensures before it
     writes in place). Vectors of a native float dtype, written in place: one
     BLAS ``scal`` and one ``axpy`` call each (when SciPy is installed), mapped
     over the lists with no Python per array; else, small arrays in one to three
     ufunc calls each, with the coefficients as 0-d arrays of their dtype (a ufunc
-    takes one faster than a Python float, and rounds it the same)."""
+    takes one faster than a Python float, and rounds it the same). ``scale``
+    multiplies each coefficient first, as Python floats (one product, rounded
+    once to the arrays' dtype, whether a ratio came as a NumPy scalar or in a list)."""
     coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
+    if scale != 1:
+        coefficients = [scale * float(b) for b in coefficients]
     in_place = outs is not None and (outs is xs or all(o is x for o, x in zip(outs, xs)))
     if outs is not None and not in_place:
         return [axpby(a, x, b, y, out) for x, b, y, out in zip(xs, coefficients, ys, outs)]

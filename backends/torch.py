@@ -58,7 +58,7 @@ def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:
     return all(
         [
             type(x) is type(w)
-            and x.dtype == w.dtype
+            and x.dtype is w.dtype
             and x.shape == w.shape
             and x.layout == torch.strided
             and x.device == w.device
@@ -165,6 +165,28 @@ def cast_like(value: Any, like: torch.Tensor) -> Any:
     return value
 
 
+# Numbers as 0-d tensors, by (value, dtype, device): see constant.
+_CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def constant(value: float, like: Any) -> Any:
+    """``value`` as a cached 0-d tensor of ``like``'s dtype and device: an operator
+    given a Python number wraps it in a new tensor at every call (1.4 µs of the
+    2.7 µs that adding a number to a 0-d tensor takes on a CPU), and rounds it to
+    that dtype as this does. The number itself under ``torch.compile`` (a
+    constant of the graph), and beside anything but a plain tensor."""
+    if type(like) is not torch.Tensor or _registry.is_compiling():
+        return value
+    key = (value, like.dtype, like.device)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        if len(_CONSTANTS) >= 64:
+            _CONSTANTS.clear()
+        with torch.inference_mode(False):  # usable outside inference mode, where made inside it
+            found = _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return found
+
+
 def where(cond: Any, x: Any, y: Any) -> torch.Tensor:
     return torch.where(cond, x, y)
 
@@ -200,13 +222,12 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
             if a is not None:
                 raise no_axis_name("axis_name", FRAMEWORK, a)
     first = xs[0]
-    if (
-        list(map(type, xs)).count(torch.Tensor) == len(xs)
-        and first.layout == torch.strided
-        and first.dtype in FLOAT_DTYPES
-        and all([x.dtype == first.dtype and x.device == first.device for x in xs])
-    ):  # the common case: plain tensors of one device and dtype
-        return _foreach_norms(list(xs), first.dtype)
+    dtype = first.dtype
+    if dtype in FLOAT_DTYPES and first.layout == torch.strided:
+        device = first.device
+        if all([type(x) is torch.Tensor and x.dtype is dtype and x.device == device for x in xs]):
+            # the common case: plain tensors of one device and dtype
+            return _foreach_norms(list(xs), dtype, first.is_cpu)
     out: list[Any] = [None] * len(xs)
     groups: dict[Any, list[int]] = {}
     for i, x in enumerate(xs):
@@ -226,7 +247,7 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
         groups.setdefault(key, []).append(i)
     for (mesh, placements, _, dtype), indices in groups.items():
         locals_ = [_local(xs[i]) for i in indices]
-        values = _foreach_norms(locals_, dtype)
+        values = _foreach_norms(locals_, dtype, locals_[0].is_cpu)
         if mesh is None:
             for i, value in zip(indices, values):
                 out[i] = value
@@ -235,16 +256,14 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
     return out
 
 
-def _foreach_norms(xs: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+def _foreach_norms(xs: list[torch.Tensor], dtype: torch.dtype, cpu: bool) -> list[torch.Tensor]:
     """Halves accumulated in float32; on a CPU, large layers that fill their memory
     by BLAS ``dot`` (:func:`_blas_norm`), the others in one ``_foreach_norm``."""
     if dtype in _HALF:
         return list(torch._foreach_norm(xs, 2, dtype=torch.float32))
-    if not xs[0].is_cpu:
+    if not cpu or max(map(torch.Tensor.numel, xs)) < _DOT_ELEMENTS:
         return list(torch._foreach_norm(xs))
     large = [i for i, x in enumerate(xs) if x.numel() >= _DOT_ELEMENTS]
-    if not large:
-        return list(torch._foreach_norm(xs))
     out: list[Any] = [None] * len(xs)
     for i in large:
         out[i] = _blas_norm(xs[i])
@@ -357,45 +376,59 @@ def axpbys(
     bs: Any,
     ys: Sequence[torch.Tensor],
     outs: Sequence[torch.Tensor] | None = None,
+    scale: float = 1.0,
 ) -> list[torch.Tensor]:
-    """``a x_i + b_i y_i`` for every tensor, in two ``_foreach`` kernels; ``bs`` is
+    """``a x_i + s b_i y_i`` for every tensor, in two ``_foreach`` kernels; ``bs`` is
     one number or 0-d tensor, or a list of them (0-d tensors broadcast: no host
-    read); written into ``outs`` (which may be ``xs``) in place when given."""
+    read), and the number ``s`` (``scale``) is the kernels' own multiplier; written
+    into ``outs`` (which may be ``xs``) in place when given."""
+    if len(xs) == 1:  # one tensor: its own kernels (a _foreach call costs more)
+        b = bs[0] if isinstance(bs, list) else bs
+        return [axpby(a, xs[0], b, ys[0], None if outs is None else outs[0], scale=scale)]
     xs, ys = list(xs), list(ys)
     if isinstance(bs, list):
         numbers = [i for i, b in enumerate(bs) if not isinstance(b, torch.Tensor)]
         if numbers and len(numbers) < len(bs):  # tensors and numbers: two calls
-            return _split(a, xs, bs, ys, outs, numbers)
+            return _split(a, xs, bs, ys, outs, numbers, scale)
     if outs is None:
         base = xs if type(a) is float and a == 1 else list(torch._foreach_mul(xs, a))
-        return list(_foreach_add_scaled(base, ys, bs, in_place=False))
+        return list(_foreach_add_scaled(base, ys, bs, scale, in_place=False))
     with torch.no_grad():
         targets = list(outs)
         if any(o is not x for o, x in zip(targets, xs)):
-            torch._foreach_copy_(targets, axpbys(a, xs, bs, ys))
+            torch._foreach_copy_(targets, axpbys(a, xs, bs, ys, scale=scale))
             return targets
         if not (type(a) is float and a == 1):
             torch._foreach_mul_(targets, a)
-        _foreach_add_scaled(targets, ys, bs, in_place=True)
+        _foreach_add_scaled(targets, ys, bs, scale, in_place=True)
         return targets
 
 
-def _foreach_add_scaled(xs: list[torch.Tensor], ys: list[torch.Tensor], bs: Any, in_place: bool) -> Any:
-    """``x_i + b_i y_i``, ``bs`` one value or a list of all tensors or all numbers."""
+def _foreach_add_scaled(
+    xs: list[torch.Tensor], ys: list[torch.Tensor], bs: Any, scale: float, in_place: bool
+) -> Any:
+    """``x_i + s b_i y_i``, ``bs`` one value or a list of all tensors or all numbers."""
     if isinstance(bs, list):
         if isinstance(bs[0], torch.Tensor):
-            return (torch._foreach_addcmul_ if in_place else torch._foreach_addcmul)(xs, ys, bs)
+            return (torch._foreach_addcmul_ if in_place else torch._foreach_addcmul)(xs, ys, bs, value=scale)
         if bs.count(bs[0]) == len(bs):  # one number (layers not adapted): no scaled copies
-            return _foreach_add_scaled(xs, ys, bs[0], in_place)
-        scaled = torch._foreach_mul(ys, bs)
+            return _foreach_add_scaled(xs, ys, bs[0], scale, in_place)
+        scaled = torch._foreach_mul(ys, bs if scale == 1 else [scale * b for b in bs])
         return (torch._foreach_add_ if in_place else torch._foreach_add)(xs, scaled)
     if isinstance(bs, torch.Tensor):
-        return (torch._foreach_addcmul_ if in_place else torch._foreach_addcmul)(xs, ys, [bs] * len(ys))
-    return (torch._foreach_add_ if in_place else torch._foreach_add)(xs, ys, alpha=bs)
+        addcmul = torch._foreach_addcmul_ if in_place else torch._foreach_addcmul
+        return addcmul(xs, ys, [bs] * len(ys), value=scale)
+    return (torch._foreach_add_ if in_place else torch._foreach_add)(xs, ys, alpha=scale * bs)
 
 
 def _split(
-    a: Any, xs: list[Any], bs: list[Any], ys: list[Any], outs: Sequence[Any] | None, numbers: list[int]
+    a: Any,
+    xs: list[Any],
+    bs: list[Any],
+    ys: list[Any],
+    outs: Sequence[Any] | None,
+    numbers: list[int],
+    scale: float,
 ) -> list[torch.Tensor]:
     """:func:`axpbys` of the layers with number coefficients, then of those with tensors."""
     chosen = set(numbers)
@@ -408,6 +441,7 @@ def _split(
             [bs[i] for i in part],
             [ys[i] for i in part],
             None if outs is None else [outs[i] for i in part],
+            scale,
         )
         for i, value in zip(part, new):
             results[i] = value
@@ -420,20 +454,23 @@ def info() -> dict[str, str]:
     return {"version": torch.__version__, "devices": ", ".join(devices)}
 
 
-def axpby(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``a x + b y`` in one ``addcmul`` (``a`` and ``b`` may be 0-d tensors: no host
-    read); into ``out`` (which may be ``x``) in place."""
+def axpby(
+    a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: torch.Tensor | None = None, *, scale: float = 1.0
+) -> torch.Tensor:
+    """``a x + s b y`` in one ``addcmul`` (``a`` and ``b`` may be 0-d tensors: no host
+    read; ``s``, ``scale``, a number); into ``out`` (which may be ``x``) in place."""
     tensor = isinstance(b, torch.Tensor)
     one = type(a) is float and a == 1
     if out is None:
         base = x if one else x * a
-        return torch.addcmul(base, y, b) if tensor else torch.add(base, y, alpha=b)
+        return torch.addcmul(base, y, b, value=scale) if tensor else torch.add(base, y, alpha=scale * b)
     with torch.no_grad():
         if out is not x:
-            torch.mul(x, a, out=out)
-        elif not one:
+            out.copy_(axpby(a, x, b, y, scale=scale))
+            return out
+        if not one:
             out.mul_(a)
-        return out.addcmul_(y, b) if tensor else out.add_(y, alpha=b)
+        return out.addcmul_(y, b, value=scale) if tensor else out.add_(y, alpha=scale * b)
 
 
 _registry.is_compiling = torch.compiler.is_compiling

@@ -60,10 +60,17 @@ class Backend(Protocol):
     def to_compute(self, x: Any) -> Any: ...
     def compile(self, function: Any, donate: bool = False) -> Any: ...
     def largest(self, dtype: Any) -> float: ...
+    def constant(self, value: float, like: Any) -> Any: ...
     def cos(self, x: Any) -> Any: ...
     def axpby(self, a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any: ...
     def axpbys(
-        self, a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Sequence[Any] | None = None
+        self,
+        a: Any,
+        xs: Sequence[Any],
+        bs: Any,
+        ys: Sequence[Any],
+        outs: Sequence[Any] | None = None,
+        scale: float = 1.0,
     ) -> list[Any]: ...
     def batches(self, ws: Sequence[Any]) -> Sequence[Sequence[int]]: ...
 
@@ -150,6 +157,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         """The largest finite value of the dtype the rate is computed in."""
         return float("inf")
 
+    def constant(value: float, like: Any) -> Any:
+        """The number ``value`` as arithmetic with arrays like ``like`` takes it fastest:
+        here the number itself."""
+        return value
+
     def write(out: Any, value: Any) -> None:
         """Copy ``value`` into ``out`` in place (called only where ``unwritable`` is None)."""
         raise TypeError(f"{type_name(out)} cannot be written in place")
@@ -166,10 +178,14 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         module.write(out, result)
         return out
 
-    def axpbys(a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None) -> list[Any]:
-        """``axpby`` of each array: ``a x_i + b_i y_i`` (``bs``: one value, or a list
-        with one per array), into ``outs`` when given."""
+    def axpbys(
+        a: Any, xs: Sequence[Any], bs: Any, ys: Sequence[Any], outs: Any = None, scale: float = 1.0
+    ) -> list[Any]:
+        """``axpby`` of each array: ``a x_i + s b_i y_i`` (``bs``: one value, or a list
+        with one per array; ``s``: ``scale``, a Python number), into ``outs`` when given."""
         coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
+        if scale != 1:
+            coefficients = [scale * b for b in coefficients]
         targets = outs if outs is not None else [None] * len(xs)
         return [module.axpby(a, x, b, y, t) for x, b, y, t in zip(xs, coefficients, ys, targets)]
 
@@ -198,6 +214,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             to_compute,
             compile,
             largest,
+            constant,
             write,
             cos,
             axpby,

@@ -108,7 +108,7 @@ def trust_ratio(
     None where no weight decay applies."""
     preset = config.preset
     if preset.decay_divides_ratio:  # the reference: no fallback, lambda divides r
-        ratio = w_norm / (g_norm + config.eps)
+        ratio = w_norm / (g_norm + ops.constant(config.eps, g_norm))
         if decay is None:
             return ratio
         scale = w_norm * decay  # a zero-norm layer keeps rate 0
@@ -121,7 +121,9 @@ def trust_ratio(
         denominator = g_norm + decay * w_norm
     usable = (w_norm > 0) & ((u_norm if preset.ratio_of_update else g_norm) > 0)
     # Divide only where the ratio is used (no 0/0 computed, no warning raised).
-    denominator = ops.where(usable, denominator + config.eps, 1.0)
+    if config.eps:
+        denominator = denominator + ops.constant(config.eps, denominator)
+    denominator = ops.where(usable, denominator, 1.0)
     ratio = ops.where(usable, config.trust_coefficient * w_norm / denominator, 1.0)
     if config.trust_clip:  # min(r / lr, 1): r / lr where r < lr (so lr > 0), else 1
         below = ratio < lr
@@ -219,7 +221,7 @@ def _run_batch(
 ) -> tuple[list[Any], list[Any]]:
     """:func:`lars_step` of one batch: its new weights and buffers (the outputs and
     the buffers themselves, where they were written)."""
-    run = _batch_step(ops, config, flags, weight_decay is not None, stop, donate, in_place)
+    run = batch_step(ops, config, flags, weight_decay is not None, stop, donate, in_place)
     new_ws, new_buffers = run(
         list(ws),
         list(gs),
@@ -271,7 +273,7 @@ def compiles(ops: Backend) -> bool:
 _STEPS: dict[tuple[Any, ...], Any] = {}
 
 
-def _batch_step(
+def batch_step(
     ops: Backend,
     config: StepConfig,
     flags: LayerFlags,
@@ -281,7 +283,9 @@ def _batch_step(
     in_place: bool,
 ) -> Any:
     """:func:`_step` for one configuration and pattern of flags, compiled where the
-    backend compiles (one program per batch structure); kept for the next call."""
+    backend compiles (one program per batch structure); kept for the next call.
+    It takes ``(ws, gs, buffers, lr, weight_decay, first, outs)`` as lists
+    (``buffers`` None without momentum; ``outs`` None, or when ``in_place``)."""
     if _registry.is_compiling():  # torch.compile traces the step itself (and not the cache's keys)
         return functools.partial(_step, ops, config, _plan(ops, config, flags, has_decay), stop, in_place)
     key = (ops, config, flags, has_decay, stop, donate, in_place)
@@ -358,7 +362,8 @@ def _step(
             lr = ops.stop_gradient(lr)
         if weight_decay is not None and type(weight_decay) is not float:
             weight_decay = ops.stop_gradient(weight_decay)
-    wcs, gcs = _computed(ops, ws), _computed(ops, gs)
+    wcs = _computed(ops, ws)
+    gcs = gs if wcs is ws else [ops.to_compute(g) for g in gs]  # (of the weights' dtypes)
     # A batch is of one dtype: rates in its compute dtype (a number stays a number).
     if type(lr) is not float:
         lr = ops.cast_like(lr, wcs[0])
@@ -441,24 +446,28 @@ def _vector(ops: Backend, norms: list[Any]) -> Any:
     return norms[0] if len(norms) == 1 else ops.stack(norms)
 
 
-def _per_layer(ops: Backend, n: int, ratios: _Ratios, f: Any) -> list[Any]:
-    """``f(r)`` for every layer: computed on each ratio vector at once, ``f(1.0)``
-    where the layer is not adapted."""
+def _per_layer(ops: Backend, n: int, ratios: _Ratios, scale: Any) -> tuple[list[Any], Any]:
+    """Coefficients ``b_i`` and a common factor ``s`` with ``s b_i = scale r_i`` for
+    every layer (``r_i = 1`` where it is not adapted), for ``axpbys(..., scale=s)``.
+    A number ``scale`` is left to the multiply-add kernels (torch's ``addcmul``
+    takes it for free: no operation on the ratios); an array multiplies each ratio
+    vector, once."""
     if not ratios:
-        return [f(1.0)] * n
+        return [scale] * n, 1.0
+    fold = type(scale) is float
     if len(ratios[0][0]) == n:  # one vector for every layer
-        value = f(ratios[0][1])
-        return [value] if n == 1 else list(ops.unstack(value))
+        value = ratios[0][1] if fold else scale * ratios[0][1]
+        return ([value] if n == 1 else list(ops.unstack(value))), scale if fold else 1.0
     values: list[Any] = [None] * n
     covered = 0  # (the groups are disjoint)
     for indices, ratio in ratios:
-        value = f(ratio)
+        value = ratio if fold else scale * ratio
         put(values, indices, [value] if len(indices) == 1 else ops.unstack(value))
         covered += len(indices)
     if covered < n:  # layers not adapted
-        plain = f(1.0)
+        plain = 1.0 if fold else scale
         values = [plain if v is None else v for v in values]
-    return values
+    return values, scale if fold else 1.0
 
 
 def _u_used_once(config: StepConfig, first: Any) -> bool:
@@ -492,33 +501,33 @@ def _update(
     n = len(wcs)
     mu, damp = config.momentum, 1.0 - config.dampening
     if mu == 0:
-        minus_lr = -lr
-        rates = _per_layer(ops, n, ratios, lambda r: minus_lr * r)
-        return ops.axpbys(1.0, wcs, rates, us, targets), list(buffers)
+        rates, s = _per_layer(ops, n, ratios, -lr)
+        return ops.axpbys(1.0, wcs, rates, us, targets, scale=s), list(buffers)
     bcs = _computed(ops, buffers)
     into = buffers if in_place else None
     factor: Any  # the buffer takes (factor r) u
     if config.preset.lr_in_buffer:  # v = mu v + (1 - d) eta r u; w - v
         factor = lr if damp == 1 else damp * lr
-        new_buffers = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, lambda r: factor * r), us, into)
+        rates, s = _per_layer(ops, n, ratios, factor)
+        new_buffers = ops.axpbys(mu, bcs, rates, us, into, scale=s)
         step: Any = 1.0
     else:  # b = mu b + (1 - d) r u, r u at first; w - eta b
         new_buffers, factor = _timm_buffers(ops, n, ratios, damp, mu, bcs, us, first, into)
         step = lr
     if decay_terms is not None:  # + (factor lambda r) w, into the buffers
         chosen, decay = decay_terms
-        factor_decay = factor * decay
-        coefficients = _per_layer(ops, n, ratios, lambda r: factor_decay * r)
+        coefficients, s = _per_layer(ops, n, ratios, factor * decay)
         ops.axpbys(
             1.0,
             [new_buffers[i] for i in chosen],
             [coefficients[i] for i in chosen],
             [wcs[i] for i in chosen],
             [new_buffers[i] for i in chosen],
+            scale=s,
         )
     if config.nesterov:  # w - (mu step b + eta r u), the step summed first
-        rates = _per_layer(ops, n, ratios, lambda r: lr * r)
-        steps = ops.axpbys(mu * step, new_buffers, rates, us)
+        rates, s = _per_layer(ops, n, ratios, lr)
+        steps = ops.axpbys(mu * step, new_buffers, rates, us, scale=s)
         return ops.axpbys(1.0, wcs, -1.0, steps, targets), new_buffers
     return ops.axpbys(1.0, wcs, -step, new_buffers, targets), new_buffers
 
@@ -537,15 +546,17 @@ def _timm_buffers(
     r"""timm's buffers: :math:`r u` on the first step, else :math:`\mu b + (1-d) r u`;
     and the factor of :math:`r u` (when ``first`` is known)."""
     if first is True:
-        return ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us, into), 1.0
-    scale = (lambda r: r) if damp == 1 else (lambda r: damp * r)
+        rates, s = _per_layer(ops, n, ratios, 1.0)
+        return ops.axpbys(0.0, bcs, rates, us, into, scale=s), 1.0
+    later, s_later = _per_layer(ops, n, ratios, damp)
     if first is False:
-        return ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us, into), damp
+        return ops.axpbys(mu, bcs, later, us, into, scale=s_later), damp
+    at_first, s_first = _per_layer(ops, n, ratios, 1.0)
     # Traced (jit), for all layers or per layer: both, then chosen.
-    later = ops.axpbys(mu, bcs, _per_layer(ops, n, ratios, scale), us)
-    at_first = ops.axpbys(0.0, bcs, _per_layer(ops, n, ratios, lambda r: r), us)
+    begun = ops.axpbys(0.0, bcs, at_first, us, scale=s_first)
+    continued = ops.axpbys(mu, bcs, later, us, scale=s_later)
     firsts = first if isinstance(first, list) else [first] * n
-    new = [ops.where(f, a, b) for f, a, b in zip(firsts, at_first, later)]
+    new = [ops.where(f, a, b) for f, a, b in zip(firsts, begun, continued)]
     if into is None:
         return new, damp
     for target, value in zip(into, new):
