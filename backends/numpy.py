@@ -343,7 +343,11 @@ def axpbys(
     coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
     if scale != 1:
         coefficients = [scale * float(b) for b in coefficients]
-    in_place = outs is not None and (outs is xs or all(o is x for o, x in zip(outs, xs)))
+    if outs is None and len(xs) == 1 and _small_alone(xs[0]):  # one array (lars_update's)
+        x = xs[0]
+        a_0d = None if type(a) is float and a == 1 else _as_0d(a, x.dtype)
+        return [_new_by_ufuncs(a_0d, x, coefficients[0], ys[0])]
+    in_place = outs is not None and (outs is xs or all(map(operator.is_, outs, xs)))
     if outs is not None and not in_place:
         return [axpby(a, x, b, y, out) for x, b, y, out in zip(xs, coefficients, ys, outs)]
     if not xs or xs[0].dtype not in _PLAIN:  # (halves are computed on float32 copies)
@@ -433,11 +437,24 @@ class _Small:
                 b_0d = _as_0d(b, self.dtype)
                 self._last = (b, b_0d)
         if not in_place:
-            return x + y * b_0d if self.one else x * self.a_0d + y * b_0d
+            return _new_by_ufuncs(None if self.one else self.a_0d, x, b_0d, y)
         if not self.one:
             x *= self.a_0d
         x += y * b_0d
         return x
+
+
+def _small_alone(x: np.ndarray) -> bool:
+    """Whether ``x`` takes the small-array ufuncs whatever the others (not a vector,
+    which BLAS takes, nor 0-d, nor large, nor a half)."""
+    return x.ndim > 1 and x.size <= _BLOCK and x.dtype in _PLAIN
+
+
+def _new_by_ufuncs(a_0d: Any, x: np.ndarray, b: Any, y: np.ndarray) -> np.ndarray:
+    """``a x + b y`` as a new array (``a_0d`` None for a = 1), the coefficients as
+    0-d arrays of ``x``'s dtype."""
+    b_0d = _as_0d(b, x.dtype)
+    return x + y * b_0d if a_0d is None else x * a_0d + y * b_0d
 
 
 def _written(target: np.ndarray, result: np.ndarray) -> None:
