@@ -205,6 +205,13 @@ def norm(x: torch.Tensor, axis_name: Any = None) -> torch.Tensor:
     return torch.linalg.vector_norm(x)
 
 
+def _transformed(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a tensor of a ``torch.func`` transform (``vmap``, ``grad``):
+    ``_foreach`` kernels have no batching rules, so each tensor takes its own.
+    (Not asked while Dynamo traces: it cannot trace the query.)"""
+    return not _registry.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -> list[torch.Tensor]:
     """The 2-norm of each array, in order, with few kernels and few collectives.
 
@@ -222,6 +229,8 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
             if a is not None:
                 raise no_axis_name("axis_name", FRAMEWORK, a)
     first = xs[0]
+    if _transformed(first):
+        return [norm(x) for x in xs]
     dtype = first.dtype
     if dtype in FLOAT_DTYPES and first.layout == torch.strided:
         device = first.device
@@ -385,6 +394,10 @@ def axpbys(
     if len(xs) == 1:  # one tensor: its own kernels (a _foreach call costs more)
         b = bs[0] if isinstance(bs, list) else bs
         return [axpby(a, xs[0], b, ys[0], None if outs is None else outs[0], scale=scale)]
+    if _transformed(xs[0]):
+        coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
+        targets = [None] * len(xs) if outs is None else outs
+        return [axpby(a, x, b, y, t, scale=scale) for x, b, y, t in zip(xs, coefficients, ys, targets)]
     xs, ys = list(xs), list(ys)
     if isinstance(bs, list):
         numbers = [i for i, b in enumerate(bs) if not isinstance(b, torch.Tensor)]

@@ -206,6 +206,38 @@ def test_jax_jit():
         assert_layer_close(to_numpy(rows)[i], W[i], G[i], 0.1, 0.0, "float32")
 
 
+def test_torch_vmap_steps_each_row_and_differentiates():
+    """Inside torch.vmap (whose tensors have no batching rule for the _foreach kernels),
+    for one array, a tree and lm.optim, and under torch.func.grad of it."""
+    require_backend("torch")
+    import torch
+
+    w, g = torch.tensor(W, dtype=torch.float64), torch.tensor(G, dtype=torch.float64)
+    rows = torch.vmap(lambda a, b: lm.lars_update(a, b, 0.1))(w, g)
+    trees = torch.vmap(lambda a, b: lm.lars_update({"x": a, "y": b}, {"x": b, "y": a}, 0.1))(w, g)
+    for i in range(W.shape[0]):
+        assert_layer_close(to_numpy(rows)[i], W[i], G[i], 0.1, 0.0, "float64")
+        assert_layer_close(to_numpy(trees["x"])[i], W[i], G[i], 0.1, 0.0, "float64")
+        assert_layer_close(to_numpy(trees["y"])[i], G[i], W[i], 0.1, 0.0, "float64")
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=0.01, adapt_mask=lambda path, x: True)
+
+    def optimizer_step(a, b):
+        return opt.step({"p": a}, {"p": b}, opt.init({"p": a}))[0]["p"]
+
+    stepped = torch.vmap(optimizer_step)(w, g)
+    for i in range(W.shape[0]):
+        alone = opt.step({"p": w[i]}, {"p": g[i]}, opt.init({"p": w[i]}))[0]["p"]
+        torch.testing.assert_close(stepped[i], alone, rtol=1e-14, atol=0)
+
+    def loss(a):
+        return torch.vmap(lambda x, y: lm.lars_update(x, y, 0.1, stop_gradients=False))(a, g).sum()
+
+    grad = torch.func.grad(loss)(w)
+    leaf = w.clone().requires_grad_()
+    (want,) = torch.autograd.grad(loss(leaf), [leaf])
+    torch.testing.assert_close(grad, want, rtol=1e-12, atol=1e-12)
+
+
 # --- tensorflow ------------------------------------------------------------------------
 
 

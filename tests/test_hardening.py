@@ -716,3 +716,21 @@ def test_numpy_big_endian_float64_keeps_float64_precision():
     swapped = lm.lars_update(w.astype(">f8"), g.astype(">f8"), 0.1, decay_lambda=0.3)
     np.testing.assert_array_equal(swapped.astype(np.float64), native_result)
     assert_layer_close(swapped, w, g, 0.1, 0.3, "float64")
+
+
+def test_torch_constant_made_in_inference_mode_serves_autograd_later():
+    """torch adds eps as a cached 0-d tensor: one first made under inference_mode
+    must not turn a later differentiable update into an inference-tensor error."""
+    require_backend("torch")
+    import torch
+
+    dtype = torch.float64  # (a dtype of its own: a fresh cache entry)
+    with torch.inference_mode():
+        lm.lars_update(torch.tensor(W, dtype=dtype), torch.tensor(G, dtype=dtype), 0.1)
+    w = torch.tensor(W, dtype=dtype, requires_grad=True)
+    g = torch.tensor(G, dtype=dtype, requires_grad=True)
+    new = lm.lars_update(w, g, 0.1, stop_gradients=False)
+    new.sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+    assert g.grad is not None and torch.isfinite(g.grad).all()
+    np.testing.assert_allclose(new.detach().numpy(), reference_layer(W, G, 0.1), rtol=1e-12)

@@ -363,3 +363,24 @@ def test_half_out_dtype_kept(backend):
     assert out.a.dtype == "float16"
     assert_layer_close(out.a, W.astype(np.float16), G.astype(np.float16), 0.1, 0.0, "float16")
     assert np_dtype("float16") == np.float16
+
+
+# --- One array and a tree: the same step ------------------------------------------
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_array_steps_as_a_layer_of_a_tree(mutable_backend, decay, dtype):
+    """The one-array path (its own kernels, its scale given to them) and a tree of many
+    layers (one vector of ratios, list kernels) give a layer the same bits."""
+    rng = np.random.default_rng(11)
+    w, g = W.astype(dtype), G.astype(dtype)
+    others = {f"x{i}": rng.standard_normal((3, 4)).astype(dtype) for i in range(3)}
+    alone = lm.lars_update(native(mutable_backend, w), native(mutable_backend, g), 0.1, decay_lambda=decay)
+    tree = {"w": native(mutable_backend, w), **{k: native(mutable_backend, v) for k, v in others.items()}}
+    grads = {"w": native(mutable_backend, g), **{k: native(mutable_backend, -v) for k, v in others.items()}}
+    in_tree = lm.lars_update(tree, grads, 0.1, decay_lambda=decay)["w"]
+    np.testing.assert_array_equal(to_numpy(alone), to_numpy(in_tree))
+    written = native(mutable_backend, w)
+    lm.lars_update(written, native(mutable_backend, g), 0.1, decay_lambda=decay, out=written)
+    np.testing.assert_array_equal(to_numpy(written), to_numpy(alone))

@@ -63,6 +63,32 @@ def test_axpbys_is_a_x_plus_b_y(backend, kind, in_place, a):
         np.testing.assert_allclose(to_numpy(g), a * x + b * y, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["number", "array", "per-layer numbers", "per-layer arrays"])
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("in_place", [False, True], ids=["new", "in-place"])
+def test_axpbys_scale_multiplies_every_coefficient(backend, kind, n, in_place):
+    """``scale`` (a number, which torch's ``addcmul`` takes as its ``value``): ``a x + s b y``,
+    for one array (the one-array kernels) and for many."""
+    ops = get_backend(backend)
+    if in_place:
+        _skip_if_immutable(backend)
+    rng = np.random.default_rng(3)
+    xs, ys = _arrays(backend, rng)[:n], _arrays(backend, rng)[:n]
+    want_x = [to_numpy(x).astype(np.float64) for x in xs]
+    want_y = [to_numpy(y).astype(np.float64) for y in ys]
+    numbers = [0.5, -1.25, 2.0, 0.75][:n]
+    bs = {
+        "number": 0.5,
+        "array": ops.asarray(np.float32(0.5)),
+        "per-layer numbers": numbers,
+        "per-layer arrays": [ops.asarray(np.float32(b)) for b in numbers],
+    }[kind]
+    coefficients = [0.5] * n if kind in ("number", "array") else numbers
+    got = ops.axpbys(0.9, xs, bs, ys, xs if in_place else None, scale=-1e-2)
+    for g, x, b, y in zip(got, want_x, coefficients, want_y):
+        np.testing.assert_allclose(to_numpy(g), 0.9 * x - 1e-2 * b * y, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("in_place", [False, True], ids=["new", "in-place"])
 def test_axpbys_one_number_per_layer_is_that_number(backend, in_place):
     """A list repeating one number (the step gives layers not adapted f(1.0)) rounds
