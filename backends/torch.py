@@ -229,14 +229,17 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
             if a is not None:
                 raise no_axis_name("axis_name", FRAMEWORK, a)
     first = xs[0]
-    if _transformed(first):
-        return [norm(x) for x in xs]
     dtype = first.dtype
     if dtype in FLOAT_DTYPES and first.layout == torch.strided:
         device = first.device
         if all([type(x) is torch.Tensor and x.dtype is dtype and x.device == device for x in xs]):
             # the common case: plain tensors of one device and dtype
-            return _foreach_norms(list(xs), dtype, first.is_cpu)
+            try:
+                return _foreach_norms(list(xs), dtype, first.is_cpu)
+            except RuntimeError:  # (asked only then: the query costs a tiny step 2%)
+                if not _transformed(first):
+                    raise
+                return [norm(x) for x in xs]
     out: list[Any] = [None] * len(xs)
     groups: dict[Any, list[int]] = {}
     for i, x in enumerate(xs):
