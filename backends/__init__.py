@@ -56,6 +56,8 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``dtype_hint(got, expected)``: advice for a dtype mismatch message.
     ``largest(dtype)``: the largest finite value of the dtype the rate is
     computed in, to refuse hyper-parameters that overflow it.
+    ``readable()``: whether array values can be read on the host now (default:
+    True; torch: not inside a ``torch.func`` transform, which batches them).
     ``constant(value, like)``: the number ``value`` as arithmetic with arrays
     like ``like`` takes it fastest (default: the number; torch: a cached 0-d
     tensor, since an operator wraps a Python number in a new tensor at each call).

@@ -74,8 +74,14 @@ except ImportError:  # pragma: no cover - exercised only without SciPy
     _SCAL = {}
 
 
+# Subclasses whose operators differ from an array's: a masked array skips its masked
+# elements in some operations and not in others (a norm counts them), a matrix's ``*``
+# is a matrix product. Refused as arrays (not silently stepped one way or the other).
+_NOT_ARRAYS = (np.ma.MaskedArray, np.matrix)
+
+
 def is_native(x: Any) -> bool:
-    return isinstance(x, _NUMPY_TYPES)
+    return isinstance(x, _NUMPY_TYPES) and not isinstance(x, _NOT_ARRAYS)
 
 
 def unwritable(x: Any) -> str | None:
@@ -86,7 +92,7 @@ def unwritable(x: Any) -> str | None:
         return f"a NumPy scalar ({type(x).__name__})"
     if not x.flags.writeable:
         return "a read-only NumPy array"
-    if any(stride == 0 and size > 1 for stride, size in zip(x.strides, x.shape)):
+    if x.size and any(stride == 0 and size > 1 for stride, size in zip(x.strides, x.shape)):
         return "a NumPy array whose elements share memory (a stride of 0, as from broadcast_to)"
     return None
 
@@ -281,7 +287,8 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
         out = np.empty_like(x)
     one = type(a) is float and a == 1
     contiguous = out.flags.c_contiguous and x.flags.c_contiguous and y.flags.c_contiguous
-    blas = out.dtype in _AXPY and (one or (out is x and a != 0))
+    # (BLAS axpy skips a zero b: x + 0 y would keep x where y holds inf or NaN)
+    blas = out.dtype in _AXPY and (one or (out is x and a != 0)) and b != 0
     if blas and out.size > _BLOCK and contiguous and _blas_ready(out, y) and not overlaps(out, y):
         flat_out = out.reshape(-1)
         if out is not x:  # (then a is 1)
@@ -353,7 +360,8 @@ def axpbys(
     if not xs or xs[0].dtype not in _PLAIN:  # (halves are computed on float32 copies)
         return [axpby(a, x, b, y, x if in_place else None) for x, b, y in zip(xs, coefficients, ys)]
     dtype = xs[0].dtype
-    sizes = _blas_vector_sizes(xs, dtype) if in_place and dtype in _AXPY and a != 0 else None
+    blas = in_place and dtype in _AXPY and a != 0 and all(coefficients)  # (no zero b: see axpby)
+    sizes = _blas_vector_sizes(xs, dtype) if blas else None
     if sizes is not None:
         return _blas_in_place(a, xs, coefficients, ys, sizes)
     small = _Small(a, dtype)
@@ -361,7 +369,7 @@ def axpbys(
     for x, b, y in zip(xs, coefficients, ys):
         if x.size > _BLOCK or x.dtype is not dtype or not x.ndim:
             results.append(axpby(a, x, b, y, x if in_place else None))
-        elif small.axpy is None or x.ndim != 1 or not x.size:
+        elif small.axpy is None or x.ndim != 1 or not x.size or not b:
             results.append(small.by_ufuncs(x, b, y, in_place))
         else:
             results.append(small.by_blas(x, b, y, in_place))

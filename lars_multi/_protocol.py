@@ -61,6 +61,7 @@ class Backend(Protocol):
     def compile(self, function: Any, donate: bool = False) -> Any: ...
     def largest(self, dtype: Any) -> float: ...
     def constant(self, value: float, like: Any) -> Any: ...
+    def readable(self) -> bool: ...
     def cos(self, x: Any) -> Any: ...
     def axpby(self, a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any: ...
     def axpbys(
@@ -157,6 +158,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         """The largest finite value of the dtype the rate is computed in."""
         return float("inf")
 
+    def readable() -> bool:
+        """Whether array values can be read on the host now (an optimizer's step count,
+        timm's first-step flags); where not, the step takes them as traced values."""
+        return True
+
     def constant(value: float, like: Any) -> Any:
         """The number ``value`` as arithmetic with arrays like ``like`` takes it fastest:
         here the number itself."""
@@ -215,6 +221,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             compile,
             largest,
             constant,
+            readable,
             write,
             cos,
             axpby,

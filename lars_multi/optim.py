@@ -345,11 +345,12 @@ class LarsOptimizer:
 def _first(ops: Backend, count: Any, started: list[Any] | None, active: list[int]) -> Any:
     """Whether the buffers start now: at step 0, or (``started``) per layer, for
     each layer whose buffer has not started; values are read on the host only
-    where the step is not compiled."""
+    where the step is not compiled and they can be (not inside ``torch.vmap``)."""
+    traced = compiles(ops) or not ops.readable()
     if started is None:
         first = count == 0
-        return first if compiles(ops) else bool(first)
-    if compiles(ops):
+        return first if traced else bool(first)
+    if traced:
         return [~started[i] for i in active]
     return [not bool(started[i]) for i in active]
 

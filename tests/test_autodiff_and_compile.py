@@ -238,6 +238,73 @@ def test_torch_vmap_steps_each_row_and_differentiates():
     torch.testing.assert_close(grad, want, rtol=1e-12, atol=1e-12)
 
 
+def test_torch_vmap_with_unbatched_weights_batched_rates_and_large_layers():
+    """vmap where the first tensor is not batched (shared weights, one gradient per row;
+    a learning rate per row), and large float32 layers, whose norms are as accurate as
+    the per-row loop's (torch.dot under vmap sums in one running float32 sum)."""
+    require_backend("torch")
+    import torch
+
+    rng = np.random.default_rng(5)
+    w = torch.tensor(rng.standard_normal((4, 3)))
+    g = torch.tensor(rng.standard_normal((5, 4, 3)))
+    rows = torch.vmap(lambda b: lm.lars_update({"a": w, "b": w * 2}, {"a": b, "b": -b}, 0.1))(g)
+    lrs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
+    swept = torch.vmap(lambda b, lr: lm.lars_update({"a": w, "b": b}, {"a": b, "b": b}, lr))(g, lrs)
+    for i in range(5):
+        want = lm.lars_update({"a": w, "b": w * 2}, {"a": g[i], "b": -g[i]}, 0.1)
+        torch.testing.assert_close(rows["a"][i], want["a"], rtol=1e-14, atol=0)
+        torch.testing.assert_close(rows["b"][i], want["b"], rtol=1e-14, atol=0)
+        want = lm.lars_update({"a": w, "b": g[i]}, {"a": g[i], "b": g[i]}, float(lrs[i]))
+        torch.testing.assert_close(swept["b"][i], want["b"], rtol=1e-14, atol=0)
+    big_w = torch.tensor(rng.random((2, 1 << 20)), dtype=torch.float32)
+    big_g = torch.zeros_like(big_w)
+    big_g[:, :1000] = 1.0  # the step is then set by the weights' norm alone
+    new = torch.vmap(lambda a, b: lm.lars_update(a, b, 0.1))(big_w, big_g)
+    want_norm = np.linalg.norm(big_w.double().numpy(), axis=1)
+    got_norm = (big_w - new)[:, 0].double().numpy() * np.sqrt(1000) / 0.1
+    assert np.max(np.abs(got_norm - want_norm) / want_norm) < 3e-6
+
+
+def test_torch_func_transforms_refuse_out_and_carry_batched_optimizer_state():
+    """Inside torch.func nothing is written in place (out= is refused, clearly), and
+    lm.optim steps an ensemble whose state (count, timm's flags) is batched too."""
+    require_backend("torch")
+    import torch
+
+    from lars_multi.optim import LarsState
+
+    w, g = torch.tensor(W, dtype=torch.float64), torch.tensor(G, dtype=torch.float64)
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^out: expected an array that can be written.*torch\.func"
+    ):
+        torch.vmap(lambda a, b: lm.lars_update(a, b, 0.1, out=a))(w, g)
+    np.testing.assert_array_equal(w.numpy(), W.astype(np.float64))
+    rng = np.random.default_rng(6)
+    params = torch.tensor(rng.standard_normal((3, 4, 5)))
+    grads = [torch.tensor(rng.standard_normal((3, 4, 5))) for _ in range(3)]
+    for preset in ("paper", "optax", "timm"):
+        opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=0.01, preset=preset)
+
+        def step(p, g, count, buffer, started, opt=opt):
+            new, state = opt.step({"p": p}, {"p": g}, LarsState(count, {"p": buffer}, started))
+            return new["p"], state.count, state.momentum["p"], state.started
+
+        count = torch.zeros(3, dtype=torch.int32)
+        buffer = torch.zeros_like(params)
+        started = {"p": torch.zeros(3, dtype=torch.bool)} if preset == "timm" else None
+        batched = params
+        dims = 0 if preset == "timm" else None  # (no flags kept but timm's)
+        vmapped = torch.vmap(step, in_dims=(0, 0, 0, 0, dims), out_dims=(0, 0, 0, dims))
+        for grad in grads:
+            batched, count, buffer, started = vmapped(batched, grad, count, buffer, started)
+        for i in range(3):
+            alone, state = {"p": params[i]}, opt.init({"p": params[i]})
+            for grad in grads:
+                alone, state = opt.step(alone, {"p": grad[i]}, state)
+            torch.testing.assert_close(batched[i], alone["p"], rtol=1e-13, atol=1e-15)
+
+
 # --- tensorflow ------------------------------------------------------------------------
 
 

@@ -734,3 +734,46 @@ def test_torch_constant_made_in_inference_mode_serves_autograd_later():
     assert w.grad is not None and torch.isfinite(w.grad).all()
     assert g.grad is not None and torch.isfinite(g.grad).all()
     np.testing.assert_allclose(new.detach().numpy(), reference_layer(W, G, 0.1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["masked", "matrix"])
+def test_numpy_subclasses_with_other_operators_are_refused(kind):
+    """A masked array's norm counts its masked entries while its update skips them
+    in some layouts; a matrix's ``*`` is a product: both are refused as arrays, with
+    nothing written (a tree with out= was half-written)."""
+    make = (
+        (lambda a: np.ma.masked_array(a, mask=np.eye(*a.shape, dtype=bool)))
+        if kind == "masked"
+        else np.matrix
+    )
+    large = np.random.default_rng(0).standard_normal(LARGE).astype(np.float32)
+    before = large.copy()
+    params = [large, make(W.copy())]
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^w\[1\]: expected an array, got numpy\."):
+        lm.lars_update(params, [large.copy(), make(G)], 0.1, out=params)
+    np.testing.assert_array_equal(large, before)
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^dcdw: expected an array like w, got numpy\."):
+        lm.lars_update(W.copy(), make(G), 0.1)
+
+
+def test_numpy_empty_layers_can_be_written_in_place():
+    """NumPy gives an empty array zero strides: nothing is shared, so out= is a no-op."""
+    w = np.zeros((0, 3), np.float32)
+    assert lm.lars_update(w, np.zeros((0, 3), np.float32), 0.1, out=w) is w
+    other = np.zeros((0, 3), np.float32)
+    assert lm.lars_update(w, np.zeros((0, 3), np.float32), 0.1, out=other) is other
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (2,), (300, 200), (LARGE,)])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_numpy_infinite_gradient_gives_nan_whatever_the_layout(shape, in_place):
+    """||g|| = inf gives r = 0, and w - 0 * inf is NaN where g is inf (as torch, and
+    NumPy's ufuncs, give): BLAS axpy skips a zero coefficient, and left w as it was
+    for vectors and large layers."""
+    w = np.ones(shape, np.float32)
+    g = np.ones(shape, np.float32)
+    g.flat[0] = np.inf
+    with np.errstate(invalid="ignore"):
+        new = lm.lars_update(w, g, 0.1, out=w if in_place else None)
+    assert np.isnan(new.flat[0])
+    np.testing.assert_array_equal(new.flat[1:], 1.0)
