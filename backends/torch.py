@@ -176,14 +176,18 @@ def constant(value: float, like: Any) -> Any:
     given a Python number wraps it in a new tensor at every call (1.4 µs of the
     2.7 µs that adding a number to a 0-d tensor takes on a CPU), and rounds it to
     that dtype as this does. The number itself under ``torch.compile`` (a
-    constant of the graph), and beside anything but a plain tensor."""
+    constant of the graph), and beside anything but a plain tensor. Entries are
+    never freed (a captured CUDA graph may read one): the number itself once 64
+    are kept, while a CUDA graph is captured (no copy to the device then) and
+    inside a ``torch.func`` transform (its tensors belong to the transform)."""
     if type(like) is not torch.Tensor or _registry.is_compiling():
         return value
     key = (value, like.dtype, like.device)
     found = _CONSTANTS.get(key)
     if found is None:
-        if len(_CONSTANTS) >= 64:
-            _CONSTANTS.clear()
+        capturing = like.is_cuda and torch.cuda.is_current_stream_capturing()
+        if len(_CONSTANTS) >= 64 or capturing or _in_transform():
+            return value
         with torch.inference_mode(False):  # usable outside inference mode, where made inside it
             found = _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
     return found
@@ -418,7 +422,9 @@ def axpbys(
             return _split(a, xs, bs, ys, outs, numbers, scale)
     if outs is None:
         try:
-            base = xs if type(a) is float and a == 1 else list(torch._foreach_mul(xs, a))
+            # (a tensor a as a list: torch differentiates _foreach_mul by a list, not by one tensor)
+            factor = [a] * len(xs) if isinstance(a, torch.Tensor) else a
+            base = xs if type(a) is float and a == 1 else list(torch._foreach_mul(xs, factor))
             return list(_foreach_add_scaled(base, ys, bs, scale, in_place=False))
         except RuntimeError:
             if not _in_transform():

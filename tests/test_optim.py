@@ -1059,3 +1059,41 @@ def test_timm_buffer_starts_at_each_parameters_first_gradient(backend):
                 p, state = lm_opt.step(p, native_g, state, out=p if in_place else None)
             got = {k: to_numpy(v) for k, v in p.items()}
         assert max_rel_diff(got, want) <= bound, in_place
+
+
+@pytest.mark.parametrize("preset", ["paper", "optax", "timm"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_torch_learning_rate_gradient_matches_finite_differences(preset, nesterov):
+    """differentiable=True with a tensor learning rate that requires grad, two steps on
+    several layers: d(loss)/d(lr) as a central difference gives it (timm's Nesterov
+    step scaled the buffers by the rate in a _foreach_mul that torch cannot differentiate)."""
+    require_backend("torch")
+    import torch
+
+    rng = np.random.default_rng(8)
+    params = [torch.tensor(rng.standard_normal(s)) for s in [(3, 2), (4,), (2, 2)]]
+    grads = [[torch.tensor(rng.standard_normal(p.shape)) for p in params] for _ in range(2)]
+
+    def loss(lr):
+        opt = lm.optim.lars(
+            lambda count: lr,
+            momentum=0.9,
+            nesterov=nesterov,
+            weight_decay=0.05,
+            preset=preset,
+            differentiable=True,
+        )
+        ws, state = params, opt.init(params)
+        for step_grads in grads:
+            ws, state = opt.step(ws, step_grads, state)
+        return sum((w * w).sum() for w in ws)
+
+    lr = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    (got,) = torch.autograd.grad(loss(lr), [lr])
+    h = 1e-6
+    with torch.no_grad():
+        want = (
+            loss(torch.tensor(0.3 + h, dtype=torch.float64))
+            - loss(torch.tensor(0.3 - h, dtype=torch.float64))
+        ) / (2 * h)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
