@@ -281,9 +281,11 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
 
     On a large, contiguous, aligned float32 or float64 layer (when SciPy is
     installed), ``x += b y`` is one BLAS ``axpy`` pass, and ``x <- a x + b y``
-    in place a ``scal`` and an ``axpy``.
+    in place a ``scal`` and an ``axpy``. A NumPy scalar ``x`` gives a scalar.
     """
     if out is None:
+        if isinstance(x, np.generic):
+            return axpby(a, np.asarray(x), b, y)[()]  # type: ignore[no-any-return]
         out = np.empty_like(x)
     one = type(a) is float and a == 1
     contiguous = out.flags.c_contiguous and x.flags.c_contiguous and y.flags.c_contiguous

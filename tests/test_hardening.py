@@ -777,3 +777,16 @@ def test_numpy_infinite_gradient_gives_nan_whatever_the_layout(shape, in_place):
         new = lm.lars_update(w, g, 0.1, out=w if in_place else None)
     assert np.isnan(new.flat[0])
     np.testing.assert_array_equal(new.flat[1:], 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_numpy_scalar_weights_come_back_as_scalars(dtype):
+    """The result has the types of w: a NumPy scalar gives a NumPy scalar of its dtype
+    (it gave a 0-d array), alone and in a tree."""
+    new = lm.lars_update(dtype(2.0), dtype(1.0), 0.1)
+    assert type(new) is dtype
+    tree = lm.lars_update({"a": dtype(2.0)}, {"a": dtype(1.0)}, 0.1)
+    assert type(tree["a"]) is dtype
+    want = 2.0 - 2.0 * 0.1 / (1.0 + 1e-12)
+    np.testing.assert_allclose(float(new), want, rtol={np.float16: 1e-3, np.float32: 1e-7}.get(dtype, 1e-15))
+    assert float(tree["a"]) == float(new)
