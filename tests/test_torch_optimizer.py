@@ -373,7 +373,7 @@ def test_compiled_step_follows_hyper_parameters_changed_after_compiling():
             for group in opt.param_groups:
                 group.update(change)
             for p in params:
-                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(t))
+                p.grad = torch_randn(*p.shape, generator=torch.Generator().manual_seed(t))
             step()
         results.append([p.detach().clone() for p in params])
     torch._dynamo.reset()
