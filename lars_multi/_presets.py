@@ -51,7 +51,7 @@ class RankMask:
     def of(self, arrays: Sequence[Any]) -> list[bool]:
         if self.min_rank == 0:
             return [True] * len(arrays)
-        return [len(shape) >= self.min_rank for shape in map(_SHAPE, arrays)]
+        return list(map(self.min_rank.__le__, map(len, map(_SHAPE, arrays))))  # (rank >= min_rank)
 
 
 # Large-batch practice: biases and normalization scales (1-D) are left out.
