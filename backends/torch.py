@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -73,8 +73,21 @@ def layout_name(x: torch.Tensor) -> str:
     return str(x.layout).removeprefix("torch.")
 
 
-def device(x: torch.Tensor) -> torch.device:
-    return x.device
+def device(x: torch.Tensor) -> Any:
+    """Where ``x`` lives: its device, or a DTensor's device mesh (so a plain tensor
+    paired with a DTensor is refused, naming both, where torch would raise "got mixed
+    torch.Tensor and DTensor" from a kernel, maybe after other layers were written)."""
+    mesh = getattr(x, "device_mesh", None)
+    return x.device if mesh is None else _MeshOf(mesh)
+
+
+class _MeshOf(NamedTuple):
+    """A DTensor's device mesh, as messages name it."""
+
+    mesh: Any
+
+    def __str__(self) -> str:
+        return f"a DTensor's {self.mesh}"
 
 
 def _local(x: torch.Tensor) -> torch.Tensor:

@@ -108,9 +108,6 @@ def check_chosen(name: str, leaf: Any) -> None:
 # --- weights, gradients, outputs -----------------------------------------------------------
 
 
-_DTYPE = operator.attrgetter("dtype")
-
-
 def _dtype(ops: Backend, x: Any) -> str:
     return ops.dtype_name(x.dtype)
 
@@ -125,7 +122,7 @@ def check_weights(path: Any, w: Any, ops: Backend) -> None:
 def check_all_weights(arg: str, ws: Sequence[Any], paths: Sequence[Any], ops: Backend) -> None:
     """:func:`check_weights` of every layer (``paths``: their key paths in ``arg``)."""
     floats = ops.FLOAT_DTYPES
-    if all(map(floats.__contains__, map(_DTYPE, ws))):  # (the common case: one pass, no Python per layer)
+    if all([w.dtype in floats for w in ws]):  # (the common case, with no call per layer)
         return
     for entries, w in zip(paths, ws):
         if w.dtype not in floats:

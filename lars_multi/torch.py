@@ -56,6 +56,7 @@ _CONFIG_KEYS = (
 )
 # StepConfigs by hyper-parameters, made (and checked) when a group is added or loaded,
 # so that a compiled step only looks them up.
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)  # (see _kind)
 _CONFIGS: dict[tuple[Any, ...], StepConfig] = {}
 
 
@@ -272,8 +273,10 @@ class LARS(torch.optim.Optimizer):
         device, and casts a loaded buffer to its parameter's dtype and device.) The
         common case is asked of the lists at once; the others one by one, with messages."""
         floats = _OPS.FLOAT_DTYPES
-        if all([p.dtype in floats and 0 not in p.stride() and not p.is_inference() for p in params]) and all(
-            [b is None or b.shape == p.shape for p, b in zip(params, buffers)]
+        if (
+            all([p.dtype in floats and 0 not in p.stride() and not p.is_inference() for p in params])
+            and all([_kind(g) is _kind(p) for p, g in zip(params, grads)])
+            and all([b is None or (b.shape == p.shape and _kind(b) is _kind(p)) for p, b in zip(params, buffers)])
         ):
             return
         labels = {
@@ -339,6 +342,12 @@ class LARS(torch.optim.Optimizer):
             if p is param
         )
         return f"the momentum buffer of {place}" if buffer else place
+
+
+def _kind(t: torch.Tensor) -> type:
+    """A tensor's type, a parameter being a plain tensor (a DTensor, even as a
+    parameter, is a DTensor: one paired with a plain tensor is checked, and refused)."""
+    return torch.Tensor if type(t) in _PLAIN_TYPES else type(t)
 
 
 class _GroupStep(NamedTuple):

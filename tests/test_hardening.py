@@ -707,6 +707,75 @@ print(max(errors))
     assert float(run_python(script)) < 1e-6
 
 
+def test_torch_plain_tensors_paired_with_dtensors_are_refused_before_anything_is_written():
+    """A plain tensor where a DTensor is expected (or the other way round), as a gradient,
+    an output or a momentum buffer, is refused naming the argument (torch raised "got mixed
+    torch.Tensor and DTensor" from a kernel); lm.torch.LARS on FSDP2 with a plain buffer
+    (a state saved unsharded) refuses it before stepping any group."""
+    require_backend("torch")
+    pytest.importorskip("torch.distributed")
+    script = """
+import os, socket, torch, torch.distributed as dist
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+dist.init_process_group("gloo", rank=0, world_size=1)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import Shard, distribute_tensor
+import lars_multi as lm
+mesh = init_device_mesh("cpu", (1,))
+torch.manual_seed(0)
+w0, g0 = torch.randn(5, 3), torch.randn(5, 3)
+shard = lambda t: distribute_tensor(t.clone(), mesh, [Shard(0)])
+w = {"a": shard(w0)}
+cases = {
+    "grad": lambda: lm.lars_update(w, {"a": g0.clone()}, 0.1, out=w),
+    "dtensor grad": lambda: lm.lars_update({"a": w0.clone()}, {"a": shard(g0)}, 0.1),
+    "out": lambda: lm.lars_update(w, {"a": shard(g0)}, 0.1, out={"a": torch.zeros(5, 3)}),
+    "buffer": lambda: lm.optim.lars(0.1, momentum=0.9).step(
+        w, {"a": shard(g0)}, lm.optim.LarsState(torch.tensor(0, dtype=torch.int32), {"a": torch.zeros(5, 3)}), out=w
+    ),
+}
+for name, call in cases.items():
+    try:
+        call()
+        print(name, "not refused")
+    except lm.LarsMultiValueError as e:
+        print(name, str(e))
+print("w unchanged", torch.equal(w["a"].full_tensor(), w0))
+model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+fully_shard(model)
+opt = lm.torch.LARS([{"params": model[0].parameters()}, {"params": model[1].parameters()}], lr=0.1, momentum=0.9)
+model(torch.randn(2, 3)).sum().backward()
+before = [p.detach().full_tensor().clone() for p in model.parameters()]
+for p in model[1].parameters():
+    opt.state[p]["momentum_buffer"] = torch.zeros(p.shape)  # as a plain state_dict loads them
+try:
+    opt.step()
+    print("LARS not refused")
+except lm.LarsMultiValueError as e:
+    print("LARS", str(e))
+print("params unchanged", all(torch.equal(b, p.detach().full_tensor()) for b, p in zip(before, model.parameters())))
+dist.destroy_process_group()
+"""
+    lines = run_python(script).splitlines()
+    mesh = r"a DTensor's DeviceMesh\(.*\)"
+    expected = [
+        rf"grad dcdw\['a'\]: expected an array on {mesh} \(like w\['a'\]\), got one on cpu",
+        rf"dtensor grad dcdw\['a'\]: expected an array on cpu \(like w\['a'\]\), got one on {mesh}",
+        rf"out out\['a'\]: expected an array on {mesh} \(like w\['a'\]\), got one on cpu",
+        rf"buffer state.momentum\['a'\]: expected an array on {mesh} \(like params\['a'\]\), got one on cpu",
+        "w unchanged True",
+        rf"LARS the momentum buffer of param_groups\[1\]\['params'\]\[0\]: expected an array on {mesh}",
+        "params unchanged True",
+    ]
+    assert len(lines) == len(expected), lines
+    for line, pattern in zip(lines, expected):
+        assert re.match(pattern, line), (line, pattern)
+
+
 def test_numpy_big_endian_float64_keeps_float64_precision():
     """Byte-swapped float64 is computed in float64 (its norms too), not rounded to float32."""
     require_backend("numpy")
