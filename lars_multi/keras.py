@@ -41,6 +41,7 @@ except ImportError as _error:  # the module imports without Keras; LARS says why
 
 __all__ = ["LARS", "Schedule"]
 _SCHEDULES = {kind.__name__: kind for kind in (schedules.warmup_polynomial, schedules.warmup_cosine)}
+_HALVES = ("float16", "bfloat16")  # Keras dtype names of the half-precision floats
 
 
 def _tf() -> Any:
@@ -211,10 +212,13 @@ if keras is not None:
             g = keras.ops.cast(keras.ops.convert_to_tensor(gradient), dtype)
             momentum = self.momentums[index] if self.momentums else None
             buffer = None if momentum is None else keras.ops.convert_to_tensor(momentum)
-            lr = keras.ops.cast(learning_rate, dtype)
+            # Rates in the dtype the layer computes in (halves: float32, as on TensorFlow's
+            # path), never rounded to a half: float16 would round a rate of 2e-8 to 0.
+            compute = "float32" if keras.backend.standardize_dtype(dtype) in _HALVES else dtype
+            lr = keras.ops.cast(learning_rate, compute)
             decay = self._decay()
             if decay is not None and not isinstance(decay, float):
-                decay = keras.ops.cast(decay, dtype)
+                decay = keras.ops.cast(decay, compute)
             first = self._first([index])
             ops = get_backend(backend_of(w) or keras.backend.backend())
             (new_w,), (new_buffer,) = lars_step(

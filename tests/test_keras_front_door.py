@@ -161,10 +161,29 @@ def check_fit_save_load(folder):
     }
 
 
+def check_half_rates():
+    # One step w - lr g (timm, no decay: r = 1) on half-precision variables: the rate is used
+    # in float32, as the layer computes; rounded to float16 first, 2e-8 became 0 (no step)
+    # and 1e-7 became 1.19e-7. Each: [got, expected] (float32 arithmetic, then rounded).
+    import ml_dtypes
+
+    results = {}
+    for dtype, lr, w0, g0 in (("float16", 2e-8, 0.01, 1e4), ("float16", 1e-7, 0.01, 1e4),
+                              ("bfloat16", 0.0123, 1.0, 10.0)):
+        half = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+        v = keras.Variable(np.full((2, 2), w0), dtype=dtype)
+        g = keras.ops.convert_to_tensor(np.full((2, 2), g0), dtype=dtype)
+        lars_multi.keras.LARS(lr, momentum=0.0, preset="timm").apply([g], [v])
+        w32, g32 = np.float32(half(w0)), np.float32(half(g0))
+        expected = float(np.float32(w32 - np.float32(lr) * g32).astype(half))
+        results[f"{dtype} {lr}"] = [float(_numpy(keras.ops.cast(v, "float32"))[0, 0]), expected]
+    return results
+
+
 def check(folder, cases=tuple(CASES)):
     import time
 
-    result = {"backend": keras.backend.backend(), "seconds": {}}
+    result = {"backend": keras.backend.backend(), "seconds": {}, "half_rates": check_half_rates()}
     for name in cases:
         start = time.perf_counter()
         result[name] = check_apply_gradients(name)
@@ -198,6 +217,8 @@ def _check_result(result, backend):
             name,
             case,
         )
+    for case, (got, expected) in result["half_rates"].items():
+        assert got == expected, (case, got, expected)
     fit = result["fit"]
     assert fit["trained"] and fit["moved"], fit
     assert fit["type"] == "LARS" and fit["n_momentums"] == 4, fit
