@@ -201,8 +201,14 @@ class LARS(torch.optim.Optimizer):
         """Load a state; its groups' hyper-parameters and its momentum buffers (paired
         with the parameters by position, as torch does) are checked first."""
         groups = state_dict.get("param_groups", []) if isinstance(state_dict, dict) else []
-        for saved in groups:
+        for i, saved in enumerate(groups):
             if isinstance(saved, dict):
+                missing = [name for name in ("lr", "weight_decay", *_CONFIG_KEYS) if name not in saved]
+                if missing:
+                    raise LarsMultiValueError(
+                        f"state_dict['param_groups'][{i}]: expected the settings of a group of "
+                        f"lm.torch.LARS, missing {', '.join(map(repr, missing))} (saved by another optimizer?)"
+                    )
                 _check_group({**_LATER_SETTINGS, **saved})
         self._check_saved_buffers(state_dict, groups)
         super().load_state_dict(state_dict)
@@ -276,7 +282,9 @@ class LARS(torch.optim.Optimizer):
         if (
             all([p.dtype in floats and 0 not in p.stride() and not p.is_inference() for p in params])
             and all([_kind(g) is _kind(p) for p, g in zip(params, grads)])
-            and all([b is None or (b.shape == p.shape and _kind(b) is _kind(p)) for p, b in zip(params, buffers)])
+            and all(
+                [b is None or (b.shape == p.shape and _kind(b) is _kind(p)) for p, b in zip(params, buffers)]
+            )
         ):
             return
         labels = {

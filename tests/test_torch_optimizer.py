@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import pytest
+from _timm_lars import load_timm_lars
 from conftest import torch_randn
 
 torch = pytest.importorskip("torch")
@@ -615,6 +616,34 @@ def test_load_state_dict_refuses_buffers_of_parameters_in_another_order():
     ):
         reordered.load_state_dict(opt.state_dict())
     assert not reordered.state
+
+
+@pytest.mark.parametrize("other", ["sgd", "timm"])
+def test_load_state_dict_of_another_optimizer_names_the_missing_settings(other):
+    """A state saved by torch.optim.SGD or timm's Lars lacks LARS's settings: a clear
+    error naming them (it was a bare KeyError), and nothing is loaded."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    p.grad = torch.randn(3, 2)
+    if other == "timm":
+        timm = load_timm_lars()
+        if timm is None:
+            pytest.skip("timm is not installed")
+        saver = timm.Lars([p], lr=0.1, momentum=0.9)
+        missing = "'preset', 'trust_coefficient'"
+    else:
+        saver = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+        missing = "'preset', 'trust_coefficient', 'eps', 'trust_clip', 'always_adapt'"
+    saver.step()
+    opt = _stepped_groups()
+    before = _snapshot(opt)
+    with pytest.raises(
+        lm.LarsMultiValueError,
+        match=rf"^state_dict\['param_groups'\]\[0\]: expected the settings of a group of lm\.torch\.LARS, "
+        rf"missing {missing} \(saved by another optimizer\?\)$",
+    ):
+        opt.load_state_dict(saver.state_dict())
+    _assert_unchanged(opt, before)
 
 
 @pytest.mark.parametrize("shape", [(1,), (1, 1)])
