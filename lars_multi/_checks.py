@@ -405,6 +405,24 @@ def _wrap_names(value: Any) -> Any:
     return value
 
 
+def _check_unambiguous(arg: str, name: Any, flat: Flat) -> None:
+    """A tuple of strings is one name of several mesh axes for every layer; it is
+    refused where it could also be one name per layer (the layers a tuple of as
+    many), since either reading gives wrong norms where the other was meant."""
+    n = len(flat.leaves)
+    if type(name) is not tuple or n != len(name) or n < 2:
+        return
+    try:
+        leaves_like(arg, tuple(map(_Name, name)), flat, broadcast=False)
+    except (LarsMultiTypeError, LarsMultiValueError):
+        return  # (not the layers' structure: one name, unambiguously)
+    raise LarsMultiValueError(
+        f"{arg}: expected a name of mesh axes for every layer or one per layer, got {name!r}, which "
+        f"reads as both; write {list(name)!r} for one per layer, or {(name,) * n!r} for all {n} "
+        "axes on every layer"
+    )
+
+
 def axis_names(arg: str, value: Any, flat: Flat, active: list[int], ops: Backend) -> tuple[Any, ...] | None:
     """One mesh axis name (or None) per active layer of ``flat``, from one name
     or a tree of names and None; None when no layer has one (the default path)."""
@@ -412,6 +430,7 @@ def axis_names(arg: str, value: Any, flat: Flat, active: list[int], ops: Backend
         return None
     if _is_name(value):
         ops.check_axis_name(arg, value)
+        _check_unambiguous(arg, value, flat)
         return (value,) * len(active)
     leaves = leaves_like(arg, _wrap_names(value), flat)
     names = []

@@ -176,6 +176,22 @@ for k, opt in OPTS.items():
 
 got = run_optax(TX(axis_name=MIXED_NAMES), w, wrap=in_shard_map(MIXED))
 record("shard_map/optax_mixed_5_steps", got, TX_REF, w)
+
+# 3. A tuple of two layers on a 2 x 4 mesh: one name per layer as a list, and both axes
+# on every layer as a tuple per layer (a tuple of two strings would read both ways: refused).
+mesh2 = jax.make_mesh((2, 4), ("a", "b"))
+pair_w, pair_g = (W["dense"]["kernel"], W["head"]), (G["dense"]["kernel"], G["head"])
+pair_ref = update(*jax.tree.map(jnp.asarray, (pair_w, pair_g)))
+for label, specs, names in (
+    ("list_of_names", (P("a"), P(None, "b")), ["a", "b"]),
+    ("tuple_of_two_axis_names", (P(("a", "b")), P(None, ("a", "b"))), (("a", "b"), ("a", "b"))),
+):
+    put2 = lambda t: tuple(jax.device_put(x, NamedSharding(mesh2, s)) for x, s in zip(t, specs))
+    f = jax.jit(jax.shard_map(
+        lambda w, g: update(w, g, axis_name=names), mesh=mesh2, in_specs=(specs, specs), out_specs=specs
+    ))
+    pw = put2(pair_w)
+    record(f"shard_map/pair_{label}", f(pw, put2(pair_g)), pair_ref, pw)
 print(json.dumps(results))
 """
 
@@ -200,7 +216,7 @@ def test_named_sharding_equals_unsharded_and_keeps_sharding(results: dict) -> No
 
 def test_shard_map_with_axis_name_equals_unsharded(results: dict) -> None:
     cases = {k: v for k, v in results.items() if k.startswith("shard_map/")}
-    assert len(cases) == 11
+    assert len(cases) == 13
     for case, v in cases.items():
         assert v["rel"] <= TOLERANCE, (case, v)
         assert v["kept"], (case, v)
@@ -240,6 +256,30 @@ def test_axis_name_on_other_backends_is_a_clear_error(name: str) -> None:
         ops.to_numpy(lm.lars_update({"a": w}, {"a": w}, 0.1, axis_name={"a": None})["a"]),
         ops.to_numpy(lm.lars_update(w, w, 0.1)),
     )
+
+
+def test_a_tuple_of_names_that_could_name_each_layer_is_refused() -> None:
+    """("x", "y") is one name of two mesh axes; where the layers are a tuple of two it
+    could also name each: refused, with both spellings (lars_update and lm.optim)."""
+    require_backend("jax")
+    import jax.numpy as jnp
+
+    w, g = (jnp.ones((2, 3)), jnp.ones(4)), (jnp.ones((2, 3)), jnp.ones(4))
+    message = (
+        r"^axis_name: expected a name of mesh axes for every layer or one per layer, got \('x', 'y'\), "
+        r"which reads as both; write \['x', 'y'\] for one per layer, or \(\('x', 'y'\), \('x', 'y'\)\) "
+        r"for all 2 axes on every layer$"
+    )
+    with pytest.raises(lm.LarsMultiValueError, match=message):
+        lm.lars_update(w, g, 0.1, axis_name=("x", "y"))
+    opt = lm.optim.lars(0.1, momentum=0.9, axis_name=("x", "y"))
+    with pytest.raises(lm.LarsMultiValueError, match=message):
+        opt.step(w, g, opt.init(w))
+    # Unambiguous: a dict of layers, three layers, or one layer take it as one name.
+    for tree in ({"a": w[0], "b": w[1]}, (*w, w[1])):
+        lm.lars_update(tree, tree, 0.1)  # (no axis_name: a check of the trees alone)
+        with pytest.raises(NameError, match="unbound axis name"):
+            lm.lars_update(tree, tree, 0.1, axis_name=("x", "y"))
 
 
 def test_axis_name_of_the_wrong_type() -> None:
