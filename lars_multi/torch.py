@@ -207,7 +207,8 @@ class LARS(torch.optim.Optimizer):
                 if missing:
                     raise LarsMultiValueError(
                         f"state_dict['param_groups'][{i}]: expected the settings of a group of "
-                        f"lm.torch.LARS, missing {', '.join(map(repr, missing))} (saved by another optimizer?)"
+                        f"lm.torch.LARS, missing {', '.join(map(repr, missing))} "
+                        "(saved by another optimizer?)"
                     )
                 _check_group({**_LATER_SETTINGS, **saved})
         self._check_saved_buffers(state_dict, groups)

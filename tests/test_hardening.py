@@ -735,7 +735,7 @@ cases = {
     "dtensor grad": lambda: lm.lars_update({"a": w0.clone()}, {"a": shard(g0)}, 0.1),
     "out": lambda: lm.lars_update(w, {"a": shard(g0)}, 0.1, out={"a": torch.zeros(5, 3)}),
     "buffer": lambda: lm.optim.lars(0.1, momentum=0.9).step(
-        w, {"a": shard(g0)}, lm.optim.LarsState(torch.tensor(0, dtype=torch.int32), {"a": torch.zeros(5, 3)}), out=w
+        w, {"a": shard(g0)}, lm.optim.LarsState(torch.tensor(0), {"a": torch.zeros(5, 3)}), out=w
     ),
 }
 for name, call in cases.items():
@@ -747,7 +747,8 @@ for name, call in cases.items():
 print("w unchanged", torch.equal(w["a"].full_tensor(), w0))
 model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
 fully_shard(model)
-opt = lm.torch.LARS([{"params": model[0].parameters()}, {"params": model[1].parameters()}], lr=0.1, momentum=0.9)
+groups = [{"params": model[0].parameters()}, {"params": model[1].parameters()}]
+opt = lm.torch.LARS(groups, lr=0.1, momentum=0.9)
 model(torch.randn(2, 3)).sum().backward()
 before = [p.detach().full_tensor().clone() for p in model.parameters()]
 for p in model[1].parameters():
@@ -757,7 +758,8 @@ try:
     print("LARS not refused")
 except lm.LarsMultiValueError as e:
     print("LARS", str(e))
-print("params unchanged", all(torch.equal(b, p.detach().full_tensor()) for b, p in zip(before, model.parameters())))
+after = [p.detach().full_tensor() for p in model.parameters()]
+print("params unchanged", all(torch.equal(b, a) for b, a in zip(before, after)))
 dist.destroy_process_group()
 """
     lines = run_python(script).splitlines()
