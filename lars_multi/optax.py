@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import optim
-from ._errors import BackendNotInstalledError, LarsMultiValueError
+from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError
 from .optim import LarsState, Mask, Schedule
 
 try:
@@ -44,6 +44,21 @@ __all__ = ["LarsState", "lars"]
 
 def _difference(new: Any, old: Any) -> Any:
     return None if new is None else new - old
+
+
+def _number(name: str, value: Any) -> Any:
+    """A hyper-parameter of the step's configuration as a number: the value of a
+    concrete 0-d JAX array (``optax.inject_hyperparams`` passes every number as
+    one); a traced array is refused, as the configuration is fixed when the
+    transformation is made."""
+    if not isinstance(value, jax.Array):
+        return value
+    if isinstance(value, jax.core.Tracer):
+        raise LarsMultiTypeError(
+            f"{name}: expected a number (it is fixed when the transformation is made), got a traced "
+            "JAX array; with optax.inject_hyperparams, name it in static_args"
+        )
+    return value.item() if value.shape == () else value
 
 
 def lars(
@@ -82,12 +97,12 @@ def lars(
         )
     opt = optim.lars(
         learning_rate,
-        momentum=momentum,
+        momentum=_number("momentum", momentum),
         nesterov=nesterov,
-        dampening=dampening,
+        dampening=_number("dampening", dampening),
         weight_decay=weight_decay,
-        trust_coefficient=trust_coefficient,
-        eps=eps,
+        trust_coefficient=_number("trust_coefficient", trust_coefficient),
+        eps=_number("eps", eps),
         trust_clip=trust_clip,
         always_adapt=always_adapt,
         adapt_mask=adapt_mask,

@@ -102,9 +102,14 @@ def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, 
 
 
 def _rate(name: str, value: Any) -> Any:
-    """A number >= 0 (checked now) or a schedule (its values checked at each step)."""
-    if callable(value):
+    """A number >= 0 (checked now), or a schedule or an array (checked at each step,
+    the array against the parameters' backend; its value is not read)."""
+    if callable(value) or _checks.owner(value) is not None:
         return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LarsMultiTypeError(
+            f"{name}: expected a number, a 0-d array or a schedule, got {type_name(value)}"
+        )
     return _number(name, value)
 
 
@@ -376,6 +381,8 @@ def _rate_now(
     value = rate
     if callable(rate):
         value = _checks.check_rate(f"{arg}(state.count)", rate(count), name=name, ops=ops)
+    elif type(rate) is not float:  # an array
+        value = _checks.check_rate(arg, rate, name=name, ops=ops)
     _checks.check_fit_all(arg, value, ws, lambda i: Path("params", paths[i]), ops)
     return value
 
@@ -400,15 +407,16 @@ def lars(
     r"""The LARS optimizer of You, Gitman and Ginsburg (2017), in one library's convention.
 
     Args:
-        learning_rate: :math:`\eta`, a number or a schedule (a callable of the
-            step count, e.g. :class:`lars_multi.schedules.warmup_polynomial`). A
-            schedule's value is checked at each step without reading an array: a
-            number must be finite and >= 0, an array 0-d and floating (its
+        learning_rate: :math:`\eta`, a number, a 0-d array of the parameters'
+            framework, or a schedule (a callable of the step count, e.g.
+            :class:`lars_multi.schedules.warmup_polynomial`). An array, and a
+            schedule's value, are checked at each step without reading an array:
+            a number must be finite and >= 0, an array 0-d and floating (its
             value is not read on the host).
         momentum: :math:`\mu \in [0, 1)`; 0 keeps no buffers.
         nesterov: Nesterov momentum (needs momentum > 0 and no dampening).
         dampening: :math:`d \in [0, 1)`, the part of each update the buffer drops.
-        weight_decay: :math:`\lambda \ge 0`, a number or a schedule.
+        weight_decay: :math:`\lambda \ge 0`, a number, a 0-d array or a schedule.
         trust_coefficient: :math:`c > 0`.
         eps: added to the ratio's denominator; None takes the preset's (timm 1e-8, else 0).
         trust_clip: :math:`r \leftarrow \min(r / \eta, 1)` (apex LARC).

@@ -156,6 +156,36 @@ def test_optax_preset_equals_optax_lars(case):
     _assert_trees_close(got, want, atol=1e-6)
 
 
+def test_inject_hyperparams_equals_optax_lars_with_the_same_rates():
+    """optax.inject_hyperparams passes numbers as 0-d arrays: the rates may be changed
+    between jitted updates (the same trajectory as optax.lars wrapped alike); the step's
+    configuration (momentum, ...) is named in static_args, else refused when traced."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    params, grads = _params_and_grads(2)
+    kwargs = dict(learning_rate=0.1, weight_decay=1e-3, momentum=0.9, trust_coefficient=0.02)
+    static = ("momentum", "dampening", "trust_coefficient")
+    ours = optax.inject_hyperparams(lm.optax.lars, static_args=static)(**kwargs, preset="optax")
+    theirs = optax.inject_hyperparams(optax.lars)(**kwargs)
+    results = []
+    for tx in (ours, theirs):
+        p, state, update = params, tx.init(params), jax.jit(tx.update)
+        for t, g in enumerate(grads[:8]):
+            state.hyperparams["learning_rate"] = jnp.asarray(0.1 / (t + 1), jnp.float32)
+            state.hyperparams["weight_decay"] = jnp.asarray(1e-3 * (t % 3), jnp.float32)
+            u, state = update(g, state, p)
+            p = optax.apply_updates(p, u)
+        results.append(p)
+    _assert_trees_close(results[0], results[1], atol=1e-6)
+    eager = optax.inject_hyperparams(lm.optax.lars)(**kwargs)  # (concrete arrays: read as numbers)
+    eager.update(grads[0], eager.init(params), params)
+    traced = r"^momentum: expected a number .* name it in static_args(\n|$)"
+    with pytest.raises(lm.LarsMultiTypeError, match=traced):
+        jax.jit(eager.update)(grads[0], eager.init(params), params)
+
+
 def test_timm_zero_weight_decay_schedule_adapts_nothing():
     """timm adapts only where lambda != 0: a schedule at 0, traced under jit, as 0."""
     import optax

@@ -911,6 +911,48 @@ def test_momentum_state_missing_buffers():
         lm.optim.lars(LR).step(p, p, state)
 
 
+# --- rates given as arrays ---------------------------------------------------------------
+
+
+def test_array_rates_step_as_numbers(backend):
+    """A learning rate and weight decay given as 0-d arrays of the parameters' framework
+    (as optax.inject_hyperparams passes them) step as the same numbers; an array of
+    another framework, or of another shape, is refused when stepping, naming it."""
+    rng = np.random.default_rng(3)
+    values = {"w": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
+    grads = [
+        {k: native(backend, rng.standard_normal(v.shape), "float64") for k, v in values.items()}
+        for _ in range(3)
+    ]
+    results = []
+    for lr, decay in ((0.1, 1e-2), (native(backend, 0.1, "float64"), native(backend, 1e-2, "float64"))):
+        params = {k: native(backend, v, "float64") for k, v in values.items()}
+        opt = lm.optim.lars(lr, momentum=0.9, weight_decay=decay, weight_decay_mask=True, adapt_mask=True)
+        state = opt.init(params)
+        for g in grads:
+            params, state = opt.step(params, g, state)
+        results.append({k: to_numpy(v) for k, v in params.items()})
+    for k in values:
+        np.testing.assert_allclose(results[1][k], results[0][k], rtol=1e-14, atol=0)
+    other = "torch" if backend != "torch" else "numpy"
+    if is_installed(other):
+        params = {k: native(backend, v, "float64") for k, v in values.items()}
+        opt = lm.optim.lars(native(other, 0.1, "float64"))
+        with pytest.raises(
+            lm.MixedFrameworksError, match=rf"^learning_rate: expected .*, got a {other} array"
+        ):
+            opt.step(params, grads[0], opt.init(params))
+    opt = lm.optim.lars(0.1, weight_decay=native(backend, [1e-2, 1e-2], "float64"))
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"^weight_decay: expected a 0-d array, got shape \(2,\)"
+    ):
+        opt.step(params, grads[0], opt.init(params))
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^learning_rate: expected a number, a 0-d array or a schedule"
+    ):
+        lm.optim.lars("0.1")
+
+
 # --- learning rate 0 ---------------------------------------------------------------------
 
 
