@@ -97,6 +97,24 @@ def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[ja
     return [jnp.sqrt(x) for x in sums]
 
 
+def memory_roots(xs: Sequence[Any]) -> list[int | None]:
+    """The device buffer holding each array (its first shard's where it spans several
+    devices): a second ``jax.Array`` over one buffer, as ``jax.device_put(x,
+    x.sharding)`` gives, shares it, so that buffer is not donated while the other is
+    read. None for a traced array (nothing is donated inside a trace) and a deleted one."""
+    return [_buffer(x) for x in xs]
+
+
+def _buffer(x: Any) -> int | None:
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or x.is_deleted():
+        return None
+    try:
+        return x.unsafe_buffer_pointer()
+    except jax.errors.JaxRuntimeError:  # (on several devices)
+        shards = x.addressable_shards
+        return shards[0].data.unsafe_buffer_pointer() if shards else None
+
+
 def check_axis_name(arg: Any, value: Any) -> None:
     """Mesh axis names are JAX's own: every name is accepted (JAX checks it when tracing)."""
 

@@ -53,6 +53,9 @@ _BLOCK = 1 << 15
 # norms are taken, then they are updated while still in cache.
 _BATCH_BYTES = 1 << 22
 
+# How hard np.shares_memory may work to tell two views of one buffer apart.
+_OVERLAP_WORK = 1 << 16
+
 # Read off many arrays at once (map: no Python per array).
 _BASE = operator.attrgetter("base")
 _DTYPE = operator.attrgetter("dtype")
@@ -140,11 +143,17 @@ def _chain_end(x: Any) -> Any:
 
 
 def overlaps(a: Any, b: Any) -> bool:
-    return bool(np.may_share_memory(a, b))
+    """Whether ``a`` and ``b`` share an element's bytes (not merely their bounds: a
+    matrix's columns share none); where that is too hard to tell, True."""
+    try:
+        # (NumPy's stubs name only -1 and 0; the documented max_work takes any bound)
+        return bool(np.shares_memory(a, b, max_work=_OVERLAP_WORK))  # type: ignore[arg-type]
+    except np.exceptions.TooHardError:
+        return True
 
 
 def byte_spans(xs: Sequence[Any]) -> list[tuple[int, int]]:
-    """The address range each array reaches (``may_share_memory`` compares these)."""
+    """The address range each array reaches (where two meet, :func:`overlaps` asks more)."""
     return [byte_bounds(x) for x in xs]
 
 

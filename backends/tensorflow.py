@@ -33,8 +33,11 @@ def unwritable(x: Any) -> str | None:
 
 
 def densify(x: Any) -> Any:
-    """``tf.IndexedSlices`` gradients (embeddings, gathers) as dense tensors, as Keras does."""
-    return tf.convert_to_tensor(x) if isinstance(x, tf.IndexedSlices) else None
+    """``tf.IndexedSlices`` gradients (embeddings, gathers) as dense tensors, as Keras does
+    (None for slices without a ``dense_shape``: their dense shape is unknown)."""
+    if isinstance(x, tf.IndexedSlices) and x.dense_shape is not None:
+        return tf.convert_to_tensor(x)
+    return None
 
 
 def largest(dtype: Any) -> float:

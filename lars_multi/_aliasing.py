@@ -171,8 +171,9 @@ def _shares_memory(
 
 def _overlapping(ops: Backend, xs: list[Any], outputs: list[bool]) -> tuple[int, int] | None:
     """Two of the distinct arrays ``xs`` of one buffer that overlap, one of them an
-    output (``outputs``), or None. By the backend's byte spans in address order
-    (n log n) where it gives them, else pair by pair."""
+    output (``outputs``), or None. Pairs whose byte spans meet (found in address
+    order) are asked of the backend (``overlaps``: NumPy tells interleaved views,
+    such as a matrix's columns, apart), every pair where it gives no spans."""
     spans = ops.byte_spans(xs)
     if spans is None:
         return next(
@@ -183,18 +184,16 @@ def _overlapping(ops: Backend, xs: list[Any], outputs: list[bool]) -> tuple[int,
             ),
             None,
         )
-    reach = reach_out = (0, -1)  # the furthest end so far (of any array, of an output) and its array
+    reaching: list[tuple[int, int]] = []  # (end, index) of the arrays a later span may meet
     for i in sorted(range(len(xs)), key=lambda i: spans[i][0]):
         low, high = spans[i]
         if low == high:  # empty: reaches nothing
             continue
-        end, j = reach if outputs[i] else reach_out
-        if j >= 0 and low < end:
-            return j, i
-        if high > reach[0]:
-            reach = (high, i)
-        if outputs[i] and high > reach_out[0]:
-            reach_out = (high, i)
+        reaching = [(end, j) for end, j in reaching if end > low]
+        for _, j in reaching:
+            if (outputs[i] or outputs[j]) and ops.overlaps(xs[j], xs[i]):
+                return j, i
+        reaching.append((high, i))
     return None
 
 

@@ -336,6 +336,13 @@ def test_tf_indexed_slices_gradient_is_densified():
     before = to_numpy(table)
     lm.lars_update([table, dense_w], [g_table, g_dense], 0.1, out=[table, dense_w])
     assert_layer_close(table, before, to_numpy(dense), 0.1, 0.0, "float32")
+    # slices without a dense_shape have no known dense shape: refused, named (TensorFlow's
+    # own ValueError came from converting them)
+    shapeless = tf.IndexedSlices(g_table.values, g_table.indices)
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^dcdw\['emb'\]: expected an array like w\['emb'\], got .*IndexedSlices"
+    ):
+        lm.lars_update(w, {"emb": shapeless, "w": g_dense}, 0.1)
 
 
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")

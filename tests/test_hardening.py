@@ -778,6 +778,47 @@ dist.destroy_process_group()
         assert re.match(pattern, line), (line, pattern)
 
 
+def test_numpy_views_that_interleave_without_sharing_elements_are_updated_in_place():
+    """A matrix's columns reach across each other's bounds but share no element: each
+    is its own output (they were refused as overlapping); views that share elements
+    still are, and nothing is written then."""
+    require_backend("numpy")
+    x = np.arange(1.0, 9.0, dtype=np.float32).reshape(4, 2)
+    w = {"a": x[:, 0], "b": x[:, 1]}
+    g = {"a": np.full(4, 0.5, np.float32), "b": np.linspace(0.1, 0.4, 4, dtype=np.float32)}
+    want = lm.lars_update({k: v.copy() for k, v in w.items()}, g, 0.1, decay_lambda=0.01)
+    lm.lars_update(w, g, 0.1, decay_lambda=0.01, out=w)
+    for k in w:
+        np.testing.assert_array_equal(w[k], want[k])
+    y = np.arange(1.0, 9.0, dtype=np.float32)
+    before = y.copy()
+    shared = {"a": y[0:6:2], "b": y[2:8:2]}  # y[2] and y[4] in both
+    with pytest.raises(lm.LarsMultiValueError, match=r"out\['a'\] and out\['b'\] overlap in memory"):
+        lm.lars_update(shared, {"a": g["a"][:3], "b": g["b"][:3]}, 0.1, out=shared)
+    np.testing.assert_array_equal(y, before)
+
+
+def test_jax_gradient_over_the_weights_buffer_is_not_donated():
+    """A second jax.Array over the weights' device buffer (jax.device_put(x, x.sharding))
+    as the gradient: updating the weights' lm.Array in place gives the functional result
+    (the buffer was donated while it was read: XLA raised)."""
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.asarray(W)
+    g = jax.device_put(x, x.sharding)
+    assert g is not x
+    handle = lm.Array(x, "jax")
+    lm.lars_update(handle, g, 0.1, out=handle)
+    assert_layer_close(handle.data, W, W, 0.1, 0.0, "float32")
+    a, b = jnp.asarray(W), jnp.asarray(G)
+    tree = lm.Container(a=lm.Array(a, "jax"), b=lm.Array(b, "jax"))
+    lm.lars_update(tree, lm.Container(a=jnp.asarray(G), b=jax.device_put(a, a.sharding)), 0.1, out=tree)
+    assert_layer_close(tree["a"].data, W, G, 0.1, 0.0, "float32")
+    assert_layer_close(tree["b"].data, G, W, 0.1, 0.0, "float32")
+
+
 def test_numpy_big_endian_float64_keeps_float64_precision():
     """Byte-swapped float64 is computed in float64 (its norms too), not rounded to float32."""
     require_backend("numpy")
