@@ -251,9 +251,11 @@ class LARS(torch.optim.Optimizer):
         where not made yet), checked; whether the group has momentum. (The name and
         the list arguments follow ``torch.optim``: ``torch.compile`` runs this eagerly.)"""
         with_momentum = group["momentum"] != 0
+        listed = set()  # (a parameter listed twice, which torch.optim allows, is stepped once)
         for p in group["params"]:
-            if p.grad is None:
+            if p.grad is None or id(p) in listed:
                 continue
+            listed.add(id(p))
             if p.grad.is_sparse:
                 raise LarsMultiTypeError("grads: expected dense gradients, got a sparse one")
             params.append(p)
@@ -314,17 +316,23 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
-            work = []
+            ready = []
             for group in self.param_groups:
                 params: list[torch.Tensor] = []
                 grads: list[torch.Tensor] = []
                 buffers: list[torch.Tensor | None] = []
                 with_momentum = self._init_group(group, params, grads, buffers)
                 if params:  # (checked by _init_group)
-                    config, (lr, weight_decay) = _CONFIGS[_config_key(group)], _rates(group)
-                    work.append(
-                        _GroupStep(group, config, lr, weight_decay, params, grads, buffers, with_momentum)
-                    )
+                    ready.append((group, params, grads, buffers, with_momentum))
+            # Configurations looked up once every group's is made (under torch.compile,
+            # _init_group runs eagerly: a lookup between two calls would read the cache
+            # as the trace first saw it, without a later group's new configuration).
+            work = [
+                _GroupStep(
+                    group, _CONFIGS[_config_key(group)], *_rates(group), params, grads, buffers, momentum
+                )
+                for group, params, grads, buffers, momentum in ready
+            ]
             late = not _registry.is_compiling() and _aliased(work)
             # Computed first where memory is shared: written now, (target, value, parameter, is a buffer).
             writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]] = []

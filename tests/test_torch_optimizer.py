@@ -359,6 +359,58 @@ def test_compiled_step_fullgraph_matches_eager_without_recompiling_for_lr(preset
     assert len(graphs) == 2
 
 
+def test_compiled_step_follows_a_later_groups_own_new_hyper_parameters():
+    """OneCycleLR cycling each group's momentum over its own range: a later group's new
+    configuration was missing from the cache as the trace first read it (Dynamo raised
+    "Observed exception" at the second step); compiled now equals eager."""
+    import warnings
+
+    results = []
+    for compiled in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        x = torch_randn(16, 6, generator=torch.Generator().manual_seed(1))
+        opt = LARS(param_groups(model), lr=torch.tensor(0.1), weight_decay=1e-4)
+        step = torch.compile(opt.step, fullgraph=True, backend="eager") if compiled else opt.step
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=0.5,
+            total_steps=20,
+            cycle_momentum=True,
+            base_momentum=[0.85, 0.8],
+            max_momentum=[0.95, 0.9],
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (recompilations as the momentum changes)
+            for _ in range(4):
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                step()
+                schedule.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    torch._dynamo.reset()
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", [None, "eager"])
+def test_a_parameter_listed_twice_in_a_group_is_stepped_once(backend):
+    """torch.optim allows (and warns of) a parameter listed twice in a group: it takes one
+    step, compiled too (the compiled step stepped it twice)."""
+    torch._dynamo.reset()
+    a = torch.nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = LARS([a, a], lr=0.5, momentum=0.9, trust_coefficient=1.0)
+    step = opt.step if backend is None else torch.compile(opt.step, fullgraph=True, backend=backend)
+    a.grad = torch.tensor([[0.1, 0.2], [0.3, 0.4]])
+    step()
+    torch._dynamo.reset()
+    # r = |w| / |g| = 10: w - lr r g, one step
+    torch.testing.assert_close(a.detach(), torch.tensor([[0.5, 1.0], [1.5, 2.0]]))
+    assert len(opt.state) == 1
+
+
 def test_compiled_step_follows_hyper_parameters_changed_after_compiling():
     """A group's momentum (as OneCycleLR cycles it) or preset changed after compiling, with
     a tensor lr: the step recompiles and equals eager (the checks read lr.item() inside
