@@ -28,6 +28,7 @@ a scheduler changing it does not recompile).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -56,7 +57,7 @@ _CONFIG_KEYS = (
 )
 # StepConfigs by hyper-parameters, made (and checked) when a group is added or loaded,
 # so that a compiled step only looks them up.
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)  # (see _kind)
+_PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})  # (see _kind)
 _CONFIGS: dict[tuple[Any, ...], StepConfig] = {}
 
 
@@ -251,11 +252,12 @@ class LARS(torch.optim.Optimizer):
         where not made yet), checked; whether the group has momentum. (The name and
         the list arguments follow ``torch.optim``: ``torch.compile`` runs this eagerly.)"""
         with_momentum = group["momentum"] != 0
-        listed = set()  # (a parameter listed twice, which torch.optim allows, is stepped once)
-        for p in group["params"]:
-            if p.grad is None or id(p) in listed:
+        members = group["params"]
+        if len(set(map(id, members))) < len(members):  # listed twice (torch.optim allows it): stepped once
+            members = list({id(p): p for p in members}.values())
+        for p in members:
+            if p.grad is None:
                 continue
-            listed.add(id(p))
             if p.grad.is_sparse:
                 raise LarsMultiTypeError("grads: expected dense gradients, got a sparse one")
             params.append(p)
@@ -284,10 +286,8 @@ class LARS(torch.optim.Optimizer):
         floats = _OPS.FLOAT_DTYPES
         if (
             all([p.dtype in floats and 0 not in p.stride() and not p.is_inference() for p in params])
-            and all([_kind(g) is _kind(p) for p, g in zip(params, grads)])
-            and all(
-                [b is None or (b.shape == p.shape and _kind(b) is _kind(p)) for p, b in zip(params, buffers)]
-            )
+            and all([b is None or b.shape == p.shape for p, b in zip(params, buffers)])
+            and (_all_plain(params, grads, buffers) or _kinds_match(params, grads, buffers))
         ):
             return
         labels = {
@@ -361,9 +361,24 @@ class LARS(torch.optim.Optimizer):
         return f"the momentum buffer of {place}" if buffer else place
 
 
+def _all_plain(*lists: list[Any]) -> bool:
+    """Whether every tensor (None: no buffer yet) is a plain tensor or parameter."""
+    types = set(map(type, itertools.chain(*lists)))
+    types.discard(type(None))
+    return types <= _PLAIN_TYPES
+
+
+def _kinds_match(params: list[Any], grads: list[Any], buffers: list[Any]) -> bool:
+    """Whether each gradient and buffer is of its parameter's kind (a DTensor paired
+    with a plain tensor is checked, and refused)."""
+    return all([_kind(g) is _kind(p) for p, g in zip(params, grads)]) and all(
+        [b is None or _kind(b) is _kind(p) for p, b in zip(params, buffers)]
+    )
+
+
 def _kind(t: torch.Tensor) -> type:
     """A tensor's type, a parameter being a plain tensor (a DTensor, even as a
-    parameter, is a DTensor: one paired with a plain tensor is checked, and refused)."""
+    parameter, is a DTensor)."""
     return torch.Tensor if type(t) in _PLAIN_TYPES else type(t)
 
 
