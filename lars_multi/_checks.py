@@ -268,7 +268,8 @@ def outs_writable(out_leaves: Sequence[Any], outs: Sequence[Any], ops: Backend) 
 # --- hyper-parameters -------------------------------------------------------------------------
 
 
-def _python_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A real number (a Python or NumPy scalar), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
@@ -286,7 +287,7 @@ def _as_float(path: Any, value: Any, expected: str) -> float:
 
 def check_lr(path: Any, lr: Any, *, name: str, ops: Backend) -> Any:
     """A finite float, or a 0-d floating array of the backend (possibly traced)."""
-    if type(lr) is float or _python_number(lr):
+    if type(lr) is float or is_number(lr):
         return _as_float(path, lr, "a finite number")
     return _check_scalar_array(path, lr, name, ops, "a float or a 0-d array")
 
@@ -295,7 +296,7 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any
     """``None`` for no decay (the rule then skips it), a float >= 0, or a 0-d array."""
     if type(decay_lambda) in (int, float) and decay_lambda == 0:
         return None
-    if _python_number(decay_lambda):
+    if is_number(decay_lambda):
         value = _as_float(path, decay_lambda, "a finite number >= 0")
         if value < 0:
             raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {decay_lambda!r}")
@@ -310,12 +311,17 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any
 def check_rate(path: Any, value: Any, *, name: str, ops: Backend) -> Any:
     """A rate (a learning rate or weight decay, a schedule's value): a finite float
     >= 0, or a 0-d floating array of the backend (possibly traced; not read)."""
-    if _python_number(value):
-        number = _as_float(path, value, "a finite number >= 0")
-        if number < 0:
-            raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {value!r}")
-        return number
+    if is_number(value):
+        return check_rate_number(path, value)
     return _check_scalar_array(path, value, name, ops, "a number >= 0 or a 0-d array")
+
+
+def check_rate_number(path: Any, value: Any) -> float:
+    """A rate given as a number: finite and >= 0."""
+    number = _as_float(path, value, "a finite number >= 0")
+    if number < 0:
+        raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {value!r}")
+    return number
 
 
 def _check_scalar_array(path: Any, value: Any, name: str, ops: Backend, expected: str) -> Any:

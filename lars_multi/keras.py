@@ -24,12 +24,13 @@ Importing this module without Keras succeeds; using :class:`LARS` then raises
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterable
 from typing import Any
 
-from . import optim, schedules
-from ._errors import BackendNotInstalledError, LarsMultiTypeError, type_name
+from . import _checks, optim, schedules
+from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError, type_name
 from ._registry import backend_of, get_backend
 from ._step import LayerFlags, lars_step
 
@@ -88,8 +89,15 @@ if keras is not None:
         step, and it is saved with the model (``kind``: the schedule's name)."""
 
         def __init__(self, kind: str, **arguments: Any) -> None:
-            self.kind, self.arguments = kind, arguments
-            self.schedule = _SCHEDULES[kind](**arguments)
+            if kind not in _SCHEDULES:
+                raise LarsMultiValueError(
+                    f"kind: expected one of {', '.join(map(repr, _SCHEDULES))}, got {kind!r}"
+                )
+            try:
+                schedule = _SCHEDULES[kind](**arguments)
+            except TypeError as error:  # (missing or unknown arguments)
+                raise LarsMultiTypeError(f"{kind}: {error}") from None
+            self.kind, self.arguments, self.schedule = kind, arguments, schedule
 
         def __call__(self, step: Any) -> Any:
             return self.schedule(step)
@@ -97,11 +105,43 @@ if keras is not None:
         def get_config(self) -> dict[str, Any]:
             return {"kind": self.kind, **self.arguments}
 
-    def _keras_schedule(value: Any) -> Any:
-        """A lars_multi schedule as a :class:`Schedule`; anything else as it is."""
+    def _keras_schedule(arg: str, value: Any) -> Any:
+        """A lars_multi schedule as a :class:`Schedule` (saved with the model by its
+        kind and arguments: a subclass of one would be restored as its base, and is
+        refused); an array's value as a number; anything else as it is."""
+        kind = type(value).__name__
+        if _SCHEDULES.get(kind) is type(value):
+            return Schedule(kind, **vars(value))
         if isinstance(value, tuple(_SCHEDULES.values())):
-            return Schedule(type(value).__name__, **vars(value))
+            raise LarsMultiTypeError(
+                f"{arg}: expected a lars_multi schedule or a keras LearningRateSchedule, got a subclass "
+                f"of one ({type_name(value)}), which Keras could not restore; subclass "
+                "keras.optimizers.schedules.LearningRateSchedule"
+            )
+        if not (callable(value) or _checks.is_number(value) or value is None):
+            try:  # (a 0-d array: its value, checked as a number, as Keras reads it once)
+                return float(keras.ops.convert_to_numpy(value))
+            except (TypeError, ValueError):
+                raise LarsMultiTypeError(
+                    f"{arg}: expected a number, a 0-d array or a schedule, got {type_name(value)}"
+                ) from None
         return value
+
+    def _check_learning_rate(value: Any) -> None:
+        """Keras calls a callable learning rate with no argument (a schedule: with the
+        step): a function of the step count, as lars_multi.optim takes, is refused."""
+        if not callable(value) or isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+            return
+        try:
+            inspect.signature(value).bind()
+        except TypeError:
+            raise LarsMultiTypeError(
+                "learning_rate: expected a number, a keras LearningRateSchedule, a lars_multi schedule "
+                "or a callable of no arguments (Keras calls it so), got a callable that needs arguments; "
+                "wrap a function of the step in a keras.optimizers.schedules.LearningRateSchedule"
+            ) from None
+        except ValueError:  # (no signature: Keras will tell)
+            return
 
     @keras.saving.register_keras_serializable(package="lars_multi")
     class LARS(keras.optimizers.Optimizer):
@@ -143,12 +183,12 @@ if keras is not None:
             name: str = "lars",
             **kwargs: Any,
         ) -> None:
-            learning_rate = _keras_schedule(learning_rate)
-            super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
-            decay = 0.0 if weight_decay is None else _keras_schedule(weight_decay)
+            learning_rate = _keras_schedule("learning_rate", learning_rate)
+            _check_learning_rate(learning_rate)
+            decay = 0.0 if weight_decay is None else _keras_schedule("weight_decay", weight_decay)
             # Checks every hyper-parameter and makes the rule's configuration.
             checked = optim.lars(
-                learning_rate if isinstance(learning_rate, int | float) else 0.0,  # (a schedule: Keras')
+                learning_rate if _checks.is_number(learning_rate) else 0.0,  # (a schedule: Keras')
                 momentum=momentum,
                 nesterov=nesterov,
                 dampening=dampening,
@@ -159,6 +199,7 @@ if keras is not None:
                 always_adapt=always_adapt,
                 preset=preset,
             )
+            super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
             self._lars_config = checked.config
             self.lars_weight_decay = checked.weight_decay
             self.momentum = checked.config.momentum
@@ -265,7 +306,10 @@ if keras is not None:
             """LARS's weight decay now: a number, a schedule's value, or None for 0."""
             decay = self.lars_weight_decay
             if callable(decay):  # on the clock Keras asks the learning rate's schedule on
-                return decay(self._iterations)
+                value = decay(self._iterations)
+                if _checks.is_number(value):  # (an array is not read, as in lars_multi.optim)
+                    return _checks.check_rate_number("weight_decay(iterations)", value)
+                return value
             return None if decay == 0 else decay
 
         def get_config(self) -> dict[str, Any]:

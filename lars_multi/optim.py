@@ -104,6 +104,8 @@ def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, 
 def _rate(name: str, value: Any) -> Any:
     """A number >= 0 (checked now), or a schedule or an array (checked at each step,
     the array against the parameters' backend; its value is not read)."""
+    if _checks.is_number(value):  # (NumPy scalars too: checked now, as Python floats)
+        return _number(name, float(value))
     if callable(value) or _checks.owner(value) is not None:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -282,6 +282,58 @@ def test_bad_arguments_are_lars_multi_errors():
     assert lm.keras.LARS is lars_multi.keras.LARS
 
 
+def test_rates_of_every_kind_are_checked():
+    """NumPy scalars and 0-d arrays are checked as the numbers they hold (they trained
+    with a negative or NaN rate, and np.float64 weight decay broke model.fit); a
+    schedule's number is checked at each step; schedules that Keras could not call or
+    restore are refused when the optimizer is made."""
+    keras = pytest.importorskip("keras")
+    import lars_multi as lm
+    import lars_multi.keras
+
+    for bad in (np.float64(-0.5), np.float32(np.nan), np.array(-0.5)):
+        with pytest.raises(
+            lm.LarsMultiValueError, match=r"^learning_rate: expected a number in \[0.0, inf\)"
+        ):
+            lars_multi.keras.LARS(bad)
+        with pytest.raises(lm.LarsMultiValueError, match=r"^weight_decay: expected a number in \[0.0, inf\)"):
+            lars_multi.keras.LARS(0.1, weight_decay=bad)
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^learning_rate: expected a number, a 0-d array or a schedule"
+    ):
+        lars_multi.keras.LARS(np.ones(2))
+    variable = keras.Variable(np.ones((2, 2), np.float32))
+    gradient = keras.ops.convert_to_tensor(np.full((2, 2), 0.5, np.float32))
+    optimizer = lars_multi.keras.LARS(0.1, weight_decay=lambda step: -5.0)
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"^weight_decay\(iterations\): expected a finite number >= 0"
+    ):
+        optimizer.apply([gradient], [variable])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), np.ones((2, 2)))
+    given, plain = (
+        lars_multi.keras.LARS(0.1, weight_decay=np.float64(1e-2)),
+        lars_multi.keras.LARS(0.1, weight_decay=1e-2),
+    )
+    assert given.get_config() == plain.get_config()
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^learning_rate: expected .*a callable of no arguments"):
+        lars_multi.keras.LARS(lambda step: 0.1)
+    lars_multi.keras.LARS(lambda: 0.1)  # (Keras calls it with no argument)
+
+    class Shifted(lm.schedules.warmup_polynomial):
+        pass
+
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^learning_rate: expected a lars_multi schedule .*subclass"
+    ):
+        lars_multi.keras.LARS(Shifted(0.1, 2, 10))
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"^kind: expected one of 'warmup_polynomial', 'warmup_cosine'"
+    ):
+        lars_multi.keras.Schedule("nope")
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^warmup_polynomial: .*missing"):
+        lars_multi.keras.Schedule("warmup_polynomial", peak=1.0)
+
+
 def test_lars_multi_schedules_are_keras_schedules(tmp_path):
     """A lars_multi schedule as learning_rate (Keras calls other callables with no
     argument) and as weight_decay: the same steps as lm.optim, saved with the model."""
