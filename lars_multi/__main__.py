@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=["info", "demo", "bench", "train"])
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for bench and train")
     args = parser.parse_args(argv)
+    if args.rest and args.command in ("info", "demo"):
+        parser.error(f"{args.command} takes no arguments, got {' '.join(args.rest)}")
     console = Console() if sys.stdout.isatty() else Console(width=120)
     if args.command == "info":
         info(console)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -495,27 +496,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be made in ``folder`` (tried: permissions do not tell, as in /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """Every argument, before anything is trained: a clear message and exit status 1."""
     problems = []
     if args.epochs < 1 or args.batch_size < 1:
         problems.append("--epochs and --batch-size: expected integers >= 1")
-    if args.lr is not None and not 0 < args.lr < math.inf:
-        problems.append(f"--lr: expected a finite number > 0, got {args.lr}")
+    largest = float(np.finfo(np.float32).max)  # (the model and its rates are float32)
+    if args.lr is not None and not 0 < args.lr <= largest:
+        problems.append(f"--lr: expected a number > 0 that fits float32, got {args.lr}")
     if not 0 < args.trust_coefficient < math.inf:
         problems.append(f"--trust-coefficient: expected a finite number > 0, got {args.trust_coefficient}")
     if not 0 <= args.weight_decay < math.inf:
         problems.append(f"--weight-decay: expected a finite number >= 0, got {args.weight_decay}")
-    if args.seed < 0:
-        problems.append(f"--seed: expected an integer >= 0, got {args.seed}")
+    if not 0 <= args.seed < 2**32:
+        problems.append(f"--seed: expected an integer from 0 to 2**32 - 1, got {args.seed}")
     if args.compare and (args.lr is not None or args.optimizer is not None):
         problems.append(
             "--compare trains both optimizers, each at its own peak rate: drop --lr and --optimizer"
         )
     if args.out is not None:
         out = Path(args.out)
-        if out.suffix.lower() != ".png" or not out.parent.is_dir():
-            problems.append(f"--out: expected a .png file in an existing folder, got {args.out}")
+        if out.suffix.lower() != ".png" or out.is_dir() or not _can_write_in(out.parent):
+            problems.append(
+                f"--out: expected a .png file in an existing folder that can be written, got {args.out}"
+            )
     if problems:
         raise SystemExit("\n".join(problems))
 

@@ -23,11 +23,20 @@ from ._checks import owner, unwrap
 from ._errors import LarsMultiTypeError, LarsMultiValueError
 from ._registry import get_backend
 
+# The largest float32: an array count's rate is a float32 array, so larger values would be inf.
+_FLOAT32_MAX = 3.4028234663852886e38
+
 
 def _check(peak: float, warmup_steps: int, total_steps: int, end: float, power: float = 1.0) -> None:
     for name, value in (("peak", peak), ("end", end), ("power", power)):
         if isinstance(value, bool) or not (isinstance(value, int | float) and 0 <= value < math.inf):
             raise LarsMultiValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    for name, value in (("peak", peak), ("end", end)):
+        if value > _FLOAT32_MAX:
+            raise LarsMultiValueError(
+                f"{name}: expected a number that fits float32 (a rate for an array count is "
+                f"a float32 array), got {value!r}"
+            )
     if not (type(warmup_steps) is int and type(total_steps) is int and 0 <= warmup_steps < total_steps):
         raise LarsMultiValueError(
             f"warmup_steps, total_steps: expected integers with 0 <= warmup_steps < total_steps, "

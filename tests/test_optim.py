@@ -434,6 +434,8 @@ def test_optax_polynomial_schedule_is_warmup_polynomial():
         dict(power=True),
         dict(peak=True),
         dict(warmup_steps=True),
+        dict(peak=1e39),  # (inf as the float32 rate of an array count)
+        dict(end=4e38),
     ],
     ids=lambda kw: ",".join(f"{k}={v!r}" for k, v in kw.items()),
 )

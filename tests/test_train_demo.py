@@ -71,10 +71,14 @@ def test_compare_large_batch(tmp_path, capsys):
         (("--trust-coefficient", "0"), "--trust-coefficient"),
         (("--weight-decay", "-1"), "--weight-decay"),
         (("--seed", "-1"), "--seed"),
+        (("--seed", str(2**32)), "--seed"),
+        (("--lr", "1e39"), "--lr"),  # (inf in float32: the model and its rates)
         (("--compare", "--lr", "0.5"), "--compare"),
         (("--compare", "--optimizer", "sgd"), "--compare"),
         (("--out", "curves.svg"), "--out"),
         (("--out", "no/such/folder/curves.png"), "--out"),
+        (("--out", "made.png"), "--out"),  # (a folder of that name)
+        (("--out", "/proc/curves.png"), "--out"),  # (a folder no file can be made in)
     ],
     ids=lambda a: " ".join(a) if isinstance(a, tuple) else a,
 )
@@ -82,7 +86,20 @@ def test_bad_arguments_are_refused_before_training(args, needle, tmp_path, monke
     """A clear message and a failing exit, not a traceback after training (--out) or
     an ignored argument (--compare with --lr)."""
     monkeypatch.chdir(tmp_path)
+    if "made.png" in args:
+        (tmp_path / "made.png").mkdir()
     with pytest.raises(SystemExit) as info:
         main(["train", "--backend", "numpy", "--epochs", "1", *args])
     assert needle in str(info.value.code)
-    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+    assert [p.name for p in tmp_path.iterdir()] == (
+        ["made.png"] if "made.png" in args else []
+    )  # nothing written
+
+
+@pytest.mark.parametrize("command", ["info", "demo"])
+def test_commands_without_arguments_refuse_extra_ones(command, capsys):
+    """``python -m lars_multi info extra`` is a usage error (the extra words were ignored)."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "extra"])
+    assert info.value.code == 2
+    assert f"{command} takes no arguments, got extra" in capsys.readouterr().err
