@@ -673,12 +673,8 @@ def test_errors_keep_their_type_inside_tf_function():
     assert str(info.value).startswith("dcdw: expected shape (3,)")
 
 
-def test_torch_dtensor_memory_checks_use_the_local_shard():
-    """DTensors (data_ptr() 0, no storage of their own) are compared through their local
-    tensors: in place and an out that is a view of the gradient give the plain result."""
-    require_backend("torch")
-    pytest.importorskip("torch.distributed")
-    script = """
+# A one-rank gloo process group on 127.0.0.1 and its 1-D CPU mesh; shard(t) makes a DTensor.
+ONE_RANK_MESH = """
 import os, socket, torch, torch.distributed as dist
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -690,9 +686,20 @@ from torch.distributed.tensor import Shard, distribute_tensor
 import lars_multi as lm
 mesh = init_device_mesh("cpu", (1,))
 torch.manual_seed(0)
+shard = lambda t: distribute_tensor(t.clone(), mesh, [Shard(0)])
+"""
+
+
+def test_torch_dtensor_memory_checks_use_the_local_shard():
+    """DTensors (data_ptr() 0, no storage of their own) are compared through their local
+    tensors: in place and an out that is a view of the gradient give the plain result."""
+    require_backend("torch")
+    pytest.importorskip("torch.distributed")
+    script = (
+        ONE_RANK_MESH
+        + """
 w0, g0 = torch.randn(6, 4), torch.randn(6, 4) * 0.1
 want = lm.lars_update(w0, g0, 0.1)
-shard = lambda t: distribute_tensor(t.clone(), mesh, [Shard(0)])
 errors = [(lm.lars_update(shard(w0), shard(g0), 0.1).full_tensor() - want).abs().max().item()]
 w, g = shard(w0), shard(g0)
 lm.lars_update({"a": w}, {"a": g}, 0.1, out={"a": w})
@@ -704,6 +711,7 @@ errors.append((out.full_tensor() - want).abs().max().item())
 dist.destroy_process_group()
 print(max(errors))
 """
+    )
     assert float(run_python(script)) < 1e-6
 
 
@@ -714,21 +722,11 @@ def test_torch_plain_tensors_paired_with_dtensors_are_refused_before_anything_is
     (a state saved unsharded) refuses it before stepping any group."""
     require_backend("torch")
     pytest.importorskip("torch.distributed")
-    script = """
-import os, socket, torch, torch.distributed as dist
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-dist.init_process_group("gloo", rank=0, world_size=1)
-from torch.distributed.device_mesh import init_device_mesh
+    script = (
+        ONE_RANK_MESH
+        + """
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import Shard, distribute_tensor
-import lars_multi as lm
-mesh = init_device_mesh("cpu", (1,))
-torch.manual_seed(0)
 w0, g0 = torch.randn(5, 3), torch.randn(5, 3)
-shard = lambda t: distribute_tensor(t.clone(), mesh, [Shard(0)])
 w = {"a": shard(w0)}
 cases = {
     "grad": lambda: lm.lars_update(w, {"a": g0.clone()}, 0.1, out=w),
@@ -762,6 +760,7 @@ after = [p.detach().full_tensor() for p in model.parameters()]
 print("params unchanged", all(torch.equal(b, a) for b, a in zip(before, after)))
 dist.destroy_process_group()
 """
+    )
     lines = run_python(script).splitlines()
     mesh = r"a DTensor's DeviceMesh\(.*\)"
     expected = [
