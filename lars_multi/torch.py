@@ -475,25 +475,29 @@ def param_groups(
     with at most one dimension (biases, normalization scales: as timm's
     ``param_groups_weight_decay`` and large-batch practice leave out) and those
     whose name contains one of ``exclude`` (case-insensitive substrings, e.g.
-    ``("pos_embed",)``), with ``adapt=False, decay=False``. No name is excluded
-    by default: a substring such as ``"bn"`` would also catch ``"subnet.weight"``.
-    ``group_overrides`` (e.g. ``lr=...``) go into both groups; empty groups are left out.
+    ``("pos_embed",)``; a tied parameter by any of its names), with ``adapt=False,
+    decay=False``. No name is excluded by default: a substring such as ``"bn"`` would
+    also catch ``"subnet.weight"``.
+    ``group_overrides`` (e.g. ``lr=...``, ``adapt=False``) go into both groups, over these
+    settings; empty groups are left out.
     """
     if isinstance(exclude, str):
         exclude = (exclude,)
     patterns = [pattern.lower() for pattern in exclude]
+    names: dict[int, tuple[torch.Tensor, list[str]]] = {}  # every name of each parameter (tied: several)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), (p, []))[1].append(name.lower())
     adapted: list[torch.Tensor] = []
     excluded: list[torch.Tensor] = []
-    for name, p in model.named_parameters():
+    for p, lowered in names.values():
         if not p.requires_grad:
             continue
-        lowered = name.lower()
-        if p.ndim <= 1 or any(pattern in lowered for pattern in patterns):
+        if p.ndim <= 1 or any(pattern in name for pattern in patterns for name in lowered):
             excluded.append(p)
         else:
             adapted.append(p)
     groups = [
-        {"params": adapted, **group_overrides, "adapt": True, "decay": True},
-        {"params": excluded, **group_overrides, "adapt": False, "decay": False},
+        {"params": adapted, "adapt": True, "decay": True, **group_overrides},
+        {"params": excluded, "adapt": False, "decay": False, **group_overrides},
     ]
     return [group for group in groups if group["params"]]

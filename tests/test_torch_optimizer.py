@@ -496,6 +496,28 @@ def test_param_groups_splits_matrices_from_biases_and_norms():
     torch.testing.assert_close(net.head.bias.detach(), bias - 0.5 * grad)
 
 
+def test_param_groups_overrides_win_and_tied_parameters_match_by_any_name():
+    """adapt=False / decay=False given to param_groups reach both groups (the fixed settings
+    overwrote them); a parameter tied between two modules is excluded by either name
+    (named_parameters gives only the first)."""
+    groups = param_groups(Net(), adapt=False, decay=False, lr=0.5)
+    assert all((g["adapt"], g["decay"], g["lr"]) == (False, False, 0.5) for g in groups)
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.head = torch.nn.Linear(4, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+    model = Tied()
+    for pattern in ("head", "embed"):
+        groups = param_groups(model, exclude=(pattern,))
+        assert len(groups) == 1 and groups[0]["adapt"] is False, pattern
+        assert len(groups[0]["params"]) == 1 and groups[0]["params"][0] is model.embed.weight
+    assert [len(g["params"]) for g in param_groups(model)] == [1]  # listed once
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 P = [torch.nn.Parameter(torch.ones(2, 2))]
