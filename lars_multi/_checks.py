@@ -75,19 +75,20 @@ def write_back(target: Any, new: Any) -> None:
 # --- the backend of a call ---------------------------------------------------------------
 
 
-def call_backend(leaves: Sequence[Any], paths: Sequence[Any]) -> str:
-    """The one backend owning every weight, which must be the chosen one, if any."""
+def call_backend(leaves: Sequence[Any], paths: Sequence[Any], arg: str = "w") -> str:
+    """The one backend owning every weight (``arg``: their argument, for messages),
+    which must be the chosen one, if any."""
     one_type = all_native(leaves)  # one native type: one framework
     names = [backend_of(leaves[0])] * len(leaves) if one_type else [owner(leaf) for leaf in leaves]
     first = names[0]
     if first is None or names.count(first) != len(names):
         for entries, leaf, name in zip(paths, leaves, names):
             if name is None:
-                raise LarsMultiTypeError(f"{Path('w', entries)}: expected an array, got {type_name(leaf)}")
+                raise LarsMultiTypeError(f"{Path(arg, entries)}: expected an array, got {type_name(leaf)}")
             if name != first:
                 raise MixedFrameworksError(
-                    f"{Path('w', entries)} is a {name} array but {Path('w', paths[0])} is a {first} "
-                    "array; pass arrays of one framework"
+                    f"{Path(arg, entries)}: expected a {first} array like {Path(arg, paths[0])}, got a "
+                    f"{name} array ({type_name(unwrap(leaf))}); pass arrays of one framework"
                 )
     assert first is not None
     check_chosen(first, leaves[0])
@@ -117,6 +118,14 @@ def check_weights(path: Any, w: Any, ops: Backend) -> None:
         raise LarsMultiTypeError(
             f"{path}: expected a floating dtype (float16, bfloat16, float32 or float64), got {_dtype(ops, w)}"
         )
+
+
+def check_some_leaves(arg: str, tree: Any, flat: Flat) -> None:
+    """``tree`` must hold a leaf: None or an empty tree is not weights to update (a call
+    on one returned it, every other argument unchecked)."""
+    if not flat.leaves:
+        got = "None" if tree is None else f"a {type_name(tree)} with no arrays"
+        raise LarsMultiValueError(f"{arg}: expected an array or a tree with at least one array, got {got}")
 
 
 def check_all_weights(arg: str, ws: Sequence[Any], paths: Sequence[Any], ops: Backend) -> None:

@@ -15,7 +15,7 @@ from . import _checks
 from ._aliasing import array_values, check_handles, must_write_late, write_all
 from ._array import Array
 from ._checks import owner, unwrap, write_back
-from ._errors import no_autograph
+from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._presets import REFERENCE
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
@@ -148,7 +148,8 @@ def _update_tree(
     w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any, axis_name: Any = None
 ) -> Any:
     flat = flatten(w)
-    if not flat.leaves:
+    if not flat.leaves:  # an empty tree: itself (as a tree map gives), once the others agree
+        _check_empty(w, dcdw, out)
         return w if out is None else out
     grads = leaves_like("dcdw", dcdw, flat)
     active = present(grads)
@@ -221,6 +222,19 @@ def _finish(flat: Flat, out: Any, out_leaves: list[Any] | None, name: str, new: 
         for i, x in enumerate(flat.leaves)
     ]
     return flat.rebuild(leaves)
+
+
+def _check_empty(w: Any, dcdw: Any, out: Any) -> None:
+    """``w`` holds no array: it must be an empty tree (None is not one), and ``dcdw``
+    (unless one array for every leaf) and ``out`` must hold none either."""
+    if w is None:
+        raise LarsMultiTypeError("w: expected an array or a tree of arrays, got None")
+    for arg, value in (("dcdw", dcdw), ("out", out)):
+        if value is not None and not (arg == "dcdw" and is_leaf(value)) and flatten_optree(value).leaves:
+            raise LarsMultiValueError(
+                f"{arg}: expected the structure of w, an empty {type_name(w)}, got a {type_name(value)} "
+                "holding arrays"
+            )
 
 
 def _unchanged(flat: Flat, out: Any, out_leaves: list[Any] | None) -> Any:

@@ -133,7 +133,7 @@ class LarsOptimizer:
         leaves = [_checks.unwrap(x) for x in flat.leaves if _checks.owner(x) is not None]
         if not leaves:
             raise LarsMultiValueError("params: expected a tree with at least one array, got none")
-        ops = get_backend(_checks.call_backend(leaves, [()] * len(leaves)))
+        ops = get_backend(_checks.call_backend(leaves, [()] * len(leaves), "params"))
         count = ops.asarray(0, "int32")
         if self.config.momentum == 0:
             return LarsState(count, None)
@@ -158,13 +158,14 @@ class LarsOptimizer:
         place and returned; everything is checked before anything is written.
         """
         flat = flatten(params)
+        _checks.check_some_leaves("params", params, flat)
         all_grads = leaves_like("grads", grads, flat)
         active = present(all_grads)
         if not active:
             return params, state
         paths = take(flat.paths, active)
         leaves = take(flat.leaves, active)
-        name = _checks.call_backend(leaves, paths)
+        name = _checks.call_backend(leaves, paths, "params")
         ops = get_backend(name)
         ws = _checks.unwrap_all(leaves)
         _checks.check_all_weights("params", ws, paths, ops)

@@ -484,18 +484,18 @@ def param_groups(
     if isinstance(exclude, str):
         exclude = (exclude,)
     patterns = [pattern.lower() for pattern in exclude]
-    names: dict[int, tuple[torch.Tensor, list[str]]] = {}  # every name of each parameter (tied: several)
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), (p, []))[1].append(name.lower())
+    names: dict[int, tuple[torch.nn.Parameter, list[str]]] = {}  # every name of each (tied: several)
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), (parameter, []))[1].append(name.lower())
     adapted: list[torch.Tensor] = []
     excluded: list[torch.Tensor] = []
-    for p, lowered in names.values():
-        if not p.requires_grad:
+    for parameter, lowered in names.values():
+        if not parameter.requires_grad:
             continue
-        if p.ndim <= 1 or any(pattern in name for pattern in patterns for name in lowered):
-            excluded.append(p)
+        if parameter.ndim <= 1 or any(pattern in name for pattern in patterns for name in lowered):
+            excluded.append(parameter)
         else:
-            adapted.append(p)
+            adapted.append(parameter)
     groups = [
         {"params": adapted, "adapt": True, "decay": True, **group_overrides},
         {"params": excluded, "adapt": False, "decay": False, **group_overrides},

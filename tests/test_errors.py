@@ -132,7 +132,9 @@ def test_mixed_frameworks_numpy_and_torch():
     ):
         lm.lars_update(torch.from_numpy(W), G, 0.1)
     with raises(
-        TypeError, r"^w\['b'\] is a torch array but w\['a'\] is a numpy array", lm.MixedFrameworksError
+        TypeError,
+        r"^w\['b'\]: expected a numpy array like w\['a'\], got a torch array \(torch.Tensor\)",
+        lm.MixedFrameworksError,
     ):
         lm.lars_update({"a": W, "b": torch.from_numpy(W)}, G, 0.1)
     with raises(
@@ -263,6 +265,30 @@ def test_weights_not_arrays(backend):
         lm.lars_update(native(backend, W), 0.5, 0.1)
     with raises(TypeError, r"^dcdw\['a'\]: expected an array like w\['a'\], got str", lm.LarsMultiTypeError):
         lm.lars_update({"a": native(backend, W)}, {"a": "g"}, 0.1)
+
+
+def test_weights_without_arrays(backend):
+    """An empty tree is returned as it is (a tree map's result), but only where dcdw and
+    out hold no array either; None is no tree of weights. (A call returned w or its out
+    unwritten whatever dcdw was.) The optimizer, whose init refuses an empty tree, refuses
+    one in step too."""
+    g = native(backend, G)
+    assert lm.lars_update({}, g, 0.1) == {}
+    with raises(TypeError, r"^w: expected an array or a tree of arrays, got None$", lm.LarsMultiTypeError):
+        lm.lars_update(None, g, 0.1)
+    for tree, name in (({}, "dict"), ([], "list")):
+        message = rf"^dcdw: expected the structure of w, an empty {name}, got a dict holding arrays$"
+        with raises(ValueError, message, lm.LarsMultiValueError):
+            lm.lars_update(tree, {"a": g}, 0.1)
+        message = rf"^out: expected the structure of w, an empty {name}, got a list holding arrays$"
+        with raises(ValueError, message, lm.LarsMultiValueError):
+            lm.lars_update(tree, tree, 0.1, out=[g])
+    opt = lm.optim.lars(0.1)
+    state = opt.init({"a": g})
+    with raises(
+        ValueError, r"^params: expected an array or a tree with at least one array", lm.LarsMultiValueError
+    ):
+        opt.step({}, {"a": g}, state)
 
 
 # --- lr -------------------------------------------------------------------------------------
