@@ -57,8 +57,8 @@ _CONFIG_KEYS = (
 )
 # StepConfigs by hyper-parameters, made (and checked) when a group is added or loaded,
 # so that a compiled step only looks them up.
-_PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})  # (see _kind)
 _CONFIGS: dict[tuple[Any, ...], StepConfig] = {}
+_PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})  # (see _kind)
 
 
 # Settings a group saved by an older release may lack, with their defaults.
