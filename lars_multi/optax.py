@@ -46,7 +46,7 @@ def _difference(new: Any, old: Any) -> Any:
     return None if new is None else new - old
 
 
-def _number(name: str, value: Any) -> Any:
+def _concrete(name: str, value: Any) -> Any:
     """A hyper-parameter of the step's configuration as a number: the value of a
     concrete 0-d JAX array (``optax.inject_hyperparams`` passes every number as
     one); a traced array is refused, as the configuration is fixed when the
@@ -97,12 +97,12 @@ def lars(
         )
     opt = optim.lars(
         learning_rate,
-        momentum=_number("momentum", momentum),
+        momentum=_concrete("momentum", momentum),
         nesterov=nesterov,
-        dampening=_number("dampening", dampening),
+        dampening=_concrete("dampening", dampening),
         weight_decay=weight_decay,
-        trust_coefficient=_number("trust_coefficient", trust_coefficient),
-        eps=_number("eps", eps),
+        trust_coefficient=_concrete("trust_coefficient", trust_coefficient),
+        eps=_concrete("eps", eps),
         trust_clip=trust_clip,
         always_adapt=always_adapt,
         adapt_mask=adapt_mask,
