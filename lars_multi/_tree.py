@@ -21,7 +21,7 @@ import optree
 
 from . import _registry
 from ._container import Container
-from ._errors import LarsMultiValueError
+from ._errors import LarsMultiValueError, type_name
 from ._registry import all_native, backend_of
 
 NAMESPACE = "lars_multi"
@@ -72,6 +72,7 @@ class Flat:
     spec: Any
     flatten: Callable[[Any], tuple[list[Any], Any]]
     unflatten: Callable[[Any, list[Any]], Any]
+    arg: str = "w"  # the weights' argument, for error messages
 
     def rebuild(self, leaves: list[Any]) -> Any:
         return self.unflatten(self.spec, leaves)
@@ -184,7 +185,7 @@ class _Walker:
     mapping on the way has exactly the weights' keys and every sequence their length."""
 
     def __init__(self, arg: str, value: Any, w: Flat, broadcast: bool) -> None:
-        self.arg, self.value, self.broadcast = arg, value, broadcast
+        self.arg, self.value, self.broadcast, self.w_arg = arg, value, broadcast, w.arg
         self.w_root = w.rebuild(w.leaves)  # the weights' nodes, to compare keys with
         self.checked: set[tuple[Any, ...]] = set()  # the key paths of the nodes checked
 
@@ -197,21 +198,24 @@ class _Walker:
             try:
                 node, w_node = _child(node, entry), _child(w_node, entry)
             except (TypeError, AttributeError, LookupError):  # a node of its own kind, not walkable
-                self._mismatch(path[:depth], f"the structure of {Path('w', path[:depth])}, got another")
+                self._mismatch(
+                    path[:depth], f"the structure of {Path(self.w_arg, path[:depth])}, got another"
+                )
         if _is_tree(node) and not _is_tree(w_node):
-            self._mismatch(path, f"a single array like {Path('w', path)}, got a {type(node).__name__}")
+            self._mismatch(path, f"a single array like {Path(self.w_arg, path)}, got a {type(node).__name__}")
         return node
 
     def _mismatch(self, prefix: Sequence[Any], detail: str) -> None:
         here = Path(self.arg, prefix)
         raise LarsMultiValueError(
-            f"{self.arg}: expected the structure of w (or a single value); {here}: expected {detail}"
+            f"{self.arg}: expected the structure of {self.w_arg}{' (or a single value)' * self.broadcast}; "
+            f"{here}: expected {detail}"
         )
 
     def _check_node(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
         if prefix in self.checked:
             return
-        w_here = Path("w", prefix)
+        w_here = Path(self.w_arg, prefix)
         if isinstance(w_node, Mapping):
             if not isinstance(node, Mapping):
                 self._mismatch(prefix, f"a mapping with the keys of {w_here}, got {type(node).__name__}")
@@ -229,7 +233,33 @@ class _Walker:
             self._mismatch(prefix, f"a sequence of {len(w_node)} like {w_here}, got {got}")
         elif not _is_tree(w_node) and type(node) is not type(w_node):  # a registered node (a module)
             self._mismatch(prefix, f"a {type(w_node).__name__} like {w_here}, got {type(node).__name__}")
+        self._check_no_layer(node, w_node, prefix)
         self.checked.add(prefix)
+
+    def _check_no_layer(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
+        """Where ``w`` holds no layer (``None``, an empty dict), ``value`` must hold
+        none either: a gradient there would meet no weight and be dropped unseen."""
+        if not _is_tree(w_node):
+            return
+        entries = w_node.keys() if isinstance(w_node, Mapping) else range(len(w_node))
+        for entry in entries:
+            if _holds_no_layer(w_node[entry]) and not _holds_no_layer(node[entry]):
+                here = (*prefix, entry)
+                w_child = "None" if w_node[entry] is None else f"an empty {type(w_node[entry]).__name__}"
+                self._mismatch(
+                    here,
+                    f"no value where {Path(self.w_arg, here)} is {w_child}, got {type_name(node[entry])}",
+                )
+
+
+def _holds_no_layer(value: Any) -> bool:
+    """Whether ``value`` is None or a tree of nothing but None and empty trees."""
+    if value is None:
+        return True
+    if not _is_tree(value):
+        return False
+    children = value.values() if isinstance(value, Mapping) else value
+    return all(map(_holds_no_layer, children))
 
 
 def _is_node(node: Any, entry: Any) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from . import _checks
@@ -129,7 +129,7 @@ class LarsOptimizer:
 
     def init(self, params: Any) -> LarsState:
         """Step count 0 and zero momentum buffers like ``params``."""
-        flat = flatten(params)
+        flat = _flatten_params(params)
         leaves = [_checks.unwrap(x) for x in flat.leaves if _checks.owner(x) is not None]
         if not leaves:
             raise LarsMultiValueError("params: expected a tree with at least one array, got none")
@@ -157,7 +157,7 @@ class LarsOptimizer:
         ``lm.Array`` s), the parameters and the momentum buffers are written in
         place and returned; everything is checked before anything is written.
         """
-        flat = flatten(params)
+        flat = _flatten_params(params)
         _checks.check_some_leaves("params", params, flat)
         all_grads = leaves_like("grads", grads, flat)
         active = present(all_grads)
@@ -388,6 +388,11 @@ def _rate_now(
         value = _checks.check_rate(arg, rate, name=name, ops=ops)
     _checks.check_fit_all(arg, value, ws, lambda i: Path("params", paths[i]), ops)
     return value
+
+
+def _flatten_params(params: Any) -> Flat:
+    """``params`` flattened as ``lars_update`` flattens its weights, named in messages."""
+    return replace(flatten(params), arg="params")
 
 
 def lars(

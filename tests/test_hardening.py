@@ -87,6 +87,42 @@ def test_key_mismatch_names_the_key(backend):
         lm.lars_update(w, {"b": native(backend, G), "a": native(backend, G)}, 0.1)
 
 
+@pytest.mark.parametrize(
+    "w_nothing, value",
+    [(None, "array"), ({}, "array"), ({"c": None}, "array"), (None, "number")],
+    ids=["none", "empty-dict", "dict-of-none", "rate-for-none"],
+)
+@pytest.mark.parametrize("entry", ["lars_update", "out", "optim"])
+def test_values_where_the_weights_hold_nothing_are_refused(backend, w_nothing, value, entry):
+    """optree and JAX read None (and an empty dict) as a tree with no leaf, so a
+    gradient, output or rate there meets no weight: refused, never dropped."""
+    if entry != "lars_update" and value == "number":
+        pytest.skip("a tree of rates is lars_update's alone")
+    a = native(backend, W)
+    w = {"a": a, "b": w_nothing}
+    given = native(backend, G) if value == "array" else 0.5
+    g = {"a": native(backend, G), "b": None if entry == "out" or value == "number" else given}
+    kwargs = {}
+    if entry == "out":
+        kwargs["out"] = {"a": native(backend, W), "b": native(backend, W)}
+    elif value == "number":
+        kwargs["lr"] = {"a": 0.1, "b": given}
+    arg = {"out": "out", "optim": "grads"}.get(entry, "lr" if value == "number" else "dcdw")
+    weights = "params" if entry == "optim" else "w"
+    message = rf"^{arg}: expected the structure of {weights}.*{arg}\['b'\]: expected no value where {weights}"
+    with pytest.raises(lm.LarsMultiValueError, match=message):
+        if entry == "optim":
+            opt = lm.optim.lars(0.1, momentum=0.9)
+            opt.step(w, g, opt.init(w))
+        else:
+            lm.lars_update(w, g, kwargs.pop("lr", 0.1), **kwargs)
+    np.testing.assert_array_equal(to_numpy(a), W)
+    assert (
+        lm.lars_update({"a": a, "b": w_nothing}, {"a": native(backend, G), "b": w_nothing}, 0.1)["b"]
+        == w_nothing
+    )
+
+
 def test_dicts_with_remembered_keys_keep_their_own_structure(backend):
     """Plain dicts of arrays are flattened once per sequence of keys; a later dict
     with those keys in another order, or with a subtree, None or a key of another
