@@ -17,6 +17,7 @@ import numpy as np
 
 from lars_multi import _batching
 from lars_multi._container import Container
+from lars_multi._errors import LarsMultiValueError
 from lars_multi._tree import Attribute, Flat
 
 # Containers are pytrees to JAX too, keyed by their names.
@@ -116,7 +117,17 @@ def _buffer(x: Any) -> int | None:
 
 
 def check_axis_name(arg: Any, value: Any) -> None:
-    """Mesh axis names are JAX's own: every name is accepted (JAX checks it when tracing)."""
+    """Every mesh axis name of ``value`` (one name, or a tree of names) must be bound
+    where the step runs, by an enclosing ``jax.shard_map``, ``pmap`` or ``vmap``
+    (inside ``shard_map``, ``lax.psum`` over an unknown name fails a bare assertion)."""
+    for name in dict.fromkeys(jax.tree_util.tree_leaves(value)):
+        try:
+            jax.lax.axis_size(name)
+        except NameError:
+            raise LarsMultiValueError(
+                f"{arg}: expected names of mesh axes bound here (by an enclosing jax.shard_map, pmap "
+                f"or vmap), got {name!r}, which is not"
+            ) from None
 
 
 def to_compute(x: Any) -> jax.Array:

@@ -166,8 +166,8 @@ def dtype_name(dtype: Any) -> str:
 def dtype_hint(got: Any, expected: Any) -> str:
     if got.kind == "f" and expected.kind in "fV" and got.itemsize > expected.itemsize:
         return (
-            f"; NumPy silently promotes {expected.name} arithmetic with {got.name} values, so cast the "
-            f"gradient back: dcdw.astype(w.dtype)"
+            f"; NumPy silently promotes {expected.name} arithmetic with {got.name} values, so cast it "
+            f"back to the weights' dtype: x.astype(w.dtype)"
         )
     if got.newbyteorder("=") == expected.newbyteorder("="):
         return "; convert both to one byte order: x.astype(x.dtype.newbyteorder('='))"
@@ -260,6 +260,10 @@ def stop_gradients(xs: list[Any]) -> list[Any]:
 
 def write(out: np.ndarray, value: Any) -> None:
     np.copyto(out, value)
+
+
+def snapshot(x: np.ndarray) -> np.ndarray:
+    return x.copy()
 
 
 def stack(xs: Sequence[Any]) -> np.ndarray:

@@ -141,6 +141,11 @@ def write(out: tf.Variable, value: Any) -> None:
     out.assign(value, read_value=False)
 
 
+def snapshot(x: Any) -> tf.Tensor:
+    """A variable's value now (``tf.identity`` reads it); a tensor as it is."""
+    return tf.identity(x) if isinstance(x, tf.Variable) else x
+
+
 def stack(xs: Sequence[Any]) -> tf.Tensor:
     return tf.stack(xs)
 

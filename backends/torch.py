@@ -56,7 +56,8 @@ def is_dense(x: torch.Tensor) -> bool:
 
 
 def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:
-    """Tensors of the weights' type, dtype and shape, dense and on their devices."""
+    """Tensors of the weights' type, dtype and shape, dense and on their devices
+    (DTensors: on their meshes, with their placements)."""
     return all(
         [
             type(x) is type(w)
@@ -64,9 +65,13 @@ def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:
             and x.shape == w.shape
             and x.layout == torch.strided
             and x.device == w.device
+            and (type(w) in _PLAIN or device(x) == device(w))
             for x, w in zip(xs, ws)
         ]
     )
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def layout_name(x: torch.Tensor) -> str:
@@ -74,20 +79,23 @@ def layout_name(x: torch.Tensor) -> str:
 
 
 def device(x: torch.Tensor) -> Any:
-    """Where ``x`` lives: its device, or a DTensor's device mesh (so a plain tensor
-    paired with a DTensor is refused, naming both, where torch would raise "got mixed
-    torch.Tensor and DTensor" from a kernel, maybe after other layers were written)."""
+    """Where ``x`` lives: its device, or a DTensor's device mesh and placements (so a
+    plain tensor paired with a DTensor, or DTensors on other meshes or placements, are
+    refused, naming both, where torch would raise from a kernel ("got mixed
+    torch.Tensor and DTensor", "in-place operations that require placement changes"),
+    maybe after other layers were written)."""
     mesh = getattr(x, "device_mesh", None)
-    return x.device if mesh is None else _MeshOf(mesh)
+    return x.device if mesh is None else _MeshOf(mesh, tuple(x.placements))  # type: ignore[attr-defined]
 
 
 class _MeshOf(NamedTuple):
-    """A DTensor's device mesh, as messages name it."""
+    """A DTensor's device mesh and placements, as messages name them."""
 
     mesh: Any
+    placements: tuple[Any, ...]
 
     def __str__(self) -> str:
-        return f"a DTensor's {self.mesh}"
+        return f"a DTensor's {self.mesh} with placements {self.placements}"
 
 
 def _local(x: torch.Tensor) -> torch.Tensor:
@@ -380,6 +388,10 @@ def stop_gradients(xs: list[torch.Tensor]) -> list[torch.Tensor]:
 def write(out: torch.Tensor, value: torch.Tensor) -> None:
     with torch.no_grad():
         out.copy_(value)
+
+
+def snapshot(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().clone()
 
 
 def stack(xs: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numbers
 import operator
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -180,10 +180,11 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any
     return data
 
 
-def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> None:
-    """``data`` must have the dtype and shape of the weights ``w``."""
+def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend, *, read: bool = True) -> None:
+    """``data`` must have the dtype and shape of the weights ``w``; a mismatched
+    dtype of an array the step ``read`` s gets the backend's advice."""
     if data.dtype != w.dtype:
-        hint = ops.dtype_hint(data.dtype, w.dtype)
+        hint = ops.dtype_hint(data.dtype, w.dtype) if read else ""
         raise LarsMultiTypeError(
             f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}{hint}"
         )
@@ -246,7 +247,7 @@ def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
                 f"{path}: expected an array that can be written in place, got {reason}; "
                 "pass a lars_multi.Array or Container as out, or use the result"
             )
-    check_like(path, data, w_path, w, ops)
+    check_like(path, data, w_path, w, ops, read=False)
     check_device(path, data, w_path, w, ops)
     return data
 
@@ -265,6 +266,46 @@ def check_outs(
         return ws
     arg, w_arg = where
     return [check_out(o, w, (arg, w_arg, p, False), name, ops) for o, w, p in zip(outs, ws, paths)]
+
+
+class KeptOuts(NamedTuple):
+    """The outputs of layers with weights but no gradient (given None): each
+    receives a copy of its weights, written with the other layers' results."""
+
+    indices: list[int]  # the layers, among all of the tree's
+    targets: list[Any]  # the outputs as given (handles too)
+    datas: list[Any]  # their native arrays, checked
+    weights: list[Any]  # the native weights to copy
+
+
+def check_kept_outs(
+    leaves: Sequence[Any],
+    paths: Sequence[Any],
+    active: Sequence[int],
+    out_leaves: Sequence[Any],
+    where: tuple[str, str],
+    name: str,
+    ops: Backend,
+) -> KeptOuts:
+    """:func:`check_out` of every layer not in ``active`` (those with a gradient)
+    that has weights, nothing written. A layer that is its own output is left out,
+    unless its array is another layer's output too (tied weights: refused where the
+    two receive different values)."""
+    kept = KeptOuts([], [], [], [])
+    if len(active) == len(leaves):
+        return kept
+    skipped = set(active)
+    active_targets = {id(out_leaves[i]) for i in active}
+    arg, w_arg = where
+    for i, (x, target) in enumerate(zip(leaves, out_leaves)):
+        if i in skipped or owner(x) is None or (target is x and id(x) not in active_targets):
+            continue
+        w = unwrap(x)
+        kept.indices.append(i)
+        kept.targets.append(target)
+        kept.datas.append(check_out(target, w, (arg, w_arg, paths[i], False), name, ops))
+        kept.weights.append(w)
+    return kept
 
 
 def outs_writable(out_leaves: Sequence[Any], outs: Sequence[Any], ops: Backend) -> bool:
@@ -444,8 +485,8 @@ def axis_names(arg: str, value: Any, flat: Flat, active: list[int], ops: Backend
     if value is None:
         return None
     if _is_name(value):
-        ops.check_axis_name(arg, value)
         _check_unambiguous(arg, value, flat)
+        ops.check_axis_name(arg, value)
         return (value,) * len(active)
     leaves = leaves_like(arg, _wrap_names(value), flat)
     names = []

@@ -172,16 +172,17 @@ def _update_tree(
     stops = _per_leaf("stop_gradients", stop_gradients, flat, active, ws, ops, _checks.check_stop)
     outs = None
     writable = False
+    kept = _checks.KeptOuts([], [], [], [])
     if out_leaves is not None:
         active_outs = take(out_leaves, active)
         outs = _checks.check_outs(active_outs, ws, paths, ("out", "w"), name, ops)
-        _check_unchanged_outs(flat, active, out_leaves, name, ops)
+        kept = _checks.check_kept_outs(flat.leaves, flat.paths, active, out_leaves, ("out", "w"), name, ops)
         writable = _checks.outs_writable(active_outs, outs, ops)
     axes = _checks.axis_names("axis_name", axis_name, flat, active, ops)
 
     # Array learning rates and decays are read as the step goes, like the gradients.
     write_late = outs is not None and must_write_late(
-        ops, outs, ws, [*gs, *array_values(ops, [*rates, *decays])]
+        ops, [*outs, *kept.datas], [*ws, *kept.weights], [*gs, *array_values(ops, [*rates, *decays])]
     )
     results: list[Any] = [None] * len(ws)
     for indices in _groups(rates, decays, stops):
@@ -198,15 +199,38 @@ def _update_tree(
             axis_names=None if axes is None else tuple(axes[i] for i in indices),
         )
         put(results, indices, group)
-    if outs is not None:
+    if out_leaves is None or outs is None:
+        return _finish(flat, None, None, name, dict(zip(active, results)))
+    return _write(flat, out, out_leaves, name, ops, (active, active_outs, outs, results), kept, write_late)
 
-        def label(i: int) -> str:
-            return str(Path("out", paths[i]))
 
-        if not _checks.all_native(active_outs):
-            check_handles(ops, active_outs, results, label)
-        write_all(ops, outs, results, label)
-    return _finish(flat, out, out_leaves, name, dict(zip(active, results)))
+def _write(
+    flat: Flat,
+    out: Any,
+    out_leaves: list[Any],
+    name: str,
+    ops: Backend,
+    stepped: tuple[list[int], list[Any], list[Any], list[Any]],
+    kept: _checks.KeptOuts,
+    late: bool,
+) -> Any:
+    """The results of the ``stepped`` layers (their indices, outputs as given,
+    native outputs, results) and the copies of the ``kept`` layers' weights,
+    written into their outputs: where not written as the step went, or ``late``
+    (then the weights copied are read as they were before anything was written)."""
+    active, active_outs, outs, results = stepped
+    copies = [ops.snapshot(x) if late and o is not x else x for x, o in zip(kept.weights, kept.datas)]
+    indices = [*active, *kept.indices]
+    values = [*results, *copies]
+
+    def label(k: int) -> str:
+        return str(Path("out", flat.paths[indices[k]]))
+
+    targets = [*active_outs, *kept.targets]
+    if kept.indices or not _checks.all_native(active_outs):
+        check_handles(ops, targets, values, label)
+    write_all(ops, [*outs, *kept.datas], values, label)
+    return _finish(flat, out, out_leaves, name, dict(zip(indices, values)))
 
 
 def _finish(flat: Flat, out: Any, out_leaves: list[Any] | None, name: str, new: dict[int, Any]) -> Any:
@@ -241,27 +265,21 @@ def _unchanged(flat: Flat, out: Any, out_leaves: list[Any] | None) -> Any:
     """No gradient anywhere: ``w`` as it is, or copied into ``out``."""
     if out_leaves is None:
         return flat.rebuild(flat.leaves)
-    active = [i for i, x in enumerate(flat.leaves) if owner(x) is not None]
-    if active:
-        name = _checks.call_backend([flat.leaves[i] for i in active], [flat.paths[i] for i in active])
-        ops = get_backend(name)
-        _check_unchanged_outs(flat, [], out_leaves, name, ops)
-    return out
+    return copy_unchanged(flat, out, out_leaves)
 
 
-def _check_unchanged_outs(
-    flat: Flat, active: list[int], out_leaves: list[Any], name: Any, ops: Backend
-) -> None:
-    """Leaves without a gradient keep their weights: their ``out`` receives a copy."""
-    skipped = set(active)
-    for i, (x, target) in enumerate(zip(flat.leaves, out_leaves)):
-        if i in skipped or target is x or owner(x) is None:
-            continue
-        p = flat.paths[i]
-        data = _checks.check_out(target, unwrap(x), ("out", "w", p, False), name, ops)
-        if data is not unwrap(x) and ops.unwritable(data) is None:
-            ops.write(data, unwrap(x))
-        write_back(target, unwrap(x))
+def copy_unchanged(flat: Flat, out: Any, out_leaves: list[Any], w_arg: str = "w") -> Any:
+    """The weights (``w_arg``) copied into ``out`` (every output checked first)."""
+    arrays = [i for i, x in enumerate(flat.leaves) if owner(x) is not None]
+    if not arrays:
+        return out
+    name = _checks.call_backend(take(flat.leaves, arrays), take(flat.paths, arrays), w_arg)
+    ops = get_backend(name)
+    kept = _checks.check_kept_outs(flat.leaves, flat.paths, [], out_leaves, ("out", w_arg), name, ops)
+    if not kept.indices:  # (every layer its own output)
+        return out
+    late = must_write_late(ops, kept.datas, kept.weights, [])
+    return _write(flat, out, out_leaves, name, ops, ([], [], [], []), kept, late)
 
 
 def _per_leaf(

@@ -40,6 +40,7 @@ class Backend(Protocol):
     def unstack(self, vector: Any) -> Sequence[Any]: ...
     def stop_gradient(self, x: Any) -> Any: ...
     def write(self, out: Any, value: Any) -> None: ...
+    def snapshot(self, x: Any) -> Any: ...
     def info(self) -> dict[str, str]: ...
 
     # Optional, with defaults (see _defaults below).
@@ -172,6 +173,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         """Copy ``value`` into ``out`` in place (called only where ``unwritable`` is None)."""
         raise TypeError(f"{type_name(out)} cannot be written in place")
 
+    def snapshot(x: Any) -> Any:
+        """``x``'s values now, kept whatever is later written into its memory: here
+        ``x`` itself, as nothing can be."""
+        return x
+
     def cos(x: Any) -> Any:
         return math.cos(x)
 
@@ -223,6 +229,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             constant,
             readable,
             write,
+            snapshot,
             cos,
             axpby,
             axpbys,

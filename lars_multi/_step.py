@@ -120,10 +120,12 @@ def trust_ratio(
     else:
         denominator = g_norm + decay * w_norm
     usable = (w_norm > 0) & ((u_norm if preset.ratio_of_update else g_norm) > 0)
-    # Divide only where the ratio is used (no 0/0 computed, no warning raised).
+    # Divide only where the ratio is used (no 0/0 computed, no warning raised). eps is
+    # added after the select: TensorFlow's graph optimizer regrouped the chain of sums
+    # ||g|| + lambda ||w|| + eps differently from run to run (1 ulp apart).
+    denominator = ops.where(usable, denominator, 1.0)
     if config.eps:
         denominator = denominator + ops.constant(config.eps, denominator)
-    denominator = ops.where(usable, denominator, 1.0)
     ratio = ops.where(usable, config.trust_coefficient * w_norm / denominator, 1.0)
     if config.trust_clip:  # min(r / lr, 1): r / lr where r < lr (so lr > 0), else 1
         below = ratio < lr

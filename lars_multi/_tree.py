@@ -186,6 +186,7 @@ class _Walker:
 
     def __init__(self, arg: str, value: Any, w: Flat, broadcast: bool) -> None:
         self.arg, self.value, self.broadcast, self.w_arg = arg, value, broadcast, w.arg
+        self.flatten = w.flatten
         self.w_root = w.rebuild(w.leaves)  # the weights' nodes, to compare keys with
         self.checked: set[tuple[Any, ...]] = set()  # the key paths of the nodes checked
 
@@ -226,13 +227,18 @@ class _Walker:
                 self._mismatch(
                     prefix, f"the keys of {w_here}, {list(w_node)!r}, got {list(node)!r} ({'; '.join(parts)})"
                 )
-        elif isinstance(w_node, list | tuple) and (
-            not isinstance(node, list | tuple) or len(node) != len(w_node)
-        ):
-            got = f"a {type(node).__name__} of {len(node)}" if _is_tree(node) else type(node).__name__
-            self._mismatch(prefix, f"a sequence of {len(w_node)} like {w_here}, got {got}")
-        elif not _is_tree(w_node) and type(node) is not type(w_node):  # a registered node (a module)
-            self._mismatch(prefix, f"a {type(w_node).__name__} like {w_here}, got {type(node).__name__}")
+        elif isinstance(w_node, list | tuple):
+            if not isinstance(node, list | tuple) or len(node) != len(w_node):
+                got = f"a {type(node).__name__} of {len(node)}" if _is_tree(node) else type(node).__name__
+                self._mismatch(prefix, f"a sequence of {len(w_node)} like {w_here}, got {got}")
+            fields, w_fields = getattr(node, "_fields", None), getattr(w_node, "_fields", None)
+            if None not in (fields, w_fields) and fields != w_fields:  # namedtuples: the same names
+                self._mismatch(prefix, f"the fields of {w_here}, {w_fields!r}, got {fields!r}")
+        elif not _is_tree(w_node):  # a registered node (a module)
+            if type(node) is not type(w_node):
+                self._mismatch(prefix, f"a {type(w_node).__name__} like {w_here}, got {type(node).__name__}")
+            if len(self.flatten(node)[0]) > len(self.flatten(w_node)[0]):
+                self._mismatch(prefix, f"no more leaves than {w_here}, whose None fields hold no layer")
         self._check_no_layer(node, w_node, prefix)
         self.checked.add(prefix)
 

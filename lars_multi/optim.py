@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from . import _checks
 from ._aliasing import array_values, check_handles, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
-from ._lars import flatten
+from ._lars import copy_unchanged, flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
 from ._protocol import Backend
 from ._registry import get_backend
@@ -162,7 +162,7 @@ class LarsOptimizer:
         all_grads = leaves_like("grads", grads, flat)
         active = present(all_grads)
         if not active:
-            return params, state
+            return self._without_gradients(params, flat, state, out)
         paths = take(flat.paths, active)
         leaves = take(flat.leaves, active)
         name = _checks.call_backend(leaves, paths, "params")
@@ -179,10 +179,13 @@ class LarsOptimizer:
             out_leaves = flat.leaves if out is params else leaves_like("out", out, flat, broadcast=False)
         outs = None
         outs_writable = False  # asked only with out=, as is whether the buffers are writable
+        kept = _checks.KeptOuts([], [], [], [])
         if out_leaves is not None:
             active_outs = take(out_leaves, active)
             outs = _checks.check_outs(active_outs, ws, paths, ("out", "params"), name, ops)
             outs_writable = _checks.outs_writable(active_outs, outs, ops)
+            where = ("out", "params")
+            kept = _checks.check_kept_outs(flat.leaves, flat.paths, active, out_leaves, where, name, ops)
         adapt, decay_flags = self._masks(params, flat, active, ws)
         flags = LayerFlags(
             adapt=adapt,
@@ -197,7 +200,9 @@ class LarsOptimizer:
         buffers_writable = outs is not None and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = outs_writable and buffers_writable
         count = ops.asarray(state.count + 1, "int32")  # (before anything is written)
-        new_ws, new_buffers = self._run(ops, flags, ws, gs, buffers, lr, decay, first, outs, writable, paths)
+        new_ws, new_buffers, copies = self._run(
+            ops, flags, ws, gs, buffers, lr, decay, first, outs, writable, (paths, flat.paths), kept
+        )
         started = None
         if all_started is not None:
             started = self._rebuild(flat, all_started, active, [ops.asarray(True, "bool")] * len(active))
@@ -205,11 +210,13 @@ class LarsOptimizer:
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
                 count, flat, all_buffers, active, new_buffers, started
             )
-        if not _checks.all_native(active_outs):  # (native outputs were written already)
-            check_handles(ops, active_outs, new_ws, lambda i: str(Path("out", paths[i])))
-            for i, new in zip(active, new_ws):
-                if out_leaves[i] is not new:
-                    _checks.write_back(out_leaves[i], new)
+        targets, values = [*kept.targets, *active_outs], [*copies, *new_ws]
+        if kept.indices or not _checks.all_native(active_outs):  # (native outputs were written already)
+            indices = [*kept.indices, *active]
+            check_handles(ops, targets, values, lambda k: str(Path("out", flat.paths[indices[k]])))
+            for target, new in zip(targets, values):
+                if target is not new:
+                    _checks.write_back(target, new)
         momentum = (
             state.momentum
             if buffers_writable
@@ -229,17 +236,21 @@ class LarsOptimizer:
         first: Any,
         outs: list[Any] | None,
         writable: bool,
-        paths: list[Any],
-    ) -> tuple[list[Any], list[Any]]:
+        paths: tuple[list[Any], list[Any]],
+        kept: _checks.KeptOuts,
+    ) -> tuple[list[Any], list[Any], list[Any]]:
         """The step (compiled per batch on JAX and TensorFlow); written into ``outs``
         and the buffers as it goes where they are all ``writable`` and alias no input,
         else computed, then written. ``first``: one value, or one per layer (eager:
         one step for the layers whose buffers start now, one for the others);
-        ``paths``: the layers' key paths, for messages."""
+        ``paths``: the layers' key paths and all of the tree's, for messages. The
+        ``kept`` layers' outputs receive copies of their weights (returned), once
+        every layer is computed."""
         direct = False
         if outs is not None and writable:
-            written = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
-            direct = not must_write_late(ops, written, ws, [*gs, *array_values(ops, [lr, decay])])
+            written = [*kept.datas, *outs, *(buffers if self.config.momentum else ())]  # (no buffer: None)
+            reads = [*kept.weights, *ws]
+            direct = not must_write_late(ops, written, reads, [*gs, *array_values(ops, [lr, decay])])
         new_ws, new_buffers = list(ws), list(buffers)
         for indices, value in _by_first(first, len(ws)):
             part_ws, part_buffers = lars_step(
@@ -257,14 +268,40 @@ class LarsOptimizer:
             )
             put(new_ws, indices, part_ws)
             put(new_buffers, indices, part_buffers)
-        if outs is not None and not direct:
-            n = len(outs)
+        copies = [x if direct or o is x else ops.snapshot(x) for x, o in zip(kept.weights, kept.datas)]
+        if outs is not None:
+            active_paths, all_paths = paths
+            k, n = len(kept.indices), len(outs)
 
             def label(i: int) -> str:
-                return str(Path("out", paths[i]) if i < n else Path("state.momentum", paths[i - n]))
+                if i < k:
+                    return str(Path("out", all_paths[kept.indices[i]]))
+                i -= k
+                return str(
+                    Path("out", active_paths[i]) if i < n else Path("state.momentum", active_paths[i - n])
+                )
 
-            write_all(ops, [*outs, *buffers], [*new_ws, *new_buffers], label)  # (no buffer: None)
-        return new_ws, new_buffers
+            if direct:
+                write_all(ops, kept.datas, copies, label)
+            else:
+                targets, values = [*kept.datas, *outs, *buffers], [*copies, *new_ws, *new_buffers]
+                if kept.indices:  # (tied weights: one array for a layer stepped and one kept)
+                    check_handles(ops, targets[: k + n], values[: k + n], label)
+                write_all(ops, targets, values, label)  # (no buffer: None)
+        return new_ws, new_buffers, copies
+
+    def _without_gradients(self, params: Any, flat: Flat, state: Any, out: Any) -> tuple[Any, LarsState]:
+        """A step where no parameter has a gradient: the parameters as they are
+        (copied into ``out``), the buffers as they are, the step count advanced."""
+        if not isinstance(state, LarsState):
+            raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
+        arrays = [x for x in flat.leaves if _checks.owner(x) is not None]
+        ops = get_backend(_checks.call_backend(arrays, [()] * len(arrays), "params"))
+        new_state = state._replace(count=ops.asarray(state.count + 1, "int32"))
+        if out is None or out is params:
+            return params, new_state
+        out_leaves = leaves_like("out", out, flat, broadcast=False)
+        return copy_unchanged(flat, out, out_leaves, "params"), new_state
 
     @staticmethod
     def _rebuild(flat: Flat, leaves: Sequence[Any], active: list[int], new: list[Any]) -> Any:

@@ -57,7 +57,8 @@ _CONFIG_KEYS = (
 )
 # StepConfigs by hyper-parameters, made (and checked) when a group is added or loaded,
 # so that a compiled step only looks them up.
-_CONFIGS: dict[tuple[Any, ...], StepConfig] = {}
+_CONFIGS: dict[tuple[Any, ...], StepConfig] = {}  # (least recently used first)
+_MOST_CONFIGS = 256
 _PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})  # (see _kind)
 
 
@@ -75,8 +76,21 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
         weight_decay=group["weight_decay"],
         **{name: group[name] for name in _CONFIG_KEYS},
     ).config
+    for name in _UNSUPPORTED:
+        if group.get(name):
+            raise LarsMultiValueError(
+                f"param_groups: expected {name} false or absent (lm.torch.LARS has no {name} step), "
+                f"got {name}={group[name]!r}"
+            )
+    if len(_CONFIGS) >= _MOST_CONFIGS:  # (a scheduler cycling momentum makes one per step)
+        del _CONFIGS[next(iter(_CONFIGS))]  # the least recently used
     _CONFIGS[_config_key(group)] = config
     return config
+
+
+# torch.optim's flags for steps this optimizer does not have; a group may carry them false
+# (a state saved by torch.optim.SGD does).
+_UNSUPPORTED = ("differentiable", "capturable", "fused")
 
 
 def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
@@ -85,8 +99,14 @@ def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _config(group: dict[str, Any]) -> StepConfig:
-    config = _CONFIGS.get(_config_key(group))
-    return _check_group(group) if config is None else config
+    """The group's StepConfig, made the most recently used (so that no other group's
+    new one evicts it before the step looks it up)."""
+    key = _config_key(group)
+    config = _CONFIGS.pop(key, None)
+    if config is None:
+        return _check_group(group)
+    _CONFIGS[key] = config
+    return config
 
 
 def _check_rates(group: dict[str, Any]) -> None:
@@ -369,11 +389,17 @@ def _all_plain(*lists: list[Any]) -> bool:
 
 
 def _kinds_match(params: list[Any], grads: list[Any], buffers: list[Any]) -> bool:
-    """Whether each gradient and buffer is of its parameter's kind (a DTensor paired
-    with a plain tensor is checked, and refused)."""
-    return all([_kind(g) is _kind(p) for p, g in zip(params, grads)]) and all(
-        [b is None or _kind(b) is _kind(p) for p, b in zip(params, buffers)]
+    """Whether each gradient and buffer is of its parameter's kind, a DTensor on its
+    parameter's mesh with its placements (a DTensor paired with a plain tensor, or
+    with another mesh or placements, is checked, and refused)."""
+    return all([_matches(p, g) for p, g in zip(params, grads)]) and all(
+        [b is None or _matches(p, b) for p, b in zip(params, buffers)]
     )
+
+
+def _matches(p: torch.Tensor, t: torch.Tensor) -> bool:
+    kind = _kind(p)
+    return _kind(t) is kind and (kind is torch.Tensor or _OPS.device(t) == _OPS.device(p))
 
 
 def _kind(t: torch.Tensor) -> type:

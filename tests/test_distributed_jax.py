@@ -192,6 +192,13 @@ for label, specs, names in (
     ))
     pw = put2(pair_w)
     record(f"shard_map/pair_{label}", f(pw, put2(pair_g)), pair_ref, pw)
+
+# 4. A name that no enclosing shard_map binds: lax.psum fails a bare assertion there.
+try:
+    jax.jit(smap(lambda w, g: update(w, g, axis_name="zz"), ALL))(wa, put(G, ALL))
+    results["error/unbound_axis_name_in_shard_map"] = "no error"
+except lm.LarsMultiError as e:
+    results["error/unbound_axis_name_in_shard_map"] = f"{type(e).__name__}: {e}"
 print(json.dumps(results))
 """
 
@@ -237,6 +244,13 @@ def test_replicated_leaf_is_not_summed_over_the_axis(results: dict) -> None:
     assert results["shard_map/mixed_tree_of_names"]["rel"] <= TOLERANCE
 
 
+def test_unbound_axis_name_in_shard_map_is_a_clear_error(results: dict) -> None:
+    assert results["error/unbound_axis_name_in_shard_map"] == (
+        "LarsMultiValueError: axis_name: expected names of mesh axes bound here (by an enclosing "
+        "jax.shard_map, pmap or vmap), got 'zz', which is not"
+    )
+
+
 @pytest.mark.parametrize("name", ["numpy", "torch", "tensorflow"])
 def test_axis_name_on_other_backends_is_a_clear_error(name: str) -> None:
     require_backend(name)
@@ -278,7 +292,9 @@ def test_a_tuple_of_names_that_could_name_each_layer_is_refused() -> None:
     # Unambiguous: a dict of layers, three layers, or one layer take it as one name.
     for tree in ({"a": w[0], "b": w[1]}, (*w, w[1])):
         lm.lars_update(tree, tree, 0.1)  # (no axis_name: a check of the trees alone)
-        with pytest.raises(NameError, match="unbound axis name"):
+        with pytest.raises(
+            lm.LarsMultiValueError, match=r"^axis_name: expected names of mesh axes bound here"
+        ):
             lm.lars_update(tree, tree, 0.1, axis_name=("x", "y"))
 
 

@@ -544,6 +544,47 @@ def test_a_registered_node_against_another_structure_is_a_value_error():
             call()
 
 
+def test_namedtuples_with_other_field_names_are_refused(backend):
+    """Sequences pair by position, but two namedtuples whose fields are named
+    differently (or in another order) would pair a layer with another's gradient."""
+    first, second = collections.namedtuple("First", "x y"), collections.namedtuple("Second", "y x")
+    same_names = collections.namedtuple("Same", "x y")
+    w = first(native(backend, W), native(backend, W * 2))
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"expected the fields of w, \('x', 'y'\), got \('y', 'x'\)"
+    ):
+        lm.lars_update(w, second(y=native(backend, G), x=native(backend, -G)), 0.1)
+    new = lm.lars_update(w, same_names(native(backend, G), native(backend, -G)), 0.1)
+    assert_layer_close(new.y, W * 2, -G, 0.1, 0.0, "float32")
+    assert_layer_close(
+        lm.lars_update(w, (native(backend, G), native(backend, -G)), 0.1).x, W, G, 0.1, 0.0, "float32"
+    )
+
+
+def test_jax_values_at_a_registered_nodes_none_fields_are_refused():
+    """A flax struct whose field is None has no layer there: a gradient or rate at that
+    field would meet no weight (it was dropped unseen)."""
+    require_backend("jax")
+    flax_struct = pytest.importorskip("flax.struct")
+    import jax.numpy as jnp
+
+    @flax_struct.dataclass
+    class Params:
+        x: object
+        y: object
+
+    w = Params(None, jnp.asarray(W))
+    g = Params(jnp.asarray(G), jnp.asarray(G))
+    with pytest.raises(lm.LarsMultiValueError, match=r"^dcdw: expected the structure of w.*no more leaves"):
+        lm.lars_update(w, g, 0.1)
+    with pytest.raises(lm.LarsMultiValueError, match=r"^lr: expected the structure of w.*no more leaves"):
+        lm.lars_update(w, Params(None, jnp.asarray(G)), Params(0.5, 0.1))
+    opt = lm.optim.lars(0.1, momentum=0.9)
+    with pytest.raises(lm.LarsMultiValueError, match=r"^grads: expected the structure of params"):
+        opt.step(w, g, opt.init(w))
+    assert_layer_close(lm.lars_update(w, Params(None, jnp.asarray(G)), 0.1).y, W, G, 0.1, 0.0, "float32")
+
+
 def test_rates_as_a_tree_of_the_weights_registered_node():
     w, g = _Pair(W, W * 2), _Pair(G, G)
     new = lm.lars_update(w, g, _Pair(0.1, 0.3), decay_lambda=_Pair(0.0, 0.5))
@@ -807,6 +848,60 @@ dist.destroy_process_group()
         "w unchanged True",
         rf"LARS the momentum buffer of param_groups\[1\]\['params'\]\[0\]: expected an array on {mesh}",
         "params unchanged True",
+    ]
+    assert len(lines) == len(expected), lines
+    for line, pattern in zip(lines, expected):
+        assert re.match(pattern, line), (line, pattern)
+
+
+def test_torch_dtensors_of_other_placements_or_meshes_are_refused_before_anything_is_written():
+    """A gradient DTensor with other placements than its parameter (torch: "in-place
+    operations that require placement changes are not supported"), or on another
+    mesh, was not caught by the fast check (both on cpu) and raised from a kernel
+    after the earlier batches or parameter groups had been written."""
+    require_backend("torch")
+    pytest.importorskip("torch.distributed")
+    script = (
+        ONE_RANK_MESH
+        + """
+from torch.distributed.tensor import Replicate
+other = init_device_mesh("cpu", (1, 1))
+a0, z0 = torch.randn(6, 3, dtype=torch.float64), torch.randn(2, 4)  # two dtypes: two batches
+grads = {
+    "placements": distribute_tensor(torch.randn(2, 4), mesh, [Replicate()]),
+    "mesh": distribute_tensor(torch.randn(2, 4), other, [Shard(0), Replicate()]),
+}
+for name, gz in grads.items():
+    w = {"a": shard(a0), "z": shard(z0)}
+    try:
+        lm.lars_update(w, {"a": shard(torch.randn(6, 3, dtype=torch.float64)), "z": gz}, 0.1, out=w)
+        print(name, "not refused")
+    except lm.LarsMultiValueError as e:
+        print(name, str(e))
+    print("w unchanged", torch.equal(w["a"].full_tensor(), a0))
+    pa, pz = torch.nn.Parameter(shard(a0)), torch.nn.Parameter(shard(z0))
+    pa.grad, pz.grad = shard(torch.randn(6, 3, dtype=torch.float64)), gz
+    opt = lm.torch.LARS([{"params": [pa]}, {"params": [pz]}], lr=0.1, momentum=0.9)
+    try:
+        opt.step()
+        print("LARS not refused")
+    except lm.LarsMultiValueError as e:
+        print("LARS", str(e))
+    print("params unchanged", torch.equal(pa.detach().full_tensor(), a0), len(opt.state))
+dist.destroy_process_group()
+"""
+    )
+    lines = run_python(script).splitlines()
+    mine = r"a DTensor's DeviceMesh\(.*\) with placements \(Shard\(dim=0\),\)"
+    expected = [
+        rf"placements dcdw\['z'\]: expected an array on {mine} \(like w\['z'\]\), got one on .*Replicate",
+        "w unchanged True",
+        rf"LARS param_groups\[1\]\['params'\]\[0\]\.grad: expected an array on {mine}",
+        "params unchanged True 0",
+        rf"mesh dcdw\['z'\]: expected an array on {mine} \(like w\['z'\]\), got one on .*Shard",
+        "w unchanged True",
+        rf"LARS param_groups\[1\]\['params'\]\[0\]\.grad: expected an array on {mine}",
+        "params unchanged True 0",
     ]
     assert len(lines) == len(expected), lines
     for line, pattern in zip(lines, expected):

@@ -384,3 +384,111 @@ def test_one_array_steps_as_a_layer_of_a_tree(mutable_backend, decay, dtype):
     written = native(mutable_backend, w)
     lm.lars_update(written, native(mutable_backend, g), 0.1, decay_lambda=decay, out=written)
     np.testing.assert_array_equal(to_numpy(written), to_numpy(alone))
+
+
+# --- Layers without a gradient: their out receives a copy of their weights ---------------------
+
+
+def _step(entry, w, g, out):
+    """``lars_update`` or ``lm.optim``'s step of ``w`` into ``out``; the new ``w``."""
+    if entry == "lars_update":
+        return lm.lars_update(w, g, 0.1, out=out)
+    opt = lm.optim.lars(0.1, momentum=0.9)
+    return opt.step(w, g, opt.init(w), out=out)[0]
+
+
+def _expected(entry, backend):
+    """The step of ``W`` by ``G`` alone: what layer "b" must receive."""
+    return to_numpy(_step(entry, {"b": native(backend, W)}, {"b": native(backend, G)}, None)["b"])
+
+
+def _writable(backend, values):
+    """An output every backend writes: its native array where it can be written, else a handle."""
+    if backend in ("numpy", "torch"):
+        return native(backend, values)
+    return lm.Array(native(backend, values))
+
+
+ENTRIES = ["lars_update", "optim"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_out_of_a_layer_without_gradient_receives_its_weights(backend, entry):
+    out = {"a": _writable(backend, np.zeros_like(W)), "b": _writable(backend, np.zeros_like(W))}
+    w = {"a": native(backend, W * 2), "b": native(backend, W)}
+    assert _step(entry, w, {"a": None, "b": native(backend, G)}, out) is out
+    np.testing.assert_array_equal(to_numpy(out["a"]), W * 2)
+    np.testing.assert_array_equal(to_numpy(out["b"]), _expected(entry, backend))
+    out["a"] = _writable(backend, np.zeros_like(W))
+    assert _step(entry, w, {"a": None, "b": None}, out) is out  # no gradient anywhere: copies alone
+    np.testing.assert_array_equal(to_numpy(out["a"]), W * 2)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("alias", ["gradient", "weights", "swapped"])
+def test_kept_layers_copied_once_every_layer_is_computed(mutable_backend, entry, alias):
+    """A kept layer's output in the memory of another layer's gradient or weights
+    (or of another kept layer's weights) is written after they are read."""
+    backend = mutable_backend
+    wa, wb, gb = native(backend, W * 2), native(backend, W), native(backend, G)
+    w = {"a": wa, "b": wb}
+    if alias == "swapped":  # no gradient at all: a's copy goes into b, b's into a
+        _step(entry, w, {"a": None, "b": None}, {"a": wb, "b": wa})
+        np.testing.assert_array_equal(to_numpy(wb), W * 2)
+        np.testing.assert_array_equal(to_numpy(wa), W)
+        return
+    out_b = native(backend, np.zeros_like(W))
+    _step(entry, w, {"a": None, "b": gb}, {"a": gb if alias == "gradient" else wb, "b": out_b})
+    np.testing.assert_array_equal(to_numpy(out_b), _expected(entry, backend))
+    np.testing.assert_array_equal(to_numpy(gb if alias == "gradient" else wb), W * 2)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("tied", [False, True], ids=["one-out", "tied-weights"])
+def test_one_output_for_a_stepped_and_a_kept_layer_is_refused(mutable_backend, entry, tied):
+    backend = mutable_backend
+    x = native(backend, W)
+    if tied:  # {"p": x, "q": x} with out=w: x would hold both p's new weights and q's old ones
+        w = out = {"p": x, "q": x}
+    else:
+        w, out = {"p": x, "q": native(backend, W * 2)}, {"p": native(backend, W), "q": None}
+        out["q"] = out["p"]
+    with pytest.raises(lm.LarsMultiValueError, match=r"out\['.'\] and out\['.'\] are the same array"):
+        _step(entry, w, {"p": native(backend, G), "q": None}, out)
+    np.testing.assert_array_equal(to_numpy(out["p"]), W)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("failure", ["later-out-shape", "axis-name"])
+def test_failing_call_writes_no_kept_layer(backend, entry, failure):
+    """Kept layers' outputs are checked with the others and written with them."""
+    out = {"a": _writable(backend, np.zeros_like(W)), "b": _writable(backend, np.zeros_like(W))}
+    if failure == "later-out-shape":
+        out["c"] = _writable(backend, np.zeros((3, 3), np.float32))
+    w = {"a": native(backend, W), "b": native(backend, W), "c": native(backend, W)}
+    g = {"a": None, "b": native(backend, G), "c": None}
+    with pytest.raises(lm.LarsMultiError):
+        if failure == "axis-name":
+            out["c"] = _writable(backend, np.zeros_like(W))
+            if entry == "optim":
+                opt = lm.optim.lars(0.1, axis_name=["x", "x", "x"])
+                opt.step(w, g, opt.init(w), out=out)
+            lm.lars_update(w, g, 0.1, out=out, axis_name=["x", "x", "x"])
+        else:
+            _step(entry, w, g, out)
+    for key in "ab":
+        assert not to_numpy(out[key]).any(), key
+
+
+def test_optimizer_step_without_gradients_advances_the_count(backend):
+    opt = lm.optim.lars(lm.schedules.warmup_polynomial(1.0, 0, 4), momentum=0.9)
+    params = {"a": native(backend, W)}
+    state = opt.init(params)
+    same, state = opt.step(params, {"a": None}, state)
+    assert same is params and int(to_numpy(state.count)) == 1
+
+
+def test_wrong_out_dtype_gets_no_gradient_advice():
+    require_backend("numpy")
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^out\['c'\]: expected dtype float32 .* got float64$"):
+        lm.lars_update({"c": W}, {"c": G}, 0.1, out={"c": np.zeros((2, 3), np.float64)})

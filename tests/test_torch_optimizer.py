@@ -394,6 +394,33 @@ def test_compiled_step_follows_a_later_groups_own_new_hyper_parameters():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_configurations_of_a_cycling_momentum_are_bounded():
+    """OneCycleLR changes a group's momentum every step: each makes a configuration,
+    which was kept forever (about 800 bytes a step). The cache keeps the most
+    recently used ones, and a group whose own stays the same is never evicted."""
+    import lars_multi.torch as lm_torch
+
+    still, cycling = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2, 2))
+    opt = LARS([{"params": [still]}, {"params": [cycling]}], lr=0.1, momentum=0.5)
+    reference = LARS([torch.nn.Parameter(torch.ones(2, 2))], lr=0.1, momentum=0.5)
+    for step in range(3 * lm_torch._MOST_CONFIGS // 2):
+        opt.param_groups[1]["momentum"] = 0.5 + step * 1e-4
+        for p in (still, cycling, *reference.param_groups[0]["params"]):
+            p.grad = torch.full((2, 2), 0.1)
+        opt.step()
+        reference.step()
+    assert len(lm_torch._CONFIGS) <= lm_torch._MOST_CONFIGS
+    torch.testing.assert_close(still, reference.param_groups[0]["params"][0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("flag", ["differentiable", "capturable", "fused"])
+def test_torch_optim_flags_it_has_no_step_for_are_refused_on_groups(flag):
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(lm.LarsMultiValueError, match=rf"^param_groups: expected {flag} false or absent"):
+        LARS([{"params": [p], flag: True}], lr=0.1)
+    LARS([{"params": [p], flag: False}], lr=0.1)  # (as a state saved by torch.optim.SGD has them)
+
+
 @pytest.mark.parametrize("backend", [None, "eager"])
 def test_a_parameter_listed_twice_in_a_group_is_stepped_once(backend):
     """torch.optim allows (and warns of) a parameter listed twice in a group: it takes one
