@@ -210,8 +210,8 @@ class LarsOptimizer:
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
                 count, flat, all_buffers, active, new_buffers, started
             )
-        targets, values = [*kept.targets, *active_outs], [*copies, *new_ws]
         if kept.indices or not _checks.all_native(active_outs):  # (native outputs were written already)
+            targets, values = [*kept.targets, *active_outs], [*copies, *new_ws]
             indices = [*kept.indices, *active]
             check_handles(ops, targets, values, lambda k: str(Path("out", flat.paths[indices[k]])))
             for target, new in zip(targets, values):
@@ -248,8 +248,10 @@ class LarsOptimizer:
         every layer is computed."""
         direct = False
         if outs is not None and writable:
-            written = [*kept.datas, *outs, *(buffers if self.config.momentum else ())]  # (no buffer: None)
-            reads = [*kept.weights, *ws]
+            written = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
+            reads = ws
+            if kept.indices:
+                written, reads = [*kept.datas, *written], [*kept.weights, *ws]
             direct = not must_write_late(ops, written, reads, [*gs, *array_values(ops, [lr, decay])])
         new_ws, new_buffers = list(ws), list(buffers)
         for indices, value in _by_first(first, len(ws)):
