@@ -767,6 +767,13 @@ shard = lambda t: distribute_tensor(t.clone(), mesh, [Shard(0)])
 """
 
 
+def _assert_lines_match(lines, patterns):
+    """Each printed line matches its pattern, and there are as many."""
+    assert len(lines) == len(patterns), lines
+    for line, pattern in zip(lines, patterns):
+        assert re.match(pattern, line), (line, pattern)
+
+
 def test_torch_dtensor_memory_checks_use_the_local_shard():
     """DTensors (data_ptr() 0, no storage of their own) are compared through their local
     tensors: in place and an out that is a view of the gradient give the plain result."""
@@ -849,9 +856,7 @@ dist.destroy_process_group()
         rf"LARS the momentum buffer of param_groups\[1\]\['params'\]\[0\]: expected an array on {mesh}",
         "params unchanged True",
     ]
-    assert len(lines) == len(expected), lines
-    for line, pattern in zip(lines, expected):
-        assert re.match(pattern, line), (line, pattern)
+    _assert_lines_match(lines, expected)
 
 
 def test_torch_dtensors_of_other_placements_or_meshes_are_refused_before_anything_is_written():
@@ -903,9 +908,7 @@ dist.destroy_process_group()
         rf"LARS param_groups\[1\]\['params'\]\[0\]\.grad: expected an array on {mine}",
         "params unchanged True 0",
     ]
-    assert len(lines) == len(expected), lines
-    for line, pattern in zip(lines, expected):
-        assert re.match(pattern, line), (line, pattern)
+    _assert_lines_match(lines, expected)
 
 
 def test_numpy_views_that_interleave_without_sharing_elements_are_updated_in_place():
