@@ -83,6 +83,36 @@ def _check_no_conflict(
             raise _conflict(label(indices[j]), label(indices[k]), "overlap in memory")
 
 
+def check_untouched(
+    ops: Backend, targets: Sequence[Any], keep: Sequence[Any], label: Callable[[int], str]
+) -> None:
+    """Raise where one of ``targets`` (to be written in place) shares memory with one of
+    ``keep``: arrays that must keep their values (the momentum buffers of layers not
+    stepped). ``label(i)`` names item ``i`` of ``targets`` followed by ``keep``."""
+    places = [i for i, t in enumerate(targets) if ops.unwritable(t) is None]
+    if not places or not keep:
+        return
+    xs = [*(targets[i] for i in places), *keep]
+    names = [*places, *range(len(targets), len(targets) + len(keep))]
+    n = len(places)
+    groups: dict[Hashable, list[int]] = {}
+    for k, (x, root) in enumerate(zip(xs, ops.memory_roots(xs))):
+        groups.setdefault(("own", id(x)) if root is None else root, []).append(k)
+    for members in groups.values():
+        if not members[0] < n <= members[-1]:  # (nothing written, or nothing kept, in this buffer)
+            continue
+        written = {id(xs[k]): k for k in members if k < n}
+        same = next(((written[id(xs[k])], k) for k in members if k >= n and id(xs[k]) in written), None)
+        pair = same or _overlapping(ops, [xs[k] for k in members], [k < n for k in members])
+        if pair is not None:
+            j, k = sorted(members[i] for i in pair) if same is None else same
+            raise LarsMultiValueError(
+                f"{label(names[j])} and {label(names[k])} share memory: writing the one would change "
+                "the other, which this step keeps as it is; pass an output that shares no memory "
+                "with the optimizer's state"
+            )
+
+
 def check_handles(
     ops: Backend, handles: Sequence[Any], values: Sequence[Any], label: Callable[[int], str]
 ) -> list[int]:

@@ -268,8 +268,15 @@ def _unchanged(flat: Flat, out: Any, out_leaves: list[Any] | None) -> Any:
     return copy_unchanged(flat, out, out_leaves)
 
 
-def copy_unchanged(flat: Flat, out: Any, out_leaves: list[Any], w_arg: str = "w") -> Any:
-    """The weights (``w_arg``) copied into ``out`` (every output checked first)."""
+def copy_unchanged(
+    flat: Flat,
+    out: Any,
+    out_leaves: list[Any],
+    w_arg: str = "w",
+    check: Callable[[_checks.KeptOuts, Backend], None] | None = None,
+) -> Any:
+    """The weights (``w_arg``) copied into ``out`` (every output checked first, by
+    ``check`` too where given)."""
     arrays = [i for i, x in enumerate(flat.leaves) if owner(x) is not None]
     if not arrays:
         return out
@@ -278,6 +285,8 @@ def copy_unchanged(flat: Flat, out: Any, out_leaves: list[Any], w_arg: str = "w"
     kept = _checks.check_kept_outs(flat.leaves, flat.paths, [], out_leaves, ("out", w_arg), name, ops)
     if not kept.indices:  # (every layer its own output)
         return out
+    if check is not None:
+        check(kept, ops)
     late = must_write_late(ops, kept.datas, kept.weights, [])
     return _write(flat, out, out_leaves, name, ops, ([], [], [], []), kept, late)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from . import _checks
-from ._aliasing import array_values, check_handles, must_write_late, write_all
+from ._aliasing import array_values, check_handles, check_untouched, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._lars import copy_unchanged, flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
@@ -186,6 +186,7 @@ class LarsOptimizer:
             outs_writable = _checks.outs_writable(active_outs, outs, ops)
             where = ("out", "params")
             kept = _checks.check_kept_outs(flat.leaves, flat.paths, active, out_leaves, where, name, ops)
+            self._check_idle_buffers(all_buffers, active, flat, kept, ops)
         adapt, decay_flags = self._masks(params, flat, active, ws)
         flags = LayerFlags(
             adapt=adapt,
@@ -303,7 +304,32 @@ class LarsOptimizer:
         if out is None or out is params:
             return params, new_state
         out_leaves = leaves_like("out", out, flat, broadcast=False)
-        return copy_unchanged(flat, out, out_leaves, "params"), new_state
+        buffers = None
+        if self.config.momentum and state.momentum is not None:
+            buffers = leaves_like("state.momentum", state.momentum, flat, broadcast=False)
+
+        def check(kept: _checks.KeptOuts, ops: Backend) -> None:
+            self._check_idle_buffers(buffers, [], flat, kept, ops)
+
+        return copy_unchanged(flat, out, out_leaves, "params", check), new_state
+
+    def _check_idle_buffers(
+        self, buffers: list[Any] | None, active: list[int], flat: Flat, kept: _checks.KeptOuts, ops: Backend
+    ) -> None:
+        """The outputs of the layers without a gradient must share no memory with the
+        momentum buffers of the layers not stepped (kept as they are in the state)."""
+        if not kept.indices or buffers is None or self.config.momentum == 0:
+            return
+        stepped = set(active)
+        idle = [i for i, b in enumerate(buffers) if i not in stepped and b is not None]
+        n = len(kept.indices)
+
+        def label(k: int) -> str:
+            if k < n:
+                return str(Path("out", flat.paths[kept.indices[k]]))
+            return str(Path("state.momentum", flat.paths[idle[k - n]]))
+
+        check_untouched(ops, kept.datas, [_checks.unwrap(buffers[i]) for i in idle], label)
 
     @staticmethod
     def _rebuild(flat: Flat, leaves: Sequence[Any], active: list[int], new: list[Any]) -> Any:

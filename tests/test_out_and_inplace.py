@@ -492,3 +492,19 @@ def test_wrong_out_dtype_gets_no_gradient_advice():
     require_backend("numpy")
     with pytest.raises(lm.LarsMultiTypeError, match=r"^out\['c'\]: expected dtype float32 .* got float64$"):
         lm.lars_update({"c": W}, {"c": G}, 0.1, out={"c": np.zeros((2, 3), np.float64)})
+
+
+@pytest.mark.parametrize("stepped", [True, False], ids=["one-stepped", "none-stepped"])
+def test_kept_output_in_a_momentum_buffer_of_the_state_is_refused(mutable_backend, stepped):
+    """A layer without a gradient keeps its momentum buffer: a copy written into it (its
+    out given as that buffer) lost the momentum with no error."""
+    backend = mutable_backend
+    opt = lm.optim.lars(0.1, momentum=0.9)
+    params = [native(backend, W), native(backend, W * 2)]
+    _, state = opt.step(params, [native(backend, G)] * 2, opt.init(params))
+    before = [to_numpy(b).copy() for b in state.momentum]
+    grads = [native(backend, G) if stepped else None, None]
+    with pytest.raises(lm.LarsMultiValueError, match=r"^out\[1\] and state\.momentum\[1\] share memory"):
+        opt.step(params, grads, state, out=[native(backend, np.zeros_like(W)), state.momentum[1]])
+    for b, kept in zip(state.momentum, before):
+        np.testing.assert_array_equal(to_numpy(b), kept)
