@@ -101,11 +101,10 @@ def check_untouched(
     for members in groups.values():
         if not members[0] < n <= members[-1]:  # (nothing written, or nothing kept, in this buffer)
             continue
-        written = {id(xs[k]): k for k in members if k < n}
-        same = next(((written[id(xs[k])], k) for k in members if k >= n and id(xs[k]) in written), None)
-        pair = same or _overlapping(ops, [xs[k] for k in members], [k < n for k in members])
+        # (one array both written and kept overlaps itself: its spans meet)
+        pair = _overlapping(ops, [xs[k] for k in members], [k < n for k in members])
         if pair is not None:
-            j, k = sorted(members[i] for i in pair) if same is None else same
+            j, k = sorted(members[i] for i in pair)
             raise LarsMultiValueError(
                 f"{label(names[j])} and {label(names[k])} share memory: writing the one would change "
                 "the other, which this step keeps as it is; pass an output that shares no memory "

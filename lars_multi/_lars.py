@@ -19,7 +19,7 @@ from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type
 from ._presets import REFERENCE
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
-from ._step import LayerFlags, StepConfig, batch_step, lars_step, put, take
+from ._step import LayerFlags, StepConfig, batch_step, concat, lars_step, put, take
 from ._tree import Flat, Path, flatten_optree, is_leaf, is_single, leaves_like, present
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
@@ -154,8 +154,8 @@ def _update_tree(
     grads = leaves_like("dcdw", dcdw, flat)
     active = present(grads)
     out_leaves = None if out is None else leaves_like("out", out, flat, broadcast=False)
-    if not active:
-        return _unchanged(flat, out, out_leaves)
+    if not active:  # no gradient anywhere: w as it is, or copied into out
+        return flat.rebuild(flat.leaves) if out_leaves is None else copy_unchanged(flat, out, out_leaves)
     leaves = take(flat.leaves, active)
     paths = take(flat.paths, active)
     name = _checks.call_backend(leaves, paths)
@@ -182,7 +182,7 @@ def _update_tree(
 
     # Array learning rates and decays are read as the step goes, like the gradients.
     write_late = outs is not None and must_write_late(
-        ops, [*outs, *kept.datas], [*ws, *kept.weights], [*gs, *array_values(ops, [*rates, *decays])]
+        ops, concat(outs, kept.datas), concat(ws, kept.weights), [*gs, *array_values(ops, [*rates, *decays])]
     )
     results: list[Any] = [None] * len(ws)
     for indices in _groups(rates, decays, stops):
@@ -220,16 +220,14 @@ def _write(
     (then the weights copied are read as they were before anything was written)."""
     active, active_outs, outs, results = stepped
     copies = [ops.snapshot(x) if late and o is not x else x for x, o in zip(kept.weights, kept.datas)]
-    indices = [*active, *kept.indices]
-    values = [*results, *copies]
+    indices, values = concat(active, kept.indices), concat(results, copies)
 
     def label(k: int) -> str:
         return str(Path("out", flat.paths[indices[k]]))
 
-    targets = [*active_outs, *kept.targets]
     if kept.indices or not _checks.all_native(active_outs):
-        check_handles(ops, targets, values, label)
-    write_all(ops, [*outs, *kept.datas], values, label)
+        check_handles(ops, concat(active_outs, kept.targets), values, label)
+    write_all(ops, concat(outs, kept.datas), values, label)
     return _finish(flat, out, out_leaves, name, dict(zip(indices, values)))
 
 
@@ -259,13 +257,6 @@ def _check_empty(w: Any, dcdw: Any, out: Any) -> None:
                 f"{arg}: expected the structure of w, an empty {type_name(w)}, got a {type_name(value)} "
                 "holding arrays"
             )
-
-
-def _unchanged(flat: Flat, out: Any, out_leaves: list[Any] | None) -> Any:
-    """No gradient anywhere: ``w`` as it is, or copied into ``out``."""
-    if out_leaves is None:
-        return flat.rebuild(flat.leaves)
-    return copy_unchanged(flat, out, out_leaves)
 
 
 def copy_unchanged(

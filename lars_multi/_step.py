@@ -257,6 +257,13 @@ def put(xs: list[Any], batch: Sequence[int], values: Sequence[Any]) -> None:
         xs[i] = value
 
 
+def concat(*parts: list[Any]) -> list[Any]:
+    """The lists one after the other: the one list itself where every other is empty
+    (as :func:`take`, no copy on the common path: layers without a gradient are rare)."""
+    filled = [part for part in parts if part]
+    return filled[0] if len(filled) == 1 else [x for part in parts for x in part]
+
+
 _COMPILES: dict[str, bool] = {}
 
 

@@ -35,7 +35,7 @@ from ._lars import copy_unchanged, flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
 from ._protocol import Backend
 from ._registry import get_backend
-from ._step import LayerFlags, StepConfig, compiles, lars_step, put, take
+from ._step import LayerFlags, StepConfig, compiles, concat, lars_step, put, take
 from ._tree import Flat, Path, leaves_like, present
 from .schedules import warmup_cosine, warmup_polynomial
 
@@ -250,10 +250,10 @@ class LarsOptimizer:
         direct = False
         if outs is not None and writable:
             written = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
-            reads = ws
-            if kept.indices:
-                written, reads = [*kept.datas, *written], [*kept.weights, *ws]
-            direct = not must_write_late(ops, written, reads, [*gs, *array_values(ops, [lr, decay])])
+            reads = concat(kept.weights, ws)
+            direct = not must_write_late(
+                ops, concat(kept.datas, written), reads, [*gs, *array_values(ops, [lr, decay])]
+            )
         new_ws, new_buffers = list(ws), list(buffers)
         for indices, value in _by_first(first, len(ws)):
             part_ws, part_buffers = lars_step(
@@ -287,7 +287,7 @@ class LarsOptimizer:
             if direct:
                 write_all(ops, kept.datas, copies, label)
             else:
-                targets, values = [*kept.datas, *outs, *buffers], [*copies, *new_ws, *new_buffers]
+                targets, values = concat(kept.datas, outs, buffers), concat(copies, new_ws, new_buffers)
                 if kept.indices:  # (tied weights: one array for a layer stepped and one kept)
                     check_handles(ops, targets[: k + n], values[: k + n], label)
                 write_all(ops, targets, values, label)  # (no buffer: None)
@@ -296,8 +296,7 @@ class LarsOptimizer:
     def _without_gradients(self, params: Any, flat: Flat, state: Any, out: Any) -> tuple[Any, LarsState]:
         """A step where no parameter has a gradient: the parameters as they are
         (copied into ``out``), the buffers as they are, the step count advanced."""
-        if not isinstance(state, LarsState):
-            raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
+        _check_state(state)
         arrays = [x for x in flat.leaves if _checks.owner(x) is not None]
         ops = get_backend(_checks.call_backend(arrays, [()] * len(arrays), "params"))
         new_state = state._replace(count=ops.asarray(state.count + 1, "int32"))
@@ -368,8 +367,7 @@ class LarsOptimizer:
     def _buffers(
         self, state: Any, flat: Flat, active: list[int], ws: list[Any], name: str, ops: Backend
     ) -> list[Any]:
-        if not isinstance(state, LarsState):
-            raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
+        _check_state(state)
         if self.config.momentum == 0:
             return [None] * len(flat.leaves)
         if state.momentum is None:
@@ -453,6 +451,11 @@ def _rate_now(
         value = _checks.check_rate(arg, rate, name=name, ops=ops)
     _checks.check_fit_all(arg, value, ws, lambda i: Path("params", paths[i]), ops)
     return value
+
+
+def _check_state(state: Any) -> None:
+    if not isinstance(state, LarsState):
+        raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
 
 
 def _flatten_params(params: Any) -> Flat:

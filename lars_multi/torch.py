@@ -59,6 +59,9 @@ _CONFIG_KEYS = (
 # so that a compiled step only looks them up.
 _CONFIGS: dict[tuple[Any, ...], StepConfig] = {}  # (least recently used first)
 _MOST_CONFIGS = 256
+# torch.optim's flags for steps this optimizer does not have; a group may carry them false
+# (a state saved by torch.optim.SGD does).
+_UNSUPPORTED = ("differentiable", "capturable", "fused")
 _PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})  # (see _kind)
 
 
@@ -86,11 +89,6 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
         del _CONFIGS[next(iter(_CONFIGS))]  # the least recently used
     _CONFIGS[_config_key(group)] = config
     return config
-
-
-# torch.optim's flags for steps this optimizer does not have; a group may carry them false
-# (a state saved by torch.optim.SGD does).
-_UNSUPPORTED = ("differentiable", "capturable", "fused")
 
 
 def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
