@@ -39,6 +39,8 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``compile(function, donate=False)``: a step compiled by the framework (JAX,
     TensorFlow); ``donate``: the weights' buffers may be reused.
     ``write(out, value)``: copy ``value`` into ``out`` in place (for ``out=``).
+    ``snapshot(x)``: ``x``'s values now, kept whatever is later written into its
+    memory (default: ``x`` itself, as nothing can be written).
     ``to_compute(x)``: ``x`` in the dtype updates are computed in (float32 for
     halves), ``x`` itself where that is its own; decided by the dtype alone.
     ``unwritable(x)``: why ``x`` cannot be written in place, or None (default:
@@ -50,6 +52,9 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     type, dtype and shape). ``is_dense(x)``,
     ``layout_name(x)``, ``densify(g)`` (a framework's sparse gradient as a
     dense array, or None), ``device(x)``.
+    ``misplaced(value, ws)``: the index of the first of ``ws`` whose arithmetic
+    cannot read the 0-d array ``value`` where it lives (a rate on another device),
+    or None (default: None).
     ``memory_roots(xs)``: the identity of the buffer holding each array (None:
     it shares memory with no other array of ``xs`` except by being the same
     object); ``overlaps(a, b)`` for two arrays of one buffer.

@@ -18,7 +18,7 @@ import numpy as np
 from lars_multi import _batching
 from lars_multi._container import Container
 from lars_multi._errors import LarsMultiValueError
-from lars_multi._tree import Attribute, Flat
+from lars_multi._tree import Attribute, Flat, FlatIndex
 
 # Containers are pytrees to JAX too, keyed by their names.
 jax.tree_util.register_pytree_with_keys(
@@ -174,14 +174,17 @@ def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
 
 
 def _entry(key: Any) -> Any:
-    """A JAX key path entry as a key, an index or an :class:`Attribute`."""
+    """A JAX key path entry as a key, an index, an :class:`Attribute` or a
+    :class:`FlatIndex` (which pairs only with the same structure)."""
     if isinstance(key, jax.tree_util.DictKey):
         return key.key
     if isinstance(key, jax.tree_util.SequenceKey):
         return key.idx
     if isinstance(key, jax.tree_util.GetAttrKey):
         return Attribute(key.name)
-    return key  # FlattenedIndexKey: pairs only with the same structure
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return FlatIndex(key.key)
+    return key
 
 
 def flatten(tree: Any) -> Flat:

@@ -65,13 +65,20 @@ def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:
             and x.shape == w.shape
             and x.layout == torch.strided
             and x.device == w.device
-            and (type(w) in _PLAIN or device(x) == device(w))
+            and (type(w) in PLAIN_TYPES or device(x) == device(w))
             for x, w in zip(xs, ws)
         ]
     )
 
 
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+# The types of plain tensors (not DTensors or other subclasses).
+PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
+
+
+def tensor_kind(t: torch.Tensor) -> type:
+    """The kind of tensor that one ``_foreach`` kernel takes together with ``t``: its
+    type, a parameter being a plain tensor (a DTensor, even as a parameter, is a DTensor)."""
+    return torch.Tensor if type(t) in PLAIN_TYPES else type(t)
 
 
 def layout_name(x: torch.Tensor) -> str:
@@ -86,6 +93,26 @@ def device(x: torch.Tensor) -> Any:
     maybe after other layers were written)."""
     mesh = getattr(x, "device_mesh", None)
     return x.device if mesh is None else _MeshOf(mesh, tuple(x.placements))  # type: ignore[attr-defined]
+
+
+def misplaced(value: torch.Tensor, ws: Sequence[torch.Tensor]) -> int | None:
+    """The first of ``ws`` that a 0-d ``value`` cannot be combined with: a CPU
+    tensor goes with any (torch passes it to kernels as a number, and DTensors
+    replicate it); another plain tensor only with tensors on its device, or DTensors
+    on a mesh of its device type; a DTensor only with DTensors on its mesh."""
+    mesh = getattr(value, "device_mesh", None)
+    if mesh is None and value.device.type == "cpu":
+        return None
+    return next((i for i, w in enumerate(ws) if not _reads(w, value, mesh)), None)
+
+
+def _reads(w: torch.Tensor, value: torch.Tensor, mesh: Any) -> bool:
+    w_mesh = getattr(w, "device_mesh", None)
+    if mesh is not None:
+        return w_mesh == mesh
+    if w_mesh is not None:
+        return w_mesh.device_type == value.device.type
+    return w.device == value.device
 
 
 class _MeshOf(NamedTuple):
@@ -409,17 +436,13 @@ def unstack(vector: torch.Tensor) -> tuple[torch.Tensor, ...]:
 _BATCH_BYTES = 4 << 20
 
 
-# Tensor types that one _foreach kernel takes together (a parameter is a plain tensor).
-_PLAIN_KIND = {torch.nn.Parameter: torch.Tensor}
-
-
 def batches(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
     """The layers by (device, dtype, kind of tensor: a ``_foreach`` kernel takes plain
     tensors or DTensors, not both); on CPUs and for halves, in consecutive batches of
     about ``_BATCH_BYTES`` (in float32 for halves)."""
     return _batching.batches(
         ws,
-        key=lambda w: (w.device, w.dtype, _PLAIN_KIND.get(type(w), type(w))),
+        key=lambda w: (w.device, w.dtype, tensor_kind(w)),
         nbytes=lambda w: w.nelement() * (4 if w.dtype in _HALF else w.element_size()),
         budget=lambda key: _BATCH_BYTES if key[0].type == "cpu" or key[1] in _HALF else None,
     )

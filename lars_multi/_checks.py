@@ -277,6 +277,11 @@ class KeptOuts(NamedTuple):
     datas: list[Any]  # their native arrays, checked
     weights: list[Any]  # the native weights to copy
 
+    @classmethod
+    def none(cls) -> KeptOuts:
+        """No layer kept (lists to fill)."""
+        return cls([], [], [], [])
+
 
 def check_kept_outs(
     leaves: Sequence[Any],
@@ -291,7 +296,7 @@ def check_kept_outs(
     that has weights, nothing written. A layer that is its own output is left out,
     unless its array is another layer's output too (tied weights: refused where the
     two receive different values)."""
-    kept = KeptOuts([], [], [], [])
+    kept = KeptOuts.none()
     if len(active) == len(leaves):
         return kept
     skipped = set(active)
@@ -405,18 +410,24 @@ def check_fits(path: Any, value: Any, w: Any, w_path: Any, ops: Backend) -> None
 _FITS_EVERY_DTYPE = 3.0e38
 
 
-def check_fit_all(arg: Any, value: Any, ws: Sequence[Any], label: Callable[[int], Any], ops: Backend) -> None:
-    """A float hyper-parameter must be finite in the dtype every layer computes in
-    (``label(i)``: how a message names layer ``i``)."""
-    if type(value) is not float or -_FITS_EVERY_DTYPE < value < _FITS_EVERY_DTYPE:
-        return
-    for dtype in {x.dtype for x in ws}:
-        i = next(k for k, x in enumerate(ws) if x.dtype == dtype)
-        check_fits(arg, value, ws[i], label(i), ops)
+def check_usable(arg: Any, value: Any, ws: Sequence[Any], label: Callable[[int], Any], ops: Backend) -> None:
+    """A hyper-parameter must be usable with every layer (``label(i)``: how a message
+    names layer ``i``): a float finite in the dtype each computes in; an array where
+    the arithmetic of each can read it (torch: on its device, or a CPU scalar)."""
+    if type(value) is float:
+        if not -_FITS_EVERY_DTYPE < value < _FITS_EVERY_DTYPE:
+            for dtype in {x.dtype for x in ws}:
+                i = next(k for k, x in enumerate(ws) if x.dtype == dtype)
+                check_fits(arg, value, ws[i], label(i), ops)
+    elif backend_of(value) is not None and (k := ops.misplaced(value, ws)) is not None:
+        raise LarsMultiValueError(
+            f"{arg}: expected a 0-d array on {ops.device(ws[k])} (like {label(k)}), "
+            f"got one on {ops.device(value)}"
+        )
 
 
 def named(label: Any) -> Callable[[int], Any]:
-    """A ``label`` argument of :func:`check_fit_all` for one layer."""
+    """A ``label`` argument of :func:`check_usable` for one layer."""
     return lambda _: label
 
 

@@ -111,9 +111,8 @@ def _update_one(
     g = _checks.check_gradient(dcdw, w_data, ("dcdw", "w", None, False), name, ops)
     rate = _checks.check_lr("lr", lr, name=name, ops=ops)
     decay = _checks.check_decay("decay_lambda", decay_lambda, name=name, ops=ops)
-    _checks.check_fit_all("lr", rate, [w_data], _W, ops)
-    if decay is not None:
-        _checks.check_fit_all("decay_lambda", decay, [w_data], _W, ops)
+    _checks.check_usable("lr", rate, [w_data], _W, ops)
+    _checks.check_usable("decay_lambda", decay, [w_data], _W, ops)
     stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:  # one layer is one batch: its step, straight
         step = batch_step(ops, _RULE, _ONE_LAYER, decay is not None, stop, False, False)
@@ -172,7 +171,7 @@ def _update_tree(
     stops = _per_leaf("stop_gradients", stop_gradients, flat, active, ws, ops, _checks.check_stop)
     outs = None
     writable = False
-    kept = _checks.KeptOuts([], [], [], [])
+    kept = _checks.KeptOuts.none()
     if out_leaves is not None:
         active_outs = take(out_leaves, active)
         outs = _checks.check_outs(active_outs, ws, paths, ("out", "w"), name, ops)
@@ -294,14 +293,14 @@ def _per_leaf(
     """``check``-ed values, one per active leaf of ``w``; a single value is checked once."""
     if is_single(value, flat):
         checked = check(arg, value)
-        _checks.check_fit_all(arg, checked, ws, lambda k: Path("w", flat.paths[active[k]]), ops)
+        _checks.check_usable(arg, checked, ws, lambda k: Path("w", flat.paths[active[k]]), ops)
         return [checked] * len(active)
     leaves = leaves_like(arg, value, flat)
     values = []
     for i, x in zip(active, ws):
         path = Path(arg, flat.paths[i])
         checked = check(path, leaves[i])
-        _checks.check_fit_all(path, checked, [x], _checks.named(Path("w", flat.paths[i])), ops)
+        _checks.check_usable(path, checked, [x], _checks.named(Path("w", flat.paths[i])), ops)
         values.append(checked)
     return values
 

@@ -52,6 +52,7 @@ class Backend(Protocol):
     def layout_name(self, x: Any) -> str: ...
     def dtype_hint(self, got: Any, expected: Any) -> str: ...
     def device(self, x: Any) -> Any: ...
+    def misplaced(self, value: Any, ws: Sequence[Any]) -> int | None: ...
     def memory_roots(self, xs: Sequence[Any]) -> list[Hashable | None]: ...
     def overlaps(self, a: Any, b: Any) -> bool: ...
     def byte_spans(self, xs: Sequence[Any]) -> list[tuple[int, int]] | None: ...
@@ -114,6 +115,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         return ""
 
     def device(x: Any) -> Any:
+        return None
+
+    def misplaced(value: Any, ws: Sequence[Any]) -> int | None:
+        """The index of the first of ``ws`` whose arithmetic cannot read the 0-d
+        array ``value`` where it lives (another device); None where all can."""
         return None
 
     def memory_roots(xs: Sequence[Any]) -> list[Hashable | None]:
@@ -217,6 +223,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             layout_name,
             dtype_hint,
             device,
+            misplaced,
             memory_roots,
             overlaps,
             byte_spans,

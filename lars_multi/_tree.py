@@ -51,6 +51,16 @@ class Attribute(NamedTuple):
     name: str
 
 
+class FlatIndex(NamedTuple):
+    """A path entry that is a child of a node known only by its position among the
+    node's children (a JAX pytree registered without keys), written as JAX writes it."""
+
+    position: int
+
+    def __repr__(self) -> str:
+        return f"<flat index {self.position}>"
+
+
 class Path(NamedTuple):
     """``dcdw['a'][0]``, formatted only when an error message needs it."""
 
@@ -193,7 +203,7 @@ class _Walker:
     def select(self, path: tuple[Any, ...]) -> Any:
         node, w_node = self.value, self.w_root
         for depth, entry in enumerate(path):
-            if self.broadcast and (node is None or (is_leaf(node) and not _is_node(node, entry))):
+            if self.broadcast and (node is None or (is_leaf(node) and not _is_node(node, entry, w_node))):
                 return node
             self._check_node(node, w_node, path[:depth])
             try:
@@ -237,8 +247,10 @@ class _Walker:
         elif not _is_tree(w_node):  # a registered node (a module)
             if type(node) is not type(w_node):
                 self._mismatch(prefix, f"a {type(w_node).__name__} like {w_here}, got {type(node).__name__}")
-            if len(self.flatten(node)[0]) > len(self.flatten(w_node)[0]):
-                self._mismatch(prefix, f"no more leaves than {w_here}, whose None fields hold no layer")
+            leaves, w_leaves = len(self.flatten(node)[0]), len(self.flatten(w_node)[0])
+            if leaves > w_leaves:
+                detail = f"no more leaves than {w_here} ({w_leaves}; its None fields hold none)"
+                self._mismatch(prefix, f"{detail}, got {leaves}")
         self._check_no_layer(node, w_node, prefix)
         self.checked.add(prefix)
 
@@ -268,9 +280,13 @@ def _holds_no_layer(value: Any) -> bool:
     return all(map(_holds_no_layer, children))
 
 
-def _is_node(node: Any, entry: Any) -> bool:
-    """Whether ``node`` can be stepped into by ``entry`` (an attribute of a module)."""
-    return isinstance(entry, Attribute) and hasattr(node, entry.name)
+def _is_node(node: Any, entry: Any, w_node: Any) -> bool:
+    """Whether ``node``, where ``w`` has the registered node ``w_node``, is such a node
+    too, not one value for every layer below: it has the attribute ``entry`` (of a
+    module), or it is of ``w_node``'s type."""
+    if isinstance(entry, Attribute) and hasattr(node, entry.name):
+        return True
+    return type(node) is type(w_node)
 
 
 def _child(node: Any, entry: Any) -> Any:

@@ -42,7 +42,6 @@ except ImportError as _error:  # the module imports without Keras; LARS says why
 
 __all__ = ["LARS", "Schedule"]
 _SCHEDULES = {kind.__name__: kind for kind in (schedules.warmup_polynomial, schedules.warmup_cosine)}
-_HALVES = ("float16", "bfloat16")  # Keras dtype names of the half-precision floats
 
 
 def _tf() -> Any:
@@ -255,7 +254,7 @@ if keras is not None:
             buffer = None if momentum is None else keras.ops.convert_to_tensor(momentum)
             # Rates in the dtype the layer computes in (halves: float32, as on TensorFlow's
             # path), never rounded to a half: float16 would round a rate of 2e-8 to 0.
-            compute = "float32" if keras.backend.standardize_dtype(dtype) in _HALVES else dtype
+            compute = keras.backend.result_type(dtype, "float32")
             lr = keras.ops.cast(learning_rate, compute)
             decay = self._decay()
             if decay is not None and not isinstance(decay, float):

@@ -179,7 +179,7 @@ class LarsOptimizer:
             out_leaves = flat.leaves if out is params else leaves_like("out", out, flat, broadcast=False)
         outs = None
         outs_writable = False  # asked only with out=, as is whether the buffers are writable
-        kept = _checks.KeptOuts([], [], [], [])
+        kept = _checks.KeptOuts.none()
         if out_leaves is not None:
             active_outs = take(out_leaves, active)
             outs = _checks.check_outs(active_outs, ws, paths, ("out", "params"), name, ops)
@@ -449,7 +449,7 @@ def _rate_now(
         value = _checks.check_rate(f"{arg}(state.count)", rate(count), name=name, ops=ops)
     elif type(rate) is not float:  # an array
         value = _checks.check_rate(arg, rate, name=name, ops=ops)
-    _checks.check_fit_all(arg, value, ws, lambda i: Path("params", paths[i]), ops)
+    _checks.check_usable(arg, value, ws, lambda i: Path("params", paths[i]), ops)
     return value
 
 

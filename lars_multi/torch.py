@@ -39,6 +39,7 @@ from ._aliasing import array_values, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 from ._registry import get_backend
 from ._step import LayerFlags, StepConfig, lars_step
+from .backends.torch import PLAIN_TYPES, tensor_kind
 from .optim import lars
 
 __all__ = ["LARS", "param_groups"]
@@ -62,7 +63,6 @@ _MOST_CONFIGS = 256
 # torch.optim's flags for steps this optimizer does not have; a group may carry them false
 # (a state saved by torch.optim.SGD does).
 _UNSUPPORTED = ("differentiable", "capturable", "fused")
-_PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})  # (see _kind)
 
 
 # Settings a group saved by an older release may lack, with their defaults.
@@ -124,6 +124,8 @@ def _check_rates(group: dict[str, Any]) -> None:
                 f"lr: expected a number or a floating tensor of one element, got a {lr.dtype} tensor "
                 f"of shape {tuple(lr.shape)}"
             )
+        if lr.is_meta:  # (its value is read when the group is checked)
+            raise LarsMultiValueError("lr: expected a tensor with a value, got one on the meta device")
     else:
         _checks.check_rate("lr", lr, name="torch", ops=_OPS)
     if isinstance(weight_decay, torch.Tensor):
@@ -289,8 +291,8 @@ class LARS(torch.optim.Optimizer):
             _check_rates(group)
             lr, weight_decay = _rates(group)
             labels = self._labels_of(params)
-            _checks.check_fit_all("lr", lr, params, labels, _OPS)
-            _checks.check_fit_all("weight_decay", weight_decay, params, labels, _OPS)
+            _checks.check_usable("lr", lr, params, labels, _OPS)
+            _checks.check_usable("weight_decay", weight_decay, params, labels, _OPS)
             self._check_tensors(params, grads, buffers)
         return with_momentum
 
@@ -383,7 +385,7 @@ def _all_plain(*lists: list[Any]) -> bool:
     """Whether every tensor (None: no buffer yet) is a plain tensor or parameter."""
     types = set(map(type, itertools.chain(*lists)))
     types.discard(type(None))
-    return types <= _PLAIN_TYPES
+    return types <= PLAIN_TYPES
 
 
 def _kinds_match(params: list[Any], grads: list[Any], buffers: list[Any]) -> bool:
@@ -396,14 +398,8 @@ def _kinds_match(params: list[Any], grads: list[Any], buffers: list[Any]) -> boo
 
 
 def _matches(p: torch.Tensor, t: torch.Tensor) -> bool:
-    kind = _kind(p)
-    return _kind(t) is kind and (kind is torch.Tensor or _OPS.device(t) == _OPS.device(p))
-
-
-def _kind(t: torch.Tensor) -> type:
-    """A tensor's type, a parameter being a plain tensor (a DTensor, even as a
-    parameter, is a DTensor)."""
-    return torch.Tensor if type(t) in _PLAIN_TYPES else type(t)
+    kind = tensor_kind(p)
+    return tensor_kind(t) is kind and (kind is torch.Tensor or _OPS.device(t) == _OPS.device(p))
 
 
 class _GroupStep(NamedTuple):

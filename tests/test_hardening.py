@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import re
+from functools import partial
 
 import numpy as np
 import optree
@@ -585,6 +586,42 @@ def test_jax_values_at_a_registered_nodes_none_fields_are_refused():
     assert_layer_close(lm.lars_update(w, Params(None, jnp.asarray(G)), 0.1).y, W, G, 0.1, 0.0, "float32")
 
 
+def test_jax_pytrees_registered_without_keys_are_named_as_jax_names_them():
+    """A pytree node registered without keys has children known by position: messages
+    name them as JAX does (``w[<flat index 1>]``; they named a ``FlattenedIndexKey``),
+    and a gradient node of the weights' type with a subtree where the weights have a
+    layer is a structure mismatch at that node (it was taken as one gradient for
+    every layer, and refused as "an array like w[...]" at the first)."""
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    @jax.tree_util.register_pytree_node_class
+    class Pair:
+        def __init__(self, a, b):
+            self.a, self.b = a, b
+
+        def tree_flatten(self):
+            return (self.a, self.b), None
+
+        @classmethod
+        def tree_unflatten(cls, aux, children):
+            return cls(*children)
+
+    w = Pair(jnp.asarray(W), jnp.asarray(W[0]))
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"^dcdw: expected shape \(3,\) \(the shape of w\[<flat index 1>\]\)"
+    ):
+        lm.lars_update(w, Pair(jnp.asarray(G), jnp.asarray(G[:2, 0])), 0.1)
+    nested = Pair(jnp.asarray(G), (jnp.asarray(G[0]), jnp.asarray(G[0])))
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"^dcdw: expected the structure of w.*no more leaves than w \(2"
+    ):
+        lm.lars_update(w, nested, 0.1)
+    new = lm.lars_update(w, Pair(jnp.asarray(G), jnp.asarray(G[0])), Pair(0.1, 0.2))
+    assert_layer_close(new.b, W[0], G[0], 0.2, 0.0, "float32")
+
+
 def test_rates_as_a_tree_of_the_weights_registered_node():
     w, g = _Pair(W, W * 2), _Pair(G, G)
     new = lm.lars_update(w, g, _Pair(0.1, 0.3), decay_lambda=_Pair(0.0, 0.5))
@@ -670,6 +707,68 @@ def test_torch_unwritable_or_misplaced_later_layer_writes_nothing(kind):
         lm.lars_update(ws, gs, 0.1, out=outs)
     assert not outs[0].any()
     np.testing.assert_array_equal(to_numpy(ws[0]), W)
+
+
+def _rate_call(arg, ws, gs, away):
+    """A call given the rate ``away`` as ``arg``, and the message it must raise."""
+    import torch
+
+    device = away.device.type
+    if arg == "lr":
+        call = partial(lm.lars_update, ws, gs, {"a": torch.tensor(0.1), "b": away}, out=ws)
+        return call, r"^lr\['b'\]: expected a 0-d array on \S+ \(like w\['b'\]\), got one on " + device
+    if arg == "decay_lambda":
+        call = partial(lm.lars_update, ws, gs, 0.1, decay_lambda=away, out=ws)
+        return call, r"^decay_lambda: expected a 0-d array on \S+ \(like w\['a'\]\), got one on " + device
+    if arg in ("learning_rate", "weight_decay"):
+        opt = lm.optim.lars(**{"learning_rate": 0.1, arg: away})
+        call = partial(opt.step, ws, gs, opt.init(ws), out=ws)
+        return call, rf"^{arg}: expected a 0-d array on \S+ \(like params\['a'\]\), got one on {device}"
+    # lm.torch.LARS, a group's lr set to such a tensor after the optimizer was made
+    ps = [torch.nn.Parameter(ws["a"]), torch.nn.Parameter(ws["b"])]
+    ps[0].grad, ps[1].grad = gs["a"], gs["b"]
+    opt = lm.torch.LARS([{"params": ps[:1]}, {"params": ps[1:]}], lr=0.1)
+    opt.param_groups[1]["lr"] = away
+    if device == "meta":
+        return opt.step, r"^lr: expected a tensor with a value, got one on the meta device"
+    return opt.step, r"^lr: expected a 0-d array on cpu \(like param_groups\[1\]"
+
+
+@pytest.mark.parametrize("device", ["meta", "cuda"])
+@pytest.mark.parametrize("arg", ["lr", "decay_lambda", "learning_rate", "weight_decay", "LARS lr"])
+def test_torch_rate_on_another_device_is_refused_before_anything_is_written(arg, device):
+    """A 0-d rate tensor on a device the weights' kernels cannot read (meta, or CUDA for
+    CPU weights) raised torch's RuntimeError from a kernel, with a per-layer rate tree
+    after the earlier layers were written; it is refused first, naming it."""
+    require_backend("torch")
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    weights = "cpu" if device == "cuda" else None  # None: the tests' device
+    ws = {"a": torch.tensor(W, device=weights), "b": torch.tensor(W * 2, device=weights)}
+    gs = {"a": torch.tensor(G, device=weights), "b": torch.tensor(G, device=weights)}
+    call, match = _rate_call(arg, ws, gs, torch.tensor(0.1, device=device))
+    with pytest.raises(lm.LarsMultiValueError, match=match):
+        call()
+    np.testing.assert_array_equal(to_numpy(ws["a"]), W)
+    np.testing.assert_array_equal(to_numpy(ws["b"]), W * 2)
+
+
+def test_torch_rate_on_the_cpu_is_taken_with_weights_anywhere():
+    """A 0-d CPU rate goes with weights on any device (torch passes it to kernels as a
+    number), and gives what the number gives; lm.torch.LARS refuses a meta lr, whose
+    value it cannot read."""
+    require_backend("torch")
+    import torch
+
+    w, g = torch.tensor(W), torch.tensor(G)  # the tests' device
+    expected = lm.lars_update(w, g, 0.25, decay_lambda=0.5)
+    got = lm.lars_update(w, g, torch.tensor(0.25, device="cpu"), decay_lambda=torch.tensor(0.5, device="cpu"))
+    np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-6)
+    meta = r"^lr: expected a tensor with a value, got one on the meta"
+    with pytest.raises(lm.LarsMultiValueError, match=meta):
+        lm.torch.LARS([torch.nn.Parameter(w)], lr=torch.tensor(0.1, device="meta"))
 
 
 def test_torch_sparse_gradient_is_refused():
@@ -909,6 +1008,42 @@ dist.destroy_process_group()
         "params unchanged True 0",
     ]
     _assert_lines_match(lines, expected)
+
+
+def test_torch_rates_with_dtensors_go_where_torch_takes_them():
+    """A CPU 0-d rate goes with DTensor weights, and a replicated DTensor rate with
+    sharded ones, giving the plain result; a DTensor rate with plain weights (torch:
+    "got mixed torch.Tensor and DTensor", after the earlier layers were written) is
+    refused first, naming its mesh."""
+    require_backend("torch")
+    pytest.importorskip("torch.distributed")
+    script = (
+        ONE_RANK_MESH
+        + """
+from torch.distributed.tensor import Replicate
+w0, g0 = torch.randn(6, 4), torch.randn(6, 4) * 0.1
+want = lm.lars_update(w0, g0, 0.1, decay_lambda=0.01)
+replicated = distribute_tensor(torch.tensor(0.1), mesh, [Replicate()])
+for name, lr in (("cpu", torch.tensor(0.1)), ("replicated", replicated)):
+    got = lm.lars_update(shard(w0), shard(g0), lr, decay_lambda=torch.tensor(0.01))
+    print(name, (got.full_tensor() - want).abs().max().item() < 1e-6)
+w = {"a": w0.clone(), "b": w0.clone()}
+try:
+    lm.lars_update(w, {"a": g0, "b": g0}, {"a": torch.tensor(0.1), "b": replicated}, out=w)
+    print("not refused")
+except lm.LarsMultiValueError as e:
+    print(str(e))
+print("w unchanged", torch.equal(w["a"], w0))
+dist.destroy_process_group()
+"""
+    )
+    expected = [
+        "cpu True",
+        "replicated True",
+        r"lr\['b'\]: expected a 0-d array on cpu \(like w\['b'\]\), got one on a DTensor's DeviceMesh",
+        "w unchanged True",
+    ]
+    _assert_lines_match(run_python(script).splitlines(), expected)
 
 
 def test_numpy_views_that_interleave_without_sharing_elements_are_updated_in_place():
