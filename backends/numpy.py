@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lars_multi import _batching
-from lars_multi._aliasing import overlap_groups
+from lars_multi._aliasing import elements_overlap, overlap_groups
 from lars_multi._protocol import no_axis_name
 
 try:  # (NumPy 2 moved it)
@@ -89,15 +89,14 @@ def is_native(x: Any) -> bool:
 
 def unwritable(x: Any) -> str | None:
     """Why ``out=x`` cannot be written in place, or None."""
-    if isinstance(x, np.ndarray) and x.flags.writeable and 0 not in x.strides:
-        return None
     if not isinstance(x, np.ndarray):
         return f"a NumPy scalar ({type(x).__name__})"
-    if not x.flags.writeable:
+    flags = x.flags
+    if not flags.writeable:
         return "a read-only NumPy array"
-    if x.size and any(stride == 0 and size > 1 for stride, size in zip(x.strides, x.shape)):
-        return "a NumPy array whose elements share memory (a stride of 0, as from broadcast_to)"
-    return None
+    if flags.c_contiguous or flags.f_contiguous or not elements_overlap(x.shape, x.strides, x.itemsize):
+        return None
+    return "a NumPy array whose elements share memory (a stride of 0, as broadcast_to gives, or overlapping)"
 
 
 def all_writable(xs: Sequence[Any]) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lars_multi import _batching, _registry
-from lars_multi._aliasing import overlap_groups
+from lars_multi._aliasing import elements_overlap, overlap_groups
 from lars_multi._protocol import no_axis_name
 
 FRAMEWORK = "torch"
@@ -46,9 +46,15 @@ def unwritable(x: Any) -> str | None:
     local = _local(x)
     if local.is_inference() and not torch.is_inference_mode_enabled():
         return "an inference tensor (made under torch.inference_mode), which cannot be written outside it"
-    if torch._debug_has_internal_overlap(local) == 1:
-        return "a tensor whose elements share memory (expanded, a stride of 0)"
+    overlap = torch._debug_has_internal_overlap(local)  # 0: no, 1: yes, 2: torch cannot tell
+    if overlap == 1 or (overlap == 2 and _elements_overlap(local)):
+        return "a tensor whose elements share memory (expanded: a stride of 0; or strides that overlap)"
     return None
+
+
+def _elements_overlap(x: torch.Tensor) -> bool:
+    size = x.element_size()
+    return elements_overlap(x.shape, [stride * size for stride in x.stride()], size)
 
 
 def is_dense(x: torch.Tensor) -> bool:

@@ -241,3 +241,25 @@ def overlap_groups(spans: Mapping[Key, tuple[int, int]]) -> dict[Key, int]:
             reach = high
         groups[key] = number
     return groups
+
+
+def elements_overlap(shape: Sequence[int], strides: Sequence[int], itemsize: int) -> bool:
+    """Whether two elements of a strided array share memory (``strides`` in bytes):
+    a stride of 0, or strides that make blocks overlap (``as_strided``). Decided by
+    the strides where, in increasing order, each steps past the block the smaller ones
+    span (as every array NumPy or torch makes does); else by every element's offset."""
+    dims = sorted((abs(stride), n) for n, stride in zip(shape, strides) if n > 1)
+    if 0 in shape or not dims:
+        return False
+    reach = itemsize  # the bytes the block of the dimensions so far spans
+    for stride, n in dims:
+        if stride < reach:
+            break
+        reach += stride * (n - 1)
+    else:
+        return False
+    offsets = np.zeros(1, np.int64)
+    for stride, n in dims:
+        offsets = (offsets[:, None] + np.arange(n, dtype=np.int64) * stride).ravel()
+    offsets.sort()
+    return bool((np.diff(offsets) < itemsize).any())

@@ -679,6 +679,52 @@ def _torch_tree():
     return [torch.tensor(W), torch.tensor(W * 2)], [torch.tensor(G)] * 2
 
 
+def _strided(backend, shape, strides):
+    """A zeroed float32 array of ``shape`` over a buffer of 64 elements, with ``strides``
+    in elements (as_strided: NumPy and torch only)."""
+    if backend == "numpy":
+        buffer = np.zeros(64, np.float32)
+        return np.lib.stride_tricks.as_strided(buffer, shape, [4 * s for s in strides])
+    require_backend("torch")
+    import torch
+
+    return torch.zeros(64).as_strided(shape, strides)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_outputs_whose_elements_overlap_are_refused_and_nothing_is_written(backend_name):
+    """An output (or momentum buffer) whose elements share memory through overlapping
+    strides (element [i, j] at i + j: NumPy's stride check saw no 0, torch answered
+    "cannot tell") was written in place, each shared element holding one of its results."""
+    require_backend(backend_name)
+    ws, gs = [native(backend_name, W), native(backend_name, W * 2)], [native(backend_name, G)] * 2
+    outs = [native(backend_name, np.zeros_like(W)), _strided(backend_name, (4, 3), (1, 1))]
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^out\[1\]: expected an array that can be written.*share memory"
+    ):
+        lm.lars_update(ws, gs, 0.1, out=outs)
+    assert not to_numpy(outs[0]).any()
+    # Such a momentum buffer is not written: the step returns a new one (a buffer that
+    # cannot be written in place is replaced, as a JAX one is).
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=0.01)
+    plain = opt.init(ws)
+    _, want = opt.step(ws, gs, plain)
+    shared = _strided(backend_name, (4, 3), (1, 1))
+    _, got = opt.step(ws, gs, plain._replace(momentum=[plain.momentum[0], shared]))
+    np.testing.assert_array_equal(to_numpy(got.momentum[1]), to_numpy(want.momentum[1]))
+    assert not to_numpy(shared).any()
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_outputs_with_unusual_strides_that_do_not_overlap_are_written(backend_name):
+    """Strides that are not in the nesting order (element [i, j] at 2 i + 3 j, all
+    distinct) are a valid output, written in place with the plain result."""
+    require_backend(backend_name)
+    out = _strided(backend_name, (4, 3), (2, 9))
+    lm.lars_update(native(backend_name, W), native(backend_name, G), 0.1, out=out)
+    assert_layer_close(out, W, G, 0.1, 0.0, "float32")
+
+
 @pytest.mark.parametrize("kind", ["inference", "expanded", "meta-device-out", "meta-device-grad"])
 def test_torch_unwritable_or_misplaced_later_layer_writes_nothing(kind):
     require_backend("torch")
