@@ -9,7 +9,7 @@ rates are traced (weakly typed), so a new rate never recompiles. With
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,48 @@ def is_native(x: Any) -> bool:
 
 def unwritable(x: Any) -> str | None:
     return "an immutable jax.Array"
+
+
+def device(x: Any) -> Any:
+    """The devices an array is committed to (``jax.device_put`` to a device or a
+    sharding, or computed from such arrays); None where JAX places it where it is used
+    (an uncommitted array, a traced one)."""
+    if isinstance(x, jax.core.Tracer) or not x.committed:
+        return None
+    return _Devices(tuple(sorted(x.sharding.device_set, key=lambda d: d.id)))
+
+
+class _Devices(NamedTuple):
+    """The devices of a committed array, as messages name them."""
+
+    devices: tuple[Any, ...]
+
+    def __str__(self) -> str:
+        return ", ".join(map(str, self.devices))
+
+
+def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
+    """Arrays of the weights' type, dtype and shape, each uncommitted or committed
+    to its weights' devices."""
+    return all(
+        [
+            type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape and _placed(device(x), w)
+            for x, w in zip(xs, ws)
+        ]
+    )
+
+
+def _placed(place: Any, w: Any) -> bool:
+    return place is None or place == device(w)
+
+
+def misplaced(value: Any, ws: Sequence[Any]) -> int | None:
+    """The first of ``ws`` committed to other devices than a committed 0-d ``value``
+    (one program cannot take both)."""
+    place = device(value)
+    if place is None:
+        return None
+    return next((i for i, w in enumerate(ws) if device(w) not in (None, place)), None)
 
 
 def largest(dtype: Any) -> float:
@@ -161,15 +203,16 @@ _HALF_CHUNK_BYTES = 2 << 20
 
 
 def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
-    """The layers by dtype, each dtype one program, half layers in chunks of about
-    ``_HALF_CHUNK_BYTES`` (one program over them all would hold float32 copies
-    of every w and g at once). Already inside a trace: by dtype only."""
+    """The layers by dtype and the devices they are committed to (one program takes
+    arrays of one set of devices), each one program, half layers in chunks of about
+    ``_HALF_CHUNK_BYTES`` (one program over them all would hold float32 copies of
+    every w and g at once). Already inside a trace: by dtype only."""
     traced = isinstance(ws[0], jax.core.Tracer)
     return _batching.batches(
         ws,
-        key=lambda w: w.dtype,
+        key=lambda w: (w.dtype, device(w)),
         nbytes=lambda w: w.nbytes,
-        budget=lambda dtype: _HALF_CHUNK_BYTES if dtype in _HALF and not traced else None,
+        budget=lambda key: _HALF_CHUNK_BYTES if key[0] in _HALF and not traced else None,
     )
 
 

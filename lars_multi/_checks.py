@@ -215,8 +215,10 @@ def check_gradients(
 
 
 def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> None:
+    """``data`` must be where the weights ``w`` are, unless either goes anywhere (its
+    device None: an uncommitted JAX array)."""
     device, w_device = ops.device(data), ops.device(w)
-    if device != w_device:
+    if device != w_device and device is not None and w_device is not None:
         raise LarsMultiValueError(
             f"{path}: expected an array on {w_device} (like {w_path}), got one on {device}"
         )

@@ -184,7 +184,8 @@ def _update_tree(
         ops, concat(outs, kept.datas), concat(ws, kept.weights), [*gs, *array_values(ops, [*rates, *decays])]
     )
     results: list[Any] = [None] * len(ws)
-    for indices in _groups(rates, decays, stops):
+    groups = _groups(rates, decays, stops)
+    for indices in groups:
         group = _run(
             ops,
             [ws[i] for i in indices],
@@ -195,6 +196,7 @@ def _update_tree(
             None if outs is None else [outs[i] for i in indices],
             write_late=write_late,
             writable=writable,
+            alone=len(groups) == 1,
             axis_names=None if axes is None else tuple(axes[i] for i in indices),
         )
         put(results, indices, group)
@@ -316,9 +318,10 @@ def _run(
     *,
     write_late: bool,
     writable: bool,
+    alone: bool = True,
     axis_names: tuple[Any, ...] | None = None,
 ) -> list[Any]:
-    """One group of layers that share their hyperparameters.
+    """One group of layers that share their hyperparameters (``alone``: every layer).
 
     Unless ``write_late``, ``writable`` outputs (every one of them) are written
     as the group goes; else the new arrays are returned, for the caller to
@@ -327,9 +330,11 @@ def _run(
     """
     writable = writable and group_out is not None
     # Immutable arrays (jax) are replaced instead: donate the weights' buffers
-    # when the caller hands them over (out=w) and nothing else reads them.
+    # when the caller hands them over (out=w) and nothing else reads them, and
+    # the group is every layer (a later group failing would find them gone).
     donate = (
-        group_out is not None
+        alone
+        and group_out is not None
         and not writable
         and not write_late
         and all(o is x for o, x in zip(group_out, group_w))

@@ -162,7 +162,8 @@ def lars_step(
     With ``outs`` (writable, aliasing no input but the weights they replace),
     the new weights are written into ``outs`` and the new buffers into
     ``buffers``, batch by batch, with no temporary beyond a batch.
-    ``donate``: the weights' buffers may be reused (JAX, with ``outs`` None).
+    ``donate``: the weights' buffers may be reused (JAX, with ``outs`` None), where
+    every layer is in one batch (a later batch failing would find earlier ones gone).
     """
     # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
     # (Element by element: torch 2.11's Dynamo cannot trace `is` between two lists.)
@@ -193,7 +194,7 @@ def lars_step(
             lr,
             weight_decay,
             stop_gradients,
-            donate,
+            False,
             in_place,
             take(ws, batch),
             take(gs, batch),

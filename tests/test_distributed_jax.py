@@ -18,6 +18,7 @@ its input's sharding; the tests below check those numbers.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ TOLERANCE = 1e-6
 
 SCRIPT = r"""
 import json
+import re
 import jax, jax.numpy as jnp, numpy as np, optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import lars_multi as lm
@@ -302,3 +304,72 @@ def test_axis_name_of_the_wrong_type() -> None:
     w = np.ones((2, 2), np.float32)
     with pytest.raises(lm.LarsMultiTypeError, match=r"axis_name\['a'\]: expected a mesh axis name"):
         lm.lars_update({"a": w}, {"a": w}, 0.1, axis_name={"a": 3})
+
+
+DEVICES_SCRIPT = r"""
+import jax, jax.numpy as jnp, numpy as np
+import lars_multi as lm
+
+d0, d1 = jax.devices()[:2]
+rng = np.random.default_rng(0)
+a, b, ga, gb = (rng.standard_normal((6, 4)).astype(np.float32) for _ in range(4))
+want = lm.lars_update({"a": a, "b": b}, {"a": ga, "b": gb}, 0.1, decay_lambda=0.01)
+
+def on(x, d, dtype=jnp.float32):
+    return jax.device_put(jnp.asarray(x, dtype), d)
+
+# Layers on two devices, each gradient on its layer's: a program per device.
+w = {"a": lm.Array(on(a, d0)), "b": lm.Array(on(b, d1))}
+lm.lars_update(w, {"a": on(ga, d0), "b": on(gb, d1)}, 0.1, decay_lambda=0.01, out=w)
+print("model parallel", max(float(np.abs(w[k].to_numpy() - want[k]).max()) for k in "ab") < 1e-6,
+      [next(iter(w[k].data.devices())).id for k in "ab"])
+opt = lm.optim.lars(0.1, momentum=0.9)
+params = {"a": on(a, d0), "b": on(b, d1)}
+new, state = opt.step(params, {"a": on(ga, d0), "b": on(gb, d1)}, opt.init(params))
+print("optimizer", [next(iter(new[k].devices())).id for k in "ab"])
+# A gradient or a rate committed elsewhere than its weights, refused by name.
+for name, call in {
+    "gradient": lambda: lm.lars_update({"a": on(a, d0)}, {"a": on(ga, d1)}, 0.1),
+    "rate": lambda: lm.lars_update(on(a, d0), on(ga, d0), jax.device_put(jnp.float32(0.1), d1)),
+}.items():
+    try:
+        call()
+        print(name, "not refused")
+    except lm.LarsMultiValueError as e:
+        print(name, e)
+# Half layers in chunks with out=w: a later chunk failing (a deleted gradient) leaves the
+# weights as they were, none donated.
+big, small = rng.standard_normal((1024, 1024)), rng.standard_normal((8, 8))
+w = [lm.Array(on(big, d0, jnp.bfloat16)), lm.Array(on(small, d0, jnp.bfloat16))]
+gone = on(small, d0, jnp.bfloat16)
+gone.delete()
+try:
+    lm.lars_update(w, [on(big, d0, jnp.bfloat16), gone], 0.1, out=w)
+except Exception:
+    pass
+print("donated", [x.data.is_deleted() for x in w])
+"""
+
+
+def test_layers_on_other_devices_step_by_device_and_misplaced_inputs_are_refused() -> None:
+    """Layers committed to two devices, each with its gradient there (model
+    parallelism), raised XLA's "incompatible devices" (one program took them all); a
+    gradient or rate committed elsewhere raised it too, and with half layers in chunks
+    and ``out=w``, a failing later chunk found the earlier chunks' weights donated
+    (deleted). Now a program per device; the misplaced inputs refused by name; donation
+    only where the whole update is one program."""
+    require_backend("jax")
+    out = run_python(
+        DEVICES_SCRIPT, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    expected = [
+        r"model parallel True \[0, 1\]",
+        r"optimizer \[0, 1\]",
+        r"gradient dcdw\['a'\]: expected an array on cpu:0 \(like w\['a'\]\), got one on cpu:1",
+        r"rate lr: expected a 0-d array on cpu:0 \(like w\), got one on cpu:1",
+        r"donated \[False, False\]",
+    ]
+    lines = out.splitlines()
+    assert len(lines) == len(expected), lines
+    for line, pattern in zip(lines, expected):
+        assert re.match(pattern, line), (line, pattern)
