@@ -298,7 +298,10 @@ if keras is not None:
             )
             ops = get_backend("tensorflow")
             first = self._first(indices)
-            lars_step(ops, self._lars_config, flags, ws, gs, buffers, learning_rate, self._decay(), first, ws)
+            # Keras' rate is a Keras variable (float32), which the backend's cast_like does
+            # not know: as a tensor, it is cast to each layer's compute dtype (float64 too).
+            lr = tf.convert_to_tensor(learning_rate)
+            lars_step(ops, self._lars_config, flags, ws, gs, buffers, lr, self._decay(), first, ws)
             self._start(indices)
 
         def _decay(self) -> Any:

@@ -300,13 +300,13 @@ class LARS(torch.optim.Optimizer):
         self, params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None]
     ) -> None:
         """Floating parameters that can be written in place, and kept momentum buffers
-        of their shapes. (torch keeps each ``.grad`` of its parameter's dtype, shape and
-        device, and casts a loaded buffer to its parameter's dtype and device.) The
+        of their shapes, dtypes and devices (torch keeps each ``.grad`` so, and casts a
+        loaded buffer so, but a buffer in ``state`` may be replaced). The
         common case is asked of the lists at once; the others one by one, with messages."""
         floats = _OPS.FLOAT_DTYPES
         if (
-            all([p.dtype in floats and 0 not in p.stride() and not p.is_inference() for p in params])
-            and all([b is None or b.shape == p.shape for p, b in zip(params, buffers)])
+            all([p.dtype in floats and _apart(p) and not p.is_inference() for p in params])
+            and all([b is None or (_like(b, p) and _apart(b)) for p, b in zip(params, buffers)])
             and (_all_plain(params, grads, buffers) or _kinds_match(params, grads, buffers))
         ):
             return
@@ -327,6 +327,11 @@ class LARS(torch.optim.Optimizer):
             if b is not None:
                 where = (f"the momentum buffer of {label}", label, (), False)
                 _checks.check_gradient(b, p, where, "torch", _OPS)
+                reason = _OPS.unwritable(b)
+                if reason is not None:
+                    raise LarsMultiTypeError(
+                        f"{where[0]}: expected a tensor that can be written in place, got {reason}"
+                    )
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One LARS step of every group; the closure's loss, if a closure is given.
@@ -379,6 +384,17 @@ class LARS(torch.optim.Optimizer):
             if p is param
         )
         return f"the momentum buffer of {place}" if buffer else place
+
+
+def _apart(t: torch.Tensor) -> bool:
+    """Whether torch knows that no two elements of ``t`` share memory (else the
+    checks decide, with a message where they do)."""
+    return torch._debug_has_internal_overlap(t) == 0
+
+
+def _like(buffer: torch.Tensor, p: torch.Tensor) -> bool:
+    """Whether a kept momentum buffer has its parameter's shape, dtype and device."""
+    return buffer.shape == p.shape and buffer.dtype is p.dtype and buffer.device == p.device
 
 
 def _all_plain(*lists: list[Any]) -> bool:

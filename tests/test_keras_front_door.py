@@ -180,10 +180,41 @@ def check_half_rates():
     return results
 
 
+def check_float64():
+    # Float64 variables with weight decay (paper, timm): Keras hands its float32 rate
+    # variable to the step, which on TensorFlow was not cast (a float32-float64 Mul failed;
+    # with one variable given a gradient, after its momentum buffer was written). Also
+    # model.fit of a float64 model. Each: the largest difference to lm.optim on NumPy.
+    results = {}
+    rng = np.random.default_rng(3)
+    for preset in ("paper", "timm"):
+        variables = [keras.Variable(rng.normal(size=s), dtype="float64") for s in ((3, 2), (2,))]
+        grads = [[rng.normal(size=v.shape) for v in variables] for _ in range(3)]
+        grads[2][1] = None  # the last call steps one variable
+        arguments = dict(learning_rate=0.5, weight_decay=1e-2, trust_coefficient=0.02, preset=preset)
+        optimizer = lars_multi.keras.LARS(**arguments)
+        optimizer.build(variables)
+        params = [_numpy(v) for v in variables]
+        opt = lm.optim.lars(**arguments)
+        state = opt.init(params)
+        for gs in grads:
+            pairs = [(keras.ops.convert_to_tensor(g), v) for g, v in zip(gs, variables) if g is not None]
+            optimizer.apply_gradients(pairs)
+            params, state = opt.step(params, gs, state)
+        results[preset] = max(float(np.abs(_numpy(v) - p).max()) for v, p in zip(variables, params))
+    model = keras.Sequential([keras.Input((4,), dtype="float64"), keras.layers.Dense(2, dtype="float64")])
+    model.compile(optimizer=lars_multi.keras.LARS(0.5, weight_decay=1e-2, preset="timm"), loss="mse")
+    model.fit(rng.normal(size=(16, 4)), rng.normal(size=(16, 2)), batch_size=8, verbose=0)
+    results["fit"] = all(np.all(np.isfinite(_numpy(v))) for v in model.trainable_variables)
+    return results
+
+
 def check(folder, cases=tuple(CASES)):
     import time
 
     result = {"backend": keras.backend.backend(), "seconds": {}, "half_rates": check_half_rates()}
+    if keras.backend.backend() != "jax":  # (float64 on JAX needs jax_enable_x64)
+        result["float64"] = check_float64()
     for name in cases:
         start = time.perf_counter()
         result[name] = check_apply_gradients(name)
@@ -219,6 +250,9 @@ def _check_result(result, backend):
         )
     for case, (got, expected) in result["half_rates"].items():
         assert got == expected, (case, got, expected)
+    if backend != "jax":
+        wide = result["float64"]
+        assert wide["paper"] < 1e-12 and wide["timm"] < 1e-12 and wide["fit"], wide
     fit = result["fit"]
     assert fit["trained"] and fit["moved"], fit
     assert fit["type"] == "LARS" and fit["n_momentums"] == 4, fit

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -673,12 +674,39 @@ def _buffer_of_another_shape(opt):
     return None, "the momentum buffer of param_groups[1]['params'][0]: expected shape (3,)"
 
 
-@pytest.mark.parametrize(
-    "make", [_complex_parameter, _integer_tensor, _expanded_tensor, _buffer_of_another_shape]
-)
+def _buffer_of_another_dtype(opt, dtype):
+    """A buffer replaced in ``opt.state`` (the dicts ``state_dict()`` returns are its own):
+    its dtype was not checked, and torch raised after earlier groups were written (int32,
+    complex64) or the step kept the buffer's precision (float64, float16)."""
+    p = opt.param_groups[1]["params"][0]
+    buffer = opt.state[p]["momentum_buffer"]
+    opt.state[p]["momentum_buffer"] = buffer.to(dtype)
+    return None, "the momentum buffer of param_groups[1]['params'][0]: expected dtype float32"
+
+
+def _buffer_whose_elements_overlap(opt):
+    """A buffer whose elements share memory: an expanded one raised torch's RuntimeError
+    after the earlier groups were written (one whose strides overlap was written, each
+    shared element holding one of its results)."""
+    p = opt.param_groups[1]["params"][0]
+    opt.state[p]["momentum_buffer"] = torch.zeros(8).as_strided((3,), (0,))
+    return None, "the momentum buffer of param_groups[1]['params'][0]: expected a tensor that can be written"
+
+
+BUFFER_FAULTS = [
+    _buffer_of_another_shape,
+    *(
+        partial(_buffer_of_another_dtype, dtype=d)
+        for d in (torch.int32, torch.complex64, torch.float64, torch.float16)
+    ),
+    _buffer_whose_elements_overlap,
+]
+
+
+@pytest.mark.parametrize("make", [_complex_parameter, _integer_tensor, _expanded_tensor, *BUFFER_FAULTS])
 def test_a_bad_tensor_in_a_later_group_is_refused_before_anything_is_written(make):
     opt = _stepped_groups(foreach=False)
-    if make is _buffer_of_another_shape:
+    if make in BUFFER_FAULTS:
         _, needle = make(opt)
     else:
         tensor, needle = make()
