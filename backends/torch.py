@@ -43,6 +43,10 @@ def unwritable(x: Any) -> str | None:
         return None
     if _in_transform():
         return "a tensor inside a torch.func transform (vmap, grad), which cannot be written in place"
+    if not is_dense(x):
+        return f"a {layout_name(x)} tensor"
+    if x.is_neg() or x.is_conj():  # (the _foreach kernels cannot write such lazy views)
+        return "a tensor with torch's negative or conjugate bit set (resolve_neg() or resolve_conj() it)"
     local = _local(x)
     if local.is_inference() and not torch.is_inference_mode_enabled():
         return "an inference tensor (made under torch.inference_mode), which cannot be written outside it"
@@ -58,7 +62,11 @@ def _elements_overlap(x: torch.Tensor) -> bool:
 
 
 def is_dense(x: torch.Tensor) -> bool:
-    return x.layout == torch.strided
+    return x.layout == torch.strided and not x.is_nested
+
+
+def all_dense(xs: Sequence[torch.Tensor]) -> bool:
+    return all([x.layout == torch.strided and not x.is_nested for x in xs])
 
 
 def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:
@@ -88,7 +96,7 @@ def tensor_kind(t: torch.Tensor) -> type:
 
 
 def layout_name(x: torch.Tensor) -> str:
-    return str(x.layout).removeprefix("torch.")
+    return "nested" if x.is_nested else str(x.layout).removeprefix("torch.")
 
 
 def device(x: torch.Tensor) -> Any:

@@ -118,6 +118,8 @@ def check_weights(path: Any, w: Any, ops: Backend) -> None:
         raise LarsMultiTypeError(
             f"{path}: expected a floating dtype (float16, bfloat16, float32 or float64), got {_dtype(ops, w)}"
         )
+    if not ops.is_dense(w):
+        raise LarsMultiTypeError(f"{path}: expected dense weights, got a {ops.layout_name(w)} {type_name(w)}")
 
 
 def check_some_leaves(arg: str, tree: Any, flat: Flat) -> None:
@@ -131,11 +133,10 @@ def check_some_leaves(arg: str, tree: Any, flat: Flat) -> None:
 def check_all_weights(arg: str, ws: Sequence[Any], paths: Sequence[Any], ops: Backend) -> None:
     """:func:`check_weights` of every layer (``paths``: their key paths in ``arg``)."""
     floats = ops.FLOAT_DTYPES
-    if all([w.dtype in floats for w in ws]):  # (the common case, with no call per layer)
+    if all([w.dtype in floats for w in ws]) and ops.all_dense(ws):  # (the common case: no call per layer)
         return
     for entries, w in zip(paths, ws):
-        if w.dtype not in floats:
-            check_weights(Path(arg, entries), w, ops)
+        check_weights(Path(arg, entries), w, ops)
 
 
 Where = tuple[str, str, Any, bool]
@@ -172,8 +173,8 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any
     data = unwrap(g)
     if not ops.is_dense(data):
         raise LarsMultiTypeError(
-            f"{path}: expected a dense array like {w_path}, got a sparse {type_name(data)} "
-            f"({ops.layout_name(data)}); LARS needs the whole gradient's norm: densify it first"
+            f"{path}: expected a dense array like {w_path}, got a {ops.layout_name(data)} {type_name(data)}; "
+            "LARS needs the whole gradient's norm: densify it first"
         )
     check_like(path, data, w_path, w, ops)
     check_device(path, data, w_path, w, ops)

@@ -47,6 +47,7 @@ class Backend(Protocol):
     def unwritable(self, x: Any) -> str | None: ...
     def all_writable(self, xs: Sequence[Any]) -> bool: ...
     def is_dense(self, x: Any) -> bool: ...
+    def all_dense(self, xs: Sequence[Any]) -> bool: ...
     def alike(self, xs: Sequence[Any], ws: Sequence[Any]) -> bool: ...
     def densify(self, x: Any) -> Any: ...
     def layout_name(self, x: Any) -> str: ...
@@ -102,6 +103,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         shape needing no other check (dense, on ``w``'s device), asked of the lists
         at once; False sends each through every check, with messages."""
         return all([type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape for x, w in zip(xs, ws)])
+
+    def all_dense(xs: Sequence[Any]) -> bool:
+        """Whether every array is dense, asked of the list at once: here, where every
+        array is, True."""
+        return True
 
     def densify(x: Any) -> Any:
         """A dense native array for a framework's sparse gradient, or None."""
@@ -218,6 +224,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             unwritable,
             all_writable,
             is_dense,
+            all_dense,
             alike,
             densify,
             layout_name,

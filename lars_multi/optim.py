@@ -196,6 +196,8 @@ class LarsOptimizer:
         lr = _rate_now("learning_rate", self.learning_rate, state.count, ws, paths, name, ops)
         decay = _rate_now("weight_decay", self.weight_decay, state.count, ws, paths, name, ops)
         decay = None if type(decay) is float and decay == 0 else decay  # no decay: skipped entirely
+        for arg in ("trust_coefficient", "eps"):  # (numbers: finite in every compute dtype)
+            _rate_now(arg, getattr(self.config, arg), state.count, ws, paths, name, ops)
         all_started = self._started(state, flat, active, ops)
         first = _first(ops, state.count, all_started, active)
         buffers_writable = outs is not None and (self.config.momentum == 0 or ops.all_writable(buffers))

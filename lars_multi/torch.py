@@ -287,12 +287,17 @@ class LARS(torch.optim.Optimizer):
             state = self.state.get(p)
             buffers.append(state.get("momentum_buffer") if with_momentum and state else None)
         if params:  # (eagerly under torch.compile: lr.item() and messages stay out of the graph)
-            _config(group)
+            config = _config(group)
             _check_rates(group)
             lr, weight_decay = _rates(group)
             labels = self._labels_of(params)
-            _checks.check_usable("lr", lr, params, labels, _OPS)
-            _checks.check_usable("weight_decay", weight_decay, params, labels, _OPS)
+            for name, value in (
+                ("lr", lr),
+                ("weight_decay", weight_decay),
+                ("trust_coefficient", config.trust_coefficient),
+                ("eps", config.eps),
+            ):
+                _checks.check_usable(name, value, params, labels, _OPS)
             self._check_tensors(params, grads, buffers)
         return with_momentum
 

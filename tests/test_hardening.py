@@ -725,7 +725,20 @@ def test_outputs_with_unusual_strides_that_do_not_overlap_are_written(backend_na
     assert_layer_close(out, W, G, 0.1, 0.0, "float32")
 
 
-@pytest.mark.parametrize("kind", ["inference", "expanded", "meta-device-out", "meta-device-grad"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "inference",
+        "expanded",
+        "meta-device-out",
+        "meta-device-grad",
+        "neg-view-out",
+        "sparse-csr-out",
+        "sparse-coo-out",
+        "sparse-weights",
+        "nested-weights",
+    ],
+)
 def test_torch_unwritable_or_misplaced_later_layer_writes_nothing(kind):
     require_backend("torch")
     import torch
@@ -746,9 +759,26 @@ def test_torch_unwritable_or_misplaced_later_layer_writes_nothing(kind):
     elif kind == "meta-device-out":
         outs[1] = torch.zeros(4, 3, device="meta")
         error, match = lm.LarsMultiValueError, rf"^out\[1\]: expected an array on {device} .*got one on meta"
-    else:
+    elif kind == "meta-device-grad":
         gs = [gs[0], torch.zeros(4, 3, device="meta")]
         error, match = lm.LarsMultiValueError, rf"^dcdw\[1\]: expected an array on {device} .*got one on meta"
+    elif kind == "neg-view-out":  # (torch: "mutable TensorLists with negation inputs", after layer 0)
+        outs[1] = torch._neg_view(torch.zeros(4, 3))
+        error, match = lm.LarsMultiTypeError, r"^out\[1\]: expected an array that can be written.*negative"
+    elif kind.startswith("sparse") and kind.endswith("out"):
+        layout = kind.split("-")[1]
+        outs[1] = torch.zeros(4, 3).to_sparse_csr() if layout == "csr" else torch.zeros(4, 3).to_sparse()
+        error, match = (
+            lm.LarsMultiTypeError,
+            rf"^out\[1\]: expected an array that can be written.*sparse_{layout}",
+        )
+    else:  # weights of another layout (a sparse one failed its norm after layer 0 was written)
+        sparse = kind == "sparse-weights"
+        ws = [ws[0], ws[1].to_sparse() if sparse else torch.nested.nested_tensor([ws[1][0], ws[1][1]])]
+        error, match = (
+            lm.LarsMultiTypeError,
+            rf"^w\[1\]: expected dense weights, got a {'sparse_coo' if sparse else 'nested'}",
+        )
     with pytest.raises(error, match=match):
         lm.lars_update(ws, gs, 0.1, out=outs)
     assert not outs[0].any()

@@ -774,6 +774,14 @@ def _bad_steps(name, grads):
             ["weight_decay(state.count)", "str"],
         ),
         ("a learning rate that overflows float32", lm.optim.lars(1e39), None, ["learning_rate", "float32"]),
+        # (both silently gave inf weights or no adaptation)
+        (
+            "a trust coefficient that overflows float32",
+            lm.optim.lars(LR, trust_coefficient=1e39),
+            None,
+            ["trust_coefficient", "float32"],
+        ),
+        ("an eps that overflows float32", lm.optim.lars(LR, eps=1e39), None, ["eps", "float32"]),
         ("grads missing a key", opt, g_missing, ["grads"]),
         ("grads with an extra key", opt, g_extra, ["grads"]),
         *([("grads of another framework", opt, g_other_framework, [])] if other_name else []),

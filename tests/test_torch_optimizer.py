@@ -633,6 +633,12 @@ def _assert_unchanged(opt, before):
             lm.LarsMultiValueError,
             "^weight_decay: expected a number that fits float32",
         ),
+        (
+            {"trust_coefficient": 1e39},
+            lm.LarsMultiValueError,
+            "^trust_coefficient: expected a number that fits float32",
+        ),
+        ({"eps": 1e39}, lm.LarsMultiValueError, "^eps: expected a number that fits float32"),
         ({"always_adapt": 0}, lm.LarsMultiTypeError, "^always_adapt: expected a bool"),  # (0 == False)
         ({"dampening": False}, lm.LarsMultiTypeError, "^dampening: expected a number"),
         ({"adapt": 1}, lm.LarsMultiTypeError, "^adapt: expected None or a bool"),
