@@ -126,16 +126,17 @@ if keras is not None:
                 ) from None
         return value
 
-    def _check_learning_rate(value: Any) -> None:
+    def _check_rate(arg: str, value: Any) -> None:
         """Keras calls a callable learning rate with no argument (a schedule: with the
-        step): a function of the step count, as lars_multi.optim takes, is refused."""
+        step), and so does this optimizer its weight decay: a function of the step
+        count, as lars_multi.optim takes, is refused."""
         if not callable(value) or isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
             return
         try:
             inspect.signature(value).bind()
         except TypeError:
             raise LarsMultiTypeError(
-                "learning_rate: expected a number, a keras LearningRateSchedule, a lars_multi schedule "
+                f"{arg}: expected a number, a keras LearningRateSchedule, a lars_multi schedule "
                 "or a callable of no arguments (Keras calls it so), got a callable that needs arguments; "
                 "wrap a function of the step in a keras.optimizers.schedules.LearningRateSchedule"
             ) from None
@@ -183,8 +184,9 @@ if keras is not None:
             **kwargs: Any,
         ) -> None:
             learning_rate = _keras_schedule("learning_rate", learning_rate)
-            _check_learning_rate(learning_rate)
+            _check_rate("learning_rate", learning_rate)
             decay = 0.0 if weight_decay is None else _keras_schedule("weight_decay", weight_decay)
+            _check_rate("weight_decay", decay)
             # Checks every hyper-parameter and makes the rule's configuration.
             checked = optim.lars(
                 learning_rate if _checks.is_number(learning_rate) else 0.0,  # (a schedule: Keras')
@@ -307,8 +309,9 @@ if keras is not None:
         def _decay(self) -> Any:
             """LARS's weight decay now: a number, a schedule's value, or None for 0."""
             decay = self.lars_weight_decay
-            if callable(decay):  # on the clock Keras asks the learning rate's schedule on
-                value = decay(self._iterations)
+            if callable(decay):  # as Keras asks the learning rate: a schedule on its clock
+                schedule = isinstance(decay, keras.optimizers.schedules.LearningRateSchedule)
+                value = decay(self._iterations) if schedule else decay()
                 if _checks.is_number(value):  # (an array is not read, as in lars_multi.optim)
                     return _checks.check_rate_number("weight_decay(iterations)", value)
                 return value

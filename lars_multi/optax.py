@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import optim
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError
 from .optim import LarsState, Mask, Schedule
@@ -44,6 +46,23 @@ __all__ = ["LarsState", "lars"]
 
 def _difference(new: Any, old: Any) -> Any:
     return None if new is None else new - old
+
+
+def _with_jax_arrays(state: Any) -> Any:
+    """``state`` with its NumPy arrays as JAX arrays: a state restored by
+    ``flax.serialization`` (or read from any NumPy checkpoint) holds NumPy arrays,
+    which optax's own transformations take as they are."""
+    if not isinstance(state, LarsState) or all(map(_is_jax, jax.tree.leaves(state))):
+        return state  # (anything else: lm.optim's step says what it expected)
+    return jax.tree.map(_to_jax, state)
+
+
+def _is_jax(x: Any) -> bool:
+    return isinstance(x, jax.Array)
+
+
+def _to_jax(x: Any) -> Any:
+    return jax.numpy.asarray(x) if isinstance(x, np.ndarray | np.generic) else x
 
 
 def _concrete(name: str, value: Any) -> Any:
@@ -121,7 +140,7 @@ def lars(
                 "params: lm.optax.lars needs the parameters (the trust ratio is |w| / |g|): "
                 "call update(grads, state, params)"
             )
-        new_params, new_state = opt.step(params, updates, state)
+        new_params, new_state = opt.step(params, updates, _with_jax_arrays(state))
         steps = jax.tree.map(_difference, new_params, params, is_leaf=lambda x: x is None)
         return steps, new_state
 

@@ -338,7 +338,7 @@ def test_rates_of_every_kind_are_checked():
         lars_multi.keras.LARS(np.ones(2))
     variable = keras.Variable(np.ones((2, 2), np.float32))
     gradient = keras.ops.convert_to_tensor(np.full((2, 2), 0.5, np.float32))
-    optimizer = lars_multi.keras.LARS(0.1, weight_decay=lambda step: -5.0)
+    optimizer = lars_multi.keras.LARS(0.1, weight_decay=lambda: -5.0)
     with pytest.raises(
         lm.LarsMultiValueError, match=r"^weight_decay\(iterations\): expected a finite number >= 0"
     ):
@@ -352,6 +352,17 @@ def test_rates_of_every_kind_are_checked():
     with pytest.raises(lm.LarsMultiTypeError, match=r"^learning_rate: expected .*a callable of no arguments"):
         lars_multi.keras.LARS(lambda step: 0.1)
     lars_multi.keras.LARS(lambda: 0.1)  # (Keras calls it with no argument)
+    # A weight decay is called as the learning rate is (it was called with the step, and a
+    # callable of no arguments, taken when the optimizer was made, failed at the first step).
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^weight_decay: expected .*a callable of no arguments"):
+        lars_multi.keras.LARS(0.1, weight_decay=lambda step: 0.1)
+    results = []
+    for decay in (lambda: 0.5, 0.5):
+        variable = keras.Variable(np.ones((2, 2), np.float32))
+        lars_multi.keras.LARS(0.1, weight_decay=decay, preset="optax").apply([gradient], [variable])
+        results.append(keras.ops.convert_to_numpy(variable))
+    np.testing.assert_array_equal(*results)
+    assert not np.array_equal(results[0], np.ones((2, 2)))
 
     class Shifted(lm.schedules.warmup_polynomial):
         pass

@@ -271,6 +271,26 @@ def test_eager_equals_jit_and_state_is_a_pytree_of_arrays():
     assert jax.tree.unflatten(treedef, flat) == jit_state
 
 
+def test_a_state_restored_with_numpy_arrays_updates_eagerly_as_optax_lars_does():
+    """A state read back from a checkpoint as NumPy arrays (flax.serialization's
+    from_bytes, np.asarray of each leaf) was refused eagerly (MixedFrameworksError);
+    optax's transformations take it, eager and jitted, as lm.optax now does."""
+    import jax
+
+    params, grads = _params_and_grads(4)
+    tx = lm.optax.lars(0.2, weight_decay=1e-3, trust_coefficient=0.02, preset="timm")
+    state = tx.init(params)
+    _, state = tx.update(grads[0], state, params)
+    want, want_state = tx.update(grads[1], state, params)
+    restored = jax.tree.map(np.asarray, state)
+    assert not any(isinstance(x, jax.Array) for x in jax.tree.leaves(restored))
+    for update in (tx.update, jax.jit(tx.update)):
+        got, got_state = update(grads[1], restored, params)
+        _assert_trees_close(got, want, atol=0)
+        _assert_trees_close(got_state.momentum, want_state.momentum, atol=0)
+        assert int(got_state.count) == 2
+
+
 def test_updates_are_the_step():
     import jax
 
