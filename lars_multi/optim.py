@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from . import _checks
 from ._aliasing import array_values, check_handles, check_untouched, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
@@ -300,7 +302,9 @@ class LarsOptimizer:
         (copied into ``out``), the buffers as they are, the step count advanced."""
         _check_state(state)
         arrays = [x for x in flat.leaves if _checks.owner(x) is not None]
-        ops = get_backend(_checks.call_backend(arrays, [()] * len(arrays), "params"))
+        name = _checks.call_backend(arrays, [()] * len(arrays), "params")
+        ops = get_backend(name)
+        _check_count(state.count, name, ops)
         new_state = state._replace(count=ops.asarray(state.count + 1, "int32"))
         if out is None or out is params:
             return params, new_state
@@ -370,6 +374,7 @@ class LarsOptimizer:
         self, state: Any, flat: Flat, active: list[int], ws: list[Any], name: str, ops: Backend
     ) -> list[Any]:
         _check_state(state)
+        _check_count(state.count, name, ops)
         if self.config.momentum == 0:
             return [None] * len(flat.leaves)
         if state.momentum is None:
@@ -458,6 +463,34 @@ def _rate_now(
 def _check_state(state: Any) -> None:
     if not isinstance(state, LarsState):
         raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
+
+
+# The step count is an int32 array: a count read on the host must leave room for the next.
+_LAST_COUNT = 2**31 - 2
+
+
+def _check_count(count: Any, name: str, ops: Backend) -> None:
+    """``state.count``: an integer >= 0, as a Python int or a 0-d integer array of
+    NumPy or of the parameters' framework. A value on the host (Python, NumPy) is
+    checked too; an array of the framework is not read (it may be on a device)."""
+    data = _checks.unwrap(count)
+    if isinstance(data, np.ndarray) and data.shape == () and data.dtype.kind in "iu":
+        data = data[()]
+    if isinstance(data, int | np.integer) and not isinstance(data, bool):
+        if not 0 <= data <= _LAST_COUNT:
+            raise LarsMultiValueError(f"state.count: expected an integer in [0, {_LAST_COUNT}], got {data}")
+        return
+    if (
+        _checks.owner(data) != name
+        or len(data.shape)
+        or not ops.dtype_name(data.dtype).startswith(("int", "uint"))
+    ):
+        got = type_name(count) + (
+            f" of dtype {data.dtype} and shape {tuple(data.shape)}" if hasattr(data, "dtype") else ""
+        )
+        raise LarsMultiTypeError(
+            f"state.count: expected an integer >= 0, or a 0-d integer array of NumPy or {name}, got {got}"
+        )
 
 
 def _flatten_params(params: Any) -> Flat:

@@ -791,6 +791,11 @@ def _bad_steps(name, grads):
         ("not a state", opt, "not-a-state", ["state"]),
         ("a buffer of another dtype", opt, "buffer-float16", ["state.momentum['conv']", "float16"]),
         ("a buffer that is a number", opt, "buffer-number", ["state.momentum['conv']", "float"]),
+        # (a float count was floored, a negative one skipped timm's first step, the last int32
+        # one wrapped to a negative count)
+        ("a float count", opt, "count-0.5", ["state.count", "float"]),
+        ("a negative count", opt, "count--1", ["state.count", "-1"]),
+        ("a count int32 cannot advance", opt, f"count-{2**31 - 1}", ["state.count", "2147483647"]),
     ]
 
 
@@ -816,6 +821,10 @@ def test_step_errors_write_nothing(name, problem):
                 native(name, np.zeros(SHAPES["conv"]), "float16") if bad_g == "buffer-float16" else 1.0
             )
             the_state, bad_g = state._replace(momentum=dict(state.momentum, conv=bad_buffer)), g
+        elif isinstance(bad_g, str) and bad_g.startswith("count-"):
+            count = float(bad_g.removeprefix("count-"))
+            count = np.float32(count) if count % 1 else np.int64(count)
+            the_state, bad_g = state._replace(count=count), g
         elif bad_g is None:
             bad_g = g
         try:
