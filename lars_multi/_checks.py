@@ -123,6 +123,18 @@ def check_weights(path: Any, w: Any, ops: Backend) -> None:
         raise LarsMultiTypeError(f"{path}: expected dense weights, got a {ops.layout_name(w)} {type_name(w)}")
 
 
+def check_tree(arg: str, tree: Any, flat: Flat) -> None:
+    """``tree`` must be an array or a tree of arrays: an object that is neither (a
+    framework's module or parameter container, which optree does not open) is one
+    leaf that is no array, and is named as such (not as a mismatch of the others)."""
+    if len(flat.leaves) == 1 and flat.leaves[0] is tree and tree is not None and owner(tree) is None:
+        hint = "; pass dict(m.named_parameters())" if hasattr(tree, "named_parameters") else ""
+        raise LarsMultiTypeError(
+            f"{arg}: expected an array or a tree of arrays (dicts, lists, tuples), got {type_name(tree)}"
+            + hint
+        )
+
+
 def check_some_leaves(arg: str, tree: Any, flat: Flat) -> None:
     """``tree`` must hold a leaf: None or an empty tree is not weights to update (a call
     on one returned it, every other argument unchecked)."""

@@ -147,6 +147,7 @@ def _update_tree(
     w: Any, dcdw: Any, lr: Any, decay_lambda: Any, stop_gradients: Any, out: Any, axis_name: Any = None
 ) -> Any:
     flat = flatten(w)
+    _checks.check_tree("w", w, flat)
     if not flat.leaves:  # an empty tree: itself (as a tree map gives), once the others agree
         _check_empty(w, dcdw, out)
         return w if out is None else out

@@ -132,6 +132,7 @@ class LarsOptimizer:
     def init(self, params: Any) -> LarsState:
         """Step count 0 and zero momentum buffers like ``params``."""
         flat = _flatten_params(params)
+        _checks.check_tree("params", params, flat)
         leaves = [_checks.unwrap(x) for x in flat.leaves if _checks.owner(x) is not None]
         if not leaves:
             raise LarsMultiValueError("params: expected a tree with at least one array, got none")
@@ -160,6 +161,7 @@ class LarsOptimizer:
         place and returned; everything is checked before anything is written.
         """
         flat = _flatten_params(params)
+        _checks.check_tree("params", params, flat)
         _checks.check_some_leaves("params", params, flat)
         all_grads = leaves_like("grads", grads, flat)
         active = present(all_grads)

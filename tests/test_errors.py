@@ -259,12 +259,30 @@ def _check_non_float_weights(w, dtype):
 def test_weights_not_arrays(backend):
     with raises(TypeError, r"^w\[0\]: expected an array, got float", lm.LarsMultiTypeError):
         lm.lars_update([1.0, 2.0], [0.1, 0.2], 0.1)
-    with raises(TypeError, r"^w: expected an array, got str", lm.LarsMultiTypeError):
+    with raises(TypeError, r"^w: expected an array or a tree of arrays .*, got str", lm.LarsMultiTypeError):
         lm.lars_update("weights", native(backend, G), 0.1)
     with raises(TypeError, r"^dcdw: expected an array like w, got float", lm.LarsMultiTypeError):
         lm.lars_update(native(backend, W), 0.5, 0.1)
     with raises(TypeError, r"^dcdw\['a'\]: expected an array like w\['a'\], got str", lm.LarsMultiTypeError):
         lm.lars_update({"a": native(backend, W)}, {"a": "g"}, 0.1)
+
+
+def test_a_parameter_container_is_named_as_no_tree():
+    """A framework's module or parameter container is no tree (optree does not open it):
+    it was reported as dcdw's mismatch ("expected a single array like w, got a dict"),
+    or by lm.optim as a tree with no array."""
+    require_backend("torch")
+    import torch
+
+    container = torch.nn.ParameterDict({"a": torch.nn.Parameter(torch.ones(3))})
+    message = r"^{}: expected an array or a tree of arrays .*, got torch.ParameterDict; pass dict\(m.named"
+    with raises(TypeError, message.format("w"), lm.LarsMultiTypeError):
+        lm.lars_update(container, {"a": torch.ones(3)}, 0.1)
+    opt = lm.optim.lars(0.1)
+    with raises(TypeError, message.format("params"), lm.LarsMultiTypeError):
+        opt.init(container)
+    with raises(TypeError, message.format("params"), lm.LarsMultiTypeError):
+        opt.step(container, {"a": torch.ones(3)}, opt.init({"a": torch.ones(3)}))
 
 
 def test_weights_without_arrays(backend):
