@@ -174,12 +174,21 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
 _HALF_CHUNK_BYTES = 2 << 20
 
 
+def shape(x: Any) -> tf.TensorShape:
+    """``x``'s shape as far as it is known now: a variable made with a partly or wholly
+    unknown shape (``tf.Variable(..., shape=[None, 4])``) has its value's in eager mode."""
+    static = x.shape
+    if isinstance(x, tf.Variable) and not static.is_fully_defined() and tf.executing_eagerly():
+        return x.value().shape
+    return static
+
+
 def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     """The layers by dtype, half layers in chunks of about ``_HALF_CHUNK_BYTES``."""
     return _batching.batches(
         ws,
         key=lambda w: w.dtype,
-        nbytes=lambda w: w.shape.num_elements() * w.dtype.size,
+        nbytes=lambda w: (shape(w).num_elements() or 0) * w.dtype.size,  # (0: unknown, traced)
         budget=lambda dtype: _HALF_CHUNK_BYTES if dtype in _HALF else None,
     )
 

@@ -202,9 +202,10 @@ def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend, *, read:
         raise LarsMultiTypeError(
             f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}{hint}"
         )
-    if data.shape != w.shape and _shapes_conflict(data.shape, w.shape):
+    shape, w_shape = ops.shape(data), ops.shape(w)
+    if shape != w_shape and _shapes_conflict(shape, w_shape):
         raise LarsMultiValueError(
-            f"{path}: expected shape {tuple(w.shape)} (the shape of {w_path}), got {tuple(data.shape)}"
+            f"{path}: expected shape {tuple(w_shape)} (the shape of {w_path}), got {tuple(shape)}"
         )
 
 
@@ -239,7 +240,10 @@ def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> Non
 
 
 def _shapes_conflict(a: Any, b: Any) -> bool:
-    """True unless the shapes agree where both are known (traced shapes may hold None)."""
+    """True unless the shapes agree where both are known (traced shapes may hold None,
+    or have no known rank)."""
+    if None in (getattr(a, "rank", 0), getattr(b, "rank", 0)):
+        return False
     a, b = tuple(a), tuple(b)
     return len(a) != len(b) or any(x is not None and y is not None and x != y for x, y in zip(a, b))
 

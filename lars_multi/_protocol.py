@@ -53,6 +53,7 @@ class Backend(Protocol):
     def layout_name(self, x: Any) -> str: ...
     def dtype_hint(self, got: Any, expected: Any) -> str: ...
     def device(self, x: Any) -> Any: ...
+    def shape(self, x: Any) -> Any: ...
     def misplaced(self, value: Any, ws: Sequence[Any]) -> int | None: ...
     def memory_roots(self, xs: Sequence[Any]) -> list[Hashable | None]: ...
     def overlaps(self, a: Any, b: Any) -> bool: ...
@@ -122,6 +123,10 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
 
     def device(x: Any) -> Any:
         return None
+
+    def shape(x: Any) -> Any:
+        """``x``'s shape as far as it is known now (traced dimensions may be None)."""
+        return x.shape
 
     def misplaced(value: Any, ws: Sequence[Any]) -> int | None:
         """The index of the first of ``ws`` whose arithmetic cannot read the 0-d
@@ -230,6 +235,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             layout_name,
             dtype_hint,
             device,
+            shape,
             misplaced,
             memory_roots,
             overlaps,

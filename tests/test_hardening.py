@@ -655,6 +655,33 @@ def test_jax_rates_as_a_tree_of_a_registered_pytree():
         lm.lars_update(w, {"x": jnp.asarray(G), "y": jnp.asarray(G)}, 0.1)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_tf_variables_of_unknown_static_shape_are_checked_by_their_values(dtype):
+    """A variable made with shape [None, 4] (or no known rank) has its value's shape in
+    eager mode: a gradient of another shape passed the static check and TensorFlow
+    raised after the other layer was assigned; half layers failed a bare TypeError in
+    batching, and an unknown rank one in the shape check."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    other = tf.Variable(W.astype(dtype))
+    partial = tf.Variable(W.astype(dtype), shape=tf.TensorShape([None, 3]))
+    with pytest.raises(lm.LarsMultiValueError, match=r"^dcdw\[1\]: expected shape \(4, 3\) .*got \(2, 3\)"):
+        lm.lars_update(
+            [other, partial],
+            [tf.constant(G.astype(dtype)), tf.constant(G[:2].astype(dtype))],
+            0.1,
+            out=[other, partial],
+        )
+    np.testing.assert_array_equal(other.numpy(), W.astype(dtype))
+    unknown = tf.Variable(W.astype(dtype), shape=tf.TensorShape(None))
+    grads = [tf.constant(G.astype(dtype))] * 3
+    lm.lars_update([other, partial, unknown], grads, 0.1, decay_lambda=0.01, out=[other, partial, unknown])
+    expected = to_numpy(lm.lars_update(tf.constant(W.astype(dtype)), grads[0], 0.1, decay_lambda=0.01))
+    for v in (other, partial, unknown):
+        np.testing.assert_array_equal(v.numpy(), expected)
+
+
 def test_tf_tied_outputs_inside_tf_function_are_refused_clearly():
     """Inside tf.function the two new values of one variable cannot be compared: a
     LarsMultiValueError says so (it was an AttributeError of the symbolic tensor)."""
