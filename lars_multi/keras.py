@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from . import _checks, optim, schedules
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError, type_name
 from ._registry import backend_of, get_backend
@@ -202,6 +204,7 @@ if keras is not None:
             )
             super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
             self._lars_config = checked.config
+            self._lars_learning_rate = checked.learning_rate  # (0.0 for a schedule: Keras')
             self.lars_weight_decay = checked.weight_decay
             self.momentum = checked.config.momentum
             self.nesterov = nesterov
@@ -222,6 +225,7 @@ if keras is not None:
             """Momentum buffers (none when momentum is 0) and each variable's flags."""
             if self.built:
                 return
+            self._check_fits(var_list)
             super().build(var_list)
             default = self._lars_config.preset.default_mask
             self._lars_flags = []
@@ -245,6 +249,27 @@ if keras is not None:
                     self.add_variable((), dtype="float32", name=f"lars_started_{i}")
                     for i in range(len(var_list))
                 ]
+
+        def _check_fits(self, var_list: list[Any]) -> None:
+            """The numbers among the hyper-parameters must be finite in the dtype each
+            variable computes in (``1e39`` is inf in float32), as lars_multi.optim's are."""
+            config = self._lars_config
+            numbers = {
+                "learning_rate": self._lars_learning_rate,
+                "weight_decay": self.lars_weight_decay,
+                "trust_coefficient": config.trust_coefficient,
+                "eps": config.eps,
+            }
+            for variable in var_list:
+                compute = keras.backend.result_type(variable.dtype, "float32")
+                for name, value in numbers.items():
+                    if not _checks.is_number(value):  # (a schedule: its values are checked as it goes)
+                        continue
+                    if abs(value) > float(np.finfo(compute).max):
+                        raise LarsMultiValueError(
+                            f"{name}: expected a number that fits {compute} (the dtype {variable.path} "
+                            f"computes in), got {value!r}, which overflows it to inf"
+                        )
 
         def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
             """One LARS step on one variable, by the shared rule."""

@@ -356,6 +356,15 @@ def test_rates_of_every_kind_are_checked():
     # callable of no arguments, taken when the optimizer was made, failed at the first step).
     with pytest.raises(lm.LarsMultiTypeError, match=r"^weight_decay: expected .*a callable of no arguments"):
         lars_multi.keras.LARS(0.1, weight_decay=lambda step: 0.1)
+    # Numbers that overflow a variable's compute dtype are refused when the optimizer is
+    # built, naming it (float32 variables silently became inf, or stopped adapting).
+    for name in ("learning_rate", "weight_decay", "trust_coefficient", "eps"):
+        arguments = {"learning_rate": 0.1, name: 1e39}
+        optimizer = lars_multi.keras.LARS(**arguments)
+        with pytest.raises(lm.LarsMultiValueError, match=rf"^{name}: expected a number that fits float32"):
+            optimizer.apply([gradient], [keras.Variable(np.ones((2, 2), np.float32))])
+    wide = keras.Variable(np.ones((2, 2)), dtype="float64")
+    lars_multi.keras.LARS(0.1, trust_coefficient=1e39).apply([keras.ops.cast(gradient, "float64")], [wide])
     results = []
     for decay in (lambda: 0.5, 0.5):
         variable = keras.Variable(np.ones((2, 2), np.float32))
