@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import _registry
 from ._errors import LarsMultiValueError
 from ._protocol import Backend
 
@@ -26,6 +27,8 @@ Key = TypeVar("Key", bound=Hashable)
 
 def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
     """Whether writing ``outs`` one by one could change an input not yet read."""
+    if _registry.is_compiling():  # (id() would make torch.compile guard on each input object: a new
+        return _same_objects(outs, ws, gs)  # gradient each step would recompile)
     out_ids = set(map(id, outs))
     if len(out_ids) != len(outs) or not out_ids.isdisjoint(map(id, gs)):
         return True
@@ -36,6 +39,16 @@ def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Se
         if any(position.get(id(x), i) != i for i, x in enumerate(ws)):
             return True
     return _shares_memory(ops, outs, ws, gs, in_place)
+
+
+def _same_objects(outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
+    """Whether an output is another output, a gradient, or another layer's weights, by
+    ``is`` (which a tracer answers from the inputs' aliasing, not their identities)."""
+    for i, o in enumerate(outs):
+        others = (*outs[:i], *gs, *ws[:i], *ws[i + 1 :])
+        if any(o is x for x in others):
+            return True
+    return False
 
 
 def write_all(

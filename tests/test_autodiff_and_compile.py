@@ -443,6 +443,33 @@ def test_torch_compile_fullgraph(case):
     torch._dynamo.reset()
 
 
+def test_torch_compile_in_place_takes_new_gradients_and_rates_without_recompiling():
+    """A training loop gives new gradient tensors at each step (zero_grad(set_to_none=True))
+    and maybe a new 0-d rate: the in-place step was compiled again at every call (its
+    aliasing check took id() of each input, which Dynamo guards), and failed at the
+    recompile limit. It compiles once or twice, and equals the eager step."""
+    require_backend("torch")
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    step = torch.compile(
+        lambda w, g, lr: lm.lars_update(w, g, lr, decay_lambda=0.01, out=w), backend=counter, fullgraph=True
+    )
+    w = {"a": torch.tensor(W), "b": torch.tensor(W2)}
+    eager = {k: v.clone() for k, v in w.items()}
+    for i in range(12):
+        g = {"a": torch.tensor(G) * (i + 1), "b": torch.tensor(G2)}
+        lr = torch.tensor(0.1 / (i + 1))
+        step(w, g, lr)
+        lm.lars_update(eager, {k: v.clone() for k, v in g.items()}, lr.clone(), decay_lambda=0.01, out=eager)
+    assert counter.frame_count <= 2, counter.frame_count  # (the second call may mark a size dynamic)
+    for k in w:
+        torch.testing.assert_close(w[k], eager[k])
+    torch._dynamo.reset()
+
+
 def test_torch_compile_fullgraph_on_a_first_call():
     """A compiled call may be the first: the backend is imported inside the trace."""
     require_backend("torch")
