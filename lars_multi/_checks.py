@@ -113,12 +113,17 @@ def _dtype(ops: Backend, x: Any) -> str:
     return ops.dtype_name(x.dtype)
 
 
-_FLOATS = "a floating dtype (float16, bfloat16, float32 or float64)"
+def _floats(ops: Backend) -> str:
+    """The floating dtypes the backend computes in, as a message names them."""
+    unique = {ops.dtype_name(dtype).split(" (")[0] for dtype in ops.FLOAT_DTYPES}  # (byte orders: one)
+    names = sorted(unique, key=lambda n: (int("0" + "".join(filter(str.isdigit, n))), n))
+    listed = ", ".join(names[:-1]) + " or " if len(names) > 1 else ""
+    return f"a floating dtype ({listed}{names[-1]})"
 
 
 def check_weights(path: Any, w: Any, ops: Backend) -> None:
     if w.dtype not in ops.FLOAT_DTYPES:
-        raise LarsMultiTypeError(f"{path}: expected {_FLOATS}, got {_dtype(ops, w)}")
+        raise LarsMultiTypeError(f"{path}: expected {_floats(ops)}, got {_dtype(ops, w)}")
     if not ops.is_dense(w):
         raise LarsMultiTypeError(f"{path}: expected dense weights, got a {ops.layout_name(w)} {type_name(w)}")
 
@@ -412,7 +417,7 @@ def _check_scalar_array(path: Any, value: Any, name: str, ops: Backend, expected
     if len(data.shape) != 0:
         raise LarsMultiValueError(f"{path}: expected a 0-d array, got shape {tuple(data.shape)}")
     if data.dtype not in ops.FLOAT_DTYPES:
-        raise LarsMultiTypeError(f"{path}: expected {_FLOATS}, got {_dtype(ops, data)}")
+        raise LarsMultiTypeError(f"{path}: expected {_floats(ops)}, got {_dtype(ops, data)}")
     return data
 
 

@@ -32,12 +32,17 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-import torch
+from ._registry import get_backend
+
+try:
+    import torch
+except ImportError:
+    get_backend("torch")  # (raises BackendNotInstalledError, with the pip command that fixes it)
+    raise
 
 from . import _checks, _registry
 from ._aliasing import array_values, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
-from ._registry import get_backend
 from ._step import LayerFlags, StepConfig, lars_step
 from .backends.torch import PLAIN_TYPES, tensor_kind
 from .optim import lars

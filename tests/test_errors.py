@@ -346,7 +346,7 @@ def test_lr_integer_array(backend):
     w, g = native(backend, W), native(backend, G)
     with raises(
         TypeError,
-        r"^lr: expected a floating dtype \(float16, bfloat16, float32 or float64\), got int32",
+        r"^lr: expected a floating dtype \(bfloat16, float16, float32 or float64\), got int32",
         lm.LarsMultiTypeError,
     ):
         lm.lars_update(w, g, native(backend, np.array(1, np.int32)))

@@ -367,6 +367,21 @@ print(lm.available_backends())
     assert "torch" in lines[2]  # ... though every backend is registered
 
 
+def test_the_torch_front_door_without_torch_says_how_to_install_it():
+    """lm.torch without torch raised a bare ModuleNotFoundError (lm.optax and lm.keras
+    said what to install)."""
+    script = """
+import sys
+sys.modules["torch"] = None  # (torch cannot be imported)
+import lars_multi as lm
+try:
+    lm.torch
+except lm.BackendNotInstalledError as e:
+    print(str(e))
+"""
+    assert run_python(script).endswith('pip install "lars-multi[torch]"')
+
+
 def test_using_a_backend_imports_only_its_framework():
     """lars_multi imports nothing beyond what the framework itself imports (TensorFlow's
     Keras may bring JAX along, when it is installed)."""
@@ -458,7 +473,10 @@ def test_toy_backend_errors(toy):
     w = toy.ToyTensor(W)
     with pytest.raises(lm.LarsMultiValueError, match=r"^dcdw: expected shape \(3,\)"):
         lm.lars_update(w, toy.ToyTensor(G[:2]), 0.1)
-    with pytest.raises(lm.LarsMultiTypeError, match=r"^w: expected a floating dtype .*got float16"):
+    # (the dtypes the backend computes in: the message listed the built-in backends', float16 too)
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^w: expected a floating dtype \(float32 or float64\), got float16"
+    ):
         lm.lars_update(toy.ToyTensor(W.astype(np.float16)), toy.ToyTensor(G.astype(np.float16)), 0.1)
     with pytest.raises(
         lm.MixedFrameworksError, match=r"^dcdw: expected a toy array like w, got a numpy array"
