@@ -64,7 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(benchmarks/optimizer.py; writes optimizer.json; tensorflow means keras there)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():  # (said before the run, not after it)
+        parser.error(f"--out: expected a folder (made if missing), got the file {args.out}")
+    return args
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:

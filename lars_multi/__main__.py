@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lars_multi", description=__doc__)
     parser.add_argument("command", choices=["info", "demo", "bench", "train"])
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for bench and train")
+    if not (sys.argv[1:] if argv is None else argv):  # (argparse would call the optional rest required)
+        parser.error("a command is required: info, demo, bench or train")
     args = parser.parse_args(argv)
     if args.rest and args.command in ("info", "demo"):
         parser.error(f"{args.command} takes no arguments, got {' '.join(args.rest)}")

@@ -529,6 +529,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
             problems.append(
                 f"--out: expected a .png file in an existing folder that can be written, got {args.out}"
             )
+    missing = [
+        name for name in ("sklearn", "matplotlib", args.backend) if importlib.util.find_spec(name) is None
+    ]
+    if missing:  # (the data, the plot, the framework: said before training, not after it)
+        names = ["scikit-learn" if name == "sklearn" else name for name in missing]
+        problems.append(
+            f"train needs {', '.join(names)}, which cannot be imported here: pip install {' '.join(names)}"
+        )
     if problems:
         raise SystemExit("\n".join(problems))
 

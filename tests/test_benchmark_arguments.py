@@ -28,3 +28,13 @@ def test_bad_arguments_are_refused(args, needle, tmp_path):
         suite.main([*args, "--out", str(tmp_path / "results")])
     assert needle in str(info.value.code)
     assert not (tmp_path / "results").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
+    """--out naming a file failed mkdir after the whole run, with a traceback."""
+    target = tmp_path / "results"
+    target.write_text("not a folder")
+    with pytest.raises(SystemExit) as info:
+        suite.main(["--workloads", "tiny", "--out", str(target)])
+    assert info.value.code == 2
+    assert "--out: expected a folder" in capsys.readouterr().err

@@ -8,6 +8,7 @@ test accuracy with two decimals.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import pytest
 from conftest import ALL_BACKENDS, require_backend
@@ -94,6 +95,25 @@ def test_bad_arguments_are_refused_before_training(args, needle, tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == (
         ["made.png"] if "made.png" in args else []
     )  # nothing written
+
+
+@pytest.mark.parametrize("module", ["matplotlib", "sklearn", "torch"])
+def test_a_missing_package_is_named_before_training(module, monkeypatch, tmp_path):
+    """Without matplotlib the whole training ran, then plotting raised; without
+    scikit-learn or the backend's framework, a traceback."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, module, None)  # (cannot be imported)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--backend", "torch", "--epochs", "1"])
+    name = "scikit-learn" if module == "sklearn" else module
+    assert f"train needs {name}, which cannot be imported here" in str(info.value.code)
+
+
+def test_no_command_is_a_usage_error_naming_the_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "a command is required: info, demo, bench or train" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["info", "demo"])
