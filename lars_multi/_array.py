@@ -26,18 +26,21 @@ class Array:
         if isinstance(data, Array):
             data, backend = data.data, backend or data.backend
         known = backend_of(data)
-        if known is not None and backend is not None and backend != known:
-            raise MixedFrameworksError(
-                f"backend: expected the backend of data, {known!r}, got {backend!r} (a {type_name(data)})"
-            )
-        owner = backend or known
-        if owner is None:
+        if backend is None:
+            backend = known
+        elif backend != known and not get_backend(backend).is_native(data):  # (a registered backend
+            if known is not None:  # may take another's arrays: its is_native says)
+                raise MixedFrameworksError(
+                    f"backend: expected the backend of data, {known!r}, got {backend!r} (a {type_name(data)})"
+                )
+            backend = None
+        if backend is None:
             raise LarsMultiTypeError(
                 f"data: expected a native array of an imported framework, got {type_name(data)}"
                 " (use lars_multi.array(obj) to build one from Python data)"
             )
         self.data = data
-        self.backend = owner
+        self.backend = backend
 
     def __reduce__(self) -> tuple[Any, ...]:
         # pickle, copy.copy and copy.deepcopy rebuild the Array from its native
@@ -76,6 +79,10 @@ class Array:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __bool__(self) -> bool:
+        """As the data's (a 0-d array's value; more elements: the framework's error)."""
+        return bool(self.data)
 
     def __repr__(self) -> str:
         values = self.to_numpy()

@@ -316,6 +316,28 @@ def test_lm_array_of_another_backends_data_is_refused():
                 lm.Array(np.ones(2, np.float32), other)
 
 
+def test_lm_array_of_data_no_framework_owns_is_refused():
+    """lm.Array(data, backend) took a list, a string or None as it was, and failed on first
+    use with a raw AttributeError; an unknown backend name was called a mixed framework."""
+    require_backend("numpy")
+    for data in ([1.0, 2.0], "hello", None):
+        with pytest.raises(
+            lm.LarsMultiTypeError, match=r"^data: expected a native array of an imported framework"
+        ):
+            lm.Array(data, "numpy")
+    with pytest.raises(lm.UnknownBackendError, match=r"^backend: expected one of .*got 'bogus'"):
+        lm.Array(np.ones(2, np.float32), "bogus")
+
+
+def test_lm_array_truth_is_its_datas():
+    """bool() of an Array is its data's: a 0-d array's value (it came from len(), which a
+    0-d array has not), an error for several elements, as the frameworks say."""
+    require_backend("numpy")
+    assert not lm.array(0.0) and lm.array(2.0) and not lm.array([0.0])
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(lm.array([1.0, 2.0]))
+
+
 def test_container_keys_set_later_are_strings_too():
     c = lm.Container({"a": np.ones(2, np.float32)})
     with pytest.raises(lm.LarsMultiTypeError, match="Container keys"):
