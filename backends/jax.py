@@ -59,18 +59,32 @@ class _Devices(NamedTuple):
 
 
 def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
-    """Arrays of the weights' type, dtype and shape, each uncommitted or committed
-    to its weights' devices."""
+    """Arrays of the weights' type, dtype and shape, each uncommitted or laid out as
+    its weights (committed to their sharding)."""
     return all(
         [
-            type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape and _placed(device(x), w)
+            type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape and _laid_out_as(x, w)
             for x, w in zip(xs, ws)
         ]
     )
 
 
-def _placed(place: Any, w: Any) -> bool:
-    return place is None or place == device(w)
+def _committed(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer) and x.committed
+
+
+def _laid_out_as(x: Any, w: Any) -> bool:
+    return not _committed(x) or (_committed(w) and x.sharding == w.sharding)
+
+
+def conform(x: Any, w: Any) -> Any:
+    """``x`` (checked like ``w``: on its devices) with ``w``'s sharding: the program's
+    results then keep the weights' layout (XLA laid them out as it chose, replicated
+    even, where a gradient had another layout over the same devices, or the same
+    devices in another order)."""
+    if not (_committed(x) and _committed(w)) or x.sharding == w.sharding:
+        return x
+    return jax.device_put(x, w.sharding)
 
 
 def misplaced(value: Any, ws: Sequence[Any]) -> int | None:
@@ -202,6 +216,14 @@ def unstack(vector: Any) -> list[jax.Array]:
 _HALF_CHUNK_BYTES = 2 << 20
 
 
+def _placement(w: Any) -> Any:
+    """What one program needs its committed arrays to share: a mesh (its devices in its
+    order), else the devices; None for an uncommitted array."""
+    if not _committed(w):
+        return None
+    return getattr(w.sharding, "mesh", None) or device(w)
+
+
 def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     """The layers by dtype and the devices they are committed to (one program takes
     arrays of one set of devices), each one program, half layers in chunks of about
@@ -210,7 +232,7 @@ def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     traced = isinstance(ws[0], jax.core.Tracer)
     return _batching.batches(
         ws,
-        key=lambda w: (w.dtype, device(w)),
+        key=lambda w: (w.dtype, _placement(w)),
         nbytes=lambda w: w.nbytes,
         budget=lambda key: _HALF_CHUNK_BYTES if key[0] in _HALF and not traced else None,
     )

@@ -196,7 +196,7 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any
         )
     check_like(path, data, w_path, w, ops)
     check_device(path, data, w_path, w, ops)
-    return data
+    return ops.conform(data, w)
 
 
 def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend, *, read: bool = True) -> None:

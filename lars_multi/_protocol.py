@@ -50,6 +50,7 @@ class Backend(Protocol):
     def all_dense(self, xs: Sequence[Any]) -> bool: ...
     def alike(self, xs: Sequence[Any], ws: Sequence[Any]) -> bool: ...
     def densify(self, x: Any) -> Any: ...
+    def conform(self, x: Any, w: Any) -> Any: ...
     def layout_name(self, x: Any) -> str: ...
     def dtype_hint(self, got: Any, expected: Any) -> str: ...
     def device(self, x: Any) -> Any: ...
@@ -109,6 +110,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         """Whether every array is dense, asked of the list at once: here, where every
         array is, True."""
         return True
+
+    def conform(x: Any, w: Any) -> Any:
+        """``x`` (a gradient or buffer, checked like the weights ``w``) laid out as ``w``,
+        where the framework would lay results out as it chose: here ``x`` itself."""
+        return x
 
     def densify(x: Any) -> Any:
         """A dense native array for a framework's sparse gradient, or None."""
@@ -232,6 +238,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             all_dense,
             alike,
             densify,
+            conform,
             layout_name,
             dtype_hint,
             device,

@@ -195,6 +195,20 @@ for label, specs, names in (
     pw = put2(pair_w)
     record(f"shard_map/pair_{label}", f(pw, put2(pair_g)), pair_ref, pw)
 
+# 3b. Gradients of another layout over the weights' devices (XLA laid the result out as it
+# chose: replicated on a 4 x 2 mesh), or over the same devices in another order (a raw
+# "incompatible devices" error): each gradient is laid out as its weights first.
+mesh42 = jax.make_mesh((4, 2), ("a", "b"))
+flipped = jax.sharding.Mesh(np.array(jax.devices()[::-1]), ("x",))
+kernel, kernel_g = W["dense"]["kernel"], G["dense"]["kernel"]
+grid_w = jax.device_put(kernel, NamedSharding(mesh42, P("a", "b")))
+grid_ref = update(jnp.asarray(kernel), jnp.asarray(kernel_g))
+for label, g in (
+    ("transposed_layout", jax.device_put(kernel_g, NamedSharding(mesh42, P("b", "a")))),
+    ("devices_in_another_order", jax.device_put(kernel_g, NamedSharding(flipped, P("x")))),
+):
+    record(f"layout/{label}", update(grid_w, g), grid_ref, grid_w)
+
 # 4. A name that no enclosing shard_map binds: lax.psum fails a bare assertion there.
 try:
     jax.jit(smap(lambda w, g: update(w, g, axis_name="zz"), ALL))(wa, put(G, ALL))
@@ -221,6 +235,13 @@ def test_named_sharding_equals_unsharded_and_keeps_sharding(results: dict) -> No
     for case, v in cases.items():
         assert v["rel"] <= TOLERANCE, (case, v)
         assert v["kept"], (case, v)
+
+
+def test_gradients_of_another_layout_give_the_weights_layout(results: dict) -> None:
+    cases = {k: v for k, v in results.items() if k.startswith("layout/")}
+    assert len(cases) == 2
+    for case, v in cases.items():
+        assert v["rel"] <= TOLERANCE and v["kept"], (case, v)
 
 
 def test_shard_map_with_axis_name_equals_unsharded(results: dict) -> None:
