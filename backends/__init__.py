@@ -52,6 +52,12 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     type, dtype and shape). ``is_dense(x)``,
     ``layout_name(x)``, ``densify(g)`` (a framework's sparse gradient as a
     dense array, or None), ``device(x)``.
+    ``conform(x, w)``: ``x`` (a gradient or buffer, checked like the weights
+    ``w``) laid out as ``w`` where the framework would lay results out as it
+    chose (JAX: another sharding over the same devices); default: ``x``.
+    ``shape(x)``: ``x``'s shape as far as known now (default ``x.shape``;
+    TensorFlow: a variable of unknown static shape has its value's, eagerly).
+    ``all_dense(xs)``: whether every array is dense (default: True).
     ``misplaced(value, ws)``: the index of the first of ``ws`` whose arithmetic
     cannot read the 0-d array ``value`` where it lives (a rate on another device),
     or None (default: None).
