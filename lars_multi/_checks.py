@@ -134,6 +134,8 @@ def check_tree(arg: str, tree: Any, flat: Flat) -> None:
     leaf that is no array, and is named as such (not as a mismatch of the others)."""
     if len(flat.leaves) == 1 and flat.leaves[0] is tree and tree is not None and owner(tree) is None:
         hint = "; pass dict(m.named_parameters())" if hasattr(tree, "named_parameters") else ""
+        if isinstance(tree, Mapping):  # (optree opens dict, OrderedDict, defaultdict, not subclasses)
+            hint = f"; pass dict({arg})"
         raise LarsMultiTypeError(
             f"{arg}: expected an array or a tree of arrays (dicts, lists, tuples), got {type_name(tree)}"
             + hint

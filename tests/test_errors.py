@@ -284,6 +284,14 @@ def test_a_parameter_container_is_named_as_no_tree():
     with raises(TypeError, message.format("params"), lm.LarsMultiTypeError):
         opt.step(container, {"a": torch.ones(3)}, opt.init({"a": torch.ones(3)}))
 
+    class Params(dict):  # (optree opens dict, not its subclasses)
+        pass
+
+    with raises(
+        TypeError, r"^w: expected an array or a tree .*got .*Params; pass dict\(w\)", lm.LarsMultiTypeError
+    ):
+        lm.lars_update(Params(a=torch.ones(3)), {"a": torch.ones(3)}, 0.1)
+
 
 def test_weights_without_arrays(backend):
     """An empty tree is returned as it is (a tree map's result), but only where dcdw and
