@@ -127,7 +127,22 @@ def array(obj: Any, dtype: Any = None) -> Array:
     if dtype is None and owner is None and np.asarray(obj).dtype == np.float64:
         dtype = "float32"  # Python floats, whatever the framework's default
     name = current_backend() or owner or "numpy"
-    return Array(get_backend(name).asarray(obj, dtype), name)
+    ops = get_backend(name)
+    try:
+        data = ops.asarray(obj, dtype)
+    except Exception as error:  # (each framework raises its own: TypeError, KeyError, RuntimeError...)
+        raise LarsMultiTypeError(
+            f"obj: expected numbers {name} can hold{'' if dtype is None else f' as {dtype}'}, "
+            f"got {type_name(obj)} ({type(error).__name__}: {error})"
+        ) from None
+    if not ops.dtype_name(data.dtype).startswith(_NUMERIC):  # (NumPy holds strings and objects too)
+        raise LarsMultiTypeError(
+            f"obj: expected numbers, got {type_name(obj)} (a {ops.dtype_name(data.dtype)} array)"
+        )
+    return Array(data, name)
+
+
+_NUMERIC = ("float", "bfloat", "int", "uint", "bool", "complex")
 
 
 def zeros_like(x: Any) -> Any:

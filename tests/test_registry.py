@@ -329,6 +329,23 @@ def test_lm_array_of_data_no_framework_owns_is_refused():
         lm.Array(np.ones(2, np.float32), "bogus")
 
 
+def test_lm_array_of_what_a_framework_cannot_hold_is_refused():
+    """lm.array raised each framework's own error (KeyError for torch's unknown dtype
+    name, AttributeError for TensorFlow's string), or took strings and None on NumPy."""
+    require_backend("numpy")
+    for obj in ("abc", None, [object()]):
+        with pytest.raises(lm.LarsMultiTypeError, match=r"^obj: expected numbers"):
+            lm.array(obj)
+    for name in ("torch", "tensorflow"):
+        if name in lm.installed_backends():
+            with (
+                lm.using_backend(name),
+                pytest.raises(lm.LarsMultiTypeError, match=r"^obj: expected numbers"),
+            ):
+                lm.array([1.0, 2.0], dtype="bogus")
+    assert lm.array([1, 2]).dtype == "int64" and lm.array([True]).dtype == "bool"
+
+
 def test_lm_array_truth_is_its_datas():
     """bool() of an Array is its data's: a 0-d array's value (it came from len(), which a
     0-d array has not), an error for several elements, as the frameworks say."""
