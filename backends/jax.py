@@ -8,6 +8,7 @@ rates are traced (weakly typed), so a new rate never recompiles. With
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -61,16 +62,25 @@ class _Devices(NamedTuple):
 def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
     """Arrays of the weights' type, dtype and shape, each uncommitted or laid out as
     its weights (committed to their sharding)."""
-    return all(
-        [
-            type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape and _laid_out_as(x, w)
-            for x, w in zip(xs, ws)
-        ]
-    )
+    if not all([type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape for x, w in zip(xs, ws)]):
+        return False
+    return not _any_committed(xs) or all(map(_laid_out_as, xs, ws))
 
 
 def _committed(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer) and x.committed
+
+
+_ARRAY = type(jnp.zeros(()))  # a concrete array's type (a traced one has no placement)
+_COMMITTED = operator.attrgetter("committed")
+
+
+def _any_committed(xs: Sequence[Any]) -> bool:
+    """Whether an array is committed to devices, asked of the list at once where every
+    one is a concrete array (the common case: none is)."""
+    if list(map(type, xs)).count(_ARRAY) == len(xs):
+        return any(map(_COMMITTED, xs))
+    return any(map(_committed, xs))
 
 
 def _laid_out_as(x: Any, w: Any) -> bool:
@@ -230,9 +240,10 @@ def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     ``_HALF_CHUNK_BYTES`` (one program over them all would hold float32 copies of
     every w and g at once). Already inside a trace: by dtype only."""
     traced = isinstance(ws[0], jax.core.Tracer)
+    placed = _any_committed(ws)
     return _batching.batches(
         ws,
-        key=lambda w: (w.dtype, _placement(w)),
+        key=lambda w: (w.dtype, _placement(w) if placed else None),
         nbytes=lambda w: w.nbytes,
         budget=lambda key: _HALF_CHUNK_BYTES if key[0] in _HALF and not traced else None,
     )
