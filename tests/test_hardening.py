@@ -818,7 +818,9 @@ def _rate_call(arg, ws, gs, away):
 
     device = away.device.type
     if arg == "lr":
-        call = partial(lm.lars_update, ws, gs, {"a": torch.tensor(0.1), "b": away}, out=ws)
+        call = partial(
+            lm.lars_update, ws, gs, {"a": torch.tensor(0.1, device=ws["a"].device), "b": away}, out=ws
+        )
         return call, r"^lr\['b'\]: expected a 0-d array on \S+ \(like w\['b'\]\), got one on " + device
     if arg == "decay_lambda":
         call = partial(lm.lars_update, ws, gs, 0.1, decay_lambda=away, out=ws)
