@@ -586,6 +586,28 @@ def test_jax_values_at_a_registered_nodes_none_fields_are_refused():
     assert_layer_close(lm.lars_update(w, Params(None, jnp.asarray(G)), 0.1).y, W, G, 0.1, 0.0, "float32")
 
 
+def _jax_node(with_keys):
+    """A JAX pytree node class of two fields, ``x`` and ``y``, registered with their key
+    paths (``GetAttrKey``) or without keys (children known by position)."""
+    import jax
+
+    class Node:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+    def unflatten(aux, children):
+        return Node(*children)
+
+    if with_keys:
+        key = jax.tree_util.GetAttrKey
+        jax.tree_util.register_pytree_with_keys(
+            Node, lambda n: (((key("x"), n.x), (key("y"), n.y)), None), unflatten
+        )
+    else:
+        jax.tree_util.register_pytree_node(Node, lambda n: ((n.x, n.y), None), unflatten)
+    return Node
+
+
 def test_jax_pytrees_registered_without_keys_are_named_as_jax_names_them():
     """A pytree node registered without keys has children known by position: messages
     name them as JAX does (``w[<flat index 1>]``; they named a ``FlattenedIndexKey``),
@@ -593,21 +615,9 @@ def test_jax_pytrees_registered_without_keys_are_named_as_jax_names_them():
     layer is a structure mismatch at that node (it was taken as one gradient for
     every layer, and refused as "an array like w[...]" at the first)."""
     require_backend("jax")
-    import jax
     import jax.numpy as jnp
 
-    @jax.tree_util.register_pytree_node_class
-    class Pair:
-        def __init__(self, a, b):
-            self.a, self.b = a, b
-
-        def tree_flatten(self):
-            return (self.a, self.b), None
-
-        @classmethod
-        def tree_unflatten(cls, aux, children):
-            return cls(*children)
-
+    Pair = _jax_node(with_keys=False)
     w = Pair(jnp.asarray(W), jnp.asarray(W[0]))
     with pytest.raises(
         lm.LarsMultiValueError, match=r"^dcdw: expected shape \(3,\) \(the shape of w\[<flat index 1>\]\)"
@@ -619,7 +629,7 @@ def test_jax_pytrees_registered_without_keys_are_named_as_jax_names_them():
     ):
         lm.lars_update(w, nested, 0.1)
     new = lm.lars_update(w, Pair(jnp.asarray(G), jnp.asarray(G[0])), Pair(0.1, 0.2))
-    assert_layer_close(new.b, W[0], G[0], 0.2, 0.0, "float32")
+    assert_layer_close(new.y, W[0], G[0], 0.2, 0.0, "float32")
 
 
 def test_rates_as_a_tree_of_the_weights_registered_node():
@@ -632,21 +642,9 @@ def test_rates_as_a_tree_of_the_weights_registered_node():
 def test_jax_rates_as_a_tree_of_a_registered_pytree():
     """On JAX every registered pytree is a tree: per-layer rates shaped like the weights' module."""
     require_backend("jax")
-    import jax
     import jax.numpy as jnp
 
-    @jax.tree_util.register_pytree_with_keys_class
-    class Module:
-        def __init__(self, x, y):
-            self.x, self.y = x, y
-
-        def tree_flatten_with_keys(self):
-            return ((jax.tree_util.GetAttrKey("x"), self.x), (jax.tree_util.GetAttrKey("y"), self.y)), None
-
-        @classmethod
-        def tree_unflatten(cls, aux, children):
-            return cls(*children)
-
+    Module = _jax_node(with_keys=True)
     w, g = Module(jnp.asarray(W), jnp.asarray(W * 2)), Module(jnp.asarray(G), jnp.asarray(G))
     new = lm.lars_update(w, g, Module(0.1, 0.3))
     assert_layer_close(np.asarray(new.x), W, G, 0.1, 0.0, "float32")
@@ -971,6 +969,14 @@ shard = lambda t: distribute_tensor(t.clone(), mesh, [Shard(0)])
 """
 
 
+def _on_one_rank_mesh(body):
+    """What ``body`` prints, run after ONE_RANK_MESH in a fresh interpreter (skipped
+    without torch.distributed)."""
+    require_backend("torch")
+    pytest.importorskip("torch.distributed")
+    return run_python(ONE_RANK_MESH + body)
+
+
 def _assert_lines_match(lines, patterns):
     """Each printed line matches its pattern, and there are as many."""
     assert len(lines) == len(patterns), lines
@@ -981,11 +987,7 @@ def _assert_lines_match(lines, patterns):
 def test_torch_dtensor_memory_checks_use_the_local_shard():
     """DTensors (data_ptr() 0, no storage of their own) are compared through their local
     tensors: in place and an out that is a view of the gradient give the plain result."""
-    require_backend("torch")
-    pytest.importorskip("torch.distributed")
-    script = (
-        ONE_RANK_MESH
-        + """
+    script = """
 w0, g0 = torch.randn(6, 4), torch.randn(6, 4) * 0.1
 want = lm.lars_update(w0, g0, 0.1)
 errors = [(lm.lars_update(shard(w0), shard(g0), 0.1).full_tensor() - want).abs().max().item()]
@@ -999,8 +1001,7 @@ errors.append((out.full_tensor() - want).abs().max().item())
 dist.destroy_process_group()
 print(max(errors))
 """
-    )
-    assert float(run_python(script)) < 1e-6
+    assert float(_on_one_rank_mesh(script)) < 1e-6
 
 
 def test_torch_plain_tensors_paired_with_dtensors_are_refused_before_anything_is_written():
@@ -1008,11 +1009,7 @@ def test_torch_plain_tensors_paired_with_dtensors_are_refused_before_anything_is
     an output or a momentum buffer, is refused naming the argument (torch raised "got mixed
     torch.Tensor and DTensor" from a kernel); lm.torch.LARS on FSDP2 with a plain buffer
     (a state saved unsharded) refuses it before stepping any group."""
-    require_backend("torch")
-    pytest.importorskip("torch.distributed")
-    script = (
-        ONE_RANK_MESH
-        + """
+    script = """
 from torch.distributed.fsdp import fully_shard
 w0, g0 = torch.randn(5, 3), torch.randn(5, 3)
 w = {"a": shard(w0)}
@@ -1048,8 +1045,7 @@ after = [p.detach().full_tensor() for p in model.parameters()]
 print("params unchanged", all(torch.equal(b, a) for b, a in zip(before, after)))
 dist.destroy_process_group()
 """
-    )
-    lines = run_python(script).splitlines()
+    lines = _on_one_rank_mesh(script).splitlines()
     mesh = r"a DTensor's DeviceMesh\(.*\)"
     expected = [
         rf"grad dcdw\['a'\]: expected an array on {mesh} \(like w\['a'\]\), got one on cpu",
@@ -1068,11 +1064,7 @@ def test_torch_dtensors_of_other_placements_or_meshes_are_refused_before_anythin
     operations that require placement changes are not supported"), or on another
     mesh, was not caught by the fast check (both on cpu) and raised from a kernel
     after the earlier batches or parameter groups had been written."""
-    require_backend("torch")
-    pytest.importorskip("torch.distributed")
-    script = (
-        ONE_RANK_MESH
-        + """
+    script = """
 from torch.distributed.tensor import Replicate
 other = init_device_mesh("cpu", (1, 1))
 a0, z0 = torch.randn(6, 3, dtype=torch.float64), torch.randn(2, 4)  # two dtypes: two batches
@@ -1099,8 +1091,7 @@ for name, gz in grads.items():
     print("params unchanged", torch.equal(pa.detach().full_tensor(), a0), len(opt.state))
 dist.destroy_process_group()
 """
-    )
-    lines = run_python(script).splitlines()
+    lines = _on_one_rank_mesh(script).splitlines()
     mine = r"a DTensor's DeviceMesh\(.*\) with placements \(Shard\(dim=0\),\)"
     expected = [
         rf"placements dcdw\['z'\]: expected an array on {mine} \(like w\['z'\]\), got one on .*Replicate",
@@ -1120,11 +1111,7 @@ def test_torch_rates_with_dtensors_go_where_torch_takes_them():
     sharded ones, giving the plain result; a DTensor rate with plain weights (torch:
     "got mixed torch.Tensor and DTensor", after the earlier layers were written) is
     refused first, naming its mesh."""
-    require_backend("torch")
-    pytest.importorskip("torch.distributed")
-    script = (
-        ONE_RANK_MESH
-        + """
+    script = """
 from torch.distributed.tensor import Replicate
 w0, g0 = torch.randn(6, 4), torch.randn(6, 4) * 0.1
 want = lm.lars_update(w0, g0, 0.1, decay_lambda=0.01)
@@ -1141,14 +1128,13 @@ except lm.LarsMultiValueError as e:
 print("w unchanged", torch.equal(w["a"], w0))
 dist.destroy_process_group()
 """
-    )
     expected = [
         "cpu True",
         "replicated True",
         r"lr\['b'\]: expected a 0-d array on cpu \(like w\['b'\]\), got one on a DTensor's DeviceMesh",
         "w unchanged True",
     ]
-    _assert_lines_match(run_python(script).splitlines(), expected)
+    _assert_lines_match(_on_one_rank_mesh(script).splitlines(), expected)
 
 
 def test_numpy_views_that_interleave_without_sharing_elements_are_updated_in_place():
