@@ -202,7 +202,7 @@ class LarsOptimizer:
         decay = None if type(decay) is float and decay == 0 else decay  # no decay: skipped entirely
         for arg in ("trust_coefficient", "eps"):  # (numbers: finite in every compute dtype)
             _rate_now(arg, getattr(self.config, arg), state.count, ws, paths, name, ops)
-        all_started = self._started(state, flat, active, ops)
+        all_started = self._started(state, flat, active, ws, ops)
         first = _first(ops, state.count, all_started, active)
         buffers_writable = outs is not None and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = outs_writable and buffers_writable
@@ -352,12 +352,15 @@ class LarsOptimizer:
             return LarsState(count, None)
         return LarsState(count, self._rebuild(flat, buffers, active, new), started)
 
-    def _started(self, state: LarsState, flat: Flat, active: list[int], ops: Backend) -> list[Any] | None:
-        """``state.started`` as one 0-d bool array per leaf (None where it is not kept)."""
+    def _started(
+        self, state: LarsState, flat: Flat, active: list[int], ws: list[Any], ops: Backend
+    ) -> list[Any] | None:
+        """``state.started`` as one 0-d bool array per leaf (None where it is not kept),
+        each where its parameter's arithmetic can read it."""
         if not self._tracks_start or state.started is None:
             return None
         started = leaves_like("state.started", state.started, flat, broadcast=False)
-        for i in active:
+        for i, w in zip(active, ws):
             started[i] = _checks.unwrap(started[i])
             flag = started[i]
             if not ops.is_native(flag) or tuple(flag.shape) != () or ops.dtype_name(flag.dtype) != "bool":
@@ -370,6 +373,8 @@ class LarsOptimizer:
                     f"{Path('state.started', flat.paths[i])}: expected a 0-d bool array of "
                     f"{ops.FRAMEWORK}, got {got}"
                 )
+            label = _checks.named(Path("params", flat.paths[i]))
+            _checks.check_usable(str(Path("state.started", flat.paths[i])), flag, [w], label, ops)
         return started
 
     def _buffers(
@@ -377,6 +382,9 @@ class LarsOptimizer:
     ) -> list[Any]:
         _check_state(state)
         _check_count(state.count, name, ops)
+        _checks.check_usable(
+            "state.count", state.count, ws, lambda k: Path("params", flat.paths[active[k]]), ops
+        )
         if self.config.momentum == 0:
             return [None] * len(flat.leaves)
         if state.momentum is None:

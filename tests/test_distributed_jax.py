@@ -358,6 +358,20 @@ for name, call in {
         print(name, "not refused")
     except lm.LarsMultiValueError as e:
         print(name, e)
+# An optimizer state moved to another device: timm's first-step flags raised XLA's error, and
+# a count there was blamed on the learning rate (a schedule's value).
+timm = lm.optim.lars(0.1, momentum=0.9, preset="timm")
+schedule = lm.optim.lars(lm.schedules.warmup_cosine(peak=0.1, warmup_steps=2, total_steps=10))
+params, grads = {"a": on(a, d0)}, {"a": on(ga, d0)}
+for name, opt, move in (
+    ("started", timm, lambda s: s._replace(started=jax.device_put(s.started, d1))),
+    ("count", schedule, lambda s: s._replace(count=jax.device_put(s.count, d1))),
+):
+    try:
+        opt.step(params, grads, move(opt.init(params)))
+        print(name, "not refused")
+    except lm.LarsMultiValueError as e:
+        print(name, e)
 # Half layers in chunks with out=w: a later chunk failing (a deleted gradient) leaves the
 # weights as they were, none donated.
 big, small = rng.standard_normal((1024, 1024)), rng.standard_normal((8, 8))
@@ -388,6 +402,8 @@ def test_layers_on_other_devices_step_by_device_and_misplaced_inputs_are_refused
         r"optimizer \[0, 1\]",
         r"gradient dcdw\['a'\]: expected an array on cpu:0 \(like w\['a'\]\), got one on cpu:1",
         r"rate lr: expected a 0-d array on cpu:0 \(like w\), got one on cpu:1",
+        r"started state.started\['a'\]: expected a 0-d array on cpu:0 \(like params\['a'\]\), got .*cpu:1",
+        r"count state.count: expected a 0-d array on cpu:0 \(like params\['a'\]\), got one on cpu:1",
         r"donated \[False, False\]",
     ]
     lines = out.splitlines()
