@@ -286,8 +286,9 @@ def _in_transform() -> bool:
 
 
 def readable() -> bool:
-    """Values cannot be read on the host inside ``torch.vmap`` (they are batched)."""
-    return not _in_transform()
+    """Values cannot be read on the host inside ``torch.vmap`` (they are batched), nor
+    while ``torch.compile`` traces (a read is a graph break)."""
+    return not _registry.is_compiling() and not _in_transform()
 
 
 def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -> list[torch.Tensor]:

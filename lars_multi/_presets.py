@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import _registry
 from ._errors import UnknownPresetError
 
 _SHAPE = operator.attrgetter("shape")
@@ -51,6 +52,8 @@ class RankMask:
     def of(self, arrays: Sequence[Any]) -> list[bool]:
         if self.min_rank == 0:
             return [True] * len(arrays)
+        if _registry.is_compiling():  # (Dynamo cannot trace an attrgetter)
+            return [len(a.shape) >= self.min_rank for a in arrays]
         return list(map(self.min_rank.__le__, map(len, map(_SHAPE, arrays))))  # (rank >= min_rank)
 
 

@@ -470,6 +470,36 @@ def test_torch_compile_in_place_takes_new_gradients_and_rates_without_recompilin
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("out", [False, True], ids=["functional", "out=params"])
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_torch_compile_of_the_optimizer_step_equals_eager(preset, out):
+    """lm.optim's step under torch.compile(fullgraph=True): the default masks' attrgetter
+    and timm's first-step flags (read on the host) broke the graph; the flags are traced
+    values while compiling, as under jax.jit."""
+    require_backend("torch")
+    import torch
+
+    torch._dynamo.reset()
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-3, preset=preset)
+    step = torch.compile(
+        lambda p, g, s: opt.step(p, g, s, out=p if out else None), backend="aot_eager", fullgraph=True
+    )
+    compiled = {"a": torch.tensor(W2), "b": torch.tensor(W[0])}
+    eager = {k: v.clone() for k, v in compiled.items()}
+    compiled_state, eager_state = opt.init(compiled), opt.init(eager)
+    for i in range(3):
+        g = {"a": torch.tensor(G2) * (i + 1), "b": torch.tensor(G[0])}
+        compiled, compiled_state = step(compiled, g, compiled_state)
+        eager, eager_state = opt.step(
+            eager, {k: v.clone() for k, v in g.items()}, eager_state, out=eager if out else None
+        )
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k])
+        torch.testing.assert_close(compiled_state.momentum[k], eager_state.momentum[k])
+    assert int(compiled_state.count) == 3
+    torch._dynamo.reset()
+
+
 def test_torch_compile_fullgraph_on_a_first_call():
     """A compiled call may be the first: the backend is imported inside the trace."""
     require_backend("torch")
