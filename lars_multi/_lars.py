@@ -104,7 +104,7 @@ def _update_one(
 ) -> Any:
     """The lean path for one array (of the backend ``name``): no tree machinery,
     the step on a one-element list."""
-    _checks.check_chosen(name, w)
+    name = _checks.check_chosen(name, w)
     ops = get_backend(name)
     w_data = unwrap(w)
     _checks.check_weights("w", w_data, ops)

@@ -583,6 +583,40 @@ def test_a_chosen_backend_that_does_not_import_says_so(isolated_registry, monkey
         lm.lars_update(W, G, 0.1)
 
 
+def test_a_chosen_backend_takes_another_frameworks_arrays_it_accepts(
+    isolated_registry, tmp_path, monkeypatch
+):
+    """A backend registered over NumPy arrays (an alternative NumPy backend) could not run:
+    inference names the built-in numpy backend, and the chosen one refused its arrays as
+    another framework's, though its is_native accepts them. Chosen, it runs them."""
+    require_backend("numpy")
+    source = """
+from lars_multi.backends.numpy import *  # noqa: F403
+from lars_multi.backends import numpy as _numpy
+
+FRAMEWORK = "mynp"
+calls = []
+
+
+def norms(xs, axis_names=None):
+    calls.append(len(xs))
+    return _numpy.norms(xs, axis_names)
+"""
+    _module(tmp_path, monkeypatch, "mynp", source)
+    lm.register_backend("mynp", "mynp", framework="numpy")
+    import mynp
+
+    with lm.using_backend("mynp"):
+        one = lm.lars_update(W, G, 0.1)
+        tree = lm.lars_update({"a": W, "b": W * 2}, {"a": G, "b": G}, 0.1)
+    assert mynp.calls == [2, 4]  # (the norms of w and g, per call)
+    assert_layer_close(one, W, G, 0.1, 0.0, "float32")
+    assert_layer_close(tree["b"], W * 2, G, 0.1, 0.0, "float32")
+    with lm.using_backend("numpy"):
+        lm.lars_update(W, G, 0.1)
+    assert mynp.calls == [2, 4]  # (inference and the built-in choice: the built-in numpy)
+
+
 def test_reregistering_a_name_replaces_it(isolated_registry, monkeypatch):
     """register_backend under an existing name replaces the module used."""
     require_backend("numpy")
