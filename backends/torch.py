@@ -51,12 +51,12 @@ def unwritable(x: Any) -> str | None:
     if local.is_inference() and not torch.is_inference_mode_enabled():
         return "an inference tensor (made under torch.inference_mode), which cannot be written outside it"
     overlap = torch._debug_has_internal_overlap(local)  # 0: no, 1: yes, 2: torch cannot tell
-    if overlap == 1 or (overlap == 2 and _elements_overlap(local)):
+    if overlap == 1 or (overlap == 2 and tensor_elements_overlap(local)):
         return "a tensor whose elements share memory (expanded: a stride of 0; or strides that overlap)"
     return None
 
 
-def _elements_overlap(x: torch.Tensor) -> bool:
+def tensor_elements_overlap(x: torch.Tensor) -> bool:
     size = x.element_size()
     return elements_overlap(x.shape, [stride * size for stride in x.stride()], size)
 

@@ -12,6 +12,7 @@ torch storages), which objects alone do not show.
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -256,11 +257,17 @@ def overlap_groups(spans: Mapping[Key, tuple[int, int]]) -> dict[Key, int]:
     return groups
 
 
+# The most elements whose offsets are compared one by one (8 MiB of them).
+_MOST_COMPARED = 1 << 20
+
+
 def elements_overlap(shape: Sequence[int], strides: Sequence[int], itemsize: int) -> bool:
     """Whether two elements of a strided array share memory (``strides`` in bytes):
     a stride of 0, or strides that make blocks overlap (``as_strided``). Decided by
     the strides where, in increasing order, each steps past the block the smaller ones
-    span (as every array NumPy or torch makes does); else by every element's offset."""
+    span (as every array NumPy or torch makes does); else by every element's offset,
+    up to ``_MOST_COMPARED`` elements (more, in such an unusual layout: taken as shared,
+    which refuses such an output rather than risk a wrong result)."""
     dims = sorted((abs(stride), n) for n, stride in zip(shape, strides) if n > 1)
     if 0 in shape or not dims:
         return False
@@ -271,6 +278,8 @@ def elements_overlap(shape: Sequence[int], strides: Sequence[int], itemsize: int
         reach += stride * (n - 1)
     else:
         return False
+    if math.prod(n for _, n in dims) > _MOST_COMPARED:  # (too many to compare: taken as shared)
+        return True
     offsets = np.zeros(1, np.int64)
     for stride, n in dims:
         offsets = (offsets[:, None] + np.arange(n, dtype=np.int64) * stride).ravel()

@@ -124,11 +124,11 @@ def array(obj: Any, dtype: Any = None) -> Array:
     if isinstance(obj, Array):
         obj = obj.data
     owner = backend_of(obj)
-    if dtype is None and owner is None and np.asarray(obj).dtype == np.float64:
-        dtype = "float32"  # Python floats, whatever the framework's default
     name = current_backend() or owner or "numpy"
     ops = get_backend(name)
     try:
+        if dtype is None and owner is None and np.asarray(obj).dtype == np.float64:
+            dtype = "float32"  # Python floats, whatever the framework's default
         data = ops.asarray(obj, dtype)
     except Exception as error:  # (each framework raises its own: TypeError, KeyError, RuntimeError...)
         raise LarsMultiTypeError(

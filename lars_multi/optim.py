@@ -177,6 +177,8 @@ class LarsOptimizer:
             take(all_grads, active), ws, paths, ("grads", "params", False), name, ops
         )
         all_buffers = self._buffers(state, flat, active, ws, name, ops)
+        if isinstance(state.count, np.ndarray | np.integer) and not ops.is_native(state.count):
+            state = state._replace(count=ops.asarray(state.count, "int32"))  # (read back from a NumPy file)
         buffers = take(all_buffers, active)
         out_leaves = None
         if out is not None:  # out=params: its leaves are the parameters'

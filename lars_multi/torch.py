@@ -44,7 +44,7 @@ from . import _checks, _registry
 from ._aliasing import array_values, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 from ._step import LayerFlags, StepConfig, lars_step
-from .backends.torch import PLAIN_TYPES, tensor_kind
+from .backends.torch import PLAIN_TYPES, tensor_elements_overlap, tensor_kind
 from .optim import lars
 
 __all__ = ["LARS", "param_groups"]
@@ -397,9 +397,11 @@ class LARS(torch.optim.Optimizer):
 
 
 def _apart(t: torch.Tensor) -> bool:
-    """Whether torch knows that no two elements of ``t`` share memory (else the
-    checks decide, with a message where they do)."""
-    return torch._debug_has_internal_overlap(t) == 0
+    """Whether no two elements of ``t`` share memory: torch knows (0), or, where it
+    cannot tell (2: a strided view), its strides say so (else the checks decide, with
+    a message)."""
+    overlap = torch._debug_has_internal_overlap(t)
+    return overlap == 0 or (overlap == 2 and not tensor_elements_overlap(t))
 
 
 def _like(buffer: torch.Tensor, p: torch.Tensor) -> bool:

@@ -740,6 +740,18 @@ def test_outputs_whose_elements_overlap_are_refused_and_nothing_is_written(backe
     assert not to_numpy(shared).any()
 
 
+def test_overlap_of_a_large_unusual_layout_is_decided_without_comparing_every_element():
+    """Strides out of the usual order are decided by every element's offset, which on a
+    huge array took seconds and gigabytes: past a million elements, such an output is
+    taken as shared (refused), the safe answer."""
+    from lars_multi._aliasing import elements_overlap
+
+    assert not elements_overlap((4, 3), (8, 36), 4)  # (2 i + 9 j, in elements: apart)
+    assert elements_overlap((4, 3), (4, 4), 4)  # (i + j)
+    assert elements_overlap((2048, 1024), (8, 36), 4)  # (apart, but too many to compare)
+    assert not elements_overlap((2048, 1024), (4096, 4), 4)  # (the usual order: by the strides)
+
+
 @pytest.mark.parametrize("backend_name", ["numpy", "torch"])
 def test_outputs_with_unusual_strides_that_do_not_overlap_are_written(backend_name):
     """Strides that are not in the nesting order (element [i, j] at 2 i + 3 j, all

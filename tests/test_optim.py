@@ -1158,3 +1158,23 @@ def test_torch_learning_rate_gradient_matches_finite_differences(preset, nestero
             - loss(torch.tensor(0.3 - h, dtype=torch.float64))
         ) / (2 * h)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+
+W_SMALL = np.arange(1.0, 7.0, dtype=np.float32).reshape(2, 3)
+
+
+@pytest.mark.parametrize("count", [np.int64(3), np.array(3, np.int32)], ids=["scalar", "0-d"])
+def test_a_numpy_step_count_steps_on_every_backend(backend, count):
+    """A count read back from a NumPy checkpoint: a torch or JAX step raised a raw
+    AttributeError (its device was asked), and a schedule refused the NumPy value it
+    was given; the count is taken as the framework's own."""
+    params = {"w": native(backend, W_SMALL), "b": native(backend, W_SMALL[0])}
+    grads = {"w": native(backend, W_SMALL * 0.1), "b": native(backend, W_SMALL[0] * 0.1)}
+    for lr in (LR, lm.schedules.warmup_cosine(peak=LR, warmup_steps=2, total_steps=10)):
+        opt = lm.optim.lars(lr, momentum=0.9, weight_decay=1e-3)
+        state = opt.init(params)
+        _, want = opt.step(params, grads, state._replace(count=native(backend, np.array(3, np.int32))))
+        _, got = opt.step(params, grads, state._replace(count=count))
+        assert int(to_numpy(got.count)) == 4
+        for k in params:
+            np.testing.assert_array_equal(to_numpy(got.momentum[k]), to_numpy(want.momentum[k]))

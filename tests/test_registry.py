@@ -333,7 +333,7 @@ def test_lm_array_of_what_a_framework_cannot_hold_is_refused():
     """lm.array raised each framework's own error (KeyError for torch's unknown dtype
     name, AttributeError for TensorFlow's string), or took strings and None on NumPy."""
     require_backend("numpy")
-    for obj in ("abc", None, [object()]):
+    for obj in ("abc", None, [object()], [[1.0, 2.0], [3.0]]):  # (ragged: NumPy's ValueError)
         with pytest.raises(lm.LarsMultiTypeError, match=r"^obj: expected numbers"):
             lm.array(obj)
     for name in ("torch", "tensorflow"):
@@ -609,12 +609,15 @@ def norms(xs, axis_names=None):
     with lm.using_backend("mynp"):
         one = lm.lars_update(W, G, 0.1)
         tree = lm.lars_update({"a": W, "b": W * 2}, {"a": G, "b": G}, 0.1)
-    assert mynp.calls == [2, 4]  # (the norms of w and g, per call)
+        out = np.empty_like(W)  # (rates and outputs it takes too: they were another framework's)
+        lm.lars_update(W, G, np.array(0.1, np.float32), out=out)
+    assert mynp.calls == [2, 4, 2]  # (the norms of w and g, per call)
+    np.testing.assert_array_equal(out, one)
     assert_layer_close(one, W, G, 0.1, 0.0, "float32")
     assert_layer_close(tree["b"], W * 2, G, 0.1, 0.0, "float32")
     with lm.using_backend("numpy"):
         lm.lars_update(W, G, 0.1)
-    assert mynp.calls == [2, 4]  # (inference and the built-in choice: the built-in numpy)
+    assert mynp.calls == [2, 4, 2]  # (inference and the built-in choice: the built-in numpy)
 
 
 def test_reregistering_a_name_replaces_it(isolated_registry, monkeypatch):
