@@ -177,7 +177,8 @@ class LarsOptimizer:
             take(all_grads, active), ws, paths, ("grads", "params", False), name, ops
         )
         all_buffers = self._buffers(state, flat, active, ws, name, ops)
-        if isinstance(state.count, np.ndarray | np.integer) and not ops.is_native(state.count):
+        # (a tuple, not np.ndarray | np.integer: torch.compile cannot trace a union of NumPy types)
+        if isinstance(state.count, (np.ndarray, np.integer)) and not ops.is_native(state.count):
             state = state._replace(count=ops.asarray(state.count, "int32"))  # (read back from a NumPy file)
         buffers = take(all_buffers, active)
         out_leaves = None
@@ -488,7 +489,7 @@ def _check_count(count: Any, name: str, ops: Backend) -> None:
     data = _checks.unwrap(count)
     if isinstance(data, np.ndarray) and data.shape == () and data.dtype.kind in "iu":
         data = data[()]
-    if isinstance(data, int | np.integer) and not isinstance(data, bool):
+    if isinstance(data, (int, np.integer)) and not isinstance(data, bool):
         if not 0 <= data <= _LAST_COUNT:
             raise LarsMultiValueError(f"state.count: expected an integer in [0, {_LAST_COUNT}], got {data}")
         return
