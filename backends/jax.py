@@ -91,8 +91,10 @@ def conform(x: Any, w: Any) -> Any:
     """``x`` (checked like ``w``: on its devices) with ``w``'s sharding: the program's
     results then keep the weights' layout (XLA laid them out as it chose, replicated
     even, where a gradient had another layout over the same devices, or the same
-    devices in another order)."""
-    if not (_committed(x) and _committed(w)) or x.sharding == w.sharding:
+    devices in another order), and uncommitted weights stay on their device (each
+    gradient committed elsewhere would have drawn its layer there: layers of one
+    program on two devices failed)."""
+    if not _committed(x) or isinstance(w, jax.core.Tracer) or x.sharding == w.sharding:
         return x
     return jax.device_put(x, w.sharding)
 

@@ -348,6 +348,12 @@ opt = lm.optim.lars(0.1, momentum=0.9)
 params = {"a": on(a, d0), "b": on(b, d1)}
 new, state = opt.step(params, {"a": on(ga, d0), "b": on(gb, d1)}, opt.init(params))
 print("optimizer", [next(iter(new[k].devices())).id for k in "ab"])
+# Uncommitted weights with gradients committed to two devices: each gradient is laid out as its
+# weights (one program took layers drawn to two devices: "incompatible devices").
+new = lm.lars_update(
+    {"a": jnp.asarray(a), "b": jnp.asarray(b)}, {"a": on(ga, d1), "b": on(gb, d0)}, 0.1, decay_lambda=0.01
+)
+print("uncommitted", max(float(np.abs(np.asarray(new[k]) - want[k]).max()) for k in "ab") < 1e-6)
 # A gradient or a rate committed elsewhere than its weights, refused by name.
 for name, call in {
     "gradient": lambda: lm.lars_update({"a": on(a, d0)}, {"a": on(ga, d1)}, 0.1),
@@ -400,6 +406,7 @@ def test_layers_on_other_devices_step_by_device_and_misplaced_inputs_are_refused
     expected = [
         r"model parallel True \[0, 1\]",
         r"optimizer \[0, 1\]",
+        r"uncommitted True",
         r"gradient dcdw\['a'\]: expected an array on cpu:0 \(like w\['a'\]\), got one on cpu:1",
         r"rate lr: expected a 0-d array on cpu:0 \(like w\), got one on cpu:1",
         r"started state.started\['a'\]: expected a 0-d array on cpu:0 \(like params\['a'\]\), got .*cpu:1",
