@@ -68,6 +68,8 @@ def register_backend(
         raise LarsMultiTypeError(f"name: expected a non-empty str, got {name!r}")
     if not isinstance(module_path, str) or not module_path:
         raise LarsMultiTypeError(f"module_path: expected a module's dotted path (a str), got {module_path!r}")
+    if framework is not None and (not isinstance(framework, str) or not framework):
+        raise LarsMultiTypeError(f"framework: expected a top-level module's name (a str), got {framework!r}")
     builtin = f"lars_multi.backends.{name}"
     if name in _BUILT_IN and module_path != builtin:
         raise LarsMultiValueError(

@@ -548,6 +548,8 @@ def test_registering_checks_its_arguments(isolated_registry):
         lm.register_backend("numpy", "_toy_backend")
     with pytest.raises(lm.UnknownBackendError):
         lm.set_backend(["numpy"])
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^framework: expected a top-level module's name"):
+        lm.register_backend("mine", "_toy_backend", framework=3)  # (was listed as installed)
 
 
 def test_a_backend_that_fails_to_import_is_not_installed(isolated_registry, tmp_path, monkeypatch):
