@@ -50,13 +50,17 @@ def unwritable(x: Any) -> str | None:
     local = _local(x)
     if local.is_inference() and not torch.is_inference_mode_enabled():
         return "an inference tensor (made under torch.inference_mode), which cannot be written outside it"
-    overlap = torch._debug_has_internal_overlap(local)  # 0: no, 1: yes, 2: torch cannot tell
-    if overlap == 1 or (overlap == 2 and tensor_elements_overlap(local)):
+    if shares_elements(local):
         return "a tensor whose elements share memory (expanded: a stride of 0; or strides that overlap)"
     return None
 
 
-def tensor_elements_overlap(x: torch.Tensor) -> bool:
+def shares_elements(x: torch.Tensor) -> bool:
+    """Whether two elements of ``x`` share memory: as torch says, or, where it cannot
+    tell (a strided view), as the strides say."""
+    overlap = torch._debug_has_internal_overlap(x)  # 0: no, 1: yes, 2: torch cannot tell
+    if overlap != 2:
+        return overlap == 1
     size = x.element_size()
     return elements_overlap(x.shape, [stride * size for stride in x.stride()], size)
 

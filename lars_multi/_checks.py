@@ -175,6 +175,13 @@ def paths(where: Where) -> tuple[Any, Any]:
     return (arg if broadcast else Path(arg, entries)), Path(w_arg, entries)
 
 
+def _foreign(owner_name: str | None, name: str, data: Any, ops: Backend) -> bool:
+    """Whether ``data``, an array of the backend ``owner_name``, is not one the backend
+    ``name`` runs on (a backend registered over another framework's arrays takes
+    them: its ``is_native`` says)."""
+    return owner_name != name and not ops.is_native(data)
+
+
 def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
     """The gradient of the weights ``w`` (or another array paired with them, a
     momentum buffer) as a dense native array like them; ``where`` is ``(arg,
@@ -188,7 +195,7 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any
         if dense is None:
             raise LarsMultiTypeError(f"{path}: expected an array like {w_path}, got {type_name(g)}")
         g, g_name = dense, name
-    if g_name != name and not ops.is_native(unwrap(g)):  # (a backend may take another's arrays)
+    if _foreign(g_name, name, unwrap(g), ops):
         raise MixedFrameworksError(
             f"{path}: expected a {name} array like {w_path}, got a {g_name} array "
             f"({type_name(unwrap(g))}); pass arrays of one framework"
@@ -267,7 +274,7 @@ def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
         return w
     path, w_path = paths(where)
     o_name = owner(o)
-    if o_name != name and not ops.is_native(data):  # (a backend may take another's arrays)
+    if _foreign(o_name, name, data, ops):
         got = f"a {o_name} array" if o_name else type_name(o)
         raise MixedFrameworksError(f"{path}: expected a {name} array like {w_path}, got {got}")
     if data is o:
@@ -414,7 +421,7 @@ def _check_scalar_array(path: Any, value: Any, name: str, ops: Backend, expected
     value_name = owner(value)
     if value_name is None or isinstance(value, bool):
         raise LarsMultiTypeError(f"{path}: expected {expected}, got {type_name(value)}")
-    if value_name != name and not ops.is_native(data):  # (a backend may take another's arrays)
+    if _foreign(value_name, name, data, ops):
         expected = expected.replace("0-d array", f"0-d {name} array")
         raise MixedFrameworksError(
             f"{path}: expected {expected}, got a {value_name} array ({type_name(data)})"

@@ -29,8 +29,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
 from . import _checks, optim, schedules
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError, type_name
 from ._registry import backend_of, get_backend
@@ -253,23 +251,17 @@ if keras is not None:
         def _check_fits(self, var_list: list[Any]) -> None:
             """The numbers among the hyper-parameters must be finite in the dtype each
             variable computes in (``1e39`` is inf in float32), as lars_multi.optim's are."""
+            ops = get_backend(keras.backend.backend())
+            arrays = [v.value for v in var_list]
             config = self._lars_config
-            numbers = {
-                "learning_rate": self._lars_learning_rate,
-                "weight_decay": self.lars_weight_decay,
-                "trust_coefficient": config.trust_coefficient,
-                "eps": config.eps,
-            }
-            for variable in var_list:
-                compute = keras.backend.result_type(variable.dtype, "float32")
-                for name, value in numbers.items():
-                    if not _checks.is_number(value):  # (a schedule: its values are checked as it goes)
-                        continue
-                    if abs(value) > float(np.finfo(compute).max):
-                        raise LarsMultiValueError(
-                            f"{name}: expected a number that fits {compute} (the dtype {variable.path} "
-                            f"computes in), got {value!r}, which overflows it to inf"
-                        )
+            for name, value in (
+                ("learning_rate", self._lars_learning_rate),
+                ("weight_decay", self.lars_weight_decay),
+                ("trust_coefficient", config.trust_coefficient),
+                ("eps", config.eps),
+            ):
+                if _checks.is_number(value):  # (a schedule: its values are checked as it goes)
+                    _checks.check_usable(name, float(value), arrays, lambda k: var_list[k].path, ops)
 
         def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
             """One LARS step on one variable, by the shared rule."""

@@ -176,10 +176,10 @@ class LarsOptimizer:
         gs = _checks.check_gradients(
             take(all_grads, active), ws, paths, ("grads", "params", False), name, ops
         )
+        _check_state(state)
+        step_count = _step_count(state.count, name, ops)
+        _checks.check_usable("state.count", step_count, ws, lambda k: Path("params", paths[k]), ops)
         all_buffers = self._buffers(state, flat, active, ws, name, ops)
-        # (a tuple, not np.ndarray | np.integer: torch.compile cannot trace a union of NumPy types)
-        if isinstance(state.count, (np.ndarray, np.integer)) and not ops.is_native(state.count):
-            state = state._replace(count=ops.asarray(state.count, "int32"))  # (read back from a NumPy file)
         buffers = take(all_buffers, active)
         out_leaves = None
         if out is not None:  # out=params: its leaves are the parameters'
@@ -200,16 +200,16 @@ class LarsOptimizer:
             decay=decay_flags,
             axis_names=_checks.axis_names("axis_name", self.axis_name, flat, active, ops),
         )
-        lr = _rate_now("learning_rate", self.learning_rate, state.count, ws, paths, name, ops)
-        decay = _rate_now("weight_decay", self.weight_decay, state.count, ws, paths, name, ops)
+        lr = _rate_now("learning_rate", self.learning_rate, step_count, ws, paths, name, ops)
+        decay = _rate_now("weight_decay", self.weight_decay, step_count, ws, paths, name, ops)
         decay = None if type(decay) is float and decay == 0 else decay  # no decay: skipped entirely
         for arg in ("trust_coefficient", "eps"):  # (numbers: finite in every compute dtype)
-            _rate_now(arg, getattr(self.config, arg), state.count, ws, paths, name, ops)
+            _rate_now(arg, getattr(self.config, arg), step_count, ws, paths, name, ops)
         all_started = self._started(state, flat, active, ws, ops)
-        first = _first(ops, state.count, all_started, active)
+        first = _first(ops, step_count, all_started, active)
         buffers_writable = outs is not None and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = outs_writable and buffers_writable
-        count = ops.asarray(state.count + 1, "int32")  # (before anything is written)
+        count = ops.asarray(step_count + 1, "int32")  # (before anything is written)
         new_ws, new_buffers, copies = self._run(
             ops, flags, ws, gs, buffers, lr, decay, first, outs, writable, (paths, flat.paths), kept
         )
@@ -309,8 +309,7 @@ class LarsOptimizer:
         arrays = [x for x in flat.leaves if _checks.owner(x) is not None]
         name = _checks.call_backend(arrays, [()] * len(arrays), "params")
         ops = get_backend(name)
-        _check_count(state.count, name, ops)
-        new_state = state._replace(count=ops.asarray(state.count + 1, "int32"))
+        new_state = state._replace(count=ops.asarray(_step_count(state.count, name, ops) + 1, "int32"))
         if out is None or out is params:
             return params, new_state
         out_leaves = leaves_like("out", out, flat, broadcast=False)
@@ -383,11 +382,6 @@ class LarsOptimizer:
     def _buffers(
         self, state: Any, flat: Flat, active: list[int], ws: list[Any], name: str, ops: Backend
     ) -> list[Any]:
-        _check_state(state)
-        _check_count(state.count, name, ops)
-        _checks.check_usable(
-            "state.count", state.count, ws, lambda k: Path("params", flat.paths[active[k]]), ops
-        )
         if self.config.momentum == 0:
             return [None] * len(flat.leaves)
         if state.momentum is None:
@@ -480,6 +474,16 @@ def _check_state(state: Any) -> None:
 
 # The step count is an int32 array: a count read on the host must leave room for the next.
 _LAST_COUNT = 2**31 - 2
+
+
+def _step_count(count: Any, name: str, ops: Backend) -> Any:
+    """``state.count``, checked; a NumPy one (read back from a file) as the framework's
+    array, so that schedules get the framework's."""
+    _check_count(count, name, ops)
+    # (a tuple, not np.ndarray | np.integer: torch.compile cannot trace a union of NumPy types)
+    if isinstance(count, (np.ndarray, np.integer)) and not ops.is_native(count):
+        return ops.asarray(count, "int32")
+    return count
 
 
 def _check_count(count: Any, name: str, ops: Backend) -> None:

@@ -44,7 +44,7 @@ from . import _checks, _registry
 from ._aliasing import array_values, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 from ._step import LayerFlags, StepConfig, lars_step
-from .backends.torch import PLAIN_TYPES, tensor_elements_overlap, tensor_kind
+from .backends.torch import PLAIN_TYPES, shares_elements, tensor_kind
 from .optim import lars
 
 __all__ = ["LARS", "param_groups"]
@@ -315,8 +315,8 @@ class LARS(torch.optim.Optimizer):
         common case is asked of the lists at once; the others one by one, with messages."""
         floats = _OPS.FLOAT_DTYPES
         if (
-            all([p.dtype in floats and _apart(p) and not p.is_inference() for p in params])
-            and all([b is None or (_like(b, p) and _apart(b)) for p, b in zip(params, buffers)])
+            all([p.dtype in floats and not shares_elements(p) and not p.is_inference() for p in params])
+            and all([b is None or (_like(b, p) and not shares_elements(b)) for p, b in zip(params, buffers)])
             and (_all_plain(params, grads, buffers) or _kinds_match(params, grads, buffers))
         ):
             return
@@ -394,14 +394,6 @@ class LARS(torch.optim.Optimizer):
             if p is param
         )
         return f"the momentum buffer of {place}" if buffer else place
-
-
-def _apart(t: torch.Tensor) -> bool:
-    """Whether no two elements of ``t`` share memory: torch knows (0), or, where it
-    cannot tell (2: a strided view), its strides say so (else the checks decide, with
-    a message)."""
-    overlap = torch._debug_has_internal_overlap(t)
-    return overlap == 0 or (overlap == 2 and not tensor_elements_overlap(t))
 
 
 def _like(buffer: torch.Tensor, p: torch.Tensor) -> bool:
