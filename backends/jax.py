@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import numpy as np
 from lars_multi import _batching
 from lars_multi._container import Container
 from lars_multi._errors import LarsMultiValueError
+from lars_multi._protocol import same_types_dtypes_shapes
 from lars_multi._tree import Attribute, Flat, FlatIndex
 
 # Containers are pytrees to JAX too, keyed by their names.
@@ -47,22 +49,28 @@ def device(x: Any) -> Any:
     (an uncommitted array, a traced one)."""
     if isinstance(x, jax.core.Tracer) or not x.committed:
         return None
-    return _Devices(tuple(sorted(x.sharding.device_set, key=lambda d: d.id)))
+    mesh = getattr(x.sharding, "mesh", None)
+    devices = tuple(sorted(x.sharding.device_set, key=lambda d: d.id))
+    return _Devices(devices, devices if mesh is None else tuple(mesh.devices.flat))
 
 
-class _Devices(NamedTuple):
-    """The devices of a committed array, as messages name them."""
+@dataclass(frozen=True)
+class _Devices:
+    """The devices of a committed array: equal to another's where the sets are;
+    named in the order of its mesh (one program takes arrays whose meshes order the
+    same devices alike, and a gradient is resharded as its weights)."""
 
     devices: tuple[Any, ...]
+    order: tuple[Any, ...] = field(compare=False)
 
     def __str__(self) -> str:
-        return ", ".join(map(str, self.devices))
+        return ", ".join(map(str, self.order))
 
 
 def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
     """Arrays of the weights' type, dtype and shape, each uncommitted or laid out as
     its weights (committed to their sharding)."""
-    if not all([type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape for x, w in zip(xs, ws)]):
+    if not same_types_dtypes_shapes(xs, ws):
         return False
     return not _any_committed(xs) or all(map(_laid_out_as, xs, ws))
 
@@ -100,12 +108,16 @@ def conform(x: Any, w: Any) -> Any:
 
 
 def misplaced(value: Any, ws: Sequence[Any]) -> int | None:
-    """The first of ``ws`` committed to other devices than a committed 0-d ``value``
-    (one program cannot take both)."""
+    """The first of ``ws`` committed to other devices than a committed 0-d ``value``,
+    or to its devices in another order (one program cannot take both)."""
     place = device(value)
     if place is None:
         return None
-    return next((i for i, w in enumerate(ws) if device(w) not in (None, place)), None)
+    for i, w in enumerate(ws):
+        at = device(w)
+        if at is not None and (at != place or at.order != place.order):
+            return i
+    return None
 
 
 def largest(dtype: Any) -> float:

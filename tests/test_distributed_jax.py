@@ -339,6 +339,10 @@ want = lm.lars_update({"a": a, "b": b}, {"a": ga, "b": gb}, 0.1, decay_lambda=0.
 def on(x, d, dtype=jnp.float32):
     return jax.device_put(jnp.asarray(x, dtype), d)
 
+def mesh_sharding(*devices, spec=("x",)):
+    mesh = jax.sharding.Mesh(np.array(devices), ("x",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
 # Layers on two devices, each gradient on its layer's: a program per device.
 w = {"a": lm.Array(on(a, d0)), "b": lm.Array(on(b, d1))}
 lm.lars_update(w, {"a": on(ga, d0), "b": on(gb, d1)}, 0.1, decay_lambda=0.01, out=w)
@@ -358,6 +362,9 @@ print("uncommitted", max(float(np.abs(np.asarray(new[k]) - want[k]).max()) for k
 for name, call in {
     "gradient": lambda: lm.lars_update({"a": on(a, d0)}, {"a": on(ga, d1)}, 0.1),
     "rate": lambda: lm.lars_update(on(a, d0), on(ga, d0), jax.device_put(jnp.float32(0.1), d1)),
+    "rate order": lambda: lm.lars_update(
+        on(a, mesh_sharding(d0, d1)), on(ga, mesh_sharding(d0, d1)), on(0.1, mesh_sharding(d1, d0, spec=()))
+    ),
 }.items():
     try:
         call()
@@ -395,7 +402,8 @@ print("donated", [x.data.is_deleted() for x in w])
 def test_layers_on_other_devices_step_by_device_and_misplaced_inputs_are_refused() -> None:
     """Layers committed to two devices, each with its gradient there (model
     parallelism), raised XLA's "incompatible devices" (one program took them all); a
-    gradient or rate committed elsewhere raised it too, and with half layers in chunks
+    gradient or rate committed elsewhere (a rate: or to the weights' devices in another
+    mesh order) raised it too, and with half layers in chunks
     and ``out=w``, a failing later chunk found the earlier chunks' weights donated
     (deleted). Now a program per device; the misplaced inputs refused by name; donation
     only where the whole update is one program."""
@@ -409,6 +417,7 @@ def test_layers_on_other_devices_step_by_device_and_misplaced_inputs_are_refused
         r"uncommitted True",
         r"gradient dcdw\['a'\]: expected an array on cpu:0 \(like w\['a'\]\), got one on cpu:1",
         r"rate lr: expected a 0-d array on cpu:0 \(like w\), got one on cpu:1",
+        r"rate order lr: expected a 0-d array on cpu:0, cpu:1 \(like w\), got one on cpu:1, cpu:0",
         r"started state.started\['a'\]: expected a 0-d array on cpu:0 \(like params\['a'\]\), got .*cpu:1",
         r"count state.count: expected a 0-d array on cpu:0 \(like params\['a'\]\), got one on cpu:1",
         r"donated \[False, False\]",
