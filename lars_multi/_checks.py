@@ -220,7 +220,7 @@ def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend, *, read:
             f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}{hint}"
         )
     shape, w_shape = ops.shape(data), ops.shape(w)
-    if shape != w_shape and _shapes_conflict(shape, w_shape):
+    if shape != w_shape and shapes_conflict(shape, w_shape):
         raise LarsMultiValueError(
             f"{path}: expected shape {tuple(w_shape)} (the shape of {w_path}), got {tuple(shape)}"
         )
@@ -256,7 +256,7 @@ def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> Non
         )
 
 
-def _shapes_conflict(a: Any, b: Any) -> bool:
+def shapes_conflict(a: Any, b: Any) -> bool:
     """True unless the shapes agree where both are known (traced shapes may hold None,
     or have no known rank)."""
     if None in (getattr(a, "rank", 0), getattr(b, "rank", 0)):

@@ -248,14 +248,54 @@ if keras is not None:
                     for i in range(len(var_list))
                 ]
 
-        def _check_fits(self, var_list: list[Any]) -> None:
-            """The numbers among the hyper-parameters must be finite in the dtype each
-            variable computes in (``1e39`` is inf in float32), as lars_multi.optim's are."""
+        @property
+        def learning_rate(self) -> Any:
+            return super().learning_rate
+
+        @learning_rate.setter
+        def learning_rate(self, value: Any) -> None:
+            """Set as Keras' callbacks set it, a number checked as the constructor checks
+            it (a NaN or negative rate refused, not stepped with)."""
+            value = _keras_schedule("learning_rate", value)
+            _check_rate("learning_rate", value)
+            if _checks.is_number(value):
+                value = optim._rate("learning_rate", value)
+                if self.built:
+                    self._check_fits(self._trainable_variables, learning_rate=value)
+            keras.optimizers.Optimizer.learning_rate.fset(self, value)
+            if _checks.is_number(value):
+                self._lars_learning_rate = value
+
+        def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
+            """Keras' ``apply``, every gradient's shape checked against its variable's
+            first: a gradient that broadcasts to it would be stepped with the norm of
+            its own few values, and one that does not would fail after the variables
+            before it were written."""
+            grads = list(grads)
+            variables = (
+                getattr(self, "_trainable_variables", None)
+                if trainable_variables is None
+                else list(trainable_variables)
+            )
+            if variables is not None and len(variables) == len(grads):
+                for i, (gradient, variable) in enumerate(zip(grads, variables)):
+                    shape = getattr(gradient, "shape", None)
+                    if shape is not None and _checks.shapes_conflict(shape, variable.shape):
+                        raise LarsMultiValueError(
+                            f"grads[{i}]: expected shape {tuple(variable.shape)} (the shape of "
+                            f"{variable.path}), got {tuple(shape)}"
+                        )
+            return super().apply(grads, trainable_variables)
+
+        def _check_fits(self, var_list: list[Any], learning_rate: Any = None) -> None:
+            """The numbers among the hyper-parameters (``learning_rate``: the one to be
+            set, else the current one) must be finite in the dtype each variable
+            computes in (``1e39`` is inf in float32), as lars_multi.optim's are."""
             ops = get_backend(keras.backend.backend())
             arrays = [v.value for v in var_list]
             config = self._lars_config
             for name, value in (
-                ("learning_rate", self._lars_learning_rate),
+                ("learning_rate", self._lars_learning_rate if learning_rate is None else learning_rate),
                 ("weight_decay", self.lars_weight_decay),
                 ("trust_coefficient", config.trust_coefficient),
                 ("eps", config.eps),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -386,6 +387,43 @@ def test_rates_of_every_kind_are_checked():
         lars_multi.keras.Schedule("nope")
     with pytest.raises(lm.LarsMultiTypeError, match=r"^warmup_polynomial: .*missing"):
         lars_multi.keras.Schedule("warmup_polynomial", peak=1.0)
+
+
+def test_gradients_and_rates_set_later_are_checked_before_anything_is_written():
+    """A gradient of another shape that broadcasts to its variable was stepped with the
+    norm of its own few values (a wrong step); one that does not broadcast failed in
+    TensorFlow after the variables before it were written. A rate set later (as Keras'
+    callbacks set it) was not checked: NaN weights, or a step uphill."""
+    keras = pytest.importorskip("keras")
+    import lars_multi as lm
+    import lars_multi.keras
+
+    rng = np.random.default_rng(0)
+    first, second = (rng.standard_normal(shape).astype(np.float32) for shape in ((5, 4), (4, 4)))
+    for bad in ((4,), (1, 4), (), (16,)):
+        variables = [keras.Variable(first, name="a"), keras.Variable(second, name="kernel")]
+        optimizer = lars_multi.keras.LARS(0.5, weight_decay=1e-2)
+        if bad != (16,):
+            optimizer.build(variables)
+        gradients = [keras.ops.ones((5, 4)), keras.ops.ones(bad)]
+        with pytest.raises(
+            lm.LarsMultiValueError,
+            match=rf"^grads\[1\]: expected shape \(4, 4\) \(the shape of kernel\), got {re.escape(str(bad))}",
+        ):
+            optimizer.apply(gradients, variables)
+        for variable, before in zip(variables, (first, second)):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), before)
+        assert all(not np.any(keras.ops.convert_to_numpy(m)) for m in getattr(optimizer, "momentums", []))
+        assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 0
+    variable = keras.Variable(np.ones((2, 2), np.float32))
+    optimizer = lars_multi.keras.LARS(0.5)
+    optimizer.build([variable])
+    for bad in (float("nan"), -1.0, np.float32(-0.5), 1e39):
+        with pytest.raises(lm.LarsMultiValueError, match=r"^learning_rate: expected a number"):
+            optimizer.learning_rate = bad
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == 0.5
+    optimizer.learning_rate = 0.25
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == 0.25
 
 
 def test_lars_multi_schedules_are_keras_schedules(tmp_path):
