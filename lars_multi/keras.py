@@ -193,7 +193,7 @@ if keras is not None:
                 momentum=momentum,
                 nesterov=nesterov,
                 dampening=dampening,
-                weight_decay=decay,
+                weight_decay=0.0 if callable(decay) else decay,  # (Keras calls it with no argument)
                 trust_coefficient=trust_coefficient,
                 eps=eps,
                 trust_clip=trust_clip,
@@ -203,7 +203,7 @@ if keras is not None:
             super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
             self._lars_config = checked.config
             self._lars_learning_rate = checked.learning_rate  # (0.0 for a schedule: Keras')
-            self.lars_weight_decay = checked.weight_decay
+            self.lars_weight_decay = decay if callable(decay) else checked.weight_decay
             self.momentum = checked.config.momentum
             self.nesterov = nesterov
             self.dampening = checked.config.dampening

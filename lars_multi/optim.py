@@ -108,13 +108,30 @@ def _rate(name: str, value: Any) -> Any:
     the array against the parameters' backend; its value is not read)."""
     if _checks.is_number(value):  # (NumPy scalars too: checked now, as Python floats)
         return _number(name, float(value))
-    if callable(value) or _checks.owner(value) is not None:
+    if callable(value):
+        _check_schedule(name, value)
+        return value
+    if _checks.owner(value) is not None:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise LarsMultiTypeError(
             f"{name}: expected a number, a 0-d array or a schedule, got {type_name(value)}"
         )
     return _number(name, value)
+
+
+def _check_schedule(name: str, schedule: Any) -> None:
+    """A schedule is called with the step count: one that cannot take it failed at the
+    first step, with Python's own error naming neither argument."""
+    try:
+        inspect.signature(schedule).bind(0)
+    except TypeError:
+        raise LarsMultiTypeError(
+            f"{name}: expected a number, a 0-d array or a schedule (a callable of the step count), "
+            "got a callable that cannot be called with one argument"
+        ) from None
+    except ValueError:  # (no signature to read: called as it is)
+        pass
 
 
 @dataclass(frozen=True)
@@ -478,11 +495,15 @@ _LAST_COUNT = 2**31 - 2
 
 def _step_count(count: Any, name: str, ops: Backend) -> Any:
     """``state.count``, checked; a NumPy one (read back from a file) as the framework's
-    array, so that schedules get the framework's."""
+    array, so that schedules get the framework's; an array as int32."""
     _check_count(count, name, ops)
+    if isinstance(count, int):
+        return count
     # (a tuple, not np.ndarray | np.integer: torch.compile cannot trace a union of NumPy types)
-    if isinstance(count, (np.ndarray, np.integer)) and not ops.is_native(count):
-        return ops.asarray(count, "int32")
+    foreign = isinstance(count, (np.ndarray, np.integer)) and not ops.is_native(count)
+    # As int32 before one is added to it: a count of a narrower dtype wrapped (uint8 255 + 1 = 0).
+    if foreign or ops.dtype_name(_checks.unwrap(count).dtype) != "int32":
+        return ops.asarray(_checks.unwrap(count), "int32")
     return count
 
 

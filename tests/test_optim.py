@@ -659,6 +659,27 @@ def test_init_state(backend, dtype, problem):
         assert lm.optim.lars(LR, momentum=0.0).init(p).momentum is None
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int64"])
+def test_a_count_of_another_integer_dtype_advances_without_wrapping(backend, dtype):
+    """A count of a narrow dtype, as NumPy or as the framework's array, was advanced in
+    its own dtype: uint8 255 became 0 (timm's buffers, without started flags, then
+    restarted at r u). It advances as int32, whatever dtype it came in."""
+    last = {"uint8": 255, "int16": 32767, "uint16": 65535, "int64": 2**31 - 2}[dtype]
+    p = native(backend, np.ones((2, 2)), "float32")
+    g = native(backend, np.full((2, 2), 0.5), "float32")
+    timm = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset="timm")
+    buffers = {"w": native(backend, np.full((2, 2), 5.0), "float32")}
+    want = timm.step({"w": p}, {"w": g}, lm.optim.LarsState(native(backend, 7, "int32"), buffers, None))
+    counts = [np.array(last, dtype)]
+    if backend != "tensorflow" or dtype != "uint16":  # (TensorFlow has no uint16 arithmetic on CPU)
+        counts.append(native(backend, np.array(last, dtype), dtype) if backend != "numpy" else counts[0])
+    for count in counts:
+        new, state = timm.step({"w": p}, {"w": g}, lm.optim.LarsState(count, buffers, None))
+        assert int(to_numpy(state.count)) == last + 1
+        assert "int32" in str(state.count.dtype)
+        np.testing.assert_array_equal(to_numpy(new["w"]), to_numpy(want[0]["w"]))
+
+
 @pytest.mark.parametrize("name", ["numpy", "torch", "jax"])
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_pickle_state_and_resume(name, preset, problem):
@@ -684,6 +705,16 @@ def test_pickle_state_and_resume(name, preset, problem):
 
 
 # --- 6. errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg", ["learning_rate", "weight_decay"])
+@pytest.mark.parametrize("schedule", [lambda: 0.1, lambda step, extra: 0.1, lambda *, step: 0.1], ids=repr)
+def test_a_schedule_that_cannot_take_the_step_count_is_refused_when_made(arg, schedule):
+    """It was taken, and the first step raised Python's TypeError, naming neither argument."""
+    arguments = {"learning_rate": LR, arg: schedule}
+    with pytest.raises(lm.LarsMultiTypeError, match=rf"^{arg}: expected .*a callable of the step count"):
+        lm.optim.lars(**arguments)
+    lm.optim.lars(**{**arguments, arg: lambda step, extra=1: 0.1})
 
 
 def test_unknown_preset_lists_known_ones():
