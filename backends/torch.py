@@ -18,6 +18,7 @@ import torch
 from lars_multi import _batching, _registry
 from lars_multi._aliasing import elements_overlap, overlap_groups
 from lars_multi._protocol import no_axis_name
+from lars_multi.optim import LarsState
 
 FRAMEWORK = "torch"
 _HALF = frozenset({torch.float16, torch.bfloat16})
@@ -579,3 +580,5 @@ def axpby(
 
 
 _registry.is_compiling = torch.compiler.is_compiling
+# An optimizer state saved with torch.save loads with torch.load's defaults (weights only).
+torch.serialization.add_safe_globals([LarsState])

@@ -680,6 +680,22 @@ def test_a_count_of_another_integer_dtype_advances_without_wrapping(backend, dty
         np.testing.assert_array_equal(to_numpy(new["w"]), to_numpy(want[0]["w"]))
 
 
+def test_a_state_saved_by_torch_loads_with_torch_load_defaults(tmp_path):
+    """torch.load (weights only, its default) refused the state's class."""
+    require_backend("torch")
+    import torch
+
+    opt = lm.optim.lars(LR, weight_decay=1e-3, preset="timm")
+    p = {"w": torch.ones(2, 2)}
+    _, state = opt.step(p, {"w": torch.full((2, 2), 0.5)}, opt.init(p))
+    torch.save(state, tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt")
+    assert isinstance(loaded, lm.optim.LarsState)
+    for a, b in zip(loaded, state):
+        for (_, x), (_, y) in zip(tleaves(a), tleaves(b)):
+            assert torch.equal(x, y)
+
+
 @pytest.mark.parametrize("name", ["numpy", "torch", "jax"])
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_pickle_state_and_resume(name, preset, problem):
