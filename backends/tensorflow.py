@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from lars_multi import _batching
-from lars_multi._protocol import no_axis_name
+from lars_multi._protocol import no_axis_name, same_types_dtypes_shapes
 
 FRAMEWORK = "tensorflow"
 _HALF = frozenset({tf.float16, tf.bfloat16})
@@ -181,6 +181,23 @@ def shape(x: Any) -> tf.TensorShape:
     if isinstance(x, tf.Variable) and not static.is_fully_defined() and tf.executing_eagerly():
         return x.value().shape
     return static
+
+
+def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
+    """Tensors of the weights' type, dtype and shape, every shape fully known (a
+    dimension known only when a graph runs goes through :func:`assert_same_shape`)."""
+    return same_types_dtypes_shapes(xs, ws) and all(
+        x.shape.is_fully_defined() and w.shape.is_fully_defined() for x, w in zip(xs, ws)
+    )
+
+
+def assert_same_shape(x: Any, w: Any, message: str) -> None:
+    """In a graph where ``x``'s or ``w``'s shape is not fully known, an assertion that
+    runs before anything the step writes (tf.function orders stateful ops as written):
+    a gradient of another shape was broadcast, with the norm of its own values."""
+    if shape(x).is_fully_defined() and shape(w).is_fully_defined():
+        return
+    tf.debugging.assert_equal(tf.shape(x), tf.shape(w), message=message)
 
 
 def batches(ws: Sequence[Any]) -> list[Sequence[int]]:

@@ -224,6 +224,7 @@ def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend, *, read:
         raise LarsMultiValueError(
             f"{path}: expected shape {tuple(w_shape)} (the shape of {w_path}), got {tuple(shape)}"
         )
+    ops.assert_same_shape(data, w, f"{path}: expected the shape of {w_path}")
 
 
 def check_gradients(

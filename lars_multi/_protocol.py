@@ -56,6 +56,7 @@ class Backend(Protocol):
     def dtype_hint(self, got: Any, expected: Any) -> str: ...
     def device(self, x: Any) -> Any: ...
     def shape(self, x: Any) -> Any: ...
+    def assert_same_shape(self, x: Any, w: Any, message: str) -> None: ...
     def misplaced(self, value: Any, ws: Sequence[Any]) -> int | None: ...
     def memory_roots(self, xs: Sequence[Any]) -> list[Hashable | None]: ...
     def overlaps(self, a: Any, b: Any) -> bool: ...
@@ -149,6 +150,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def shape(x: Any) -> Any:
         """``x``'s shape as far as it is known now (traced dimensions may be None)."""
         return x.shape
+
+    def assert_same_shape(x: Any, w: Any, message: str) -> None:
+        """Where ``x``'s and ``w``'s shapes are known only when a traced program runs,
+        a check that runs in it (failing with ``message``); here shapes are known."""
+        return None
 
     def misplaced(value: Any, ws: Sequence[Any]) -> int | None:
         """The index of the first of ``ws`` whose arithmetic cannot read the 0-d
@@ -259,6 +265,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             dtype_hint,
             device,
             shape,
+            assert_same_shape,
             misplaced,
             memory_roots,
             overlaps,

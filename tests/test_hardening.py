@@ -1273,3 +1273,22 @@ def test_numpy_scalar_weights_come_back_as_scalars(dtype):
     want = 2.0 - 2.0 * 0.1 / (1.0 + 1e-12)
     np.testing.assert_allclose(float(new), want, rtol={np.float16: 1e-3, np.float32: 1e-7}.get(dtype, 1e-15))
     assert float(tree["a"]) == float(new)
+
+
+def test_a_gradient_of_another_shape_in_a_tf_function_of_unknown_shapes_is_refused_when_it_runs():
+    """Inside a ``tf.function`` whose shapes are partly unknown (``[None, 4]``), a (1, 4)
+    gradient for (3, 4) weights was broadcast: the trust ratio took the norm of one row.
+    Shapes known only when the graph runs are asserted in it."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, 4], tf.float32)
+
+    @tf.function(input_signature=[spec, spec])
+    def step(w, g):
+        return lm.lars_update(w, g, 0.1)
+
+    w = np.ones((3, 4), np.float32)
+    np.testing.assert_allclose(step(w, np.full((3, 4), 0.5, np.float32)).numpy(), 0.9, rtol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"dcdw: expected the shape of w"):
+        step(w, np.full((1, 4), 0.5, np.float32))
