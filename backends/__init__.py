@@ -57,6 +57,9 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     chose (JAX: another sharding over the same devices); default: ``x``.
     ``shape(x)``: ``x``'s shape as far as known now (default ``x.shape``;
     TensorFlow: a variable of unknown static shape has its value's, eagerly).
+    ``assert_same_shape(x, w, message)``: where shapes are known only when a
+    traced program runs (TensorFlow graphs), an assertion in it that ``x`` has
+    ``w``'s shape (default: nothing, shapes are known).
     ``all_dense(xs)``: whether every array is dense (default: True).
     ``misplaced(value, ws)``: the index of the first of ``ws`` whose arithmetic
     cannot read the 0-d array ``value`` where it lives (a rate on another device),

@@ -219,12 +219,16 @@ def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend, *, read:
         raise LarsMultiTypeError(
             f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}{hint}"
         )
-    shape, w_shape = ops.shape(data), ops.shape(w)
-    if shape != w_shape and shapes_conflict(shape, w_shape):
+    check_shape(path, ops.shape(data), w_path, ops.shape(w))
+    ops.assert_same_shape(data, w, f"{path}: expected the shape of {w_path}")
+
+
+def check_shape(path: Any, shape: Any, w_path: Any, w_shape: Any) -> None:
+    """``shape`` must be the weights' ``w_shape`` where both are known."""
+    if shape != w_shape and _shapes_conflict(shape, w_shape):
         raise LarsMultiValueError(
             f"{path}: expected shape {tuple(w_shape)} (the shape of {w_path}), got {tuple(shape)}"
         )
-    ops.assert_same_shape(data, w, f"{path}: expected the shape of {w_path}")
 
 
 def check_gradients(
@@ -257,7 +261,7 @@ def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> Non
         )
 
 
-def shapes_conflict(a: Any, b: Any) -> bool:
+def _shapes_conflict(a: Any, b: Any) -> bool:
     """True unless the shapes agree where both are known (traced shapes may hold None,
     or have no known rank)."""
     if None in (getattr(a, "rank", 0), getattr(b, "rank", 0)):

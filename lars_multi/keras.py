@@ -258,12 +258,13 @@ if keras is not None:
             it (a NaN or negative rate refused, not stepped with)."""
             value = _keras_schedule("learning_rate", value)
             _check_rate("learning_rate", value)
-            if _checks.is_number(value):
+            number = _checks.is_number(value)
+            if number:
                 value = optim._rate("learning_rate", value)
                 if self.built:
                     self._check_fits(self._trainable_variables, learning_rate=value)
             keras.optimizers.Optimizer.learning_rate.fset(self, value)
-            if _checks.is_number(value):
+            if number:
                 self._lars_learning_rate = value
 
         def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
@@ -280,11 +281,8 @@ if keras is not None:
             if variables is not None and len(variables) == len(grads):
                 for i, (gradient, variable) in enumerate(zip(grads, variables)):
                     shape = getattr(gradient, "shape", None)
-                    if shape is not None and _checks.shapes_conflict(shape, variable.shape):
-                        raise LarsMultiValueError(
-                            f"grads[{i}]: expected shape {tuple(variable.shape)} (the shape of "
-                            f"{variable.path}), got {tuple(shape)}"
-                        )
+                    if shape is not None:
+                        _checks.check_shape(f"grads[{i}]", shape, variable.path, variable.shape)
             return super().apply(grads, trainable_variables)
 
         def _check_fits(self, var_list: list[Any], learning_rate: Any = None) -> None:

@@ -501,9 +501,10 @@ def _step_count(count: Any, name: str, ops: Backend) -> Any:
         return count
     # (a tuple, not np.ndarray | np.integer: torch.compile cannot trace a union of NumPy types)
     foreign = isinstance(count, (np.ndarray, np.integer)) and not ops.is_native(count)
+    data = _checks.unwrap(count)
     # As int32 before one is added to it: a count of a narrower dtype wrapped (uint8 255 + 1 = 0).
-    if foreign or ops.dtype_name(_checks.unwrap(count).dtype) != "int32":
-        return ops.asarray(_checks.unwrap(count), "int32")
+    if foreign or ops.dtype_name(data.dtype) != "int32":
+        return ops.asarray(data, "int32")
     return count
 
 
