@@ -150,6 +150,21 @@ def where(cond: Any, x: Any, y: Any) -> jax.Array:
     return jnp.where(cond, x, y)
 
 
+@jax.custom_jvp
+def _root(total: Any) -> jax.Array:
+    """The square root of a sum of squares, whose derivative is 0 where the sum is
+    (the subgradient torch takes at a zero norm; ``jnp.sqrt``'s is infinite there,
+    and times the zero derivative of the sum it made the norm's gradient NaN)."""
+    return jnp.sqrt(total)
+
+
+@_root.defjvp
+def _root_jvp(primals: tuple[Any], tangents: tuple[Any]) -> tuple[jax.Array, jax.Array]:
+    root = _root(primals[0])
+    positive = root > 0
+    return root, jnp.where(positive, tangents[0] / (2 * jnp.where(positive, root, 1)), 0)
+
+
 def norm(x: Any, axis_name: Any = None) -> jax.Array:
     """:math:`\\lVert x \\rVert_2`; halves accumulate in float32. With ``axis_name``
     (inside ``jax.shard_map``), the sum of squares is summed over that mesh axis
@@ -157,8 +172,8 @@ def norm(x: Any, axis_name: Any = None) -> jax.Array:
     if x.dtype in _HALF:
         x = x.astype(jnp.float32)
     if axis_name is None:
-        return jnp.sqrt(jnp.sum(jnp.square(x)))
-    return jnp.sqrt(jax.lax.psum(jnp.sum(jnp.square(x)), axis_name))
+        return _root(jnp.sum(jnp.square(x)))
+    return _root(jax.lax.psum(jnp.sum(jnp.square(x)), axis_name))
 
 
 def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[jax.Array]:
@@ -175,7 +190,7 @@ def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[ja
         totals = jax.lax.psum([sums[i] for i in indices], name)
         for i, total in zip(indices, totals):
             sums[i] = total
-    return [jnp.sqrt(x) for x in sums]
+    return [_root(x) for x in sums]
 
 
 def memory_roots(xs: Sequence[Any]) -> list[int | None]:

@@ -119,6 +119,64 @@ def test_stop_gradients_cuts_differentiable_rates_too(backend_name):
     assert all(x is None for x in tape.gradient(total, [lr, decay]))
 
 
+def _gradients(backend_name, loss_of, w, g):
+    """The gradients of ``loss_of(w, g)`` (a scalar) in w and g, by the framework's autodiff."""
+    if backend_name == "torch":
+        import torch
+
+        w, g = (torch.tensor(x, requires_grad=True) for x in (w, g))
+        loss_of(w, g).backward()
+        return to_numpy(w.grad), to_numpy(g.grad)
+    if backend_name == "jax":
+        import jax
+
+        return tuple(map(to_numpy, jax.grad(loss_of, argnums=(0, 1))(native("jax", w), native("jax", g))))
+    import tensorflow as tf
+
+    w, g = tf.Variable(w), tf.Variable(g)
+    with tf.GradientTape() as tape:
+        loss = loss_of(tf.identity(w), tf.identity(g))
+    return tuple(x.numpy() for x in tape.gradient(loss, [w, g]))
+
+
+@pytest.mark.parametrize("zero", ["weights", "gradient"])
+@pytest.mark.parametrize("tree", [False, True], ids=["one", "tree"])
+def test_gradient_at_a_zero_norm_is_the_subgradient_not_nan(backend_name, zero, tree):
+    """Differentiated at zero weights or a zero gradient, a norm contributes its
+    subgradient 0 (as torch's does), on every autodiff backend: before, JAX's and
+    TensorFlow's square root gave NaN there."""
+    if backend_name == "numpy":
+        pytest.skip("NumPy has no autodiff")
+    lr = 0.1
+    w = np.zeros_like(W2) if zero == "weights" else W2.astype(np.float64)
+    g = np.zeros_like(G2) if zero == "gradient" else G2.astype(np.float64)
+    w, g = w.astype(np.float32), g.astype(np.float32)
+
+    def loss_of(w, g):
+        args = ({"a": w, "b": w * 2}, {"a": g, "b": g * 2}) if tree else (w, g)
+        new = lm.lars_update(*args, lr, stop_gradients=False)
+        layers = [new["a"], new["b"]] if tree else [new]
+        weighted = [layer * native(backend_name, C2) for layer in layers]
+        if backend_name == "tensorflow":
+            import tensorflow as tf
+
+            return sum(tf.reduce_sum(x) for x in weighted)
+        return sum(x.sum() for x in weighted)
+
+    w_grad, g_grad = _gradients(backend_name, loss_of, w, g)
+    # The reference's r = ||w|| / (||g|| + 1e-12), out = w - lr r g, in float64 by
+    # hand: the ratio's derivative vanishes (a zero norm's subgradient, or a zero
+    # factor g), leaving d/dw = c and d/dg = -lr r c, summed over the layers' scales.
+    c = C2.astype(np.float64)
+    want_w, want_g = np.zeros_like(c), np.zeros_like(c)
+    for scale in (1.0, 2.0) if tree else (1.0,):  # layer "b" is (2 w, 2 g)
+        w_norm, g_norm = (np.linalg.norm(scale * x.astype(np.float64)) for x in (w, g))
+        want_w += scale * c
+        want_g -= lr * w_norm / (g_norm + 1e-12) * scale * c
+    np.testing.assert_allclose(w_grad, want_w, rtol=1e-6)
+    np.testing.assert_allclose(g_grad, want_g, rtol=1e-6)
+
+
 # --- jax -----------------------------------------------------------------------------
 
 
