@@ -57,6 +57,8 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     chose (JAX: another sharding over the same devices); default: ``x``.
     ``shape(x)``: ``x``'s shape as far as known now (default ``x.shape``;
     TensorFlow: a variable of unknown static shape has its value's, eagerly).
+    ``is_traced(x)``: whether ``x`` is a value of a program being traced
+    (``jax.jit``, ``tf.function``), not an array with values (default: False).
     ``assert_same_shape(x, w, message)``: where shapes are known only when a
     traced program runs (TensorFlow graphs), an assertion in it that ``x`` has
     ``w``'s shape (default: nothing, shapes are known).

@@ -43,6 +43,10 @@ def unwritable(x: Any) -> str | None:
     return "an immutable jax.Array"
 
 
+def is_traced(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
 def device(x: Any) -> Any:
     """The devices an array is committed to (``jax.device_put`` to a device or a
     sharding, or computed from such arrays); None where JAX places it where it is used

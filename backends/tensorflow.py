@@ -32,6 +32,10 @@ def unwritable(x: Any) -> str | None:
     return None if isinstance(x, tf.Variable) else f"an immutable {type(x).__name__} (use a tf.Variable)"
 
 
+def is_traced(x: Any) -> bool:
+    return tf.is_symbolic_tensor(x)
+
+
 def densify(x: Any) -> Any:
     """``tf.IndexedSlices`` gradients (embeddings, gathers) as dense tensors, as Keras does
     (None for slices without a ``dense_shape``: their dense shape is unknown)."""

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._array import Array
+from ._container import Container
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
 from ._protocol import Backend
 from ._registry import all_native, backend_of, current_backend, get_backend
@@ -70,6 +71,84 @@ def write_back(target: Any, new: Any) -> None:
     variable = keras_variable_type()
     if variable is not None and isinstance(target, variable) and new is not target.value:
         target.assign(new)
+
+
+class Entry(NamedTuple):
+    """An entry of an ``lm.Container`` given as ``out`` (or of a list in it) that
+    holds an array that cannot be written in place: ``handle`` (an ``lm.Array`` on
+    that array) takes the result, then the entry takes the handle's new array
+    (:func:`fill_entries`)."""
+
+    container: Any  # an lm.Container (keyed by str), or a list in one (by int)
+    key: str | int
+    handle: Array
+
+
+def entry_handles(
+    out: Any, out_leaves: list[Any], paths: Sequence[Any], ops: Backend
+) -> tuple[list[Any], list[Entry]]:
+    """``out``'s leaves with a handle in place of each array that cannot be written
+    but sits in an ``lm.Container`` or a list in one (whose entry can be replaced),
+    and those entries."""
+    if not _holds_container(out):
+        return out_leaves, []
+    leaves, entries = list(out_leaves), []
+    for i, (leaf, path) in enumerate(zip(out_leaves, paths)):
+        if backend_of(leaf) is None or ops.unwritable(leaf) is None:
+            continue
+        parent = _parent(out, path)
+        if isinstance(parent, Container | list):
+            leaves[i] = Array(leaf)
+            entries.append(Entry(parent, path[-1], leaves[i]))
+    return leaves, entries
+
+
+def check_no_escape(
+    ops: Backend, handles: Sequence[Any], values: Sequence[Any], label: Callable[[int], str]
+) -> None:
+    """Raise where an ``lm.Array`` holding an array with values would take a value of
+    a trace (``jax.jit``, ``tf.function``), which outlives the trace and means nothing
+    outside it; a handle made inside the trace may (run once all is computed, before
+    any handle is given its value)."""
+    for k, (handle, value) in enumerate(zip(handles, values)):
+        if isinstance(handle, Array) and ops.is_traced(value) and not ops.is_traced(handle.data):
+            raise LarsMultiValueError(
+                f"{label(k)}: expected a handle made inside this traced function (jax.jit, tf.function), "
+                f"got one holding a {type_name(handle.data)} from outside it, which would be left holding "
+                "a value of the trace; return the result from the traced function instead"
+            )
+
+
+def fill_entries(entries: Sequence[Entry]) -> None:
+    """Each Container entry takes its handle's new array (written by ``write_back``)."""
+    for entry in entries:
+        entry.container[entry.key] = entry.handle.data
+
+
+def _holds_container(tree: Any) -> bool:
+    if isinstance(tree, Container):
+        return True
+    children = (
+        list(tree.values())
+        if isinstance(tree, Mapping)
+        else list(tree)
+        if isinstance(tree, list | tuple)
+        else []
+    )
+    return bool(children) and not all_native(children) and any(map(_holds_container, children))
+
+
+def _parent(tree: Any, path: Sequence[Any]) -> Any:
+    """The node holding the leaf at ``path`` in ``tree`` (None where a step of the
+    path is no key or index of a mapping or sequence there)."""
+    node = tree
+    for entry in path[:-1]:
+        is_key = isinstance(node, Mapping) and isinstance(entry, str) and entry in node
+        is_index = isinstance(node, list | tuple) and type(entry) is int and -len(node) <= entry < len(node)
+        if not (is_key or is_index):
+            return None
+        node = node[entry]
+    return node if path else None
 
 
 # --- the backend of a call ---------------------------------------------------------------
@@ -287,7 +366,7 @@ def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
         if reason is not None:
             raise LarsMultiTypeError(
                 f"{path}: expected an array that can be written in place, got {reason}; "
-                "pass a lars_multi.Array or Container as out, or use the result"
+                "pass a lars_multi.Array (or an lm.Container holding the arrays) as out, or use the result"
             )
     check_like(path, data, w_path, w, ops, read=False)
     check_device(path, data, w_path, w, ops)

@@ -122,6 +122,7 @@ def _update_one(
     late = must_write_late(ops, [target], [w_data], [g, *array_values(ops, [rate, decay])])
     writable = ops.unwritable(target) is None
     (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late, writable=writable)
+    _checks.check_no_escape(ops, [out], [new], lambda i: "out")
     write_all(ops, [target], [new], lambda i: "out")
     write_back(out, new)
     return out
@@ -173,7 +174,9 @@ def _update_tree(
     outs = None
     writable = False
     kept = _checks.KeptOuts.none()
+    entries: list[_checks.Entry] = []
     if out_leaves is not None:
+        out_leaves, entries = _checks.entry_handles(out, out_leaves, flat.paths, ops)
         active_outs = take(out_leaves, active)
         outs = _checks.check_outs(active_outs, ws, paths, ("out", "w"), name, ops)
         kept = _checks.check_kept_outs(flat.leaves, flat.paths, active, out_leaves, ("out", "w"), name, ops)
@@ -203,7 +206,9 @@ def _update_tree(
         put(results, indices, group)
     if out_leaves is None or outs is None:
         return _finish(flat, None, None, name, dict(zip(active, results)))
-    return _write(flat, out, out_leaves, name, ops, (active, active_outs, outs, results), kept, write_late)
+    written = _write(flat, out, out_leaves, name, ops, (active, active_outs, outs, results), kept, write_late)
+    _checks.fill_entries(entries)
+    return written
 
 
 def _write(
@@ -228,7 +233,9 @@ def _write(
         return str(Path("out", flat.paths[indices[k]]))
 
     if kept.indices or not _checks.all_native(active_outs):
-        check_handles(ops, concat(active_outs, kept.targets), values, label)
+        handles = concat(active_outs, kept.targets)
+        check_handles(ops, handles, values, label)
+        _checks.check_no_escape(ops, handles, values, label)
     write_all(ops, concat(outs, kept.datas), values, label)
     return _finish(flat, out, out_leaves, name, dict(zip(indices, values)))
 
@@ -275,13 +282,16 @@ def copy_unchanged(
         return out
     name = _checks.call_backend(take(flat.leaves, arrays), take(flat.paths, arrays), w_arg)
     ops = get_backend(name)
+    out_leaves, entries = _checks.entry_handles(out, out_leaves, flat.paths, ops)
     kept = _checks.check_kept_outs(flat.leaves, flat.paths, [], out_leaves, ("out", w_arg), name, ops)
     if not kept.indices:  # (every layer its own output)
         return out
     if check is not None:
         check(kept, ops)
     late = must_write_late(ops, kept.datas, kept.weights, [])
-    return _write(flat, out, out_leaves, name, ops, ([], [], [], []), kept, late)
+    written = _write(flat, out, out_leaves, name, ops, ([], [], [], []), kept, late)
+    _checks.fill_entries(entries)
+    return written
 
 
 def _per_leaf(

@@ -57,6 +57,7 @@ class Backend(Protocol):
     def device(self, x: Any) -> Any: ...
     def shape(self, x: Any) -> Any: ...
     def assert_same_shape(self, x: Any, w: Any, message: str) -> None: ...
+    def is_traced(self, x: Any) -> bool: ...
     def misplaced(self, value: Any, ws: Sequence[Any]) -> int | None: ...
     def memory_roots(self, xs: Sequence[Any]) -> list[Hashable | None]: ...
     def overlaps(self, a: Any, b: Any) -> bool: ...
@@ -155,6 +156,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         """Where ``x``'s and ``w``'s shapes are known only when a traced program runs,
         a check that runs in it (failing with ``message``); here shapes are known."""
         return None
+
+    def is_traced(x: Any) -> bool:
+        """Whether ``x`` is a value of a program being traced (``jax.jit``,
+        ``tf.function``), which exists only inside that trace: here, never."""
+        return False
 
     def misplaced(value: Any, ws: Sequence[Any]) -> int | None:
         """The index of the first of ``ws`` whose arithmetic cannot read the 0-d
@@ -266,6 +272,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             device,
             shape,
             assert_same_shape,
+            is_traced,
             misplaced,
             memory_roots,
             overlaps,

@@ -204,7 +204,9 @@ class LarsOptimizer:
         outs = None
         outs_writable = False  # asked only with out=, as is whether the buffers are writable
         kept = _checks.KeptOuts.none()
+        entries: list[_checks.Entry] = []
         if out_leaves is not None:
+            out_leaves, entries = _checks.entry_handles(out, out_leaves, flat.paths, ops)
             active_outs = take(out_leaves, active)
             outs = _checks.check_outs(active_outs, ws, paths, ("out", "params"), name, ops)
             outs_writable = _checks.outs_writable(active_outs, outs, ops)
@@ -240,10 +242,13 @@ class LarsOptimizer:
         if kept.indices or not _checks.all_native(active_outs):  # (native outputs were written already)
             targets, values = [*kept.targets, *active_outs], [*copies, *new_ws]
             indices = [*kept.indices, *active]
-            check_handles(ops, targets, values, lambda k: str(Path("out", flat.paths[indices[k]])))
+            label = lambda k: str(Path("out", flat.paths[indices[k]]))  # noqa: E731
+            check_handles(ops, targets, values, label)
+            _checks.check_no_escape(ops, targets, values, label)
             for target, new in zip(targets, values):
                 if target is not new:
                     _checks.write_back(target, new)
+            _checks.fill_entries(entries)
         momentum = (
             state.momentum
             if buffers_writable

@@ -112,6 +112,38 @@ def test_separate_container_out(backend):
     np.testing.assert_array_equal(to_numpy(w.b), W2)
 
 
+@pytest.mark.parametrize("via", ["lars_update", "method", "optimizer"])
+def test_container_out_of_native_arrays_takes_the_results(backend, via):
+    """A Container (and a list in it) of native arrays as ``out``: NumPy arrays and
+    torch tensors are written in place; JAX arrays and TensorFlow tensors, which
+    cannot be, are replaced in their entries (as the README promises). Before, the
+    immutable ones were refused with a message asking for a Container."""
+    w = lm.Container(a=native(backend, W), b={"c": [native(backend, W2)]})
+    g = lm.Container(a=native(backend, G), b={"c": [native(backend, G2)]})
+    out = lm.Container(a=native(backend, np.zeros_like(W)), b={"c": [native(backend, np.zeros_like(W2))]})
+    leaves = (out.a, out.b.c[0])
+    if via == "optimizer":
+        opt = lm.optim.lars(0.1, momentum=0.0, trust_coefficient=1.0, preset="optax")
+        returned, _ = opt.step(w, g, opt.init(w), out=out)
+        want = [
+            wl - 0.1 * np.linalg.norm(wl) / np.linalg.norm(gl) * gl for wl, gl in ((W, G), (W2, G2))
+        ]  # r = ||w|| / ||g||, c = 1
+        np.testing.assert_allclose(to_numpy(out.a), want[0], rtol=1e-6)
+        np.testing.assert_allclose(to_numpy(out.b.c[0]), want[1], rtol=1e-6)
+    else:
+        call = w.lars_update if via == "method" else lambda *a, **k: lm.lars_update(w, *a, **k)
+        returned = call(g, 0.1, decay_lambda=0.2, out=out)
+        assert_layer_close(out.a, W, G, 0.1, 0.2, "float32")
+        assert_layer_close(out.b.c[0], W2, G2, 0.1, 0.2, "float32")
+    assert returned is out
+    in_place = backend in ("numpy", "torch")
+    assert (out.a is leaves[0] and out.b.c[0] is leaves[1]) == in_place
+    for old in leaves if not in_place else ():
+        np.testing.assert_array_equal(to_numpy(old), 0.0)  # the arrays replaced are untouched
+    np.testing.assert_array_equal(to_numpy(w.a), W)
+    np.testing.assert_array_equal(to_numpy(g.b.c[0]), G2)
+
+
 def test_single_lm_array_out(backend):
     w, g = lm.Array(native(backend, W)), lm.Array(native(backend, G))
     out = lm.zeros_like(w)
@@ -508,3 +540,56 @@ def test_kept_output_in_a_momentum_buffer_of_the_state_is_refused(mutable_backen
         opt.step(params, grads, state, out=[native(backend, np.zeros_like(W)), state.momentum[1]])
     for b, kept in zip(state.momentum, before):
         np.testing.assert_array_equal(to_numpy(b), kept)
+
+
+# --- handles under tracing: a handle from outside never takes a traced value -------------
+
+
+def _traced(backend, function):
+    """``function`` as the framework traces it (``jax.jit``, ``tf.function``)."""
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)
+    import tensorflow as tf
+
+    return tf.function(function, autograph=False)
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+@pytest.mark.parametrize("out_kind", ["array", "array-of-w", "container", "optimizer"])
+def test_handle_from_outside_a_trace_is_refused_as_out(backend, out_kind):
+    """An lm.Array or Container made outside ``jax.jit`` / ``tf.function`` and given
+    as ``out`` inside it is refused, left as it was: before, it took the trace's value
+    (a tracer or symbolic tensor), and its weights were lost. One made inside works."""
+    require_backend(backend)
+    outside = lm.Array(native(backend, W))
+    holder = outside if out_kind.startswith("array") else lm.Container(a=native(backend, W))
+    before = to_numpy(outside if holder is outside else holder["a"])
+
+    def step(w, g):
+        if out_kind == "array":
+            lm.lars_update(w, g, 0.1, out=outside)
+        elif out_kind == "array-of-w":  # concrete weights, a traced gradient
+            outside.lars_update(g, 0.1, out=outside)
+        elif out_kind == "container":
+            lm.lars_update(lm.Container(a=w), lm.Container(a=g), 0.1, out=holder)
+        else:
+            opt = lm.optim.lars(0.1, momentum=0.0)
+            params = lm.Container(a=w)
+            opt.step(params, lm.Container(a=g), opt.init(params), out=holder)
+        return w
+
+    with pytest.raises(lm.LarsMultiError, match=r"^out.*made inside this traced function"):
+        _traced(backend, step)(native(backend, W), native(backend, G))
+    kept = outside if holder is outside else holder["a"]
+    np.testing.assert_array_equal(to_numpy(kept), before)  # (a traced value has none to read)
+
+    def inside(w, g):
+        handle, container = lm.Array(w), lm.Container(a=w)
+        lm.lars_update(w, g, 0.1, out=handle)
+        lm.lars_update(lm.Container(a=w), lm.Container(a=g), 0.1, out=container)
+        return handle.data, container["a"]
+
+    for got in _traced(backend, inside)(native(backend, W), native(backend, G)):
+        assert_layer_close(got, W, G, 0.1, 0.0, "float32")
