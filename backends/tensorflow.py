@@ -10,6 +10,7 @@ the graph, ``assign_add`` in place.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -176,7 +177,12 @@ def stop_gradient(x: Any) -> tf.Tensor:
 
 
 def write(out: tf.Variable, value: Any) -> None:
-    out.assign(value, read_value=False)
+    """``out`` assigned ``value``, after every shape assertion of the graph (which
+    orders no assertion before another variable's assignment by itself; ``value`` is
+    computed before: an assignment of a value computed under the dependencies was
+    taken as ordered by that value, which is not)."""
+    with tf.control_dependencies(_assertions()):
+        out.assign(value, read_value=False)
 
 
 def snapshot(x: Any) -> tf.Tensor:
@@ -197,12 +203,19 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
     when it is ``x``)."""
     one = type(a) is float and a == 1
     if out is not None and out is x and one:
-        out.assign_add(b * y, read_value=False)
+        increment = b * y
+        checks = _assertions()
+        if not checks:
+            out.assign_add(increment, read_value=False)
+            return out
+        total = x + increment  # (an assign_add was run before a failing assertion it waited on)
+        with tf.control_dependencies(checks):
+            out.assign(total, read_value=False)
         return out
     result = (x if one else a * x) + b * y
     if out is None:
         return result
-    out.assign(result, read_value=False)
+    write(out, result)
     return out
 
 
@@ -231,11 +244,24 @@ def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
 
 def assert_same_shape(x: Any, w: Any, message: str) -> None:
     """In a graph where ``x``'s or ``w``'s shape is not fully known, an assertion that
-    runs before anything the step writes (tf.function orders stateful ops as written):
-    a gradient of another shape was broadcast, with the norm of its own values."""
+    runs before anything the step writes: a gradient of another shape was broadcast,
+    with the norm of its own values. (Every assignment waits on them: see :func:`write`.)"""
     if shape(x).is_fully_defined() and shape(w).is_fully_defined():
         return
-    tf.debugging.assert_equal(tf.shape(x), tf.shape(w), message=message)
+    check = tf.debugging.assert_equal(tf.shape(x), tf.shape(w), message=message)
+    if check is not None:  # (None: run eagerly)
+        _ASSERTIONS.setdefault(tf.compat.v1.get_default_graph(), []).append(check)
+
+
+# The shape assertions of each graph being traced, which its assignments wait on.
+_ASSERTIONS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+def _assertions() -> list[Any]:
+    """The shape assertions of the graph being traced (none when run eagerly)."""
+    if tf.executing_eagerly():
+        return []
+    return _ASSERTIONS.get(tf.compat.v1.get_default_graph(), [])
 
 
 def batches(ws: Sequence[Any]) -> list[Sequence[int]]:

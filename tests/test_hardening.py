@@ -1292,3 +1292,41 @@ def test_a_gradient_of_another_shape_in_a_tf_function_of_unknown_shapes_is_refus
     np.testing.assert_allclose(step(w, np.full((3, 4), 0.5, np.float32)).numpy(), 0.9, rtol=1e-6)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"dcdw: expected the shape of w"):
         step(w, np.full((1, 4), 0.5, np.float32))
+
+
+@pytest.mark.parametrize("out", ["other-variables", "out=w"])
+@pytest.mark.parametrize("caller", ["lars_update", "optimizer"])
+def test_a_failing_shape_assertion_in_a_tf_function_leaves_every_variable_as_it_was(out, caller):
+    """A graph orders an assertion before no assignment of another variable by itself,
+    so when the second layer's gradient failed its shape assertion, the first layer's
+    output (and with ``out=w``, its weights) had already been written. Every assignment
+    now waits on every shape assertion of the graph, whatever Grappler rewrites."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    w = np.ones((3, 4), np.float32)
+    weights = {"a": tf.Variable(w), "b": tf.Variable(w)}
+    outs = weights if out == "out=w" else {k: tf.Variable(np.zeros_like(w)) for k in weights}
+    opt = lm.optim.lars(0.1, momentum=0.9, trust_coefficient=1.0, preset="optax")
+    state = opt.init(weights)
+    spec = tf.TensorSpec([None, 4], tf.float32)
+
+    @tf.function(input_signature=[spec, spec], autograph=False)
+    def step(ga, gb):
+        grads = {"a": ga, "b": gb}
+        if caller == "lars_update":
+            lm.lars_update(weights, grads, 0.1, out=outs)
+        else:
+            opt.step(weights, grads, state, out=outs)
+        return ga
+
+    before = {k: v.numpy().copy() for k, v in {**weights, **{f"out-{k}": v for k, v in outs.items()}}.items()}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"b\W{0,6}\]: expected the shape of"):
+        step(np.full((3, 4), 0.5, np.float32), np.full((1, 4), 0.5, np.float32))
+    after = {k: v.numpy() for k, v in {**weights, **{f"out-{k}": v for k, v in outs.items()}}.items()}
+    for key, values in before.items():
+        np.testing.assert_array_equal(after[key], values, err_msg=key)
+    for buffer in tf.nest.flatten(state.momentum):
+        np.testing.assert_array_equal(buffer.numpy(), 0.0)
+    step(np.full((3, 4), 0.5, np.float32), np.full((3, 4), 0.5, np.float32))  # (then it steps)
+    assert not np.array_equal(outs["b"].numpy(), before["out-b"])
