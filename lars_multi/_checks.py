@@ -358,9 +358,10 @@ def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
         return w
     path, w_path = paths(where)
     o_name = owner(o)
+    if o_name is None and not ops.is_native(data):
+        raise LarsMultiTypeError(f"{path}: expected a {name} array like {w_path}, got {type_name(o)}")
     if _foreign(o_name, name, data, ops):
-        got = f"a {o_name} array" if o_name else type_name(o)
-        raise MixedFrameworksError(f"{path}: expected a {name} array like {w_path}, got {got}")
+        raise MixedFrameworksError(f"{path}: expected a {name} array like {w_path}, got a {o_name} array")
     if data is o:
         reason = ops.unwritable(data)
         if reason is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -19,6 +20,8 @@ class Container(Mapping):
     __slots__ = ("_items",)
 
     def __init__(self, mapping: Mapping[str, Any] | None = None, /, **entries: Any) -> None:
+        if not _JAX_KNOWS_CONTAINERS and "jax" in sys.modules:
+            _tell_jax()
         items = dict(mapping or {}, **entries)
         _check_keys(items)
         object.__setattr__(
@@ -114,3 +117,17 @@ def _check_keys(keys: Any) -> None:
     for key in keys:
         if not isinstance(key, str):
             raise LarsMultiTypeError(f"Container keys: expected str, got {type_name(key)} {key!r}")
+
+
+# Whether JAX has been told that Containers are pytrees (by its backend, as it loads).
+_JAX_KNOWS_CONTAINERS = False
+
+
+def _tell_jax() -> None:
+    """Load the JAX backend, which registers Containers as pytrees: then a Container
+    passes through ``jax.jit`` and ``jax.tree_util`` before lars_multi first runs on JAX."""
+    global _JAX_KNOWS_CONTAINERS
+    _JAX_KNOWS_CONTAINERS = True
+    from ._registry import get_backend
+
+    get_backend("jax")

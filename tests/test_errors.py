@@ -489,11 +489,22 @@ def test_out_wrong_structure(backend):
 
 
 def test_out_not_an_array(backend):
+    """Something that is no array is a type error, as a gradient that is none is, not
+    an array of another framework (MixedFrameworksError, before)."""
     w, g = native(backend, W), native(backend, G)
     with pytest.raises(lm.LarsMultiError, match=r"^out"):
         lm.lars_update(w, g, 0.1, out=np.zeros(3, np.float32).tolist())
-    with raises(TypeError, r"^out: expected a .* array like w, got str", lm.MixedFrameworksError):
-        lm.lars_update(w, g, 0.1, out="out")
+    for out in ("out", object(), 3.0):
+        with raises(
+            TypeError, r"^out: expected a .* array like w, got (str|object|float)$", lm.LarsMultiTypeError
+        ) as info:
+            lm.lars_update(w, g, 0.1, out=out)
+        assert not isinstance(info.value, lm.MixedFrameworksError)
+        with raises(
+            TypeError, r"^out\['a'\]: expected a .* array like w\['a'\], got", lm.LarsMultiTypeError
+        ) as info:
+            lm.lars_update({"a": w}, {"a": g}, 0.1, out={"a": out})
+        assert not isinstance(info.value, lm.MixedFrameworksError)
 
 
 def test_out_wrong_framework(backend):

@@ -5,6 +5,7 @@ third-party backends."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 
@@ -635,3 +636,24 @@ def test_reregistering_a_name_replaces_it(isolated_registry, monkeypatch):
     with lm.using_backend("numpy2") as module:
         assert module is _toy_backend
     assert to_numpy(lm.lars_update(W, G, 0.1)).dtype == np.float32  # numpy still infers numpy
+
+
+def test_a_container_passes_through_jax_jit_before_lars_multi_runs_on_jax():
+    """A Container made once JAX is imported is a pytree to JAX at once: before, it
+    was one only after lars_multi first ran on JAX, so the first ``jax.jit`` of a
+    function taking one raised JAX's TypeError (not a valid JAX type)."""
+    require_backend("jax")
+    script = """
+import sys
+import jax, jax.numpy as jnp
+import lars_multi as lm
+assert "lars_multi.backends.jax" not in sys.modules
+w = lm.Container(a=jnp.asarray([3.0, 1.0, 5.0]))
+g = lm.Container(a=jnp.asarray([0.3, 0.1, 0.2]))
+print(jax.jit(lambda w, g: lm.lars_update(w, g, 0.1))(w, g)["a"].tolist())
+print(jax.tree_util.tree_structure(w).num_leaves)
+"""
+    first, leaves = run_python(script).splitlines()
+    want = [2.5256584, 0.8418861, 4.683772]  # (the seed's example)
+    np.testing.assert_allclose(json.loads(first), want, rtol=1e-6)
+    assert leaves == "1"
