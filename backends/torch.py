@@ -155,7 +155,8 @@ def memory_roots(xs: Sequence[torch.Tensor]) -> list[int | None]:
     address space: CUDA's unified addressing). Storages that hold memory from
     elsewhere (``torch.from_numpy``, ``frombuffer``, DLPack, a memory-mapped file:
     not resizable) may share it with other storages, so then storages whose byte
-    ranges meet share a root. None for a sparse tensor, and for all while
+    ranges meet share a root. None for a sparse tensor, one that holds no memory
+    (a meta tensor's storage, an empty one's: address 0), and for all while
     compiling (storages cannot be traced)."""
     if _registry.is_compiling():
         return [None] * len(xs)
@@ -171,6 +172,9 @@ def memory_roots(xs: Sequence[torch.Tensor]) -> list[int | None]:
         spans = list(zip(starts, map(operator.add, starts, map(torch.UntypedStorage.nbytes, present))))
         groups = overlap_groups(dict(zip(spans, spans)))
         starts = list(map(groups.__getitem__, spans))
+    if 0 in starts:  # (no memory: nothing to share)
+        addresses = list(map(torch.UntypedStorage.data_ptr, present))
+        starts = [None if address == 0 else start for address, start in zip(addresses, starts)]
     if present is storages:
         return starts
     found = iter(starts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -225,12 +226,27 @@ class LarsOptimizer:
         for arg in ("trust_coefficient", "eps"):  # (numbers: finite in every compute dtype)
             _rate_now(arg, getattr(self.config, arg), step_count, ws, paths, name, ops)
         all_started = self._started(state, flat, active, ws, ops)
+        if len(active) < len(flat.leaves):
+            self._check_idle_state(state, flat, set(active), name, ops)
         first = _first(ops, step_count, all_started, active)
-        buffers_writable = outs is not None and (self.config.momentum == 0 or ops.all_writable(buffers))
+        # The buffers are written in place only by a step in place (out=params): with
+        # another out, the state given stays as it was, as params do.
+        in_place = outs is not None and all(map(operator.is_, outs, ws))
+        buffers_writable = in_place and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = outs_writable and buffers_writable
         count = ops.asarray(step_count + 1, "int32")  # (before anything is written)
         new_ws, new_buffers, copies = self._run(
-            ops, flags, ws, gs, buffers, lr, decay, first, outs, writable, (paths, flat.paths), kept
+            ops,
+            flags,
+            ws,
+            gs,
+            buffers,
+            lr,
+            decay,
+            first,
+            (outs, writable, in_place),
+            (paths, flat.paths),
+            kept,
         )
         started = None
         if all_started is not None:
@@ -266,24 +282,26 @@ class LarsOptimizer:
         lr: Any,
         decay: Any,
         first: Any,
-        outs: list[Any] | None,
-        writable: bool,
+        written: tuple[list[Any] | None, bool, bool],
         paths: tuple[list[Any], list[Any]],
         kept: _checks.KeptOuts,
     ) -> tuple[list[Any], list[Any], list[Any]]:
-        """The step (compiled per batch on JAX and TensorFlow); written into ``outs``
-        and the buffers as it goes where they are all ``writable`` and alias no input,
-        else computed, then written. ``first``: one value, or one per layer (eager:
-        one step for the layers whose buffers start now, one for the others);
+        """The step (compiled per batch on JAX and TensorFlow); ``written``: the outputs,
+        whether they and the buffers are all writable, and whether the step is in place
+        (out=params: the buffers are written too). Written as it goes where everything
+        is writable and aliases no input, else computed, then written. ``first``: one
+        value, or one per layer (eager: one step for the layers whose buffers start
+        now, one for the others);
         ``paths``: the layers' key paths and all of the tree's, for messages. The
         ``kept`` layers' outputs receive copies of their weights (returned), once
         every layer is computed."""
+        outs, writable, in_place = written
         direct = False
         if outs is not None and writable:
-            written = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
+            targets = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
             reads = concat(kept.weights, ws)
             direct = not must_write_late(
-                ops, concat(kept.datas, written), reads, [*gs, *array_values(ops, [lr, decay])]
+                ops, concat(kept.datas, targets), reads, [*gs, *array_values(ops, [lr, decay])]
             )
         new_ws, new_buffers = list(ws), list(buffers)
         for indices, value in _by_first(first, len(ws)):
@@ -318,7 +336,8 @@ class LarsOptimizer:
             if direct:
                 write_all(ops, kept.datas, copies, label)
             else:
-                targets, values = concat(kept.datas, outs, buffers), concat(copies, new_ws, new_buffers)
+                changed = buffers if in_place else [None] * len(buffers)  # (None: not written)
+                targets, values = concat(kept.datas, outs, changed), concat(copies, new_ws, new_buffers)
                 if kept.indices:  # (tied weights: one array for a layer stepped and one kept)
                     check_handles(ops, targets[: k + n], values[: k + n], label)
                 write_all(ops, targets, values, label)  # (no buffer: None)
@@ -331,6 +350,7 @@ class LarsOptimizer:
         arrays = [x for x in flat.leaves if _checks.owner(x) is not None]
         name = _checks.call_backend(arrays, [()] * len(arrays), "params")
         ops = get_backend(name)
+        self._check_idle_state(state, flat, set(), name, ops)
         new_state = state._replace(count=ops.asarray(_step_count(state.count, name, ops) + 1, "int32"))
         if out is None or out is params:
             return params, new_state
@@ -343,6 +363,22 @@ class LarsOptimizer:
             self._check_idle_buffers(buffers, [], flat, kept, ops)
 
         return copy_unchanged(flat, out, out_leaves, "params", check), new_state
+
+    def _check_idle_state(
+        self, state: LarsState, flat: Flat, active: set[int], name: str, ops: Backend
+    ) -> None:
+        """The buffers and start flags of the layers without a gradient (kept as they
+        are), checked as the stepped layers' are: a state made for another tree, or of
+        another dtype, is refused even where no layer steps."""
+        idle = [
+            i for i, leaf in enumerate(flat.leaves) if i not in active and _checks.owner(leaf) is not None
+        ]
+        if not idle:
+            return
+        ws = _checks.unwrap_all(take(flat.leaves, idle))
+        _checks.check_all_weights("params", ws, take(flat.paths, idle), ops)
+        self._buffers(state, flat, idle, ws, name, ops)
+        self._started(state, flat, idle, ws, ops)
 
     def _check_idle_buffers(
         self, buffers: list[Any] | None, active: list[int], flat: Flat, kept: _checks.KeptOuts, ops: Backend

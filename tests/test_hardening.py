@@ -1330,3 +1330,25 @@ def test_a_failing_shape_assertion_in_a_tf_function_leaves_every_variable_as_it_
         np.testing.assert_array_equal(buffer.numpy(), 0.0)
     step(np.full((3, 4), 0.5, np.float32), np.full((3, 4), 0.5, np.float32))  # (then it steps)
     assert not np.array_equal(outs["b"].numpy(), before["out-b"])
+
+
+def test_torch_meta_and_empty_tensors_are_not_taken_for_shared_memory():
+    """Storages holding no memory (a meta tensor's, an empty tensor's) all sit at
+    address 0: they were taken as overlapping, and a step over two meta parameters was
+    refused as "overlap in memory" (naming a momentum buffer the user never gave)."""
+    require_backend("torch")
+    import torch
+
+    params = [torch.nn.Parameter(torch.empty(3, 3, device="meta")) for _ in range(2)]
+    for p in params:
+        p.grad = torch.empty(3, 3, device="meta")
+    lm.torch.LARS(params, lr=0.1).step()  # a shape-only dry run, as the functional step is
+    assert all(p.device.type == "meta" and p.shape == (3, 3) for p in params)
+    ws = [torch.empty(3, device="meta"), torch.empty(4, device="meta")]
+    grads = [torch.empty(3, device="meta"), torch.empty(4, device="meta")]
+    assert [x.shape for x in lm.lars_update(ws, grads, 0.1, out=ws)] == [(3,), (4,)]
+    empty = [torch.zeros(0), torch.zeros(0)]
+    assert [x.numel() for x in lm.lars_update(empty, [torch.zeros(0), torch.zeros(0)], 0.1, out=empty)] == [
+        0,
+        0,
+    ]

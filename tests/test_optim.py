@@ -619,6 +619,37 @@ def test_out_params_in_place(name, preset, problem):
     assert int(to_numpy(state.count)) == 10
 
 
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_out_of_another_tree_leaves_params_and_state_as_they_were(backend, preset, problem):
+    """``out=`` a tree other than ``params`` (a look-ahead, a trial step) takes the new
+    parameters, and the state given is left as it was, as ``params`` are: before, the
+    momentum buffers of the state given were written in place (NumPy, torch), so the
+    next step from that state went elsewhere. The new state is returned, as ever."""
+    params, grads = problem
+    opt = lm.optim.lars(LR, weight_decay=1e-3, trust_coefficient=TRUST, preset=preset)
+    p = to_native(backend, params, "float32")
+    g = to_native(backend, grads[0], "float32")
+    state = opt.init(p)
+    _, state = opt.step(p, g, state)  # (buffers that are not zero; params as they were)
+    momentum = {path: to_numpy(x).copy() for path, x in tleaves(state.momentum)}
+    want, want_state = opt.step(p, g, state)
+    out = lm.Container(tmap(lambda x: native(backend, np.zeros(x.shape, np.float32)), params))
+    returned, new_state = opt.step(p, g, state, out=out)
+    assert returned is out
+    for path, x in tleaves(state.momentum):
+        np.testing.assert_array_equal(to_numpy(x), momentum[path], err_msg=str(path))
+    for path, x in tleaves(want):
+        np.testing.assert_array_equal(to_numpy(tget(out, path)), to_numpy(x), err_msg=str(path))
+        np.testing.assert_array_equal(to_numpy(tget(p, path)), np.float32(tget(params, path)))
+    for path, x in tleaves(want_state.momentum):
+        np.testing.assert_array_equal(
+            to_numpy(tget(new_state.momentum, path)), to_numpy(x), err_msg=str(path)
+        )
+    again, _ = opt.step(p, g, state)  # (from the state as it was: the same step)
+    for path, x in tleaves(want):
+        np.testing.assert_array_equal(to_numpy(tget(again, path)), to_numpy(x), err_msg=str(path))
+
+
 @pytest.mark.parametrize("preset", ["paper", "timm"])
 def test_out_tf_variables(preset, problem, request):
     require_backend("tensorflow")
@@ -890,6 +921,43 @@ def test_step_errors_write_nothing(name, problem):
         if int(to_numpy(state.count)) != 1:
             failures.append(f"{what}: count changed")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+@pytest.mark.parametrize("grads_given", ["none", "one"])
+def test_a_bad_state_is_refused_where_layers_have_no_gradient(backend, preset, grads_given):
+    """A state made for another tree, without buffers, with a buffer of another dtype,
+    or with start flags that are no bool arrays is refused where the layer it is wrong
+    for has no gradient: before, a step with no gradient at all accepted each of them
+    (and advanced the count), and a step with some checked only the stepped layers'."""
+    p = {"a": native(backend, np.ones((2, 2), np.float32)), "b": native(backend, np.ones(3, np.float32))}
+    grads = {"a": None, "b": None}
+    if grads_given == "one":
+        grads["a"] = native(backend, np.full((2, 2), 0.5, np.float32))
+    opt = lm.optim.lars(0.1, momentum=0.9, preset=preset)
+    good = opt.init(p)
+    bads = {
+        r"state.momentum: expected the structure of params": opt.init(
+            {"zz": native(backend, np.ones(2, np.float32))}
+        ),
+        r"state: expected momentum buffers": good._replace(momentum=None),
+        r"state.momentum\['b'\]: expected dtype float32": good._replace(
+            momentum={"a": good.momentum["a"], "b": native(backend, np.zeros(3, np.float16))}
+        ),
+    }
+    if preset == "timm":
+        bads[r"state.started\['b'\]: expected a 0-d bool array"] = good._replace(
+            started={"a": good.started["a"], "b": 1}
+        )
+    for message, bad in bads.items():
+        with pytest.raises(lm.LarsMultiError, match=message):
+            opt.step(p, grads, bad)
+        if backend in ("numpy", "torch"):  # (written in place)
+            with pytest.raises(lm.LarsMultiError, match=message):
+                opt.step(p, grads, bad, out=p)
+            np.testing.assert_array_equal(to_numpy(p["a"]), 1.0)
+    _, state = opt.step(p, grads, good)
+    assert int(to_numpy(state.count)) == 1
 
 
 def test_mask_callables_by_signature():
