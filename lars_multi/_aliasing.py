@@ -151,9 +151,12 @@ _TRACED = (
 
 
 def _conflict(first: str, second: str, detail: str) -> LarsMultiValueError:
+    if "momentum" in first or "momentum" in second:  # (an optimizer's buffer is one of them)
+        advice = "give each parameter a momentum buffer of its own, as init makes them"
+    else:
+        advice = "pass arrays that share no memory (tied weights once, with their gradients summed)"
     return LarsMultiValueError(
-        f"{first} and {second} {detail}: each would overwrite the other's result; pass arrays "
-        "that share no memory (tied weights once, with their gradients summed)"
+        f"{first} and {second} {detail}: each would overwrite the other's result; {advice}"
     )
 
 

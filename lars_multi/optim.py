@@ -568,8 +568,9 @@ def _check_count(count: Any, name: str, ops: Backend) -> None:
         got = type_name(count) + (
             f" of dtype {data.dtype} and shape {tuple(data.shape)}" if hasattr(data, "dtype") else ""
         )
+        frameworks = "NumPy" if name == "numpy" else f"NumPy or {name}"
         raise LarsMultiTypeError(
-            f"state.count: expected an integer >= 0, or a 0-d integer array of NumPy or {name}, got {got}"
+            f"state.count: expected an integer >= 0, or a 0-d integer array of {frameworks}, got {got}"
         )
 
 
