@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -128,6 +129,8 @@ def _tell_jax() -> None:
     passes through ``jax.jit`` and ``jax.tree_util`` before lars_multi first runs on JAX."""
     global _JAX_KNOWS_CONTAINERS
     _JAX_KNOWS_CONTAINERS = True
+    from ._errors import BackendNotInstalledError
     from ._registry import get_backend
 
-    get_backend("jax")
+    with contextlib.suppress(BackendNotInstalledError):  # (a module named jax that is not JAX)
+        get_backend("jax")
