@@ -72,6 +72,10 @@ class Array:
         values = self.to_numpy()
         if dtype is not None:
             converted = values.astype(dtype, copy=False)
+            if converted is not values and copy is False:  # (NumPy 2: copy=False never copies)
+                raise ValueError(
+                    f"copy=False: converting {self.dtype} to {np.dtype(dtype).name} needs a copy"
+                )
             if copy and converted is not values:  # (already a copy)
                 return converted
             values = converted

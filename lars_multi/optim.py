@@ -175,8 +175,11 @@ class LarsOptimizer:
         """One LARS step: the new parameters and state.
 
         With ``out=params`` (NumPy arrays, torch tensors, ``tf.Variable`` s,
-        ``lm.Array`` s), the parameters and the momentum buffers are written in
-        place and returned; everything is checked before anything is written.
+        ``lm.Array`` s), the parameters are written in place and returned, and so are
+        the momentum buffers that can be written (NumPy arrays, torch tensors,
+        ``tf.Variable`` s; TensorFlow buffers made by :meth:`init` are tensors, new
+        in the state returned). Go on with the state returned: its count advances.
+        Everything is checked before anything is written.
         """
         flat = _flatten_params(params)
         _checks.check_tree("params", params, flat)

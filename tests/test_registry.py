@@ -287,6 +287,8 @@ def test_lm_array_interface(backend_name):
     np.testing.assert_array_equal(np.asarray(a), np.arange(6).reshape(2, 3))
     np.testing.assert_array_equal(a.to_numpy(), np.arange(6).reshape(2, 3))
     assert np.asarray(a, dtype=np.float64).dtype == np.float64
+    with pytest.raises(ValueError, match="copy=False"):  # (NumPy 2: a conversion is a copy)
+        np.asarray(a, dtype=np.float64, copy=False)
     z = lm.zeros_like(a)
     assert isinstance(z, lm.Array) and z.backend == backend_name and z.shape == (2, 3)
     zn = lm.zeros_like(a.data)
