@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -37,8 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workloads",
-        default=",".join(workloads.NAMES),
-        help="comma-separated, from: " + ", ".join(workloads.NAMES),
+        default=None,
+        help="comma-separated, from: " + ", ".join(workloads.NAMES) + " (default: all; with --optimizer, "
+        "from and by default " + ", ".join(workloads.OPTIMIZER_NAMES) + ")",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke test: few rounds, about 2 minutes")
     parser.add_argument("--rounds", type=int, help="rounds per (workload, backend) (default 30; quick 5)")
@@ -67,7 +69,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():  # (said before the run, not after it)
         parser.error(f"--out: expected a folder (made if missing), got the file {args.out}")
+    if not _can_be_written(args.out):
+        parser.error(
+            f"--out: expected a folder (made if missing) that files can be written in, got {args.out}"
+        )
     return args
+
+
+def _can_be_written(folder: Path) -> bool:
+    """Whether files can be written in ``folder`` once it is made: tried in the nearest
+    folder that exists (permissions do not tell, as in /proc); nothing is left there."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return True
+    except OSError:
+        return False
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
@@ -180,12 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         from . import optimizer
 
         console = Console(width=None if Console().is_terminal else 200)
-        optimizer.run(
-            optimizer.backends_from(args.backends), optimizer.settings_from(args), console, args.out
+        backends = optimizer.backends_from(args.backends)
+        names = _names(
+            args.workloads or ",".join(workloads.OPTIMIZER_NAMES), workloads.OPTIMIZER_NAMES, "workloads"
         )
+        optimizer.run(backends, names, optimizer.settings_from(args), console, args.out)
         return 0
     backends = _names(args.backends, contenders.BACKENDS, "backends")
-    names = _names(args.workloads, workloads.NAMES, "workloads")
+    names = _names(args.workloads or ",".join(workloads.NAMES), workloads.NAMES, "workloads")
     settings = timing.settings_from(args, rounds=30, budget_s=8.0, quick_budget_s=1.5)
     console = Console(width=None if Console().is_terminal else 200)
     started = time.time()

@@ -59,7 +59,6 @@ LR = 1e-3
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 TRUST = 0.001
-WORKLOADS = ("resnet50", "many_small")
 BACKENDS = ("torch", "jax", "numpy", "keras")
 COMPILED = ("jax", "keras")
 
@@ -623,10 +622,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return timing.settings_from(args, rounds=20, budget_s=6.0, quick_budget_s=1.0)
 
 
-def run(backends: list[str], settings: Settings, console: Console, out: Path | None) -> dict[str, Any]:
+def run(
+    backends: list[str], names: list[str], settings: Settings, console: Console, out: Path | None
+) -> dict[str, Any]:
+    """Time the optimizer step of the workloads ``names`` on ``backends``, report it and
+    write ``optimizer.json`` under ``out`` (where given)."""
     started = time.time()
     groups = []
-    for name in WORKLOADS:
+    for name in names:
         wl = workloads.build(name)
         for backend in backends:
             console.print(f"[dim]optimizer step: {name}/{backend} ...[/dim]")
@@ -638,7 +641,7 @@ def run(backends: list[str], settings: Settings, console: Console, out: Path | N
         del wl
         gc.collect()
     memory = measure_memory(backends) if settings.memory else []
-    for name in WORKLOADS:
+    for name in names:
         these = [g for g in groups if g["workload"] == name]
         if these:
             console.print(table(name, these))
@@ -697,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_rss_child(args.memory_child)))
         return 0
     console = Console(width=None if Console().is_terminal else 200)
-    run(backends_from(args.backends), settings_from(args), console, args.out)
+    run(backends_from(args.backends), list(workloads.OPTIMIZER_NAMES), settings_from(args), console, args.out)
     return 0
 
 

@@ -127,6 +127,7 @@ SPECS: dict[str, _Spec] = {
     "large": _Spec(large_shapes, "one tensor of 2**25 (32M) float32 elements", True),
 }
 NAMES = tuple(SPECS)
+OPTIMIZER_NAMES = ("resnet50", "many_small")  # (the optimizer step's: python -m benchmarks --optimizer)
 
 
 def build(name: str, seed: int = SEED) -> Workload:

@@ -513,22 +513,24 @@ def _check_arguments(args: argparse.Namespace) -> None:
     largest = float(np.finfo(np.float32).max)  # (the model and its rates are float32)
     if args.lr is not None and not 0 < args.lr <= largest:
         problems.append(f"--lr: expected a number > 0 that fits float32, got {args.lr}")
-    if not 0 < args.trust_coefficient < math.inf:
-        problems.append(f"--trust-coefficient: expected a finite number > 0, got {args.trust_coefficient}")
-    if not 0 <= args.weight_decay < math.inf:
-        problems.append(f"--weight-decay: expected a finite number >= 0, got {args.weight_decay}")
+    if not 0 < args.trust_coefficient <= largest:
+        problems.append(
+            f"--trust-coefficient: expected a number > 0 that fits float32, got {args.trust_coefficient}"
+        )
+    if not 0 <= args.weight_decay <= largest:
+        problems.append(f"--weight-decay: expected a number >= 0 that fits float32, got {args.weight_decay}")
     if not 0 <= args.seed < 2**32:
         problems.append(f"--seed: expected an integer from 0 to 2**32 - 1, got {args.seed}")
     if args.compare and (args.lr is not None or args.optimizer is not None):
         problems.append(
             "--compare trains both optimizers, each at its own peak rate: drop --lr and --optimizer"
         )
-    if args.out is not None:
-        out = Path(args.out)
-        if out.suffix.lower() != ".png" or out.is_dir() or not _can_write_in(out.parent):
-            problems.append(
-                f"--out: expected a .png file in an existing folder that can be written, got {args.out}"
-            )
+    out = Path(_plot_path(args))
+    if out.suffix.lower() != ".png" or out.is_dir() or not _can_write_in(out.parent):
+        given = (
+            args.out if args.out is not None else f"the default {out} (in a folder that cannot be written)"
+        )
+        problems.append(f"--out: expected a .png file in an existing folder that can be written, got {given}")
     missing = [
         name for name in ("sklearn", "matplotlib", args.backend) if importlib.util.find_spec(name) is None
     ]
@@ -539,6 +541,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         )
     if problems:
         raise SystemExit("\n".join(problems))
+
+
+def _plot_path(args: argparse.Namespace) -> str:
+    """Where the plot of the loss curves goes: ``--out``, or a file named after the backend."""
+    return args.out or f"lars_train_{args.backend}.png"
 
 
 def run(args: argparse.Namespace, console: Console) -> float:
@@ -567,7 +574,7 @@ def run(args: argparse.Namespace, console: Console) -> float:
             f"in {history.seconds:.1f} s, test accuracy {history.test_accuracy[-1]:.4f}"
         )
         histories.append(history)
-    out = args.out or f"lars_train_{config.backend}.png"
+    out = _plot_path(args)
     plot(histories, out, f"MLP 64-128-10 on digits, {config.backend}, batch size {config.batch_size}")
     console.print(f"loss curves: {out}")
     accuracy = histories[-1].test_accuracy[-1]

@@ -65,6 +65,10 @@ _CONFIG_KEYS = (
 # so that a compiled step only looks them up.
 _CONFIGS: dict[tuple[Any, ...], StepConfig] = {}  # (least recently used first)
 _MOST_CONFIGS = 256
+# The most groups of one optimizer: a step makes every group's configuration the most
+# recently used, so the cache keeps more than that many (an eviction never takes a
+# configuration of the step under way, which reads them once all are made).
+_most_groups = 0
 # torch.optim's flags for steps this optimizer does not have; a group may carry them false
 # (a state saved by torch.optim.SGD does).
 _UNSUPPORTED = ("differentiable", "capturable", "fused")
@@ -90,7 +94,7 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
                 f"param_groups: expected {name} false or absent (lm.torch.LARS has no {name} step), "
                 f"got {name}={group[name]!r}"
             )
-    if len(_CONFIGS) >= _MOST_CONFIGS:  # (a scheduler cycling momentum makes one per step)
+    if len(_CONFIGS) >= max(_MOST_CONFIGS, _most_groups + 1):  # (a cycled momentum: one per step)
         del _CONFIGS[next(iter(_CONFIGS))]  # the least recently used
     _CONFIGS[_config_key(group)] = config
     return config
@@ -211,9 +215,11 @@ class LARS(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyper-parameters (the defaults' where not given) are checked first."""
+        global _most_groups
         if isinstance(param_group, dict):
             _check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
+        _most_groups = max(_most_groups, len(self.param_groups))
         for i, p in enumerate(self.param_groups[-1]["params"]):
             if getattr(p, "_is_flat_param", False):
                 self.param_groups.pop()
@@ -521,9 +527,11 @@ def param_groups(
     ``group_overrides`` (e.g. ``lr=...``, ``adapt=False``) go into both groups, over these
     settings; empty groups are left out.
     """
-    if isinstance(exclude, str):
-        exclude = (exclude,)
-    patterns = [pattern.lower() for pattern in exclude]
+    given = tuple(exclude) if isinstance(exclude, Iterable) and not isinstance(exclude, str) else (exclude,)
+    odd = [pattern for pattern in given if not isinstance(pattern, str)]
+    if odd:
+        raise LarsMultiTypeError(f"exclude: expected name patterns (str), got {type_name(odd[0])} {odd[0]!r}")
+    patterns = [pattern.lower() for pattern in given]
     names: dict[int, tuple[torch.nn.Parameter, list[str]]] = {}  # every name of each (tied: several)
     for name, parameter in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(parameter), (parameter, []))[1].append(name.lower())

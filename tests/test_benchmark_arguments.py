@@ -16,6 +16,8 @@ from benchmarks import __main__ as suite
         (["--backends", ","], "unknown backends"),
         (["--backends", "numpy,foo"], "unknown backends"),
         (["--workloads", "bar"], "unknown workloads"),
+        (["--optimizer", "--workloads", "bar"], "unknown workloads"),  # (was ignored)
+        (["--optimizer", "--workloads", "tiny"], "unknown workloads"),  # (no optimizer workload)
         (["--rounds", "0"], "--rounds"),
         (["--rounds", "-1"], "--rounds"),
         (["--budget", "-1"], "--budget"),
@@ -38,3 +40,14 @@ def test_an_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
         suite.main(["--workloads", "tiny", "--out", str(target)])
     assert info.value.code == 2
     assert "--out: expected a folder" in capsys.readouterr().err
+
+
+def test_an_out_where_nothing_can_be_written_is_refused_before_the_run(capsys):
+    """--out in a folder that cannot be made (under /proc) passed the check and failed
+    after the whole run."""
+    with pytest.raises(SystemExit) as info:
+        suite.main(["--workloads", "tiny", "--out", "/proc/no/results"])
+    assert info.value.code == 2
+    assert (
+        "--out: expected a folder (made if missing) that files can be written in" in capsys.readouterr().err
+    )

@@ -162,6 +162,30 @@ def test_groups_with_their_own_hyper_parameters(preset):
     assert_close(got, expected)
 
 
+def test_more_groups_of_their_own_configuration_than_the_cache_keeps():
+    """300 groups, each with its own trust coefficient (as one group per layer with a
+    cycled momentum makes): every step raised a bare KeyError, since making the later
+    groups' configurations evicted the earlier ones' before the step looked them up."""
+    torch.manual_seed(0)
+    start = [torch.randn(3, 3, dtype=torch.float64) for _ in range(300)]
+    grads = [torch.randn(3, 3, dtype=torch.float64) for _ in range(300)]
+    params = [torch.nn.Parameter(x.clone()) for x in start]
+    coefficients = [1e-3 * (1 + i / 100) for i in range(300)]
+    groups = [{"params": [p], "trust_coefficient": c} for p, c in zip(params, coefficients)]
+    opt = LARS(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for _ in range(2):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+    for i in (0, 150, 299):  # against the functional optimizer, one layer at a time
+        one = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-4, trust_coefficient=coefficients[i])
+        w = {"w": start[i].clone()}
+        state = one.init(w)
+        for _ in range(2):
+            w, state = one.step(w, {"w": grads[i]}, state)
+        torch.testing.assert_close(params[i].detach(), w["w"], rtol=1e-14, atol=1e-15)
+
+
 def test_adapt_and_decay_switched_on_for_every_layer():
     """``adapt=True, decay=True`` overrides the paper preset's default (matrices only)."""
     params, grads = make_params(), make_grads(10)
@@ -868,3 +892,16 @@ def test_strided_view_parameters_take_the_fast_checks(monkeypatch):
     monkeypatch.setattr(lm._checks, "check_weights", lambda *args: slow.append(args))
     opt.step()
     assert slow == []
+
+
+@pytest.mark.parametrize("exclude", [None, 3, ["bias", 1]], ids=repr)
+def test_param_groups_refuses_an_exclude_that_is_no_names(exclude):
+    """Python's TypeError or AttributeError before, naming nothing."""
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^exclude: expected name patterns \(str\), got"):
+        param_groups(torch.nn.Linear(2, 2), exclude=exclude)
+
+
+def test_param_groups_takes_patterns_from_any_iterable():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    groups = param_groups(model, exclude=(name for name in ["1.weight"]))
+    assert [len(g["params"]) for g in groups] == [1, 3]

@@ -74,6 +74,8 @@ def test_compare_large_batch(tmp_path, capsys):
         (("--seed", "-1"), "--seed"),
         (("--seed", str(2**32)), "--seed"),
         (("--lr", "1e39"), "--lr"),  # (inf in float32: the model and its rates)
+        (("--trust-coefficient", "1e39"), "--trust-coefficient"),  # (was refused after training began)
+        (("--weight-decay", "1e39"), "--weight-decay"),
         (("--compare", "--lr", "0.5"), "--compare"),
         (("--compare", "--optimizer", "sgd"), "--compare"),
         (("--out", "curves.svg"), "--out"),
@@ -95,6 +97,15 @@ def test_bad_arguments_are_refused_before_training(args, needle, tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == (
         ["made.png"] if "made.png" in args else []
     )  # nothing written
+
+
+def test_an_unwritable_default_plot_path_is_refused_before_training(monkeypatch):
+    """Without --out the plot goes to the working folder: one that cannot be written
+    was found only after training, with a traceback instead of the accuracy."""
+    monkeypatch.chdir("/proc")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--backend", "numpy", "--epochs", "1"])
+    assert "--out" in str(info.value.code) and "lars_train_numpy.png" in str(info.value.code)
 
 
 @pytest.mark.parametrize("module", ["matplotlib", "sklearn", "torch"])
