@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,6 +50,17 @@ def _tf() -> Any:
     import tensorflow
 
     return tensorflow
+
+
+def _dense(gradient: Any, variable: Any) -> Any:
+    """A gradient as a dense tensor where TensorFlow gave ``tf.IndexedSlices`` (an
+    embedding's): summed into the variable's shape, as Keras' own optimizers take it
+    (a LARS step needs the whole gradient's norm). Any other gradient as it is."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    shape = gradient.dense_shape if gradient.dense_shape is not None else tuple(variable.shape)
+    return tf.convert_to_tensor(tf.IndexedSlices(gradient.values, gradient.indices, shape))
 
 
 def _patterns(name: str, value: Any) -> list[str]:
@@ -279,6 +291,7 @@ if keras is not None:
                 else list(trainable_variables)
             )
             if variables is not None and len(variables) == len(grads):
+                grads = [_dense(gradient, variable) for gradient, variable in zip(grads, variables)]
                 for i, (gradient, variable) in enumerate(zip(grads, variables)):
                     shape = getattr(gradient, "shape", None)
                     if shape is not None:

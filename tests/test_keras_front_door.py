@@ -426,6 +426,27 @@ def test_gradients_and_rates_set_later_are_checked_before_anything_is_written():
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == 0.25
 
 
+def test_indexed_slices_without_a_dense_shape_step_as_their_sum():
+    """tf.IndexedSlices with no dense_shape (as a hand-made sparse gradient has) raised
+    TensorFlow's untyped conversion error; the variable's shape is known, so they are
+    summed into it (duplicate rows added), as a dense gradient of those rows."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.IndexedSlices are TensorFlow's")
+    import tensorflow as tf
+
+    import lars_multi.keras
+
+    values = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    sparse, dense = keras.Variable(np.ones((6, 2), np.float32)), keras.Variable(np.ones((6, 2), np.float32))
+    lars_multi.keras.LARS(0.1).apply_gradients([(tf.IndexedSlices(values, tf.constant([1, 1])), sparse)])
+    summed = np.zeros((6, 2), np.float32)
+    summed[1] = values.sum(axis=0)
+    lars_multi.keras.LARS(0.1).apply_gradients([(tf.constant(summed), dense)])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(sparse), keras.ops.convert_to_numpy(dense))
+    assert not np.array_equal(keras.ops.convert_to_numpy(sparse), np.ones((6, 2)))
+
+
 def test_lars_multi_schedules_are_keras_schedules(tmp_path):
     """A lars_multi schedule as learning_rate (Keras calls other callables with no
     argument) and as weight_decay: the same steps as lm.optim, saved with the model."""
