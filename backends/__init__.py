@@ -60,8 +60,8 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``is_traced(x)``: whether ``x`` is a value of a program being traced
     (``jax.jit``, ``tf.function``), not an array with values (default: False).
     ``assert_same_shape(x, w, message)``: where shapes are known only when a
-    traced program runs (TensorFlow graphs), an assertion in it that ``x`` has
-    ``w``'s shape (default: nothing, shapes are known).
+    traced program runs (TensorFlow graphs), ``x`` checked in it to have ``w``'s
+    shape, as the array to use in its place (default: ``x``, shapes are known).
     ``all_dense(xs)``: whether every array is dense (default: True).
     ``misplaced(value, ws)``: the index of the first of ``ws`` whose arithmetic
     cannot read the 0-d array ``value`` where it lives (a rate on another device),

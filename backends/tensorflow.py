@@ -10,6 +10,7 @@ the graph, ``assign_add`` in place.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -242,15 +243,22 @@ def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
     )
 
 
-def assert_same_shape(x: Any, w: Any, message: str) -> None:
-    """In a graph where ``x``'s or ``w``'s shape is not fully known, an assertion that
-    runs before anything the step writes: a gradient of another shape was broadcast,
-    with the norm of its own values. (Every assignment waits on them: see :func:`write`.)"""
+def assert_same_shape(x: Any, w: Any, message: str) -> Any:
+    """``x``, where its or ``w``'s shape is not fully known, checked to have ``w``'s
+    shape when the graph runs: a gradient of another shape was broadcast, with the
+    norm of its own values. In a graph, by an assertion that every assignment waits
+    on (see :func:`write`). Where XLA compiles the graph, which drops assertions, by
+    an ``AddN`` of ``x`` and zeros like ``w`` named after ``message``: it is compiled
+    with the shapes known, and refuses two shapes that differ before anything runs."""
     if shape(x).is_fully_defined() and shape(w).is_fully_defined():
-        return
+        return x
+    if _compiled_by_xla() and not isinstance(x, tf.Variable):  # (a variable stays one: it may be written)
+        name = re.sub(r"[^A-Za-z0-9_.]+", "_", message).strip("_.")
+        return tf.raw_ops.AddN(inputs=[x, tf.zeros_like(w)], name=name)
     check = tf.debugging.assert_equal(tf.shape(x), tf.shape(w), message=message)
     if check is not None:  # (None: run eagerly)
         _ASSERTIONS.setdefault(tf.compat.v1.get_default_graph(), []).append(check)
+    return x
 
 
 # The shape assertions of each graph being traced, which its assignments wait on.

@@ -285,21 +285,22 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any
             f"{path}: expected a dense array like {w_path}, got a {ops.layout_name(data)} {type_name(data)}; "
             "LARS needs the whole gradient's norm: densify it first"
         )
-    check_like(path, data, w_path, w, ops)
+    data = check_like(path, data, w_path, w, ops)
     check_device(path, data, w_path, w, ops)
     return ops.conform(data, w)
 
 
-def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend, *, read: bool = True) -> None:
+def check_like(path: Any, data: Any, w_path: Any, w: Any, ops: Backend, *, read: bool = True) -> Any:
     """``data`` must have the dtype and shape of the weights ``w``; a mismatched
-    dtype of an array the step ``read`` s gets the backend's advice."""
+    dtype of an array the step ``read`` s gets the backend's advice. The array to use
+    (a shape known only when a traced program runs is checked in it)."""
     if data.dtype != w.dtype:
         hint = ops.dtype_hint(data.dtype, w.dtype) if read else ""
         raise LarsMultiTypeError(
             f"{path}: expected dtype {_dtype(ops, w)} (the dtype of {w_path}), got {_dtype(ops, data)}{hint}"
         )
     check_shape(path, ops.shape(data), w_path, ops.shape(w))
-    ops.assert_same_shape(data, w, f"{path}: expected the shape of {w_path}")
+    return ops.assert_same_shape(data, w, f"{path}: expected the shape of {w_path}")
 
 
 def check_shape(path: Any, shape: Any, w_path: Any, w_shape: Any) -> None:

@@ -1352,3 +1352,38 @@ def test_torch_meta_and_empty_tensors_are_not_taken_for_shared_memory():
         0,
         0,
     ]
+
+
+@pytest.mark.parametrize("caller", ["lars_update", "optimizer"])
+def test_a_gradient_of_another_shape_is_refused_where_xla_compiles_a_graph_of_unknown_shapes(caller):
+    """XLA (``tf.function(jit_compile=True)``) drops assertions, so a (1, 4) gradient for
+    (3, 4) weights was broadcast there, and the outputs written. The check is now an
+    ``AddN`` XLA compiles with the shapes known: a refusal before anything runs."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 4)).astype(np.float32)
+    weights = [tf.Variable(w), tf.Variable(w)]
+    opt = lm.optim.lars(0.1, momentum=0.9, preset="optax")
+    state = opt.init(weights)
+    spec = tf.TensorSpec([None, 4], tf.float32)
+
+    @tf.function(input_signature=[spec, spec], jit_compile=True)
+    def step(ga, gb):
+        if caller == "lars_update":
+            return lm.lars_update(weights, [ga, gb], 0.1, out=weights)[0]
+        return opt.step(weights, [ga, gb], state, out=weights)[0][0]
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected_the_shape_of_(w|params)_1"):
+        step(np.full((3, 4), 0.5, np.float32), np.full((1, 4), 0.5, np.float32))
+    for v in weights:
+        np.testing.assert_array_equal(v.numpy(), w)
+    good = rng.standard_normal((3, 4)).astype(np.float32)
+    step(good, good)  # (then it steps, as eagerly)
+    if caller == "lars_update":
+        want = lm.lars_update([w, w], [good, good], 0.1)
+    else:
+        want, _ = opt.step([w, w], [good, good], opt.init([w, w]))
+    for v, x in zip(weights, want):
+        np.testing.assert_allclose(v.numpy(), x, rtol=1e-6, atol=1e-7)
