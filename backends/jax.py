@@ -198,21 +198,36 @@ def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[ja
 
 
 def memory_roots(xs: Sequence[Any]) -> list[int | None]:
-    """The device buffer holding each array (its first shard's where it spans several
-    devices): a second ``jax.Array`` over one buffer, as ``jax.device_put(x,
-    x.sharding)`` gives, shares it, so that buffer is not donated while the other is
-    read. None for a traced array (nothing is donated inside a trace) and a deleted one."""
-    return [_buffer(x) for x in xs]
+    """The device buffers holding each array, as one root: a second ``jax.Array``
+    over a buffer, as ``jax.device_put(x, x.sharding)`` gives, shares it, so that
+    buffer is not donated while the other is read. Arrays on several devices share a
+    root where any of their shards' buffers is shared (transitively). None for a
+    traced array (nothing is donated inside a trace) and a deleted one."""
+    buffers = [_buffers(x) for x in xs]
+    if all(b is None or len(b) == 1 for b in buffers):
+        return [None if b is None else b[0] for b in buffers]
+    parent: dict[int, int] = {}
+
+    def root(pointer: int) -> int:
+        while parent.setdefault(pointer, pointer) != pointer:
+            pointer = parent[pointer] = parent[parent[pointer]]
+        return pointer
+
+    for b in buffers:
+        if b is not None:
+            for pointer in b[1:]:
+                parent[root(pointer)] = root(b[0])  # (one array: one root for all its shards)
+    return [None if b is None else root(b[0]) for b in buffers]
 
 
-def _buffer(x: Any) -> int | None:
+def _buffers(x: Any) -> tuple[int, ...] | None:
+    """The address of each of ``x``'s device buffers (one per addressable shard)."""
     if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or x.is_deleted():
         return None
     try:
-        return x.unsafe_buffer_pointer()
+        return (x.unsafe_buffer_pointer(),)
     except jax.errors.JaxRuntimeError:  # (on several devices)
-        shards = x.addressable_shards
-        return shards[0].data.unsafe_buffer_pointer() if shards else None
+        return tuple(shard.data.unsafe_buffer_pointer() for shard in x.addressable_shards) or None
 
 
 def check_axis_name(arg: Any, value: Any) -> None:

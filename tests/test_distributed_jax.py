@@ -209,6 +209,19 @@ for label, g in (
 ):
     record(f"layout/{label}", update(grid_w, g), grid_ref, grid_w)
 
+# A gradient sharing one shard's buffer (not the first) with the weights, out=w: that
+# buffer must not be donated (only first shards were compared: XLA read a donated
+# buffer, and the process crashed).
+shared_w = put({"v": jnp.arange(1.0, 17.0)}, {"v": P("x")})["v"]
+other = put({"v": jnp.full(16, 0.5)}, {"v": P("x")})["v"]
+pieces = [s.data for s in other.addressable_shards]
+pieces[3] = shared_w.addressable_shards[3].data
+shared_g = jax.make_array_from_single_device_arrays((16,), shared_w.sharding, pieces)
+shared_ref = update(jnp.asarray(np.asarray(shared_w)), jnp.asarray(np.asarray(shared_g)))
+holder = lm.Container(v=shared_w)
+update(holder, lm.Container(v=shared_g), out=holder)
+record("donation/gradient_sharing_a_later_shard", holder["v"], shared_ref, shared_w)
+
 # 4. A name that no enclosing shard_map binds: lax.psum fails a bare assertion there.
 try:
     jax.jit(smap(lambda w, g: update(w, g, axis_name="zz"), ALL))(wa, put(G, ALL))
@@ -227,6 +240,11 @@ def results() -> dict:
     found = json.loads(out.splitlines()[-1])
     print("\n".join(f"{k}: {v}" for k, v in found.items()))
     return found
+
+
+def test_a_gradient_sharing_a_later_shard_of_the_weights_is_not_donated(results: dict) -> None:
+    found = results["donation/gradient_sharing_a_later_shard"]
+    assert found["rel"] < TOLERANCE and found["kept"], found
 
 
 def test_named_sharding_equals_unsharded_and_keeps_sharding(results: dict) -> None:
