@@ -483,8 +483,12 @@ class LarsOptimizer:
             leaves = leaves_like(arg, mask, flat)
             values = [leaves[i] for i in active]
         if list(map(type, values)).count(bool) != len(values):
-            i, value = next((i, v) for i, v in zip(active, values) if type(v) is not bool)
-            raise LarsMultiTypeError(f"{Path(arg, flat.paths[i])}: expected a bool, got {type_name(value)}")
+            values = [bool(v) if isinstance(v, np.bool_) else v for v in values]  # (as optax takes them)
+            odd = next(((i, v) for i, v in zip(active, values) if type(v) is not bool), None)
+            if odd is not None:
+                raise LarsMultiTypeError(
+                    f"{Path(arg, flat.paths[odd[0]])}: expected a bool, got {type_name(odd[1])}"
+                )
         return values
 
 

@@ -960,6 +960,24 @@ def test_a_bad_state_is_refused_where_layers_have_no_gradient(backend, preset, g
     assert int(to_numpy(state.count)) == 1
 
 
+def test_numpy_bool_masks_are_bools():
+    """optax.lars takes a mask tree of np.bool_ (as jax.tree.map over ndim > 1 gives
+    with NumPy comparisons); lm.optim refused it, against the migration table."""
+    params = {"w": np.ones((2, 2)), "b": np.ones(2)}
+    grads = {"w": np.full((2, 2), 0.5), "b": np.full(2, 0.25)}
+    masks = {"w": np.bool_(True), "b": np.bool_(False)}
+    want = lm.optim.lars(0.1, weight_decay=1e-2, adapt_mask={"w": True, "b": False}, preset="optax")
+    for mask in (masks, lambda p: {k: np.bool_(v.ndim > 1) for k, v in p.items()}):
+        got = lm.optim.lars(0.1, weight_decay=1e-2, adapt_mask=mask, preset="optax")
+        new, _ = got.step(params, grads, got.init(params))
+        expected, _ = want.step(params, grads, want.init(params))
+        for k in params:
+            np.testing.assert_array_equal(new[k], expected[k])
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^adapt_mask\['b'\]: expected a bool, got int"):
+        bad = lm.optim.lars(0.1, adapt_mask={"w": True, "b": 0}, preset="optax")
+        bad.step(params, grads, bad.init(params))
+
+
 def test_mask_callables_by_signature():
     """A one-argument mask is called with the parameters (optax's convention), a
     two-argument one per leaf; any other signature is refused when the optimizer is made."""
