@@ -67,18 +67,23 @@ def model(init=None):
     return m
 
 
-single = model()
-init = [w.copy() for w in single.get_weights()]
-single.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)  # 4 steps
-with strategy.scope():
-    mirrored = model(init)
-mirrored.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-out["keras"] = {
-    "init": listed(init),
-    "single": listed(single.get_weights()),
-    "variable_types": [type(v.value).__name__ for v in mirrored.trainable_variables],
-    "copies": copies([v.value for v in mirrored.trainable_variables]),
-}
+def fit_both(make, inputs):
+    # a model fitted on one device and, from the same weights, under the strategy
+    single = make()
+    init = [w.copy() for w in single.get_weights()]
+    single.fit(inputs, y, batch_size=8, epochs=2, shuffle=False, verbose=0)  # 4 steps
+    with strategy.scope():
+        mirrored = make(init)
+    mirrored.fit(inputs, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    return {
+        "init": listed(init),
+        "single": listed(single.get_weights()),
+        "variable_types": [type(v.value).__name__ for v in mirrored.trainable_variables],
+        "copies": copies([v.value for v in mirrored.trainable_variables]),
+    }
+
+
+out["keras"] = fit_both(model, x)
 
 # --- an Embedding (tf.IndexedSlices gradients) in model.fit -------------------------------
 tokens = rng.integers(0, 20, (16, 5)).astype(np.int32)
@@ -94,17 +99,7 @@ def embedding_model(init=None):
     return m
 
 
-single = embedding_model()
-init = [w.copy() for w in single.get_weights()]
-single.fit(tokens, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-with strategy.scope():
-    mirrored = embedding_model(init)
-mirrored.fit(tokens, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-out["embedding"] = {
-    "init": listed(init),
-    "single": listed(single.get_weights()),
-    "copies": copies([v.value for v in mirrored.trainable_variables]),
-}
+out["embedding"] = fit_both(embedding_model, tokens)
 
 # --- lm.lars_update inside strategy.run, out=mirrored variables ---------------------------
 w_init = [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)]
