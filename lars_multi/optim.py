@@ -447,7 +447,9 @@ class LarsOptimizer:
             return [None] * len(flat.leaves)
         if state.momentum is None:
             raise LarsMultiValueError(
-                "state: expected momentum buffers (momentum > 0), got a state without them"
+                "state: expected momentum buffers (momentum > 0), got a state without them (made with "
+                "momentum 0, or by a step at momentum 0, which keeps none: a state cannot take momentum "
+                "back from 0; init a new one)"
             )
         buffers = leaves_like("state.momentum", state.momentum, flat, broadcast=False)
         if ops.alike(take(buffers, active), ws):
