@@ -83,7 +83,8 @@ def _committed(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer) and x.committed
 
 
-_ARRAY = type(jnp.zeros(()))  # a concrete array's type (a traced one has no placement)
+with jax.ensure_compile_time_eval():  # (loaded inside a jax.jit trace too: a concrete array, not a tracer)
+    _ARRAY = type(jnp.zeros(()))  # a concrete array's type (a traced one has no placement)
 _COMMITTED = operator.attrgetter("committed")
 
 

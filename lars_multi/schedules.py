@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ._checks import owner, unwrap
 from ._errors import LarsMultiTypeError, LarsMultiValueError
 from ._registry import get_backend
@@ -47,7 +49,7 @@ def _check(peak: float, warmup_steps: int, total_steps: int, end: float, power: 
 def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, Any, Callable[..., Any]]:
     """The step as a float, its warm-up fraction and decay fraction, both in [0, 1],
     and a ``where(cond, x, y)`` for the count's backend. A count is an integer >= 0
-    (an array's dtype is checked; its value is not read)."""
+    (an array's dtype is checked; its value is read only where it is on the host, NumPy's)."""
     name = owner(count)
     if name is None:
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
@@ -58,11 +60,13 @@ def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, 
         return step, warm, progress, lambda c, x, y: x if c else y
     ops = get_backend(name)
     data = unwrap(count)
-    if ops.dtype_name(data.dtype) not in ("int32", "int64") or len(data.shape) != 0:
+    if not ops.dtype_name(data.dtype).startswith(("int", "uint")) or len(data.shape) != 0:
         raise LarsMultiTypeError(
-            f"count: expected an integer >= 0 or a 0-d int32 or int64 array (the step count), got a "
+            f"count: expected an integer >= 0 or a 0-d integer array (the step count), got a "
             f"{ops.dtype_name(data.dtype)} array of shape {tuple(data.shape)}"
         )
+    if isinstance(data, np.ndarray | np.generic) and data < 0:  # (on the host: read for free)
+        raise LarsMultiValueError(f"count: expected an integer >= 0 (the step count), got {data!r}")
     step = ops.asarray(data, "float32")
     warm = ops.where(step < warmup_steps, step / warmup_steps, 1.0) if warmup_steps else step * 0 + 1.0
     progress = (step - warmup_steps) / (total_steps - warmup_steps)

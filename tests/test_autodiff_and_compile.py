@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import assert_layer_close, native, require_backend, run_python, to_numpy
@@ -233,6 +235,25 @@ def test_jax_grad_through_tree_and_stop_gradients():
         np.testing.assert_array_equal(np.asarray(stopped[k]), 0)
     single = jax.grad(lambda w: jnp.sum(lm.lars_update(w, g["a"], 0.1) * c["a"]))(w["a"])
     np.testing.assert_array_equal(np.asarray(single), 0)
+
+
+def test_jax_jit_on_a_first_call_loads_the_backend_outside_the_trace():
+    """The JAX backend, first loaded inside a ``jax.jit`` trace, took a tracer's type for
+    the concrete arrays' (its module made an array to learn it, and made a tracer): every
+    later jitted call failed with JAX's ConcretizationTypeError, for the whole process."""
+    require_backend("jax")
+    script = """
+import json
+import jax, jax.numpy as jnp
+import lars_multi as lm
+
+f = jax.jit(lambda w, g: lm.lars_update(w, g, 0.1))
+w, g = jnp.asarray([3.0, 1.0, 5.0]), jnp.asarray([0.3, 0.1, 0.2])
+results = [f(w, g).tolist(), f(w, g).tolist(), lm.lars_update(w, g, 0.1).tolist()]
+print(json.dumps(results))
+"""
+    for got in json.loads(run_python(script).splitlines()[-1]):
+        np.testing.assert_allclose(got, [2.5256584, 0.8418861, 4.683772], rtol=1e-6)  # (the seed's example)
 
 
 def test_jax_jit():

@@ -446,7 +446,11 @@ def test_schedule_arguments_are_checked(kwargs):
         warmup_polynomial(**arguments)
 
 
-@pytest.mark.parametrize("count", [-1, 2.5, "3", True, None, np.float32(2), np.zeros(2, np.int32)], ids=repr)
+@pytest.mark.parametrize(
+    "count",
+    [-1, 2.5, "3", True, None, np.float32(2), np.zeros(2, np.int32), np.int64(-3), np.array(-5, np.int32)],
+    ids=repr,
+)
 @pytest.mark.parametrize("kind", ["warmup_polynomial", "warmup_cosine"])
 def test_schedule_counts_are_integers_from_zero(kind, count):
     """A count is the step count: a negative one gave a negative rate, 2.5 an odd one."""
@@ -454,6 +458,14 @@ def test_schedule_counts_are_integers_from_zero(kind, count):
     with pytest.raises(lm.LarsMultiError, match=r"^count: expected an integer >= 0"):
         schedule(count)
     assert schedule(np.int64(2)) == schedule(2) == 0.5
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "int64"])
+def test_schedules_take_a_count_of_any_integer_dtype(backend, dtype):
+    """As the module says (a 0-d integer array of any backend): only int32 and int64 were taken."""
+    count = native(backend, np.array(2, dtype))
+    schedule = lm.schedules.warmup_polynomial(1.0, 4, 10)
+    assert float(to_numpy(schedule(count))) == 0.5
 
 
 def lm_optax(config, name, dtype):
