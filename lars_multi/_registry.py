@@ -71,12 +71,13 @@ def register_backend(
     if framework is not None and (not isinstance(framework, str) or not framework):
         raise LarsMultiTypeError(f"framework: expected a top-level module's name (a str), got {framework!r}")
     builtin = f"lars_multi.backends.{name}"
-    if name in _BUILT_IN and module_path != builtin:
+    spec = BackendSpec(name, module_path, framework or name, pip_extra)
+    if name in _BUILT_IN and (module_path != builtin or _SPECS.get(name, spec) != spec):
         raise LarsMultiValueError(
             f"name: {name!r} is a built-in backend ({builtin}); register yours under another name"
         )
     with _LOCK:
-        _SPECS[name] = BackendSpec(name, module_path, framework or name, pip_extra)
+        _SPECS[name] = spec
         _MODULES.pop(name, None)
         _NATIVE_TYPES.clear()
 
@@ -117,7 +118,7 @@ def get_backend(name: str) -> Backend:
     if spec is None:
         raise UnknownBackendError(f"backend: expected one of {sorted(_SPECS)}, got {name!r}")
     try:
-        module = _import(spec.module_path)
+        module = _import(spec.module_path, spec.framework)
     except Exception as error:  # (a module that fails to import for any reason is not installed)
         hint = f'; install it with: pip install "lars-multi[{spec.pip_extra}]"' if spec.pip_extra else ""
         raise BackendNotInstalledError(
@@ -128,9 +129,10 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-def _import(module_path: str) -> ModuleType:
+def _import(module_path: str, framework: str) -> ModuleType:
     """Built-in backends by static imports, which torch.compile traces (a first
-    call may be a compiled one), where ``import_module`` breaks the graph."""
+    call may be a compiled one), where ``import_module`` breaks the graph; another
+    backend with its framework (its module may import without it)."""
     if module_path == "lars_multi.backends.numpy":
         from .backends import numpy as module
     elif module_path == "lars_multi.backends.torch":
@@ -141,6 +143,7 @@ def _import(module_path: str) -> ModuleType:
         from .backends import tensorflow as module
     else:
         module = importlib.import_module(module_path)
+        importlib.import_module(framework)
     return module
 
 

@@ -555,6 +555,24 @@ def test_registering_checks_its_arguments(isolated_registry):
         lm.register_backend("mine", "_toy_backend", framework=3)  # (was listed as installed)
 
 
+def test_a_built_in_backend_cannot_be_registered_over_with_its_own_module(isolated_registry):
+    """Its own module path with another framework (or pip extra) was taken, and then
+    NumPy arrays were no arrays to lars_multi."""
+    for settings in ({"framework": "nosuchfw"}, {"pip_extra": "other"}):
+        with pytest.raises(lm.LarsMultiValueError, match="'numpy' is a built-in backend"):
+            lm.register_backend("numpy", "lars_multi.backends.numpy", **settings)
+    lm.register_backend("numpy", "lars_multi.backends.numpy")  # (the same: nothing changes)
+    np.testing.assert_allclose(lm.lars_update(W, G, 0.1), [2.5256584, 0.8418861, 4.683772], rtol=1e-6)
+
+
+def test_a_backend_whose_framework_does_not_import_is_not_installed(isolated_registry):
+    """Its module imported (any module), so it was listed as installed and could be chosen."""
+    lm.register_backend("ghost", "json", framework="no_such_framework_for_lars_multi")
+    assert "ghost" not in lm.installed_backends()
+    with pytest.raises(lm.BackendNotInstalledError, match="no_such_framework_for_lars_multi"):
+        lm.set_backend("ghost")
+
+
 def test_a_backend_that_fails_to_import_is_not_installed(isolated_registry, tmp_path, monkeypatch):
     """Any error importing it, not only ImportError: installed_backends leaves it out."""
     _module(tmp_path, monkeypatch, "broken_backend_mod", "raise RuntimeError('broken on import')\n")
