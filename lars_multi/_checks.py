@@ -126,16 +126,16 @@ def fill_entries(entries: Sequence[Entry]) -> None:
 
 
 def _holds_container(tree: Any) -> bool:
+    """Whether ``tree`` is an ``lm.Container`` or has one among its nodes."""
     if isinstance(tree, Container):
         return True
-    children = (
-        list(tree.values())
-        if isinstance(tree, Mapping)
-        else list(tree)
-        if isinstance(tree, list | tuple)
-        else []
-    )
-    return bool(children) and not all_native(children) and any(map(_holds_container, children))
+    if isinstance(tree, Mapping):
+        children = list(tree.values())
+    elif isinstance(tree, list | tuple):
+        children = list(tree)
+    else:
+        return False
+    return not all_native(children) and any(map(_holds_container, children))
 
 
 def _parent(tree: Any, path: Sequence[Any]) -> Any:
