@@ -261,7 +261,10 @@ class LarsOptimizer:
         if kept.indices or not _checks.all_native(active_outs):  # (native outputs were written already)
             targets, values = [*kept.targets, *active_outs], [*copies, *new_ws]
             indices = [*kept.indices, *active]
-            label = lambda k: str(Path("out", flat.paths[indices[k]]))  # noqa: E731
+
+            def label(k: int) -> str:
+                return str(Path("out", flat.paths[indices[k]]))
+
             check_handles(ops, targets, values, label)
             _checks.check_no_escape(ops, targets, values, label)
             for target, new in zip(targets, values):
