@@ -17,7 +17,9 @@ storages cannot be).
 It works with ``state_dict``/``load_state_dict``, ``zero_grad``,
 ``torch.optim.lr_scheduler``, ``torch.amp.GradScaler`` and
 ``torch.compile(opt.step, fullgraph=True)`` (give ``lr`` as a tensor so that
-a scheduler changing it does not recompile).
+a scheduler changing it does not recompile; with a scheduler made, torch wraps
+``opt.step`` in a function Dynamo does not trace, as for its own optimizers:
+compile the training step with ``fullgraph=False`` there).
 
 >>> import torch, lars_multi as lm
 >>> model = torch.nn.Linear(2, 1)
