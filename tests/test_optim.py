@@ -990,6 +990,22 @@ def test_numpy_bool_masks_are_bools():
         bad.step(params, grads, bad.init(params))
 
 
+def test_a_buffer_that_is_a_parameter_is_told_to_take_its_own():
+    """The refusal gave the tied-weights advice, which does not fit a momentum buffer."""
+    params = {"a": np.ones((2, 2)), "b": np.ones((2, 2))}
+    grads = {"a": np.full((2, 2), 0.5), "b": np.full((2, 2), 0.25)}
+    opt = lm.optim.lars(0.1, momentum=0.9)
+    state = opt.init(params)
+    bad = state._replace(momentum={"a": params["a"], "b": state.momentum["b"]})
+    with pytest.raises(
+        lm.LarsMultiValueError, match="give each parameter a momentum buffer of its own"
+    ) as info:
+        opt.step(params, grads, bad, out=params)
+    assert "tied weights" not in str(info.value)
+    with pytest.raises(lm.LarsMultiTypeError, match=r"0-d integer array of NumPy, got"):
+        opt.step(params, grads, state._replace(count=np.float64(1)))
+
+
 def test_mask_callables_by_signature():
     """A one-argument mask is called with the parameters (optax's convention), a
     two-argument one per leaf; any other signature is refused when the optimizer is made."""
