@@ -204,14 +204,10 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
     when it is ``x``)."""
     one = type(a) is float and a == 1
     if out is not None and out is x and one:
-        increment = b * y
-        checks = _assertions()
-        if not checks:
-            out.assign_add(increment, read_value=False)
-            return out
-        total = x + increment  # (an assign_add was run before a failing assertion it waited on)
-        with tf.control_dependencies(checks):
-            out.assign(total, read_value=False)
+        if _assertions():  # (an assign_add was run before a failing assertion it waited on)
+            write(out, x + b * y)
+        else:
+            out.assign_add(b * y, read_value=False)
         return out
     result = (x if one else a * x) + b * y
     if out is None:

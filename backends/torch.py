@@ -166,14 +166,14 @@ def memory_roots(xs: Sequence[torch.Tensor]) -> list[int | None]:
     except NotImplementedError:  # a sparse tensor has none
         storages = [x.untyped_storage() if x.layout == torch.strided else None for x in locals_]
     present = [s for s in storages if s is not None] if type(None) in map(type, storages) else storages
-    starts: list[Any] = list(map(torch.UntypedStorage.data_ptr, present))
+    addresses: list[int] = list(map(torch.UntypedStorage.data_ptr, present))
+    starts: list[Any] = addresses
     if not all(map(torch.UntypedStorage.resizable, present)):  # not each its own allocation
         # Keyed by the whole range: two storages may start at one address and end apart.
-        spans = list(zip(starts, map(operator.add, starts, map(torch.UntypedStorage.nbytes, present))))
+        spans = list(zip(addresses, map(operator.add, addresses, map(torch.UntypedStorage.nbytes, present))))
         groups = overlap_groups(dict(zip(spans, spans)))
         starts = list(map(groups.__getitem__, spans))
-    if 0 in starts:  # (no memory: nothing to share)
-        addresses = list(map(torch.UntypedStorage.data_ptr, present))
+    if 0 in addresses:  # (no memory: nothing to share)
         starts = [None if address == 0 else start for address, start in zip(addresses, starts)]
     if present is storages:
         return starts
