@@ -218,9 +218,22 @@ def dtype_name(dtype: Any) -> str:
 
 
 def asarray(obj: Any, dtype: Any = None) -> torch.Tensor:
+    """``obj`` as a tensor; a tensor stays on its device (``torch.as_tensor`` alone
+    would move it to the default device, where ``torch.set_default_device`` set one)."""
     if isinstance(dtype, str):
         dtype = _DTYPES[dtype]
+    if isinstance(obj, torch.Tensor):
+        return obj if dtype is None or obj.dtype == dtype else obj.to(dtype)
     return torch.as_tensor(obj, dtype=dtype)
+
+
+def scalar_for(value: Any, dtype: str, ws: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``value`` on the one device of ``ws``, or on the CPU where they are on several
+    (a CPU scalar goes with any): not on torch's default device, which may be
+    another (``torch.set_default_device("cuda")`` with the parameters on the CPU)."""
+    devices = {w.device for w in ws}
+    device = devices.pop() if len(devices) == 1 else torch.device("cpu")
+    return torch.as_tensor(value, dtype=_DTYPES[dtype], device=device)
 
 
 def zeros_like(x: Any) -> torch.Tensor:

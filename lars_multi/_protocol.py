@@ -69,6 +69,7 @@ class Backend(Protocol):
     def compile(self, function: Any, donate: bool = False) -> Any: ...
     def largest(self, dtype: Any) -> float: ...
     def constant(self, value: float, like: Any) -> Any: ...
+    def scalar_for(self, value: Any, dtype: str, ws: Sequence[Any]) -> Any: ...
     def readable(self) -> bool: ...
     def cos(self, x: Any) -> Any: ...
     def axpby(self, a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any: ...
@@ -221,6 +222,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         here the number itself."""
         return value
 
+    def scalar_for(value: Any, dtype: str, ws: Sequence[Any]) -> Any:
+        """A 0-d array of ``value`` (``dtype``: a dtype's name) that arithmetic with
+        each of ``ws`` can read: state kept beside them (a step count, a flag)."""
+        return module.asarray(value, dtype)
+
     def write(out: Any, value: Any) -> None:
         """Copy ``value`` into ``out`` in place (called only where ``unwritable`` is None)."""
         raise TypeError(f"{type_name(out)} cannot be written in place")
@@ -285,6 +291,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             compile,
             largest,
             constant,
+            scalar_for,
             readable,
             write,
             snapshot,

@@ -155,14 +155,14 @@ class LarsOptimizer:
         if not leaves:
             raise LarsMultiValueError("params: expected a tree with at least one array, got none")
         ops = get_backend(_checks.call_backend(leaves, [()] * len(leaves), "params"))
-        count = ops.asarray(0, "int32")
+        count = ops.scalar_for(0, "int32", leaves)
         if self.config.momentum == 0:
             return LarsState(count, None)
         arrays = [_checks.owner(x) is not None for x in flat.leaves]
         buffers = [ops.zeros_like(_checks.unwrap(x)) if a else None for x, a in zip(flat.leaves, arrays)]
         started = None
         if self._tracks_start:
-            started = flat.rebuild([ops.asarray(False, "bool") if a else None for a in arrays])
+            started = flat.rebuild([ops.scalar_for(False, "bool", leaves) if a else None for a in arrays])
         return LarsState(count, flat.rebuild(buffers), started)
 
     @property
@@ -198,7 +198,7 @@ class LarsOptimizer:
             take(all_grads, active), ws, paths, ("grads", "params", False), name, ops
         )
         _check_state(state)
-        step_count = _step_count(state.count, name, ops)
+        step_count = _step_count(state.count, ws, name, ops)
         _checks.check_usable("state.count", step_count, ws, lambda k: Path("params", paths[k]), ops)
         all_buffers = self._buffers(state, flat, active, ws, name, ops)
         buffers = take(all_buffers, active)
@@ -237,7 +237,7 @@ class LarsOptimizer:
         in_place = outs is not None and all(map(operator.is_, outs, ws))
         buffers_writable = in_place and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = outs_writable and buffers_writable
-        count = ops.asarray(step_count + 1, "int32")  # (before anything is written)
+        count = _next_count(step_count, ws, ops)  # (before anything is written)
         new_ws, new_buffers, copies = self._run(
             ops,
             flags,
@@ -253,7 +253,8 @@ class LarsOptimizer:
         )
         started = None
         if all_started is not None:
-            started = self._rebuild(flat, all_started, active, [ops.asarray(True, "bool")] * len(active))
+            now_started = [ops.scalar_for(True, "bool", ws)] * len(active)
+            started = self._rebuild(flat, all_started, active, now_started)
         if out_leaves is None:
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
                 count, flat, all_buffers, active, new_buffers, started
@@ -357,7 +358,9 @@ class LarsOptimizer:
         name = _checks.call_backend(arrays, [()] * len(arrays), "params")
         ops = get_backend(name)
         self._check_idle_state(state, flat, set(), name, ops)
-        new_state = state._replace(count=ops.asarray(_step_count(state.count, name, ops) + 1, "int32"))
+        leaves = [_checks.unwrap(x) for x in arrays]
+        count = _step_count(state.count, leaves, name, ops)
+        new_state = state._replace(count=_next_count(count, leaves, ops))
         if out is None or out is params:
             return params, new_state
         out_leaves = leaves_like("out", out, flat, broadcast=False)
@@ -546,9 +549,9 @@ def _check_state(state: Any) -> None:
 _LAST_COUNT = 2**31 - 2
 
 
-def _step_count(count: Any, name: str, ops: Backend) -> Any:
+def _step_count(count: Any, ws: Sequence[Any], name: str, ops: Backend) -> Any:
     """``state.count``, checked; a NumPy one (read back from a file) as the framework's
-    array, so that schedules get the framework's; an array as int32."""
+    array beside ``ws``, so that schedules get the framework's; an array as int32."""
     _check_count(count, name, ops)
     if isinstance(count, int):
         return count
@@ -556,9 +559,18 @@ def _step_count(count: Any, name: str, ops: Backend) -> Any:
     foreign = isinstance(count, (np.ndarray, np.integer)) and not ops.is_native(count)
     data = _checks.unwrap(count)
     # As int32 before one is added to it: a count of a narrower dtype wrapped (uint8 255 + 1 = 0).
-    if foreign or ops.dtype_name(data.dtype) != "int32":
+    if foreign:
+        return ops.scalar_for(data, "int32", ws)
+    if ops.dtype_name(data.dtype) != "int32":
         return ops.asarray(data, "int32")
     return count
+
+
+def _next_count(count: Any, ws: Sequence[Any], ops: Backend) -> Any:
+    """The count after ``count`` (a Python int, or an array that stays where it is)."""
+    if isinstance(count, int):
+        return ops.scalar_for(count + 1, "int32", ws)
+    return ops.asarray(count + 1, "int32")
 
 
 def _check_count(count: Any, name: str, ops: Backend) -> None:

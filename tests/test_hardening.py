@@ -1387,3 +1387,38 @@ def test_a_gradient_of_another_shape_is_refused_where_xla_compiles_a_graph_of_un
         want, _ = opt.step([w, w], [good, good], opt.init([w, w]))
     for v, x in zip(weights, want):
         np.testing.assert_allclose(v.numpy(), x, rtol=1e-6, atol=1e-7)
+
+
+def _state_steps(opt, ws, gs):
+    """Three steps: from a fresh state, from a count read back from a file (NumPy),
+    and one where no parameter has a gradient."""
+    params, state = opt.step(ws, gs, opt.init(ws))
+    params, state = opt.step(params, gs, state._replace(count=np.int32(1)))
+    return opt.step(params, [None] * len(ws), state)
+
+
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_torch_state_is_made_beside_the_parameters_not_on_the_default_device(preset):
+    """With ``torch.set_default_device("cuda")`` and parameters on the CPU, the step
+    count (and timm's first-step flags) were made on the GPU, and the step refused
+    them ("state.count: expected a 0-d array on cpu"). State is made on the
+    parameters' device (here the meta device stands in for another default)."""
+    require_backend("torch")
+    import torch
+
+    def run():
+        ws = [torch.tensor(W, device="cpu"), torch.tensor(W[0], device="cpu")]
+        gs = [torch.tensor(G, device="cpu"), torch.tensor(G[0], device="cpu")]
+        return _state_steps(lm.optim.lars(0.1, weight_decay=1e-4, preset=preset), ws, gs)
+
+    before = torch.get_default_device()
+    torch.set_default_device("meta")
+    try:
+        params, state = run()
+    finally:
+        torch.set_default_device(before)
+    assert {x.device.type for x in optree.tree_leaves([params, state])} == {"cpu"}
+    assert int(state.count) == 3
+    want_params, want_state = run()
+    for got, want in zip(optree.tree_leaves([params, state]), optree.tree_leaves([want_params, want_state])):
+        np.testing.assert_array_equal(to_numpy(got), to_numpy(want))

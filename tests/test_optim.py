@@ -767,7 +767,11 @@ def test_pickle_state_and_resume(name, preset, problem):
 
 
 @pytest.mark.parametrize("arg", ["learning_rate", "weight_decay"])
-@pytest.mark.parametrize("schedule", [lambda: 0.1, lambda step, extra: 0.1, lambda *, step: 0.1], ids=repr)
+@pytest.mark.parametrize(
+    "schedule",
+    [lambda: 0.1, lambda step, extra: 0.1, lambda *, step: 0.1],
+    ids=["no-argument", "two-arguments", "keyword-only"],
+)
 def test_a_schedule_that_cannot_take_the_step_count_is_refused_when_made(arg, schedule):
     """It was taken, and the first step raised Python's TypeError, naming neither argument."""
     arguments = {"learning_rate": LR, arg: schedule}
