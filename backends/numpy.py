@@ -14,6 +14,7 @@ import itertools
 import operator
 import threading
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -179,6 +180,14 @@ def largest(dtype: Any) -> float:
 
 def asarray(obj: Any, dtype: Any = None) -> np.ndarray:
     return np.asarray(obj, dtype=_bfloat16 if dtype == "bfloat16" else dtype)
+
+
+def arithmetic() -> AbstractContextManager[Any]:
+    """The step's arithmetic ignores NumPy's floating-point error settings: an
+    underflow (``np.seterr(under="raise")``) or overflow raised halfway through a
+    step would leave earlier layers written. Non-finite results are as on the other
+    backends, which have no such settings."""
+    return np.errstate(all="ignore")
 
 
 def zeros_like(x: Any) -> np.ndarray:

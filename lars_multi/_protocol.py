@@ -11,9 +11,11 @@ between arrays (the list primitives loop over the one-array ones);
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from collections.abc import Callable, Collection, Hashable, Sequence
+from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -70,6 +72,7 @@ class Backend(Protocol):
     def largest(self, dtype: Any) -> float: ...
     def constant(self, value: float, like: Any) -> Any: ...
     def scalar_for(self, value: Any, dtype: str, ws: Sequence[Any]) -> Any: ...
+    def arithmetic(self) -> AbstractContextManager[Any]: ...
     def readable(self) -> bool: ...
     def cos(self, x: Any) -> Any: ...
     def axpby(self, a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any: ...
@@ -222,6 +225,10 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         here the number itself."""
         return value
 
+    def arithmetic() -> AbstractContextManager[Any]:
+        """The context the step's arithmetic runs in: here none."""
+        return contextlib.nullcontext()
+
     def scalar_for(value: Any, dtype: str, ws: Sequence[Any]) -> Any:
         """A 0-d array of ``value`` (``dtype``: a dtype's name) that arithmetic with
         each of ``ws`` can read: state kept beside them (a step count, a flag)."""
@@ -292,6 +299,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             largest,
             constant,
             scalar_for,
+            arithmetic,
             readable,
             write,
             snapshot,

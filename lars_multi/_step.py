@@ -165,46 +165,47 @@ def lars_step(
     ``donate``: the weights' buffers may be reused (JAX, with ``outs`` None), where
     every layer is in one batch (a later batch failing would find earlier ones gone).
     """
-    # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
-    # (Element by element: torch 2.11's Dynamo cannot trace `is` between two lists.)
-    in_place = outs is not None and all(map(operator.is_, outs, ws))
-    cut = ops.batches(ws) if len(ws) > 1 else [range(1)]
-    if len(cut) == 1:  # every layer in one batch (one layer; a compiled step): nothing to cut
-        return _run_batch(
-            ops,
-            config,
-            flags,
-            lr,
-            weight_decay,
-            stop_gradients,
-            donate,
-            in_place,
-            ws,
-            gs,
-            buffers,
-            first,
-            outs,
-        )
-    new_ws, new_buffers = list(ws), list(buffers)
-    for batch in cut:
-        part_ws, part_buffers = _run_batch(
-            ops,
-            config,
-            flags.select(batch),
-            lr,
-            weight_decay,
-            stop_gradients,
-            False,
-            in_place,
-            take(ws, batch),
-            take(gs, batch),
-            take(buffers, batch),
-            take(first, batch) if isinstance(first, list) else first,
-            None if outs is None else take(outs, batch),
-        )
-        put(new_ws, batch, part_ws)
-        put(new_buffers, batch, part_buffers)
-    return new_ws, new_buffers
+    with ops.arithmetic():  # (NumPy: the caller's np.seterr must not stop it halfway)
+        # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
+        # (Element by element: torch 2.11's Dynamo cannot trace `is` between two lists.)
+        in_place = outs is not None and all(map(operator.is_, outs, ws))
+        cut = ops.batches(ws) if len(ws) > 1 else [range(1)]
+        if len(cut) == 1:  # every layer in one batch (one layer; a compiled step): nothing to cut
+            return _run_batch(
+                ops,
+                config,
+                flags,
+                lr,
+                weight_decay,
+                stop_gradients,
+                donate,
+                in_place,
+                ws,
+                gs,
+                buffers,
+                first,
+                outs,
+            )
+        new_ws, new_buffers = list(ws), list(buffers)
+        for batch in cut:
+            part_ws, part_buffers = _run_batch(
+                ops,
+                config,
+                flags.select(batch),
+                lr,
+                weight_decay,
+                stop_gradients,
+                False,
+                in_place,
+                take(ws, batch),
+                take(gs, batch),
+                take(buffers, batch),
+                take(first, batch) if isinstance(first, list) else first,
+                None if outs is None else take(outs, batch),
+            )
+            put(new_ws, batch, part_ws)
+            put(new_buffers, batch, part_buffers)
+        return new_ws, new_buffers
 
 
 def _run_batch(

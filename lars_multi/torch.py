@@ -324,7 +324,12 @@ class LARS(torch.optim.Optimizer):
         floats = _OPS.FLOAT_DTYPES
         if (
             all([p.dtype in floats and not shares_elements(p) and not p.is_inference() for p in params])
-            and all([b is None or (_like(b, p) and not shares_elements(b)) for p, b in zip(params, buffers)])
+            and all(
+                [
+                    b is None or (_like(b, p) and not shares_elements(b) and not b.is_inference())
+                    for p, b in zip(params, buffers)
+                ]
+            )
             and (_all_plain(params, grads, buffers) or _kinds_match(params, grads, buffers))
         ):
             return

@@ -1422,3 +1422,46 @@ def test_torch_state_is_made_beside_the_parameters_not_on_the_default_device(pre
     want_params, want_state = run()
     for got, want in zip(optree.tree_leaves([params, state]), optree.tree_leaves([want_params, want_state])):
         np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+
+
+def _underflowing_trees():
+    """A float32 and a float16 layer whose steps underflow: float16 results rounded
+    from float32, and a momentum product of a tiny gradient."""
+    rng = np.random.default_rng(5)
+    ws = {
+        "a": rng.normal(size=(50, 20)).astype(np.float32),
+        "b": rng.normal(size=(300, 300)).astype(np.float16),
+    }
+    gs = {
+        "a": rng.normal(size=(50, 20)).astype(np.float32),
+        "b": rng.normal(size=(300, 300)).astype(np.float16),
+    }
+    gs["a"][0, 0] = 1e-33
+    return ws, gs
+
+
+@pytest.mark.parametrize("entry", ["lars_update", "optim"])
+def test_numpy_floating_point_error_settings_do_not_stop_a_step_halfway(entry):
+    """Under ``np.seterr(all="raise")`` a step raised FloatingPointError on an
+    underflow in a later layer, after earlier layers (and their momentum buffers)
+    were written. The step's arithmetic ignores those settings, as the other
+    backends have none: the same result as under NumPy's defaults."""
+
+    def run(ws, gs):
+        if entry == "lars_update":
+            out = {k: np.zeros_like(v) for k, v in ws.items()}
+            lm.lars_update(ws, gs, 0.1, out=out)
+            return out
+        opt = lm.optim.lars(0.01, momentum=0.9, weight_decay=1e-4, adapt_mask=True)
+        state = opt.init(ws)
+        for _ in range(2):
+            ws, state = opt.step(ws, gs, state, out=ws)
+        return {**ws, **{f"momentum {k}": v for k, v in state.momentum.items()}}
+
+    want = run(*_underflowing_trees())
+    trees = _underflowing_trees()  # (made under NumPy's defaults: float16 rounding underflows)
+    with np.errstate(all="raise"):
+        got = run(*trees)
+        assert np.geterr()["under"] == "raise"  # (the caller's settings are as they were)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])

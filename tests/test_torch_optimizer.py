@@ -905,3 +905,28 @@ def test_param_groups_takes_patterns_from_any_iterable():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     groups = param_groups(model, exclude=(name for name in ["1.weight"]))
     assert [len(g["params"]) for g in groups] == [1, 3]
+
+
+def test_a_buffer_made_in_inference_mode_is_refused_before_any_group_is_written():
+    """A step under torch.inference_mode makes inference-tensor buffers; the next
+    step outside it wrote the first group, then raised torch's RuntimeError on the
+    second group's buffer. Every group is checked first: the buffer is named."""
+    randn = partial(torch_randn, 4, 5, generator=torch.Generator().manual_seed(3))
+    a = torch.nn.Parameter(randn())
+    b = torch.nn.Parameter(randn())
+    opt = LARS([{"params": [a]}, {"params": [b], "momentum": 0.8}], lr=0.1, momentum=0.9)
+    a.grad = randn()
+    opt.step()
+    a.grad, b.grad = None, randn()
+    with torch.inference_mode():
+        opt.step()
+    a.grad = randn()
+    before = [a.detach().clone(), b.detach().clone(), opt.state[a]["momentum_buffer"].clone()]
+    with pytest.raises(
+        lm.LarsMultiTypeError,
+        match=r"^the momentum buffer of param_groups\[1\]\['params'\]\[0\]: .*inference",
+    ):
+        opt.step()
+    after = [a.detach(), b.detach(), opt.state[a]["momentum_buffer"]]
+    for x, y in zip(before, after):
+        assert torch.equal(x, y)
