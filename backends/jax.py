@@ -137,6 +137,25 @@ def asarray(obj: Any, dtype: Any = None) -> jax.Array:
     return jnp.asarray(obj, dtype=dtype)
 
 
+def scalar_for(value: Any, dtype: str, ws: Sequence[Any]) -> jax.Array:
+    """``value`` placed beside ``ws`` where they are all committed to one device, or
+    to one mesh (replicated over it), so that a jitted step moves nothing between
+    devices (and passes ``jax.transfer_guard("disallow")``); elsewhere uncommitted,
+    where jit places it beside the other arguments."""
+    x = jnp.asarray(value, dtype=dtype)
+    if not ws or isinstance(x, jax.core.Tracer) or device(ws[0]) is None:
+        return x
+    shardings = {w.sharding for w in ws}
+    if not all(w.committed for w in ws):
+        return x
+    meshes = {getattr(s, "mesh", None) for s in shardings}
+    mesh = meshes.pop() if len(meshes) == 1 else None
+    if mesh is not None:
+        return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    devices = {d for s in shardings for d in s.device_set}
+    return jax.device_put(x, devices.pop()) if len(devices) == 1 else x
+
+
 def zeros_like(x: Any) -> jax.Array:
     return jnp.zeros_like(x)
 

@@ -370,6 +370,16 @@ opt = lm.optim.lars(0.1, momentum=0.9)
 params = {"a": on(a, d0), "b": on(b, d1)}
 new, state = opt.step(params, {"a": on(ga, d0), "b": on(gb, d1)}, opt.init(params))
 print("optimizer", [next(iter(new[k].devices())).id for k in "ab"])
+# State made beside parameters on one device or one mesh (it was made on the default device):
+# a jitted step moves nothing between devices.
+for name, place in (("device", d1), ("mesh", mesh_sharding(d0, d1))):
+    params = {"a": on(a, place), "b": on(b, place)}
+    opt = lm.optim.lars(0.1, momentum=0.9, preset="timm")
+    state = opt.init(params)
+    with jax.transfer_guard("disallow"):
+        new, state = jax.jit(opt.step)(params, {"a": on(ga, place), "b": on(gb, place)}, state)
+    placed = (sorted(d.id for d in x.devices()) for x in (state.count, state.started["a"]))
+    print("state beside", name, *placed)
 # Uncommitted weights with gradients committed to two devices: each gradient is laid out as its
 # weights (one program took layers drawn to two devices: "incompatible devices").
 new = lm.lars_update(
@@ -432,6 +442,8 @@ def test_layers_on_other_devices_step_by_device_and_misplaced_inputs_are_refused
     expected = [
         r"model parallel True \[0, 1\]",
         r"optimizer \[0, 1\]",
+        r"state beside device \[1\] \[1\]$",
+        r"state beside mesh \[0, 1\] \[0, 1\]$",
         r"uncommitted True",
         r"gradient dcdw\['a'\]: expected an array on cpu:0 \(like w\['a'\]\), got one on cpu:1",
         r"rate lr: expected a 0-d array on cpu:0 \(like w\), got one on cpu:1",
