@@ -170,19 +170,20 @@ def call_backend(leaves: Sequence[Any], paths: Sequence[Any], arg: str = "w") ->
                     f"{name} array ({type_name(unwrap(leaf))}); pass arrays of one framework"
                 )
     assert first is not None
-    return check_chosen(first, leaves[0])
+    return check_chosen(first, leaves[0], arg)
 
 
-def check_chosen(name: str, leaf: Any) -> str:
-    """The backend to run: the weights' ``name`` (of ``leaf``, one of them), which must be
-    the chosen one, if any, or arrays the chosen one takes too (a backend registered
-    over another framework's arrays: inference names the built-in one)."""
+def check_chosen(name: str, leaf: Any, arg: str = "w") -> str:
+    """The backend to run: the weights' ``name`` (of ``leaf``, one of them; ``arg``:
+    their argument, for messages), which must be the chosen one, if any, or arrays the
+    chosen one takes too (a backend registered over another framework's arrays:
+    inference names the built-in one)."""
     chosen = current_backend()
     if chosen is None or chosen == name:
         return name
     if not get_backend(chosen).is_native(unwrap(leaf)):  # (BackendNotInstalledError where it does not import)
         raise MixedFrameworksError(
-            f"w: expected {chosen} arrays (the active backend), got {name} arrays "
+            f"{arg}: expected {chosen} arrays (the active backend), got {name} arrays "
             f"({type_name(leaf)}); convert them or change the backend"
         )
     return chosen

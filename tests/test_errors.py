@@ -178,6 +178,11 @@ def test_active_backend_mismatch(backend):
             lm.lars_update([w], [g], 0.1)
         with raises(TypeError, rf"^w: expected {other} arrays", lm.MixedFrameworksError):
             lm.lars_update(lm.Array(w), lm.Array(g), 0.1)
+        opt = lm.optim.lars(0.1)  # (its messages name params: init and step have no w)
+        with raises(TypeError, rf"^params: expected {other} arrays", lm.MixedFrameworksError):
+            opt.init({"a": w})
+        with raises(TypeError, rf"^params: expected {other} arrays", lm.MixedFrameworksError):
+            opt.step({"a": w}, {"a": g}, lm.optim.LarsState(0, None))
 
 
 def test_active_backend_mismatch_set_backend(backend_name):
