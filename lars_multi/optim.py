@@ -197,7 +197,7 @@ class LarsOptimizer:
         gs = _checks.check_gradients(
             take(all_grads, active), ws, paths, ("grads", "params", False), name, ops
         )
-        _check_state(state)
+        self._check_state(state)
         step_count = _step_count(state.count, ws, name, ops)
         _checks.check_usable("state.count", step_count, ws, lambda k: Path("params", paths[k]), ops)
         all_buffers = self._buffers(state, flat, active, ws, name, ops)
@@ -353,7 +353,7 @@ class LarsOptimizer:
     def _without_gradients(self, params: Any, flat: Flat, state: Any, out: Any) -> tuple[Any, LarsState]:
         """A step where no parameter has a gradient: the parameters as they are
         (copied into ``out``), the buffers as they are, the step count advanced."""
-        _check_state(state)
+        self._check_state(state)
         arrays = [x for x in flat.leaves if _checks.owner(x) is not None]
         name = _checks.call_backend(arrays, [()] * len(arrays), "params")
         ops = get_backend(name)
@@ -372,6 +372,19 @@ class LarsOptimizer:
             self._check_idle_buffers(buffers, [], flat, kept, ops)
 
         return copy_unchanged(flat, out, out_leaves, "params", check), new_state
+
+    def _check_state(self, state: Any) -> None:
+        """A LarsState, without timm's start flags unless this optimizer keeps them: a
+        state with them was made by a preset whose buffers hold r u (timm), which this
+        one's, holding the step eta r u, would read as a step about 1/eta too large.
+        (A state without flags is taken by timm's convention: step 0 starts every buffer.)"""
+        _check_state(state)
+        if state.started is not None and not self._tracks_start and self.config.momentum != 0:
+            raise LarsMultiValueError(
+                f"state: expected no start flags (state.started): preset {self.config.preset.name!r} keeps "
+                "the step eta r u in its momentum buffers, got a state with them, made by a preset whose "
+                "buffers hold r u without the learning rate ('timm'); init a new state"
+            )
 
     def _check_idle_state(
         self, state: LarsState, flat: Flat, active: set[int], name: str, ops: Backend

@@ -1343,3 +1343,22 @@ def test_a_numpy_step_count_steps_on_every_backend(backend, count):
         assert int(to_numpy(got.count)) == 4
         for k in params:
             np.testing.assert_array_equal(to_numpy(got.momentum[k]), to_numpy(want.momentum[k]))
+
+
+@pytest.mark.parametrize("preset", ["paper", "optax"])
+def test_a_state_of_timm_buffers_is_refused_by_a_preset_whose_buffers_hold_the_step(backend, preset):
+    """timm's buffers hold r u, the paper's and optax's the step eta r u: a timm state
+    (its start flags tell it) given to a paper optimizer stepped about 1/eta too far,
+    silently. It is refused, in place too, with nothing written."""
+    p = {"w": native(backend, np.ones((2, 2), np.float32))}
+    g = {"w": native(backend, np.full((2, 2), 0.5, np.float32))}
+    timm = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset="timm")
+    _, state = timm.step(p, g, timm.init(p))
+    other = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset=preset)
+    for out in (None, p) if backend in ("numpy", "torch") else (None,):
+        with pytest.raises(lm.LarsMultiValueError, match=r"^state: expected no start flags .*'timm'"):
+            other.step(p, g, state, out=out)
+        with pytest.raises(lm.LarsMultiValueError, match=r"^state: expected no start flags"):
+            other.step(p, {"w": None}, state, out=out)
+    np.testing.assert_array_equal(to_numpy(p["w"]), 1.0)
+    other.step(p, g, state._replace(started=None))  # (the buffers as the user says they are)
