@@ -574,16 +574,20 @@ def _step_count(count: Any, ws: Sequence[Any], name: str, ops: Backend) -> Any:
     # As int32 before one is added to it: a count of a narrower dtype wrapped (uint8 255 + 1 = 0).
     if foreign:
         return ops.scalar_for(data, "int32", ws)
-    if ops.dtype_name(data.dtype) != "int32":
+    dtype = ops.dtype_name(data.dtype)
+    if dtype == "int64":  # (clamped, not wrapped to a negative count: it is not read)
+        data = ops.where(data > _LAST_COUNT + 1, _LAST_COUNT + 1, data)
+    if dtype != "int32":
         return ops.asarray(data, "int32")
     return count
 
 
 def _next_count(count: Any, ws: Sequence[Any], ops: Backend) -> Any:
-    """The count after ``count`` (a Python int, or an array that stays where it is)."""
+    """The count after ``count`` (a Python int, or an int32 array that stays where it
+    is and, not read, saturates at int32's largest value rather than wrap)."""
     if isinstance(count, int):
         return ops.scalar_for(count + 1, "int32", ws)
-    return ops.asarray(count + 1, "int32")
+    return ops.asarray(ops.where(count > _LAST_COUNT, count, count + 1), "int32")
 
 
 def _check_count(count: Any, name: str, ops: Backend) -> None:
