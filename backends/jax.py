@@ -133,6 +133,11 @@ def dtype_name(dtype: Any) -> str:
     return np.dtype(dtype).name
 
 
+def widest_float(like: Any) -> str:
+    """float64 only with ``jax_enable_x64`` (JAX has no float64 arrays without it)."""
+    return "float64" if jax.config.read("jax_enable_x64") else "float32"
+
+
 def asarray(obj: Any, dtype: Any = None) -> jax.Array:
     return jnp.asarray(obj, dtype=dtype)
 

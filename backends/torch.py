@@ -217,6 +217,11 @@ def dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def widest_float(like: torch.Tensor) -> str:
+    """float64, except on Apple's GPUs (MPS), which have no float64."""
+    return "float32" if like.device.type == "mps" else "float64"
+
+
 def asarray(obj: Any, dtype: Any = None) -> torch.Tensor:
     """``obj`` as a tensor; a tensor stays on its device (``torch.as_tensor`` alone
     would move it to the default device, where ``torch.set_default_device`` set one)."""

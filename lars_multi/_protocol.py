@@ -73,6 +73,7 @@ class Backend(Protocol):
     def constant(self, value: float, like: Any) -> Any: ...
     def scalar_for(self, value: Any, dtype: str, ws: Sequence[Any]) -> Any: ...
     def arithmetic(self) -> AbstractContextManager[Any]: ...
+    def widest_float(self, like: Any) -> str: ...
     def readable(self) -> bool: ...
     def cos(self, x: Any) -> Any: ...
     def axpby(self, a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any: ...
@@ -225,6 +226,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         here the number itself."""
         return value
 
+    def widest_float(like: Any) -> str:
+        """The name of the widest floating dtype arrays beside ``like`` can have now
+        (a schedule's rate is computed in it, and cast to each layer's)."""
+        return "float64"
+
     def arithmetic() -> AbstractContextManager[Any]:
         """The context the step's arithmetic runs in: here none."""
         return contextlib.nullcontext()
@@ -300,6 +306,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
             constant,
             scalar_for,
             arithmetic,
+            widest_float,
             readable,
             write,
             snapshot,

@@ -2,8 +2,10 @@ r"""Learning-rate schedules of the LARS papers, as functions of the step count.
 
 A schedule is called with the optimizer's step count: a Python int, or a 0-d
 integer array of any backend (traced under ``jax.jit`` and ``tf.function``),
-and returns the rate as a float or a 0-d float32 array of that backend. It
-reads nothing on the host, so it never waits on the device.
+and returns the rate as a float or a 0-d array of that backend, in float64
+where the framework has it (JAX: with ``jax_enable_x64``; else float32), which
+the step casts to each layer's dtype. It reads nothing on the host, so it never
+waits on the device.
 
 >>> from lars_multi.schedules import warmup_polynomial
 >>> schedule = warmup_polynomial(peak=2.0, warmup_steps=10, total_steps=110)
@@ -25,7 +27,8 @@ from ._checks import owner, unwrap
 from ._errors import LarsMultiTypeError, LarsMultiValueError
 from ._registry import get_backend
 
-# The largest float32: an array count's rate is a float32 array, so larger values would be inf.
+# The largest float32: an array count's rate is a float32 array where the framework has no
+# float64 (JAX without x64), so larger values would be inf there.
 _FLOAT32_MAX = 3.4028234663852886e38
 
 
@@ -37,7 +40,7 @@ def _check(peak: float, warmup_steps: int, total_steps: int, end: float, power: 
         if value > _FLOAT32_MAX:
             raise LarsMultiValueError(
                 f"{name}: expected a number that fits float32 (a rate for an array count is "
-                f"a float32 array), got {value!r}"
+                f"a float32 array where the framework has no float64), got {value!r}"
             )
     if not (type(warmup_steps) is int and type(total_steps) is int and 0 <= warmup_steps < total_steps):
         raise LarsMultiValueError(
@@ -67,7 +70,7 @@ def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, 
         )
     if isinstance(data, np.ndarray | np.generic) and int(data) < 0:  # (on the host: read for free)
         raise LarsMultiValueError(f"count: expected an integer >= 0 (the step count), got {data!r}")
-    step = ops.asarray(data, "float32")
+    step = ops.asarray(data, ops.widest_float(data))
     warm = ops.where(step < warmup_steps, step / warmup_steps, 1.0) if warmup_steps else step * 0 + 1.0
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     progress = ops.where(progress < 0, 0.0 * step, ops.where(progress > 1, 0.0 * step + 1.0, progress))
