@@ -123,7 +123,10 @@ def array(obj: Any, dtype: Any = None) -> Array:
     :func:`lars_multi.using_backend` or ``LARS_MULTI_BACKEND``), else the one
     that owns ``obj``, else NumPy. Python floats become float32 on every
     backend, so that the same code gives the same numbers everywhere.
-    ``dtype`` is a name (``"float64"``) or a native dtype.
+    ``dtype`` is a name (``"float64"``) or a native dtype. A NumPy array, torch
+    tensor or JAX array of the backend's own dtype is wrapped, not copied (as
+    ``np.asarray``): an update with ``out=`` the handle writes the NumPy array or
+    torch tensor it wraps.
     """
     if isinstance(obj, Array):
         obj = obj.data

@@ -1465,3 +1465,15 @@ def test_numpy_floating_point_error_settings_do_not_stop_a_step_halfway(entry):
         assert np.geterr()["under"] == "raise"  # (the caller's settings are as they were)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_lm_array_wraps_an_array_of_its_backend_without_a_copy(backend_name):
+    """As documented (``np.asarray``, not ``np.array``): ``out=`` through the handle
+    writes the array the caller gave."""
+    require_backend(backend_name)
+    given = native(backend_name, W.copy())
+    w = lm.array(given)
+    assert w.data is given
+    w.lars_update(lm.array(native(backend_name, G)), 0.1, out=w)
+    assert_layer_close(to_numpy(given), W, G, 0.1, 0.0, "float32")
