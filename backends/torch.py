@@ -502,6 +502,10 @@ def axpbys(
     one number or 0-d tensor, or a list of them (0-d tensors broadcast: no host
     read), and the number ``s`` (``scale``) is the kernels' own multiplier; written
     into ``outs`` (which may be ``xs``) in place when given."""
+    if _registry.is_compiling():
+        coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
+        targets = [None] * len(xs) if outs is None else list(outs)
+        return [_traced_axpby(a, x, b, y, t, scale) for x, b, y, t in zip(xs, coefficients, ys, targets)]
     if len(xs) == 1:  # one tensor: its own kernels (a _foreach call costs more)
         b = bs[0] if isinstance(bs, list) else bs
         return [axpby(a, xs[0], b, ys[0], None if outs is None else outs[0], scale=scale)]
@@ -587,6 +591,8 @@ def axpby(
 ) -> torch.Tensor:
     """``a x + s b y`` in one ``addcmul`` (``a`` and ``b`` may be 0-d tensors: no host
     read; ``s``, ``scale``, a number); into ``out`` (which may be ``x``) in place."""
+    if _registry.is_compiling():
+        return _traced_axpby(a, x, b, y, out, scale)
     tensor = isinstance(b, torch.Tensor)
     one = type(a) is float and a == 1
     if out is None:
@@ -599,6 +605,20 @@ def axpby(
         if not one:
             out.mul_(a)
         return out.addcmul_(y, b, value=scale) if tensor else out.add_(y, alpha=scale * b)
+
+
+def _traced_axpby(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: Any, scale: Any) -> torch.Tensor:
+    """:func:`axpby` as torch.compile traces it: with ``*`` and ``+`` only, no number
+    given to a kernel as its scalar argument (``alpha=``, ``value=``, a ``_foreach``
+    scalar). Where a float hyper-parameter has become dynamic (a SymFloat: changed
+    between calls, as a weight-decay schedule changes it) and the graph also computes
+    with it, torch 2.13's Inductor kept such arguments at an earlier value, silently;
+    multiplied in, it is read right. Inductor fuses the operations alike."""
+    value = (x if type(a) is float and a == 1 else x * a) + y * (b * scale)
+    if out is None:
+        return value
+    with torch.no_grad():
+        return out.copy_(value)
 
 
 _registry.is_compiling = torch.compiler.is_compiling

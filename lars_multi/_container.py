@@ -23,7 +23,13 @@ class Container(Mapping):
     def __init__(self, mapping: Mapping[str, Any] | None = None, /, **entries: Any) -> None:
         if not _JAX_KNOWS_CONTAINERS and "jax" in sys.modules:
             _tell_jax()
-        items = dict(mapping or {}, **entries)
+        try:
+            items = dict({} if mapping is None else mapping, **entries)
+        except (TypeError, ValueError):  # (dict's own: "not iterable", "sequence element #0 has length 1")
+            raise LarsMultiTypeError(
+                f"mapping: expected a mapping of names to arrays (or (name, array) pairs), "
+                f"got {type_name(mapping)}"
+            ) from None
         _check_keys(items)
         object.__setattr__(
             self,

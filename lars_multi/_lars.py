@@ -151,11 +151,13 @@ def _update_tree(
     _checks.check_tree("w", w, flat)
     if not flat.leaves:  # an empty tree: itself (as a tree map gives), once the others agree
         _check_empty(w, dcdw, out)
+        _check_settings(lr, decay_lambda, stop_gradients)
         return w if out is None else out
     grads = leaves_like("dcdw", dcdw, flat)
     active = present(grads)
     out_leaves = None if out is None else leaves_like("out", out, flat, broadcast=False)
     if not active:  # no gradient anywhere: w as it is, or copied into out
+        _check_settings(lr, decay_lambda, stop_gradients)
         return flat.rebuild(flat.leaves) if out_leaves is None else copy_unchanged(flat, out, out_leaves)
     leaves = take(flat.leaves, active)
     paths = take(flat.paths, active)
@@ -261,11 +263,32 @@ def _check_empty(w: Any, dcdw: Any, out: Any) -> None:
     if w is None:
         raise LarsMultiTypeError("w: expected an array or a tree of arrays, got None")
     for arg, value in (("dcdw", dcdw), ("out", out)):
-        if value is not None and not (arg == "dcdw" and is_leaf(value)) and flatten_optree(value).leaves:
+        if value is None or (arg == "dcdw" and is_leaf(value)):
+            continue
+        if is_leaf(value) and owner(value) is None:
+            raise LarsMultiTypeError(
+                f"{arg}: expected the structure of w, an empty {type_name(w)}, got {type_name(value)}"
+            )
+        if flatten_optree(value).leaves:
             raise LarsMultiValueError(
                 f"{arg}: expected the structure of w, an empty {type_name(w)}, got a {type_name(value)} "
                 "holding arrays"
             )
+
+
+def _check_settings(lr: Any, decay_lambda: Any, stop_gradients: Any) -> None:
+    """The settings, where no layer steps, as far as they can be checked with no
+    array to go by: one value for every layer (a tree of them pairs with layers,
+    none of which steps) that is no array must be a valid number or bool."""
+    numpy = get_backend("numpy")  # (no array: only checks of numbers apply)
+    for arg, value, check in (
+        ("lr", lr, _checks.check_lr),
+        ("decay_lambda", decay_lambda, _checks.check_decay),
+    ):
+        if is_leaf(value) and owner(value) is None:
+            check(arg, value, name="numpy", ops=numpy)
+    if is_leaf(stop_gradients):
+        _checks.check_stop("stop_gradients", stop_gradients)
 
 
 def copy_unchanged(

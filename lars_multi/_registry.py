@@ -70,6 +70,10 @@ def register_backend(
         raise LarsMultiTypeError(f"module_path: expected a module's dotted path (a str), got {module_path!r}")
     if framework is not None and (not isinstance(framework, str) or not framework):
         raise LarsMultiTypeError(f"framework: expected a top-level module's name (a str), got {framework!r}")
+    if pip_extra is not None and (not isinstance(pip_extra, str) or not pip_extra):
+        raise LarsMultiTypeError(
+            f"pip_extra: expected None or the name of an extra of lars-multi (a str), got {pip_extra!r}"
+        )
     builtin = f"lars_multi.backends.{name}"
     spec = BackendSpec(name, module_path, framework or name, pip_extra)
     if name in _BUILT_IN and (module_path != builtin or _SPECS.get(name, spec) != spec):

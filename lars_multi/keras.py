@@ -24,11 +24,14 @@ Importing this module without Keras succeeds; using :class:`LARS` then raises
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import sys
 from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
 
 from . import _checks, optim, schedules
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError, type_name
@@ -71,6 +74,8 @@ def _patterns(name: str, value: Any) -> list[str]:
     values = list(value) if isinstance(value, Iterable) else None
     if values is None or not all(isinstance(v, str) for v in values):
         raise LarsMultiTypeError(f"{name}: expected a list of name patterns (str), got {type_name(value)}")
+    if "" in values:  # (it occurs in every name: every variable would be left out)
+        raise LarsMultiValueError(f"{name}: expected non-empty name patterns, got an empty one")
     return values
 
 
@@ -100,7 +105,7 @@ if keras is not None:
         step, and it is saved with the model (``kind``: the schedule's name)."""
 
         def __init__(self, kind: str, **arguments: Any) -> None:
-            if kind not in _SCHEDULES:
+            if not isinstance(kind, str) or kind not in _SCHEDULES:
                 raise LarsMultiValueError(
                     f"kind: expected one of {', '.join(map(repr, _SCHEDULES))}, got {kind!r}"
                 )
@@ -116,10 +121,19 @@ if keras is not None:
         def get_config(self) -> dict[str, Any]:
             return {"kind": self.kind, **self.arguments}
 
+        @classmethod
+        def from_config(cls, config: dict[str, Any]) -> Schedule:
+            if not isinstance(config, dict) or "kind" not in config:
+                got = f"keys {sorted(map(str, config))}" if isinstance(config, dict) else type_name(config)
+                raise LarsMultiValueError(
+                    f"config: expected a dict with the schedule's 'kind' and arguments, got {got}"
+                )
+            return cls(**config)
+
     def _keras_schedule(arg: str, value: Any) -> Any:
         """A lars_multi schedule as a :class:`Schedule` (saved with the model by its
         kind and arguments: a subclass of one would be restored as its base, and is
-        refused); an array's value as a number; anything else as it is."""
+        refused); a number or an array's value as a float, checked; a callable as it is."""
         kind = type(value).__name__
         if _SCHEDULES.get(kind) is type(value):
             return Schedule(kind, **vars(value))
@@ -129,14 +143,19 @@ if keras is not None:
                 f"of one ({type_name(value)}), which Keras could not restore; subclass "
                 "keras.optimizers.schedules.LearningRateSchedule"
             )
-        if not (callable(value) or _checks.is_number(value) or value is None):
-            try:  # (a 0-d array: its value, checked as a number, as Keras reads it once)
-                return float(keras.ops.convert_to_numpy(value))
-            except (TypeError, ValueError):
-                raise LarsMultiTypeError(
-                    f"{arg}: expected a number, a 0-d array or a schedule, got {type_name(value)}"
-                ) from None
-        return value
+        if callable(value):
+            return value
+        if _checks.is_number(value):  # (a NumPy scalar as a float: Keras takes Python floats)
+            return optim._rate(arg, value)
+        number = None
+        if _checks.owner(value) is not None or isinstance(value, np.ndarray):
+            with contextlib.suppress(TypeError, ValueError):  # (a 0-d array: its value, read once)
+                number = float(keras.ops.convert_to_numpy(value))
+        if number is None:
+            raise LarsMultiTypeError(
+                f"{arg}: expected a number, a 0-d array or a schedule, got {type_name(value)}"
+            )
+        return optim._rate(arg, number)
 
     def _check_rate(arg: str, value: Any) -> None:
         """Keras calls a callable learning rate with no argument (a schedule: with the

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import _checks
 from ._aliasing import array_values, check_handles, check_untouched, must_write_late, write_all
+from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._lars import copy_unchanged, flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
@@ -95,30 +96,33 @@ class LarsState(NamedTuple):
 
 
 def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, closed: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A real number (Python's, NumPy's, a Fraction; not a bool) in the interval, as a float."""
+    interval = f"[{low}, {high})" if closed else f"[{low}, {high}]"
+    if not _checks.is_number(value):
         raise LarsMultiTypeError(f"{name}: expected a number, got {type_name(value)}")
-    inside = low <= value < high if closed else low <= value <= high
+    try:
+        number = float(value)
+    except OverflowError:
+        raise LarsMultiValueError(
+            f"{name}: expected a number in {interval}, got one too large for a float"
+        ) from None
+    inside = low <= number < high if closed else low <= number <= high
     if not inside:
-        interval = f"[{low}, {high})" if closed else f"[{low}, {high}]"
         raise LarsMultiValueError(f"{name}: expected a number in {interval}, got {value!r}")
-    return float(value)
+    return number
 
 
 def _rate(name: str, value: Any) -> Any:
     """A number >= 0 (checked now), or a schedule or an array (checked at each step,
     the array against the parameters' backend; its value is not read)."""
     if _checks.is_number(value):  # (NumPy scalars too: checked now, as Python floats)
-        return _number(name, float(value))
+        return _number(name, value)
     if callable(value):
         _check_schedule(name, value)
         return value
     if _checks.owner(value) is not None:
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise LarsMultiTypeError(
-            f"{name}: expected a number, a 0-d array or a schedule, got {type_name(value)}"
-        )
-    return _number(name, value)
+    raise LarsMultiTypeError(f"{name}: expected a number, a 0-d array or a schedule, got {type_name(value)}")
 
 
 def _check_schedule(name: str, schedule: Any) -> None:
@@ -256,6 +260,8 @@ class LarsOptimizer:
             now_started = [ops.scalar_for(True, "bool", ws)] * len(active)
             started = self._rebuild(flat, all_started, active, now_started)
         if out_leaves is None:
+            if not _checks.all_native(leaves):  # (handles among them: lm.Array in, lm.Array out)
+                new_ws = [Array(n, name) if isinstance(x, Array) else n for x, n in zip(leaves, new_ws)]
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
                 count, flat, all_buffers, active, new_buffers, started
             )

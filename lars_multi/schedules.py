@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import owner, unwrap
+from ._checks import is_number, owner, unwrap
 from ._errors import LarsMultiTypeError, LarsMultiValueError
 from ._registry import get_backend
 
@@ -32,21 +32,38 @@ from ._registry import get_backend
 _FLOAT32_MAX = 3.4028234663852886e38
 
 
-def _check(peak: float, warmup_steps: int, total_steps: int, end: float, power: float = 1.0) -> None:
-    for name, value in (("peak", peak), ("end", end), ("power", power)):
-        if isinstance(value, bool) or not (isinstance(value, int | float) and 0 <= value < math.inf):
+# The largest step count a schedule takes exactly (steps are floats: 2**53 is exact).
+_LAST_STEP = 2**53
+
+
+def _checked(schedule: Any, fields: tuple[str, ...]) -> None:
+    """The schedule's arguments checked, and kept as Python numbers (NumPy's, a
+    Fraction's too: as floats and ints, which Keras can save)."""
+    for name in fields:
+        value = getattr(schedule, name)
+        try:
+            number = float(value) if is_number(value) else math.nan
+        except OverflowError:
+            number = math.inf
+        if not 0 <= number < math.inf:
             raise LarsMultiValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    for name, value in (("peak", peak), ("end", end)):
-        if value > _FLOAT32_MAX:
+        if name != "power" and number > _FLOAT32_MAX:
             raise LarsMultiValueError(
                 f"{name}: expected a number that fits float32 (a rate for an array count is "
                 f"a float32 array where the framework has no float64), got {value!r}"
             )
-    if not (type(warmup_steps) is int and type(total_steps) is int and 0 <= warmup_steps < total_steps):
+        object.__setattr__(schedule, name, number)
+    warmup, total = schedule.warmup_steps, schedule.total_steps
+    steps = all(
+        isinstance(n, numbers.Integral) and not isinstance(n, bool | np.bool_) for n in (warmup, total)
+    )
+    if not (steps and 0 <= warmup < total <= _LAST_STEP):
         raise LarsMultiValueError(
-            f"warmup_steps, total_steps: expected integers with 0 <= warmup_steps < total_steps, "
-            f"got {warmup_steps!r} and {total_steps!r}"
+            f"warmup_steps, total_steps: expected integers with 0 <= warmup_steps < total_steps <= 2**53, "
+            f"got {warmup!r} and {total!r}"
         )
+    object.__setattr__(schedule, "warmup_steps", int(warmup))
+    object.__setattr__(schedule, "total_steps", int(total))
 
 
 def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, Any, Callable[..., Any]]:
@@ -57,7 +74,7 @@ def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, 
     if name is None:
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
             raise LarsMultiValueError(f"count: expected an integer >= 0 (the step count), got {count!r}")
-        step = float(count)
+        step = float(min(int(count), _LAST_STEP))  # (beyond total_steps: the end of the schedule)
         warm = min(step / warmup_steps, 1.0) if warmup_steps else 1.0
         progress = min(max((step - warmup_steps) / (total_steps - warmup_steps), 0.0), 1.0)
         return step, warm, progress, lambda c, x, y: x if c else y
@@ -92,7 +109,7 @@ class warmup_polynomial:
     end: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.peak, self.warmup_steps, self.total_steps, self.end, self.power)
+        _checked(self, ("peak", "end", "power"))
 
     def __call__(self, count: Any) -> Any:
         step, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)
@@ -110,7 +127,7 @@ class warmup_cosine:
     end: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.peak, self.warmup_steps, self.total_steps, self.end)
+        _checked(self, ("peak", "end"))
 
     def __call__(self, count: Any) -> Any:
         step, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)

@@ -85,8 +85,10 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
     values (a tensor ``lr``'s value too: read here, never in a step)."""
     _check_rates(group)
     lr = group["lr"]
+    if isinstance(lr, torch.Tensor):  # (its value, named as this optimizer names it)
+        lr = _checks.check_rate("lr", lr.item(), name="torch", ops=_OPS)
     config = lars(
-        lr.item() if isinstance(lr, torch.Tensor) else lr,
+        lr,
         weight_decay=group["weight_decay"],
         **{name: group[name] for name in _CONFIG_KEYS},
     ).config
@@ -534,10 +536,17 @@ def param_groups(
     ``group_overrides`` (e.g. ``lr=...``, ``adapt=False``) go into both groups, over these
     settings; empty groups are left out.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise LarsMultiTypeError(
+            f"model: expected a torch.nn.Module (its parameters are named), got {type_name(model)}; "
+            "LARS(params, ...) takes parameters as they are"
+        )
     given = tuple(exclude) if isinstance(exclude, Iterable) and not isinstance(exclude, str) else (exclude,)
     odd = [pattern for pattern in given if not isinstance(pattern, str)]
     if odd:
         raise LarsMultiTypeError(f"exclude: expected name patterns (str), got {type_name(odd[0])} {odd[0]!r}")
+    if "" in given:  # (it occurs in every name: every parameter would be left out)
+        raise LarsMultiValueError("exclude: expected non-empty name patterns, got an empty one")
     patterns = [pattern.lower() for pattern in given]
     names: dict[int, tuple[torch.nn.Parameter, list[str]]] = {}  # every name of each (tied: several)
     for name, parameter in model.named_parameters(remove_duplicate=False):

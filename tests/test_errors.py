@@ -546,3 +546,80 @@ def test_container_keys_must_be_str():
     c = lm.Container(a=np.zeros(3))
     with pytest.raises(AttributeError, match="'b'"):
         _ = c.b
+
+
+# --- public surface, argument by argument -------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg", ["learning_rate", "weight_decay", "trust_coefficient", "eps"])
+def test_an_optimizer_number_too_large_for_a_float_is_refused_by_name(arg):
+    """Python's OverflowError, naming nothing, came from float(10**400)."""
+    kwargs = {"learning_rate": 0.1, arg: 10**400}
+    with raises(
+        ValueError, rf"^{arg}: expected a number in \[0.0, inf\), got one too large", lm.LarsMultiValueError
+    ):
+        lm.optim.lars(**kwargs)
+
+
+def test_optimizer_settings_take_any_real_number_as_the_rates_do():
+    """momentum, dampening, trust_coefficient and eps refused np.float32, np.int8 and
+    Fraction, which learning_rate and weight_decay took."""
+    from fractions import Fraction
+
+    for value in (np.float32(0.5), Fraction(1, 2), np.int8(0)):
+        for arg in ("momentum", "dampening", "trust_coefficient", "eps"):
+            if arg == "trust_coefficient" and value == 0:
+                continue
+            opt = lm.optim.lars(0.1, **{arg: value})
+            assert getattr(opt.config, arg) == float(value) and type(getattr(opt.config, arg)) is float
+    with raises(TypeError, r"^momentum: expected a number, got bool", lm.LarsMultiTypeError):
+        lm.optim.lars(0.1, momentum=True)
+
+
+def test_schedule_arguments_beyond_a_float_are_refused_and_numpy_numbers_taken():
+    schedule = lm.schedules.warmup_polynomial
+    with raises(ValueError, r"^power: expected a finite number >= 0", lm.LarsMultiValueError):
+        schedule(1.0, 1, 10, power=10**400)
+    with raises(ValueError, r"^warmup_steps, total_steps: expected integers with", lm.LarsMultiValueError):
+        schedule(1.0, 1, 10**400)
+    assert schedule(1.0, 1, 10, end=0.5)(10**400) == 0.5  # (past the end: the end)
+    given = schedule(np.float32(1.0), np.int64(1), np.int32(10))
+    assert given == schedule(1.0, 1, 10)
+    assert type(given.peak) is float and type(given.warmup_steps) is int  # (as Keras saves them)
+
+
+def test_an_empty_w_still_has_its_other_arguments_checked():
+    """With no layer to step, lr, decay_lambda and stop_gradients went unchecked, and
+    an out of a str was said to hold arrays."""
+    for w, dcdw in (({}, {}), ({"a": np.ones(2, np.float32)}, {"a": None})):
+        with raises(TypeError, r"^lr: expected a float or a 0-d array, got str", lm.LarsMultiTypeError):
+            lm.lars_update(w, dcdw, "junk")
+        with raises(ValueError, r"^decay_lambda: expected a finite number >= 0", lm.LarsMultiValueError):
+            lm.lars_update(w, dcdw, 0.1, decay_lambda=-1)
+        with raises(TypeError, r"^stop_gradients: expected a bool, got str", lm.LarsMultiTypeError):
+            lm.lars_update(w, dcdw, 0.1, stop_gradients="x")
+    with raises(
+        TypeError, r"^out: expected the structure of w, an empty dict, got str", lm.LarsMultiTypeError
+    ):
+        lm.lars_update({}, {}, 0.1, out="junk")
+    assert lm.lars_update({}, {}, {"a": 0.1}) == {}  # (a tree of rates pairs with no layer)
+
+
+def test_container_and_registry_arguments_are_checked():
+    for bad in ("ab", 5, np.ones(3)):
+        with raises(TypeError, r"^mapping: expected a mapping of names to arrays", lm.LarsMultiTypeError):
+            lm.Container(bad)
+    assert list(lm.Container([("a", np.ones(1))])) == ["a"]
+    for extra in (5, ["a"], ""):
+        with raises(TypeError, r"^pip_extra: expected None or the name of an extra", lm.LarsMultiTypeError):
+            lm.register_backend("zz_probe", "no_such_module", pip_extra=extra)
+
+
+def test_optimizer_steps_keep_lm_arrays_as_lm_arrays():
+    """lars_update gives lm.Array leaves back as lm.Array; lm.optim's step gave raw arrays."""
+    params = {"w": lm.array(np.ones((2, 3))), "b": np.ones(3, np.float32)}
+    opt = lm.optim.lars(0.1)
+    new, _ = opt.step(params, params, opt.init(params))
+    assert isinstance(new["w"], lm.Array) and type(new["b"]) is np.ndarray
+    single = lm.array(np.ones((2, 3)))
+    assert isinstance(opt.step(single, single, opt.init(single))[0], lm.Array)

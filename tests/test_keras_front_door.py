@@ -491,3 +491,42 @@ def test_a_pattern_that_is_not_a_regular_expression_is_a_substring():
     outside = keras.Variable(np.ones((2, 2), "float32"), name="other")
     optimizer.build([inside, outside])
     assert [flags.adapt for flags in optimizer._lars_flags] == [(False,), (True,)]
+
+
+def test_rates_that_are_not_numbers_are_refused_and_numpy_scalars_taken():
+    """A bool or a string learning rate or weight decay was read as a number (True:
+    a rate of 1.0; "0.1" parsed); None and 10**400 raised Keras' or Python's errors;
+    a NumPy float32 rate raised Keras' ValueError. An empty name pattern matched
+    every variable (nothing adapted), silently."""
+    pytest.importorskip("keras")
+    import lars_multi as lm
+    import lars_multi.keras
+
+    for bad in (True, "0.1", None):
+        with pytest.raises(lm.LarsMultiTypeError, match=r"^learning_rate: expected a number"):
+            lars_multi.keras.LARS(bad)
+        with pytest.raises(lm.LarsMultiTypeError, match=r"^learning_rate: expected a number"):
+            lars_multi.keras.LARS(0.1).learning_rate = bad
+    for bad in (True, "0.1"):
+        with pytest.raises(lm.LarsMultiTypeError, match=r"^weight_decay: expected a number"):
+            lars_multi.keras.LARS(0.1, weight_decay=bad)
+    with pytest.raises(lm.LarsMultiValueError, match=r"^learning_rate: .*too large for a float"):
+        lars_multi.keras.LARS(10**400)
+    for number in (np.float32(0.5), np.int64(1)):
+        assert lars_multi.keras.LARS(number).get_config() == lars_multi.keras.LARS(float(number)).get_config()
+    for arg in ("exclude_from_adaptation", "exclude_from_weight_decay"):
+        with pytest.raises(lm.LarsMultiValueError, match=rf"^{arg}: expected non-empty name patterns"):
+            lars_multi.keras.LARS(0.1, **{arg: ["bias", ""]})
+
+
+def test_schedule_kinds_and_configs_are_checked():
+    pytest.importorskip("keras")
+    import lars_multi as lm
+    import lars_multi.keras
+
+    with pytest.raises(lm.LarsMultiValueError, match=r"^kind: expected one of"):
+        lars_multi.keras.Schedule([])
+    with pytest.raises(lm.LarsMultiValueError, match=r"^config: expected a dict with the schedule's 'kind'"):
+        lars_multi.keras.Schedule.from_config({"peak": 1.0})
+    schedule = lars_multi.keras.Schedule("warmup_cosine", peak=1.0, warmup_steps=1, total_steps=5)
+    assert lars_multi.keras.Schedule.from_config(schedule.get_config()).get_config() == schedule.get_config()
