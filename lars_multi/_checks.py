@@ -369,7 +369,8 @@ def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
         if reason is not None:
             raise LarsMultiTypeError(
                 f"{path}: expected an array that can be written in place, got {reason}; "
-                "pass a lars_multi.Array (or an lm.Container holding the arrays) as out, or use the result"
+                "pass a lars_multi.Array (or an lm.Container, or a list in one, holding the arrays: a "
+                "tuple's entries cannot be replaced) as out, or use the result"
             )
     check_like(path, data, w_path, w, ops, read=False)
     check_device(path, data, w_path, w, ops)

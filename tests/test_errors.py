@@ -623,3 +623,13 @@ def test_optimizer_steps_keep_lm_arrays_as_lm_arrays():
     assert isinstance(new["w"], lm.Array) and type(new["b"]) is np.ndarray
     single = lm.array(np.ones((2, 3)))
     assert isinstance(opt.step(single, single, opt.init(single))[0], lm.Array)
+
+
+def test_an_immutable_array_in_a_tuple_of_a_container_out_is_explained():
+    """The advice was to pass an lm.Container holding the arrays: the one given."""
+    require_backend("jax")
+    import jax.numpy as jnp
+
+    c = lm.Container(a=(jnp.array([3.0, 1, 5]), jnp.array([1.0, 2, 3])))
+    with raises(TypeError, r"^out\['a'\]\[0\]: .*a tuple's entries cannot be replaced", lm.LarsMultiTypeError):
+        c.lars_update(jnp.array([0.2, 0.4, 0.1]), 0.1, out=c)
