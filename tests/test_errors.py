@@ -631,5 +631,6 @@ def test_an_immutable_array_in_a_tuple_of_a_container_out_is_explained():
     import jax.numpy as jnp
 
     c = lm.Container(a=(jnp.array([3.0, 1, 5]), jnp.array([1.0, 2, 3])))
-    with raises(TypeError, r"^out\['a'\]\[0\]: .*a tuple's entries cannot be replaced", lm.LarsMultiTypeError):
+    message = r"^out\['a'\]\[0\]: .*a tuple's entries cannot be replaced"
+    with raises(TypeError, message, lm.LarsMultiTypeError):
         c.lars_update(jnp.array([0.2, 0.4, 0.1]), 0.1, out=c)
