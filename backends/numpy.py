@@ -327,35 +327,44 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
             np.copyto(out, scaled, casting="unsafe")
         return out
     cdt = compute_dtype(out.dtype)
-    scratch, other = _scratch_blocks(cdt)
+    pair = _take_scratch(cdt)
+    scratch, other = pair
     flat_x, flat_y, flat_out = x.reshape(-1), y.reshape(-1), out.reshape(-1)
-    for start in range(0, flat_out.size, _BLOCK):
-        stop = min(start + _BLOCK, flat_out.size)
-        block = scratch[: stop - start]
-        np.multiply(flat_y[start:stop], b, out=block, dtype=cdt)
-        if one:
-            np.add(flat_x[start:stop], block, out=flat_out[start:stop], dtype=cdt, casting="unsafe")
-        else:
-            block += np.multiply(flat_x[start:stop], a, out=other[: stop - start], dtype=cdt)
-            np.copyto(flat_out[start:stop], block, casting="unsafe")
+    try:
+        for start in range(0, flat_out.size, _BLOCK):
+            stop = min(start + _BLOCK, flat_out.size)
+            block = scratch[: stop - start]
+            np.multiply(flat_y[start:stop], b, out=block, dtype=cdt)
+            if one:
+                np.add(flat_x[start:stop], block, out=flat_out[start:stop], dtype=cdt, casting="unsafe")
+            else:
+                block += np.multiply(flat_x[start:stop], a, out=other[: stop - start], dtype=cdt)
+                np.copyto(flat_out[start:stop], block, casting="unsafe")
+    finally:
+        _keep_scratch(cdt, pair)
     return out
 
 
 _THREAD = threading.local()
 
 
-def _scratch_blocks(dtype: np.dtype) -> np.ndarray:
-    """Two blocks of ``_BLOCK`` elements of ``dtype``, kept by this thread: a blocked
-    multiply-add allocates nothing. (Blocks of this size would each come from the
-    system, ``mmap``-ed, where the C library's threshold is at its default, and
-    cost a page fault per 4 KiB on every call.)"""
+def _take_scratch(dtype: np.dtype) -> np.ndarray:
+    """Two blocks of ``_BLOCK`` elements of ``dtype``, kept by this thread between
+    calls: a blocked multiply-add allocates nothing. (Blocks of this size would each
+    come from the system, ``mmap``-ed, where the C library's threshold is at its
+    default, and cost a page fault per 4 KiB on every call.) Taken out of the store
+    while in use: a call made meanwhile in this thread (a signal handler, a
+    finalizer) gets blocks of its own, not these."""
     blocks: dict[np.dtype, np.ndarray] | None = getattr(_THREAD, "blocks", None)
     if blocks is None:
         blocks = _THREAD.blocks = {}
-    pair = blocks.get(dtype)
-    if pair is None:
-        pair = blocks[dtype] = np.empty((2, _BLOCK), dtype=dtype)
-    return pair
+    pair = blocks.pop(dtype, None)
+    return np.empty((2, _BLOCK), dtype=dtype) if pair is None else pair
+
+
+def _keep_scratch(dtype: np.dtype, pair: np.ndarray) -> None:
+    """Give the blocks of :func:`_take_scratch` back to this thread's store."""
+    _THREAD.blocks[dtype] = pair
 
 
 def axpbys(

@@ -377,6 +377,8 @@ def _run(
     key = (len(group_w), axis_names)
     flags = _FLAGS.get(key)
     if flags is None:
+        if len(_FLAGS) >= 64:  # (bounded: trees of ever new sizes, layers dropped at random)
+            _FLAGS.clear()
         flags = _FLAGS[key] = LayerFlags.every(*key)
     new, _ = lars_step(
         ops,

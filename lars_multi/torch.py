@@ -31,6 +31,7 @@ compile the training step with ``fullgraph=False`` there).
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -66,6 +67,7 @@ _CONFIG_KEYS = (
 # StepConfigs by hyper-parameters, made (and checked) when a group is added or loaded,
 # so that a compiled step only looks them up.
 _CONFIGS: dict[tuple[Any, ...], StepConfig] = {}  # (least recently used first)
+_CONFIGS_LOCK = threading.Lock()
 _MOST_CONFIGS = 256
 # The most groups of one optimizer: a step makes every group's configuration the most
 # recently used, so the cache keeps more than that many (an eviction never takes a
@@ -98,9 +100,10 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
                 f"param_groups: expected {name} false or absent (lm.torch.LARS has no {name} step), "
                 f"got {name}={group[name]!r}"
             )
-    if len(_CONFIGS) >= max(_MOST_CONFIGS, _most_groups + 1):  # (a cycled momentum: one per step)
-        del _CONFIGS[next(iter(_CONFIGS))]  # the least recently used
-    _CONFIGS[_config_key(group)] = config
+    with _CONFIGS_LOCK:  # (the cache is the process's: optimizers may step in several threads)
+        if len(_CONFIGS) >= max(_MOST_CONFIGS, _most_groups + 1):  # (a cycled momentum: one per step)
+            del _CONFIGS[next(iter(_CONFIGS))]  # the least recently used
+        _CONFIGS[_config_key(group)] = config
     return config
 
 
@@ -113,11 +116,32 @@ def _config(group: dict[str, Any]) -> StepConfig:
     """The group's StepConfig, made the most recently used (so that no other group's
     new one evicts it before the step looks it up)."""
     key = _config_key(group)
-    config = _CONFIGS.pop(key, None)
-    if config is None:
-        return _check_group(group)
-    _CONFIGS[key] = config
-    return config
+    with _CONFIGS_LOCK:
+        config = _CONFIGS.pop(key, None)
+        if config is not None:
+            _CONFIGS[key] = config
+    return _check_group(group) if config is None else config
+
+
+def _gradient(p: torch.Tensor) -> torch.Tensor:
+    """``p.grad`` in ``p``'s dtype (torch's ``grad_dtype`` lets it differ: a float32
+    gradient stepped a float64 parameter in float32, silently); a float32 gradient
+    of a half parameter as it is (the step computes halves in float32)."""
+    grad = p.grad
+    assert grad is not None
+    if grad.dtype is p.dtype or (grad.dtype is torch.float32 and p.dtype in _HALVES):
+        return grad
+    return grad.to(p.dtype)
+
+
+_HALVES = (torch.float16, torch.bfloat16)
+
+
+def _made_config(group: dict[str, Any]) -> StepConfig:
+    """The group's StepConfig, made by :func:`_config` this step; made again where
+    another thread's optimizer evicted it meanwhile (the cache is the process's)."""
+    config = _CONFIGS.get(_config_key(group))
+    return _check_group(group) if config is None else config
 
 
 def _check_rates(group: dict[str, Any]) -> None:
@@ -296,7 +320,7 @@ class LARS(torch.optim.Optimizer):
             if p.grad.is_sparse:
                 raise LarsMultiTypeError("grads: expected dense gradients, got a sparse one")
             params.append(p)
-            grads.append(p.grad)
+            grads.append(_gradient(p))
             # .get: the state of a parameter is made by the traced step, not here (torch.compile
             # runs this eagerly, and a restarted analysis must find the state as it was)
             state = self.state.get(p)
@@ -378,9 +402,7 @@ class LARS(torch.optim.Optimizer):
             # _init_group runs eagerly: a lookup between two calls would read the cache
             # as the trace first saw it, without a later group's new configuration).
             work = [
-                _GroupStep(
-                    group, _CONFIGS[_config_key(group)], *_rates(group), params, grads, buffers, momentum
-                )
+                _GroupStep(group, _made_config(group), *_rates(group), params, grads, buffers, momentum)
                 for group, params, grads, buffers, momentum in ready
             ]
             late = not _registry.is_compiling() and _aliased(work)

@@ -972,3 +972,55 @@ def test_bad_arguments_of_param_groups_and_lars_are_named():
     for name in ("eps", "trust_coefficient"):
         with pytest.raises(lm.LarsMultiValueError, match=rf"^{name}: .*too large for a float"):
             LARS(model.parameters(), lr=0.1, **{name: 10**400})
+
+
+def test_a_gradient_of_another_dtype_is_taken_in_its_parameters_dtype():
+    """torch lets a parameter keep gradients of another dtype (grad_dtype): a float32
+    gradient stepped a float64 parameter at float32 precision, silently. It is taken
+    in the parameter's dtype (a half parameter's float32 gradient as it is)."""
+    w0 = torch_randn(16, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    g = torch_randn(16, 16, generator=torch.Generator().manual_seed(8))
+    p, q = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    p.grad_dtype = torch.float32
+    p.grad, q.grad = g.clone(), g.double()
+    LARS([p], lr=0.5, momentum=0.9, weight_decay=1e-3).step()
+    LARS([q], lr=0.5, momentum=0.9, weight_decay=1e-3).step()
+    torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_optimizers_stepping_in_threads_share_the_configuration_cache_safely():
+    """The configuration cache is the process's: two optimizers of 150 groups each,
+    stepping in two threads, evicted each other's configurations between a step's
+    making and reading them (a bare KeyError). Each steps as it does alone."""
+    import sys
+    import threading
+
+    def run(base, out):
+        gen = torch.Generator().manual_seed(int(base * 10))
+        ps = [torch.nn.Parameter(torch_randn(4, 4, generator=gen)) for _ in range(150)]
+        groups = [{"params": [p], "momentum": base + i * 1e-4} for i, p in enumerate(ps)]
+        opt = LARS(groups, lr=0.1)
+        for _ in range(30):
+            for p in ps:
+                p.grad = torch_randn(4, 4, generator=gen)
+            opt.step()
+        out.append([p.detach().clone() for p in ps])
+
+    alone = [[], []]
+    for base, out in zip((0.5, 0.6), alone):
+        run(base, out)
+    together = [[], []]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run, args=args) for args in zip((0.5, 0.6), together)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    for got, want in zip(together, alone):
+        assert got, "a thread failed"
+        for a, b in zip(got[0], want[0]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
