@@ -85,7 +85,7 @@ def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, 
             f"count: expected an integer >= 0 or a 0-d integer array (the step count), got a "
             f"{ops.dtype_name(data.dtype)} array of shape {tuple(data.shape)}"
         )
-    if isinstance(data, np.ndarray | np.generic) and int(data) < 0:  # (on the host: read for free)
+    if isinstance(data, (np.ndarray, np.generic)) and int(data) < 0:  # (on the host; a tuple: see optim)
         raise LarsMultiValueError(f"count: expected an integer >= 0 (the step count), got {data!r}")
     step = ops.asarray(data, ops.widest_float(data))
     warm = ops.where(step < warmup_steps, step / warmup_steps, 1.0) if warmup_steps else step * 0 + 1.0

@@ -551,15 +551,18 @@ def test_torch_compile_in_place_takes_new_gradients_and_rates_without_recompilin
 
 @pytest.mark.parametrize("out", [False, True], ids=["functional", "out=params"])
 @pytest.mark.parametrize("preset", ["paper", "timm"])
-def test_torch_compile_of_the_optimizer_step_equals_eager(preset, out):
+@pytest.mark.parametrize("scheduled", [False, True], ids=["number", "schedule"])
+def test_torch_compile_of_the_optimizer_step_equals_eager(preset, out, scheduled):
     """lm.optim's step under torch.compile(fullgraph=True): the default masks' attrgetter
     and timm's first-step flags (read on the host) broke the graph; the flags are traced
-    values while compiling, as under jax.jit."""
+    values while compiling, as under jax.jit. A schedule's check of a host count took
+    isinstance of a union of NumPy types, which Dynamo cannot trace ("Observed exception")."""
     require_backend("torch")
     import torch
 
     torch._dynamo.reset()
-    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-3, preset=preset)
+    lr = lm.schedules.warmup_cosine(peak=0.1, warmup_steps=1, total_steps=5) if scheduled else 0.1
+    opt = lm.optim.lars(lr, momentum=0.9, weight_decay=1e-3, preset=preset)
     step = torch.compile(
         lambda p, g, s: opt.step(p, g, s, out=p if out else None), backend="aot_eager", fullgraph=True
     )
