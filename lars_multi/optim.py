@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _registry
 from ._aliasing import array_values, check_handles, check_untouched, must_write_late, write_all
 from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
@@ -571,6 +571,8 @@ _LAST_COUNT = 2**31 - 2
 def _step_count(count: Any, ws: Sequence[Any], name: str, ops: Backend) -> Any:
     """``state.count``, checked; a NumPy one (read back from a file) as the framework's
     array beside ``ws``, so that schedules get the framework's; an array as int32."""
+    if _registry.is_compiling() and isinstance(count, (np.ndarray, np.generic)):
+        count = ops.scalar_for(count, "int32", ws)  # (Dynamo cannot trace NumPy's dtype: a tensor, not read)
     _check_count(count, name, ops)
     if isinstance(count, int):
         return count

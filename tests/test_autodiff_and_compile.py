@@ -594,3 +594,23 @@ step(w, g)
 print(round(float(w["a"][0]), 6), round(float(w["b"][0]), 6))
 """
     assert run_python(script) == "0.9 1.8"
+
+
+@pytest.mark.parametrize("count", [np.asarray(3, np.int32), np.int32(3)], ids=["0-d array", "scalar"])
+def test_torch_compile_of_an_optimizer_step_takes_a_numpy_count(count):
+    """A state read back from a file holds a NumPy count: the eager step took it, and
+    the compiled one failed (Dynamo cannot trace NumPy's dtype). It is taken as a tensor."""
+    require_backend("torch")
+    import torch
+
+    torch._dynamo.reset()
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-3, preset="timm")
+    p = {"a": torch.tensor(W2), "b": torch.tensor(W[0])}
+    g = {"a": torch.tensor(G2), "b": torch.tensor(G[0])}
+    state = opt.init(p)._replace(count=count)
+    step = torch.compile(lambda p, g, s: opt.step(p, g, s), backend="eager", fullgraph=True)
+    (got, got_state), (want, want_state) = step(p, g, state), opt.step(p, g, state)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
+    assert int(got_state.count) == int(want_state.count) == 4
+    torch._dynamo.reset()
