@@ -995,14 +995,16 @@ def test_optimizers_stepping_in_threads_share_the_configuration_cache_safely():
     import sys
     import threading
 
+    device = torch.get_default_device()  # (torch.set_default_device holds in this thread only)
+
     def run(base, out):
         gen = torch.Generator().manual_seed(int(base * 10))
-        ps = [torch.nn.Parameter(torch_randn(4, 4, generator=gen)) for _ in range(150)]
+        ps = [torch.nn.Parameter(torch_randn(4, 4, generator=gen).to(device)) for _ in range(150)]
         groups = [{"params": [p], "momentum": base + i * 1e-4} for i, p in enumerate(ps)]
         opt = LARS(groups, lr=0.1)
         for _ in range(30):
             for p in ps:
-                p.grad = torch_randn(4, 4, generator=gen)
+                p.grad = torch_randn(4, 4, generator=gen).to(device)
             opt.step()
         out.append([p.detach().clone() for p in ps])
 
