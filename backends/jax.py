@@ -150,9 +150,9 @@ def scalar_for(value: Any, dtype: str, ws: Sequence[Any]) -> jax.Array:
     x = jnp.asarray(value, dtype=dtype)
     if not ws or isinstance(x, jax.core.Tracer) or device(ws[0]) is None:
         return x
-    shardings = {w.sharding for w in ws}
     if not all(w.committed for w in ws):
         return x
+    shardings = {w.sharding for w in ws}
     meshes = {getattr(s, "mesh", None) for s in shardings}
     mesh = meshes.pop() if len(meshes) == 1 else None
     if mesh is not None:

@@ -384,7 +384,8 @@ class LarsOptimizer:
         state with them was made by a preset whose buffers hold r u (timm), which this
         one's, holding the step eta r u, would read as a step about 1/eta too large.
         (A state without flags is taken by timm's convention: step 0 starts every buffer.)"""
-        _check_state(state)
+        if not isinstance(state, LarsState):
+            raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
         if state.started is not None and not self._tracks_start and self.config.momentum != 0:
             raise LarsMultiValueError(
                 f"state: expected no start flags (state.started): preset {self.config.preset.name!r} keeps "
@@ -557,11 +558,6 @@ def _rate_now(
         value = _checks.check_rate(arg, rate, name=name, ops=ops)
     _checks.check_usable(arg, value, ws, lambda i: Path("params", paths[i]), ops)
     return value
-
-
-def _check_state(state: Any) -> None:
-    if not isinstance(state, LarsState):
-        raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
 
 
 # The step count is an int32 array: a count read on the host must leave room for the next.

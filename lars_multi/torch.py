@@ -129,12 +129,9 @@ def _gradient(p: torch.Tensor) -> torch.Tensor:
     of a half parameter as it is (the step computes halves in float32)."""
     grad = p.grad
     assert grad is not None
-    if grad.dtype is p.dtype or (grad.dtype is torch.float32 and p.dtype in _HALVES):
+    if grad.dtype is p.dtype or (grad.dtype is torch.float32 and p.dtype.itemsize == 2):  # (halves)
         return grad
     return grad.to(p.dtype)
-
-
-_HALVES = (torch.float16, torch.bfloat16)
 
 
 def _made_config(group: dict[str, Any]) -> StepConfig:
