@@ -488,6 +488,25 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any
     return _check_scalar_array(path, decay_lambda, name, ops, "a number >= 0 or a 0-d array")
 
 
+def check_number(
+    name: str, value: Any, *, low: float = 0.0, high: float = math.inf, closed: bool = True
+) -> float:
+    """A real number (Python's, NumPy's, a Fraction; not a bool) in the interval, as a float."""
+    interval = f"[{low}, {high})" if closed else f"[{low}, {high}]"
+    if not is_number(value):
+        raise LarsMultiTypeError(f"{name}: expected a number, got {type_name(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise LarsMultiValueError(
+            f"{name}: expected a number in {interval}, got one too large for a float"
+        ) from None
+    inside = low <= number < high if closed else low <= number <= high
+    if not inside:
+        raise LarsMultiValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    return number
+
+
 def check_rate(path: Any, value: Any, *, name: str, ops: Backend) -> Any:
     """A rate (a learning rate or weight decay, a schedule's value): a finite float
     >= 0, or a 0-d floating array of the backend (possibly traced; not read)."""

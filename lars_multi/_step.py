@@ -151,12 +151,17 @@ def lars_step(
     first: Any,
     outs: Sequence[Any] | None = None,
     *,
+    momentum: float | None = None,
     stop_gradients: bool = True,
     donate: bool = False,
 ) -> tuple[list[Any], list[Any]]:
     r"""New weights and momentum buffers of every layer.
 
     ``buffers`` holds None for every layer when ``config.momentum`` is 0;
+    ``momentum``: :math:`\mu` where it changes from step to step (a front door's
+    group, cycled by a scheduler; under ``torch.compile`` a traced number, so a new
+    value does not make a new program), nonzero where ``config.momentum`` is; None
+    takes ``config.momentum``, which shapes the step either way.
     ``first`` says the buffers are empty (timm starts them at :math:`r u`): one
     value for all layers, or a list with one (traced) value per layer.
     With ``outs`` (writable, aliasing no input but the weights they replace),
@@ -177,6 +182,7 @@ def lars_step(
                 flags,
                 lr,
                 weight_decay,
+                momentum,
                 stop_gradients,
                 donate,
                 in_place,
@@ -194,6 +200,7 @@ def lars_step(
                 flags.select(batch),
                 lr,
                 weight_decay,
+                momentum,
                 stop_gradients,
                 False,
                 in_place,
@@ -214,6 +221,7 @@ def _run_batch(
     flags: LayerFlags,
     lr: Any,
     weight_decay: Any,
+    momentum: float | None,
     stop: bool,
     donate: bool,
     in_place: bool,
@@ -234,6 +242,7 @@ def _run_batch(
         weight_decay,
         first,
         None if outs is None or in_place else list(outs),
+        momentum,
     )
     if outs is None:
         return new_ws, new_buffers
@@ -295,8 +304,9 @@ def batch_step(
 ) -> Any:
     """:func:`_step` for one configuration and pattern of flags, compiled where the
     backend compiles (one program per batch structure); kept for the next call.
-    It takes ``(ws, gs, buffers, lr, weight_decay, first, outs)`` as lists
-    (``buffers`` None without momentum; ``outs`` None, or when ``in_place``)."""
+    It takes ``(ws, gs, buffers, lr, weight_decay, first, outs, momentum)``
+    (``buffers`` None without momentum; ``outs`` None, or when ``in_place``;
+    ``momentum`` None, or the value that replaces the configuration's)."""
     if _registry.is_compiling():  # torch.compile traces the step itself (and not the cache's keys)
         return functools.partial(_step, ops, config, _plan(ops, config, flags, has_decay), stop, in_place)
     key = (ops, config, flags, has_decay, stop, donate, in_place)
@@ -359,6 +369,7 @@ def _step(
     weight_decay: Any,
     first: Any,
     outs: list[Any] | None,
+    momentum: float | None,
 ) -> tuple[list[Any], list[Any]]:
     """One batch: the trust ratios as vectors, then the update in multiply-add passes;
     ``in_place``: the outputs are the weights."""
@@ -394,8 +405,9 @@ def _step(
     ratios = _ratio_vectors(ops, config, plan, wcs, gcs, us, lr, weight_decay)
     targets = outs if direct else None
     decay_terms = (plan.decayed, weight_decay) if split and plan.decayed else None
+    mu = config.momentum if momentum is None else momentum
     new_ws, new_buffers = _update(
-        ops, config, ratios, wcs, us, decay_terms, buffers, lr, first, targets, direct
+        ops, config, ratios, wcs, us, decay_terms, buffers, lr, mu, first, targets, direct
     )
     if outs is None:
         if wcs is not ws:  # (computed in their own dtype: nothing to round)
@@ -501,6 +513,7 @@ def _update(
     decay_terms: tuple[tuple[int, ...], Any] | None,
     buffers: list[Any],
     lr: Any,
+    mu: float,
     first: Any,
     targets: list[Any] | None,
     in_place: bool,
@@ -510,8 +523,8 @@ def _update(
     ``decay_terms`` (the decayed layers, :math:`\lambda`): ``us`` holds only
     :math:`g` there, and the buffers add :math:`\lambda w` in a second pass."""
     n = len(wcs)
-    mu, damp = config.momentum, 1.0 - config.dampening
-    if mu == 0:
+    damp = 1.0 - config.dampening
+    if config.momentum == 0:
         rates, s = _per_layer(ops, n, ratios, -lr)
         return ops.axpbys(1.0, wcs, rates, us, targets, scale=s), list(buffers)
     bcs = _computed(ops, buffers)

@@ -23,7 +23,6 @@ the step is one compiled program, on TensorFlow one ``tf.function``.
 from __future__ import annotations
 
 import inspect
-import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -95,28 +94,11 @@ class LarsState(NamedTuple):
     started: Any = None
 
 
-def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, closed: bool = True) -> float:
-    """A real number (Python's, NumPy's, a Fraction; not a bool) in the interval, as a float."""
-    interval = f"[{low}, {high})" if closed else f"[{low}, {high}]"
-    if not _checks.is_number(value):
-        raise LarsMultiTypeError(f"{name}: expected a number, got {type_name(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise LarsMultiValueError(
-            f"{name}: expected a number in {interval}, got one too large for a float"
-        ) from None
-    inside = low <= number < high if closed else low <= number <= high
-    if not inside:
-        raise LarsMultiValueError(f"{name}: expected a number in {interval}, got {value!r}")
-    return number
-
-
 def _rate(name: str, value: Any) -> Any:
     """A number >= 0 (checked now), or a schedule or an array (checked at each step,
     the array against the parameters' backend; its value is not read)."""
     if _checks.is_number(value):  # (NumPy scalars too: checked now, as Python floats)
-        return _number(name, value)
+        return _checks.check_number(name, value)
     if callable(value):
         _check_schedule(name, value)
         return value
@@ -683,12 +665,12 @@ def lars(
             differentiable.
     """
     chosen: Preset = get_preset(preset)
-    _number("momentum", momentum, high=1.0)
-    _number("dampening", dampening, high=1.0)
-    if _number("trust_coefficient", trust_coefficient) == 0:  # (r = 0: adapted layers would never move)
+    _checks.check_number("momentum", momentum, high=1.0)
+    _checks.check_number("dampening", dampening, high=1.0)
+    if _checks.check_number("trust_coefficient", trust_coefficient) == 0:  # (r = 0: never moved)
         raise LarsMultiValueError("trust_coefficient: expected a number > 0, got 0")
     if eps is not None:
-        _number("eps", eps)
+        _checks.check_number("eps", eps)
     flags = (("nesterov", nesterov), ("trust_clip", trust_clip), ("always_adapt", always_adapt))
     for name, flag in (*flags, ("differentiable", differentiable)):
         if not isinstance(flag, bool):

@@ -108,8 +108,14 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
 
 
 def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
-    """The group's hyper-parameters with their types (``1`` is not ``True``)."""
-    return tuple((type(group[name]), group[name]) for name in _CONFIG_KEYS)
+    """The group's hyper-parameters with their types (``1`` is not ``True``); of the
+    momentum, only whether it is 0 (its value is the step's argument, as the rates':
+    a scheduler cycling it would otherwise make a configuration, and under
+    ``torch.compile`` a program, per value)."""
+    return tuple(
+        (bool, group[name] != 0) if name == "momentum" else (type(group[name]), group[name])
+        for name in _CONFIG_KEYS
+    )
 
 
 def _config(group: dict[str, Any]) -> StepConfig:
@@ -165,6 +171,7 @@ def _check_rates(group: dict[str, Any]) -> None:
     if isinstance(weight_decay, torch.Tensor):
         raise LarsMultiTypeError("weight_decay: expected a number, got a torch.Tensor")
     _checks.check_rate("weight_decay", weight_decay, name="torch", ops=_OPS)
+    _checks.check_number("momentum", group["momentum"], high=1.0)
     for name in ("adapt", "decay", "foreach"):
         if group[name] is not None and not isinstance(group[name], bool):
             raise LarsMultiTypeError(f"{name}: expected None or a bool, got {type_name(group[name])}")
@@ -172,14 +179,14 @@ def _check_rates(group: dict[str, Any]) -> None:
         raise LarsMultiTypeError(f"maximize: expected a bool, got {type_name(group['maximize'])}")
 
 
-def _rates(group: dict[str, Any]) -> tuple[Any, float]:
-    """The group's (checked) learning rate and weight decay as the step takes them: a
-    tensor ``lr`` as a 0-d view, numbers as floats (an int or NumPy number is not
-    taken for an array)."""
-    lr, weight_decay = group["lr"], float(group["weight_decay"])
+def _rates(group: dict[str, Any]) -> tuple[Any, float, float]:
+    """The group's (checked) learning rate, weight decay and momentum as the step
+    takes them: a tensor ``lr`` as a 0-d view, numbers as floats (an int or NumPy
+    number is not taken for an array)."""
+    lr, weight_decay, momentum = group["lr"], float(group["weight_decay"]), float(group["momentum"])
     if not isinstance(lr, torch.Tensor):
-        return float(lr), weight_decay
-    return (lr.reshape(()) if lr.ndim else lr), weight_decay
+        return float(lr), weight_decay, momentum
+    return (lr.reshape(()) if lr.ndim else lr), weight_decay, momentum
 
 
 class LARS(torch.optim.Optimizer):
@@ -325,7 +332,7 @@ class LARS(torch.optim.Optimizer):
         if params:  # (eagerly under torch.compile: lr.item() and messages stay out of the graph)
             config = _config(group)
             _check_rates(group)
-            lr, weight_decay = _rates(group)
+            lr, weight_decay, _ = _rates(group)
             labels = self._labels_of(params)
             for name, value in (
                 ("lr", lr),
@@ -399,8 +406,8 @@ class LARS(torch.optim.Optimizer):
             # _init_group runs eagerly: a lookup between two calls would read the cache
             # as the trace first saw it, without a later group's new configuration).
             work = [
-                _GroupStep(group, _made_config(group), *_rates(group), params, grads, buffers, momentum)
-                for group, params, grads, buffers, momentum in ready
+                _GroupStep(group, _made_config(group), *_rates(group), params, grads, buffers, with_momentum)
+                for group, params, grads, buffers, with_momentum in ready
             ]
             late = not _registry.is_compiling() and _aliased(work)
             # Computed first where memory is shared: written now, (target, value, parameter, is a buffer).
@@ -464,6 +471,7 @@ class _GroupStep(NamedTuple):
     config: StepConfig
     lr: Any
     weight_decay: float
+    momentum: float
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
     buffers: list[torch.Tensor | None]
@@ -520,6 +528,7 @@ def _step_group(
             part.weight_decay or None,
             new[chunk[0]],
             ws if in_place else None,
+            momentum=part.momentum,
         )
         if not in_place:
             writes += zip(ws, new_ws, ws, [False] * len(ws))

@@ -419,6 +419,54 @@ def test_compiled_step_follows_a_later_groups_own_new_hyper_parameters():
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)
 
 
+def test_compiled_step_with_a_momentum_cycled_at_every_step_compiles_at_most_twice():
+    """OneCycleLR with ``cycle_momentum=True`` (its default) sets every group's momentum at
+    every step. The momentum was part of the step's configuration, so the compiled step
+    made a program per value, and ``fullgraph=True`` failed at Dynamo's recompile limit
+    (8). It is the step's argument now, as the rates are: one or two programs (Dynamo
+    makes a float dynamic at its second value), and the trajectory is eager's."""
+    import warnings
+
+    from torch._dynamo.testing import CompileCounter
+
+    results, counters = [], []
+    for compiled in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).double()
+        x = torch_randn(16, 6, generator=torch.Generator().manual_seed(1)).double()
+        opt = LARS(param_groups(model), lr=torch.tensor(0.1, dtype=torch.float64), weight_decay=1e-4)
+        counters.append(CompileCounter())
+        step = torch.compile(opt.step, fullgraph=True, backend=counters[-1]) if compiled else opt.step
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=30, cycle_momentum=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the scheduler sees the compiled step as no step)
+            for _ in range(20):  # (20 momentum values, over the recompile limit)
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                step()
+                schedule.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    torch._dynamo.reset()
+    assert counters[0].frame_count <= 2, counters[0].frame_count
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_a_momentum_set_out_of_range_between_steps_is_refused_before_writing():
+    p = torch.nn.Parameter(torch.ones(2, 2))
+    opt = LARS([p], lr=0.1, momentum=0.9)
+    p.grad = torch.full((2, 2), 0.1)
+    opt.step()
+    before = p.detach().clone(), opt.state[p]["momentum_buffer"].clone()
+    for bad, error in ((1.0, lm.LarsMultiValueError), (-0.1, lm.LarsMultiValueError), ("0.9", TypeError)):
+        opt.param_groups[0]["momentum"] = bad
+        with pytest.raises(error, match=r"^momentum: expected a number"):
+            opt.step()
+        torch.testing.assert_close(p.detach(), before[0], rtol=0, atol=0)
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], before[1], rtol=0, atol=0)
+
+
 def test_configurations_of_a_cycling_momentum_are_bounded():
     """OneCycleLR changes a group's momentum every step: each makes a configuration,
     which was kept forever (about 800 bytes a step). The cache keeps the most
