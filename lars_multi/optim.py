@@ -561,8 +561,12 @@ def _step_count(count: Any, ws: Sequence[Any], name: str, ops: Backend) -> Any:
     if foreign:
         return ops.scalar_for(data, "int32", ws)
     dtype = ops.dtype_name(data.dtype)
-    if dtype == "int64":  # (clamped, not wrapped to a negative count: it is not read)
-        data = ops.where(data > _LAST_COUNT + 1, _LAST_COUNT + 1, data)
+    if dtype in ("int64", "uint32", "uint64"):  # (clamped, not wrapped to a negative count: not read)
+        unsigned = dtype != "int64"
+        if unsigned:  # (torch compares neither: as int64, where one beyond its range is < 0)
+            data = ops.asarray(data, "int64")  # (JAX without x64: int32)
+        beyond = data > _LAST_COUNT + 1
+        data = ops.where(beyond | (data < 0) if unsigned else beyond, _LAST_COUNT + 1, data)
     if dtype != "int32":
         return ops.asarray(data, "int32")
     return count
