@@ -116,7 +116,7 @@ def _update_one(
     stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:  # one layer is one batch: its step, straight
         step = batch_step(ops, _RULE, _ONE_LAYER, decay is not None, stop, False, False)
-        (new,), _ = step([w_data], [g], None, rate, decay, False, None)
+        (new,), _ = step([w_data], [g], None, rate, decay, False, None, None)
         return Array(new, name) if isinstance(w, Array) else new
     target = _checks.check_out(out, w_data, ("out", "w", None, False), name, ops)
     late = must_write_late(ops, [target], [w_data], [g, *array_values(ops, [rate, decay])])

@@ -1348,17 +1348,24 @@ def test_a_state_of_timm_buffers_is_refused_by_a_preset_whose_buffers_hold_the_s
 
 def test_a_count_array_at_the_end_of_int32_saturates_instead_of_wrapping(backend):
     """An int32 count of 2**31 - 1 advanced to -2**31, and an int64, uint32 or uint64
-    count beyond int32 was cast to a negative one: a schedule then gave a negative rate,
-    and the weights went uphill (torch compares neither unsigned dtype). A count array is not read: it saturates at 2**31 - 1 (NumPy's, on the
-    host, is checked and refused, as a Python int is)."""
+    count beyond int32 was cast to a negative one: a schedule then gave a negative
+    rate, and the weights went uphill (torch compares neither unsigned dtype). A count
+    array is not read: it saturates at 2**31 - 1 (NumPy's, on the host, is checked
+    and refused, as a Python int is)."""
     schedule = lm.schedules.warmup_polynomial(peak=1.0, warmup_steps=10, total_steps=100, end=0.01)
     opt = lm.optim.lars(schedule, momentum=0.9)
     p = {"a": native(backend, np.array([[1.0, 2.0], [3.0, 4.0]]), "float32")}
     g = {"a": native(backend, np.full((2, 2), 0.1), "float32")}
     want, _ = opt.step(p, g, opt.init(p)._replace(count=2**31 - 2))
-    counts = [np.array(2**31 - 1, np.int32), np.array(2**31 + 5, np.uint32), np.array(2**32 - 1, np.uint32)]
+    counts = [
+        np.array(n, dtype)
+        for n, dtype in ((2**31 - 1, np.int32), (2**31 + 5, np.uint32), (2**32 - 1, np.uint32))
+    ]
     if backend in ("torch", "tensorflow"):  # (JAX has no 64-bit integers without jax_enable_x64)
-        counts += [np.array(2**31 + 5, np.int64), np.array(2**31 + 5, np.uint64), np.array(2**64 - 3, np.uint64)]
+        counts += [
+            np.array(n, dtype)
+            for n, dtype in ((2**31 + 5, np.int64), (2**31 + 5, np.uint64), (2**64 - 3, np.uint64))
+        ]
     for count in counts:
         if backend == "numpy":
             with pytest.raises(lm.LarsMultiValueError, match=r"^state.count: expected an integer in"):
