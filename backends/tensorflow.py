@@ -24,10 +24,16 @@ from lars_multi._protocol import no_axis_name, same_types_dtypes_shapes
 FRAMEWORK = "tensorflow"
 _HALF = frozenset({tf.float16, tf.bfloat16})
 FLOAT_DTYPES = _HALF | {tf.float32, tf.float64}
+try:  # the tensors of NumPy behaviour's dtype_conversion_mode="all" (made from Python values)
+    from tensorflow.python.framework.weak_tensor import WeakTensor
+
+    _TENSORS: tuple[type, ...] = (tf.Tensor, tf.Variable, WeakTensor)
+except ImportError:  # (a TensorFlow without them)
+    _TENSORS = (tf.Tensor, tf.Variable)
 
 
 def is_native(x: Any) -> bool:
-    return isinstance(x, tf.Tensor | tf.Variable)
+    return isinstance(x, _TENSORS)
 
 
 def unwritable(x: Any) -> str | None:
@@ -55,7 +61,7 @@ def dtype_name(dtype: Any) -> str:
 
 
 def asarray(obj: Any, dtype: Any = None) -> tf.Tensor:
-    if isinstance(obj, tf.Tensor | tf.Variable):
+    if isinstance(obj, _TENSORS):
         return tf.identity(obj) if dtype is None else tf.cast(obj, dtype)
     return tf.convert_to_tensor(np.asarray(obj), dtype=dtype)
 
@@ -70,7 +76,7 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def cast_like(value: Any, like: Any) -> Any:
-    if isinstance(value, tf.Tensor | tf.Variable) and value.dtype != like.dtype:
+    if isinstance(value, _TENSORS) and value.dtype != like.dtype:
         return tf.cast(value, like.dtype)
     return value
 

@@ -403,6 +403,63 @@ def test_tf_function_traced_lr_and_decay_match_eager():
         np.testing.assert_allclose(to_numpy(traced["b"][0]), want, rtol=1e-5, atol=1e-6)
 
 
+# --- TensorFlow's NumPy behaviour: WeakTensors ---------------------------------------------
+
+# With dtype_conversion_mode="all", tensors made from Python values (tf.constant([...]),
+# ops on Python numbers) are WeakTensors; the mode is the process's, so a fresh one.
+WEAK_SCRIPT = r"""
+import json
+import numpy as np
+import tensorflow as tf
+tf.experimental.numpy.experimental_enable_numpy_behavior(dtype_conversion_mode="all")
+import lars_multi as lm
+
+W, G = [[3.0, 1.0, 5.0], [7.0, 2.0, 9.0]], [[0.3, 0.1, 0.2], [0.1, 0.2, 0.4]]
+weak = {"w": tf.constant(W), "b": tf.constant(W[0]), "lr": tf.math.abs(0.1)}
+weak_g = {"w": tf.constant(G), "b": tf.constant(G[1])}
+strong = {"w": tf.constant(np.float32(W)), "b": tf.constant(np.float32(W[0]))}
+strong_g = {"w": tf.constant(np.float32(G)), "b": tf.constant(np.float32(G[1]))}
+kinds = sorted({type(x).__name__ for x in (*weak.values(), *weak_g.values(), *strong.values())})
+one = lm.lars_update(weak["w"], weak_g["w"], weak["lr"], decay_lambda=0.01)
+tree = lm.lars_update({"w": weak["w"], "b": weak["b"]}, weak_g, 0.1, decay_lambda=0.01)
+want = lm.lars_update(strong, strong_g, 0.1, decay_lambda=0.01)
+opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-3)
+params, state = {"w": weak["w"], "b": weak["b"]}, opt.init({"w": weak["w"], "b": weak["b"]})
+strong_params, strong_state = strong, opt.init(strong)
+step = tf.function(lambda p, g, s: opt.step(p, g, s))
+for _ in range(3):
+    params, state = step(params, weak_g, state)
+    strong_params, strong_state = opt.step(strong_params, strong_g, strong_state)
+print(json.dumps({
+    "kinds": kinds,
+    "one": np.asarray(one).tolist(), "one_want": np.asarray(want["w"]).tolist(),
+    "tree": {k: np.asarray(v).tolist() for k, v in tree.items()},
+    "tree_want": {k: np.asarray(v).tolist() for k, v in want.items()},
+    "optim": {k: np.asarray(v).tolist() for k, v in params.items()},
+    "optim_want": {k: np.asarray(v).tolist() for k, v in strong_params.items()},
+    "count": int(state.count),
+}))
+"""
+
+
+def test_tensorflow_weak_tensors_step_as_tensors_do():
+    """TensorFlow's NumPy behaviour with ``dtype_conversion_mode="all"`` makes every tensor
+    built from Python values a ``WeakTensor``, which lars_multi refused as no array at
+    all ("expected an array ... got tensorflow.EagerWeakTensor"). They are TensorFlow's
+    tensors: ``lars_update`` (one array, a tree, a weak rate) and ``lm.optim`` under
+    ``tf.function`` step them as the same values in ordinary tensors."""
+    require_backend("tensorflow")
+    got = json.loads(run_python(WEAK_SCRIPT, TF_CPP_MIN_LOG_LEVEL="3").splitlines()[-1])
+    assert got["kinds"] == ["EagerTensor", "EagerWeakTensor"]
+    np.testing.assert_allclose(got["one"], got["one_want"], rtol=1e-6)
+    expected_w = reference_layer(W, G, 0.1, 0.01)
+    np.testing.assert_allclose(got["one"], expected_w, rtol=1e-5)
+    for k in ("w", "b"):
+        np.testing.assert_allclose(got["tree"][k], got["tree_want"][k], rtol=1e-6)
+        np.testing.assert_allclose(got["optim"][k], got["optim_want"][k], rtol=1e-6)
+    assert got["count"] == 3
+
+
 # --- Keras on its JAX and torch backends (subprocesses started by keras_runs) -------------
 
 
