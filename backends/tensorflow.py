@@ -61,7 +61,7 @@ def dtype_name(dtype: Any) -> str:
 
 
 def asarray(obj: Any, dtype: Any = None) -> tf.Tensor:
-    if isinstance(obj, _TENSORS):
+    if is_native(obj):
         return tf.identity(obj) if dtype is None else tf.cast(obj, dtype)
     return tf.convert_to_tensor(np.asarray(obj), dtype=dtype)
 
@@ -76,7 +76,7 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def cast_like(value: Any, like: Any) -> Any:
-    if isinstance(value, _TENSORS) and value.dtype != like.dtype:
+    if is_native(value) and value.dtype != like.dtype:
         return tf.cast(value, like.dtype)
     return value
 
