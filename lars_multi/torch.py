@@ -31,9 +31,10 @@ compile the training step with ``fullgraph=False`` there).
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from ._registry import get_backend
 
@@ -53,7 +54,7 @@ from .optim import lars
 __all__ = ["LARS", "param_groups"]
 
 _OPS = get_backend("torch")
-# The hyper-parameters that make a group's StepConfig, in the order of the key of _CONFIGS.
+# The hyper-parameters that make a group's StepConfig, in the order of its key.
 _CONFIG_KEYS = (
     "preset",
     "momentum",
@@ -64,20 +65,16 @@ _CONFIG_KEYS = (
     "trust_clip",
     "always_adapt",
 )
-# StepConfigs by hyper-parameters, made (and checked) when a group is added or loaded,
-# so that a compiled step only looks them up.
-_CONFIGS: dict[tuple[Any, ...], StepConfig] = {}  # (least recently used first)
-_CONFIGS_LOCK = threading.Lock()
+# The most StepConfigs an optimizer keeps (one per distinct group settings; more only
+# where a group's trust coefficient, eps, preset... change at every step).
 _MOST_CONFIGS = 256
-# The most groups of one optimizer: a step makes every group's configuration the most
-# recently used, so the cache keeps more than that many (an eviction never takes a
-# configuration of the step under way, which reads them once all are made).
-_most_groups = 0
 # torch.optim's flags for steps this optimizer does not have; a group may carry them false
 # (a state saved by torch.optim.SGD does).
 _UNSUPPORTED = ("differentiable", "capturable", "fused")
 
 
+# The settings that may be numbers.
+_NUMBERS = ("lr", "momentum", "dampening", "weight_decay", "trust_coefficient", "eps")
 # Settings a group saved by an older release may lack, with their defaults.
 _LATER_SETTINGS = {"adapt": None, "decay": None, "foreach": None, "maximize": False}
 
@@ -100,10 +97,6 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
                 f"param_groups: expected {name} false or absent (lm.torch.LARS has no {name} step), "
                 f"got {name}={group[name]!r}"
             )
-    with _CONFIGS_LOCK:  # (the cache is the process's: optimizers may step in several threads)
-        if len(_CONFIGS) >= max(_MOST_CONFIGS, _most_groups + 1):  # (a cycled momentum: one per step)
-            del _CONFIGS[next(iter(_CONFIGS))]  # the least recently used
-        _CONFIGS[_config_key(group)] = config
     return config
 
 
@@ -113,20 +106,9 @@ def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
     a scheduler cycling it would otherwise make a configuration, and under
     ``torch.compile`` a program, per value)."""
     return tuple(
-        (bool, group[name] != 0) if name == "momentum" else (type(group[name]), group[name])
+        (bool, bool(group[name] != 0)) if name == "momentum" else (type(group[name]), group[name])
         for name in _CONFIG_KEYS
     )
-
-
-def _config(group: dict[str, Any]) -> StepConfig:
-    """The group's StepConfig, made the most recently used (so that no other group's
-    new one evicts it before the step looks it up)."""
-    key = _config_key(group)
-    with _CONFIGS_LOCK:
-        config = _CONFIGS.pop(key, None)
-        if config is not None:
-            _CONFIGS[key] = config
-    return _check_group(group) if config is None else config
 
 
 def _gradient(p: torch.Tensor) -> torch.Tensor:
@@ -140,11 +122,13 @@ def _gradient(p: torch.Tensor) -> torch.Tensor:
     return grad.to(p.dtype)
 
 
-def _made_config(group: dict[str, Any]) -> StepConfig:
-    """The group's StepConfig, made by :func:`_config` this step; made again where
-    another thread's optimizer evicted it meanwhile (the cache is the process's)."""
-    config = _CONFIGS.get(_config_key(group))
-    return _check_group(group) if config is None else config
+def _plain_numbers(group: dict[str, Any]) -> None:
+    """The group's NumPy-number settings as the Python numbers of their values, as a
+    group is added or loaded (the step's traced part reads them: Dynamo takes a NumPy
+    number for a tensor, and a comparison of one for a value it cannot know while tracing)."""
+    for name in _NUMBERS:
+        if isinstance(group.get(name), np.generic):
+            group[name] = group[name].item()
 
 
 def _check_rates(group: dict[str, Any]) -> None:
@@ -171,7 +155,6 @@ def _check_rates(group: dict[str, Any]) -> None:
     if isinstance(weight_decay, torch.Tensor):
         raise LarsMultiTypeError("weight_decay: expected a number, got a torch.Tensor")
     _checks.check_rate("weight_decay", weight_decay, name="torch", ops=_OPS)
-    _checks.check_number("momentum", group["momentum"], high=1.0)
     for name in ("adapt", "decay", "foreach"):
         if group[name] is not None and not isinstance(group[name], bool):
             raise LarsMultiTypeError(f"{name}: expected None or a bool, got {type_name(group[name])}")
@@ -243,15 +226,19 @@ class LARS(torch.optim.Optimizer):
             "maximize": maximize,
         }
         _check_group(defaults)
+        _plain_numbers(defaults)
+        # StepConfigs by group settings (_config_key): made and checked by the step's
+        # eager part, looked up by its traced part. The optimizer's own, and never
+        # reordered: torch.compile guards on the dict, which changes only with its settings.
+        self._configs: dict[tuple[Any, ...], StepConfig] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyper-parameters (the defaults' where not given) are checked first."""
-        global _most_groups
         if isinstance(param_group, dict):
             _check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
-        _most_groups = max(_most_groups, len(self.param_groups))
+        _plain_numbers(self.param_groups[-1])
         for i, p in enumerate(self.param_groups[-1]["params"]):
             if getattr(p, "_is_flat_param", False):
                 self.param_groups.pop()
@@ -277,6 +264,8 @@ class LARS(torch.optim.Optimizer):
                 _check_group({**_LATER_SETTINGS, **saved})
         self._check_saved_buffers(state_dict, groups)
         super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            _plain_numbers(group)
 
     def _check_saved_buffers(self, state_dict: dict[str, Any], groups: list[Any]) -> None:
         """Each saved momentum buffer must have its parameter's shape (the pairing is
@@ -314,7 +303,8 @@ class LARS(torch.optim.Optimizer):
         """The group's parameters with a gradient, their gradients and buffers (None
         where not made yet), checked; whether the group has momentum. (The name and
         the list arguments follow ``torch.optim``: ``torch.compile`` runs this eagerly.)"""
-        with_momentum = group["momentum"] != 0
+        # (a bool: torch.compile runs this eagerly, and takes its result as a constant)
+        with_momentum = _checks.check_number("momentum", group["momentum"], high=1.0) != 0
         members = group["params"]
         if len(set(map(id, members))) < len(members):  # listed twice (torch.optim allows it): stepped once
             members = list({id(p): p for p in members}.values())
@@ -330,7 +320,7 @@ class LARS(torch.optim.Optimizer):
             state = self.state.get(p)
             buffers.append(state.get("momentum_buffer") if with_momentum and state else None)
         if params:  # (eagerly under torch.compile: lr.item() and messages stay out of the graph)
-            config = _config(group)
+            config = self._config(group)
             _check_rates(group)
             lr, weight_decay, _ = _rates(group)
             labels = self._labels_of(params)
@@ -343,6 +333,23 @@ class LARS(torch.optim.Optimizer):
                 _checks.check_usable(name, value, params, labels, _OPS)
             self._check_tensors(params, grads, buffers)
         return with_momentum
+
+    def _config(self, group: dict[str, Any]) -> StepConfig:
+        """The group's StepConfig, made and checked where its settings are new."""
+        configs = self.__dict__.setdefault("_configs", {})  # (none in one unpickled by torch's __setstate__)
+        key = _config_key(group)
+        config = configs.get(key)
+        if config is None:
+            if len(configs) >= _MOST_CONFIGS:
+                configs.clear()
+            config = configs[key] = _check_group(group)
+        return config
+
+    def _made_config(self, group: dict[str, Any]) -> StepConfig:
+        """The group's StepConfig, made by :meth:`_config` this step (made again where
+        more than ``_MOST_CONFIGS`` groups' settings are new at once)."""
+        config = self._configs.get(_config_key(group))
+        return _check_group(group) if config is None else config
 
     def _check_tensors(
         self, params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None]
@@ -406,7 +413,9 @@ class LARS(torch.optim.Optimizer):
             # _init_group runs eagerly: a lookup between two calls would read the cache
             # as the trace first saw it, without a later group's new configuration).
             work = [
-                _GroupStep(group, _made_config(group), *_rates(group), params, grads, buffers, with_momentum)
+                _GroupStep(
+                    group, self._made_config(group), *_rates(group), params, grads, buffers, with_momentum
+                )
                 for group, params, grads, buffers, with_momentum in ready
             ]
             late = not _registry.is_compiling() and _aliased(work)

@@ -459,7 +459,9 @@ def test_a_momentum_set_out_of_range_between_steps_is_refused_before_writing():
     p.grad = torch.full((2, 2), 0.1)
     opt.step()
     before = p.detach().clone(), opt.state[p]["momentum_buffer"].clone()
-    for bad, error in ((1.0, lm.LarsMultiValueError), (-0.1, lm.LarsMultiValueError), ("0.9", TypeError)):
+    bad_values = ((1.0, lm.LarsMultiValueError), (-0.1, lm.LarsMultiValueError), ("0.9", TypeError))
+    arrays = ((torch.tensor([0.5, 0.5]), TypeError), (np.array([0.5, 0.5]), TypeError))  # (no truth value)
+    for bad, error in (*bad_values, *arrays):
         opt.param_groups[0]["momentum"] = bad
         with pytest.raises(error, match=r"^momentum: expected a number"):
             opt.step()
@@ -467,23 +469,78 @@ def test_a_momentum_set_out_of_range_between_steps_is_refused_before_writing():
         torch.testing.assert_close(opt.state[p]["momentum_buffer"], before[1], rtol=0, atol=0)
 
 
-def test_configurations_of_a_cycling_momentum_are_bounded():
-    """OneCycleLR changes a group's momentum every step: each makes a configuration,
-    which was kept forever (about 800 bytes a step). The cache keeps the most
-    recently used ones, and a group whose own stays the same is never evicted."""
+def test_configurations_of_settings_changed_at_every_step_are_bounded():
+    """A group whose trust coefficient changes at every step makes a configuration per
+    value: an optimizer keeps at most _MOST_CONFIGS (each about 800 bytes), and a group
+    whose own stays the same steps as it would alone."""
     import lars_multi.torch as lm_torch
 
-    still, cycling = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2, 2))
-    opt = LARS([{"params": [still]}, {"params": [cycling]}], lr=0.1, momentum=0.5)
+    still, changing = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2, 2))
+    opt = LARS([{"params": [still]}, {"params": [changing]}], lr=0.1, momentum=0.5)
     reference = LARS([torch.nn.Parameter(torch.ones(2, 2))], lr=0.1, momentum=0.5)
     for step in range(3 * lm_torch._MOST_CONFIGS // 2):
-        opt.param_groups[1]["momentum"] = 0.5 + step * 1e-4
-        for p in (still, cycling, *reference.param_groups[0]["params"]):
+        opt.param_groups[1]["trust_coefficient"] = 0.001 + step * 1e-6
+        for p in (still, changing, *reference.param_groups[0]["params"]):
             p.grad = torch.full((2, 2), 0.1)
         opt.step()
         reference.step()
-    assert len(lm_torch._CONFIGS) <= max(lm_torch._MOST_CONFIGS, lm_torch._most_groups + 1)
+    assert len(opt._configs) <= lm_torch._MOST_CONFIGS
     torch.testing.assert_close(still, reference.param_groups[0]["params"][0], rtol=0, atol=0)
+
+
+def test_compiled_steps_of_two_optimizers_stepped_in_turn_compile_once_or_twice():
+    """Two lm.torch.LARS of other settings (a GAN's generator and discriminator), each
+    step compiled: the configurations were in one process-wide cache, reordered at each
+    lookup, and Dynamo guards on its order, so each optimizer's step recompiled at every
+    call and fullgraph=True failed at the recompile limit. Each optimizer keeps its own."""
+    from torch._dynamo.testing import CompileCounter
+
+    results, counters = [], []
+    for compiled in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(8, 4)) for _ in range(3)]
+        opts = [
+            LARS(params[:1], lr=torch.tensor(0.1), momentum=0.9),
+            LARS(params[1:2], lr=torch.tensor(0.1), momentum=0.0),
+            LARS(params[2:], lr=torch.tensor(0.1), momentum=0.9, trust_coefficient=0.05),
+        ]
+        counters = [CompileCounter() for _ in opts]
+        steps = [
+            torch.compile(o.step, fullgraph=True, backend=c) if compiled else o.step
+            for o, c in zip(opts, counters)
+        ]
+        for t in range(12):
+            for p in params:
+                p.grad = torch_randn(8, 4, generator=torch.Generator().manual_seed(t))
+            for step in steps:
+                step()
+        results.append([p.detach().clone() for p in params])
+    torch._dynamo.reset()
+    assert all(c.frame_count <= 2 for c in counters), [c.frame_count for c in counters]
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("momentum", [np.float64(0.9), np.float32(0.5), 0.9], ids=["f64", "f32", "float"])
+def test_compiled_step_takes_a_numpy_momentum(momentum):
+    """A NumPy-number momentum (taken eagerly) failed under torch.compile with Dynamo's
+    AssertionError: the eager part's result, whether the group has momentum, was a
+    NumPy bool, which Dynamo cannot take as a constant."""
+    torch._dynamo.reset()
+    p, q = torch.nn.Parameter(torch.ones(4, 3)), torch.nn.Parameter(torch.ones(4, 3))
+    opt, twin = (
+        LARS([p], lr=torch.tensor(0.1), momentum=momentum),
+        LARS([q], lr=torch.tensor(0.1), momentum=0.9),
+    )
+    twin.param_groups[0]["momentum"] = float(momentum)
+    step = torch.compile(opt.step, fullgraph=True, backend="eager")
+    for t in range(2):
+        p.grad = q.grad = torch.full((4, 3), 0.1 * (t + 1))
+        step()
+        twin.step()
+    torch._dynamo.reset()
+    torch.testing.assert_close(p, q)
 
 
 @pytest.mark.parametrize("flag", ["differentiable", "capturable", "fused"])
