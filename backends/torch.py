@@ -17,6 +17,7 @@ import torch
 
 from lars_multi import _batching, _registry
 from lars_multi._aliasing import elements_overlap, overlap_groups
+from lars_multi._container import Container
 from lars_multi._protocol import no_axis_name
 from lars_multi.optim import LarsState
 
@@ -622,5 +623,6 @@ def _traced_axpby(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: Any, sc
 
 
 _registry.is_compiling = torch.compiler.is_compiling
-# An optimizer state saved with torch.save loads with torch.load's defaults (weights only).
-torch.serialization.add_safe_globals([LarsState])
+# An optimizer state saved with torch.save loads with torch.load's defaults (weights only),
+# of parameters in a dict or an lm.Container.
+torch.serialization.add_safe_globals([LarsState, Container])

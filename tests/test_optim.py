@@ -46,7 +46,7 @@ def tmap(f, *trees):
 
 def tleaves(tree, prefix=()):
     """(path, leaf) pairs, paths as tuples of keys."""
-    if isinstance(tree, dict):
+    if isinstance(tree, dict | lm.Container):
         out = []
         for k in tree:
             out.extend(tleaves(tree[k], (*prefix, k)))
@@ -705,17 +705,20 @@ def test_a_count_of_another_integer_dtype_advances_without_wrapping(backend, dty
         np.testing.assert_array_equal(to_numpy(new["w"]), to_numpy(want[0]["w"]))
 
 
-def test_a_state_saved_by_torch_loads_with_torch_load_defaults(tmp_path):
-    """torch.load (weights only, its default) refused the state's class."""
+@pytest.mark.parametrize("tree", [dict, lm.Container])
+def test_a_state_saved_by_torch_loads_with_torch_load_defaults(tmp_path, tree):
+    """torch.load (weights only, its default) refused the state's class, and then the
+    Container of the buffers and flags of Container parameters."""
     require_backend("torch")
     import torch
 
     opt = lm.optim.lars(LR, weight_decay=1e-3, preset="timm")
-    p = {"w": torch.ones(2, 2)}
-    _, state = opt.step(p, {"w": torch.full((2, 2), 0.5)}, opt.init(p))
+    p = tree({"w": torch.ones(2, 2), "b": torch.ones(2)})
+    _, state = opt.step(p, tree({"w": torch.full((2, 2), 0.5), "b": torch.ones(2)}), opt.init(p))
     torch.save(state, tmp_path / "state.pt")
     loaded = torch.load(tmp_path / "state.pt")
     assert isinstance(loaded, lm.optim.LarsState)
+    assert type(loaded.momentum) is tree and type(loaded.started) is tree
     for a, b in zip(loaded, state):
         for (_, x), (_, y) in zip(tleaves(a), tleaves(b)):
             assert torch.equal(x, y)
