@@ -223,7 +223,7 @@ class LarsOptimizer:
         in_place = outs is not None and all(map(operator.is_, outs, ws))
         buffers_writable = in_place and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = outs_writable and buffers_writable
-        count = _next_count(step_count, ws, ops)  # (before anything is written)
+        count = _next_count(step_count, ops)  # (before anything is written)
         new_ws, new_buffers, copies = self._run(
             ops,
             flags,
@@ -348,7 +348,7 @@ class LarsOptimizer:
         self._check_idle_state(state, flat, set(), name, ops)
         leaves = [_checks.unwrap(x) for x in arrays]
         count = _step_count(state.count, leaves, name, ops)
-        new_state = state._replace(count=_next_count(count, leaves, ops))
+        new_state = state._replace(count=_next_count(count, ops))
         if out is None or out is params:
             return params, new_state
         out_leaves = leaves_like("out", out, flat, broadcast=False)
@@ -547,13 +547,14 @@ _LAST_COUNT = 2**31 - 2
 
 
 def _step_count(count: Any, ws: Sequence[Any], name: str, ops: Backend) -> Any:
-    """``state.count``, checked; a NumPy one (read back from a file) as the framework's
-    array beside ``ws``, so that schedules get the framework's; an array as int32."""
+    """``state.count``, checked; a Python int or a NumPy one (read back from a file) as
+    the framework's array beside ``ws``, as ``init`` makes it (so that a schedule's rate
+    is the same array, rounded the same); an array as int32."""
     if _registry.is_compiling() and isinstance(count, (np.ndarray, np.generic)):
         count = ops.scalar_for(count, "int32", ws)  # (Dynamo cannot trace NumPy's dtype: a tensor, not read)
     _check_count(count, name, ops)
-    if isinstance(count, int):
-        return count
+    if isinstance(count, int):  # (as an array, as init made it: a schedule's rate is then the same array)
+        return ops.scalar_for(count, "int32", ws)
     # (a tuple, not np.ndarray | np.integer: torch.compile cannot trace a union of NumPy types)
     foreign = isinstance(count, (np.ndarray, np.integer)) and not ops.is_native(count)
     data = _checks.unwrap(count)
@@ -572,11 +573,9 @@ def _step_count(count: Any, ws: Sequence[Any], name: str, ops: Backend) -> Any:
     return count
 
 
-def _next_count(count: Any, ws: Sequence[Any], ops: Backend) -> Any:
-    """The count after ``count`` (a Python int, or an int32 array that stays where it
-    is and, not read, saturates at int32's largest value rather than wrap)."""
-    if isinstance(count, int):
-        return ops.scalar_for(count + 1, "int32", ws)
+def _next_count(count: Any, ops: Backend) -> Any:
+    """The count after ``count`` (an int32 array that stays where it is and, not read,
+    saturates at int32's largest value rather than wrap)."""
     return ops.asarray(ops.where(count > _LAST_COUNT, count, count + 1), "int32")
 
 

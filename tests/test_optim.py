@@ -1349,6 +1349,36 @@ def test_a_state_of_timm_buffers_is_refused_by_a_preset_whose_buffers_hold_the_s
     other.step(p, g, state._replace(started=None))  # (the buffers as the user says they are)
 
 
+@pytest.mark.parametrize("preset", ["paper", "optax"])
+def test_a_state_resumed_with_a_python_int_count_steps_as_the_uninterrupted_run(backend, preset):
+    """A count given as a Python int (a state saved as JSON) made a schedule's rate a
+    Python float, which the step folds into its kernels in double precision, where an
+    array count's rate (the uninterrupted run's) is an array of the layers' dtype: the
+    resumed run left the uninterrupted one by a rounding (6.6e-7 relative after 5 steps).
+    An int count is made an array, as init makes it: the runs are equal."""
+    schedule = lm.schedules.warmup_polynomial(peak=0.5, warmup_steps=3, total_steps=10, power=1.5)
+    opt = lm.optim.lars(schedule, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.02, preset=preset)
+    rng = np.random.default_rng(0)
+    params = {
+        "w": native(backend, rng.standard_normal((16, 8)), "float32"),
+        "b": native(backend, rng.standard_normal(8), "float32"),
+    }
+    grads = [
+        {k: native(backend, rng.standard_normal(to_numpy(v).shape), "float32") for k, v in params.items()}
+        for _ in range(8)
+    ]
+    p, s = params, opt.init(params)
+    for g in grads[:4]:
+        p, s = opt.step(p, g, s)
+    kept, resumed = (p, s), (p, s._replace(count=int(to_numpy(s.count))))
+    for g in grads[4:]:
+        kept = opt.step(*kept[:1], g, kept[1])
+        resumed = opt.step(*resumed[:1], g, resumed[1])
+    for k in params:
+        np.testing.assert_array_equal(to_numpy(resumed[0][k]), to_numpy(kept[0][k]))
+    assert int(to_numpy(resumed[1].count)) == 8
+
+
 def test_a_count_array_at_the_end_of_int32_saturates_instead_of_wrapping(backend):
     """An int32 count of 2**31 - 1 advanced to -2**31, and an int64, uint32 or uint64
     count beyond int32 was cast to a negative one: a schedule then gave a negative
