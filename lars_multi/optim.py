@@ -6,7 +6,9 @@ One step for every backend and every convention (``preset="paper"``,
 :mod:`lars_multi._step`. ``params`` is any tree of native arrays of
 one backend, paired by key with ``grads``, masks and state as in
 :func:`lars_multi.lars_update`; the state is a :class:`LarsState` of native
-arrays that the framework's own checkpointing saves. On NumPy and torch,
+arrays that the framework's own tools save (pickle, ``torch.save``, orbax; on
+TensorFlow, whose ``tf.train.Checkpoint`` saves variables only, held in
+``tf.Variable``\ s: see the README's recipe). On NumPy and torch,
 ``out=params`` updates the parameters and momentum buffers in place; on JAX
 the step is one compiled program, on TensorFlow one ``tf.function``.
 
