@@ -201,6 +201,8 @@ def norm(x: Any, axis_name: Any = None) -> jax.Array:
     if x.dtype in _HALF:
         x = x.astype(jnp.float32)
     if axis_name is None:
+        if x.size == 1:  # its magnitude, with no square to overflow (as XLA simplifies it under jit)
+            return jnp.abs(x.reshape(()))
         return _root(jnp.sum(jnp.square(x)))
     return _root(jax.lax.psum(jnp.sum(jnp.square(x)), axis_name))
 

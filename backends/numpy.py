@@ -61,6 +61,7 @@ _OVERLAP_WORK = 1 << 16
 _BASE = operator.attrgetter("base")
 _DTYPE = operator.attrgetter("dtype")
 _NDIM = operator.attrgetter("ndim")
+_SIZE = operator.attrgetter("size")
 _NBYTES = operator.attrgetter("nbytes")
 _FLAG_BITS = operator.attrgetter("flags.num")
 # Bits of ``flags.num`` (NumPy's NPY_ARRAY_* flags).
@@ -214,11 +215,11 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def norm(x: Any, axis_name: Any = None) -> np.generic:
-    """:math:`\\lVert x \\rVert_2` through BLAS ``dot``; halves in float32.
-    NumPy has no mesh axes: an ``axis_name`` raises."""
+    """:math:`\\lVert x \\rVert_2` through BLAS ``dot``; halves in float32; one
+    element's, its magnitude. NumPy has no mesh axes: an ``axis_name`` raises."""
     if axis_name is not None:
         raise no_axis_name("axis_name", FRAMEWORK, axis_name)
-    return np.sqrt(_sum_of_squares(x))
+    return _magnitude(x) if x.size == 1 else np.sqrt(_sum_of_squares(x))
 
 
 def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[Any]:
@@ -233,8 +234,21 @@ def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[An
         np.vdot(x, x) if x.dtype in _PLAIN and x.flags.c_contiguous else _sum_of_squares(x) for x in xs
     ]
     if len(squares) < 8 or len({s.dtype for s in squares}) != 1:  # (a few: one by one is faster)
-        return [np.sqrt(s) for s in squares]
-    return list(np.sqrt(np.array(squares)))
+        values = [np.sqrt(s) for s in squares]
+    else:
+        values = list(np.sqrt(np.array(squares)))
+    sizes = list(map(_SIZE, xs))
+    if 1 in sizes:  # (one element: its magnitude, as torch and XLA take it; its square may not be finite)
+        for i, size in enumerate(sizes):
+            if size == 1:
+                values[i] = _magnitude(xs[i])
+    return values
+
+
+def _magnitude(x: Any) -> np.generic:
+    """The norm of a one-element array: its magnitude, in the compute dtype, with no
+    square to overflow (beyond about 1.8e19 in float32) or underflow."""
+    return np.abs(to_compute(x).reshape(())[()])
 
 
 def _sum_of_squares(x: Any) -> np.generic:

@@ -105,6 +105,8 @@ def norm(x: Any, axis_name: Any = None) -> tf.Tensor:
         raise no_axis_name("axis_name", FRAMEWORK, axis_name)
     if x.dtype in _HALF:
         x = tf.cast(x, tf.float32)
+    if x.shape.num_elements() == 1:  # its magnitude, with no square to overflow (as XLA takes it)
+        return tf.abs(tf.reshape(x, []))
     by_xla = _compiled_by_xla()
     if _differentiable():
         return _NORMS[by_xla](x)

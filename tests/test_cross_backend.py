@@ -168,3 +168,37 @@ def test_float64_agrees_where_supported(backends):
     for values in results:
         assert_layer_close(values, w, g, 0.1, 0.2, "float64")
         np.testing.assert_allclose(values, results[0], rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_a_one_element_layers_norm_is_its_magnitude_on_every_backend(backends, dtype):
+    """A one-element layer (a 0-d scale, a temperature) whose square overflows or
+    underflows: torch and XLA took its norm as its magnitude, NumPy and TensorFlow as
+    the root of its square (NaN, or the layer left as it was). Every backend takes
+    the magnitude now, which the float64 reference gives."""
+    from conftest import x64
+
+    big = 1e160 if dtype == "float64" else 1e20
+    cases = [([big], [2 * big], 0.0), (big, 3 * big, 0.0), ([1.0], [big], 0.0), ([1e-25], [1.0], 0.5)]
+    if dtype == "bfloat16":  # (float32's range: a one-element bfloat16 layer computes in float32)
+        cases = cases[:3]
+    for w, g, decay in cases:
+        w64, g64 = np.asarray(w, np.float64), np.asarray(g, np.float64)
+        wn, gn = float(np.abs(w64).max()), float(np.abs(g64).max())
+        ratio = wn * 0.1 / (gn + 1e-12) / (wn * decay if decay else 1.0)
+        want = w64 - ratio * g64
+        for name in backends:
+            with x64(name):  # (JAX's float64 needs it)
+                got = lm.lars_update(
+                    native(name, w64, dtype), native(name, g64, dtype), 0.1, decay_lambda=decay
+                )
+            np.testing.assert_allclose(
+                to_numpy(got).astype(np.float64), want, rtol=1e-2 if dtype == "bfloat16" else 1e-6
+            )
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.01, preset="optax")
+    for name in backends:
+        p = {"s": native(name, np.array([1e-25]), "float32")}
+        new, _ = opt.step(p, {"s": native(name, np.array([1.0]), "float32")}, opt.init(p))
+        np.testing.assert_allclose(
+            to_numpy(new["s"]), [1e-25 - 0.1 * 0.01 * 1e-25 / (1.0 + 1e-4 * 1e-25)], rtol=1e-6
+        )
