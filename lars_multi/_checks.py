@@ -12,7 +12,7 @@ import math
 import numbers
 import operator
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -505,6 +505,20 @@ def check_number(
     if not inside:
         raise LarsMultiValueError(f"{name}: expected a number in {interval}, got {value!r}")
     return number
+
+
+def check_name_patterns(arg: str, value: Any) -> list[str]:
+    """Name patterns that leave layers out: one string or several (None: none), each
+    non-empty (an empty one occurs in every name: every layer would be left out)."""
+    if value is None:
+        return []
+    patterns = [value] if isinstance(value, str) else list(value) if isinstance(value, Iterable) else None
+    odd = value if patterns is None else next((p for p in patterns if not isinstance(p, str)), None)
+    if patterns is None or odd is not None:
+        raise LarsMultiTypeError(f"{arg}: expected name patterns (str), got {type_name(odd)} {odd!r}")
+    if "" in patterns:
+        raise LarsMultiValueError(f"{arg}: expected non-empty name patterns, got an empty one")
+    return patterns
 
 
 def check_rate(path: Any, value: Any, *, name: str, ops: Backend) -> Any:

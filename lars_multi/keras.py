@@ -28,7 +28,6 @@ import contextlib
 import inspect
 import re
 import sys
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -64,19 +63,6 @@ def _dense(gradient: Any, variable: Any) -> Any:
         return gradient
     shape = gradient.dense_shape if gradient.dense_shape is not None else tuple(variable.shape)
     return tf.convert_to_tensor(tf.IndexedSlices(gradient.values, gradient.indices, shape))
-
-
-def _patterns(name: str, value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    values = list(value) if isinstance(value, Iterable) else None
-    if values is None or not all(isinstance(v, str) for v in values):
-        raise LarsMultiTypeError(f"{name}: expected a list of name patterns (str), got {type_name(value)}")
-    if "" in values:  # (it occurs in every name: every variable would be left out)
-        raise LarsMultiValueError(f"{name}: expected non-empty name patterns, got an empty one")
-    return values
 
 
 def _matches(patterns: list[str], variable: Any) -> bool:
@@ -243,10 +229,10 @@ if keras is not None:
             self.trust_clip = trust_clip
             self.always_adapt = always_adapt
             self.preset = preset
-            self.exclude_from_adaptation_patterns = _patterns(
+            self.exclude_from_adaptation_patterns = _checks.check_name_patterns(
                 "exclude_from_adaptation", exclude_from_adaptation
             )
-            self.exclude_from_weight_decay_patterns = _patterns(
+            self.exclude_from_weight_decay_patterns = _checks.check_name_patterns(
                 "exclude_from_weight_decay", exclude_from_weight_decay
             )
 

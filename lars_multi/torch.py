@@ -31,7 +31,7 @@ compile the training step with ``fullgraph=False`` there).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -558,7 +558,7 @@ def _aliased(work: list[_GroupStep]) -> bool:
 
 def param_groups(
     model: torch.nn.Module,
-    exclude: Sequence[str] = (),
+    exclude: str | Iterable[str] | None = (),
     **group_overrides: Any,
 ) -> list[dict[str, Any]]:
     """``model``'s trainable parameters in two groups, for :class:`LARS`.
@@ -578,13 +578,7 @@ def param_groups(
             f"model: expected a torch.nn.Module (its parameters are named), got {type_name(model)}; "
             "LARS(params, ...) takes parameters as they are"
         )
-    given = tuple(exclude) if isinstance(exclude, Iterable) and not isinstance(exclude, str) else (exclude,)
-    odd = [pattern for pattern in given if not isinstance(pattern, str)]
-    if odd:
-        raise LarsMultiTypeError(f"exclude: expected name patterns (str), got {type_name(odd[0])} {odd[0]!r}")
-    if "" in given:  # (it occurs in every name: every parameter would be left out)
-        raise LarsMultiValueError("exclude: expected non-empty name patterns, got an empty one")
-    patterns = [pattern.lower() for pattern in given]
+    patterns = [pattern.lower() for pattern in _checks.check_name_patterns("exclude", exclude)]
     names: dict[int, tuple[torch.nn.Parameter, list[str]]] = {}  # every name of each (tied: several)
     for name, parameter in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(parameter), (parameter, []))[1].append(name.lower())

@@ -517,6 +517,12 @@ def test_rates_that_are_not_numbers_are_refused_and_numpy_scalars_taken():
     for arg in ("exclude_from_adaptation", "exclude_from_weight_decay"):
         with pytest.raises(lm.LarsMultiValueError, match=rf"^{arg}: expected non-empty name patterns"):
             lars_multi.keras.LARS(0.1, **{arg: ["bias", ""]})
+        with pytest.raises(lm.LarsMultiValueError, match=rf"^{arg}: expected non-empty name patterns"):
+            lars_multi.keras.LARS(0.1, **{arg: ""})  # (one pattern, as a string: it was taken)
+        with pytest.raises(
+            lm.LarsMultiTypeError, match=rf"^{arg}: expected name patterns \(str\), got int 3"
+        ):
+            lars_multi.keras.LARS(0.1, **{arg: ["bias", 3]})
 
 
 def test_schedule_kinds_and_configs_are_checked():
