@@ -33,7 +33,7 @@ from ._registry import (
     using_backend,
 )
 
-__version__ = "0.3.14"
+__version__ = "0.3.15"
 
 __all__ = [
     "Array",
