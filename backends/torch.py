@@ -68,11 +68,18 @@ def shares_elements(x: torch.Tensor) -> bool:
 
 
 def is_dense(x: torch.Tensor) -> bool:
-    return x.layout == torch.strided and not x.is_nested
+    """Strided, not nested, and one layer: not a flattened FSDP parameter (FSDP1 with
+    ``use_orig_params=False``), whose one norm would span every layer it holds."""
+    return x.layout == torch.strided and not x.is_nested and not getattr(x, "_is_flat_param", False)
 
 
 def all_dense(xs: Sequence[torch.Tensor]) -> bool:
-    return all([x.layout == torch.strided and not x.is_nested for x in xs])
+    return all(
+        [
+            x.layout == torch.strided and not x.is_nested and not getattr(x, "_is_flat_param", False)
+            for x in xs
+        ]
+    )
 
 
 def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:
@@ -102,6 +109,8 @@ def tensor_kind(t: torch.Tensor) -> type:
 
 
 def layout_name(x: torch.Tensor) -> str:
+    if getattr(x, "_is_flat_param", False):
+        return "flattened FSDP (use_orig_params=False; shard with fully_shard)"
     return "nested" if x.is_nested else str(x.layout).removeprefix("torch.")
 
 

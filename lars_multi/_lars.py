@@ -55,8 +55,8 @@ def lars_update(
 
     Args:
         w: the weights: a native array, a :class:`lars_multi.Array`, a
-            ``keras.Variable``, or a tree of them (mappings of any kind, lists,
-            tuples, :class:`lars_multi.Container`; on JAX every registered pytree).
+            ``keras.Variable``, or a tree of them (dicts, OrderedDicts, defaultdicts,
+            lists, tuples, :class:`lars_multi.Container`; on JAX every registered pytree).
         dcdw: the gradient of the cost with respect to ``w``: a tree paired with
             ``w`` by key (by position for sequences), or one array used for every
             leaf. A ``None`` gradient leaves its parameters unchanged.
@@ -83,7 +83,8 @@ def lars_update(
             are already global and the result keeps the input's sharding.
 
     Returns:
-        The new weights, with the structure and types of ``w`` (or ``out``).
+        The new weights, with the structure and types of ``w`` (a variable's as
+        its framework's array), or ``out``.
 
     Examples:
         >>> import lars_multi as lm

@@ -5,8 +5,8 @@ or with ``jax.tree_util`` on JAX so that every registered pytree works), giving
 each layer a key path; the structure of a plain dict of arrays is kept from one
 call to the next. Every other tree (``dcdw``, ``lr``, ``decay_lambda``,
 ``stop_gradients``, ``out``) is paired with the weights *by key* along those
-paths: mappings of any kind (dict, OrderedDict, defaultdict, Container, a
-framework's own) match whatever their key order, and only sequences match by
+paths: mappings (dict, OrderedDict, defaultdict, Container, a framework's own
+registered ones; not other Mapping types) match whatever their key order, and only sequences match by
 position. A single value (or a value at a prefix of the path) serves every
 layer below it; ``None`` in a gradient tree means "no gradient".
 """

@@ -112,7 +112,7 @@ def lars(
     if optax is None:
         raise BackendNotInstalledError(
             f"lars_multi.optax.lars needs optax and JAX, which cannot be imported here ({_MISSING}); "
-            "install them with: pip install optax"
+            'install them with: pip install "lars-multi[jax-ecosystem]"'
         )
     opt = optim.lars(
         learning_rate,

@@ -108,6 +108,12 @@ def test_fsdp1_flat_parameters_are_refused(tmp_path):
         pytest.fail(f"FSDP1 gave no FlatParameter: {report}")
     assert report["refused"], report
     assert "LarsMultiValueError" in report["message"] and "flattened FSDP parameter" in report["message"]
+    for message in report["functional"]:  # (lars_update and lm.optim took them)
+        assert message.startswith("w[0]: expected dense weights") or message.startswith(
+            "params[0]: expected"
+        ), report
+        assert "flattened FSDP" in message, report
+    assert report["unchanged"], report
 
 
 # --- the ranks ---------------------------------------------------------------------------------
@@ -438,6 +444,21 @@ def case_fsdp1_flat(mesh: Any) -> dict[str, Any]:
         ),
         "param_shapes": [list(p.shape) for p in params],
     }
+    grads = [torch.ones_like(p) for p in params]
+    before = [p.detach().clone() for p in params]
+    report["functional"] = []  # lars_update and lm.optim (took them silently, with one norm for all)
+    for step in (
+        lambda: lm.lars_update(params, grads, 0.1),
+        lambda: lm.lars_update(params, grads, 0.1, out=params),
+        lambda: lm.optim.lars(0.1).step(params, grads, lm.optim.lars(0.1).init(params)),
+    ):
+        try:
+            with torch.no_grad():
+                step()
+            report["functional"].append("taken")
+        except lm.LarsMultiTypeError as e:
+            report["functional"].append(str(e))
+    report["unchanged"] = all(torch.equal(p, b) for p, b in zip(params, before))
     try:
         opt = lm.torch.LARS(params, **HYPER)
         losses = _train(model, opt, dist.get_rank())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import require_backend, to_numpy
+from conftest import require_backend, run_python, to_numpy
 
 import lars_multi as lm
 
@@ -326,3 +326,15 @@ def test_bad_hyper_parameters_are_lars_multi_errors():
         lm.optax.lars(0.1, momentum=1.5)
     with pytest.raises(lm.LarsMultiError, match="preset"):
         lm.optax.lars(0.1, preset="lamb")
+
+
+def test_without_optax_the_error_names_the_extra_that_installs_it():
+    """The Errors table promises the pip command of the extra; it said "pip install optax"."""
+    script = (
+        "import sys; sys.modules['optax'] = None\n"
+        "import lars_multi as lm\n"
+        "try:\n    lm.optax.lars(0.1)\nexcept lm.BackendNotInstalledError as e:\n    print(e)\n"
+    )
+    message = run_python(script)
+    assert message.startswith("lars_multi.optax.lars needs optax and JAX"), message
+    assert message.endswith('pip install "lars-multi[jax-ecosystem]"'), message
