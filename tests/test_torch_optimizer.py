@@ -388,7 +388,6 @@ def test_compiled_step_follows_a_later_groups_own_new_hyper_parameters():
     """OneCycleLR cycling each group's momentum over its own range: a later group's new
     configuration was missing from the cache as the trace first read it (Dynamo raised
     "Observed exception" at the second step); compiled now equals eager."""
-    import warnings
 
     results = []
     for compiled in (True, False):
@@ -406,17 +405,25 @@ def test_compiled_step_follows_a_later_groups_own_new_hyper_parameters():
             base_momentum=[0.85, 0.8],
             max_momentum=[0.95, 0.9],
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # (recompilations as the momentum changes)
-            for _ in range(4):
-                opt.zero_grad()
-                model(x).square().mean().backward()
-                step()
-                schedule.step()
-        results.append([p.detach().clone() for p in model.parameters()])
+        results.append(_scheduled_steps(model, x, opt, step, schedule, 4))
     torch._dynamo.reset()
     for got, want in zip(*results):  # (traced, the multiply-adds round as unfused ones: an ulp)
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)
+
+
+def _scheduled_steps(model, x, opt, step, schedule, steps):
+    """``steps`` steps on the mean square of ``model(x)``, each followed by the schedule's;
+    the parameters after them."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (recompilations; a compiled step is no step to the scheduler)
+        for _ in range(steps):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            step()
+            schedule.step()
+    return [p.detach().clone() for p in model.parameters()]
 
 
 def test_compiled_step_with_a_momentum_cycled_at_every_step_compiles_at_most_twice():
@@ -425,7 +432,6 @@ def test_compiled_step_with_a_momentum_cycled_at_every_step_compiles_at_most_twi
     made a program per value, and ``fullgraph=True`` failed at Dynamo's recompile limit
     (8). It is the step's argument now, as the rates are: one or two programs (Dynamo
     makes a float dynamic at its second value), and the trajectory is eager's."""
-    import warnings
 
     from torch._dynamo.testing import CompileCounter
 
@@ -439,14 +445,7 @@ def test_compiled_step_with_a_momentum_cycled_at_every_step_compiles_at_most_twi
         counters.append(CompileCounter())
         step = torch.compile(opt.step, fullgraph=True, backend=counters[-1]) if compiled else opt.step
         schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=30, cycle_momentum=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # (the scheduler sees the compiled step as no step)
-            for _ in range(20):  # (20 momentum values, over the recompile limit)
-                opt.zero_grad()
-                model(x).square().mean().backward()
-                step()
-                schedule.step()
-        results.append([p.detach().clone() for p in model.parameters()])
+        results.append(_scheduled_steps(model, x, opt, step, schedule, 20))  # (20 momentum values)
     torch._dynamo.reset()
     assert counters[0].frame_count <= 2, counters[0].frame_count
     for got, want in zip(*results):
