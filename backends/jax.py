@@ -201,9 +201,7 @@ def norm(x: Any, axis_name: Any = None) -> jax.Array:
     if x.dtype in _HALF:
         x = x.astype(jnp.float32)
     if axis_name is None:
-        if x.size == 1:  # its magnitude, with no square to overflow (as XLA simplifies it under jit)
-            return jnp.abs(x.reshape(()))
-        return _root(jnp.sum(jnp.square(x)))
+        return _magnitude(x) if x.size == 1 else _root(jnp.sum(jnp.square(x)))
     return _root(jax.lax.psum(jnp.sum(jnp.square(x)), axis_name))
 
 
@@ -213,6 +211,7 @@ def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[ja
     if axis_names is None:
         return [norm(x) for x in xs]
     sums = [jnp.sum(jnp.square(to_compute(x))) for x in xs]
+    local = [i for i, name in enumerate(axis_names) if name is None and xs[i].size == 1]
     by_axis: dict[Any, list[int]] = {}
     for i, name in enumerate(axis_names):
         if name is not None:
@@ -221,7 +220,28 @@ def norms(xs: Sequence[Any], axis_names: Sequence[Any] | None = None) -> list[ja
         totals = jax.lax.psum([sums[i] for i in indices], name)
         for i, total in zip(indices, totals):
             sums[i] = total
-    return [_root(x) for x in sums]
+    roots = [_root(x) for x in sums]
+    for i in local:  # (a whole one-element layer, not a shard)
+        roots[i] = _magnitude(to_compute(xs[i]))
+    return roots
+
+
+def _magnitude(x: Any) -> jax.Array:
+    """The norm of a one-element array: its magnitude, with no square to overflow (as
+    XLA simplifies the root of the square under jit)."""
+    return _abs(x.reshape(()))
+
+
+@jax.custom_jvp
+def _abs(x: Any) -> jax.Array:
+    """``jnp.abs`` with the derivative ``sign(x)``: 0 where ``x`` is, as :func:`_root`'s
+    (``jnp.abs``'s is 1 there)."""
+    return jnp.abs(x)
+
+
+@_abs.defjvp
+def _abs_jvp(primals: tuple[Any], tangents: tuple[Any]) -> tuple[jax.Array, jax.Array]:
+    return _abs(primals[0]), jnp.sign(primals[0]) * tangents[0]
 
 
 def memory_roots(xs: Sequence[Any]) -> list[int | None]:

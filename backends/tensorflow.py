@@ -105,12 +105,17 @@ def norm(x: Any, axis_name: Any = None) -> tf.Tensor:
         raise no_axis_name("axis_name", FRAMEWORK, axis_name)
     if x.dtype in _HALF:
         x = tf.cast(x, tf.float32)
-    if x.shape.num_elements() == 1:  # its magnitude, with no square to overflow (as XLA takes it)
+    elements = x.shape.num_elements()
+    if elements == 1:  # its magnitude, with no square to overflow (as XLA takes it)
         return tf.abs(tf.reshape(x, []))
     by_xla = _compiled_by_xla()
     if _differentiable():
-        return _NORMS[by_xla](x)
-    return tf.norm(x) if by_xla else tf.math.reduce_euclidean_norm(x)
+        value = _NORMS[by_xla](x)
+    else:
+        value = tf.norm(x) if by_xla else tf.math.reduce_euclidean_norm(x)
+    if elements is None:  # (a shape known only when the graph runs: maybe one element)
+        value = tf.where(tf.size(x) == 1, tf.reduce_max(tf.abs(x)), value)
+    return value
 
 
 def _differentiable() -> bool:

@@ -368,6 +368,9 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
         else:
             dtensor: Any = x
             placements = tuple(dtensor.placements)
+            if dtensor.numel() == 1:  # one element: its magnitude, as a plain tensor's (no square)
+                out[i] = norm(_replicated(dtensor))
+                continue
             if not all(p.is_shard() or p.is_replicate() for p in placements):
                 out[i] = norm(x)
                 continue
@@ -382,6 +385,13 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
             continue
         _dtensor_norms(out, indices, values, mesh, placements)
     return out
+
+
+def _replicated(x: Any) -> Any:
+    """A DTensor replicated over its mesh."""
+    from torch.distributed.tensor import Replicate
+
+    return x.redistribute(x.device_mesh, [Replicate()] * x.device_mesh.ndim)
 
 
 def _foreach_norms(xs: list[torch.Tensor], dtype: torch.dtype, cpu: bool) -> list[torch.Tensor]:
@@ -633,5 +643,5 @@ def _traced_axpby(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: Any, sc
 
 _registry.is_compiling = torch.compiler.is_compiling
 # An optimizer state saved with torch.save loads with torch.load's defaults (weights only),
-# of parameters in a dict or an lm.Container.
+# of parameters in a dict or an lm.Container (torch's weights-only loading cannot fill a defaultdict).
 torch.serialization.add_safe_globals([LarsState, Container])

@@ -512,10 +512,11 @@ def check_name_patterns(arg: str, value: Any) -> list[str]:
     non-empty (an empty one occurs in every name: every layer would be left out)."""
     if value is None:
         return []
-    patterns = [value] if isinstance(value, str) else list(value) if isinstance(value, Iterable) else None
-    odd = value if patterns is None else next((p for p in patterns if not isinstance(p, str)), None)
-    if patterns is None or odd is not None:
-        raise LarsMultiTypeError(f"{arg}: expected name patterns (str), got {type_name(odd)} {odd!r}")
+    one = isinstance(value, str | bytes) or not isinstance(value, Iterable)  # (bytes: no pattern, named so)
+    patterns = [value] if one else list(value)
+    odd = [p for p in patterns if not isinstance(p, str)]
+    if odd:
+        raise LarsMultiTypeError(f"{arg}: expected name patterns (str), got {type_name(odd[0])} {odd[0]!r}")
     if "" in patterns:
         raise LarsMultiValueError(f"{arg}: expected non-empty name patterns, got an empty one")
     return patterns

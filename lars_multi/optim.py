@@ -544,7 +544,7 @@ def _rate_now(
     return value
 
 
-# The step count is an int32 array: a count read on the host must leave room for the next.
+# The step count is an int32 array, which saturates: the last count that advances.
 _LAST_COUNT = 2**31 - 2
 
 
@@ -589,8 +589,10 @@ def _check_count(count: Any, name: str, ops: Backend) -> None:
     if isinstance(data, np.ndarray) and data.shape == () and data.dtype.kind in "iu":
         data = data[()]
     if isinstance(data, (int, np.integer)) and not isinstance(data, bool):
-        if not 0 <= data <= _LAST_COUNT:
-            raise LarsMultiValueError(f"state.count: expected an integer in [0, {_LAST_COUNT}], got {data}")
+        if not 0 <= data <= _LAST_COUNT + 1:  # (int32's: the last one stays, saturated, as an array's does)
+            raise LarsMultiValueError(
+                f"state.count: expected an integer in [0, {_LAST_COUNT + 1}], got {data}"
+            )
         return
     if (
         _checks.owner(data) != name

@@ -127,8 +127,11 @@ def _plain_numbers(group: dict[str, Any]) -> None:
     group is added or loaded (the step's traced part reads them: Dynamo takes a NumPy
     number for a tensor, and a comparison of one for a value it cannot know while tracing)."""
     for name in _NUMBERS:
-        if isinstance(group.get(name), np.generic):
-            group[name] = group[name].item()
+        value = group.get(name)
+        if isinstance(value, np.floating):  # (float(): a longdouble's item() is one still)
+            group[name] = float(value)
+        elif isinstance(value, np.generic):
+            group[name] = value.item()
 
 
 def _check_rates(group: dict[str, Any]) -> None:

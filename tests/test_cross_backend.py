@@ -202,3 +202,48 @@ def test_a_one_element_layers_norm_is_its_magnitude_on_every_backend(backends, d
         np.testing.assert_allclose(
             to_numpy(new["s"]), [1e-25 - 0.1 * 0.01 * 1e-25 / (1.0 + 1e-4 * 1e-25)], rtol=1e-6
         )
+
+
+def test_a_one_element_layers_norm_has_the_derivative_sign_at_every_point():
+    """The derivative of a one-element layer's norm is sign(w): 0 at 0, as a zero norm's
+    subgradient is everywhere (JAX's magnitude took +1 there). Through lars_update with
+    stop_gradients=False, d(sum of the new weights)/dw at w = 0, g = 0.5 is 1 on each
+    autodiff backend, and (1 - 0.1 * 0.5 / 0.5 * sign) elsewhere."""
+    found = []
+    for w0, want in ((0.0, 1.0), (2.0, 0.9), (-2.0, 1.1)):
+        w, g = np.full((1,), w0, np.float32), np.full((1,), 0.5, np.float32)
+        if "jax" in backends_to_test():
+            import jax
+            import jax.numpy as jnp
+
+            grad = jax.grad(lambda x, g=g: lm.lars_update(x, jnp.asarray(g), 0.1, stop_gradients=False).sum())
+            found.append(("jax", w0, float(grad(jnp.asarray(w))[0]), want))
+        if "torch" in backends_to_test():
+            import torch
+
+            tw = torch.tensor(w, requires_grad=True)
+            lm.lars_update(tw, torch.tensor(g), 0.1, stop_gradients=False).sum().backward()
+            found.append(("torch", w0, float(tw.grad[0]), want))
+        if "tensorflow" in backends_to_test():
+            import tensorflow as tf
+
+            fw = tf.Variable(w)
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(lm.lars_update(fw, tf.constant(g), 0.1, stop_gradients=False))
+            found.append(("tensorflow", w0, float(tape.gradient(loss, fw)[0]), want))
+    for name, w0, got, want in found:
+        assert got == pytest.approx(want, rel=1e-6), (name, w0, got)
+
+
+def test_tensorflow_one_element_layer_of_a_shape_known_only_when_the_graph_runs():
+    """tf.function with an input_signature of shape [None]: the static shape does not say
+    the layer has one element, and its norm was the root of its square (-inf here)."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None], tf.float32)
+    step = tf.function(lambda w, g: lm.lars_update(w, g, 0.1), input_signature=[spec, spec])
+    got = step(tf.constant([3e19]), tf.constant([3e18]))
+    np.testing.assert_allclose(got.numpy(), [3e19 - 0.1 * 10 * 3e18], rtol=1e-6)
+    got = step(tf.constant([3.0, 4.0]), tf.constant([0.3, 0.4]))  # (two elements: the root of the squares)
+    np.testing.assert_allclose(got.numpy(), [3.0 - 0.3, 4.0 - 0.4], rtol=1e-6)

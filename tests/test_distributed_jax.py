@@ -155,6 +155,15 @@ rep_norm = jax.jit(jax.shard_map(
     mesh=mesh, in_specs=P(), out_specs=(P(), P()),
 ))(jax.device_put(jnp.array([1.0, 2.0]), NamedSharding(mesh, P())))
 results["control/replicated_sq_norm_summed_vs_not"] = [float(v) for v in rep_norm]
+# A one-element layer (replicated: no axis) beside a sharded one: its norm is its magnitude.
+one = jax.shard_map(
+    lambda x, s: tuple(get_backend("jax").norms([x, s], ["x", None])),
+    mesh=mesh, in_specs=(P("x"), P()), out_specs=(P(), P()),
+)(
+    jax.device_put(jnp.ones(8), NamedSharding(mesh, P("x"))),
+    jax.device_put(jnp.float32(3e19), NamedSharding(mesh, P())),
+)
+results["norm/one_element_beside_a_shard"] = [float(v) for v in one]
 
 def in_shard_map(specs):
     state = lm.optim.LarsState(P(), specs)
@@ -280,6 +289,9 @@ def test_shard_map_without_axis_name_uses_per_shard_norms(results: dict) -> None
 def test_replicated_leaf_is_not_summed_over_the_axis(results: dict) -> None:
     # Summed over 8 devices, the replicated bias's squared norm is 8 times too large ...
     assert results["control/replicated_sq_norm_summed_vs_not"] == [40.0, 5.0]
+    assert results["norm/one_element_beside_a_shard"] == pytest.approx(
+        [8**0.5, float(np.float32(3e19))], rel=1e-6
+    )
     assert results["control/replicated_leaf_summed"]["rel"] > 1e-3
     # ... while None for it (shard_map/mixed_*) gives the unsharded result.
     assert results["shard_map/mixed_tree_of_names"]["rel"] <= TOLERANCE

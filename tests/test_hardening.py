@@ -1504,3 +1504,18 @@ def test_the_cache_of_layer_flags_is_bounded():
     for n in range(1, 201):
         lm.lars_update(ws[:n], ws[:n], 0.1)
     assert len(_lars._FLAGS) <= 64
+
+
+def test_torch_dtensor_one_element_layer_norm_is_its_magnitude():
+    """A one-element layer sharded as a DTensor (fully_shard shards every parameter on
+    dim 0, a (1,) scale too): its norm was the all-reduced square (-inf beyond about
+    1.8e19), where a plain tensor's is its magnitude."""
+    out = _on_one_rank_mesh(
+        "w, g = shard(torch.tensor([3e19])), shard(torch.tensor([3e18]))\n"
+        "big, big_g = shard(torch.full((4, 2), 3.0)), shard(torch.full((4, 2), 1.0))\n"
+        "new = lm.lars_update([w, big], [g, big_g], 0.1)\n"
+        "print(float(new[0].full_tensor()[0]), float(new[1].full_tensor()[0, 0]))\n"
+    )
+    one, other = map(float, out.split())
+    assert one == pytest.approx(3e19 - 0.1 * 10 * 3e18, rel=1e-6)
+    assert other == pytest.approx(3.0 - 0.1 * 3.0, rel=1e-6)

@@ -521,7 +521,11 @@ def test_compiled_steps_of_two_optimizers_stepped_in_turn_compile_once_or_twice(
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("momentum", [np.float64(0.9), np.float32(0.5), 0.9], ids=["f64", "f32", "float"])
+@pytest.mark.parametrize(
+    "momentum",
+    [np.float64(0.9), np.float32(0.5), np.longdouble(0.9), 0.9],
+    ids=["f64", "f32", "f128", "float"],
+)
 def test_compiled_step_takes_a_numpy_momentum(momentum):
     """A NumPy-number momentum (taken eagerly) failed under torch.compile with Dynamo's
     AssertionError: the eager part's result, whether the group has momentum, was a
@@ -998,7 +1002,7 @@ def test_strided_view_parameters_take_the_fast_checks(monkeypatch):
     assert slow == []
 
 
-@pytest.mark.parametrize("exclude", [3, ["bias", 1]], ids=repr)
+@pytest.mark.parametrize("exclude", [3, ["bias", 1], ["bias", None], b"bias"], ids=repr)
 def test_param_groups_refuses_an_exclude_that_is_no_names(exclude):
     """Python's TypeError or AttributeError before, naming nothing. (None is no patterns,
     as lm.keras.LARS takes it.)"""
