@@ -152,13 +152,17 @@ def is_leaf(value: Any) -> bool:
     return not _is_tree(value)
 
 
-def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> list[Any]:
+def leaves_like(
+    arg: str, value: Any, w: Flat, *, broadcast: bool = True, over_empty: bool = False
+) -> list[Any]:
     """``value``'s leaves paired with ``w``'s, one per layer.
 
     The same structure as ``w`` (same node types, same key order) pairs at
     once; any other is walked by key along ``w``'s paths. With ``broadcast``,
     a single value, or a value where ``w`` has a subtree, serves every layer
-    below it.
+    below it. With ``over_empty``, values where ``w`` holds no layer (None, an
+    empty tree, optax's ``MaskedNode``) are left unread (a mask made for a whole
+    model); else they are refused (a gradient there would be dropped unseen).
     """
     if broadcast and is_single(value, w):
         return [value] * len(w.leaves)
@@ -166,7 +170,7 @@ def leaves_like(arg: str, value: Any, w: Flat, *, broadcast: bool = True) -> lis
         leaves = w.leaves_of(value)
         if leaves is not None:
             return leaves
-    walker = _Walker(arg, value, w, broadcast)
+    walker = _Walker(arg, value, w, broadcast, over_empty)
     return [walker.select(path) for path in w.paths]
 
 
@@ -194,8 +198,9 @@ class _Walker:
     """Looks up ``value`` along the weights' key paths, checking that every
     mapping on the way has exactly the weights' keys and every sequence their length."""
 
-    def __init__(self, arg: str, value: Any, w: Flat, broadcast: bool) -> None:
+    def __init__(self, arg: str, value: Any, w: Flat, broadcast: bool, over_empty: bool) -> None:
         self.arg, self.value, self.broadcast, self.w_arg = arg, value, broadcast, w.arg
+        self.over_empty = over_empty
         self.flatten = w.flatten
         self.w_root = w.rebuild(w.leaves)  # the weights' nodes, to compare keys with
         self.checked: set[tuple[Any, ...]] = set()  # the key paths of the nodes checked
@@ -251,7 +256,8 @@ class _Walker:
             if leaves > w_leaves:
                 detail = f"no more leaves than {w_here} ({w_leaves}; its None fields hold none)"
                 self._mismatch(prefix, f"{detail}, got {leaves}")
-        self._check_no_layer(node, w_node, prefix)
+        if not self.over_empty:
+            self._check_no_layer(node, w_node, prefix)
         self.checked.add(prefix)
 
     def _check_no_layer(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:

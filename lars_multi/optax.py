@@ -52,9 +52,17 @@ def _with_jax_arrays(state: Any) -> Any:
     """``state`` with its NumPy arrays as JAX arrays: a state restored by
     ``flax.serialization`` (or read from any NumPy checkpoint) holds NumPy arrays,
     which optax's own transformations take as they are."""
-    if not isinstance(state, LarsState) or all(map(_is_jax, jax.tree.leaves(state))):
+    if not isinstance(state, LarsState):
         return state  # (anything else: lm.optim's step says what it expected)
-    return jax.tree.map(_to_jax, state)
+    return _with_jax_leaves(state)
+
+
+def _with_jax_leaves(tree: Any) -> Any:
+    """``tree`` with its NumPy arrays as JAX arrays (parameters and states restored from
+    a NumPy checkpoint, which optax's own transformations take as they are)."""
+    if all(map(_is_jax, jax.tree.leaves(tree))):
+        return tree
+    return jax.tree.map(_to_jax, tree)
 
 
 def _is_jax(x: Any) -> bool:
@@ -132,6 +140,9 @@ def lars(
     )
 
     def init(params: Any) -> LarsState:
+        params = _with_jax_leaves(params)
+        if not jax.tree.leaves(params):  # (optax.masked, multi_transform: a group of no parameters)
+            return LarsState(jax.numpy.zeros((), jax.numpy.int32), None, None)
         return opt.init(params)
 
     def update(updates: Any, state: LarsState, params: Any = None) -> tuple[Any, LarsState]:
@@ -140,6 +151,9 @@ def lars(
                 "params: lm.optax.lars needs the parameters (the trust ratio is |w| / |g|): "
                 "call update(grads, state, params)"
             )
+        params, updates = _with_jax_leaves(params), _with_jax_leaves(updates)
+        if not jax.tree.leaves(params) and isinstance(state, LarsState):  # (a group of no parameters)
+            return updates, state._replace(count=optax.safe_int32_increment(state.count))
         new_params, new_state = opt.step(params, updates, _with_jax_arrays(state))
         steps = jax.tree.map(_difference, new_params, params, is_leaf=lambda x: x is None)
         return steps, new_state

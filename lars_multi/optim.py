@@ -492,7 +492,7 @@ class LarsOptimizer:
         elif isinstance(mask, bool):
             values = [mask] * len(active)
         else:
-            leaves = leaves_like(arg, mask, flat)
+            leaves = leaves_like(arg, mask, flat, over_empty=True)  # (as optax reads a mask: a prefix tree)
             values = [leaves[i] for i in active]
         if list(map(type, values)).count(bool) != len(values):
             values = [bool(v) if isinstance(v, np.bool_) else v for v in values]  # (as optax takes them)

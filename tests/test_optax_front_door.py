@@ -338,3 +338,72 @@ def test_without_optax_the_error_names_the_extra_that_installs_it():
     message = run_python(script)
     assert message.startswith("lars_multi.optax.lars needs optax and JAX"), message
     assert message.endswith('pip install "lars-multi[jax-ecosystem]"'), message
+
+
+def _optax_and_lm(**kwargs):
+    import optax
+
+    import lars_multi.optax
+
+    return optax.lars(0.1, **kwargs), lars_multi.optax.lars(0.1, preset="optax", **kwargs)
+
+
+def test_masks_made_for_the_whole_model_inside_optax_masked_and_multi_transform():
+    """optax.masked and multi_transform pass the inner transformation MaskedNodes where a
+    parameter is not its own; a weight-decay mask made for the whole model holds a bool
+    there, which optax.lars reads as a prefix and lm refused ("expected no value where
+    params['sub'] is an empty dict"); a None parameter likewise. Both step as optax.lars."""
+    require_backend("jax")
+    import jax.numpy as jnp
+    import optax
+
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2), "sub": {"k": jnp.ones((2, 2))}}
+    grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.full(2, 0.25), "sub": {"k": jnp.full((2, 2), 0.5)}}
+    mask = {"w": True, "b": False, "sub": {"k": True}}
+    got = []
+    for inner in _optax_and_lm(weight_decay=1e-2, weight_decay_mask=mask, momentum=0.9):
+        tx = optax.masked(inner, {"w": True, "b": True, "sub": {"k": False}})
+        got.append(tx.update(grads, tx.init(params), params)[0])
+    for k in ("w", "b"):
+        np.testing.assert_allclose(to_numpy(got[1][k]), to_numpy(got[0][k]), rtol=1e-3, atol=1e-7)
+    some = {"a": jnp.ones((3, 2)), "b": None}
+    got = [
+        tx.update({"a": jnp.full((3, 2), 0.5), "b": None}, tx.init(some), some)[0]
+        for tx in _optax_and_lm(weight_decay=1e-2, weight_decay_mask={"a": True, "b": False})
+    ]
+    np.testing.assert_allclose(to_numpy(got[1]["a"]), to_numpy(got[0]["a"]), rtol=1e-3, atol=1e-7)
+
+
+def test_a_group_of_no_parameters_in_multi_transform():
+    """multi_transform inits every transformation, one whose label no parameter has too
+    (its parameters all MaskedNodes): lm refused "a tree with at least one array"."""
+    require_backend("jax")
+    import jax.numpy as jnp
+    import optax
+
+    import lars_multi.optax
+
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    tx = optax.multi_transform(
+        {"lars": lars_multi.optax.lars(0.1), "frozen": optax.set_to_zero()}, {"w": "frozen", "b": "frozen"}
+    )
+    state = tx.init(params)
+    updates, state = tx.update(params, state, params)
+    assert all(float(jnp.abs(u).max()) == 0 for u in updates.values())
+    updates, state = tx.update(params, state, params)
+
+
+def test_numpy_parameters_outside_jit():
+    """A flax TrainState restored from bytes holds NumPy parameters: optax.lars steps them
+    with JAX or NumPy gradients; lm refused them (mixed frameworks, or its own count)."""
+    require_backend("jax")
+    import jax.numpy as jnp
+
+    params = {"w": np.ones((3, 2), np.float32), "b": np.ones(2, np.float32)}
+    for grads in (
+        {"w": jnp.full((3, 2), 0.5), "b": jnp.full(2, 0.25)},
+        {"w": np.full((3, 2), 0.5, np.float32), "b": np.full(2, 0.25, np.float32)},
+    ):
+        want, got = (tx.update(grads, tx.init(params), params)[0] for tx in _optax_and_lm(weight_decay=1e-3))
+        for k in params:
+            np.testing.assert_allclose(to_numpy(got[k]), to_numpy(want[k]), rtol=1e-3, atol=1e-7)
