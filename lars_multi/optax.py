@@ -4,8 +4,8 @@ The transformation is the functional optimizer :func:`lars_multi.optim.lars`
 behind optax's ``init`` / ``update`` interface: the step is the shared rule of
 :mod:`lars_multi._step`, in every preset (``"paper"``, ``"optax"``,
 ``"timm"``). ``update(grads, state, params)`` returns the update that
-:func:`optax.apply_updates` adds to the parameters (the new parameters minus the
-old ones, within one rounding of the new parameters), so it composes with
+:func:`optax.apply_updates` adds to the parameters (the step's increment, in the
+parameters' dtype, with the precision of the step, as :func:`optax.lars`'s), so it composes with
 :func:`optax.chain` (e.g. after :func:`optax.clip_by_global_norm`), runs under
 :func:`jax.jit`, and takes optax schedules (callables of the step count) for the
 learning rate and the weight decay. ``preset="optax"`` is :func:`optax.lars`.
@@ -26,6 +26,7 @@ Importing this module without optax and JAX succeeds; :func:`lars` then raises
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -44,8 +45,12 @@ except ImportError as _error:  # the module imports without them (pytest collect
 __all__ = ["LarsState", "lars"]
 
 
-def _difference(new: Any, old: Any) -> Any:
-    return None if new is None else new - old
+def _update_of(grad: Any, increment: Any) -> Any:
+    """A layer's update: its step's increment; 0 where it has no gradient (the step
+    gives such a layer's parameters as they are)."""
+    if grad is None:
+        return None if increment is None else jax.numpy.zeros_like(increment)
+    return increment
 
 
 def _with_jax_arrays(state: Any) -> Any:
@@ -138,6 +143,9 @@ def lars(
         axis_name=axis_name,
         differentiable=True,  # (optax's updates are: jax.grad through an update, meta-learning)
     )
+    # The step returns the updates themselves: w' - w rounded to w's precision lost the
+    # part of a small step below it (summed by optax.apply_every, a bfloat16 step was lost).
+    opt = dataclasses.replace(opt, config=dataclasses.replace(opt.config, increments=True))
 
     def init(params: Any) -> LarsState:
         params = _with_jax_leaves(params)
@@ -154,8 +162,8 @@ def lars(
         params, updates = _with_jax_leaves(params), _with_jax_leaves(updates)
         if not jax.tree.leaves(params) and isinstance(state, LarsState):  # (a group of no parameters)
             return updates, state._replace(count=optax.safe_int32_increment(state.count))
-        new_params, new_state = opt.step(params, updates, _with_jax_arrays(state))
-        steps = jax.tree.map(_difference, new_params, params, is_leaf=lambda x: x is None)
+        increments, new_state = opt.step(params, updates, _with_jax_arrays(state))
+        steps = jax.tree.map(_update_of, updates, increments, is_leaf=lambda x: x is None)
         return steps, new_state
 
     return optax.GradientTransformation(init, update)
