@@ -69,7 +69,7 @@ class StepConfig(_Key):
     trust_clip: bool = False
     always_adapt: bool = False
     # The step's result: w' - w, each in w's dtype (optax's updates, with the precision
-    # of the step itself, not of w'), instead of w'. Not in place.
+    # of the step itself, not of w'; finite where w is not), instead of w'. Not in place.
     increments: bool = False
 
 
@@ -527,10 +527,11 @@ def _update(
     :math:`g` there, and the buffers add :math:`\lambda w` in a second pass."""
     n = len(wcs)
     damp = 1.0 - config.dampening
-    keep = 0.0 if config.increments else 1.0  # (the weights' part of w' = w - step)
+    # w' = w - step; increments: 0 - step (not 0 w - step: 0 inf is NaN). Compiled, the zeros fold away.
+    base = [ops.zeros_like(w) for w in wcs] if config.increments else wcs
     if config.momentum == 0:
         rates, s = _per_layer(ops, n, ratios, -lr)
-        return ops.axpbys(keep, wcs, rates, us, targets, scale=s), list(buffers)
+        return ops.axpbys(1.0, base, rates, us, targets, scale=s), list(buffers)
     bcs = _computed(ops, buffers)
     into = buffers if in_place else None
     factor: Any  # the buffer takes (factor r) u
@@ -556,8 +557,8 @@ def _update(
     if config.nesterov:  # w - (mu step b + eta r u), the step summed first
         rates, s = _per_layer(ops, n, ratios, lr)
         steps = ops.axpbys(mu * step, new_buffers, rates, us, scale=s)
-        return ops.axpbys(keep, wcs, -1.0, steps, targets), new_buffers
-    return ops.axpbys(keep, wcs, -step, new_buffers, targets), new_buffers
+        return ops.axpbys(1.0, base, -1.0, steps, targets), new_buffers
+    return ops.axpbys(1.0, base, -step, new_buffers, targets), new_buffers
 
 
 def _timm_buffers(

@@ -441,3 +441,24 @@ def test_updates_have_the_steps_precision_not_the_parameters(dtype):
             tx.update(grads, tx.init(params), params)[0]["w"] for tx in _optax_and_lm(lr, momentum=0.9)
         )
         np.testing.assert_allclose(np.asarray(mine), np.asarray(want), rtol=1e-5)
+
+
+def test_an_infinite_weight_of_a_layer_not_adapted_has_the_finite_update_optax_gives():
+    """A layer neither adapted nor decayed steps by -lr g: optax.lars's update is finite
+    where a weight is infinite; the increment was 0 w - lr g, NaN there (0 inf)."""
+    require_backend("jax")
+    import jax.numpy as jnp
+
+    params = {"a": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array([jnp.inf, 1.0, 2.0])}
+    grads = {"a": jnp.array([0.1, 0.2, 0.3]), "b": jnp.array([0.1, 0.2, 0.3])}
+    import optax
+
+    import lars_multi.optax
+
+    mask = {"a": True, "b": False}
+    for tx in (
+        optax.lars(0.1, momentum=0.0, trust_ratio_mask=mask, weight_decay_mask=False),
+        lars_multi.optax.lars(0.1, preset="optax", momentum=0.0, adapt_mask=mask, weight_decay_mask=False),
+    ):
+        got = tx.update(grads, tx.init(params), params)[0]["b"]
+        np.testing.assert_allclose(np.asarray(got), [-0.01, -0.02, -0.03], rtol=1e-6)
