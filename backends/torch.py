@@ -74,12 +74,7 @@ def is_dense(x: torch.Tensor) -> bool:
 
 
 def all_dense(xs: Sequence[torch.Tensor]) -> bool:
-    return all(
-        [
-            x.layout == torch.strided and not x.is_nested and not getattr(x, "_is_flat_param", False)
-            for x in xs
-        ]
-    )
+    return all(map(is_dense, xs))
 
 
 def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:

@@ -555,14 +555,12 @@ def _step_count(count: Any, ws: Sequence[Any], name: str, ops: Backend) -> Any:
     if _registry.is_compiling() and isinstance(count, (np.ndarray, np.generic)):
         count = ops.scalar_for(count, "int32", ws)  # (Dynamo cannot trace NumPy's dtype: a tensor, not read)
     _check_count(count, name, ops)
-    if isinstance(count, int):  # (as an array, as init made it: a schedule's rate is then the same array)
-        return ops.scalar_for(count, "int32", ws)
-    # (a tuple, not np.ndarray | np.integer: torch.compile cannot trace a union of NumPy types)
-    foreign = isinstance(count, (np.ndarray, np.integer)) and not ops.is_native(count)
     data = _checks.unwrap(count)
-    # As int32 before one is added to it: a count of a narrower dtype wrapped (uint8 255 + 1 = 0).
-    if foreign:
+    # On the host (checked): the framework's int32 array, as init makes it (a schedule's rate is
+    # then the same array). (A tuple, not a union: torch.compile cannot trace a union of NumPy types.)
+    if isinstance(count, (int, np.ndarray, np.integer)) and not ops.is_native(count):
         return ops.scalar_for(data, "int32", ws)
+    # As int32 before one is added to it: a count of a narrower dtype wrapped (uint8 255 + 1 = 0).
     dtype = ops.dtype_name(data.dtype)
     if dtype in ("int64", "uint32", "uint64"):  # (clamped, not wrapped to a negative count: not read)
         unsigned = dtype != "int64"
