@@ -47,9 +47,11 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     from ``is_writable``); ``all_writable(xs)``: whether every array can be
     (default: ``unwritable`` of each).
     ``alike(xs, ws)``: a fast check that every ``x`` is an array of its
-    ``w``'s type, dtype and shape needing no other check (dense, on ``w``'s
-    device); False sends each through every check, with messages (default:
-    type, dtype and shape). ``is_dense(x)``,
+    weight's type, dtype and shape needing no other check (dense, on the
+    weight's device); False sends each through every check, with messages
+    (default: type, dtype and shape). ``ws`` is a :class:`~lars_multi._protocol.Layout`
+    of the weights (``ws.arrays``), which reads their types, dtypes and shapes
+    once however many lists are compared with them. ``is_dense(x)``,
     ``layout_name(x)``, ``densify(g)`` (a framework's sparse gradient as a
     dense array, or None), ``device(x)``.
     ``conform(x, w)``: ``x`` (a gradient or buffer, checked like the weights

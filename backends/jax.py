@@ -20,7 +20,7 @@ import numpy as np
 from lars_multi import _batching
 from lars_multi._container import Container
 from lars_multi._errors import LarsMultiValueError
-from lars_multi._protocol import same_types_dtypes_shapes
+from lars_multi._protocol import Layout
 from lars_multi._tree import Attribute, Flat, FlatIndex
 
 # Containers are pytrees to JAX too, keyed by their names.
@@ -71,12 +71,12 @@ class _Devices:
         return ", ".join(map(str, self.order))
 
 
-def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
+def alike(xs: Sequence[Any], ws: Layout) -> bool:
     """Arrays of the weights' type, dtype and shape, each uncommitted or laid out as
     its weights (committed to their sharding)."""
-    if not same_types_dtypes_shapes(xs, ws):
+    if not ws.matches(xs):
         return False
-    return not _any_committed(xs) or all(map(_laid_out_as, xs, ws))
+    return not _any_committed(xs) or all(map(_laid_out_as, xs, ws.arrays))
 
 
 def _committed(x: Any) -> bool:

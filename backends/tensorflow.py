@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from lars_multi import _batching
-from lars_multi._protocol import no_axis_name, same_types_dtypes_shapes
+from lars_multi._protocol import Layout, no_axis_name
 
 FRAMEWORK = "tensorflow"
 _HALF = frozenset({tf.float16, tf.bfloat16})
@@ -244,12 +244,11 @@ def shape(x: Any) -> tf.TensorShape:
     return static
 
 
-def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
+def alike(xs: Sequence[Any], ws: Layout) -> bool:
     """Tensors of the weights' type, dtype and shape, every shape fully known (a
-    dimension known only when a graph runs goes through :func:`assert_same_shape`)."""
-    return same_types_dtypes_shapes(xs, ws) and all(
-        x.shape.is_fully_defined() and w.shape.is_fully_defined() for x, w in zip(xs, ws)
-    )
+    dimension known only when a graph runs goes through :func:`assert_same_shape`;
+    shapes that match have the same dimensions known)."""
+    return ws.matches(xs) and all(shape.is_fully_defined() for shape in ws.shapes)
 
 
 def assert_same_shape(x: Any, w: Any, message: str) -> Any:

@@ -18,7 +18,7 @@ import torch
 from lars_multi import _batching, _registry
 from lars_multi._aliasing import elements_overlap, overlap_groups
 from lars_multi._container import Container
-from lars_multi._protocol import no_axis_name
+from lars_multi._protocol import Layout, no_axis_name
 from lars_multi.optim import LarsState
 
 FRAMEWORK = "torch"
@@ -77,7 +77,7 @@ def all_dense(xs: Sequence[torch.Tensor]) -> bool:
     return all(map(is_dense, xs))
 
 
-def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:
+def alike(xs: Sequence[Any], ws: Layout) -> bool:
     """Tensors of the weights' type, dtype and shape, dense and on their devices
     (DTensors: on their meshes, with their placements)."""
     return all(
@@ -88,7 +88,7 @@ def alike(xs: Sequence[Any], ws: Sequence[torch.Tensor]) -> bool:
             and x.layout == torch.strided
             and x.device == w.device
             and (type(w) in PLAIN_TYPES or device(x) == device(w))
-            for x, w in zip(xs, ws)
+            for x, w in zip(xs, ws.arrays)
         ]
     )
 

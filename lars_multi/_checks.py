@@ -20,7 +20,7 @@ import numpy as np
 from ._array import Array
 from ._container import Container
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
-from ._protocol import Backend
+from ._protocol import Backend, Layout
 from ._registry import all_native, backend_of, current_backend, get_backend
 from ._tree import Flat, Path, leaves_like
 
@@ -233,12 +233,12 @@ def check_some_leaves(arg: str, tree: Any, flat: Flat) -> None:
         raise LarsMultiValueError(f"{arg}: expected an array or a tree with at least one array, got {got}")
 
 
-def check_all_weights(arg: str, ws: Sequence[Any], paths: Sequence[Any], ops: Backend) -> None:
+def check_all_weights(arg: str, ws: Layout, paths: Sequence[Any], ops: Backend) -> None:
     """:func:`check_weights` of every layer (``paths``: their key paths in ``arg``)."""
     floats = ops.FLOAT_DTYPES
-    if all([w.dtype in floats for w in ws]) and ops.all_dense(ws):  # (the common case: no call per layer)
+    if all(map(floats.__contains__, ws.dtypes)) and ops.all_dense(ws.arrays):  # (no call per layer)
         return
-    for entries, w in zip(paths, ws):
+    for entries, w in zip(paths, ws.arrays):
         check_weights(Path(arg, entries), w, ops)
 
 
@@ -266,7 +266,7 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any
     """The gradient of the weights ``w`` (or another array paired with them, a
     momentum buffer) as a dense native array like them; ``where`` is ``(arg,
     w_arg, key path, broadcast)`` for messages."""
-    if ops.alike([g], [w]):
+    if ops.alike([g], Layout([w])):
         return g  # the common case, with no message built: a native gradient like the weights
     path, w_path = paths(where)
     g_name = owner(g)
@@ -314,7 +314,7 @@ def check_shape(path: Any, shape: Any, w_path: Any, w_shape: Any) -> None:
 
 def check_gradients(
     gs: Sequence[Any],
-    ws: Sequence[Any],
+    ws: Layout,
     paths: Sequence[Any],
     where: tuple[str, str, bool],
     name: str,
@@ -329,7 +329,9 @@ def check_gradients(
         if ops.alike(data, ws):
             return data
     arg, w_arg, broadcast = where
-    return [check_gradient(g, w, (arg, w_arg, p, broadcast), name, ops) for g, w, p in zip(gs, ws, paths)]
+    return [
+        check_gradient(g, w, (arg, w_arg, p, broadcast), name, ops) for g, w, p in zip(gs, ws.arrays, paths)
+    ]
 
 
 def check_device(path: Any, data: Any, w_path: Any, w: Any, ops: Backend) -> None:

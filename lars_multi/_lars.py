@@ -17,7 +17,7 @@ from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._presets import REFERENCE
-from ._protocol import Backend
+from ._protocol import Backend, Layout
 from ._registry import current_backend, get_backend
 from ._step import LayerFlags, StepConfig, batch_step, concat, lars_step, put, take
 from ._tree import Flat, Path, flatten_optree, is_leaf, is_single, leaves_like, present
@@ -166,9 +166,10 @@ def _update_tree(
     ops = get_backend(name)
 
     ws = _checks.unwrap_all(leaves)
-    _checks.check_all_weights("w", ws, paths, ops)
+    layout = Layout(ws)
+    _checks.check_all_weights("w", layout, paths, ops)
     single = is_leaf(dcdw)
-    gs = _checks.check_gradients(take(grads, active), ws, paths, ("dcdw", "w", single), name, ops)
+    gs = _checks.check_gradients(take(grads, active), layout, paths, ("dcdw", "w", single), name, ops)
     rates = _per_leaf("lr", lr, flat, active, ws, ops, partial(_checks.check_lr, name=name, ops=ops))
     decays = _per_leaf(
         "decay_lambda", decay_lambda, flat, active, ws, ops, partial(_checks.check_decay, name=name, ops=ops)

@@ -28,15 +28,11 @@ library's defaults: every knob works with every preset.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _registry
 from ._errors import UnknownPresetError
-
-_SHAPE = operator.attrgetter("shape")
 
 
 @dataclass(frozen=True)
@@ -49,12 +45,11 @@ class RankMask:
     def __call__(self, path: Any, array: Any) -> bool:
         return len(array.shape) >= self.min_rank
 
-    def of(self, arrays: Sequence[Any]) -> list[bool]:
+    def of(self, shapes: Sequence[Any]) -> list[bool]:
+        """The mask of many arrays at once, from their ``shapes``."""
         if self.min_rank == 0:
-            return [True] * len(arrays)
-        if _registry.is_compiling():  # (Dynamo cannot trace an attrgetter)
-            return [len(a.shape) >= self.min_rank for a in arrays]
-        return list(map(self.min_rank.__le__, map(len, map(_SHAPE, arrays))))  # (rank >= min_rank)
+            return [True] * len(shapes)
+        return list(map(self.min_rank.__le__, map(len, shapes)))  # (rank >= min_rank)
 
 
 # Large-batch practice: biases and normalization scales (1-D) are left out.

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any, Protocol
 
-from . import _batching
+from . import _batching, _registry
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 
 
@@ -51,7 +51,7 @@ class Backend(Protocol):
     def all_writable(self, xs: Sequence[Any]) -> bool: ...
     def is_dense(self, x: Any) -> bool: ...
     def all_dense(self, xs: Sequence[Any]) -> bool: ...
-    def alike(self, xs: Sequence[Any], ws: Sequence[Any]) -> bool: ...
+    def alike(self, xs: Sequence[Any], ws: Layout) -> bool: ...
     def densify(self, x: Any) -> Any: ...
     def conform(self, x: Any, w: Any) -> Any: ...
     def layout_name(self, x: Any) -> str: ...
@@ -95,19 +95,58 @@ class Backend(Protocol):
 _OPTIONAL = ("flatten",)
 
 
-_DTYPE = operator.attrgetter("dtype")
-_SHAPE = operator.attrgetter("shape")
+class Layout:
+    """The weights of a step as the checks compare other lists with them: each
+    weight's type, dtype and shape, read once (a NumPy array builds its shape
+    tuple at every read) however many lists are compared with them."""
+
+    def __init__(self, arrays: Sequence[Any]) -> None:
+        self.arrays = arrays
+        self._columns: dict[str, list[Any]] = {}
+
+    @property
+    def types(self) -> list[type]:
+        return self._column("type")
+
+    @property
+    def dtypes(self) -> list[Any]:
+        return self._column("dtype")
+
+    @property
+    def shapes(self) -> list[Any]:
+        return self._column("shape")
+
+    def _column(self, attribute: str) -> list[Any]:
+        column = self._columns.get(attribute)
+        if column is None:
+            column = self._columns[attribute] = read_all(attribute, self.arrays)
+        return column
+
+    def matches(self, xs: Sequence[Any]) -> bool:
+        """Whether every ``x`` has the type, dtype and shape of the weights beside
+        it, asked of the lists at once (loops in C, not one in Python over the pairs:
+        2,000 arrays in a fifth of the time)."""
+        return (
+            read_all("type", xs) == self.types
+            and read_all("dtype", xs) == self.dtypes
+            and read_all("shape", xs) == self.shapes
+        )
 
 
-def same_types_dtypes_shapes(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
-    """Whether every ``x`` has the type, dtype and shape of the ``w`` beside it, asked
-    of the lists at once (loops in C, not one in Python over the pairs: 2,000 arrays
-    in a fifth of the time)."""
-    return (
-        list(map(type, xs)) == list(map(type, ws))
-        and list(map(_DTYPE, xs)) == list(map(_DTYPE, ws))
-        and list(map(_SHAPE, xs)) == list(map(_SHAPE, ws))
-    )
+_READERS: dict[str, Callable[[Any], Any]] = {
+    "type": type,
+    "dtype": operator.attrgetter("dtype"),
+    "shape": operator.attrgetter("shape"),
+}
+
+
+def read_all(attribute: str, xs: Sequence[Any]) -> list[Any]:
+    """The ``attribute`` (``"type"``, ``"dtype"`` or ``"shape"``) of every array, read
+    in C (one reader mapped over the list) except where Dynamo traces the step: it
+    cannot trace an attribute getter."""
+    if _registry.is_compiling():
+        return [type(x) if attribute == "type" else getattr(x, attribute) for x in xs]
+    return list(map(_READERS[attribute], xs))
 
 
 def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
@@ -123,11 +162,11 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def is_dense(x: Any) -> bool:
         return True
 
-    def alike(xs: Sequence[Any], ws: Sequence[Any]) -> bool:
-        """A fast check that every ``x`` is an array of its ``w``'s type, dtype and
-        shape needing no other check (dense, on ``w``'s device), asked of the lists
-        at once; False sends each through every check, with messages."""
-        return same_types_dtypes_shapes(xs, ws)
+    def alike(xs: Sequence[Any], ws: Layout) -> bool:
+        """A fast check that every ``x`` is an array of its weight's type, dtype and
+        shape needing no other check (dense, on the weight's device), asked of the
+        lists at once; False sends each through every check, with messages."""
+        return ws.matches(xs)
 
     def all_dense(xs: Sequence[Any]) -> bool:
         """Whether every array is dense, asked of the list at once: here, where every

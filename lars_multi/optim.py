@@ -38,7 +38,7 @@ from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._lars import copy_unchanged, flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
-from ._protocol import Backend
+from ._protocol import Backend, Layout
 from ._registry import get_backend
 from ._step import LayerFlags, StepConfig, compiles, concat, lars_step, put, take
 from ._tree import Flat, Path, leaves_like, present
@@ -181,14 +181,15 @@ class LarsOptimizer:
         name = _checks.call_backend(leaves, paths, "params")
         ops = get_backend(name)
         ws = _checks.unwrap_all(leaves)
-        _checks.check_all_weights("params", ws, paths, ops)
+        layout = Layout(ws)
+        _checks.check_all_weights("params", layout, paths, ops)
         gs = _checks.check_gradients(
-            take(all_grads, active), ws, paths, ("grads", "params", False), name, ops
+            take(all_grads, active), layout, paths, ("grads", "params", False), name, ops
         )
         self._check_state(state)
         step_count = _step_count(state.count, ws, name, ops)
         _checks.check_usable("state.count", step_count, ws, lambda k: Path("params", paths[k]), ops)
-        all_buffers = self._buffers(state, flat, active, ws, name, ops)
+        all_buffers = self._buffers(state, flat, active, layout, name, ops)
         buffers = take(all_buffers, active)
         out_leaves = None
         if out is not None:  # out=params: its leaves are the parameters'
@@ -205,7 +206,7 @@ class LarsOptimizer:
             where = ("out", "params")
             kept = _checks.check_kept_outs(flat.leaves, flat.paths, active, out_leaves, where, name, ops)
             self._check_idle_buffers(all_buffers, active, flat, kept, ops)
-        adapt, decay_flags = self._masks(params, flat, active, ws)
+        adapt, decay_flags = self._masks(params, flat, active, layout)
         flags = LayerFlags(
             adapt=adapt,
             decay=decay_flags,
@@ -389,8 +390,9 @@ class LarsOptimizer:
         if not idle:
             return
         ws = _checks.unwrap_all(take(flat.leaves, idle))
-        _checks.check_all_weights("params", ws, take(flat.paths, idle), ops)
-        self._buffers(state, flat, idle, ws, name, ops)
+        layout = Layout(ws)
+        _checks.check_all_weights("params", layout, take(flat.paths, idle), ops)
+        self._buffers(state, flat, idle, layout, name, ops)
         self._started(state, flat, idle, ws, ops)
 
     def _check_idle_buffers(
@@ -451,7 +453,7 @@ class LarsOptimizer:
         return started
 
     def _buffers(
-        self, state: Any, flat: Flat, active: list[int], ws: list[Any], name: str, ops: Backend
+        self, state: Any, flat: Flat, active: list[int], ws: Layout, name: str, ops: Backend
     ) -> list[Any]:
         if self.config.momentum == 0:
             return [None] * len(flat.leaves)
@@ -464,13 +466,13 @@ class LarsOptimizer:
         buffers = leaves_like("state.momentum", state.momentum, flat, broadcast=False)
         if ops.alike(take(buffers, active), ws):
             return buffers
-        for i, w in zip(active, ws):
+        for i, w in zip(active, ws.arrays):
             where = ("state.momentum", "params", flat.paths[i], False)
             buffers[i] = _checks.check_gradient(buffers[i], w, where, name, ops)  # (a dense array like w)
         return buffers
 
     def _masks(
-        self, params: Any, flat: Flat, active: list[int], ws: list[Any]
+        self, params: Any, flat: Flat, active: list[int], ws: Layout
     ) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         """Which active layers are adapted, and which decayed (one mask read once
         where both are the same, as the preset's default is)."""
@@ -481,14 +483,14 @@ class LarsOptimizer:
         return adapt, tuple(decay)
 
     @staticmethod
-    def _mask(arg: str, mask: Mask, params: Any, flat: Flat, active: list[int], ws: list[Any]) -> list[bool]:
+    def _mask(arg: str, mask: Mask, params: Any, flat: Flat, active: list[int], ws: Layout) -> list[bool]:
         """One bool per active layer, from a tree, a callable, or the preset's default."""
         if isinstance(mask, RankMask):
-            return mask.of(ws)
+            return mask.of(ws.shapes)
         if isinstance(mask, ParamsMask):
             mask = mask.function(params)  # optax's convention: a tree of bools
         if callable(mask):
-            values = [mask(flat.paths[i], w) for i, w in zip(active, ws)]
+            values = [mask(flat.paths[i], w) for i, w in zip(active, ws.arrays)]
         elif isinstance(mask, bool):
             values = [mask] * len(active)
         else:
