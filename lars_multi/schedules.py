@@ -67,9 +67,10 @@ def _checked(schedule: Any, fields: tuple[str, ...]) -> None:
 
 
 def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, Any, Callable[..., Any]]:
-    """The step as a float, its warm-up fraction and decay fraction, both in [0, 1],
-    and a ``where(cond, x, y)`` for the count's backend. A count is an integer >= 0
-    (an array's dtype is checked; its value is read only where it is on the host, NumPy's)."""
+    """Whether the step is in the warm-up, its warm-up fraction and decay fraction,
+    both in [0, 1], and a ``where(cond, x, y)`` for the count's backend. A count is an
+    integer >= 0 (an array's dtype is checked; its value is read only where it is on
+    the host, NumPy's: one below 0 elsewhere counts as 0)."""
     name = owner(count)
     if name is None:
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
@@ -77,7 +78,7 @@ def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, 
         step = float(min(int(count), _LAST_STEP))  # (beyond total_steps: the end of the schedule)
         warm = min(step / warmup_steps, 1.0) if warmup_steps else 1.0
         progress = min(max((step - warmup_steps) / (total_steps - warmup_steps), 0.0), 1.0)
-        return step, warm, progress, lambda c, x, y: x if c else y
+        return step < warmup_steps, warm, progress, lambda c, x, y: x if c else y
     ops = get_backend(name)
     data = unwrap(count)
     if not ops.dtype_name(data.dtype).startswith(("int", "uint")) or len(data.shape) != 0:
@@ -88,10 +89,14 @@ def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, 
     if isinstance(data, (np.ndarray, np.generic)) and int(data) < 0:  # (on the host; a tuple: see optim)
         raise LarsMultiValueError(f"count: expected an integer >= 0 (the step count), got {data!r}")
     step = ops.asarray(data, ops.widest_float(data))
-    warm = ops.where(step < warmup_steps, step / warmup_steps, 1.0) if warmup_steps else step * 0 + 1.0
-    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    step = ops.where(step >= 0, step, 0.0)  # (a negative count, not read: 0, not a negative rate)
+    # Step counts as floats: a Python int beyond int32 is no int32 (JAX without x64 parses it as one).
+    warmup, decay_steps = float(warmup_steps), float(total_steps - warmup_steps)
+    warming = step < warmup
+    warm = ops.where(warming, step / warmup, 1.0) if warmup_steps else step * 0 + 1.0
+    progress = (step - warmup) / decay_steps
     progress = ops.where(progress < 0, 0.0 * step, ops.where(progress > 1, 0.0 * step + 1.0, progress))
-    return step, warm, progress, ops.where
+    return warming, warm, progress, ops.where
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,9 @@ class warmup_polynomial:
         _checked(self, ("peak", "end", "power"))
 
     def __call__(self, count: Any) -> Any:
-        step, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)
+        warming, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)
         decayed = (self.peak - self.end) * (1.0 - progress) ** self.power + self.end
-        return where(step < self.warmup_steps, self.peak * warm, decayed)
+        return where(warming, self.peak * warm, decayed)
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,8 @@ class warmup_cosine:
         _checked(self, ("peak", "end"))
 
     def __call__(self, count: Any) -> Any:
-        step, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)
+        warming, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)
         name = owner(count)
         cosine = math.cos(math.pi * progress) if name is None else get_backend(name).cos(math.pi * progress)
         decayed = self.end + 0.5 * (self.peak - self.end) * (1.0 + cosine)
-        return where(step < self.warmup_steps, self.peak * warm, decayed)
+        return where(warming, self.peak * warm, decayed)

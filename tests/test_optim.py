@@ -455,6 +455,36 @@ def test_schedules_take_a_count_of_any_integer_dtype(backend, dtype):
     assert float(to_numpy(schedule(count))) == 0.5
 
 
+@pytest.mark.parametrize("kind", ["warmup_polynomial", "warmup_cosine"])
+def test_a_negative_count_array_counts_as_zero(backend, kind):
+    """A framework's count is not read on the host: one below 0 (a state made by hand)
+    gave a negative rate, and lm.optim stepped up the gradient. It counts as 0 there;
+    NumPy's is read, and refused."""
+    schedule = getattr(lm.schedules, kind)(1.0, 4, 10)
+    params = {"w": native(backend, np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))}
+    grads = {"w": native(backend, np.full((2, 2), 0.5, np.float32))}
+    opt = lm.optim.lars(schedule, momentum=0.9)
+    state = opt.init(params)._replace(count=native(backend, np.array(-5, np.int32)))
+    if backend == "numpy":
+        with pytest.raises(lm.LarsMultiError, match=r"^count: expected an integer >= 0"):
+            schedule(np.array(-5, np.int32))
+        return
+    for dtype in ("int8", "int32", "int64"):
+        assert float(to_numpy(schedule(native(backend, np.array(-5, dtype))))) == 0.0
+    new, _ = opt.step(params, grads, state)
+    np.testing.assert_array_equal(to_numpy(new["w"]), to_numpy(params["w"]))
+
+
+@pytest.mark.parametrize("kind", ["warmup_polynomial", "warmup_cosine"])
+@pytest.mark.parametrize(("warmup", "total"), [(2**31, 2**32), (0, 2**31), (2**33, 2**33 + 10)])
+def test_schedules_longer_than_int32_evaluate_on_every_backend(backend, kind, warmup, total):
+    """JAX without x64 read warmup_steps, or total_steps - warmup_steps, of 2**31 or
+    more as an int32 and failed with its own OverflowError."""
+    schedule = getattr(lm.schedules, kind)(1.0, warmup, total)
+    got = float(to_numpy(schedule(native(backend, np.array(1000, np.int32)))))
+    assert got == pytest.approx(schedule(1000), rel=1e-6)
+
+
 def lm_optax(config):
     kw, masks, schedule = _optax_kwargs(config)
     if masks:
