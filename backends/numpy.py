@@ -408,7 +408,7 @@ def axpbys(
         return [axpby(a, x, b, y, x if in_place else None) for x, b, y in zip(xs, coefficients, ys)]
     dtype = xs[0].dtype
     blas = in_place and dtype in _AXPY and a != 0 and all(coefficients)  # (no zero b: see axpby)
-    sizes = _blas_vector_sizes(xs, dtype) if blas else None
+    sizes = _blas_vector_sizes(xs, ys, dtype) if blas else None
     if sizes is not None:
         return _blas_in_place(a, xs, coefficients, ys, sizes)
     small = _Small(a, dtype)
@@ -423,16 +423,27 @@ def axpbys(
     return results
 
 
-def _blas_vector_sizes(xs: Sequence[Any], dtype: np.dtype) -> list[int] | None:
+class _Vectors(list[np.ndarray]):
+    """Arrays the BLAS path has just written: non-empty NumPy vectors of ``dtype``,
+    of ``sizes``. A later call given them as its ``ys`` (the step's next pass: the
+    weights take the buffers just written) knows its ``xs``' dtype and sizes, which
+    are the ``ys``', without reading them again."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], dtype: np.dtype, sizes: list[int]) -> None:
+        super().__init__(arrays)
+        self.dtype, self.sizes = dtype, sizes
+
+
+def _blas_vector_sizes(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) -> list[int] | None:
     """The sizes of ``xs`` where every one is a non-empty NumPy vector of ``dtype``
     (f2py hands BLAS a vector itself where it is contiguous and aligned, else a
     copy, written back); else None. The ``ys`` have the ``xs``' dtypes and shapes."""
     n = len(xs)
-    if not (
-        list(map(_NDIM, xs)).count(1) == n
-        and list(map(type, xs)).count(np.ndarray) == n
-        and list(map(_DTYPE, xs)).count(dtype) == n
-    ):
+    if list(map(type, xs)).count(np.ndarray) != n:
+        return None
+    if type(ys) is _Vectors and ys.dtype is dtype:
+        return ys.sizes
+    if not (list(map(_NDIM, xs)).count(1) == n and list(map(_DTYPE, xs)).count(dtype) == n):
         return None
     sizes = list(map(len, xs))  # (of vectors: their sizes)
     return None if 0 in sizes else sizes
@@ -447,7 +458,7 @@ def _blas_in_place(
     if not (type(a) is float and a == 1):
         _all_written(xs, map(_SCAL[dtype], itertools.repeat(a), xs))
     _all_written(xs, map(_AXPY[dtype], ys, xs, sizes, bs))
-    return list(xs)
+    return _Vectors(xs, dtype, sizes)
 
 
 def _all_written(targets: Sequence[Any], results: Iterable[Any]) -> None:

@@ -125,7 +125,10 @@ class Layout:
     def matches(self, xs: Sequence[Any]) -> bool:
         """Whether every ``x`` has the type, dtype and shape of the weights beside
         it, asked of the lists at once (loops in C, not one in Python over the pairs:
-        2,000 arrays in a fifth of the time)."""
+        2,000 arrays in a fifth of the time; one array, with no list built)."""
+        if len(xs) == 1 and len(self.arrays) == 1:
+            x, w = xs[0], self.arrays[0]
+            return type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape
         return (
             read_all("type", xs) == self.types
             and read_all("dtype", xs) == self.dtypes
