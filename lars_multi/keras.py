@@ -133,6 +133,12 @@ if keras is not None:
             return value
         if _checks.is_number(value):  # (a NumPy scalar as a float: Keras takes Python floats)
             return optim._rate(arg, value)
+        if _is_variable(value):
+            raise LarsMultiTypeError(
+                f"{arg}: expected a number, a 0-d array or a schedule, got a variable "
+                f"({type_name(value)}), whose value would be read once, here; set "
+                f"optimizer.{arg} as training goes, or give a schedule"
+            )
         number = None
         if _checks.owner(value) is not None or isinstance(value, np.ndarray):
             with contextlib.suppress(TypeError, ValueError):  # (a 0-d array: its value, read once)
@@ -142,6 +148,35 @@ if keras is not None:
                 f"{arg}: expected a number, a 0-d array or a schedule, got {type_name(value)}"
             )
         return optim._rate(arg, number)
+
+    def _is_variable(value: Any) -> bool:
+        """Whether ``value`` is a Keras or TensorFlow variable (meant to change)."""
+        tf = sys.modules.get("tensorflow")
+        return isinstance(value, keras.Variable) or (tf is not None and isinstance(value, tf.Variable))
+
+    def _path(variable: Any) -> str:
+        """A variable's path (``"sequential/dense/kernel"``); a TensorFlow variable's name."""
+        return str(getattr(variable, "path", variable.name))
+
+    # The step's hyper-parameters, fixed once the optimizer is made (a compiled
+    # ``model.fit`` traces the step with them). Keras' own decoupled weight decay
+    # (``weight_decay``) is not LARS's, and stays off.
+    _FIXED = frozenset(
+        {
+            "momentum",
+            "nesterov",
+            "dampening",
+            "weight_decay",
+            "lars_weight_decay",
+            "trust_coefficient",
+            "eps",
+            "trust_clip",
+            "always_adapt",
+            "preset",
+            "exclude_from_adaptation_patterns",
+            "exclude_from_weight_decay_patterns",
+        }
+    )
 
     def _check_rate(arg: str, value: Any) -> None:
         """Keras calls a callable learning rate with no argument (a schedule: with the
@@ -159,6 +194,26 @@ if keras is not None:
             ) from None
         except ValueError:  # (no signature: Keras will tell)
             return
+
+    def _checked_value(arg: str, rate: Any, value: Any) -> Any:
+        """The ``value`` a schedule or callable ``rate`` gave, checked where it is a
+        number (an array is not read, as in lars_multi.optim)."""
+        if not _checks.is_number(value) or not callable(rate):
+            return value
+        schedule = isinstance(rate, keras.optimizers.schedules.LearningRateSchedule)
+        return _checks.check_rate_number(f"{arg}(iterations)" if schedule else f"{arg}()", value)
+
+    def _check_distinct(variables: list[Any]) -> None:
+        """A variable given twice would share its momentum buffer between two updates."""
+        if len(set(map(id, variables))) == len(variables):
+            return
+        seen: set[int] = set()
+        for variable in variables:
+            if id(variable) in seen:
+                raise LarsMultiValueError(
+                    f"trainable_variables: expected distinct variables, got {_path(variable)} twice"
+                )
+            seen.add(id(variable))
 
     @keras.saving.register_keras_serializable(package="lars_multi")
     class LARS(keras.optimizers.Optimizer):
@@ -235,6 +290,19 @@ if keras is not None:
             self.exclude_from_weight_decay_patterns = _checks.check_name_patterns(
                 "exclude_from_weight_decay", exclude_from_weight_decay
             )
+            self._lars_made = True
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            """The step's hyper-parameters cannot be set once the optimizer is made: set
+            later, they were ignored while training, then saved by ``get_config`` (and
+            ``weight_decay`` turned Keras' decoupled decay on beside LARS's)."""
+            if name in _FIXED and self.__dict__.get("_lars_made", False):
+                raise LarsMultiValueError(
+                    f"{name}: expected to be set when the optimizer is made (the step is traced with "
+                    f"it), got a new value later; make a new lm.keras.LARS, or give learning_rate or "
+                    f"weight_decay a schedule"
+                )
+            super().__setattr__(name, value)
 
         def build(self, var_list: list[Any]) -> None:
             """Momentum buffers (none when momentum is 0) and each variable's flags."""
@@ -245,7 +313,7 @@ if keras is not None:
             default = self._lars_config.preset.default_mask
             self._lars_flags = []
             for variable in var_list:
-                included = bool(default(getattr(variable, "path", variable.name), variable))
+                included = bool(default(_path(variable), variable))
                 adapt = included and not _matches(self.exclude_from_adaptation_patterns, variable)
                 decay = (
                     included
@@ -267,7 +335,11 @@ if keras is not None:
 
         @property
         def learning_rate(self) -> Any:
-            return super().learning_rate
+            """Keras' rate now; a number a schedule or callable gives is checked (a
+            negative or NaN one stepped uphill, or made NaN weights); an array is not
+            read, as in lars_multi.optim."""
+            value = super().learning_rate
+            return _checked_value("learning_rate", self._learning_rate, value)
 
         @learning_rate.setter
         def learning_rate(self, value: Any) -> None:
@@ -295,13 +367,25 @@ if keras is not None:
                 if trainable_variables is None
                 else list(trainable_variables)
             )
+            if variables is not None:
+                _check_distinct(variables)
             if variables is not None and len(variables) == len(grads):
                 grads = [_dense(gradient, variable) for gradient, variable in zip(grads, variables)]
                 for i, (gradient, variable) in enumerate(zip(grads, variables)):
                     shape = getattr(gradient, "shape", None)
                     if shape is not None:
-                        _checks.check_shape(f"grads[{i}]", shape, variable.path, variable.shape)
+                        _checks.check_shape(f"grads[{i}]", shape, _path(variable), variable.shape)
             return super().apply(grads, trainable_variables)
+
+        def exclude_from_weight_decay(self, var_list: Any = None, var_names: Any = None) -> None:
+            """Keras' method, refused once the optimizer is built (each variable's decay
+            is fixed then; called later, it was ignored)."""
+            if self.built:
+                raise LarsMultiValueError(
+                    "exclude_from_weight_decay: expected a call before the optimizer is built (at its "
+                    "first step), got one after; pass exclude_from_weight_decay= when making it"
+                )
+            super().exclude_from_weight_decay(var_list, var_names)
 
         def _check_fits(self, var_list: list[Any], learning_rate: Any = None) -> None:
             """The numbers among the hyper-parameters (``learning_rate``: the one to be
@@ -384,10 +468,7 @@ if keras is not None:
             decay = self.lars_weight_decay
             if callable(decay):  # as Keras asks the learning rate: a schedule on its clock
                 schedule = isinstance(decay, keras.optimizers.schedules.LearningRateSchedule)
-                value = decay(self._iterations) if schedule else decay()
-                if _checks.is_number(value):  # (an array is not read, as in lars_multi.optim)
-                    return _checks.check_rate_number("weight_decay(iterations)", value)
-                return value
+                return _checked_value("weight_decay", decay, decay(self._iterations) if schedule else decay())
             return None if decay == 0 else decay
 
         def get_config(self) -> dict[str, Any]:

@@ -340,9 +340,7 @@ def test_rates_of_every_kind_are_checked():
     variable = keras.Variable(np.ones((2, 2), np.float32))
     gradient = keras.ops.convert_to_tensor(np.full((2, 2), 0.5, np.float32))
     optimizer = lars_multi.keras.LARS(0.1, weight_decay=lambda: -5.0)
-    with pytest.raises(
-        lm.LarsMultiValueError, match=r"^weight_decay\(iterations\): expected a finite number >= 0"
-    ):
+    with pytest.raises(lm.LarsMultiValueError, match=r"^weight_decay\(\): expected a finite number >= 0"):
         optimizer.apply([gradient], [variable])
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), np.ones((2, 2)))
     given, plain = (
@@ -424,6 +422,76 @@ def test_gradients_and_rates_set_later_are_checked_before_anything_is_written():
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == 0.5
     optimizer.learning_rate = 0.25
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == 0.25
+
+
+def test_settings_made_once_rates_of_callables_and_variables_are_checked():
+    """Found by probing Keras' optimizer features. A hyper-parameter set on the optimizer
+    later was ignored while training, then saved by get_config (a resumed run differed),
+    and `weight_decay` set later turned Keras' decoupled decay on beside LARS's; they are
+    refused by name. A callable's learning rate was never checked (a step uphill, NaN
+    weights). A variable given as a rate was read once (the run went on at its first
+    value), as Keras' own optimizers refuse it; a TensorFlow variable to train failed with
+    AttributeError; a late exclude_from_weight_decay was ignored; a variable given twice
+    shared one momentum buffer between its two updates (TensorFlow: another result)."""
+    keras = pytest.importorskip("keras")
+    import lars_multi as lm
+    import lars_multi.keras
+
+    optimizer = lars_multi.keras.LARS(0.1, weight_decay=1e-2)
+    for name, value in (
+        ("momentum", 0.5),
+        ("weight_decay", 0.05),
+        ("lars_weight_decay", 0.05),
+        ("nesterov", True),
+        ("trust_coefficient", 0.1),
+        ("preset", "timm"),
+        ("exclude_from_adaptation_patterns", ["kernel"]),
+    ):
+        with pytest.raises(
+            lm.LarsMultiValueError, match=rf"^{name}: expected to be set when the optimizer is made"
+        ):
+            setattr(optimizer, name, value)
+    config = optimizer.get_config()
+    assert config["momentum"] == 0.9 and config["weight_decay"] == 1e-2 and optimizer.weight_decay is None
+    ones = np.ones((2, 3), np.float32)
+    gradient = keras.ops.convert_to_tensor(np.full((2, 3), 0.5, np.float32))
+    for bad in (-0.5, float("nan")):
+        variable = keras.Variable(ones)
+        with pytest.raises(
+            lm.LarsMultiValueError, match=r"^learning_rate\(\): expected a finite number >= 0"
+        ):
+            lars_multi.keras.LARS(lambda bad=bad: bad).apply([gradient], [variable])
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), ones)
+    variables = [keras.Variable(0.1)]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        variables.append(tf.Variable(0.1))
+        trained = tf.Variable(ones)  # (a TensorFlow variable to train: w - lr g, timm's r = 1 without decay)
+        lars_multi.keras.LARS(0.1, momentum=0.0, preset="timm").apply([gradient], [trained])
+        np.testing.assert_allclose(trained.numpy(), ones - np.float32(0.1) * np.float32(0.5), rtol=1e-7)
+    for rate in variables:
+        for arguments in ({"learning_rate": rate}, {"weight_decay": rate}):
+            with pytest.raises(
+                lm.LarsMultiTypeError, match=r"expected a number, a 0-d array or a schedule, got a variable"
+            ):
+                lars_multi.keras.LARS(**{"learning_rate": 0.1, **arguments})
+        with pytest.raises(lm.LarsMultiTypeError, match=r"^learning_rate: .* got a variable"):
+            optimizer.learning_rate = rate
+    variable = keras.Variable(ones, name="kernel")
+    excluded = lars_multi.keras.LARS(0.1, weight_decay=0.1)
+    excluded.exclude_from_weight_decay(var_names=["bias"])  # (before it is built: taken)
+    excluded.build([variable])
+    with pytest.raises(
+        lm.LarsMultiValueError,
+        match=r"^exclude_from_weight_decay: expected a call before the optimizer is built",
+    ):
+        excluded.exclude_from_weight_decay(var_list=[variable])
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"^trainable_variables: expected distinct variables, got .*kernel twice"
+    ):
+        lars_multi.keras.LARS(0.1).apply([gradient, gradient], [variable, variable])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), ones)
 
 
 def test_indexed_slices_without_a_dense_shape_step_as_their_sum():
