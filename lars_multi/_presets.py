@@ -38,14 +38,15 @@ from ._errors import UnknownPresetError
 @dataclass(frozen=True)
 class RankMask:
     """A preset's default mask: the arrays of at least ``min_rank`` dimensions. A
-    mask callable, ``(path, array) -> bool``; :meth:`of` asks many arrays at once."""
+    mask callable, ``(path, array) -> bool``; :meth:`of_shapes` asks many arrays
+    at once, from their shapes."""
 
     min_rank: int
 
     def __call__(self, path: Any, array: Any) -> bool:
         return len(array.shape) >= self.min_rank
 
-    def of(self, shapes: Sequence[Any]) -> list[bool]:
+    def of_shapes(self, shapes: Sequence[Any]) -> list[bool]:
         """The mask of many arrays at once, from their ``shapes``."""
         if self.min_rank == 0:
             return [True] * len(shapes)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any, Protocol
@@ -95,14 +95,24 @@ class Backend(Protocol):
 _OPTIONAL = ("flatten",)
 
 
-class Layout:
+class Layout(Sequence[Any]):
     """The weights of a step as the checks compare other lists with them: each
     weight's type, dtype and shape, read once (a NumPy array builds its shape
-    tuple at every read) however many lists are compared with them."""
+    tuple at every read) however many lists are compared with them. A sequence
+    of the weights too, for a backend's ``alike`` written for a list of them."""
 
     def __init__(self, arrays: Sequence[Any]) -> None:
         self.arrays = arrays
         self._columns: dict[str, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.arrays[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.arrays)
 
     @property
     def types(self) -> list[type]:

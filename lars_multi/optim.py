@@ -486,7 +486,7 @@ class LarsOptimizer:
     def _mask(arg: str, mask: Mask, params: Any, flat: Flat, active: list[int], ws: Layout) -> list[bool]:
         """One bool per active layer, from a tree, a callable, or the preset's default."""
         if isinstance(mask, RankMask):
-            return mask.of(ws.shapes)
+            return mask.of_shapes(ws.shapes)
         if isinstance(mask, ParamsMask):
             mask = mask.function(params)  # optax's convention: a tree of bools
         if callable(mask):

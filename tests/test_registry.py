@@ -535,6 +535,25 @@ def test_toy_backend_errors(toy):
         lm.lars_update(w, toy.ToyTensor(G), 0.1)
 
 
+def test_a_backend_alike_written_for_lists_of_weights_takes_them(toy, monkeypatch):
+    """A backend's own ``alike(xs, ws)`` written for a list of weights (len, zip,
+    indexing) failed once the checks passed it a Layout: a Layout is a sequence of the
+    weights too."""
+    asked = []
+
+    def alike(xs, ws):
+        asked.append(len(ws))
+        same = [type(x) is type(w) and x.dtype == w.dtype and x.shape == w.shape for x, w in zip(xs, ws)]
+        return len(xs) == len(ws) and all(same) and ws[-1] is list(ws)[-1]
+
+    monkeypatch.setattr(toy, "alike", alike, raising=False)
+    w = {"a": toy.ToyTensor(W), "b": toy.ToyTensor(W * 2)}
+    g = {"a": toy.ToyTensor(G), "b": toy.ToyTensor(G)}
+    new = lm.lars_update(w, g, 0.1)
+    assert_layer_close(new["b"].values, W * 2, G, 0.1, 0.0, "float32")
+    assert 2 in asked
+
+
 def test_toy_backend_forgotten_after_the_test():
     assert "toy" not in lm.available_backends()
 
