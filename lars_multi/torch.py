@@ -86,18 +86,11 @@ def _check_group(group: dict[str, Any]) -> StepConfig:
     lr = group["lr"]
     if isinstance(lr, torch.Tensor):  # (its value, named as this optimizer names it)
         lr = _checks.check_rate("lr", lr.item(), name="torch", ops=_OPS)
-    config = lars(
+    return lars(
         lr,
         weight_decay=group["weight_decay"],
         **{name: group[name] for name in _CONFIG_KEYS},
     ).config
-    for name in _UNSUPPORTED:
-        if group.get(name):
-            raise LarsMultiValueError(
-                f"param_groups: expected {name} false or absent (lm.torch.LARS has no {name} step), "
-                f"got {name}={group[name]!r}"
-            )
-    return config
 
 
 def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
@@ -163,6 +156,12 @@ def _check_rates(group: dict[str, Any]) -> None:
             raise LarsMultiTypeError(f"{name}: expected None or a bool, got {type_name(group[name])}")
     if not isinstance(group["maximize"], bool):
         raise LarsMultiTypeError(f"maximize: expected a bool, got {type_name(group['maximize'])}")
+    for name in _UNSUPPORTED:
+        if group.get(name):
+            raise LarsMultiValueError(
+                f"param_groups: expected {name} false or absent (lm.torch.LARS has no {name} step), "
+                f"got {name}={group[name]!r}"
+            )
 
 
 def _rates(group: dict[str, Any]) -> tuple[Any, float, float]:
@@ -252,8 +251,20 @@ class LARS(torch.optim.Optimizer):
                 )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state; its groups' hyper-parameters and its momentum buffers (paired
-        with the parameters by position, as torch does) are checked first."""
+        """Load a state as torch does (its load pre-hooks first: they may change or
+        replace it); what they leave is checked before anything is loaded, by a hook
+        registered now, so that it runs after theirs."""
+        handle = self.register_load_state_dict_pre_hook(lambda _, state: self._check_state_dict(state))
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            handle.remove()
+        for group in self.param_groups:
+            _plain_numbers(group)
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A state's groups' hyper-parameters and its momentum buffers (paired with the
+        parameters by position, as torch does)."""
         groups = state_dict.get("param_groups", []) if isinstance(state_dict, dict) else []
         for i, saved in enumerate(groups):
             if isinstance(saved, dict):
@@ -266,9 +277,6 @@ class LARS(torch.optim.Optimizer):
                     )
                 _check_group({**_LATER_SETTINGS, **saved})
         self._check_saved_buffers(state_dict, groups)
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            _plain_numbers(group)
 
     def _check_saved_buffers(self, state_dict: dict[str, Any], groups: list[Any]) -> None:
         """Each saved momentum buffer must have its parameter's shape (the pairing is

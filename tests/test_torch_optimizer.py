@@ -552,6 +552,21 @@ def test_torch_optim_flags_it_has_no_step_for_are_refused_on_groups(flag):
     with pytest.raises(lm.LarsMultiValueError, match=rf"^param_groups: expected {flag} false or absent"):
         LARS([{"params": [p], flag: True}], lr=0.1)
     LARS([{"params": [p], flag: False}], lr=0.1)  # (as a state saved by torch.optim.SGD has them)
+    # Set later (after a step, or on a group whose other settings match an earlier one's),
+    # it was ignored: the settings were checked only where they were new.
+    q = torch.nn.Parameter(torch.ones(2))
+    opt = LARS([{"params": [p]}, {"params": [q]}], lr=0.1)
+    p.grad = q.grad = torch.full((2,), 0.5)
+    opt.param_groups[1][flag] = True
+    with pytest.raises(lm.LarsMultiValueError, match=rf"^param_groups: expected {flag} false or absent"):
+        opt.step()
+    opt.param_groups[1][flag] = False
+    opt.step()
+    opt.param_groups[0][flag] = True
+    before = p.detach().clone()
+    with pytest.raises(lm.LarsMultiValueError, match=rf"^param_groups: expected {flag} false or absent"):
+        opt.step()
+    torch.testing.assert_close(p.detach(), before)
 
 
 @pytest.mark.parametrize("backend", [None, "eager"])
@@ -867,6 +882,40 @@ def test_load_state_dict_refuses_bad_values_and_loads_nothing():
         opt.load_state_dict(bad)
     assert opt.param_groups[1]["lr"] == 0.1
     _assert_unchanged(opt, before)
+
+
+def test_load_state_dict_checks_the_state_its_pre_hooks_leave():
+    """torch's load pre-hooks may change or replace the state: one converting a state
+    saved by timm's Lars was never run (its state was refused first), and what a hook
+    returned was never checked (fused=True loaded, then was ignored)."""
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = LARS([p], lr=0.1)
+    saved = opt.state_dict()
+    timm_like = {**saved, "param_groups": [dict(saved["param_groups"][0])]}
+    group = timm_like["param_groups"][0]
+    group["trust_coeff"] = group.pop("trust_coefficient")
+    group.pop("preset")
+
+    def from_timm(optimizer, state):
+        groups = [dict(g) for g in state["param_groups"]]
+        for g in groups:
+            g["trust_coefficient"], g["preset"] = g.pop("trust_coeff"), "paper"
+        return {**state, "param_groups": groups}
+
+    handle = opt.register_load_state_dict_pre_hook(from_timm)
+    timm_like["param_groups"][0]["lr"] = 0.25
+    opt.load_state_dict(timm_like)
+    assert opt.param_groups[0]["lr"] == 0.25 and opt.param_groups[0]["trust_coefficient"] == 0.001
+    handle.remove()
+    handle = opt.register_load_state_dict_pre_hook(
+        lambda optimizer, state: {**state, "param_groups": [{**state["param_groups"][0], "fused": True}]}
+    )
+    with pytest.raises(lm.LarsMultiValueError, match=r"^param_groups: expected fused false or absent"):
+        opt.load_state_dict(saved)
+    assert "fused" not in opt.param_groups[0] and opt.param_groups[0]["lr"] == 0.25
+    handle.remove()
+    opt.load_state_dict(saved)  # (no hook of this optimizer's own is left behind)
+    assert opt.param_groups[0]["lr"] == 0.1 and not opt._optimizer_load_state_dict_pre_hooks
 
 
 def test_load_state_dict_refuses_buffers_of_parameters_in_another_order():
