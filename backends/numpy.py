@@ -68,6 +68,10 @@ _FLAG_BITS = operator.attrgetter("flags.num")
 _CONTIGUOUS = 0x1 | 0x2  # C or Fortran order
 _WRITEABLE = 0x400
 
+# The most elements SciPy's BLAS takes: it counts them in a C int (scal took a larger
+# array's count cut to 32 bits, axpy raised OverflowError after scal had written).
+_BLAS_MOST = 2**31 - 1
+
 try:  # BLAS axpy, y <- y + a x, and scal, x <- a x, in one pass each (f2py writes
     # a contiguous, aligned, native y or x in place, and returns it; else a new array).
     from scipy.linalg import blas as _blas
@@ -327,7 +331,8 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
     contiguous = out.flags.c_contiguous and x.flags.c_contiguous and y.flags.c_contiguous
     # (BLAS axpy skips a zero b: x + 0 y would keep x where y holds inf or NaN)
     blas = out.dtype in _AXPY and (one or (out is x and a != 0)) and b != 0
-    if blas and out.size > _BLOCK and contiguous and _blas_ready(out, y) and not overlaps(out, y):
+    large = _BLOCK < out.size <= _BLAS_MOST
+    if blas and large and contiguous and _blas_ready(out, y) and not overlaps(out, y):
         flat_out = out.reshape(-1)
         if out is not x:  # (then a is 1)
             np.copyto(flat_out, x.reshape(-1))
@@ -446,7 +451,7 @@ def _blas_vector_sizes(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) ->
     if not (list(map(_NDIM, xs)).count(1) == n and list(map(_DTYPE, xs)).count(dtype) == n):
         return None
     sizes = list(map(len, xs))  # (of vectors: their sizes)
-    return None if 0 in sizes else sizes
+    return None if 0 in sizes or max(sizes) > _BLAS_MOST else sizes
 
 
 def _blas_in_place(

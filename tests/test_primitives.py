@@ -205,6 +205,30 @@ def test_axpbys_on_large_layers_in_place(backend, dtype, a):
         np.testing.assert_allclose(value, want, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("a", [1.0, 0.9])
+def test_numpy_layers_beyond_what_blas_counts_take_ufuncs(monkeypatch, a):
+    """SciPy's BLAS counts elements in a C int: on a layer of 2**31 elements or more,
+    scal took the count cut to 32 bits and axpy raised OverflowError after scal had
+    written. Such layers take the blocked ufuncs (here with the limit lowered, as no
+    test allocates 8 GiB), with the same results as the others."""
+    require_backend("numpy")
+    import lars_multi.backends.numpy as numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "_BLAS_MOST", 40_000)
+    rng = np.random.default_rng(8)
+    shapes = [(40_001,), (201, 200), (39_999,), (64,)]
+    want_x = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    want_y = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    for layers in (range(4), (0, 2)):  # (every kind; only vectors, which BLAS takes as a list)
+        xs = [want_x[i].copy() for i in layers]
+        bs = [0.5, -1.25, 2.0, 1e-3][: len(xs)]
+        got = numpy_backend.axpbys(a, xs, bs, [want_y[i] for i in layers], xs)
+        assert all(g is x for g, x in zip(got, xs))
+        for x, i, b in zip(xs, layers, bs):
+            want = a * want_x[i].astype(np.float64) + b * want_y[i].astype(np.float64)
+            np.testing.assert_allclose(x, want, rtol=1e-6, atol=1e-6)
+
+
 def test_norms_of_large_and_strided_layers(backend):
     """Large layers (BLAS dot on torch CPUs), a transposed view, and small ones, in one call."""
     ops = get_backend(backend)
