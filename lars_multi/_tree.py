@@ -45,10 +45,18 @@ optree.register_pytree_node(
 )
 
 
-class Attribute(NamedTuple):
-    """A path entry that is an attribute (``module.weight``), not a key or index."""
+class Attribute(str):
+    """A path entry that is an attribute (``module.weight``), not a key or index: a
+    string equal to the attribute's name, so that a mask ``(path, array) -> bool``
+    may compare entries with names whatever the node (``path[-1] == "bias"`` on an
+    equinox module as on a dict), told apart from a key by its type."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        return f"Attribute({str(self)!r})"
 
 
 class FlatIndex(NamedTuple):

@@ -46,10 +46,11 @@ __all__ = ["LarsState", "lars"]
 
 
 def _update_of(grad: Any, increment: Any) -> Any:
-    """A layer's update: its step's increment; 0 where it has no gradient (the step
-    gives such a layer's parameters as they are)."""
+    """A layer's update: its step's increment; where it has no gradient (the step
+    gives such a leaf as it is), 0 for an array and None for anything else (an
+    equinox module's activation function, a Python number), as optax.sgd gives."""
     if grad is None:
-        return None if increment is None else jax.numpy.zeros_like(increment)
+        return jax.numpy.zeros_like(increment) if isinstance(increment, jax.Array) else None
     return increment
 
 
@@ -149,8 +150,13 @@ def lars(
 
     def init(params: Any) -> LarsState:
         params = _with_jax_leaves(params)
-        if not jax.tree.leaves(params):  # (optax.masked, multi_transform: a group of no parameters)
-            return LarsState(jax.numpy.zeros((), jax.numpy.int32), None, None)
+        if not jax.tree.leaves(params):  # (optax.masked, multi_transform: a group of no parameters;
+            # optax.tree_utils.tree_map_params' placeholder): buffers of its structure, empty
+            empty = jax.tree.map(lambda x: x, params)
+            momentum = empty if opt.config.momentum != 0 else None
+            return LarsState(
+                jax.numpy.zeros((), jax.numpy.int32), momentum, empty if opt.tracks_start else None
+            )
         return opt.init(params)
 
     def update(updates: Any, state: LarsState, params: Any = None) -> tuple[Any, LarsState]:

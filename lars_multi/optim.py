@@ -149,12 +149,12 @@ class LarsOptimizer:
         arrays = [_checks.owner(x) is not None for x in flat.leaves]
         buffers = [ops.zeros_like(_checks.unwrap(x)) if a else None for x, a in zip(flat.leaves, arrays)]
         started = None
-        if self._tracks_start:
+        if self.tracks_start:
             started = flat.rebuild([ops.scalar_for(False, "bool", leaves) if a else None for a in arrays])
         return LarsState(count, flat.rebuild(buffers), started)
 
     @property
-    def _tracks_start(self) -> bool:
+    def tracks_start(self) -> bool:
         """Whether a buffer starts differently (timm: at r u, not mu 0 + (1 - d) r u)."""
         return self.config.momentum != 0 and not self.config.preset.lr_in_buffer
 
@@ -371,7 +371,7 @@ class LarsOptimizer:
         (A state without flags is taken by timm's convention: step 0 starts every buffer.)"""
         if not isinstance(state, LarsState):
             raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
-        if state.started is not None and not self._tracks_start and self.config.momentum != 0:
+        if state.started is not None and not self.tracks_start and self.config.momentum != 0:
             raise LarsMultiValueError(
                 f"state: expected no start flags (state.started): preset {self.config.preset.name!r} keeps "
                 "the step eta r u in its momentum buffers, got a state with them, made by a preset whose "
@@ -432,7 +432,7 @@ class LarsOptimizer:
     ) -> list[Any] | None:
         """``state.started`` as one 0-d bool array per leaf (None where it is not kept),
         each where its parameter's arithmetic can read it."""
-        if not self._tracks_start or state.started is None:
+        if not self.tracks_start or state.started is None:
             return None
         started = leaves_like("state.started", state.started, flat, broadcast=False)
         for i, w in zip(active, ws):
@@ -487,9 +487,11 @@ class LarsOptimizer:
         """One bool per active layer, from a tree, a callable, or the preset's default."""
         if isinstance(mask, RankMask):
             return mask.of_shapes(ws.shapes)
-        if isinstance(mask, ParamsMask):
-            mask = mask.function(params)  # optax's convention: a tree of bools
-        if callable(mask):
+        if isinstance(mask, ParamsMask):  # optax's convention: a tree of bools (an equinox
+            mask, per_leaf = mask.function(params), False  # module of them is callable, and a tree)
+        else:
+            per_leaf = callable(mask)
+        if per_leaf:
             values = [mask(flat.paths[i], w) for i, w in zip(active, ws.arrays)]
         elif isinstance(mask, bool):
             values = [mask] * len(active)

@@ -271,6 +271,41 @@ def test_equinox_mlp_with_filter_grad():
         assert_layer_close(layer.bias, to_numpy(old.bias), to_numpy(g.bias), 0.1, 0.0, "float32")
 
 
+def test_a_path_mask_compares_an_equinox_modules_attribute_names_as_strings():
+    """A mask ``(path, array) -> bool`` testing ``path[-1] != "bias"`` matched nothing on an
+    equinox module, whose entries were attribute objects, never equal to a name: its biases
+    were decayed, silently. Attribute entries are strings equal to their names now."""
+    require_backend("jax")
+    eqx = pytest.importorskip("equinox")
+    import jax
+    import jax.numpy as jnp
+
+    mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.PRNGKey(0))
+    x = jnp.asarray(np.random.RandomState(0).randn(5, 3), jnp.float32)
+    params = eqx.filter(mlp, eqx.is_array)
+    grads = eqx.filter_grad(lambda m: jnp.mean(jax.vmap(m)(x) ** 2))(mlp)
+    grads = eqx.filter(grads, eqx.is_array)
+    seen = []
+
+    def not_bias(path, array):
+        seen.append(path)
+        return path[-1] != "bias"
+
+    def by_tree(tree):  # (the same choice, as a tree of bools: optax's kind of mask)
+        return jax.tree.map(lambda p: p.ndim > 1, tree)
+
+    results = []
+    for mask in (not_bias, by_tree, None):
+        opt = lm.optim.lars(0.5, momentum=0.9, weight_decay=0.5, weight_decay_mask=mask, preset="optax")
+        new, _ = opt.step(params, grads, opt.init(params))
+        results.append(new)
+    assert seen[1] == ("layers", 0, "bias") and seen[1][0] == "layers"
+    for by_path, by_bools in zip(*(jax.tree.leaves(r) for r in results[:2])):
+        np.testing.assert_array_equal(by_path, by_bools)
+    assert not np.array_equal(results[0].layers[0].bias, results[2].layers[0].bias)
+    assert repr(seen[0][0]) == "Attribute('layers')"
+
+
 # --- a None gradient leaves its parameter unchanged, on every backend ----------------------
 
 

@@ -394,6 +394,53 @@ def test_a_group_of_no_parameters_in_multi_transform():
     updates, state = tx.update(params, state, params)
 
 
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_tree_map_params_maps_the_buffers_as_over_optax_lars_state(preset):
+    """optax.tree_utils.tree_map_params (how shardings are mapped over a state) inits the
+    transformation with a placeholder of no leaves: lm.optax made no buffers of its
+    structure, and the map failed with JAX's pytree structure error."""
+    require_backend("jax")
+    import jax.numpy as jnp
+    import optax
+
+    import lars_multi.optax
+
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    tx = optax.chain(optax.clip_by_global_norm(1.0), lars_multi.optax.lars(0.1, preset=preset))
+    state = tx.init(params)
+    mapped = optax.tree_utils.tree_map_params(
+        tx, lambda _: "param", state, transform_non_params=lambda _: None
+    )
+    lars_state = mapped[1]
+    assert lars_state.momentum == {"w": "param", "b": "param"} and lars_state.count is None
+    assert lars_state.started == ({"w": "param", "b": "param"} if preset == "timm" else None)
+
+
+def test_an_equinox_modules_leaves_that_are_no_arrays_get_no_update():
+    """Updates of a whole equinox module (its activation functions are leaves, with None
+    gradients): a zeros_like of a function failed, and a Python number's update became an
+    array (apply_updates changed the leaf's type); both are None, as optax.sgd gives."""
+    require_backend("jax")
+    eqx = pytest.importorskip("equinox")
+    import jax
+    import jax.numpy as jnp
+
+    import lars_multi.optax
+
+    mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.PRNGKey(0))
+    x = jnp.asarray(np.random.RandomState(0).randn(5, 3), jnp.float32)
+    grads = eqx.filter_grad(lambda m: jnp.mean(jax.vmap(m)(x) ** 2))(mlp)
+    tx = lars_multi.optax.lars(0.1, momentum=0.9, preset="optax")
+    state = tx.init(eqx.filter(mlp, eqx.is_array))
+    updates, _ = tx.update(grads, state, mlp)
+    assert updates.activation is None and updates.final_activation is None
+    new = eqx.apply_updates(mlp, updates)
+    assert new.activation is mlp.activation
+    params = {"w": jnp.ones((2, 2)), "scale": 2.0}
+    updates, _ = tx.update({"w": jnp.full((2, 2), 0.5), "scale": None}, tx.init(params), params)
+    assert updates["scale"] is None
+
+
 def test_numpy_parameters_outside_jit():
     """A flax TrainState restored from bytes holds NumPy parameters: optax.lars steps them
     with JAX or NumPy gradients; lm refused them (mixed frameworks, or its own count)."""
