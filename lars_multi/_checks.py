@@ -219,6 +219,8 @@ def check_tree(arg: str, tree: Any, flat: Flat) -> None:
         hint = "; pass dict(m.named_parameters())" if hasattr(tree, "named_parameters") else ""
         if isinstance(tree, Mapping):  # (optree opens dict, OrderedDict, defaultdict, not subclasses)
             hint = f"; pass dict({arg})"
+        elif isinstance(tree, list | tuple):  # (a tf.Module's ListWrapper)
+            hint = f"; pass list({arg})"
         raise LarsMultiTypeError(
             f"{arg}: expected an array or a tree of arrays (dicts, lists, tuples), got {type_name(tree)}"
             + hint

@@ -486,7 +486,7 @@ class LarsOptimizer:
     def _mask(arg: str, mask: Mask, params: Any, flat: Flat, active: list[int], ws: Layout) -> list[bool]:
         """One bool per active layer, from a tree, a callable, or the preset's default."""
         if isinstance(mask, RankMask):
-            return mask.of_shapes(ws.shapes)
+            return _of_known_ranks(arg, mask, ws.shapes, [flat.paths[i] for i in active])
         if isinstance(mask, ParamsMask):  # optax's convention: a tree of bools (an equinox
             mask, per_leaf = mask.function(params), False  # module of them is callable, and a tree)
         else:
@@ -506,6 +506,20 @@ class LarsOptimizer:
                     f"{Path(arg, flat.paths[odd[0]])}: expected a bool, got {type_name(odd[1])}"
                 )
         return values
+
+
+def _of_known_ranks(arg: str, mask: RankMask, shapes: list[Any], paths: list[Any]) -> list[bool]:
+    """A preset's default mask, which goes by each layer's number of dimensions: a
+    shape of unknown rank (TensorFlow's ``TensorShape(None)``, a trace widened by
+    ``reduce_retracing``) cannot say it, and is refused by name."""
+    try:
+        return mask.of_shapes(shapes)
+    except ValueError:
+        unknown = next(i for i, shape in enumerate(shapes) if getattr(shape, "rank", 0) is None)
+        raise LarsMultiValueError(
+            f"{Path('params', paths[unknown])}: expected a known number of dimensions (the preset's default "
+            f"{arg} goes by it), got a shape of unknown rank; give {arg} (a tree of bools or a callable)"
+        ) from None
 
 
 def _first(ops: Backend, count: Any, started: list[Any] | None, active: list[int]) -> Any:

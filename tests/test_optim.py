@@ -455,6 +455,31 @@ def test_schedules_take_a_count_of_any_integer_dtype(backend, dtype):
     assert float(to_numpy(schedule(count))) == 0.5
 
 
+def test_tensorflow_shapes_of_unknown_rank_and_tracked_lists_are_named():
+    """The paper preset's default masks go by each layer's rank: a variable of unknown
+    rank (TensorShape(None), a reduce_retracing trace) failed with TensorFlow's bare
+    "Cannot take the length of shape with unknown rank". A tf.Module's tracked list
+    was refused with no hint."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    params = {"w": tf.Variable(np.ones((4, 3), np.float32), shape=tf.TensorShape(None))}
+    grads = {"w": tf.fill((4, 3), 0.5)}
+    opt = lm.optim.lars(0.1)
+    with pytest.raises(
+        lm.LarsMultiValueError,
+        match=r"^params\['w'\]: expected a known number of dimensions .* give adapt_mask",
+    ):
+        opt.step(params, grads, opt.init(params))
+    opt = lm.optim.lars(0.1, adapt_mask=True, weight_decay_mask=True)
+    new, _ = opt.step(params, grads, opt.init(params))
+    assert new["w"].shape == (4, 3)
+    module = tf.Module()
+    module.layers = [tf.Variable(np.ones(2, np.float32))]
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^params: expected .*ListWrapper; pass list\(params\)$"):
+        opt.init(module.layers)
+
+
 @pytest.mark.parametrize("kind", ["warmup_polynomial", "warmup_cosine"])
 def test_a_negative_count_array_counts_as_zero(backend, kind):
     """A framework's count is not read on the host: one below 0 (a state made by hand)
