@@ -15,8 +15,8 @@ Required
     ``dtype_name(dtype)``: the dtype's name (``"float32"``).
     ``asarray(obj, dtype=None)``: a native array (Python floats become float32).
     ``zeros_like(x)``, ``to_numpy(x)``.
-    ``norm(x)``: the 2-norm over all elements, a 0-d array; float16 and
-    bfloat16 accumulate in float32.
+    ``norm(x, axis_name=None)``: the 2-norm over all elements, a 0-d array; float16
+    and bfloat16 accumulate in float32 (``axis_name``: see ``check_axis_name``).
     ``cast_like(value, like)``: an array ``value`` in ``like``'s dtype (numbers pass through).
     ``where(cond, x, y)``: elementwise choice; ``y`` may be a Python float.
     ``stack(xs)``: 0-d arrays as one vector; ``unstack(vector)``: back to a list.
@@ -79,10 +79,20 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``constant(value, like)``: the number ``value`` as arithmetic with arrays
     like ``like`` takes it fastest (default: the number; torch: a cached 0-d
     tensor, since an operator wraps a Python number in a new tensor at each call).
+    ``arithmetic()``: the context the step's arithmetic runs in (default: none;
+    NumPy: ``errstate(all="ignore")``, so that the caller's ``np.seterr`` cannot stop it halfway).
+    ``check_axis_name(arg, value)``: raise unless the backend sums norms over named
+    mesh axes (default: raise; JAX: inside ``jax.shard_map``).
+    ``cos(x)``: the cosine of a schedule's array (default: ``math.cos``, numbers only).
+    ``scalar_for(value, dtype, ws)``: a 0-d array of ``value`` that arithmetic with
+    each of ``ws`` can read (a step count, a flag; default: ``asarray``).
+    ``widest_float(like)``: the widest floating dtype's name that arrays beside
+    ``like`` can have now (a schedule's rate is computed in it; default ``"float64"``).
     ``flatten(tree)``: a :class:`lars_multi._tree.Flat` of the framework's own
     pytrees (JAX), used when optree sees leaves that are not arrays.
 
-``decay_lambda`` reaches the primitives as None when it is 0. The step also uses
+A weight decay of 0 reaches the step as None, which then skips it: no primitive
+is called with it. The step also uses
 the arrays' own Python operators, as NumPy, torch, JAX and TensorFlow arrays
 define them: arithmetic (``+ - * / **``) and comparisons (``< > == !=``, ``&``,
 ``~``) between arrays and with numbers, and ``bool()`` of a 0-d array (an

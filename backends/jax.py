@@ -1,6 +1,7 @@
 """JAX backend: the LARS step compiled with ``jax.jit``, one XLA program per batch.
 
-A batch is every layer of one dtype (half layers: chunks of them). ``jax.jit``
+A batch is every layer of one dtype committed to one set of devices (half
+layers: chunks of them). ``jax.jit``
 caches a compiled program per tree structure, shapes and dtypes; Python-float
 rates are traced (weakly typed), so a new rate never recompiles. With
 ``donate=True`` the weights' buffers are donated and reused for the result.

@@ -1,9 +1,9 @@
 """NumPy backend: BLAS norms and an update with no tree-sized temporary.
 
-With SciPy installed (``lars-multi[scipy]``), the update of a large layer is
-one BLAS ``axpy`` pass, :math:`w \\leftarrow w - \\eta_\\ell g`, in place;
-without it, a cache-blocked pair of ufuncs does the same through one small
-scratch block. Many small vectors are updated by BLAS ``scal`` and ``axpy``
+With SciPy installed (``lars-multi[scipy]``), a multiply-add ``a x + b y`` on a
+large layer, in place, is one BLAS ``axpy`` pass (after one ``scal`` where
+``a`` is not 1); without it, a cache-blocked pair of ufuncs does the same through
+one small scratch block. Many small vectors are updated by BLAS ``scal`` and ``axpy``
 calls mapped over their lists: a BLAS call through f2py costs a third of a
 ufunc call, and the map spends no Python per array.
 """

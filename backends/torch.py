@@ -3,7 +3,8 @@
 Nothing here calls ``.item()``: the trust ratios stay on the device, so the
 step never waits for the GPU and traces under ``torch.compile``. On CPUs the
 layers are stepped in cache-sized batches (each ``_foreach`` kernel streams
-its whole list); on GPUs in one batch per device and dtype.
+its whole list); on GPUs in one batch per device, dtype and kind of tensor
+(plain or DTensor), half layers in batches of bounded size.
 """
 
 from __future__ import annotations
@@ -463,10 +464,6 @@ def cos(x: torch.Tensor) -> torch.Tensor:
 
 def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     return x.detach() if x.requires_grad else x
-
-
-def stop_gradients(xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [x.detach() if x.requires_grad else x for x in xs]
 
 
 def write(out: torch.Tensor, value: torch.Tensor) -> None:

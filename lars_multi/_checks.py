@@ -22,7 +22,7 @@ from ._container import Container
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
 from ._protocol import Backend, Layout
 from ._registry import all_native, backend_of, current_backend, get_backend
-from ._tree import Flat, Path, leaves_like
+from ._tree import Attribute, Flat, Path, leaves_like
 
 # --- handles: lars_multi.Array and keras.Variable around a native array ---------------
 
@@ -143,7 +143,12 @@ def _parent(tree: Any, path: Sequence[Any]) -> Any:
     path is no key or index of a mapping or sequence there)."""
     node = tree
     for entry in path[:-1]:
-        is_key = isinstance(node, Mapping) and isinstance(entry, str) and entry in node
+        is_key = (
+            isinstance(node, Mapping)
+            and isinstance(entry, str)
+            and not isinstance(entry, Attribute)
+            and entry in node
+        )
         is_index = isinstance(node, list | tuple) and type(entry) is int and -len(node) <= entry < len(node)
         if not (is_key or is_index):
             return None
@@ -247,7 +252,7 @@ def check_all_weights(arg: str, ws: Layout, paths: Sequence[Any], ops: Backend) 
 Where = tuple[str, str, Any, bool]
 
 
-def paths(where: Where) -> tuple[Any, Any]:
+def message_paths(where: Where) -> tuple[Any, Any]:
     """``(arg, w_arg, key path, broadcast)`` as the two paths an error message
     names (``broadcast``: one value for every leaf, named alone); a key path
     of None names the arguments alone. Built only when a message needs them."""
@@ -270,7 +275,7 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any
     w_arg, key path, broadcast)`` for messages."""
     if ops.alike([g], Layout([w])):
         return g  # the common case, with no message built: a native gradient like the weights
-    path, w_path = paths(where)
+    path, w_path = message_paths(where)
     g_name = owner(g)
     if g_name is None:
         dense = ops.densify(g)
@@ -362,7 +367,7 @@ def check_out(o: Any, w: Any, where: Where, name: str, ops: Backend) -> Any:
     data = unwrap(o)
     if data is w and data is not o:  # a handle of w
         return w
-    path, w_path = paths(where)
+    path, w_path = message_paths(where)
     o_name = owner(o)
     if o_name is None and not ops.is_native(data):
         raise LarsMultiTypeError(f"{path}: expected a {name} array like {w_path}, got {type_name(o)}")
@@ -492,11 +497,9 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any
     return _check_scalar_array(path, decay_lambda, name, ops, "a number >= 0 or a 0-d array")
 
 
-def check_number(
-    name: str, value: Any, *, low: float = 0.0, high: float = math.inf, closed: bool = True
-) -> float:
-    """A real number (Python's, NumPy's, a Fraction; not a bool) in the interval, as a float."""
-    interval = f"[{low}, {high})" if closed else f"[{low}, {high}]"
+def check_number(name: str, value: Any, *, high: float = math.inf) -> float:
+    """A real number (Python's, NumPy's, a Fraction; not a bool) in [0, ``high``), as a float."""
+    interval = f"[0.0, {high})"
     if not is_number(value):
         raise LarsMultiTypeError(f"{name}: expected a number, got {type_name(value)}")
     try:
@@ -505,8 +508,7 @@ def check_number(
         raise LarsMultiValueError(
             f"{name}: expected a number in {interval}, got one too large for a float"
         ) from None
-    inside = low <= number < high if closed else low <= number <= high
-    if not inside:
+    if not 0.0 <= number < high:
         raise LarsMultiValueError(f"{name}: expected a number in {interval}, got {value!r}")
     return number
 

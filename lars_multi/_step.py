@@ -94,7 +94,7 @@ class LayerFlags(_Key):
         if len(indices) == len(self.adapt):
             return self
         axes = self.axis_names
-        if indices[-1] - indices[0] == len(indices) - 1:  # consecutive (ascending): a slice
+        if is_run(indices):  # a slice
             run = slice(indices[0], indices[-1] + 1)
             return LayerFlags(self.adapt[run], self.decay[run], None if axes is None else axes[run])
         return LayerFlags(
@@ -252,11 +252,16 @@ def _run_batch(
     return list(outs), list(buffers)
 
 
+def is_run(indices: Sequence[int]) -> bool:
+    """Whether the ascending ``indices`` are consecutive (a slice takes them), and some."""
+    return bool(indices) and indices[-1] - indices[0] == len(indices) - 1
+
+
 def take(xs: Sequence[Any], batch: Sequence[int]) -> list[Any]:
     """The items of ``xs`` at the ascending indices ``batch``, as a list (``xs``
     itself when it is a list and ``batch`` is all of it; a slice of it when
     ``batch`` is a run of consecutive indices)."""
-    if type(xs) is list and batch and batch[-1] - batch[0] == len(batch) - 1:
+    if type(xs) is list and is_run(batch):
         return xs if len(batch) == len(xs) else xs[batch[0] : batch[-1] + 1]
     return [xs[i] for i in batch]
 
@@ -264,7 +269,7 @@ def take(xs: Sequence[Any], batch: Sequence[int]) -> list[Any]:
 def put(xs: list[Any], batch: Sequence[int], values: Sequence[Any]) -> None:
     """Set the items of ``xs`` at the ascending indices ``batch`` to ``values`` (the
     inverse of :func:`take`)."""
-    if batch and batch[-1] - batch[0] == len(batch) - 1:
+    if is_run(batch):
         xs[batch[0] : batch[-1] + 1] = values
         return
     for i, value in zip(batch, values):

@@ -114,10 +114,12 @@ def lars(
 
     ``learning_rate`` and ``weight_decay`` are numbers or optax schedules,
     called with the step count (0 at the first update). ``adapt_mask`` and
-    ``weight_decay_mask`` are trees of bools like the parameters or callables
-    ``(path, array) -> bool``; None takes the preset's default. The state is a
-    :class:`lars_multi.optim.LarsState` (``count`` and the ``momentum``
-    buffers, None without momentum), a pytree of JAX arrays. ``axis_name``
+    ``weight_decay_mask`` are trees of bools like the parameters, callables
+    ``(path, array) -> bool`` asked per leaf, or callables of the parameters
+    returning such a tree (optax's masks); None takes the preset's default. The
+    state is a :class:`lars_multi.optim.LarsState` (``count``, the ``momentum``
+    buffers, None without momentum, and timm's ``started`` flags), a pytree of
+    JAX arrays. ``axis_name``
     (inside ``jax.shard_map``): the mesh axis the parameters are sharded over,
     or a tree of names and None, as in :func:`lars_multi.optim.lars`; without
     it, norms inside ``jax.shard_map`` are those of each device's shard.

@@ -8,8 +8,9 @@ one backend, paired by key with ``grads``, masks and state as in
 :func:`lars_multi.lars_update`; the state is a :class:`LarsState` of native
 arrays that the framework's own tools save (pickle, ``torch.save``, orbax; on
 TensorFlow, whose ``tf.train.Checkpoint`` saves variables only, held in
-``tf.Variable``\ s: see the README's recipe). On NumPy and torch,
-``out=params`` updates the parameters and momentum buffers in place; on JAX
+``tf.Variable``\ s: see the README's recipe). ``out=params`` updates the
+parameters in place (NumPy arrays, torch tensors, ``tf.Variable``\ s,
+``lm.Array``\ s) and the momentum buffers that can be written; on JAX
 the step is one compiled program, on TensorFlow one ``tf.function``.
 
 >>> import numpy as np, lars_multi as lm

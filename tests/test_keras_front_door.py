@@ -470,6 +470,12 @@ def test_settings_made_once_rates_of_callables_and_variables_are_checked():
         trained = tf.Variable(ones)  # (a TensorFlow variable to train: w - lr g, timm's r = 1 without decay)
         lars_multi.keras.LARS(0.1, momentum=0.0, preset="timm").apply([gradient], [trained])
         np.testing.assert_allclose(trained.numpy(), ones - np.float32(0.1) * np.float32(0.5), rtol=1e-7)
+        with pytest.raises(
+            lm.LarsMultiValueError, match=r"^learning_rate: expected a number that fits float32"
+        ):
+            lars_multi.keras.LARS(1e39).apply(
+                [gradient], [tf.Variable(ones)]
+            )  # (it failed with AttributeError)
     for rate in variables:
         for arguments in ({"learning_rate": rate}, {"weight_decay": rate}):
             with pytest.raises(
