@@ -68,10 +68,16 @@ def shares_elements(x: torch.Tensor) -> bool:
     return elements_overlap(x.shape, [stride * size for stride in x.stride()], size)
 
 
+def is_flat_param(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a flattened FSDP parameter (FSDP1 with ``use_orig_params=False``):
+    many layers in one tensor, whose one norm would span them all."""
+    return bool(getattr(x, "_is_flat_param", False))
+
+
 def is_dense(x: torch.Tensor) -> bool:
     """Strided, not nested, and one layer: not a flattened FSDP parameter (FSDP1 with
     ``use_orig_params=False``), whose one norm would span every layer it holds."""
-    return x.layout == torch.strided and not x.is_nested and not getattr(x, "_is_flat_param", False)
+    return x.layout == torch.strided and not x.is_nested and not is_flat_param(x)
 
 
 def all_dense(xs: Sequence[torch.Tensor]) -> bool:
@@ -105,7 +111,7 @@ def tensor_kind(t: torch.Tensor) -> type:
 
 
 def layout_name(x: torch.Tensor) -> str:
-    if getattr(x, "_is_flat_param", False):
+    if is_flat_param(x):
         return "flattened FSDP (use_orig_params=False; shard with fully_shard)"
     return "nested" if x.is_nested else str(x.layout).removeprefix("torch.")
 

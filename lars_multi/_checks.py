@@ -39,10 +39,7 @@ def unwrap(x: Any) -> Any:
         return x.data
     if backend_of(x) is not None:
         return x
-    variable = keras_variable_type()
-    if variable is not None and isinstance(x, variable):
-        return x.value
-    return x
+    return x.value if _is_keras_variable(x) else x
 
 
 def unwrap_all(xs: Sequence[Any]) -> list[Any]:
@@ -54,10 +51,8 @@ def owner(x: Any) -> str | None:
     if isinstance(x, Array):
         return x.backend
     name = backend_of(x)
-    if name is None:
-        variable = keras_variable_type()
-        if variable is not None and isinstance(x, variable):
-            return backend_of(x.value)
+    if name is None and _is_keras_variable(x):
+        return backend_of(x.value)
     return name
 
 
@@ -68,9 +63,14 @@ def write_back(target: Any, new: Any) -> None:
         return
     if backend_of(target) is not None:
         return
-    variable = keras_variable_type()
-    if variable is not None and isinstance(target, variable) and new is not target.value:
+    if _is_keras_variable(target) and new is not target.value:
         target.assign(new)
+
+
+def _is_keras_variable(x: Any) -> bool:
+    """Whether ``x`` is a Keras variable (where Keras is loaded), a handle on a native one."""
+    variable = keras_variable_type()
+    return variable is not None and isinstance(x, variable)
 
 
 class Entry(NamedTuple):

@@ -48,7 +48,7 @@ from . import _checks, _registry
 from ._aliasing import array_values, must_write_late, write_all
 from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
 from ._step import LayerFlags, StepConfig, lars_step
-from .backends.torch import PLAIN_TYPES, shares_elements, tensor_kind
+from .backends.torch import PLAIN_TYPES, is_flat_param, shares_elements, tensor_kind
 from .optim import lars
 
 __all__ = ["LARS", "param_groups"]
@@ -242,7 +242,7 @@ class LARS(torch.optim.Optimizer):
         super().add_param_group(param_group)
         _plain_numbers(self.param_groups[-1])
         for i, p in enumerate(self.param_groups[-1]["params"]):
-            if getattr(p, "_is_flat_param", False):
+            if is_flat_param(p):
                 self.param_groups.pop()
                 raise LarsMultiValueError(
                     f"params[{i}]: expected one tensor per layer, got a flattened FSDP parameter of "
