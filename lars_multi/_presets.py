@@ -68,6 +68,9 @@ class Preset:
     adapt_needs_decay: bool  # adapt only where weight decay applies, unless always_adapt (timm)
     eps: float
     default_mask: RankMask
+    # r = 1 unless both norms are > 0, a NaN norm too (timm); else r = 1 where a norm is
+    # 0, and a NaN norm gives a NaN ratio (paper, optax: as optax.lars)
+    one_unless_positive: bool = False
     # lambda divides r (no fallback where a norm is 0) and u = g: the reference's rule
     decay_divides_ratio: bool = False
 
@@ -75,7 +78,7 @@ class Preset:
 PRESETS = {
     "paper": Preset("paper", False, True, False, 0.0, _MATRICES),
     "optax": Preset("optax", True, True, False, 0.0, _EVERYTHING),
-    "timm": Preset("timm", False, False, True, 1e-8, _EVERYTHING),
+    "timm": Preset("timm", False, False, True, 1e-8, _EVERYTHING, one_unless_positive=True),
 }
 
 # The rule of lars_update (not an optimizer convention, so not in PRESETS).

@@ -122,7 +122,9 @@ def trust_ratio(
         denominator = g_norm
     else:
         denominator = g_norm + decay * w_norm
-    usable = (w_norm > 0) & ((u_norm if preset.ratio_of_update else g_norm) > 0)
+    norm = u_norm if preset.ratio_of_update else g_norm
+    # r = 1 where a norm is 0 (a NaN norm: a NaN ratio, as optax's), or unless both are > 0 (timm's)
+    usable = (w_norm > 0) & (norm > 0) if preset.one_unless_positive else (w_norm != 0) & (norm != 0)
     # Divide only where the ratio is used (no 0/0 computed, no warning raised). eps is
     # added after the select: TensorFlow's graph optimizer regrouped the chain of sums
     # ||g|| + lambda ||w|| + eps differently from run to run (1 ulp apart).

@@ -455,6 +455,33 @@ def test_schedules_take_a_count_of_any_integer_dtype(backend, dtype):
     assert float(to_numpy(schedule(count))) == 0.5
 
 
+@pytest.mark.parametrize("preset", ["paper", "optax", "timm"])
+def test_a_nan_norm_gives_the_reference_librarys_ratio(backend, preset):
+    """A NaN element makes its layer's norm NaN: the paper and optax presets took the
+    zero-norm rule (r = 1), so the layer's finite elements took an unadapted step, where
+    optax.lars gives NaN for the layer. timm's Lars takes r = 1 unless both norms are > 0."""
+    nan = np.float32(np.nan)
+    w = {
+        "a": np.array([[1.0, 2.0], [3.0, 4.0]], np.float32),
+        "b": np.array([[1.0, -1.0], [2.0, 0.5]], np.float32),
+    }
+    g = {
+        "a": np.array([[0.1, nan], [0.3, 0.4]], np.float32),
+        "b": np.array([[0.2, 0.1], [-0.3, 0.4]], np.float32),
+    }
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=0.01, trust_coefficient=0.001, preset=preset)
+    params = {k: native(backend, v) for k, v in w.items()}
+    new, _ = opt.step(params, {k: native(backend, v) for k, v in g.items()}, opt.init(params))
+    a, b = to_numpy(new["a"]), to_numpy(new["b"])
+    assert np.isfinite(b).all()
+    if preset == "timm":  # r = 1: the first step's buffer is u = g + lambda w
+        want = w["a"] - np.float32(0.1) * (g["a"] + np.float32(0.01) * w["a"])
+        np.testing.assert_allclose(a, want, rtol=1e-6)  # (NaN where g is)
+        assert np.isnan(a[0, 1]) and np.isfinite(np.delete(a.ravel(), 1)).all()
+    else:
+        assert np.isnan(a).all()
+
+
 def test_tensorflow_shapes_of_unknown_rank_and_tracked_lists_are_named():
     """The paper preset's default masks go by each layer's rank: a variable of unknown
     rank (TensorShape(None), a reduce_retracing trace) failed with TensorFlow's bare
