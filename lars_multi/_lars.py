@@ -19,7 +19,7 @@ from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type
 from ._presets import REFERENCE
 from ._protocol import Backend, Layout
 from ._registry import current_backend, get_backend
-from ._step import LayerFlags, StepConfig, batch_step, concat, lars_step, put, take
+from ._step import LayerFlags, StepConfig, batch_step, concat, decay_kind, lars_step, put, take
 from ._tree import Flat, Path, flatten_optree, is_leaf, is_single, leaves_like, present
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.
@@ -116,7 +116,7 @@ def _update_one(
     _checks.check_usable("decay_lambda", decay, [w_data], _W, ops)
     stop = _checks.check_stop("stop_gradients", stop_gradients)
     if out is None:  # one layer is one batch: its step, straight
-        step = batch_step(ops, _RULE, _ONE_LAYER, decay is not None, stop, False, False)
+        step = batch_step(ops, _RULE, _ONE_LAYER, decay_kind(decay), stop, False, False)
         (new,), _ = step([w_data], [g], None, rate, decay, False, None, None)
         return Array(new, name) if isinstance(w, Array) else new
     target = _checks.check_out(out, w_data, ("out", "w", None, False), name, ops)

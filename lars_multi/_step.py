@@ -105,10 +105,18 @@ class LayerFlags(_Key):
 
 
 def trust_ratio(
-    ops: Backend, config: StepConfig, w_norm: Any, g_norm: Any, u_norm: Any, lr: Any, decay: Any
+    ops: Backend,
+    config: StepConfig,
+    w_norm: Any,
+    g_norm: Any,
+    u_norm: Any,
+    lr: Any,
+    decay: Any,
+    decay_known: bool,
 ) -> Any:
     """:math:`r` of layers from their norms (0-d arrays or vectors); ``decay`` is
-    None where no weight decay applies."""
+    None where no weight decay applies; ``decay_known``: it is a number the plan
+    knew (a compiler may trace it, and flush a float32 subnormal one to 0)."""
     preset = config.preset
     if preset.decay_divides_ratio:  # the reference: no fallback, lambda divides r
         ratio = w_norm / (g_norm + ops.constant(config.eps, g_norm))
@@ -137,9 +145,9 @@ def trust_ratio(
         lr_like = ops.zeros_like(ratio) + lr  # in the ratio's dtype, whatever lr is
         ratio = ops.where(below, ratio / ops.where(below, lr_like, 1.0), 1.0)
     timm_rule = preset.adapt_needs_decay and not config.always_adapt
-    if timm_rule and decay is not None and type(decay) is not float:
-        # timm adapts only where lambda != 0: an array (a schedule's, maybe traced) is
-        # not read on the host, so a layer planned as adapted keeps r = 1 where it is 0.
+    if timm_rule and decay is not None and not decay_known:
+        # timm adapts only where lambda != 0: an array (a schedule's) is not read on the
+        # host, so a layer planned as adapted keeps r = 1 where it is 0.
         ratio = ops.where(decay != 0, ratio, 1.0)
     return ratio
 
@@ -238,7 +246,7 @@ def _run_batch(
 ) -> tuple[list[Any], list[Any]]:
     """:func:`lars_step` of one batch: its new weights and buffers (the outputs and
     the buffers themselves, where they were written)."""
-    run = batch_step(ops, config, flags, weight_decay is not None, stop, donate, in_place)
+    run = batch_step(ops, config, flags, decay_kind(weight_decay), stop, donate, in_place)
     new_ws, new_buffers = run(
         list(ws),
         list(gs),
@@ -307,7 +315,7 @@ def batch_step(
     ops: Backend,
     config: StepConfig,
     flags: LayerFlags,
-    has_decay: bool,
+    decay: str,
     stop: bool,
     donate: bool,
     in_place: bool,
@@ -316,15 +324,16 @@ def batch_step(
     backend compiles (one program per batch structure); kept for the next call.
     It takes ``(ws, gs, buffers, lr, weight_decay, first, outs, momentum)``
     (``buffers`` None without momentum; ``outs`` None, or when ``in_place``;
-    ``momentum`` None, or the value that replaces the configuration's)."""
+    ``momentum`` None, or the value that replaces the configuration's); ``decay``:
+    the weight decay's :func:`decay_kind`."""
     if _registry.is_compiling():  # torch.compile traces the step itself (and not the cache's keys)
-        return functools.partial(_step, ops, config, _plan(ops, config, flags, has_decay), stop, in_place)
-    key = (ops, config, flags, has_decay, stop, donate, in_place)
+        return functools.partial(_step, ops, config, _plan(ops, config, flags, decay), stop, in_place)
+    key = (ops, config, flags, decay, stop, donate, in_place)
     step = _STEPS.get(key)
     if step is None:
         if len(_STEPS) >= 256:
             _STEPS.clear()
-        plan = _plan(ops, config, flags, has_decay)
+        plan = _plan(ops, config, flags, decay)
         function = functools.partial(_step, ops, config, plan, stop, in_place)
         step = _STEPS[key] = ops.compile(function, donate=donate)
     return step
@@ -338,15 +347,25 @@ class _Plan:
 
     decayed: tuple[int, ...]
     groups: tuple[tuple[bool, tuple[int, ...], tuple[Any, ...] | None], ...]
+    decay_known: bool  # the weight decay is a number, known now (timm's rule decided by the plan)
 
 
-def _plan(ops: Backend, config: StepConfig, flags: LayerFlags, has_decay: bool) -> _Plan:
+def decay_kind(weight_decay: Any) -> str:
+    """What a step's weight decay is: ``"none"`` (0: skipped), ``"number"`` (a Python
+    float, known when the step is planned, even where a compiler traces it) or
+    ``"array"`` (read only as the step runs)."""
+    if weight_decay is None:
+        return "none"
+    return "number" if type(weight_decay) is float else "array"
+
+
+def _plan(ops: Backend, config: StepConfig, flags: LayerFlags, decay: str) -> _Plan:
     """One vector for the decayed adapted layers and one for the others; where the
     backend compiles the step, each layer's ratio alone: the compiler fuses them
     anyway, and inside ``jax.shard_map`` a replicated layer's ratio then stays
     replicated."""
     preset, n = config.preset, len(flags.adapt)
-    decayed = [has_decay and flags.decay[i] for i in range(n)]
+    decayed = [decay != "none" and flags.decay[i] for i in range(n)]
     adapted = [
         flags.adapt[i] and (config.always_adapt or not preset.adapt_needs_decay or decayed[i])
         for i in range(n)
@@ -363,6 +382,7 @@ def _plan(ops: Backend, config: StepConfig, flags: LayerFlags, has_decay: bool) 
             (is_decayed, tuple(indices), None if axes is None else tuple(axes[i] for i in indices))
             for (is_decayed, _), indices in groups.items()
         ),
+        decay == "number",
     )
 
 
@@ -469,7 +489,7 @@ def _ratio_vectors(
         u_norm = g_norm
         if config.preset.ratio_of_update and is_decayed:
             u_norm = _vector(ops, ops.norms([us[i] for i in indices], picked))
-        ratio = trust_ratio(ops, config, w_norm, g_norm, u_norm, lr, decay)
+        ratio = trust_ratio(ops, config, w_norm, g_norm, u_norm, lr, decay, plan.decay_known)
         vectors.append((indices, ratio))
     return vectors
 

@@ -482,6 +482,21 @@ def test_a_nan_norm_gives_the_reference_librarys_ratio(backend, preset):
         assert np.isnan(a).all()
 
 
+@pytest.mark.parametrize("decay", [1e-40, 1e-46])
+def test_timm_adapts_with_a_tiny_number_weight_decay_on_every_backend(backend, decay):
+    """timm adapts only where lambda != 0: JAX's and TensorFlow's compiled steps traced a
+    number weight decay, flushed a float32 subnormal one to 0 and took r = 1 (a step 240
+    times LARS's). A number's rule is decided when the step is planned."""
+    w = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    g = np.array([[0.1, 0.2], [0.3, 0.4]], np.float32) * 100
+    opt = lm.optim.lars(0.1, momentum=0.0, weight_decay=decay, preset="timm")
+    params = {"w": native(backend, w)}
+    new, _ = opt.step(params, {"w": native(backend, g)}, opt.init(params))
+    w64, g64 = w.astype(np.float64), g.astype(np.float64)
+    ratio = 0.001 * np.linalg.norm(w64) / (np.linalg.norm(g64) + 1e-8)
+    np.testing.assert_allclose(to_numpy(new["w"]), w64 - 0.1 * ratio * g64, rtol=1e-6)
+
+
 def test_tensorflow_shapes_of_unknown_rank_and_tracked_lists_are_named():
     """The paper preset's default masks go by each layer's rank: a variable of unknown
     rank (TensorShape(None), a reduce_retracing trace) failed with TensorFlow's bare
