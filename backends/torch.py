@@ -9,6 +9,7 @@ its whole list); on GPUs in one batch per device, dtype and kind of tensor
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -558,6 +559,12 @@ def _foreach_add_scaled(
     xs: list[torch.Tensor], ys: list[torch.Tensor], bs: Any, scale: float, in_place: bool
 ) -> Any:
     """``x_i + s b_i y_i``, ``bs`` one value or a list of all tensors or all numbers."""
+    if isinstance(bs, torch.Tensor):
+        bs = [bs] * len(ys)
+    if isinstance(bs, list) and isinstance(bs[0], torch.Tensor) and not _fits(scale, ys[0].dtype):
+        # addcmul rounds its value= to the tensors' dtype, and refused one beyond it (after
+        # earlier kernels had written): the product, in float64, is the coefficient instead
+        bs, scale = [b.double() * scale for b in bs], 1.0
     if isinstance(bs, list):
         if isinstance(bs[0], torch.Tensor):
             return (torch._foreach_addcmul_ if in_place else torch._foreach_addcmul)(xs, ys, bs, value=scale)
@@ -565,10 +572,12 @@ def _foreach_add_scaled(
             return _foreach_add_scaled(xs, ys, bs[0], scale, in_place)
         scaled = torch._foreach_mul(ys, bs if scale == 1 else [scale * b for b in bs])
         return (torch._foreach_add_ if in_place else torch._foreach_add)(xs, scaled)
-    if isinstance(bs, torch.Tensor):
-        addcmul = torch._foreach_addcmul_ if in_place else torch._foreach_addcmul
-        return addcmul(xs, ys, [bs] * len(ys), value=scale)
     return (torch._foreach_add_ if in_place else torch._foreach_add)(xs, ys, alpha=scale * bs)
+
+
+def _fits(scale: float, dtype: torch.dtype) -> bool:
+    """Whether the number ``scale`` is finite in ``dtype`` (a float32 kernel's scalar)."""
+    return abs(scale) <= torch.finfo(dtype).max or not math.isfinite(scale)
 
 
 def _split(
@@ -612,6 +621,8 @@ def axpby(
     if _registry.is_compiling():
         return _traced_axpby(a, x, b, y, out, scale)
     tensor = isinstance(b, torch.Tensor)
+    if tensor and not _fits(scale, y.dtype):  # (see _foreach_add_scaled)
+        b, scale = b.double() * scale, 1.0
     one = type(a) is float and a == 1
     if out is None:
         base = x if one else x * a

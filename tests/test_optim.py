@@ -497,6 +497,27 @@ def test_timm_adapts_with_a_tiny_number_weight_decay_on_every_backend(backend, d
     np.testing.assert_allclose(to_numpy(new["w"]), w64 - 0.1 * ratio * g64, rtol=1e-6)
 
 
+def test_torch_in_place_step_with_a_scale_beyond_float32_writes_nothing_or_everything():
+    """The in-place step folds lr * weight_decay into the buffers as one multiplier of torch's
+    addcmul, which refused a value beyond float32 (lr 1e9, lambda 1e30: 1e39) with
+    RuntimeError after the momentum buffers had been written. It steps, as on NumPy."""
+    require_backend("torch")
+    import torch
+
+    w = np.array([[0.5, -1.0], [0.25, 2.0]], np.float32)
+    g = np.array([[0.1, 0.2], [-0.3, 0.4]], np.float32)
+    opt = lm.optim.lars(1e9, momentum=0.9, weight_decay=1e30, preset="paper")
+    results = []
+    for make in (np.array, torch.tensor):
+        params = {"w": make(w.copy())}
+        params, state = opt.step(params, {"w": make(g)}, opt.init(params), out=params)
+        results.append((np.asarray(params["w"]), np.asarray(state.momentum["w"])))
+    (numpy_w, numpy_b), (torch_w, torch_b) = results
+    np.testing.assert_allclose(torch_w, numpy_w, rtol=1e-6)
+    np.testing.assert_allclose(torch_b, numpy_b, rtol=1e-6)
+    assert np.isfinite(torch_w).all()
+
+
 def test_tensorflow_shapes_of_unknown_rank_and_tracked_lists_are_named():
     """The paper preset's default masks go by each layer's rank: a variable of unknown
     rank (TensorShape(None), a reduce_retracing trace) failed with TensorFlow's bare
