@@ -84,15 +84,28 @@ def _committed(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer) and x.committed
 
 
-with jax.ensure_compile_time_eval():  # (loaded inside a jax.jit trace too: a concrete array, not a tracer)
-    _ARRAY = type(jnp.zeros(()))  # a concrete array's type (a traced one has no placement)
 _COMMITTED = operator.attrgetter("committed")
+_CONCRETE: list[type] = []  # a concrete array's type (a traced one has no placement), once known
+
+
+def _concrete_type() -> type | None:
+    """The type of a concrete JAX array, made under ``ensure_compile_time_eval`` (a
+    concrete array inside a ``jax.jit`` trace); None where even that is a tracer
+    (inside ``jax.shard_map``), and asked again next time."""
+    if not _CONCRETE:
+        with jax.ensure_compile_time_eval():
+            kind = type(jnp.zeros(()))
+        if issubclass(kind, jax.core.Tracer):
+            return None
+        _CONCRETE.append(kind)
+    return _CONCRETE[0]
 
 
 def _any_committed(xs: Sequence[Any]) -> bool:
     """Whether an array is committed to devices, asked of the list at once where every
     one is a concrete array (the common case: none is)."""
-    if list(map(type, xs)).count(_ARRAY) == len(xs):
+    kind = _concrete_type()
+    if kind is not None and list(map(type, xs)).count(kind) == len(xs):
         return any(map(_COMMITTED, xs))
     return any(map(_committed, xs))
 

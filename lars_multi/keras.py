@@ -177,7 +177,9 @@ if keras is not None:
             "trust_clip",
             "always_adapt",
             "preset",
+            "exclude_from_adaptation",
             "exclude_from_adaptation_patterns",
+            "exclude_from_weight_decay",  # (Keras' method: an attribute set over it was ignored)
             "exclude_from_weight_decay_patterns",
         }
     )

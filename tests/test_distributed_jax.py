@@ -468,3 +468,37 @@ def test_layers_on_other_devices_step_by_device_and_misplaced_inputs_are_refused
     assert len(lines) == len(expected), lines
     for line, pattern in zip(lines, expected):
         assert re.match(pattern, line), (line, pattern)
+
+
+FIRST_USE_IN_SHARD_MAP = """
+import jax, jax.numpy as jnp, numpy as np
+import lars_multi as lm
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+mesh = jax.make_mesh((2,), ("x",))
+specs = {"kernel": P("x"), "bias": P()}
+rng = np.random.default_rng(0)
+w = {"kernel": rng.standard_normal((4, 3), dtype="float32"), "bias": np.ones(3, np.float32)}
+g = {"kernel": rng.standard_normal((4, 3), dtype="float32"), "bias": np.full(3, 0.5, np.float32)}
+w = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in w.items()}
+g = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in g.items()}
+step = jax.shard_map(
+    lambda w, g: lm.lars_update(w, g, 0.1, axis_name={"kernel": "x", "bias": None}),
+    mesh=mesh, in_specs=(specs, specs), out_specs=specs,
+)
+first = step(w, g)  # (the backend module is imported inside this trace)
+again = step(w, g)
+reference = lm.lars_update(w, g, 0.1)
+print(all(np.allclose(first[k], reference[k], rtol=1e-6) and np.array_equal(again[k], first[k]) for k in w))
+"""
+
+
+def test_a_first_call_inside_shard_map_steps() -> None:
+    """The README's shard_map example as a process's first lars_multi call: the JAX
+    backend, imported inside the trace, took the tracer's type for a concrete array's,
+    and every shard_map step of the process failed with ConcretizationTypeError."""
+    require_backend("jax")
+    out = run_python(
+        FIRST_USE_IN_SHARD_MAP, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    assert out.strip().splitlines()[-1] == "True", out

@@ -446,6 +446,8 @@ def test_settings_made_once_rates_of_callables_and_variables_are_checked():
         ("trust_coefficient", 0.1),
         ("preset", "timm"),
         ("exclude_from_adaptation_patterns", ["kernel"]),
+        ("exclude_from_adaptation", ["kernel"]),
+        ("exclude_from_weight_decay", ["bias"]),
     ):
         with pytest.raises(
             lm.LarsMultiValueError, match=rf"^{name}: expected to be set when the optimizer is made"
