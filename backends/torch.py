@@ -473,6 +473,12 @@ def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     return x.detach() if x.requires_grad else x
 
 
+def stop_gradients(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`stop_gradient` of each tensor, written out (not the default's call per
+    tensor: lars_update's one-tensor path is a microsecond faster)."""
+    return [x.detach() if x.requires_grad else x for x in xs]
+
+
 def write(out: torch.Tensor, value: torch.Tensor) -> None:
     with torch.no_grad():
         out.copy_(value)
@@ -577,7 +583,13 @@ def _foreach_add_scaled(
 
 def _fits(scale: float, dtype: torch.dtype) -> bool:
     """Whether the number ``scale`` is finite in ``dtype`` (a float32 kernel's scalar)."""
-    return abs(scale) <= torch.finfo(dtype).max or not math.isfinite(scale)
+    most = _LARGEST.get(dtype)
+    if most is None:
+        most = _LARGEST[dtype] = torch.finfo(dtype).max
+    return -most <= scale <= most or not math.isfinite(scale)
+
+
+_LARGEST: dict[torch.dtype, float] = {}  # (torch.finfo costs a quarter of a microsecond a call)
 
 
 def _split(
@@ -621,7 +633,7 @@ def axpby(
     if _registry.is_compiling():
         return _traced_axpby(a, x, b, y, out, scale)
     tensor = isinstance(b, torch.Tensor)
-    if tensor and not _fits(scale, y.dtype):  # (see _foreach_add_scaled)
+    if tensor and not -65504.0 <= scale <= 65504.0 and not _fits(scale, y.dtype):  # (see _foreach_add_scaled)
         b, scale = b.double() * scale, 1.0
     one = type(a) is float and a == 1
     if out is None:

@@ -101,9 +101,11 @@ class Layout(Sequence[Any]):
     tuple at every read) however many lists are compared with them. A sequence
     of the weights too, for a backend's ``alike`` written for a list of them."""
 
+    __slots__ = ("_columns", "arrays")
+
     def __init__(self, arrays: Sequence[Any]) -> None:
         self.arrays = arrays
-        self._columns: dict[str, list[Any]] = {}
+        self._columns: dict[str, list[Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.arrays)
@@ -127,9 +129,12 @@ class Layout(Sequence[Any]):
         return self._column("shape")
 
     def _column(self, attribute: str) -> list[Any]:
-        column = self._columns.get(attribute)
+        columns = self._columns
+        if columns is None:
+            columns = self._columns = {}
+        column = columns.get(attribute)
         if column is None:
-            column = self._columns[attribute] = read_all(attribute, self.arrays)
+            column = columns[attribute] = read_all(attribute, self.arrays)
         return column
 
     def matches(self, xs: Sequence[Any]) -> bool:
