@@ -105,7 +105,7 @@ class Layout(Sequence[Any]):
 
     def __init__(self, arrays: Sequence[Any]) -> None:
         self.arrays = arrays
-        self._columns: dict[str, list[Any]] | None = None
+        self._columns: dict[str, list[Any]] = {}
 
     def __len__(self) -> int:
         return len(self.arrays)
@@ -129,12 +129,9 @@ class Layout(Sequence[Any]):
         return self._column("shape")
 
     def _column(self, attribute: str) -> list[Any]:
-        columns = self._columns
-        if columns is None:
-            columns = self._columns = {}
-        column = columns.get(attribute)
+        column = self._columns.get(attribute)
         if column is None:
-            column = columns[attribute] = read_all(attribute, self.arrays)
+            column = self._columns[attribute] = read_all(attribute, self.arrays)
         return column
 
     def matches(self, xs: Sequence[Any]) -> bool:

@@ -154,10 +154,6 @@ if keras is not None:
         tf = sys.modules.get("tensorflow")
         return isinstance(value, keras.Variable) or (tf is not None and isinstance(value, tf.Variable))
 
-    def _native(variable: Any) -> Any:
-        """A Keras variable's backend variable; a TensorFlow variable as it is."""
-        return variable.value if isinstance(variable, keras.Variable) else variable
-
     def _path(variable: Any) -> str:
         """A variable's path (``"sequential/dense/kernel"``); a TensorFlow variable's name."""
         return str(getattr(variable, "path", variable.name))
@@ -398,7 +394,7 @@ if keras is not None:
             set, else the current one) must be finite in the dtype each variable
             computes in (``1e39`` is inf in float32), as lars_multi.optim's are."""
             ops = get_backend(keras.backend.backend())
-            arrays = list(map(_native, var_list))
+            arrays = _checks.unwrap_all(var_list)
             config = self._lars_config
             for name, value in (
                 ("learning_rate", self._lars_learning_rate if learning_rate is None else learning_rate),
@@ -454,7 +450,7 @@ if keras is not None:
                 return
             tf = _tf()
             indices = [self._get_variable_index(v) for v in variables]
-            ws = list(map(_native, variables))
+            ws = _checks.unwrap_all(variables)
             gs = [tf.cast(tf.convert_to_tensor(g), w.dtype) for g, w in zip(grads, ws)]
             buffers = [self.momentums[i].value for i in indices] if self.momentums else [None] * len(ws)
             flags = LayerFlags(
