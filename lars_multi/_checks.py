@@ -22,6 +22,7 @@ from ._container import Container
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
 from ._protocol import Backend, Layout
 from ._registry import all_native, backend_of, current_backend, get_backend
+from ._step import take
 from ._tree import Attribute, Flat, Path, leaves_like
 
 # --- handles: lars_multi.Array and keras.Variable around a native array ---------------
@@ -451,7 +452,38 @@ def outs_writable(out_leaves: Sequence[Any], outs: Sequence[Any], ops: Backend) 
     """Whether every output (``out_leaves``, checked into ``outs`` by :func:`check_outs`)
     can be written in place: native ones can (the check refuses the others), a
     handle if its array can."""
-    return all_native(out_leaves) or ops.all_writable(outs)
+    return not out_leaves or all_native(out_leaves) or ops.all_writable(outs)
+
+
+class Outputs(NamedTuple):
+    """``out`` checked against the weights, nothing written yet."""
+
+    leaves: list[Any]  # out's leaves, a handle in place of each Container entry that takes a new array
+    entries: list[Entry]  # those entries, filled once their handles hold the results
+    given: list[Any]  # the outputs of the layers with a gradient, as given (handles too)
+    arrays: list[Any]  # their native arrays, checked
+    kept: KeptOuts  # the outputs of the layers without one
+    writable: bool  # whether every output can be written in place
+
+
+def check_out_tree(
+    out: Any,
+    out_leaves: list[Any],
+    flat: Flat,
+    active: list[int],
+    ws: list[Any],
+    where: tuple[str, str],
+    name: str,
+    ops: Backend,
+) -> Outputs:
+    """Every output of ``out`` (its ``out_leaves``, paired with the tree ``flat``),
+    checked against the weights ``ws`` of the ``active`` layers (those with a
+    gradient) and against the others' (``where``: ``(arg, w_arg)``)."""
+    leaves, entries = entry_handles(out, out_leaves, flat.paths, ops)
+    given = take(leaves, active)
+    arrays = check_outs(given, ws, take(flat.paths, active), where, name, ops)
+    kept = check_kept_outs(flat.leaves, flat.paths, active, leaves, where, name, ops)
+    return Outputs(leaves, entries, given, arrays, kept, outs_writable(given, arrays, ops))
 
 
 # --- hyper-parameters -------------------------------------------------------------------------

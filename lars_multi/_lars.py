@@ -175,16 +175,11 @@ def _update_tree(
         "decay_lambda", decay_lambda, flat, active, ws, ops, partial(_checks.check_decay, name=name, ops=ops)
     )
     stops = _per_leaf("stop_gradients", stop_gradients, flat, active, ws, ops, _checks.check_stop)
-    outs = None
-    writable = False
-    kept = _checks.KeptOuts.none()
-    entries: list[_checks.Entry] = []
+    checked = None
     if out_leaves is not None:
-        out_leaves, entries = _checks.entry_handles(out, out_leaves, flat.paths, ops)
-        active_outs = take(out_leaves, active)
-        outs = _checks.check_outs(active_outs, ws, paths, ("out", "w"), name, ops)
-        kept = _checks.check_kept_outs(flat.leaves, flat.paths, active, out_leaves, ("out", "w"), name, ops)
-        writable = _checks.outs_writable(active_outs, outs, ops)
+        checked = _checks.check_out_tree(out, out_leaves, flat, active, ws, ("out", "w"), name, ops)
+    outs = None if checked is None else checked.arrays
+    kept = _checks.KeptOuts.none() if checked is None else checked.kept
     axes = _checks.axis_names("axis_name", axis_name, flat, active, ops)
 
     # Array learning rates and decays are read as the step goes, like the gradients.
@@ -203,33 +198,33 @@ def _update_tree(
             stops[indices[0]],
             None if outs is None else [outs[i] for i in indices],
             write_late=write_late,
-            writable=writable,
+            writable=checked is not None and checked.writable,
             alone=len(groups) == 1,
             axis_names=None if axes is None else tuple(axes[i] for i in indices),
         )
         put(results, indices, group)
-    if out_leaves is None or outs is None:
+    if checked is None:
         return _finish(flat, None, None, name, dict(zip(active, results)))
-    written = _write(flat, out, out_leaves, name, ops, (active, active_outs, outs, results), kept, write_late)
-    _checks.fill_entries(entries)
+    written = _write(flat, out, checked, name, ops, (active, results), write_late)
+    _checks.fill_entries(checked.entries)
     return written
 
 
 def _write(
     flat: Flat,
     out: Any,
-    out_leaves: list[Any],
+    checked: _checks.Outputs,
     name: str,
     ops: Backend,
-    stepped: tuple[list[int], list[Any], list[Any], list[Any]],
-    kept: _checks.KeptOuts,
+    stepped: tuple[list[int], list[Any]],
     late: bool,
 ) -> Any:
-    """The results of the ``stepped`` layers (their indices, outputs as given,
-    native outputs, results) and the copies of the ``kept`` layers' weights,
-    written into their outputs: where not written as the step went, or ``late``
-    (then the weights copied are read as they were before anything was written)."""
-    active, active_outs, outs, results = stepped
+    """The results of the ``stepped`` layers (their indices, results) and the copies
+    of the kept layers' weights, written into their outputs: where not written as
+    the step went, or ``late`` (then the weights copied are read as they were before
+    anything was written)."""
+    active, results = stepped
+    kept, active_outs, outs = checked.kept, checked.given, checked.arrays
     copies = [ops.snapshot(x) if late and o is not x else x for x, o in zip(kept.weights, kept.datas)]
     indices, values = concat(active, kept.indices), concat(results, copies)
 
@@ -241,7 +236,7 @@ def _write(
         check_handles(ops, handles, values, label)
         _checks.check_no_escape(ops, handles, values, label)
     write_all(ops, concat(outs, kept.datas), values, label)
-    return _finish(flat, out, out_leaves, name, dict(zip(indices, values)))
+    return _finish(flat, out, checked.leaves, name, dict(zip(indices, values)))
 
 
 def _finish(flat: Flat, out: Any, out_leaves: list[Any] | None, name: str, new: dict[int, Any]) -> Any:
@@ -307,15 +302,15 @@ def copy_unchanged(
         return out
     name = _checks.call_backend(take(flat.leaves, arrays), take(flat.paths, arrays), w_arg)
     ops = get_backend(name)
-    out_leaves, entries = _checks.entry_handles(out, out_leaves, flat.paths, ops)
-    kept = _checks.check_kept_outs(flat.leaves, flat.paths, [], out_leaves, ("out", w_arg), name, ops)
+    checked = _checks.check_out_tree(out, out_leaves, flat, [], [], ("out", w_arg), name, ops)
+    kept = checked.kept
     if not kept.indices:  # (every layer its own output)
         return out
     if check is not None:
         check(kept, ops)
     late = must_write_late(ops, kept.datas, kept.weights, [])
-    written = _write(flat, out, out_leaves, name, ops, ([], [], [], []), kept, late)
-    _checks.fill_entries(entries)
+    written = _write(flat, out, checked, name, ops, ([], []), late)
+    _checks.fill_entries(checked.entries)
     return written
 
 

@@ -192,21 +192,13 @@ class LarsOptimizer:
         _checks.check_usable("state.count", step_count, ws, lambda k: Path("params", paths[k]), ops)
         all_buffers = self._buffers(state, flat, active, layout, name, ops)
         buffers = take(all_buffers, active)
-        out_leaves = None
+        checked = None
         if out is not None:  # out=params: its leaves are the parameters'
             out_leaves = flat.leaves if out is params else leaves_like("out", out, flat, broadcast=False)
-        outs = None
-        outs_writable = False  # asked only with out=, as is whether the buffers are writable
-        kept = _checks.KeptOuts.none()
-        entries: list[_checks.Entry] = []
-        if out_leaves is not None:
-            out_leaves, entries = _checks.entry_handles(out, out_leaves, flat.paths, ops)
-            active_outs = take(out_leaves, active)
-            outs = _checks.check_outs(active_outs, ws, paths, ("out", "params"), name, ops)
-            outs_writable = _checks.outs_writable(active_outs, outs, ops)
-            where = ("out", "params")
-            kept = _checks.check_kept_outs(flat.leaves, flat.paths, active, out_leaves, where, name, ops)
-            self._check_idle_buffers(all_buffers, active, flat, kept, ops)
+            checked = _checks.check_out_tree(out, out_leaves, flat, active, ws, ("out", "params"), name, ops)
+            self._check_idle_buffers(all_buffers, active, flat, checked.kept, ops)
+        outs = None if checked is None else checked.arrays
+        kept = _checks.KeptOuts.none() if checked is None else checked.kept
         adapt, decay_flags = self._masks(params, flat, active, layout)
         flags = LayerFlags(
             adapt=adapt,
@@ -226,7 +218,7 @@ class LarsOptimizer:
         # another out, the state given stays as it was, as params do.
         in_place = outs is not None and all(map(operator.is_, outs, ws))
         buffers_writable = in_place and (self.config.momentum == 0 or ops.all_writable(buffers))
-        writable = outs_writable and buffers_writable
+        writable = checked is not None and checked.writable and buffers_writable
         count = _next_count(step_count, ops)  # (before anything is written)
         new_ws, new_buffers, copies = self._run(
             ops,
@@ -245,14 +237,14 @@ class LarsOptimizer:
         if all_started is not None:
             now_started = [ops.scalar_for(True, "bool", ws)] * len(active)
             started = self._rebuild(flat, all_started, active, now_started)
-        if out_leaves is None:
+        if checked is None:
             if not _checks.all_native(leaves):  # (handles among them: lm.Array in, lm.Array out)
                 new_ws = [Array(n, name) if isinstance(x, Array) else n for x, n in zip(leaves, new_ws)]
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
                 count, flat, all_buffers, active, new_buffers, started
             )
-        if kept.indices or not _checks.all_native(active_outs):  # (native outputs were written already)
-            targets, values = [*kept.targets, *active_outs], [*copies, *new_ws]
+        if kept.indices or not _checks.all_native(checked.given):  # (native outputs were written already)
+            targets, values = [*kept.targets, *checked.given], [*copies, *new_ws]
             indices = [*kept.indices, *active]
 
             def label(k: int) -> str:
@@ -263,7 +255,7 @@ class LarsOptimizer:
             for target, new in zip(targets, values):
                 if target is not new:
                     _checks.write_back(target, new)
-            _checks.fill_entries(entries)
+            _checks.fill_entries(checked.entries)
         momentum = (
             state.momentum
             if buffers_writable
