@@ -12,6 +12,7 @@ between arrays (the list primitives loop over the one-array ones);
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import operator
 from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
@@ -331,45 +332,8 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         here, one group per dtype."""
         return _batching.batches(ws, key=lambda w: w.dtype, nbytes=lambda w: 0, budget=lambda dtype: None)
 
-    return {
-        f.__name__: f
-        for f in (
-            unwritable,
-            all_writable,
-            is_dense,
-            all_dense,
-            alike,
-            densify,
-            conform,
-            layout_name,
-            dtype_hint,
-            device,
-            shape,
-            assert_same_shape,
-            is_traced,
-            misplaced,
-            memory_roots,
-            overlaps,
-            byte_spans,
-            norms,
-            stop_gradients,
-            check_axis_name,
-            to_compute,
-            compile,
-            largest,
-            constant,
-            scalar_for,
-            arithmetic,
-            widest_float,
-            readable,
-            write,
-            snapshot,
-            cos,
-            axpby,
-            axpbys,
-            batches,
-        )
-    }
+    # Every function defined above, by name.
+    return {name: f for name, f in locals().items() if inspect.isfunction(f)}
 
 
 def no_axis_name(arg: Any, framework: str, value: Any) -> LarsMultiValueError:
