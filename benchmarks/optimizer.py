@@ -51,7 +51,7 @@ from rich.table import Table
 
 import lars_multi as lm
 
-from . import report, timing, workloads
+from . import report, targets, timing, workloads
 from .contenders import FLOOR, LARS_MULTI, NATIVE, Contender
 from .timing import Settings
 
@@ -471,59 +471,38 @@ def table(workload: str, groups: list[dict[str, Any]]) -> Table:
     return t
 
 
-# (workload, backend, contender key, baseline keys (best of), limit or None, what)
-TARGETS: list[tuple[str, str, str, tuple[str, ...], float | None, str]] = []
-for _w, _timm_limit in (("resnet50", 0.8), ("many_small", 0.5)):
-    TARGETS += [
-        (_w, "torch", "lm", ("timm",), _timm_limit, "lm.torch.LARS vs timm Lars (defaults)"),
-        (_w, "torch", "lm", ("sgd_loop", "sgd_foreach"), 1.5, "lm.torch.LARS vs the better torch SGD"),
-        (_w, "torch", "lm_foreach", ("timm",), None, "lm.torch.LARS foreach=True vs timm"),
-        (_w, "torch", "lm_loop", ("timm",), None, "lm.torch.LARS foreach=False vs timm"),
-        (_w, "torch", "lm_timm_preset", ("timm",), None, 'lm.torch.LARS preset="timm" vs timm'),
-        (_w, "torch", "lm", ("timm_foreach",), None, "lm.torch.LARS vs timm foreach=True"),
-        (_w, "jax", "lm_optax", ("optax_lars",), 0.6, "lm.optax.lars jitted vs optax.lars jitted"),
-        (_w, "jax", "lm_optax", ("optax_sgd",), None, "lm.optax.lars jitted vs optax sgd jitted"),
-        (_w, "jax", "lm_eager", ("optax_lars",), None, "lm.optim.lars eager step vs optax.lars jitted"),
-        (_w, "numpy", "lm", ("hand_loop",), 1.0, "lm.optim.lars out=params vs hand in-place loop"),
-        (_w, "keras", "lm", ("sgd",), 1.0, "lm.keras.LARS vs keras SGD (eager)"),
-        (
-            _w,
-            "keras",
-            "lm_tf_function",
-            ("sgd_tf_function",),
-            None,
-            "lm.keras.LARS vs keras SGD (tf.function)",
-        ),
+def _targets() -> list[targets.Target]:
+    t = targets.Target
+    found = []
+    for w, timm_limit in (("resnet50", 0.8), ("many_small", 0.5)):
+        found += [
+            t(w, "torch", "lm", ("timm",), timm_limit, "(lm.torch.LARS) vs timm Lars (defaults)"),
+            t(w, "torch", "lm", ("sgd_loop", "sgd_foreach"), 1.5, "vs the better torch SGD"),
+            t(w, "torch", "lm_foreach", ("timm",), None, "(foreach=True) vs timm"),
+            t(w, "torch", "lm_loop", ("timm",), None, "(foreach=False) vs timm"),
+            t(w, "torch", "lm_timm_preset", ("timm",), None, '(preset="timm") vs timm'),
+            t(w, "torch", "lm", ("timm_foreach",), None, "vs timm foreach=True"),
+            t(w, "jax", "lm_optax", ("optax_lars",), 0.6, "(jitted) vs optax.lars jitted"),
+            t(w, "jax", "lm_optax", ("optax_sgd",), None, "(jitted) vs optax sgd jitted"),
+            t(w, "jax", "lm_eager", ("optax_lars",), None, "(lm.optim eager) vs optax.lars jitted"),
+            t(w, "numpy", "lm", ("hand_loop",), 1.0, "(out=params) vs hand in-place loop"),
+            t(w, "keras", "lm", ("sgd",), 1.0, "(lm.keras.LARS) vs keras SGD (eager)"),
+            t(w, "keras", "lm_tf_function", ("sgd_tf_function",), None, "vs keras SGD (tf.function)"),
+        ]
+    # The sketch of the checks runs on trees of vectors only.
+    found += [
+        t("many_small", "numpy", "hand_loop", ("checks_sketch",), None, "vs the checks sketch"),
+        t("many_small", "numpy", "lm", ("checks_sketch",), None, "(out=params) vs the checks sketch"),
     ]
+    return found
 
-# The sketch of the checks runs on trees of vectors only.
-TARGETS += [
-    ("many_small", "numpy", "hand_loop", ("checks_sketch",), None, "hand in-place loop vs the checks sketch"),
-    ("many_small", "numpy", "lm", ("checks_sketch",), None, "lm.optim.lars out=params vs the checks sketch"),
-]
+
+TARGETS = _targets()
 
 
 def judge(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    judged: list[dict[str, Any]] = []
-    for workload, backend, key, baselines, limit, what in TARGETS:
-        group = next((g for g in groups if g["workload"] == workload and g["backend"] == backend), None)
-        if group is None:
-            continue
-        rows = {c["key"]: c for c in group["contenders"]}
-        base = [rows[b] for b in baselines if b in rows]
-        label = f"{workload} {backend}: {what}" + (
-            f" ({group['n_tensors_note']})" if group["n_tensors_note"] else ""
-        )
-        if key not in rows or not base:
-            judged.append({"label": label, "status": "SKIP", "detail": "not run (missing contender)"})
-            continue
-        best = min(base, key=lambda c: c["best_s"])
-        ratio = rows[key]["best_s"] / best["best_s"]
-        status = "INFO" if limit is None else ("PASS" if ratio <= limit else "MISS")
-        judged.append(
-            {"label": label, "status": status, "ratio": ratio, "limit": limit, "against": best["key"]}
-        )
-    return judged
+    """The verdict of every target whose group was run."""
+    return [judged for target in TARGETS if (judged := targets.judge(target, groups)) is not None]
 
 
 # --- memory -------------------------------------------------------------------
