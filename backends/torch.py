@@ -9,6 +9,7 @@ its whole list); on GPUs in one batch per device, dtype and kind of tensor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from collections.abc import Sequence
@@ -173,7 +174,7 @@ def memory_roots(xs: Sequence[torch.Tensor]) -> list[int | None]:
     compiling (storages cannot be traced)."""
     if _registry.is_compiling():
         return [None] * len(xs)
-    locals_ = list(map(_local, xs))
+    locals_ = xs if set(map(type, xs)) <= PLAIN_TYPES else list(map(_local, xs))
     try:
         storages: list[Any] = list(map(torch.Tensor.untyped_storage, locals_))
     except NotImplementedError:  # a sparse tensor has none
@@ -479,8 +480,17 @@ def stop_gradients(xs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [x.detach() if x.requires_grad else x for x in xs]
 
 
+_GRAD_OFF_ALREADY = contextlib.nullcontext()
+
+
+def _no_grad() -> contextlib.AbstractContextManager[Any]:
+    """``torch.no_grad()`` where gradients are recorded, else nothing to do (an
+    optimizer's step runs under it already: entering it again costs 2 µs a call)."""
+    return torch.no_grad() if torch.is_grad_enabled() else _GRAD_OFF_ALREADY
+
+
 def write(out: torch.Tensor, value: torch.Tensor) -> None:
-    with torch.no_grad():
+    with _no_grad():
         out.copy_(value)
 
 
@@ -550,9 +560,9 @@ def axpbys(
                 raise
             coefficients = bs if isinstance(bs, list) else [bs] * len(xs)
             return [axpby(a, x, b, y, scale=scale) for x, b, y in zip(xs, coefficients, ys)]
-    with torch.no_grad():
+    with _no_grad():
         targets = list(outs)
-        if any(o is not x for o, x in zip(targets, xs)):
+        if not all(map(operator.is_, targets, xs)):
             torch._foreach_copy_(targets, axpbys(a, xs, bs, ys, scale=scale))
             return targets
         if not (type(a) is float and a == 1):
@@ -634,7 +644,7 @@ def axpby(
     if out is None:
         base = x if one else x * a
         return torch.addcmul(base, y, b, value=scale) if tensor else torch.add(base, y, alpha=scale * b)
-    with torch.no_grad():
+    with _no_grad():
         if out is not x:
             out.copy_(axpby(a, x, b, y, scale=scale))
             return out
@@ -653,7 +663,7 @@ def _traced_axpby(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: Any, sc
     value = (x if type(a) is float and a == 1 else x * a) + y * (b * scale)
     if out is None:
         return value
-    with torch.no_grad():
+    with torch.no_grad():  # (under torch.compile: the context Dynamo traces)
         return out.copy_(value)
 
 

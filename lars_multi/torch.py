@@ -370,11 +370,26 @@ class LARS(torch.optim.Optimizer):
         loaded buffer so, but a buffer in ``state`` may be replaced). The
         common case is asked of the lists at once; the others one by one, with messages."""
         floats = _OPS.FLOAT_DTYPES
+        # (a contiguous tensor's elements share no memory: the call is made for the others)
         if (
-            all([p.dtype in floats and not shares_elements(p) and not p.is_inference() for p in params])
+            all(
+                [
+                    p.dtype in floats
+                    and (p.is_contiguous() or not shares_elements(p))
+                    and not p.is_inference()
+                    for p in params
+                ]
+            )
             and all(
                 [
-                    b is None or (_like(b, p) and not shares_elements(b) and not b.is_inference())
+                    b is None
+                    or (
+                        b.shape == p.shape
+                        and b.dtype is p.dtype
+                        and b.device == p.device
+                        and (b.is_contiguous() or not shares_elements(b))
+                        and not b.is_inference()
+                    )
                     for p, b in zip(params, buffers)
                 ]
             )
@@ -457,11 +472,6 @@ class LARS(torch.optim.Optimizer):
         return f"the momentum buffer of {place}" if buffer else place
 
 
-def _like(buffer: torch.Tensor, p: torch.Tensor) -> bool:
-    """Whether a kept momentum buffer has its parameter's shape, dtype and device."""
-    return buffer.shape == p.shape and buffer.dtype is p.dtype and buffer.device == p.device
-
-
 def _all_plain(*lists: list[Any]) -> bool:
     """Whether every tensor (None: no buffer yet) is a plain tensor or parameter."""
     types = set(map(type, itertools.chain(*lists)))
@@ -514,9 +524,9 @@ def _step_group(
             buffer = torch.zeros_like(p, memory_format=torch.preserve_format)
             buffers[i] = buffer
             made.append((p, buffer))
-    default = config.preset.default_mask
-    adapt = tuple(default(None, p) if group["adapt"] is None else group["adapt"] for p in params)
-    decay = tuple(default(None, p) if group["decay"] is None else group["decay"] for p in params)
+    default = config.preset.default_mask.of_shapes([p.shape for p in params])
+    adapt = tuple(default) if group["adapt"] is None else (group["adapt"],) * len(params)
+    decay = tuple(default) if group["decay"] is None else (group["decay"],) * len(params)
     # None: lists, which pay on every device here (one _foreach_norm per group; on
     # DTensors one all-reduce of the stacked norms per group instead of one per layer).
     foreach = group["foreach"] is not False
