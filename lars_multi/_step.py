@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from . import _registry
@@ -46,12 +46,12 @@ class _Key:
     ``__hash__ = _Key.__hash__`` in their body, so that dataclass keeps it."""
 
     def __hash__(self) -> int:
-        try:
-            return self._hash  # type: ignore[attr-defined,no-any-return]
-        except AttributeError:
-            value = hash(tuple(getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
+        known = vars(self)  # (the fields, in order, then the hash once computed)
+        value = known.get("_hash")
+        if value is None:
+            value = hash(tuple(known.values()))
             object.__setattr__(self, "_hash", value)
-            return value
+        return value  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
