@@ -515,11 +515,13 @@ _BATCH_BYTES = 4 << 20
 
 def batches(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
     """The layers by (device, dtype, kind of tensor: a ``_foreach`` kernel takes plain
-    tensors or DTensors, not both); on CPUs and for halves, in consecutive batches of
-    about ``_BATCH_BYTES`` (in float32 for halves)."""
+    tensors or DTensors, not both; and a DTensor's mesh: the norms of a batch are
+    stacked, which DTensors on two meshes cannot be, as FSDP2 with tensor parallelism
+    places some layers on the 2-D mesh and others on its data-parallel mesh); on CPUs
+    and for halves, in consecutive batches of about ``_BATCH_BYTES`` (in float32 for halves)."""
     return _batching.batches(
         ws,
-        key=lambda w: (w.device, w.dtype, tensor_kind(w)),
+        key=lambda w: (w.device, w.dtype, tensor_kind(w), getattr(w, "device_mesh", None)),
         nbytes=lambda w: w.nelement() * (4 if w.dtype in _HALF else w.element_size()),
         budget=lambda key: _BATCH_BYTES if key[0].type == "cpu" or key[1] in _HALF else None,
     )

@@ -65,6 +65,17 @@ def test_torch_lars_on_dtensors(tmp_path):
             assert rel <= REL_TOL, (variant, report)
 
 
+def test_dtensors_on_two_meshes(tmp_path):
+    """DTensors on two device meshes in one tree or group (FSDP2 with tensor parallelism
+    puts some layers on the 2-D mesh, the others on its data-parallel mesh): each
+    mesh's layers are stepped together, as the full tensors are; a layer larger than a
+    CPU batch, on the first mesh, was written before the step failed on stacking norms
+    of both meshes."""
+    for report in run_ranks("dtensors_on_two_meshes", tmp_path):
+        for variant, rel in report["max_rel"].items():
+            assert rel <= REL_TOL, (variant, report)
+
+
 def test_fsdp2_equals_full_batch(tmp_path):
     """An MLP under FSDP2 (``fully_shard`` on each Linear and the root), each rank
     on half of every batch, 5 steps of ``lm.torch.LARS``, equals full-batch training."""
@@ -279,6 +290,48 @@ def case_dtensor_optimizer(mesh: Any) -> dict[str, Any]:
         for name, place in placements.items():
             got = run(place, foreach)
             max_rel[f"{name}/foreach={foreach}"] = max(_rel(got[k], ref[k]) for k in shapes)
+    return {"max_rel": max_rel}
+
+
+def case_dtensors_on_two_meshes(mesh: Any) -> dict[str, Any]:
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    import lars_multi as lm
+
+    other = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("dp", "tp"))
+    gen = torch.Generator().manual_seed(4)
+    # "big": more than a CPU batch (4 MiB), a batch of its own, before the others
+    shapes = {"big": (1100, 1000), "a": (6, 4), "b": (4, 6), "c": (6,)}
+    meshes = {"big": (mesh, [Shard(0)]), "a": (mesh, [Shard(0)]), "b": (other, [Shard(0), Replicate()])}
+    meshes["c"] = (other, [Replicate(), Replicate()])
+    init = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+    grads = [{k: torch.randn(s, generator=gen) for k, s in shapes.items()} for _ in range(3)]
+
+    def placed(k, v, sharded):
+        return distribute_tensor(v.clone(), *meshes[k]) if sharded else v.clone()
+
+    def run(sharded, foreach):
+        params = {k: torch.nn.Parameter(placed(k, v, sharded)) for k, v in init.items()}
+        opt = lm.torch.LARS(params.values(), foreach=foreach, **HYPER)
+        for step in grads:
+            for k, p in params.items():
+                p.grad = placed(k, step[k], sharded)
+            opt.step()
+        return {k: _full(p.detach()) for k, p in params.items()}
+
+    max_rel = {}
+    for foreach in (None, False):
+        ref, got = run(False, foreach), run(True, foreach)
+        max_rel[f"optimizer/foreach={foreach}"] = max(_rel(got[k], ref[k]) for k in shapes)
+    w = {k: placed(k, v, True) for k, v in init.items()}
+    g = {k: placed(k, v, True) for k, v in grads[0].items()}
+    ref = lm.lars_update(init, grads[0], 0.1, decay_lambda=1e-2)
+    new = lm.lars_update(w, g, 0.1, decay_lambda=1e-2)
+    max_rel["lars_update"] = max(_rel(new[k].full_tensor(), ref[k]) for k in shapes)
+    lm.lars_update(w, g, 0.1, decay_lambda=1e-2, out=w)
+    max_rel["lars_update/in_place"] = max(_rel(w[k].full_tensor(), ref[k]) for k in shapes)
     return {"max_rel": max_rel}
 
 
