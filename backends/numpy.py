@@ -169,6 +169,12 @@ def dtype_name(dtype: Any) -> str:
 
 
 def dtype_hint(got: Any, expected: Any) -> str:
+    if got.kind == "f" and expected in _HALF and got.itemsize > expected.itemsize:
+        return (
+            f"; a {expected.name} layer's step is computed in float32 already, from {expected.name} "
+            f"gradients: cast it (x.astype(w.dtype)), unscaling a loss-scaled gradient first (a value "
+            f"beyond {expected.name}'s range becomes inf)"
+        )
     if got.kind == "f" and expected.kind in "fV" and got.itemsize > expected.itemsize:
         return (
             f"; NumPy silently promotes {expected.name} arithmetic with {got.name} values, so cast it "

@@ -260,8 +260,18 @@ def zeros_like(x: Any) -> torch.Tensor:
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
+    """``x``'s values; a bfloat16 tensor's in NumPy's bfloat16 of ml_dtypes (as the
+    other backends give them), or in float32 where ml_dtypes is not installed (NumPy
+    has no bfloat16 of its own)."""
     x = x.detach().cpu()
-    return x.float().numpy() if x.dtype == torch.bfloat16 else x.numpy()
+    if x.dtype != torch.bfloat16:
+        return x.numpy()
+    values = x.float().numpy()  # (exact: a bfloat16 is a float32 cut short)
+    try:
+        from ml_dtypes import bfloat16
+    except ImportError:
+        return values
+    return values.astype(bfloat16)
 
 
 def cast_like(value: Any, like: torch.Tensor) -> Any:

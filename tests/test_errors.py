@@ -245,6 +245,19 @@ def test_dtype_mismatch(backend):
         lm.lars_update({"x": w, "y": w}, {"x": lm.Array(native(backend, G)), "y": lm.Array(g)}, 0.1)
 
 
+def test_numpy_hint_for_a_wider_gradient_of_a_half_layer():
+    """A float32 gradient of a float16 layer: the hint says the step computes in float32
+    already and warns of float16's range (it blamed NumPy's promotion, which the step
+    does not suffer, and its cast made a gradient of 1e5 inf)."""
+    w, g = np.ones((2, 2), np.float16), np.full((2, 2), 1e5, np.float32)
+    with raises(TypeError, r"^dcdw: expected dtype float16 \(the dtype of w\), got float32; a float16 layer"):
+        lm.lars_update(w, g, 0.1)
+    with pytest.raises(lm.LarsMultiTypeError, match="unscaling a loss-scaled gradient first"):
+        lm.lars_update(w, g, 0.1)
+    with raises(TypeError, r"got float64; NumPy silently promotes float32 arithmetic"):
+        lm.lars_update(W, G.astype(np.float64), 0.1)
+
+
 @pytest.mark.parametrize("dtype", ["int32", "int64", "bool"])
 def test_non_float_weights(backend, dtype):
     with x64(backend):

@@ -281,6 +281,19 @@ def test_lm_array_in_lm_array_out(backend_name):
     assert isinstance(mixed[0], lm.Array) and not isinstance(mixed[1], lm.Array)
 
 
+def test_lm_array_of_bfloat16_reads_as_bfloat16_on_every_backend(backend_name):
+    """A bfloat16 array's values come back in NumPy's bfloat16 (ml_dtypes), as on NumPy and
+    JAX: torch and TensorFlow gave float32, so a layer saved through ``to_numpy`` changed dtype."""
+    import ml_dtypes
+
+    values = np.array([[1.5, -2.25, 3.0e38]], np.float32).astype(ml_dtypes.bfloat16)
+    a = lm.Array(native(backend_name, values, "bfloat16"))
+    assert a.dtype == "bfloat16"
+    for got in (a.to_numpy(), np.asarray(a)):
+        assert got.dtype == ml_dtypes.bfloat16
+        np.testing.assert_array_equal(got.astype(np.float32), values.astype(np.float32))
+
+
 def test_lm_array_interface(backend_name):
     a = lm.Array(native(backend_name, np.arange(6, dtype=np.float32).reshape(2, 3)))
     assert a.shape == (2, 3) and a.ndim == 2 and len(a) == 2 and a.dtype == "float32"
