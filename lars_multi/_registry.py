@@ -50,7 +50,6 @@ _env_choice: str | None = os.environ.get(ENV_VAR) or None  # read once, at impor
 _context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "lars_multi_backend", default=None
 )
-_contexts = 0  # open using_backend blocks, in every thread
 _contexts_used = False  # whether any using_backend block was ever opened
 
 
@@ -177,26 +176,22 @@ def unset_backend() -> None:
 @contextlib.contextmanager
 def using_backend(name: str) -> Iterator[Backend]:
     """Use ``name`` inside a ``with`` block, in this thread or asyncio task only."""
-    global _contexts, _contexts_used
+    global _contexts_used
     module = get_backend(name)
     token = _context_choice.set(name)
-    with _LOCK:
-        _contexts += 1
-        _contexts_used = True
+    _contexts_used = True
     try:
         yield module
     finally:
         _context_choice.reset(token)
-        with _LOCK:
-            _contexts -= 1
 
 
 def current_backend() -> str | None:
     """The chosen backend's name: context, then set_backend, then environment."""
     # The context variable is read once some with-block was opened (a task it made may run
-    # after the block closed), and while compiling only while one is open (torch.compile
-    # cannot trace it).
-    context = _context_choice.get() if _contexts or (_contexts_used and not is_compiling()) else None
+    # after the block closed), never while torch.compile traces (Dynamo cannot read it: the
+    # inputs decide there, as do set_backend and the environment).
+    context = _context_choice.get() if _contexts_used and not is_compiling() else None
     choice = context or _global_choice or _env_choice
     if choice is not None and choice not in _SPECS:
         raise UnknownBackendError(f"{ENV_VAR}: expected one of {sorted(_SPECS)}, got {choice!r}")

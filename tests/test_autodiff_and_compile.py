@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -594,6 +595,39 @@ step(w, g)
 print(round(float(w["a"][0]), 6), round(float(w["b"][0]), 6))
 """
     assert run_python(script) == "0.9 1.8"
+
+
+def test_torch_compile_fullgraph_with_a_using_backend_block_open():
+    """An open ``using_backend`` block, this thread's or another's, leaves a compiled call
+    to the inputs (Dynamo cannot trace the context variable's read: a block open anywhere
+    made every fullgraph compile of the process fail)."""
+    import threading
+
+    require_backend("torch")
+    import torch
+
+    opened, release = threading.Event(), threading.Event()
+
+    def hold_a_block() -> None:
+        with lm.using_backend("numpy"):
+            opened.set()
+            release.wait(60)
+
+    w, g = torch.tensor([3.0, 1.0, 5.0]), torch.tensor([0.3, 0.1, 0.2])
+    want = lm.lars_update(w, g, 0.1)
+    other = threading.Thread(target=hold_a_block)
+    other.start()
+    try:
+        assert opened.wait(60)
+        for block in (contextlib.nullcontext(), lm.using_backend("torch")):
+            torch._dynamo.reset()
+            with block:
+                step = torch.compile(lambda w, g: lm.lars_update(w, g, 0.1), backend="eager", fullgraph=True)
+                torch.testing.assert_close(step(w, g), want)
+    finally:
+        release.set()
+        other.join()
+        torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("count", [np.asarray(3, np.int32), np.int32(3)], ids=["0-d array", "scalar"])
