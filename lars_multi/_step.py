@@ -53,6 +53,10 @@ class _Key:
             object.__setattr__(self, "_hash", value)
         return value  # type: ignore[no-any-return]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields, without the hash: another process hashes strings otherwise."""
+        return {name: value for name, value in vars(self).items() if name != "_hash"}
+
 
 @dataclass(frozen=True)
 class StepConfig(_Key):

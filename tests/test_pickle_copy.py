@@ -226,3 +226,15 @@ def test_tf_variable_leaves():
     np.testing.assert_array_equal(got.v.numpy(), W)
     assert got.wrapped.backend == "tensorflow"
     np.testing.assert_array_equal(to_numpy(got.wrapped), W)
+
+
+def test_an_unpickled_optimizer_hashes_its_configuration_afresh():
+    """A step's configuration keeps its hash once computed; pickled, it leaves it behind:
+    strings hash differently in another process, where the kept hash would miss every
+    compiled step cached for the same configuration (and compile again)."""
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-4, preset="timm")
+    hash(opt.config)
+    restored = pickle.loads(pickle.dumps(opt))
+    assert "_hash" not in vars(restored.config) and restored.config == opt.config
+    assert hash(restored.config) == hash(opt.config)
+    assert "_hash" not in vars(copy.copy(opt.config))
