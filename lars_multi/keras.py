@@ -158,6 +158,14 @@ if keras is not None:
         """A variable's path (``"sequential/dense/kernel"``); a TensorFlow variable's name."""
         return str(getattr(variable, "path", variable.name))
 
+    def _path_pattern(variable: Any) -> str:
+        """A pattern matching ``variable``'s path alone, with or without its first part
+        (the model's name: ``keras.models.load_model`` names the variables without it)."""
+        first, _, rest = _path(variable).partition("/")
+        if not rest:
+            return f"^{re.escape(first)}$"
+        return f"^(?:{re.escape(first)}/)?{re.escape(rest)}$"
+
     # The step's hyper-parameters, fixed once the optimizer is made (a compiled
     # ``model.fit`` traces the step with them). Keras' own decoupled weight decay
     # (``weight_decay``) is not LARS's, and stays off.
@@ -235,7 +243,9 @@ if keras is not None:
                 not adapted, not decayed. They narrow the preset's default
                 (``"paper"``: variables with more than one dimension;
                 ``"optax"``, ``"timm"``: every variable).
-                :meth:`exclude_from_weight_decay` also narrows the decay.
+                :meth:`exclude_from_weight_decay` also narrows the decay, and is
+                saved with the optimizer as patterns (its names as substrings, its
+                variables by their paths).
             name, **kwargs: as ``keras.optimizers.Optimizer`` (``clipnorm``,
                 ``global_clipnorm``, ``use_ema``, ``loss_scale_factor``, ...).
         """
@@ -388,6 +398,12 @@ if keras is not None:
                     "first step), got one after; pass exclude_from_weight_decay= when making it"
                 )
             super().exclude_from_weight_decay(var_list, var_names)
+            # Kept as patterns too, which get_config saves (Keras' own record of the call is
+            # not saved: a model loaded from model.save went on decaying those variables).
+            names = _checks.check_name_patterns("var_names", var_names)
+            self.exclude_from_weight_decay_patterns.extend(
+                [re.escape(name) for name in names] + [_path_pattern(variable) for variable in var_list or ()]
+            )
 
         def _check_fits(self, var_list: list[Any], learning_rate: Any = None) -> None:
             """The numbers among the hyper-parameters (``learning_rate``: the one to be

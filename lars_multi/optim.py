@@ -235,7 +235,7 @@ class LarsOptimizer:
         )
         started = None
         if all_started is not None:
-            now_started = [ops.scalar_for(True, "bool", ws)] * len(active)
+            now_started = _now_started(ops, ws, all_started, active, first)
             started = self._rebuild(flat, all_started, active, now_started)
         if checked is None:
             if not _checks.all_native(leaves):  # (handles among them: lm.Array in, lm.Array out)
@@ -448,8 +448,20 @@ class LarsOptimizer:
     def _buffers(
         self, state: Any, flat: Flat, active: list[int], ws: Layout, name: str, ops: Backend
     ) -> list[Any]:
+        """The momentum buffers of every leaf, those of the ``active`` layers checked
+        against their weights ``ws``. At momentum 0 there are none, but a state's
+        buffers (a state made with momentum, as ``optax.inject_hyperparams`` may then
+        set it to 0) are checked all the same: a state made for another tree is refused."""
         if self.config.momentum == 0:
+            if state.momentum is not None:
+                self._checked_buffers(state, flat, active, ws, name, ops)
             return [None] * len(flat.leaves)
+        return self._checked_buffers(state, flat, active, ws, name, ops)
+
+    @staticmethod
+    def _checked_buffers(
+        state: Any, flat: Flat, active: list[int], ws: Layout, name: str, ops: Backend
+    ) -> list[Any]:
         if state.momentum is None:
             raise LarsMultiValueError(
                 "state: expected momentum buffers (momentum > 0), got a state without them (made with "
@@ -513,6 +525,23 @@ def _of_known_ranks(arg: str, mask: RankMask, shapes: list[Any], paths: list[Any
             f"{Path('params', paths[unknown])}: expected a known number of dimensions (the preset's default "
             f"{arg} goes by it), got a shape of unknown rank; give {arg} (a tree of bools or a callable)"
         ) from None
+
+
+def _now_started(ops: Backend, ws: list[Any], started: list[Any], active: list[int], first: Any) -> list[Any]:
+    """The start flags of the ``active`` layers after their step: True, each an array of
+    its own where arrays can be written in place (one flag for two layers would restart
+    both where one is reset in place); a flag that was True already is kept, unless it
+    is another layer's too. ``first``: per layer, whether its buffer started now."""
+    true = ops.scalar_for(True, "bool", ws)
+    if ops.unwritable(true) is not None:  # (immutable: one for every layer changes nothing)
+        return [true] * len(active)
+    kept = [False] * len(active)
+    if isinstance(first, list) and all(type(f) is bool for f in first):
+        seen: set[int] = set()
+        for k, (i, starts) in enumerate(zip(active, first)):
+            kept[k] = not starts and id(started[i]) not in seen
+            seen.add(id(started[i]))
+    return [started[i] if keep else ops.scalar_for(True, "bool", ws) for i, keep in zip(active, kept)]
 
 
 def _first(ops: Backend, count: Any, started: list[Any] | None, active: list[int]) -> Any:

@@ -276,7 +276,25 @@ class LARS(torch.optim.Optimizer):
                         "(saved by another optimizer?)"
                     )
                 _check_group({**_LATER_SETTINGS, **saved})
+        self._check_saved_names(groups)
         self._check_saved_buffers(state_dict, groups)
+
+    def _check_saved_names(self, groups: list[Any]) -> None:
+        """Where both the saved groups and this optimizer's name their parameters
+        (``param_names``: an optimizer made with ``named_parameters()``), the names must
+        agree place by place: torch pairs the saved state with the parameters by position,
+        so groups given in another order would swap the parameters' buffers and settings
+        wherever their shapes agree."""
+        for i, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            names = saved.get("param_names") if isinstance(saved, dict) else None
+            ours = group.get("param_names")
+            if names is not None and ours is not None and list(names) != list(ours):
+                raise LarsMultiValueError(
+                    f"state_dict['param_groups'][{i}]['param_names']: expected the names of this "
+                    f"optimizer's group {i}, {list(ours)}, got {list(names)} (torch pairs a saved state "
+                    "with the parameters by position: give the groups in the saved order, or pair them "
+                    "by name in a load_state_dict pre-hook)"
+                )
 
     def _check_saved_buffers(self, state_dict: dict[str, Any], groups: list[Any]) -> None:
         """Each saved momentum buffer must have its parameter's shape (the pairing is

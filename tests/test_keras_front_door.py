@@ -558,6 +558,36 @@ def test_lars_multi_schedules_are_keras_schedules(tmp_path):
     assert isinstance(restored.lars_weight_decay, lars_multi.keras.Schedule)
 
 
+def test_exclusions_made_by_the_method_are_saved_with_the_model(tmp_path):
+    """``exclude_from_weight_decay(var_names=..., var_list=...)`` before the first step:
+    a model loaded from ``model.save`` leaves the same variables undecayed, and goes on
+    as the uninterrupted run (Keras saves no record of the call: the loaded optimizer
+    decayed them, 1e-3 off after one more epoch)."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    import lars_multi.keras
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(16, 3)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, name="hidden.1"), keras.layers.Dense(2, name="out")]
+    )
+    optimizer = lars_multi.keras.LARS(0.5, weight_decay=0.5, trust_coefficient=0.02, preset="optax")
+    optimizer.exclude_from_weight_decay(var_list=[model.layers[1].kernel], var_names=["bias"])
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    decayed = [flags.decay for flags in optimizer._lars_flags]
+    assert decayed == [(True,), (False,), (False,), (False,)]  # hidden.1's kernel only
+    assert [flags.decay for flags in loaded.optimizer._lars_flags] == decayed
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
 def test_a_pattern_that_is_not_a_regular_expression_is_a_substring():
     keras = pytest.importorskip("keras")
     import lars_multi.keras

@@ -1226,6 +1226,59 @@ def test_tf_function_jit_compile_step_equals_eager(problem):
     _assert_compiled_step_matches("tensorflow", compiled, opt, params, grads, want, want_state)
 
 
+def test_momentum_0_checks_the_buffers_a_state_holds(backend):
+    """At momentum 0 a state's buffers are not used, but a state made for another tree (of
+    other keys, shapes or dtypes) is refused as at momentum 0.9: it was taken, its count
+    set the schedule's position, and its buffers were dropped from the state returned.
+    A state with buffers of this tree (made with momentum, as ``optax.inject_hyperparams``
+    may then set it to 0) steps as before, as does one without."""
+    p = {"w": native(backend, np.ones((2, 2), np.float32)), "b": native(backend, np.ones(3, np.float32))}
+    g = {
+        "w": native(backend, np.full((2, 2), 0.5, np.float32)),
+        "b": native(backend, np.full(3, 0.5, np.float32)),
+    }
+    opt = lm.optim.lars(0.1, momentum=0.0, weight_decay=1e-2)
+    with_momentum = lm.optim.lars(0.1, momentum=0.9, preset="timm")
+    foreign = with_momentum.init({"conv": native(backend, np.ones((3, 3), np.float32))})
+    reshaped = with_momentum.init({"w": native(backend, np.ones(4, np.float32)), "b": p["b"]})
+    for bad, message in (
+        (foreign, r"^state.momentum: expected the structure of params"),
+        (reshaped, r"^state.momentum\['w'\]: expected shape \(2, 2\)"),
+    ):
+        with pytest.raises(lm.LarsMultiError, match=message):
+            opt.step(p, g, bad)
+    want, _ = opt.step(p, g, opt.init(p))
+    for state in (opt.init(p), with_momentum.init(p)):
+        got, _ = opt.step(p, g, state)
+        for k in p:
+            np.testing.assert_array_equal(to_numpy(got[k]), to_numpy(want[k]))
+
+
+def test_timm_start_flags_are_each_layers_own_after_a_step(backend):
+    """After a step, each layer's start flag is an array of its own where arrays can be
+    written in place (one array served every layer: clearing one layer's flag in place,
+    to restart its momentum, restarted every layer's); a flag already set is kept."""
+    p = {"w": native(backend, np.ones((2, 2), np.float32)), "b": native(backend, np.ones(3, np.float32))}
+    g = {
+        "w": native(backend, np.full((2, 2), 0.5, np.float32)),
+        "b": native(backend, np.full(3, 0.5, np.float32)),
+    }
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset="timm")
+    p1, s1 = opt.step(p, g, opt.init(p))
+    _, s2 = opt.step(p1, g, s1)
+    for state in (s1, s2):
+        assert all(bool(to_numpy(flag)) for flag in state.started.values())
+        if backend in ("numpy", "torch"):
+            assert state.started["w"] is not state.started["b"]
+    if backend in ("numpy", "torch"):
+        assert s2.started["w"] is s1.started["w"]  # (kept: no array made at every step)
+        shared = s1._replace(
+            started={"w": s1.started["w"], "b": s1.started["w"]}
+        )  # (as a checkpoint may hold)
+        _, s3 = opt.step(p1, g, shared)
+        assert s3.started["w"] is not s3.started["b"]
+
+
 def test_momentum_state_missing_buffers():
     p = {"w": np.ones((2, 2), np.float32)}
     state = lm.optim.lars(LR, momentum=0.0).init(p)

@@ -934,6 +934,36 @@ def test_load_state_dict_refuses_buffers_of_parameters_in_another_order():
     assert not reordered.state
 
 
+def test_load_state_dict_refuses_named_groups_in_another_order():
+    """Groups of named parameters (``named_parameters()``) given in another order than
+    saved, with parameters of one shape: torch pairs by position, so each would take the
+    other's buffer and settings, silently; the names tell, and the state is refused.
+    In the saved order it loads, and resumes the run."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3, bias=False), torch.nn.Linear(3, 3, bias=False))
+    first, second = model.named_parameters()
+
+    def make(order):
+        groups = {"0": {"params": [first], "trust_coefficient": 0.02}, "1": {"params": [second]}}
+        return LARS([groups[k] for k in order], lr=0.1, momentum=0.9, trust_coefficient=0.5)
+
+    opt = make("01")
+    for p in model.parameters():
+        p.grad = torch.randn(3, 3)
+    opt.step()
+    saved = opt.state_dict()
+    reordered = make("10")
+    with pytest.raises(
+        lm.LarsMultiValueError,
+        match=r"^state_dict\['param_groups'\]\[0\]\['param_names'\]: expected .*, got \['0.weight'\]",
+    ):
+        reordered.load_state_dict(saved)
+    assert not reordered.state and reordered.param_groups[0]["trust_coefficient"] == 0.5
+    again = make("01")
+    again.load_state_dict(saved)
+    assert again.param_groups[0]["trust_coefficient"] == 0.02 and len(again.state) == 2
+
+
 @pytest.mark.parametrize("other", ["sgd", "timm"])
 def test_load_state_dict_of_another_optimizer_names_the_missing_settings(other):
     """A state saved by torch.optim.SGD or timm's Lars lacks LARS's settings: a clear
