@@ -127,16 +127,18 @@ def _differentiable() -> bool:
 
 def _zero_subgradient(kernel: Any) -> Any:
     """``kernel`` (a norm), with a gradient of 0 where the norm is (the subgradient
-    torch takes at a zero norm; TensorFlow's own divides 0 by 0 there: NaN)."""
+    torch takes at a zero norm; TensorFlow's own divides 0 by 0 there: NaN). The
+    gradient takes the norm again, by ``tf.norm``, whose own gradient is right: a
+    second derivative through ``reduce_euclidean_norm``'s output, in a graph, was NaN
+    (a Hessian of an eager step of several layers)."""
 
     @tf.custom_gradient
     def norm(x: Any) -> Any:
-        value = kernel(x)
-
         def gradient(upstream: Any) -> Any:
-            return upstream * x / tf.where(value > 0, value, tf.ones_like(value))
+            again = tf.norm(x)  # (computed only where a gradient is taken)
+            return upstream * x / tf.where(again > 0, again, tf.ones_like(again))
 
-        return value, gradient
+        return kernel(x), gradient
 
     return norm
 

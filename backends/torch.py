@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 from lars_multi import _batching, _registry
 from lars_multi._aliasing import elements_overlap, overlap_groups
@@ -367,7 +368,8 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
             try:
                 return _foreach_norms(list(xs), dtype, first.is_cpu)
             except RuntimeError:  # (asked only then: the query costs a tiny step 2%)
-                if not _in_transform():
+                # inside torch.func, or with forward-mode tangents: _foreach_norm has no rule
+                if not (_in_transform() or _forward_ad_on()):
                     raise
                 return [norm(x) for x in xs]
     out: list[Any] = [None] * len(xs)
@@ -441,7 +443,7 @@ def _blas_norm(x: torch.Tensor) -> torch.Tensor | None:
     ``dot`` sums in an order set by the data's alignment: a layer at the same offset
     of its allocation gets the same norm on every run.) None for a small layer or
     one with gaps between its elements."""
-    if x.numel() < _DOT_ELEMENTS:
+    if x.numel() < _DOT_ELEMENTS or _differentiated(x):
         return None
     if x.is_contiguous():
         flat = x.view(-1)
@@ -453,6 +455,21 @@ def _blas_norm(x: torch.Tensor) -> torch.Tensor | None:
             return None
         flat = ordered.view(-1)
     return torch.dot(flat, flat).sqrt()
+
+
+def _differentiated(x: torch.Tensor) -> bool:
+    """Whether a norm of ``x`` is differentiated: autograd records it, or ``x`` carries
+    a forward-mode tangent. (``sqrt`` of a zero ``dot`` has an infinite derivative, and
+    a NaN gradient; ``vector_norm``'s is 0 there.)"""
+    if x.requires_grad and torch.is_grad_enabled():
+        return True
+    return _forward_ad_on() and forward_ad.unpack_dual(x).tangent is not None
+
+
+def _forward_ad_on() -> bool:
+    """Whether forward-mode AD is on (inside ``torch.autograd.forward_ad.dual_level``;
+    its level is private: where it is gone, taken as on)."""
+    return getattr(forward_ad, "_current_level", 0) >= 0
 
 
 def _dtensor_norms(

@@ -144,8 +144,8 @@ def trust_ratio(
     if config.eps:
         denominator = denominator + ops.constant(config.eps, denominator)
     ratio = ops.where(usable, config.trust_coefficient * w_norm / denominator, 1.0)
-    if config.trust_clip:  # min(r / lr, 1): r / lr where r < lr (so lr > 0), else 1
-        below = ratio < lr
+    if config.trust_clip:  # min(r / lr, 1): r / lr where r < lr (so lr > 0) or r is NaN, else 1
+        below = ~(ratio >= lr)  # (a NaN ratio stays NaN, as timm's clamp keeps it)
         lr_like = ops.zeros_like(ratio) + lr  # in the ratio's dtype, whatever lr is
         ratio = ops.where(below, ratio / ops.where(below, lr_like, 1.0), 1.0)
     timm_rule = preset.adapt_needs_decay and not config.always_adapt
@@ -414,6 +414,8 @@ def _step(
         buffers = [None] * n
     if stop and outs is None:  # the result cut from the graph: nothing it is made of is traced
         ws, gs = ops.stop_gradients(ws), ops.stop_gradients(gs)
+        if config.momentum != 0:  # (a state made by a differentiated step holds a graph)
+            buffers = ops.stop_gradients(buffers)
         if type(lr) is not float:
             lr = ops.stop_gradient(lr)
         if weight_decay is not None and type(weight_decay) is not float:

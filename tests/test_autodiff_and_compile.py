@@ -144,22 +144,26 @@ def _gradients(backend_name, loss_of, w, g):
 
 @pytest.mark.parametrize("zero", ["weights", "gradient"])
 @pytest.mark.parametrize("tree", [False, True], ids=["one", "tree"])
-def test_gradient_at_a_zero_norm_is_the_subgradient_not_nan(backend_name, zero, tree):
+@pytest.mark.parametrize("size", [3, 3 * 5462], ids=["small", "large"])
+def test_gradient_at_a_zero_norm_is_the_subgradient_not_nan(backend_name, zero, tree, size):
     """Differentiated at zero weights or a zero gradient, a norm contributes its
     subgradient 0 (as torch's does), on every autodiff backend: before, JAX's and
-    TensorFlow's square root gave NaN there."""
+    TensorFlow's square root gave NaN there, and so did torch's norm of a CPU layer of
+    2**14 elements or more (a BLAS dot's square root)."""
     if backend_name == "numpy":
         pytest.skip("NumPy has no autodiff")
     lr = 0.1
-    w = np.zeros_like(W2) if zero == "weights" else W2.astype(np.float64)
-    g = np.zeros_like(G2) if zero == "gradient" else G2.astype(np.float64)
+    tiles = size // 3
+    w = np.zeros(size) if zero == "weights" else np.tile(W2.astype(np.float64), tiles)
+    g = np.zeros(size) if zero == "gradient" else np.tile(G2.astype(np.float64), tiles)
     w, g = w.astype(np.float32), g.astype(np.float32)
+    cotangent = np.tile(C2, tiles)
 
     def loss_of(w, g):
         args = ({"a": w, "b": w * 2}, {"a": g, "b": g * 2}) if tree else (w, g)
         new = lm.lars_update(*args, lr, stop_gradients=False)
         layers = [new["a"], new["b"]] if tree else [new]
-        weighted = [layer * native(backend_name, C2) for layer in layers]
+        weighted = [layer * native(backend_name, cotangent) for layer in layers]
         if backend_name == "tensorflow":
             import tensorflow as tf
 
@@ -170,7 +174,7 @@ def test_gradient_at_a_zero_norm_is_the_subgradient_not_nan(backend_name, zero, 
     # The reference's r = ||w|| / (||g|| + 1e-12), out = w - lr r g, in float64 by
     # hand: the ratio's derivative vanishes (a zero norm's subgradient, or a zero
     # factor g), leaving d/dw = c and d/dg = -lr r c, summed over the layers' scales.
-    c = C2.astype(np.float64)
+    c = cotangent.astype(np.float64)
     want_w, want_g = np.zeros_like(c), np.zeros_like(c)
     for scale in (1.0, 2.0) if tree else (1.0,):  # layer "b" is (2 w, 2 g)
         w_norm, g_norm = (np.linalg.norm(scale * x.astype(np.float64)) for x in (w, g))
@@ -440,6 +444,58 @@ def test_tf_gradient_tape_tree_and_stop_gradients():
     assert tape.gradient(stopped_loss, ws) == [None, None]
     assert tape.gradient(single, ws[0]) is None
     del tape
+
+
+def test_tf_second_derivatives_of_an_eager_step_of_several_layers():
+    """A Hessian-vector product (forward over reverse) through an eager step of two
+    layers equals the one of the README's rule written in TensorFlow: the step runs in
+    lars_multi's own tf.function, where the norm's second derivative was NaN."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    w1, w2, g1, g2, v = (tf.constant(rng.standard_normal(s)) for s in [(3, 4), (4,), (3, 4), (4,), (3, 4)])
+
+    def loss(w1, rule):
+        a, b = rule([w1, w2], [g1, g2])
+        return tf.reduce_sum(a**2) + tf.reduce_sum(b**2)
+
+    def hvp(rule):
+        with tf.autodiff.ForwardAccumulator(w1, v) as acc:
+            with tf.GradientTape() as tape:
+                tape.watch(w1)
+                y = loss(w1, rule)
+            first = tape.gradient(y, w1)
+        return acc.jvp(first).numpy()
+
+    def ours(ws, gs):
+        return lm.lars_update(ws, gs, 0.1, decay_lambda=0.3, stop_gradients=False)
+
+    def by_hand(ws, gs):
+        return [tf_lars(w, g, 0.1, 0.3) for w, g in zip(ws, gs)]
+
+    np.testing.assert_allclose(hvp(ours), hvp(by_hand), rtol=1e-10, atol=1e-12)
+
+
+def test_torch_forward_mode_ad_through_a_step():
+    """Forward-mode AD (dual tensors) through lars_update and a differentiable lm.optim
+    step gives the tangent of the README's rule: _foreach_norm has no forward rule for
+    them, and failed with torch's "Trying to set a forward gradient that has a different size"."""
+    require_backend("torch")
+    import torch
+    import torch.autograd.forward_ad as fwad
+
+    w, g, tangent = (torch.tensor(x.astype(np.float64)) for x in (W, G, C))
+    with fwad.dual_level():
+        dual = fwad.make_dual(w, tangent)
+        got = fwad.unpack_dual(
+            lm.lars_update({"a": dual, "b": dual * 2}, {"a": g, "b": g}, 0.1, stop_gradients=False)["a"]
+        ).tangent
+        opt = lm.optim.lars(0.1, momentum=0.9, differentiable=True)
+        new, _ = opt.step({"a": dual}, {"a": g}, opt.init({"a": w}))
+        assert fwad.unpack_dual(new["a"]).tangent is not None
+    want = torch.func.jvp(lambda w: torch_lars(w, g, 0.1, 0.0), (w,), (tangent,))[1]
+    torch.testing.assert_close(got, want)
 
 
 def test_tf_function():

@@ -1214,6 +1214,37 @@ def test_differentiable_steps_on_jax():
         lm.optim.lars(0.1, differentiable=1)
 
 
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_a_step_not_differentiable_cuts_the_buffers_it_is_given(preset):
+    """By default the new parameters and state are cut from the graph: the momentum
+    buffers given too (a state made by a differentiable step carries its graph). The
+    buffers were not cut: d new w / d state.momentum was -mu on JAX, and on torch
+    every later default step kept the first one's graph."""
+    require_backend("jax")
+    require_backend("torch")
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    w, g = jnp.linspace(0.5, 3.0, 6).reshape(2, 3), jnp.linspace(-0.3, 0.4, 6).reshape(2, 3)
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset=preset)
+    _, state = opt.step({"w": w}, {"w": g}, opt.init({"w": w}))
+
+    def total(buffer):
+        new, after = opt.step({"w": w}, {"w": g}, state._replace(momentum={"w": buffer}))
+        return jnp.sum(new["w"]) + jnp.sum(after.momentum["w"])
+
+    assert not np.any(np.asarray(jax.grad(total)(state.momentum["w"])))
+    p = torch.linspace(0.5, 3.0, 6, dtype=torch.float64).reshape(2, 3).requires_grad_()
+    q = torch.linspace(-0.3, 0.4, 6, dtype=torch.float64).reshape(2, 3)
+    kept = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset=preset, differentiable=True)
+    p1, s1 = kept.step([p], [q], kept.init([p.detach()]))
+    assert p1[0].requires_grad and s1.momentum[0].requires_grad
+    cut = lm.optim.lars(0.1, momentum=0.9, preset=preset)
+    p2, s2 = cut.step([p1[0].detach()], [q], s1)
+    assert not p2[0].requires_grad and not s2.momentum[0].requires_grad
+
+
 def test_tf_function_jit_compile_step_equals_eager(problem):
     """XLA compiles the step (tf.norm; reduce_euclidean_norm has no XLA CPU kernel)."""
     require_backend("tensorflow")
@@ -1438,6 +1469,37 @@ def test_tf_function_step_equals_eager(preset, schedule, problem, request):
     else:
         want, want_state = run_lib("tensorflow", opt, params, grads, "float32", steps=5)
     _assert_compiled_step_matches("tensorflow", tf.function(opt.step), opt, params, grads, want, want_state)
+
+
+def test_trust_clip_keeps_a_nan_ratio(backend):
+    """trust_clip's min(r / lr, 1) of a NaN ratio is NaN, as timm's clamp keeps it: a
+    NaN gradient element gives the paper and optax presets a NaN layer with the clip
+    too, and timm's ratio inf / inf (weights whose squares overflow float32) a NaN layer,
+    as timm's Lars. The clip took NaN for 1: the layer's other elements took a plain step."""
+    timm_lars = load_timm_lars()
+    if timm_lars is None:
+        pytest.skip("timm is not installed (pip install --no-deps timm==1.0.31)")
+    import torch
+
+    w = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+    nan_grad = np.array([[0.1, np.nan], [0.2, -0.3]], np.float32)
+    settings = dict(momentum=0.9, weight_decay=1e-3, trust_coefficient=1e-3, trust_clip=True)
+    for preset in ("paper", "optax"):
+        opt = lm.optim.lars(0.1, preset=preset, adapt_mask=True, weight_decay_mask=True, **settings)
+        p = {"w": native(backend, w)}
+        new, _ = opt.step(p, {"w": native(backend, nan_grad)}, opt.init(p))
+        assert np.all(np.isnan(to_numpy(new["w"]))), (preset, to_numpy(new["w"]))
+    huge, grad = w * np.float32(1e20), np.full((2, 2), 0.5, np.float32)
+    tensor = torch.nn.Parameter(torch.tensor(huge))
+    tensor.grad = torch.tensor(grad)
+    timm_lars.Lars(
+        [tensor], lr=0.1, trust_clip=True, momentum=0.9, weight_decay=1e-3, trust_coeff=1e-3
+    ).step()
+    assert torch.isnan(tensor).all()
+    opt = lm.optim.lars(0.1, preset="timm", **settings)
+    p = {"w": native(backend, huge)}
+    new, _ = opt.step(p, {"w": native(backend, grad)}, opt.init(p))
+    assert np.all(np.isnan(to_numpy(new["w"])))
 
 
 def test_timm_buffer_starts_at_each_parameters_first_gradient(backend):
