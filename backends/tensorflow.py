@@ -134,11 +134,13 @@ def _zero_subgradient(kernel: Any) -> Any:
 
     @tf.custom_gradient
     def norm(x: Any) -> Any:
+        value = kernel(x)
+
         def gradient(upstream: Any) -> Any:
-            again = tf.norm(x)  # (computed only where a gradient is taken)
+            again = value if kernel is tf.norm else tf.norm(x)  # (only where a gradient is taken)
             return upstream * x / tf.where(again > 0, again, tf.ones_like(again))
 
-        return kernel(x), gradient
+        return value, gradient
 
     return norm
 

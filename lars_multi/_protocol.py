@@ -332,8 +332,8 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         here, one group per dtype."""
         return _batching.batches(ws, key=lambda w: w.dtype, nbytes=lambda w: 0, budget=lambda dtype: None)
 
-    # Every function defined above, by name.
-    return {name: f for name, f in locals().items() if inspect.isfunction(f)}
+    # Every public function defined above, by name.
+    return {name: f for name, f in locals().items() if inspect.isfunction(f) and not name.startswith("_")}
 
 
 def no_axis_name(arg: Any, framework: str, value: Any) -> LarsMultiValueError:

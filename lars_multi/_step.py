@@ -144,10 +144,13 @@ def trust_ratio(
     if config.eps:
         denominator = denominator + ops.constant(config.eps, denominator)
     ratio = ops.where(usable, config.trust_coefficient * w_norm / denominator, 1.0)
-    if config.trust_clip:  # min(r / lr, 1): r / lr where r < lr (so lr > 0) or r is NaN, else 1
-        below = ~(ratio >= lr)  # (a NaN ratio stays NaN, as timm's clamp keeps it)
-        lr_like = ops.zeros_like(ratio) + lr  # in the ratio's dtype, whatever lr is
-        ratio = ops.where(below, ratio / ops.where(below, lr_like, 1.0), 1.0)
+    if config.trust_clip:  # min(r / lr, 1): 1 where r >= lr, else r / lr (so lr > 0, or r is NaN)
+        # (selected on r >= lr itself, False for a NaN ratio, which stays NaN as timm's clamp
+        # keeps it: TensorFlow's graph optimizer rewrites not(r >= lr) as r < lr, True for NaN)
+        above = ratio >= lr
+        zeros = ops.zeros_like(ratio)  # (tensors in the ratio's dtype, whatever lr is)
+        ones, lr_like = zeros + 1.0, zeros + lr
+        ratio = ops.where(above, ones, ratio / ops.where(above, ones, lr_like))
     timm_rule = preset.adapt_needs_decay and not config.always_adapt
     if timm_rule and decay is not None and not decay_known:
         # timm adapts only where lambda != 0: an array (a schedule's) is not read on the

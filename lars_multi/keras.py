@@ -158,13 +158,15 @@ if keras is not None:
         """A variable's path (``"sequential/dense/kernel"``); a TensorFlow variable's name."""
         return str(getattr(variable, "path", variable.name))
 
-    def _path_pattern(variable: Any) -> str:
-        """A pattern matching ``variable``'s path alone, with or without its first part
-        (the model's name: ``keras.models.load_model`` names the variables without it)."""
-        first, _, rest = _path(variable).partition("/")
-        if not rest:
-            return f"^{re.escape(first)}$"
-        return f"^(?:{re.escape(first)}/)?{re.escape(rest)}$"
+    def _on_paths(paths: list[str], variable: Any) -> bool:
+        """Whether ``variable``'s path is one of ``paths``, or either ends with the
+        other after a ``/`` (``keras.models.load_model`` drops the model's name from a
+        ``Sequential`` model's paths: ``sequential/dense/kernel`` is ``dense/kernel``)."""
+        mine = _path(variable)
+        return any(mine == path or path.endswith("/" + mine) or mine.endswith("/" + path) for path in paths)
+
+    # exclude_from_weight_decay's arguments, in get_config
+    _EXCLUDED = "exclude_from_weight_decay_call"
 
     # The step's hyper-parameters, fixed once the optimizer is made (a compiled
     # ``model.fit`` traces the step with them). Keras' own decoupled weight decay
@@ -244,8 +246,8 @@ if keras is not None:
                 (``"paper"``: variables with more than one dimension;
                 ``"optax"``, ``"timm"``: every variable).
                 :meth:`exclude_from_weight_decay` also narrows the decay, and is
-                saved with the optimizer as patterns (its names as substrings, its
-                variables by their paths).
+                saved with the optimizer (its names as Keras reads them: regular
+                expressions searched in ``variable.name``; its variables by their paths).
             name, **kwargs: as ``keras.optimizers.Optimizer`` (``clipnorm``,
                 ``global_clipnorm``, ``use_ema``, ``loss_scale_factor``, ...).
         """
@@ -302,6 +304,8 @@ if keras is not None:
             self.exclude_from_weight_decay_patterns = _checks.check_name_patterns(
                 "exclude_from_weight_decay", exclude_from_weight_decay
             )
+            self._excluded_names: list[str] = []  # exclude_from_weight_decay(var_names=...)
+            self._excluded_paths: list[str] = []  # exclude_from_weight_decay(var_list=...)
             self._lars_made = True
 
         def __setattr__(self, name: str, value: Any) -> None:
@@ -331,6 +335,7 @@ if keras is not None:
                     included
                     and not _matches(self.exclude_from_weight_decay_patterns, variable)
                     and self._use_weight_decay(variable)
+                    and not _on_paths(self._excluded_paths, variable)
                 )
                 self._lars_flags.append(LayerFlags(adapt=(adapt,), decay=(decay,)))
             self.momentums = []
@@ -398,12 +403,11 @@ if keras is not None:
                     "first step), got one after; pass exclude_from_weight_decay= when making it"
                 )
             super().exclude_from_weight_decay(var_list, var_names)
-            # Kept as patterns too, which get_config saves (Keras' own record of the call is
-            # not saved: a model loaded from model.save went on decaying those variables).
-            names = _checks.check_name_patterns("var_names", var_names)
-            self.exclude_from_weight_decay_patterns.extend(
-                [re.escape(name) for name in names] + [_path_pattern(variable) for variable in var_list or ()]
-            )
+            # Kept for get_config too (Keras saves no record of the call: a model loaded from
+            # model.save went on decaying those variables): the names as Keras takes them,
+            # the variables by their paths. A call replaces the last, as Keras' does.
+            self._excluded_names = list(var_names or ())
+            self._excluded_paths = [_path(variable) for variable in var_list or ()]
 
         def _check_fits(self, var_list: list[Any], learning_rate: Any = None) -> None:
             """The numbers among the hyper-parameters (``learning_rate``: the one to be
@@ -509,6 +513,8 @@ if keras is not None:
                     "preset": self.preset,
                 }
             )
+            if self._excluded_names or self._excluded_paths:  # (the method's: see from_config)
+                config[_EXCLUDED] = {"var_names": self._excluded_names, "var_paths": self._excluded_paths}
             return config
 
         @classmethod
@@ -518,7 +524,13 @@ if keras is not None:
                 config["weight_decay"] = keras.saving.deserialize_keras_object(
                     config["weight_decay"], custom_objects=custom_objects
                 )
-            return super().from_config(config, custom_objects=custom_objects)
+            excluded = config.pop(_EXCLUDED, None)
+            optimizer = super().from_config(config, custom_objects=custom_objects)
+            if excluded is not None:
+                if excluded["var_names"]:
+                    optimizer.exclude_from_weight_decay(var_names=excluded["var_names"])
+                optimizer._excluded_paths = list(excluded["var_paths"])
+            return optimizer
 
 else:
 

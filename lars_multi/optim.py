@@ -235,7 +235,7 @@ class LarsOptimizer:
         )
         started = None
         if all_started is not None:
-            now_started = _now_started(ops, ws, all_started, active, first)
+            now_started = _now_started(ops, ws, all_started, active, first, in_place)
             started = self._rebuild(flat, all_started, active, now_started)
         if checked is None:
             if not _checks.all_native(leaves):  # (handles among them: lm.Array in, lm.Array out)
@@ -527,17 +527,22 @@ def _of_known_ranks(arg: str, mask: RankMask, shapes: list[Any], paths: list[Any
         ) from None
 
 
-def _now_started(ops: Backend, ws: list[Any], started: list[Any], active: list[int], first: Any) -> list[Any]:
+def _now_started(
+    ops: Backend, ws: list[Any], started: list[Any], active: list[int], first: Any, in_place: bool
+) -> list[Any]:
     """The start flags of the ``active`` layers after their step: True, each an array of
     its own where arrays can be written in place (one flag for two layers would restart
-    both where one is reset in place); a flag that was True already is kept, unless it
-    is another layer's too. ``first``: per layer, whether its buffer started now."""
+    both where one is reset in place). In place (``out=params``, whose state is the one
+    given, updated) a flag that was True already is kept, unless another layer's flag,
+    stepped or not, is the same array; a new state's are new, as its buffers are.
+    ``first``: per layer, whether its buffer started now."""
     true = ops.scalar_for(True, "bool", ws)
     if ops.unwritable(true) is not None:  # (immutable: one for every layer changes nothing)
         return [true] * len(active)
     kept = [False] * len(active)
-    if isinstance(first, list) and all(type(f) is bool for f in first):
-        seen: set[int] = set()
+    if in_place and isinstance(first, list) and all(type(f) is bool for f in first):
+        stepped = set(active)
+        seen = {id(flag) for i, flag in enumerate(started) if i not in stepped and flag is not None}
         for k, (i, starts) in enumerate(zip(active, first)):
             kept[k] = not starts and id(started[i]) not in seen
             seen.add(id(started[i]))

@@ -1288,26 +1288,28 @@ def test_momentum_0_checks_the_buffers_a_state_holds(backend):
 def test_timm_start_flags_are_each_layers_own_after_a_step(backend):
     """After a step, each layer's start flag is an array of its own where arrays can be
     written in place (one array served every layer: clearing one layer's flag in place,
-    to restart its momentum, restarted every layer's); a flag already set is kept."""
-    p = {"w": native(backend, np.ones((2, 2), np.float32)), "b": native(backend, np.ones(3, np.float32))}
-    g = {
-        "w": native(backend, np.full((2, 2), 0.5, np.float32)),
-        "b": native(backend, np.full(3, 0.5, np.float32)),
-    }
+    to restart its momentum, restarted every layer's). A new state's flags are new, as
+    its buffers are; in place (out=params) a flag already set is kept, unless another
+    layer's, stepped or not, is the same array (as a checkpoint of 0.3.16 may hold)."""
+    mutable = backend in ("numpy", "torch")
+    names = ("w", "b", "c")
+    p = {k: native(backend, np.ones((2, 2), np.float32)) for k in names}
+    g = {k: native(backend, np.full((2, 2), 0.5, np.float32)) for k in names}
     opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset="timm")
     p1, s1 = opt.step(p, g, opt.init(p))
     _, s2 = opt.step(p1, g, s1)
     for state in (s1, s2):
         assert all(bool(to_numpy(flag)) for flag in state.started.values())
-        if backend in ("numpy", "torch"):
-            assert state.started["w"] is not state.started["b"]
-    if backend in ("numpy", "torch"):
-        assert s2.started["w"] is s1.started["w"]  # (kept: no array made at every step)
-        shared = s1._replace(
-            started={"w": s1.started["w"], "b": s1.started["w"]}
-        )  # (as a checkpoint may hold)
-        _, s3 = opt.step(p1, g, shared)
-        assert s3.started["w"] is not s3.started["b"]
+    if not mutable:
+        return
+    assert len({id(flag) for flag in s2.started.values()}) == 3
+    assert not {id(flag) for flag in s1.started.values()} & {id(flag) for flag in s2.started.values()}
+    _, s3 = opt.step(p1, g, s2, out=p1)
+    assert all(s3.started[k] is s2.started[k] for k in names)  # (kept: no array made at every step)
+    one = s3.started["w"]
+    shared = s3._replace(started=dict.fromkeys(names, one))
+    _, s4 = opt.step(p1, {"w": g["w"], "b": g["b"], "c": None}, shared, out=p1)  # ("c" idle)
+    assert s4.started["w"] is not one and s4.started["b"] is not one and s4.started["c"] is one
 
 
 def test_momentum_state_missing_buffers():
@@ -1426,6 +1428,24 @@ def test_half_precision(backend, dtype, problem):
 # --- 8. compiled: jax.jit and tf.function --------------------------------------------------
 
 
+def _compiled(name, function):
+    """``function`` compiled as the framework ``name`` compiles a step (``jax.jit``,
+    ``tf.function``, ``torch.compile``); NumPy's as it is."""
+    if name == "jax":
+        import jax
+
+        return jax.jit(function)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function)
+    if name == "torch":
+        import torch
+
+        return torch.compile(function, backend="eager", fullgraph=True)
+    return function
+
+
 def _assert_compiled_step_matches(name, step, opt, params, grads, want, want_state):
     """Five steps of ``step`` (``opt.step`` compiled by framework ``name``) give
     ``want`` and ``want_state``, the eager run's."""
@@ -1471,32 +1491,46 @@ def test_tf_function_step_equals_eager(preset, schedule, problem, request):
     _assert_compiled_step_matches("tensorflow", tf.function(opt.step), opt, params, grads, want, want_state)
 
 
-def test_trust_clip_keeps_a_nan_ratio(backend):
-    """trust_clip's min(r / lr, 1) of a NaN ratio is NaN, as timm's clamp keeps it: a
-    NaN gradient element gives the paper and optax presets a NaN layer with the clip
-    too, and timm's ratio inf / inf (weights whose squares overflow float32) a NaN layer,
-    as timm's Lars. The clip took NaN for 1: the layer's other elements took a plain step."""
-    timm_lars = load_timm_lars()
-    if timm_lars is None:
-        pytest.skip("timm is not installed (pip install --no-deps timm==1.0.31)")
-    import torch
-
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_trust_clip_keeps_a_nan_ratio(backend, compiled):
+    """trust_clip's min(r / lr, 1) of a NaN ratio is NaN, as timm's clamp keeps it: a NaN
+    gradient element gives the paper and optax presets a NaN layer with the clip too,
+    eagerly and in the framework's compiled step (jax.jit, tf.function, whose graph
+    optimizer rewrites not(r >= lr) as r < lr), on one layer and on two (an eager step of
+    several TensorFlow layers runs in a tf.function). The clip took NaN for 1: the
+    layer's other elements took a plain step."""
     w = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
     nan_grad = np.array([[0.1, np.nan], [0.2, -0.3]], np.float32)
     settings = dict(momentum=0.9, weight_decay=1e-3, trust_coefficient=1e-3, trust_clip=True)
     for preset in ("paper", "optax"):
         opt = lm.optim.lars(0.1, preset=preset, adapt_mask=True, weight_decay_mask=True, **settings)
-        p = {"w": native(backend, w)}
-        new, _ = opt.step(p, {"w": native(backend, nan_grad)}, opt.init(p))
-        assert np.all(np.isnan(to_numpy(new["w"]))), (preset, to_numpy(new["w"]))
-    huge, grad = w * np.float32(1e20), np.full((2, 2), 0.5, np.float32)
+        step = _compiled(backend, opt.step) if compiled else opt.step
+        for names in (["w"], ["w", "v"]):
+            p = {k: native(backend, w) for k in names}
+            new, _ = step(p, {k: native(backend, nan_grad) for k in names}, opt.init(p))
+            for k in names:
+                assert np.all(np.isnan(to_numpy(new[k]))), (preset, names, to_numpy(new[k]))
+
+
+def test_trust_clip_keeps_timms_nan_ratio_of_overflowing_norms(backend):
+    """timm's ratio inf / inf (weights whose squares overflow float32) is NaN, and the
+    clip keeps it: the layer is NaN, as with timm's Lars (it stepped finitely)."""
+    timm_lars = load_timm_lars()
+    if timm_lars is None:
+        pytest.skip("timm is not installed (pip install --no-deps timm==1.0.31)")
+    import torch
+
+    huge = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32) * np.float32(1e20)
+    grad = np.full((2, 2), 0.5, np.float32)
     tensor = torch.nn.Parameter(torch.tensor(huge))
     tensor.grad = torch.tensor(grad)
     timm_lars.Lars(
         [tensor], lr=0.1, trust_clip=True, momentum=0.9, weight_decay=1e-3, trust_coeff=1e-3
     ).step()
     assert torch.isnan(tensor).all()
-    opt = lm.optim.lars(0.1, preset="timm", **settings)
+    opt = lm.optim.lars(
+        0.1, preset="timm", momentum=0.9, weight_decay=1e-3, trust_coefficient=1e-3, trust_clip=True
+    )
     p = {"w": native(backend, huge)}
     new, _ = opt.step(p, {"w": native(backend, grad)}, opt.init(p))
     assert np.all(np.isnan(to_numpy(new["w"])))
