@@ -41,21 +41,23 @@ from ._protocol import Backend
 
 
 class _Key:
-    """A frozen dataclass used as a cache key: its hash is computed once, on first
-    use (the generated one hashes every field on every lookup). Subclasses say
+    """A frozen dataclass used as a cache key: its hash is computed once, when it is
+    made (the generated one hashes every field on every lookup). Subclasses say
     ``__hash__ = _Key.__hash__`` in their body, so that dataclass keeps it."""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(tuple(vars(self).values())))  # (the fields, in order)
+
     def __hash__(self) -> int:
-        known = vars(self)  # (the fields, in order, then the hash once computed)
-        value = known.get("_hash")
-        if value is None:
-            value = hash(tuple(known.values()))
-            object.__setattr__(self, "_hash", value)
-        return value  # type: ignore[no-any-return]
+        return self._hash  # type: ignore[attr-defined,no-any-return]
 
     def __getstate__(self) -> dict[str, Any]:
         """The fields, without the hash: another process hashes strings otherwise."""
         return {name: value for name, value in vars(self).items() if name != "_hash"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self.__post_init__()
 
 
 @dataclass(frozen=True)
