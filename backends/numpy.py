@@ -85,12 +85,23 @@ except ImportError:  # pragma: no cover - exercised only without SciPy
 
 # Subclasses whose operators differ from an array's: a masked array skips its masked
 # elements in some operations and not in others (a norm counts them), a matrix's ``*``
-# is a matrix product. Refused as arrays (not silently stepped one way or the other).
+# is a matrix product. Refused as arrays (not silently stepped one way or the other),
+# as is a subclass doing NumPy's operations its own way (see _own_operations).
 _NOT_ARRAYS = (np.ma.MaskedArray, np.matrix)
 
 
 def is_native(x: Any) -> bool:
-    return isinstance(x, _NUMPY_TYPES) and not isinstance(x, _NOT_ARRAYS)
+    return isinstance(x, _NUMPY_TYPES) and not isinstance(x, _NOT_ARRAYS) and not _own_operations(type(x))
+
+
+def _own_operations(cls: type) -> bool:
+    """Whether an array subclass overrides NumPy's ufuncs or functions (a units array):
+    what a step computes with it is the subclass's, which may refuse ``out=`` (after
+    other layers were written) or give a result of its own kind."""
+    return issubclass(cls, np.ndarray) and (
+        cls.__array_ufunc__ is not np.ndarray.__array_ufunc__
+        or cls.__array_function__ is not np.ndarray.__array_function__
+    )
 
 
 def unwritable(x: Any) -> str | None:

@@ -192,13 +192,6 @@ class LarsOptimizer:
         _checks.check_usable("state.count", step_count, ws, lambda k: Path("params", paths[k]), ops)
         all_buffers = self._buffers(state, flat, active, layout, name, ops)
         buffers = take(all_buffers, active)
-        checked = None
-        if out is not None:  # out=params: its leaves are the parameters'
-            out_leaves = flat.leaves if out is params else leaves_like("out", out, flat, broadcast=False)
-            checked = _checks.check_out_tree(out, out_leaves, flat, active, ws, ("out", "params"), name, ops)
-            self._check_idle_buffers(all_buffers, active, flat, checked.kept, ops)
-        outs = None if checked is None else checked.arrays
-        kept = _checks.KeptOuts.none() if checked is None else checked.kept
         adapt, decay_flags = self._masks(params, flat, active, layout)
         flags = LayerFlags(
             adapt=adapt,
@@ -210,6 +203,14 @@ class LarsOptimizer:
         decay = None if type(decay) is float and decay == 0 else decay  # no decay: skipped entirely
         for arg in ("trust_coefficient", "eps"):  # (numbers: finite in every compute dtype)
             _rate_now(arg, getattr(self.config, arg), step_count, ws, paths, name, ops)
+        # The outputs are checked once the masks and schedules (the caller's code) have run.
+        checked = None
+        if out is not None:  # out=params: its leaves are the parameters'
+            out_leaves = flat.leaves if out is params else leaves_like("out", out, flat, broadcast=False)
+            checked = _checks.check_out_tree(out, out_leaves, flat, active, ws, ("out", "params"), name, ops)
+            self._check_idle_buffers(all_buffers, active, flat, checked.kept, ops)
+        outs = None if checked is None else checked.arrays
+        kept = _checks.KeptOuts.none() if checked is None else checked.kept
         all_started = self._started(state, flat, active, ws, ops)
         if len(active) < len(flat.leaves):
             self._check_idle_state(state, flat, set(active), name, ops)

@@ -341,7 +341,9 @@ class LARS(torch.optim.Optimizer):
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
-                raise LarsMultiTypeError("grads: expected dense gradients, got a sparse one")
+                raise LarsMultiTypeError(
+                    f"{self._label(p, False)}.grad: expected a dense gradient, got a sparse one"
+                )
             params.append(p)
             grads.append(_gradient(p))
             # .get: the state of a parameter is made by the traced step, not here (torch.compile
@@ -395,6 +397,7 @@ class LARS(torch.optim.Optimizer):
                     p.dtype in floats
                     and (p.is_contiguous() or not shares_elements(p))
                     and not p.is_inference()
+                    and not p.is_neg()  # (no _foreach kernel writes a tensor with its negative bit)
                     for p in params
                 ]
             )
@@ -407,6 +410,7 @@ class LARS(torch.optim.Optimizer):
                         and b.device == p.device
                         and (b.is_contiguous() or not shares_elements(b))
                         and not b.is_inference()
+                        and not b.is_neg()
                     )
                     for p, b in zip(params, buffers)
                 ]

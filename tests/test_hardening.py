@@ -1239,6 +1239,33 @@ def test_numpy_subclasses_with_other_operators_are_refused(kind):
         lm.lars_update(W.copy(), make(G), 0.1)
 
 
+def test_numpy_subclasses_with_operations_of_their_own_are_refused():
+    """An array subclass overriding NumPy's ufuncs (a units array) computes the step its
+    own way: this one refuses out=, and failed after the earlier outputs had been
+    written. Refused as an array, with nothing written."""
+
+    class Refusing(np.ndarray):
+        def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+            if "out" in kwargs:
+                raise RuntimeError("no in-place ufuncs here")
+            inputs = tuple(np.asarray(x) if isinstance(x, Refusing) else x for x in inputs)
+            return getattr(ufunc, method)(*inputs, **kwargs)
+
+    rng = np.random.default_rng(0)
+    w = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(5)]
+    g = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(5)]
+    out = [x.copy() for x in w]
+    out[-1] = out[-1].view(Refusing)
+    before = [x.copy() for x in out]
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^out\[4\]: expected a numpy array like w\[4\]"):
+        lm.lars_update(w, g, 0.1, out=out)
+    for a, b in zip(before, out):
+        np.testing.assert_array_equal(a, b)
+    w[-1] = w[-1].view(Refusing)
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^w\[4\]: expected an array"):
+        lm.lars_update(w, g, 0.1)
+
+
 def test_numpy_empty_layers_can_be_written_in_place():
     """NumPy gives an empty array zero strides: nothing is shared, so out= is a no-op."""
     w = np.zeros((0, 3), np.float32)

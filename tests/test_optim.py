@@ -1312,6 +1312,30 @@ def test_timm_start_flags_are_each_layers_own_after_a_step(backend):
     assert s4.started["w"] is not one and s4.started["b"] is not one and s4.started["c"] is one
 
 
+def test_outputs_are_checked_after_the_masks_and_schedules_run():
+    """The caller's code (a mask, a schedule) runs before the outputs are checked: a
+    mask that made the last parameter read-only as it was asked about it got NumPy's
+    error after every other parameter and buffer had been written."""
+    rng = np.random.default_rng(0)
+    names = [f"l{i:02d}" for i in range(8)]
+    p = {k: rng.standard_normal((4, 3)).astype(np.float32) for k in names}
+    g = {k: rng.standard_normal((4, 3)).astype(np.float32) for k in names}
+
+    def mask(path, array):
+        if path[-1] == names[-1]:
+            p[names[-1]].flags.writeable = False
+        return True
+
+    opt = lm.optim.lars(0.1, momentum=0.9, adapt_mask=mask, weight_decay_mask=mask, weight_decay=1e-2)
+    state = opt.init(p)
+    before = {k: v.copy() for k, v in p.items()}
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^out\['l07'\]: expected an array that can be written"):
+        opt.step(p, g, state, out=p)
+    for k in names:
+        np.testing.assert_array_equal(p[k], before[k])
+        assert not np.any(state.momentum[k])
+
+
 def test_momentum_state_missing_buffers():
     p = {"w": np.ones((2, 2), np.float32)}
     state = lm.optim.lars(LR, momentum=0.0).init(p)

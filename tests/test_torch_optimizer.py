@@ -934,6 +934,43 @@ def test_load_state_dict_refuses_buffers_of_parameters_in_another_order():
     assert not reordered.state
 
 
+def test_a_bad_tensor_in_the_last_group_is_refused_by_name_before_any_group_steps():
+    """A kept momentum buffer with torch's negative bit (no _foreach kernel writes one),
+    or a sparse gradient, in the last of three groups: refused by name, every group as
+    it was. The buffer went to the kernels, which raised torch's error after the earlier
+    groups had stepped; the sparse gradient's message named no parameter."""
+    torch.manual_seed(0)
+    groups = [[torch.nn.Parameter(torch.randn(4, 3)) for _ in range(2)] for _ in range(3)]
+    opt = LARS([{"params": g} for g in groups], lr=0.1, momentum=0.9, weight_decay=1e-2)
+    for p in (p for g in groups for p in g):
+        p.grad = torch.randn(4, 3)
+    opt.step()
+    last = groups[2][1]
+    values = opt.state[last]["momentum_buffer"]
+    opt.state[last]["momentum_buffer"] = torch.complex(torch.zeros_like(values), -values).conj().imag
+    assert opt.state[last]["momentum_buffer"].is_neg()
+    before = [p.detach().clone() for g in groups for p in g]
+    buffers = [opt.state[p]["momentum_buffer"].clone() for g in groups for p in g]
+    for foreach in (None, True):
+        for group in opt.param_groups:
+            group["foreach"] = foreach
+        with pytest.raises(
+            lm.LarsMultiTypeError,
+            match=r"^the momentum buffer of param_groups\[2\]\['params'\]\[1\]: .*negative",
+        ):
+            opt.step()
+        for a, b in zip(before, (p for g in groups for p in g)):
+            assert torch.equal(a, b)
+        for a, p in zip(buffers, (p for g in groups for p in g)):
+            assert torch.equal(a, opt.state[p]["momentum_buffer"])
+    opt.state[last]["momentum_buffer"] = values
+    last.grad = last.grad.to_sparse()
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^param_groups\[2\]\['params'\]\[1\].grad: expected a dense"
+    ):
+        opt.step()
+
+
 def test_load_state_dict_refuses_named_groups_in_another_order():
     """Groups of named parameters (``named_parameters()``) given in another order than
     saved, with parameters of one shape: torch pairs by position, so each would take the
