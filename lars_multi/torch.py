@@ -305,7 +305,13 @@ class LARS(torch.optim.Optimizer):
             return  # torch says so
         states = state_dict.get("state", {})
         for place, (saved_id, p) in enumerate(zip(saved_ids, params)):
-            buffer = states.get(saved_id, {}).get("momentum_buffer")
+            entry = states.get(saved_id, {})
+            if not isinstance(entry, dict):  # (ZeroRedundancyOptimizer's load leaves None for other ranks')
+                raise LarsMultiTypeError(
+                    f"state_dict['state'][{saved_id!r}]: expected the state of {self._label(p, False)} "
+                    f"(a dict), got {type_name(entry)}"
+                )
+            buffer = entry.get("momentum_buffer")
             if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape):
                 got = (
                     f"shape {tuple(buffer.shape)}" if isinstance(buffer, torch.Tensor) else type_name(buffer)

@@ -971,6 +971,25 @@ def test_a_bad_tensor_in_the_last_group_is_refused_by_name_before_any_group_step
         opt.step()
 
 
+def test_load_state_dict_refuses_a_state_entry_that_is_no_dict():
+    """A parameter's saved state that is not a dict (ZeroRedundancyOptimizer's
+    load_state_dict leaves None for the parameters other ranks own, in the dict it was
+    given) is refused naming it; it failed with Python's AttributeError."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))
+    opt = LARS([a, b], lr=0.1, momentum=0.9)
+    a.grad, b.grad = torch.randn(4, 3), torch.randn(3)
+    opt.step()
+    saved = opt.state_dict()
+    saved["state"][1] = None
+    fresh = LARS([a, b], lr=0.1, momentum=0.9)
+    with pytest.raises(
+        lm.LarsMultiTypeError, match=r"^state_dict\['state'\]\[1\]: expected the state of .*, got None"
+    ):
+        fresh.load_state_dict(saved)
+    assert not fresh.state
+
+
 def test_load_state_dict_refuses_named_groups_in_another_order():
     """Groups of named parameters (``named_parameters()``) given in another order than
     saved, with parameters of one shape: torch pairs by position, so each would take the
