@@ -159,11 +159,11 @@ if keras is not None:
         return str(getattr(variable, "path", variable.name))
 
     def _on_paths(paths: list[str], variable: Any) -> bool:
-        """Whether ``variable``'s path is one of ``paths``, or either ends with the
-        other after a ``/`` (``keras.models.load_model`` drops the model's name from a
-        ``Sequential`` model's paths: ``sequential/dense/kernel`` is ``dense/kernel``)."""
+        """Whether ``variable``'s path is one of ``paths``, or one of them less its first
+        part (``keras.models.load_model`` drops the model's name from a ``Sequential``
+        model's paths: ``sequential/dense/kernel`` is ``dense/kernel``)."""
         mine = _path(variable)
-        return any(mine == path or path.endswith("/" + mine) or mine.endswith("/" + path) for path in paths)
+        return any(mine == path or path.partition("/")[2] == mine for path in paths)
 
     # exclude_from_weight_decay's arguments, in get_config
     _EXCLUDED = "exclude_from_weight_decay_call"
@@ -305,7 +305,10 @@ if keras is not None:
                 "exclude_from_weight_decay", exclude_from_weight_decay
             )
             self._excluded_names: list[str] = []  # exclude_from_weight_decay(var_names=...)
-            self._excluded_paths: list[str] = []  # exclude_from_weight_decay(var_list=...)
+            self._excluded_ids: frozenset[int] = frozenset()  # exclude_from_weight_decay(var_list=...)
+            self._excluded_places: list[int] = []  # their places among the variables built
+            self._excluded_paths: list[str] = []  # and paths
+            self._restored_places: list[int] | None = None  # (from_config's, until built)
             self._lars_made = True
 
         def __setattr__(self, name: str, value: Any) -> None:
@@ -335,9 +338,9 @@ if keras is not None:
                     included
                     and not _matches(self.exclude_from_weight_decay_patterns, variable)
                     and self._use_weight_decay(variable)
-                    and not _on_paths(self._excluded_paths, variable)
                 )
                 self._lars_flags.append(LayerFlags(adapt=(adapt,), decay=(decay,)))
+            self._exclude_places(var_list)
             self.momentums = []
             if self.momentum != 0:
                 self.momentums = [self.add_variable_from_reference(v, "momentum") for v in var_list]
@@ -404,10 +407,30 @@ if keras is not None:
                 )
             super().exclude_from_weight_decay(var_list, var_names)
             # Kept for get_config too (Keras saves no record of the call: a model loaded from
-            # model.save went on decaying those variables): the names as Keras takes them,
-            # the variables by their paths. A call replaces the last, as Keras' does.
+            # model.save went on decaying those variables): the names as Keras takes them, the
+            # variables by their places among those built (paths can repeat: a nested model's
+            # variables are named without it). A call replaces the last, as Keras' does.
             self._excluded_names = list(var_names or ())
-            self._excluded_paths = [_path(variable) for variable in var_list or ()]
+            self._excluded_ids = frozenset(map(id, var_list or ()))  # (ids: a variable kept here is tracked)
+
+        def _exclude_places(self, var_list: list[Any]) -> None:
+            """The excluded variables' places in ``var_list`` (once built); restored by
+            from_config, the variables at the saved places are left undecayed, their paths
+            checked (with or without the model's name, which load_model drops)."""
+            if self._restored_places is None:
+                self._excluded_places = [k for k, v in enumerate(var_list) if id(v) in self._excluded_ids]
+                self._excluded_paths = [_path(var_list[k]) for k in self._excluded_places]
+                return
+            for k, path in zip(self._restored_places, self._excluded_paths):
+                if k >= len(var_list) or not _on_paths([path], var_list[k]):
+                    got = "no variable" if k >= len(var_list) else _path(var_list[k])
+                    raise LarsMultiValueError(
+                        f"exclude_from_weight_decay: expected variable {k} of those built to be {path} "
+                        f"(excluded from weight decay when the optimizer was saved), got {got}"
+                    )
+                flags = self._lars_flags[k]
+                self._lars_flags[k] = LayerFlags(adapt=flags.adapt, decay=(False,))
+            self._excluded_places, self._restored_places = self._restored_places, None
 
         def _check_fits(self, var_list: list[Any], learning_rate: Any = None) -> None:
             """The numbers among the hyper-parameters (``learning_rate``: the one to be
@@ -513,8 +536,18 @@ if keras is not None:
                     "preset": self.preset,
                 }
             )
-            if self._excluded_names or self._excluded_paths:  # (the method's: see from_config)
-                config[_EXCLUDED] = {"var_names": self._excluded_names, "var_paths": self._excluded_paths}
+            if self._excluded_ids and not self.built:
+                raise LarsMultiValueError(
+                    "exclude_from_weight_decay: expected the optimizer built (by a first step, or "
+                    "build(model.trainable_variables)) before it is saved with the variables it "
+                    "excludes, which are saved by their places among those built; got it unbuilt"
+                )
+            if self._excluded_names or self._excluded_places:  # (the method's: see from_config)
+                config[_EXCLUDED] = {
+                    "var_names": self._excluded_names,
+                    "var_places": self._excluded_places,
+                    "var_paths": self._excluded_paths,
+                }
             return config
 
         @classmethod
@@ -529,6 +562,7 @@ if keras is not None:
             if excluded is not None:
                 if excluded["var_names"]:
                     optimizer.exclude_from_weight_decay(var_names=excluded["var_names"])
+                optimizer._restored_places = list(excluded["var_places"])
                 optimizer._excluded_paths = list(excluded["var_paths"])
             return optimizer
 
