@@ -109,7 +109,7 @@ def lars(
     weight_decay_mask: Mask = None,
     preset: str = "paper",
     axis_name: Any = None,
-) -> Any:  # optax.GradientTransformation
+) -> Any:  # optax.GradientTransformationExtraArgs
     """LARS as an optax transformation; the arguments are those of :func:`lars_multi.optim.lars`.
 
     ``learning_rate`` and ``weight_decay`` are numbers or optax schedules,
@@ -161,7 +161,10 @@ def lars(
             )
         return opt.init(params)
 
-    def update(updates: Any, state: LarsState, params: Any = None) -> tuple[Any, LarsState]:
+    def update(
+        updates: Any, state: LarsState, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, LarsState]:
+        # (extra_args, optax's value= or grad=, are taken and unused, as optax.lars takes them)
         if params is None:
             raise LarsMultiValueError(
                 "params: lm.optax.lars needs the parameters (the trust ratio is |w| / |g|): "
@@ -174,4 +177,4 @@ def lars(
         steps = jax.tree.map(_update_of, updates, increments, is_leaf=lambda x: x is None)
         return steps, new_state
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)

@@ -505,13 +505,33 @@ class LarsOptimizer:
             leaves = leaves_like(arg, mask, flat, over_empty=True)  # (as optax reads a mask: a prefix tree)
             values = [leaves[i] for i in active]
         if list(map(type, values)).count(bool) != len(values):
-            values = [bool(v) if isinstance(v, np.bool_) else v for v in values]  # (as optax takes them)
+            values = [_as_bool(v) for v in values]  # (as optax takes them)
             odd = next(((i, v) for i, v in zip(active, values) if type(v) is not bool), None)
             if odd is not None:
+                hint = (
+                    "; a callable of two parameters is asked per leaf, (path, array) -> bool: give a "
+                    "mask of the whole params as lambda params: mask(params)"
+                    if per_leaf and not isinstance(mask, RankMask)
+                    else ""
+                )
                 raise LarsMultiTypeError(
-                    f"{Path(arg, flat.paths[odd[0]])}: expected a bool, got {type_name(odd[1])}"
+                    f"{Path(arg, flat.paths[odd[0]])}: expected a bool, got {type_name(odd[1])}{hint}"
                 )
         return values
+
+
+def _as_bool(value: Any) -> Any:
+    """A mask's value as a bool where it is one: a NumPy bool, or a concrete 0-d bool
+    array of any framework (``jnp.asarray(True)``), as optax takes them; else as it is
+    (a traced one cannot be read, and is refused by name)."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if "bool" in str(getattr(value, "dtype", "")) and tuple(getattr(value, "shape", (1,))) == ():
+        try:
+            return bool(value)
+        except TypeError:  # (traced: JAX's, TensorFlow's errors for it are TypeErrors)
+            return value
+    return value
 
 
 def _of_known_ranks(arg: str, mask: RankMask, shapes: list[Any], paths: list[Any]) -> list[bool]:

@@ -303,6 +303,39 @@ def test_updates_are_the_step():
     _assert_trees_close(jax.tree.map(lambda p, u: p + u, params, updates), new, atol=1e-7)
 
 
+def test_update_takes_optax_extra_arguments_and_masks_as_optax_lars_does():
+    """``update`` takes optax's extra arguments (``value=``: flax's nnx.Optimizer passes
+    them), as optax.lars does, and masks of concrete 0-d JAX bools are bools, as
+    np.bool_ ones are: both were refused. A mask of the whole params that takes a second,
+    optional parameter is asked per leaf, and the message says so."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    params, grads = _params_and_grads(5)
+    tx = lm.optax.lars(0.1, weight_decay=1e-3, preset="optax")
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+    plain, _ = tx.update(grads[0], tx.init(params), params)
+    extra, _ = tx.update(grads[0], tx.init(params), params, value=jnp.float32(1.0))
+    _assert_trees_close(plain, extra, atol=0)
+    python_bools = jax.tree.map(lambda x: x.ndim > 1, params)
+    jax_bools = jax.tree.map(lambda x: jnp.asarray(x.ndim > 1), params)
+    want = lm.optax.lars(0.1, weight_decay=1e-3, weight_decay_mask=python_bools, preset="optax")
+    got = lm.optax.lars(0.1, weight_decay=1e-3, weight_decay_mask=jax_bools, preset="optax")
+    _assert_trees_close(
+        got.update(grads[0], got.init(params), params)[0],
+        want.update(grads[0], want.init(params), params)[0],
+        atol=0,
+    )
+
+    def whole(params, min_ndim=2):
+        return jax.tree.map(lambda x: jnp.ndim(x) >= min_ndim, params)
+
+    tx = lm.optax.lars(0.1, weight_decay=1e-3, weight_decay_mask=whole, preset="optax")
+    with pytest.raises(lm.LarsMultiTypeError, match=r"asked per leaf.*lambda params: mask\(params\)"):
+        tx.update(grads[0], tx.init(params), params)
+
+
 def test_without_momentum_keeps_no_buffers():
     params, grads = _params_and_grads(5)
     tx = lm.optax.lars(0.1, momentum=0.0, trust_coefficient=0.02)
