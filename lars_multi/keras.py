@@ -158,12 +158,12 @@ if keras is not None:
         """A variable's path (``"sequential/dense/kernel"``); a TensorFlow variable's name."""
         return str(getattr(variable, "path", variable.name))
 
-    def _on_paths(paths: list[str], variable: Any) -> bool:
-        """Whether ``variable``'s path is one of ``paths``, or one of them less its first
-        part (``keras.models.load_model`` drops the model's name from a ``Sequential``
+    def _at_path(path: str, variable: Any) -> bool:
+        """Whether ``variable``'s path is ``path``, or ``path`` less its first part
+        (``keras.models.load_model`` drops the model's name from a ``Sequential``
         model's paths: ``sequential/dense/kernel`` is ``dense/kernel``)."""
         mine = _path(variable)
-        return any(mine == path or path.partition("/")[2] == mine for path in paths)
+        return mine == path or path.partition("/")[2] == mine
 
     # exclude_from_weight_decay's arguments, in get_config
     _EXCLUDED = "exclude_from_weight_decay_call"
@@ -247,7 +247,8 @@ if keras is not None:
                 ``"optax"``, ``"timm"``: every variable).
                 :meth:`exclude_from_weight_decay` also narrows the decay, and is
                 saved with the optimizer (its names as Keras reads them: regular
-                expressions searched in ``variable.name``; its variables by their paths).
+                expressions searched in ``variable.name``; its variables by their places
+                among those the optimizer is built with, their paths checked when loaded).
             name, **kwargs: as ``keras.optimizers.Optimizer`` (``clipnorm``,
                 ``global_clipnorm``, ``use_ema``, ``loss_scale_factor``, ...).
         """
@@ -422,7 +423,7 @@ if keras is not None:
                 self._excluded_paths = [_path(var_list[k]) for k in self._excluded_places]
                 return
             for k, path in zip(self._restored_places, self._excluded_paths):
-                if k >= len(var_list) or not _on_paths([path], var_list[k]):
+                if k >= len(var_list) or not _at_path(path, var_list[k]):
                     got = "no variable" if k >= len(var_list) else _path(var_list[k])
                     raise LarsMultiValueError(
                         f"exclude_from_weight_decay: expected variable {k} of those built to be {path} "
