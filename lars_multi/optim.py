@@ -492,7 +492,7 @@ class LarsOptimizer:
     def _mask(arg: str, mask: Mask, params: Any, flat: Flat, active: list[int], ws: Layout) -> list[bool]:
         """One bool per active layer, from a tree, a callable, or the preset's default."""
         if isinstance(mask, RankMask):
-            return _of_known_ranks(arg, mask, ws.shapes, [flat.paths[i] for i in active])
+            return _of_known_ranks(arg, mask, ws.shapes, lambda k: flat.paths[active[k]])
         if isinstance(mask, ParamsMask):  # optax's convention: a tree of bools (an equinox
             mask, per_leaf = mask.function(params), False  # module of them is callable, and a tree)
         else:
@@ -534,17 +534,19 @@ def _as_bool(value: Any) -> Any:
     return value
 
 
-def _of_known_ranks(arg: str, mask: RankMask, shapes: list[Any], paths: list[Any]) -> list[bool]:
+def _of_known_ranks(arg: str, mask: RankMask, shapes: list[Any], path_of: Callable[[int], Any]) -> list[bool]:
     """A preset's default mask, which goes by each layer's number of dimensions: a
     shape of unknown rank (TensorFlow's ``TensorShape(None)``, a trace widened by
-    ``reduce_retracing``) cannot say it, and is refused by name."""
+    ``reduce_retracing``) cannot say it, and is refused by name (``path_of(k)``:
+    layer ``k``'s key path, asked only then)."""
     try:
         return mask.of_shapes(shapes)
     except ValueError:
         unknown = next(i for i, shape in enumerate(shapes) if getattr(shape, "rank", 0) is None)
         raise LarsMultiValueError(
-            f"{Path('params', paths[unknown])}: expected a known number of dimensions (the preset's default "
-            f"{arg} goes by it), got a shape of unknown rank; give {arg} (a tree of bools or a callable)"
+            f"{Path('params', path_of(unknown))}: expected a known number of dimensions (the preset's "
+            f"default {arg} goes by it), got a shape of unknown rank; give {arg} (a tree of bools or a "
+            "callable)"
         ) from None
 
 
