@@ -106,12 +106,15 @@ def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
 
 def _gradient(p: torch.Tensor) -> torch.Tensor:
     """``p.grad`` in ``p``'s dtype (torch's ``grad_dtype`` lets it differ: a float32
-    gradient stepped a float64 parameter in float32, silently); a float32 gradient
-    of a half parameter as it is (the step computes halves in float32)."""
+    gradient stepped a float64 parameter in float32, silently); a half parameter's
+    gradient of another dtype in float32, the dtype its step computes in (cast to the
+    half first, a float64 or bfloat16 gradient beyond 65504 became inf)."""
     grad = p.grad
     assert grad is not None
-    if grad.dtype is p.dtype or (grad.dtype is torch.float32 and p.dtype.itemsize == 2):  # (halves)
+    if grad.dtype is p.dtype:
         return grad
+    if p.dtype.itemsize == 2:  # (halves)
+        return grad if grad.dtype is torch.float32 else grad.to(torch.float32)
     return grad.to(p.dtype)
 
 

@@ -1233,6 +1233,32 @@ def test_a_gradient_of_another_dtype_is_taken_in_its_parameters_dtype():
     torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("param_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grad_dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_a_half_parameters_gradient_of_another_dtype_is_taken_in_float32(param_dtype, grad_dtype):
+    """A half parameter's step computes in float32; its float32 gradient was taken as it
+    is, but a gradient of any other dtype was cast to the half first: a float64 gradient
+    of 1e5 on a float16 parameter became inf, and the weights -inf, silently. Every
+    gradient dtype now steps as the same values in float32 do."""
+    if grad_dtype is param_dtype:
+        pytest.skip("the parameter's own dtype")
+    w0 = torch.tensor([[-1.5, -0.4], [0.2, 0.7]], dtype=param_dtype)
+    # beyond float16's range, or (float16 gradients) finer than bfloat16's steps
+    big = [[1e5, -3e4], [2.5e2, 7e4]] if grad_dtype is not torch.float16 else [[6e4, -3e4], [1 + 2**-10, 7e3]]
+    values = torch.tensor(big).to(grad_dtype).float()  # (exact in float32)
+    p, q = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    p.grad_dtype = grad_dtype
+    p.grad, q.grad_dtype = values.to(grad_dtype), torch.float32
+    q.grad = values.clone()
+    for opt in (
+        LARS([p], lr=0.1, momentum=0.9, weight_decay=1e-4),
+        LARS([q], lr=0.1, momentum=0.9, weight_decay=1e-4),
+    ):
+        opt.step()
+    assert torch.isfinite(p).all()
+    torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 def test_optimizers_stepping_in_threads_share_the_configuration_cache_safely():
     """The configuration cache is the process's: two optimizers of 150 groups each,
     stepping in two threads, evicted each other's configurations between a step's
