@@ -240,11 +240,25 @@ def widest_float(like: torch.Tensor) -> str:
 def asarray(obj: Any, dtype: Any = None) -> torch.Tensor:
     """``obj`` as a tensor; a tensor stays on its device (``torch.as_tensor`` alone
     would move it to the default device, where ``torch.set_default_device`` set one)."""
-    if isinstance(dtype, str):
-        dtype = _DTYPES[dtype]
+    dtype = _torch_dtype(dtype)
+    if not isinstance(obj, torch.Tensor):
+        obj = np.asarray(obj)  # (NumPy reads the dtype a buffer or its scalars carry)
+        if obj.dtype.name == "bfloat16":  # (ml_dtypes' bfloat16, which torch cannot read: its bits)
+            obj = torch.from_numpy(obj.view(np.uint16).copy()).view(torch.bfloat16)
     if isinstance(obj, torch.Tensor):
         return obj if dtype is None or obj.dtype == dtype else obj.to(dtype)
     return torch.as_tensor(obj, dtype=dtype)
+
+
+def _torch_dtype(dtype: Any) -> torch.dtype | None:
+    """A dtype given by name (``"complex64"``) or as NumPy's, as torch's."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    found = getattr(torch, name, None)
+    if not isinstance(found, torch.dtype):
+        raise TypeError(f"torch has no dtype {name!r}")
+    return found
 
 
 def scalar_for(value: Any, dtype: str, ws: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -121,20 +121,29 @@ def array(obj: Any, dtype: Any = None) -> Array:
 
     The backend is the chosen one (:func:`lars_multi.set_backend`,
     :func:`lars_multi.using_backend` or ``LARS_MULTI_BACKEND``), else the one
-    that owns ``obj``, else NumPy. Python floats become float32 on every
-    backend, so that the same code gives the same numbers everywhere.
-    ``dtype`` is a name (``"float64"``) or a native dtype. A NumPy array, torch
-    tensor or JAX array of the backend's own dtype is wrapped, not copied (as
-    ``np.asarray``): an update with ``out=`` the handle writes the NumPy array or
-    torch tensor it wraps.
+    that owns ``obj``, else NumPy. Python floats (and lists of them) become
+    float32 on every backend, so that the same code gives the same numbers
+    everywhere; numbers that carry a dtype (another framework's array, a
+    ``memoryview``, a list of ``np.float64``) keep it. ``dtype`` is a name
+    (``"float64"``) or a native dtype. A NumPy array, torch tensor or JAX array of
+    the backend's own dtype is wrapped, not copied (as ``np.asarray``): an update
+    with ``out=`` the handle writes the NumPy array or torch tensor it wraps. A
+    NumPy masked array is refused (its mask would be dropped).
     """
     if isinstance(obj, Array):
         obj = obj.data
+    if isinstance(obj, np.ma.MaskedArray):
+        raise LarsMultiTypeError(
+            "obj: expected numbers, got a NumPy masked array (its mask would be dropped); pass "
+            "obj.filled(value) or obj.data"
+        )
     owner = backend_of(obj)
     name = current_backend() or owner or "numpy"
     ops = get_backend(name)
     try:
-        if dtype is None and owner is None and np.asarray(obj).dtype == np.float64:
+        if owner is not None and owner != name:  # (through NumPy: bfloat16 as ml_dtypes' on every backend)
+            obj = get_backend(owner).to_numpy(obj)
+        elif dtype is None and owner is None and _python_numbers(obj) and np.asarray(obj).dtype == np.float64:
             dtype = "float32"  # Python floats, whatever the framework's default
         data = ops.asarray(obj, dtype)
     except Exception as error:  # (each framework raises its own: TypeError, KeyError, RuntimeError...)
@@ -147,6 +156,14 @@ def array(obj: Any, dtype: Any = None) -> Array:
             f"obj: expected numbers, got {type_name(obj)} (a {ops.dtype_name(data.dtype)} array)"
         )
     return Array(data, name)
+
+
+def _python_numbers(obj: Any) -> bool:
+    """Whether ``obj`` is a Python number, or lists and tuples of them (``np.float64``
+    is a ``float`` subclass, but carries its dtype: not one)."""
+    if isinstance(obj, list | tuple):
+        return all(map(_python_numbers, obj))
+    return type(obj) in (float, int, bool)
 
 
 _NUMERIC = ("float", "bfloat", "int", "uint", "bool", "complex")

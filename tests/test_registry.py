@@ -362,6 +362,43 @@ def test_lm_array_of_what_a_framework_cannot_hold_is_refused():
     assert lm.array([1, 2]).dtype == "int64" and lm.array([True]).dtype == "bool"
 
 
+def test_lm_array_keeps_the_dtype_of_numbers_that_carry_one(backend_name):
+    """Only Python floats become float32: lm.array made float32 of every float64 object
+    it did not know as an array (np.matrix, array.array, memoryview, a list of
+    np.float64), losing digits silently; a masked array lost its mask as well."""
+    import array
+
+    values = np.array([0.1, 1 + 2**-40])
+    with lm.using_backend(backend_name):
+        widest = lm.array(values).dtype  # (float64, but float32 on JAX without jax_enable_x64)
+        for obj in (np.matrix(values), array.array("d", values), memoryview(values), list(values)):
+            a = lm.array(obj)
+            assert a.dtype == widest, type(obj)
+            np.testing.assert_array_equal(a.to_numpy().ravel(), values.astype(widest))
+        assert lm.array([0.1, 2]).dtype == "float32" and lm.array(((1.5,),)).dtype == "float32"
+        with pytest.raises(lm.LarsMultiTypeError, match=r"^obj: expected numbers, got a NumPy masked array"):
+            lm.array(np.ma.masked_array(values, mask=[0, 1]))
+
+
+def test_lm_array_takes_every_frameworks_arrays_and_dtype_names(backend_name):
+    """lm.array of another framework's bfloat16 array raised torch's "unsupported
+    ScalarType BFloat16" (or, on torch, could not read ml_dtypes' bfloat16); torch took
+    only seven dtype names (a KeyError for "complex64") and no NumPy dtype."""
+    import ml_dtypes
+
+    values = np.array([[1.5, -2.25], [3.0e38, 0.0]], np.float32)
+    with lm.using_backend(backend_name):
+        for other in lm.installed_backends():
+            a = lm.array(native(other, values, "bfloat16"))
+            assert a.backend == backend_name and a.dtype == "bfloat16", other
+            np.testing.assert_array_equal(
+                a.to_numpy().astype(np.float32), values.astype(ml_dtypes.bfloat16).astype(np.float32)
+            )
+        for dtype in ("complex64", "int8", np.float16, np.dtype("int16")):
+            a = lm.array([1.0, 2.0], dtype=dtype)
+            assert a.dtype == np.dtype(dtype).name and a.to_numpy().tolist() == [1, 2]
+
+
 def test_lm_array_truth_is_its_datas():
     """bool() of an Array is its data's: a 0-d array's value (it came from len(), which a
     0-d array has not), an error for several elements, as the frameworks say."""
