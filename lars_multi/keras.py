@@ -328,6 +328,9 @@ if keras is not None:
             """Momentum buffers (none when momentum is 0) and each variable's flags."""
             if self.built:
                 return
+            ops = get_backend(keras.backend.backend())
+            for variable in var_list:  # (an int variable failed after the others were written)
+                _checks.check_weights(_path(variable), _checks.unwrap(variable), ops)
             self._check_fits(var_list)
             super().build(var_list)
             default = self._lars_config.preset.default_mask

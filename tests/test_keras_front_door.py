@@ -210,10 +210,32 @@ def check_float64():
     return results
 
 
+def check_refused_dtypes():
+    # Variables that are not floats: a complex one was stepped on Keras' JAX backend with
+    # a wrong step, an int one beside a float one failed on TensorFlow after the float one
+    # and its buffer were written. Each: the message, and whether anything changed.
+    results = {}
+    if keras.backend.backend() == "torch":  # (its variables are Parameters: no int or complex ones)
+        return results
+    for dtype in ("int32", "complex64"):
+        good = keras.Variable(np.full((2, 2), 0.5, "float32"), name="good")
+        bad = keras.Variable(np.ones((2, 2), dtype), name="bad")
+        optimizer = lars_multi.keras.LARS(0.5, weight_decay=1e-2)
+        try:
+            optimizer.apply([keras.ops.ones((2, 2)), keras.ops.ones((2, 2), dtype)], [good, bad])
+            message = None
+        except lm.LarsMultiTypeError as error:
+            message = str(error)
+        unchanged = bool(np.all(_numpy(good) == 0.5) and np.all(_numpy(bad) == 1))
+        results[dtype] = [message, unchanged]
+    return results
+
+
 def check(folder, cases=tuple(CASES)):
     import time
 
     result = {"backend": keras.backend.backend(), "seconds": {}, "half_rates": check_half_rates()}
+    result["refused_dtypes"] = check_refused_dtypes()
     if keras.backend.backend() != "jax":  # (float64 on JAX needs jax_enable_x64)
         result["float64"] = check_float64()
     for name in cases:
@@ -251,6 +273,9 @@ def _check_result(result, backend):
         )
     for case, (got, expected) in result["half_rates"].items():
         assert got == expected, (case, got, expected)
+    for dtype, (message, unchanged) in result["refused_dtypes"].items():
+        assert message is not None and message.startswith("bad: expected a floating dtype"), (dtype, message)
+        assert unchanged, dtype
     if backend != "jax":
         wide = result["float64"]
         assert wide["paper"] < 1e-12 and wide["timm"] < 1e-12 and wide["fit"], wide
