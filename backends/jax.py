@@ -9,6 +9,7 @@ rates are traced (weakly typed), so a new rate never recompiles. With
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -314,7 +315,27 @@ def cos(x: Any) -> jax.Array:
 
 
 def compile(function: Any, donate: bool = False) -> Any:
-    return jax.jit(function, donate_argnums=(0,) if donate else ())
+    """``function`` jitted. A deleted (donated) input array raises JAX's ``RuntimeError``
+    on every call: a program already compiled for its shapes raised XLA's bare
+    ``ValueError`` (INVALID_ARGUMENT: Invalid buffer passed to Execute())."""
+    compiled = jax.jit(function, donate_argnums=(0,) if donate else ())
+
+    @functools.wraps(function)
+    def run(*args: Any) -> Any:
+        try:
+            return compiled(*args)
+        except ValueError:
+            deleted = [
+                x for x in jax.tree_util.tree_leaves(args) if isinstance(x, jax.Array) and x.is_deleted()
+            ]
+            if not deleted:
+                raise
+            raise RuntimeError(
+                f"Array has been deleted with shape={deleted[0].aval.str_short()}: an input was donated "
+                "to a jitted function, or deleted, before this call"
+            ) from None
+
+    return run
 
 
 def stop_gradient(x: Any) -> jax.Array:

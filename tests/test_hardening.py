@@ -1546,3 +1546,29 @@ def test_torch_dtensor_one_element_layer_norm_is_its_magnitude():
     one, other = map(float, out.split())
     assert one == pytest.approx(3e19 - 0.1 * 10 * 3e18, rel=1e-6)
     assert other == pytest.approx(3.0 - 0.1 * 3.0, rel=1e-6)
+
+
+def test_jax_arrays_donated_before_a_call_raise_jaxs_error_on_every_call():
+    """A donated (deleted) array raised JAX's RuntimeError only where the step was traced
+    anew: once a program was compiled for its shapes, XLA's bare ValueError (Invalid
+    buffer passed to Execute()). Nothing is written either way."""
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    w, g = jnp.asarray(W), jnp.asarray(G)
+    lm.lars_update(w, g, 0.1)  # (the program for these shapes is compiled)
+    opt = lm.optim.lars(0.1)
+    state = opt.init({"w": w})
+    opt.step({"w": w}, {"w": g}, state)
+    for donated_arg in ("w", "g", "grads"):
+        donated = jnp.asarray(W)
+        jax.jit(lambda x: x * 2, donate_argnums=0)(donated)
+        assert donated.is_deleted()
+        with pytest.raises(RuntimeError, match=r"^Array has been deleted"):
+            if donated_arg == "w":
+                lm.lars_update(donated, g, 0.1)
+            elif donated_arg == "g":
+                lm.lars_update(w, donated, 0.1)
+            else:
+                opt.step({"w": w}, {"w": donated}, state)
