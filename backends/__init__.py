@@ -52,7 +52,7 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     (default: type, dtype and shape). ``ws`` is a :class:`~lars_multi._protocol.Layout`
     of the weights (``ws.arrays``), which reads their types, dtypes and shapes
     once however many lists are compared with them. ``is_dense(x)``,
-    ``layout_name(x)``, ``densify(g)`` (a framework's sparse gradient as a
+    ``layout_name(x)``, ``densify(g, w)`` (a framework's sparse gradient of ``w`` as a
     dense array, or None), ``device(x)``.
     ``conform(x, w)``: ``x`` (a gradient or buffer, checked like the weights
     ``w``) laid out as ``w`` where the framework would lay results out as it

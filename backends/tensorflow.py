@@ -44,12 +44,17 @@ def is_traced(x: Any) -> bool:
     return tf.is_symbolic_tensor(x)
 
 
-def densify(x: Any) -> Any:
-    """``tf.IndexedSlices`` gradients (embeddings, gathers) as dense tensors, as Keras does
-    (None for slices without a ``dense_shape``: their dense shape is unknown)."""
-    if isinstance(x, tf.IndexedSlices) and x.dense_shape is not None:
-        return tf.convert_to_tensor(x)
-    return None
+def densify(x: Any, like: Any) -> Any:
+    """``tf.IndexedSlices`` gradients (embeddings, gathers) of the weights ``like`` as dense
+    tensors, as Keras does: slices without a ``dense_shape`` take the weights' shape
+    where their rows fit it, as in Keras' optimizers (else None)."""
+    if not isinstance(x, tf.IndexedSlices):
+        return None
+    if x.dense_shape is None:
+        if x.values.shape[1:] != like.shape[1:] or not like.shape.is_fully_defined():
+            return None
+        x = tf.IndexedSlices(x.values, x.indices, tf.shape(like, out_type=x.indices.dtype))
+    return tf.convert_to_tensor(x)
 
 
 def largest(dtype: Any) -> float:

@@ -279,7 +279,7 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any
     path, w_path = message_paths(where)
     g_name = owner(g)
     if g_name is None:
-        dense = ops.densify(g)
+        dense = ops.densify(g, w)
         if dense is None:
             raise LarsMultiTypeError(f"{path}: expected an array like {w_path}, got {type_name(g)}")
         g, g_name = dense, name

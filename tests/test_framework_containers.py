@@ -371,13 +371,16 @@ def test_tf_indexed_slices_gradient_is_densified():
     before = to_numpy(table)
     lm.lars_update([table, dense_w], [g_table, g_dense], 0.1, out=[table, dense_w])
     assert_layer_close(table, before, to_numpy(dense), 0.1, 0.0, "float32")
-    # slices without a dense_shape have no known dense shape: refused, named (TensorFlow's
-    # own ValueError came from converting them)
+    # slices without a dense_shape take their weights' shape, as in Keras' optimizers (they
+    # were refused); rows of another shape are refused, named
     shapeless = tf.IndexedSlices(g_table.values, g_table.indices)
+    got = lm.lars_update(w, {"emb": shapeless, "w": g_dense}, 0.1, decay_lambda=0.2)
+    np.testing.assert_array_equal(to_numpy(got["emb"]), to_numpy(want["emb"]))
+    wide = tf.IndexedSlices(tf.ones((2, 4)), tf.constant([0, 2]))
     with pytest.raises(
         lm.LarsMultiTypeError, match=r"^dcdw\['emb'\]: expected an array like w\['emb'\], got .*IndexedSlices"
     ):
-        lm.lars_update(w, {"emb": shapeless, "w": g_dense}, 0.1)
+        lm.lars_update(w, {"emb": wide, "w": g_dense}, 0.1)
 
 
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
