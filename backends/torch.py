@@ -89,18 +89,22 @@ def all_dense(xs: Sequence[torch.Tensor]) -> bool:
 
 def alike(xs: Sequence[Any], ws: Layout) -> bool:
     """Tensors of the weights' type, dtype and shape, dense and on their devices
-    (DTensors: on their meshes, with their placements)."""
-    return all(
-        [
-            type(x) is type(w)
-            and x.dtype is w.dtype
-            and x.shape == w.shape
-            and x.layout == torch.strided
-            and x.device == w.device
-            and (type(w) in PLAIN_TYPES or device(x) == device(w))
-            for x, w in zip(xs, ws.arrays)
-        ]
-    )
+    (DTensors: on their meshes, with their placements). A nested tensor has no shape
+    to compare (torch raises): not alike, so the checks with messages name it."""
+    try:
+        return all(
+            [
+                type(x) is type(w)
+                and x.dtype is w.dtype
+                and x.shape == w.shape
+                and x.layout == torch.strided
+                and x.device == w.device
+                and (type(w) in PLAIN_TYPES or device(x) == device(w))
+                for x, w in zip(xs, ws.arrays)
+            ]
+        )
+    except RuntimeError:
+        return False
 
 
 # The types of plain tensors (not DTensors or other subclasses).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -406,6 +407,13 @@ def test_torch_sparse_gradient_is_rejected_with_its_path():
     coo = torch.sparse_coo_tensor([[0, 1], [2, 0]], [1.0, 2.0], (2, 3))
     with pytest.raises(lm.LarsMultiTypeError, match=r"^dcdw\b.*sparse"):
         lm.lars_update(torch.tensor(W), coo, 0.1)
+    # a nested gradient raised torch's "NestedTensorImpl doesn't support sizes"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's nested tensors are a prototype)
+        nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    for w, g in ((torch.ones(2), nested), ({"a": torch.ones(2)}, {"a": nested})):
+        with pytest.raises(lm.LarsMultiTypeError, match=r"^dcdw\S*: expected a dense array .*got a nested"):
+            lm.lars_update(w, g, 0.1)
 
 
 # --- tf.function: typed errors, traced hyper-parameters -----------------------------------
