@@ -54,6 +54,13 @@ def _tf() -> Any:
     return tensorflow
 
 
+def _compute_dtype(dtype: Any) -> str:
+    """The dtype a layer of ``dtype`` computes in: float32 for halves, else its own
+    (``keras.backend.result_type`` gives float32 for float64 on Keras' torch backend)."""
+    name = str(keras.backend.standardize_dtype(dtype))
+    return "float32" if name in ("float16", "bfloat16") else name
+
+
 def _dense(gradient: Any, variable: Any) -> Any:
     """A gradient as a dense tensor where TensorFlow gave ``tf.IndexedSlices`` (an
     embedding's): summed into the variable's shape, as Keras' own optimizers take it
@@ -456,13 +463,14 @@ if keras is not None:
             """One LARS step on one variable, by the shared rule."""
             index = self._get_variable_index(variable)
             dtype = variable.dtype
+            # Gradients and rates in the dtype the layer computes in (halves: float32, as on
+            # TensorFlow's path), never rounded to a half: a float32 gradient beyond 65504
+            # would be inf in float16, and a rate of 2e-8 would be 0.
+            compute = _compute_dtype(dtype)
             w = keras.ops.stop_gradient(keras.ops.convert_to_tensor(variable))
-            g = keras.ops.cast(keras.ops.convert_to_tensor(gradient), dtype)
+            g = keras.ops.cast(keras.ops.convert_to_tensor(gradient), compute)
             momentum = self.momentums[index] if self.momentums else None
             buffer = None if momentum is None else keras.ops.convert_to_tensor(momentum)
-            # Rates in the dtype the layer computes in (halves: float32, as on TensorFlow's
-            # path), never rounded to a half: float16 would round a rate of 2e-8 to 0.
-            compute = keras.backend.result_type(dtype, "float32")
             lr = keras.ops.cast(learning_rate, compute)
             decay = self._decay()
             if decay is not None and not isinstance(decay, float):
@@ -498,7 +506,8 @@ if keras is not None:
             tf = _tf()
             indices = [self._get_variable_index(v) for v in variables]
             ws = _checks.unwrap_all(variables)
-            gs = [tf.cast(tf.convert_to_tensor(g), w.dtype) for g, w in zip(grads, ws)]
+            # (in each layer's compute dtype: a half's gradient in float32, as in update_step)
+            gs = [tf.cast(tf.convert_to_tensor(g), _compute_dtype(w.dtype)) for g, w in zip(grads, ws)]
             buffers = [self.momentums[i].value for i in indices] if self.momentums else [None] * len(ws)
             flags = LayerFlags(
                 adapt=tuple(self._lars_flags[i].adapt[0] for i in indices),

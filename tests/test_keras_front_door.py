@@ -165,19 +165,21 @@ def check_fit_save_load(folder):
 def check_half_rates():
     # One step w - lr g (timm, no decay: r = 1) on half-precision variables: the rate is used
     # in float32, as the layer computes; rounded to float16 first, 2e-8 became 0 (no step)
-    # and 1e-7 became 1.19e-7. Each: [got, expected] (float32 arithmetic, then rounded).
+    # and 1e-7 became 1.19e-7. A float32 gradient is used as it is: cast to float16 first,
+    # 1e5 was inf. Each: [got, expected] (float32 arithmetic, then rounded).
     import ml_dtypes
 
     results = {}
-    for dtype, lr, w0, g0 in (("float16", 2e-8, 0.01, 1e4), ("float16", 1e-7, 0.01, 1e4),
-                              ("bfloat16", 0.0123, 1.0, 10.0)):
+    for dtype, lr, w0, g0, g_dtype in (("float16", 2e-8, 0.01, 1e4, None), ("float16", 1e-7, 0.01, 1e4, None),
+                                       ("bfloat16", 0.0123, 1.0, 10.0, None),
+                                       ("float16", 1e-8, 0.01, 1e5, "float32")):
         half = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
         v = keras.Variable(np.full((2, 2), w0), dtype=dtype)
-        g = keras.ops.convert_to_tensor(np.full((2, 2), g0), dtype=dtype)
+        g = keras.ops.convert_to_tensor(np.full((2, 2), g0), dtype=g_dtype or dtype)
         lars_multi.keras.LARS(lr, momentum=0.0, preset="timm").apply([g], [v])
-        w32, g32 = np.float32(half(w0)), np.float32(half(g0))
+        w32, g32 = np.float32(half(w0)), np.float32(g0 if g_dtype else half(g0))
         expected = float(np.float32(w32 - np.float32(lr) * g32).astype(half))
-        results[f"{dtype} {lr}"] = [float(_numpy(keras.ops.cast(v, "float32"))[0, 0]), expected]
+        results[f"{dtype} {lr} {g_dtype}"] = [float(_numpy(keras.ops.cast(v, "float32"))[0, 0]), expected]
     return results
 
 
