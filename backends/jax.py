@@ -374,7 +374,7 @@ def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     return _batching.batches(
         ws,
         key=lambda w: (w.dtype, _placement(w) if placed else None),
-        nbytes=lambda w: w.nbytes,
+        size=lambda w: w.nbytes,
         budget=lambda key: _HALF_CHUNK_BYTES if key[0] in _HALF and not traced else None,
     )
 

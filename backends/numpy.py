@@ -62,7 +62,6 @@ _BASE = operator.attrgetter("base")
 _DTYPE = operator.attrgetter("dtype")
 _NDIM = operator.attrgetter("ndim")
 _SIZE = operator.attrgetter("size")
-_NBYTES = operator.attrgetter("nbytes")
 _FLAG_BITS = operator.attrgetter("flags.num")
 # Bits of ``flags.num`` (NumPy's NPY_ARRAY_* flags).
 _CONTIGUOUS = 0x1 | 0x2  # C or Fortran order
@@ -322,12 +321,10 @@ def unstack(vector: np.ndarray) -> list[float]:
 
 def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     """Consecutive layers of one dtype, in batches of about ``_BATCH_BYTES`` in
-    their compute dtype (halves are computed on float32 copies)."""
+    their compute dtype (halves are computed on float32 copies), counted in
+    elements (an array's ``size`` is read faster than its ``nbytes``)."""
     return _batching.batches(
-        ws,
-        key=_DTYPE,
-        nbytes=_NBYTES,
-        budget=lambda dtype: _BATCH_BYTES * dtype.itemsize // compute_dtype(dtype).itemsize,
+        ws, key=_DTYPE, size=_SIZE, budget=lambda dtype: _BATCH_BYTES // compute_dtype(dtype).itemsize
     )
 
 
@@ -467,7 +464,7 @@ def _blas_vector_sizes(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) ->
         return ys.sizes
     if not (list(map(_NDIM, xs)).count(1) == n and list(map(_DTYPE, xs)).count(dtype) == n):
         return None
-    sizes = list(map(len, xs))  # (of vectors: their sizes)
+    sizes = list(map(_SIZE, xs))  # (read faster than len)
     return None if 0 in sizes or max(sizes) > _BLAS_MOST else sizes
 
 

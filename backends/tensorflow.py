@@ -294,7 +294,7 @@ def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     return _batching.batches(
         ws,
         key=lambda w: w.dtype,
-        nbytes=lambda w: (shape(w).num_elements() or 0) * w.dtype.size,  # (0: unknown, traced)
+        size=lambda w: (shape(w).num_elements() or 0) * w.dtype.size,  # (0: unknown, traced)
         budget=lambda dtype: _HALF_CHUNK_BYTES if dtype in _HALF else None,
     )
 

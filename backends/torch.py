@@ -567,7 +567,7 @@ def batches(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
     return _batching.batches(
         ws,
         key=lambda w: (w.device, w.dtype, tensor_kind(w), getattr(w, "device_mesh", None)),
-        nbytes=lambda w: w.nelement() * (4 if w.dtype in _HALF else w.element_size()),
+        size=lambda w: w.nelement() * (4 if w.dtype in _HALF else w.element_size()),
         budget=lambda key: _BATCH_BYTES if key[0].type == "cpu" or key[1] in _HALF else None,
     )
 

@@ -1,4 +1,4 @@
-"""Batches of layers for the step: grouped by a key, cut by bytes.
+"""Batches of layers for the step: grouped by a key, cut by size.
 
 Backends choose the batches the step runs over (``batches(ws)``): each of one
 dtype and device, and, where it pays, of a bounded size, so that a batch stays
@@ -21,12 +21,12 @@ Key = TypeVar("Key", bound=Hashable)
 def batches(
     ws: Sequence[Any],
     key: Callable[[Any], Key],
-    nbytes: Callable[[Any], int],
+    size: Callable[[Any], int],
     budget: Callable[[Key], int | None],
 ) -> list[Sequence[int]]:
     """The indices of ``ws`` grouped by ``key(w)`` (in order of first appearance),
-    each group cut into consecutive batches of at most ``budget(key)`` bytes
-    (``nbytes(w)`` each; a larger layer is a batch of its own; None: uncut).
+    each group cut into consecutive batches of at most ``budget(key)`` (bytes, or
+    elements: the unit of ``size(w)``; a larger layer is a batch of its own; None: uncut).
     A run of consecutive indices is a ``range``."""
     if len(ws) == 1:
         return [range(1)]
@@ -46,7 +46,7 @@ def batches(
             cut.append(indices)
             continue
         members = ws if len(indices) == len(ws) else [ws[i] for i in indices]
-        ends = list(itertools.accumulate(map(nbytes, members)))  # bytes up to each layer's end
+        ends = list(itertools.accumulate(map(size, members)))  # the size up to each layer's end
         start = 0
         while start < len(ends):
             stop = _batch_end(ends, start, limit)
@@ -57,7 +57,7 @@ def batches(
 
 def _batch_end(ends: list[int], start: int, limit: int) -> int:
     """Where the batch from layer ``start`` ends: after the layers that fit in
-    ``limit`` bytes (at least one). ``ends``: the bytes up to each layer's end."""
+    ``limit`` (at least one). ``ends``: the size up to each layer's end."""
     bound = (ends[start - 1] if start else 0) + limit
     if _registry.is_compiling():  # (Dynamo cannot trace bisect: the same search, layer by layer)
         stop = start + 1

@@ -331,7 +331,7 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
     def batches(ws: Sequence[Any]) -> Sequence[Sequence[int]]:
         """The layers in the groups the step runs over, each of one dtype, in order:
         here, one group per dtype."""
-        return _batching.batches(ws, key=lambda w: w.dtype, nbytes=lambda w: 0, budget=lambda dtype: None)
+        return _batching.batches(ws, key=lambda w: w.dtype, size=lambda w: 0, budget=lambda dtype: None)
 
     # Every public function defined above, by name.
     return {name: f for name, f in locals().items() if inspect.isfunction(f) and not name.startswith("_")}

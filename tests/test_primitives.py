@@ -441,9 +441,7 @@ def test_batches_cut_each_group_greedily_by_bytes(layers, limit):
     larger than it alone): the same cut as adding layers one by one."""
     from lars_multi._batching import batches
 
-    got = [
-        list(b) for b in batches(layers, key=lambda x: x[0], nbytes=lambda x: x[1], budget=lambda k: limit)
-    ]
+    got = [list(b) for b in batches(layers, key=lambda x: x[0], size=lambda x: x[1], budget=lambda k: limit)]
     want: list[list[int]] = []
     for key in dict.fromkeys(k for k, _ in layers):
         batch: list[int] = []
