@@ -75,6 +75,9 @@ _UNSUPPORTED = ("differentiable", "capturable", "fused")
 
 # The settings that may be numbers.
 _NUMBERS = ("lr", "momentum", "dampening", "weight_decay", "trust_coefficient", "eps")
+# Other libraries' names for settings, which a group migrated from them may carry: taken for a
+# user's own entry, each was silently ignored.
+_FOREIGN_NAMES = {"trust_coeff": ("trust_coefficient", "timm")}
 # Settings a group saved by an older release may lack, with their defaults.
 _LATER_SETTINGS = {"adapt": None, "decay": None, "foreach": None, "maximize": False}
 
@@ -82,6 +85,12 @@ _LATER_SETTINGS = {"adapt": None, "decay": None, "foreach": None, "maximize": Fa
 def _check_group(group: dict[str, Any]) -> StepConfig:
     """The group's StepConfig, after :func:`lars_multi.optim.lars` has checked its
     values (a tensor ``lr``'s value too: read here, never in a step)."""
+    for name, (ours, library) in _FOREIGN_NAMES.items():
+        if name in group:
+            raise LarsMultiValueError(
+                f"param_groups: expected {ours}, got {name!r} ({library}'s name for it, which this "
+                "optimizer would ignore); rename it"
+            )
     _check_rates(group)
     lr = group["lr"]
     if isinstance(lr, torch.Tensor):  # (its value, named as this optimizer names it)

@@ -729,6 +729,14 @@ def test_bad_group_is_refused_and_not_added():
     with pytest.raises(lm.LarsMultiValueError, match="momentum"):
         LARS([{"params": P, "momentum": 2.0}], lr=0.1)
     assert len(opt.param_groups) == 1
+    # timm's name for the trust coefficient, in a group migrated from timm's Lars: a group
+    # may carry entries of its own, so it was kept and ignored (the default 0.001 used)
+    match = r"^param_groups: expected trust_coefficient, got 'trust_coeff' \(timm's name for it"
+    with pytest.raises(lm.LarsMultiValueError, match=match):
+        LARS([{"params": P, "trust_coeff": 0.02}], lr=0.1)
+    with pytest.raises(lm.LarsMultiValueError, match=match):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(3))], "trust_coeff": 0.02})
+    assert len(opt.param_groups) == 1
 
 
 # --- a refused step writes nothing -------------------------------------------------------
