@@ -707,7 +707,8 @@ def lars(
             value is not read on the host).
         momentum: :math:`\mu \in [0, 1)`; 0 keeps no buffers.
         nesterov: Nesterov momentum (needs momentum > 0 and no dampening).
-        dampening: :math:`d \in [0, 1)`, the part of each update the buffer drops.
+        dampening: :math:`d \in [0, 1)`, the part of each update the buffer drops (none
+            at momentum 0, where there is no buffer: as in torch.optim).
         weight_decay: :math:`\lambda \ge 0`, a number, a 0-d array or a schedule.
         trust_coefficient: :math:`c > 0`.
         eps: added to the ratio's denominator; None takes the preset's (timm 1e-8, else 0).
