@@ -497,6 +497,25 @@ def test_timm_adapts_with_a_tiny_number_weight_decay_on_every_backend(backend, d
     np.testing.assert_allclose(to_numpy(new["w"]), w64 - 0.1 * ratio * g64, rtol=1e-6)
 
 
+@pytest.mark.parametrize("preset", ["paper", "optax", "timm"])
+def test_dampening_at_momentum_0_does_nothing_on_every_backend(backend, preset):
+    """Dampening damps the momentum buffer; at momentum 0 there is none, and the step is
+    w - eta r u, as in torch.optim.SGD and timm's Lars (the README's equations read as if
+    it scaled the step: a probe's reference took half the step)."""
+    w = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    g = np.array([[0.1, 0.2], [0.3, -0.4]], np.float32)
+    params = {"w": native(backend, w)}
+    steps = []
+    for dampening in (0.0, 0.5):
+        opt = lm.optim.lars(0.1, momentum=0.0, dampening=dampening, trust_coefficient=0.05, preset=preset)
+        new, _ = opt.step(params, {"w": native(backend, g)}, opt.init(params))
+        steps.append(to_numpy(new["w"]))
+    w64, g64 = w.astype(np.float64), g.astype(np.float64)
+    ratio = 1.0 if preset == "timm" else 0.05 * np.linalg.norm(w64) / np.linalg.norm(g64)  # (timm: lambda 0)
+    np.testing.assert_array_equal(steps[1], steps[0])
+    np.testing.assert_allclose(steps[1], w64 - 0.1 * ratio * g64, rtol=1e-6)
+
+
 def test_torch_in_place_step_with_a_scale_beyond_float32_writes_nothing_or_everything():
     """The in-place step folds lr * weight_decay into the buffers as one multiplier of torch's
     addcmul, which refused a value beyond float32 (lr 1e9, lambda 1e30: 1e39) with
