@@ -57,8 +57,14 @@ def owner(x: Any) -> str | None:
     return name
 
 
-def write_back(target: Any, new: Any) -> None:
-    """Give a handle its new native array (a native ``out`` was written already)."""
+def write_back(target: Any, new: Any, ops: Backend) -> None:
+    """Give a handle its new native array where its own could not be written in place
+    (a native ``out``, and a handle's array that can be written, were written already:
+    given ``new`` instead, the handle would leave the array the caller gave it, or hold
+    the weights themselves where ``new`` is a copy of them written into it)."""
+    data = unwrap(target)
+    if data is not target and data is not new and ops.unwritable(data) is None:
+        return
     if isinstance(target, Array):
         target.data = new
         return

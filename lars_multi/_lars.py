@@ -122,10 +122,21 @@ def _update_one(
     target = _checks.check_out(out, w_data, ("out", "w", None, False), name, ops)
     late = must_write_late(ops, [target], [w_data], [g, *array_values(ops, [rate, decay])])
     writable = ops.unwritable(target) is None
-    (new,) = _run(ops, [w_data], [g], rate, decay, stop, [target], write_late=late, writable=writable)
+    (new,) = _run(
+        ops,
+        [w_data],
+        [g],
+        rate,
+        decay,
+        stop,
+        [target],
+        write_late=late,
+        writable=writable,
+        handed_over=out is w,
+    )
     _checks.check_no_escape(ops, [out], [new], lambda i: "out")
     write_all(ops, [target], [new], lambda i: "out")
-    write_back(out, new)
+    write_back(out, new, ops)
     return out
 
 
@@ -199,6 +210,7 @@ def _update_tree(
             None if outs is None else [outs[i] for i in indices],
             write_late=write_late,
             writable=checked is not None and checked.writable,
+            handed_over=checked is not None and _handed_over(out, w, checked.given, leaves),
             alone=len(groups) == 1,
             axis_names=None if axes is None else tuple(axes[i] for i in indices),
         )
@@ -222,10 +234,14 @@ def _write(
     """The results of the ``stepped`` layers (their indices, results) and the copies
     of the kept layers' weights, written into their outputs: where not written as
     the step went, or ``late`` (then the weights copied are read as they were before
-    anything was written)."""
+    anything was written). A handle whose array cannot be written takes a copy of
+    weights that can (a ``tf.Variable``): given them, its next update would write them."""
     active, results = stepped
     kept, active_outs, outs = checked.kept, checked.given, checked.arrays
-    copies = [ops.snapshot(x) if late and o is not x else x for x, o in zip(kept.weights, kept.datas)]
+    copies = [
+        ops.snapshot(x) if o is not x and (late or _takes_the_weights(ops, o, x)) else x
+        for x, o in zip(kept.weights, kept.datas)
+    ]
     indices, values = concat(active, kept.indices), concat(results, copies)
 
     def label(k: int) -> str:
@@ -239,13 +255,27 @@ def _write(
     return _finish(flat, out, checked.leaves, name, dict(zip(indices, values)))
 
 
+def _handed_over(out: Any, w: Any, outs: list[Any], leaves: list[Any]) -> bool:
+    """Whether ``out`` hands ``w``'s arrays over to be replaced: it is ``w``, or each output
+    is the weights' own handle, which takes the new array. (Another Container or handle on
+    the same arrays would leave ``w`` holding buffers donated, deleted.)"""
+    return out is w or all(o is x and unwrap(o) is not o for o, x in zip(outs, leaves))
+
+
+def _takes_the_weights(ops: Backend, target: Any, weights: Any) -> bool:
+    """Whether an output handle would take the ``weights`` array itself (its own array
+    cannot be written) where the weights can be written."""
+    return ops.unwritable(target) is not None and ops.unwritable(weights) is None
+
+
 def _finish(flat: Flat, out: Any, out_leaves: list[Any] | None, name: str, new: dict[int, Any]) -> Any:
     """Results given to ``out``'s handles (and ``out`` returned), or a new tree like ``w``."""
     if out_leaves is not None:
         if not _checks.all_native(out_leaves):  # native outputs were written already
+            ops = get_backend(name)
             for i, target in enumerate(out_leaves):
                 if i in new:
-                    write_back(target, new[i])
+                    write_back(target, new[i], ops)
         return out
     leaves = [
         x if i not in new else Array(new[i], name) if isinstance(x, Array) else new[i]
@@ -349,6 +379,7 @@ def _run(
     *,
     write_late: bool,
     writable: bool,
+    handed_over: bool = False,
     alone: bool = True,
     axis_names: tuple[Any, ...] | None = None,
 ) -> list[Any]:
@@ -356,8 +387,9 @@ def _run(
 
     Unless ``write_late``, ``writable`` outputs (every one of them) are written
     as the group goes; else the new arrays are returned, for the caller to
-    write once every group has been computed. ``axis_names``: one mesh axis
-    name (or None) per layer.
+    write once every group has been computed. ``handed_over``: the outputs are
+    the weights' own handles (see :func:`_handed_over`). ``axis_names``: one mesh
+    axis name (or None) per layer.
     """
     writable = writable and group_out is not None
     # Immutable arrays (jax) are replaced instead: donate the weights' buffers
@@ -365,6 +397,7 @@ def _run(
     # the group is every layer (a later group failing would find them gone).
     donate = (
         alone
+        and handed_over
         and group_out is not None
         and not writable
         and not write_late

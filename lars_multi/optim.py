@@ -255,7 +255,7 @@ class LarsOptimizer:
             _checks.check_no_escape(ops, targets, values, label)
             for target, new in zip(targets, values):
                 if target is not new:
-                    _checks.write_back(target, new)
+                    _checks.write_back(target, new, ops)
             _checks.fill_entries(checked.entries)
         momentum = (
             state.momentum

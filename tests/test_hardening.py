@@ -1572,3 +1572,73 @@ def test_jax_arrays_donated_before_a_call_raise_jaxs_error_on_every_call():
                 lm.lars_update(w, donated, 0.1)
             else:
                 opt.step({"w": w}, {"w": donated}, state)
+
+
+def _mutable(backend_name, values):
+    """Weights a step could write in place: a tf.Variable on TensorFlow."""
+    if backend_name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.Variable(values)
+    return native(backend_name, values)
+
+
+@pytest.mark.parametrize("no_gradient_at_all", [False, True])
+def test_a_frozen_layers_output_handle_keeps_an_array_of_its_own(backend_name, no_gradient_at_all):
+    """A layer without a gradient has its weights copied into its output; an lm.Array output
+    was then given the weights' array itself (NumPy, torch, a tf.Variable: the next update
+    with out= that handle wrote the weights; JAX: the next one donated them)."""
+    wa, wb = np.array([3.0, 1.0, 5.0], np.float32), np.array([1.0, 2.0], np.float32)
+    ga, gb = np.array([0.3, 0.1, 0.2], np.float32), np.array([0.5, 0.1], np.float32)
+    w = {"a": _mutable(backend_name, wa), "b": _mutable(backend_name, wb)}
+    zeros = (native(backend_name, np.zeros(3, np.float32)), native(backend_name, np.zeros(2, np.float32)))
+    trial = lm.Container(a=lm.Array(zeros[0]), b=lm.Array(zeros[1]))
+    first = {"a": None if no_gradient_at_all else native(backend_name, ga), "b": None}
+    lm.lars_update(w, first, 0.1, out=trial)
+    np.testing.assert_array_equal(to_numpy(trial.b.data), wb)
+    assert trial.b.data is not w["b"] or backend_name == "jax"  # (JAX's arrays cannot change: shared)
+    lm.lars_update(w, {"a": native(backend_name, ga), "b": native(backend_name, gb)}, 0.1, out=trial)
+    np.testing.assert_array_equal(to_numpy(w["a"]), wa)
+    np.testing.assert_array_equal(to_numpy(w["b"]), wb)  # (the weights, never named as out)
+    assert_layer_close(trial.b.data, wb, gb, 0.1, 0.0, "float32")
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_an_output_handle_keeps_its_array_where_the_write_waits(backend_name):
+    """A handle given as out whose array shares memory with the weights (a view, or
+    another tensor on a parameter's storage) is written once every layer is computed;
+    the handle was then given the new array, a temporary, so later updates through it
+    never reached the caller's array."""
+    require_backend(backend_name)
+    x = native(backend_name, W.copy())
+    view = x[:]
+    w, out = lm.Array(x), lm.Array(view)
+    expected = W.astype(np.float64)
+    for _ in range(3):
+        lm.lars_update(w, native(backend_name, G), 0.1, out=out)
+        assert out.data is view
+        expected = reference_layer(expected, G, 0.1, 0.0)
+    np.testing.assert_allclose(to_numpy(x), expected, rtol=1e-5)
+
+
+def test_jax_outputs_that_only_share_the_weights_arrays_donate_nothing():
+    """JAX's arrays are replaced, and the weights' buffers donated where out= hands them
+    over. Another Container holding the same arrays (copy.copy), or another handle on the
+    same array, had them donated: the weights, never named as out, were deleted."""
+    require_backend("jax")
+    import copy
+
+    import jax.numpy as jnp
+
+    c = lm.Container(a=jnp.asarray(W), b=jnp.asarray(G))
+    g = {"a": jnp.asarray(G), "b": jnp.asarray(W)}
+    other = copy.copy(c)
+    lm.lars_update(c, g, 0.1, out=other)
+    np.testing.assert_array_equal(np.asarray(c.a), W)  # (was deleted)
+    assert_layer_close(other.a, W, G, 0.1, 0.0, "float32")
+    x = jnp.asarray(W)
+    h1, h2 = lm.Array(x), lm.Array(x)
+    h1.lars_update(jnp.asarray(G), 0.1, out=h2)
+    np.testing.assert_array_equal(np.asarray(h1.data), W)
+    lm.lars_update(c, g, 0.1, out=c)  # (out=w: its buffers may be donated, and c takes the new ones)
+    assert_layer_close(c.a, W, G, 0.1, 0.0, "float32")
