@@ -100,12 +100,19 @@ def entry_handles(
     if not _holds_container(out):
         return out_leaves, []
     leaves, entries = list(out_leaves), []
+    # One handle per entry: a Container or list reached twice (tied sub-blocks) names its
+    # entries twice, and two results for one entry are refused, as for one array given twice.
+    handles: dict[tuple[int, str | int], Array] = {}
     for i, (leaf, path) in enumerate(zip(out_leaves, paths)):
         if backend_of(leaf) is None or ops.unwritable(leaf) is None:
             continue
         parent = _parent(out, path)
         if isinstance(parent, Container | list):
-            leaves[i] = Array(leaf)
+            place = (id(parent), path[-1])
+            if place in handles:
+                leaves[i] = handles[place]
+                continue
+            leaves[i] = handles[place] = Array(leaf)
             entries.append(Entry(parent, path[-1], leaves[i]))
     return leaves, entries
 

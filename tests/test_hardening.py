@@ -1642,3 +1642,30 @@ def test_jax_outputs_that_only_share_the_weights_arrays_donate_nothing():
     np.testing.assert_array_equal(np.asarray(h1.data), W)
     lm.lars_update(c, g, 0.1, out=c)  # (out=w: its buffers may be donated, and c takes the new ones)
     assert_layer_close(c.a, W, G, 0.1, 0.0, "float32")
+
+
+@pytest.mark.parametrize("backend_name", ["jax", "tensorflow"])
+def test_one_container_entry_reached_twice_in_out_takes_one_result_or_is_refused(backend_name):
+    """An lm.Container (or a list in one) given as out holds JAX's and TensorFlow's arrays,
+    which cannot be written: each entry takes its result. A sub-Container or list reached
+    at two places (tied blocks) got two handles on one entry, and kept the last result
+    silently; it is refused where the two results differ, as one array given twice is."""
+    require_backend(backend_name)
+    a, b = W, W[::-1].copy()
+    for tied in ("container", "list"):
+        zero = native(backend_name, np.zeros_like(W))
+        inner = lm.Container(k=zero) if tied == "container" else [zero]
+        out = lm.Container(x=inner, y=inner)
+
+        def tree(x, y, tied=tied):
+            return {"x": {"k": x}, "y": {"k": y}} if tied == "container" else {"x": [x], "y": [y]}
+
+        w = tree(native(backend_name, a), native(backend_name, b))
+        with pytest.raises(
+            lm.LarsMultiValueError, match=r"are the same array, and the step gives them different"
+        ):
+            lm.lars_update(w, tree(native(backend_name, G), native(backend_name, G)), 0.1, out=out)
+        assert (inner["k"] if tied == "container" else inner[0]) is zero  # (nothing written)
+        same = tree(native(backend_name, a), native(backend_name, a))
+        lm.lars_update(same, tree(native(backend_name, G), native(backend_name, G)), 0.1, out=out)
+        assert_layer_close(inner["k"] if tied == "container" else inner[0], a, G, 0.1, 0.0, "float32")
