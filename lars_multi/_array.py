@@ -127,8 +127,9 @@ def array(obj: Any, dtype: Any = None) -> Array:
     ``memoryview``, a list of ``np.float64``) keep it. ``dtype`` is a name
     (``"float64"``) or a native dtype. A NumPy array, torch tensor or JAX array of
     the backend's own dtype is wrapped, not copied (as ``np.asarray``): an update
-    with ``out=`` the handle writes the NumPy array or torch tensor it wraps. A
-    NumPy masked array is refused (its mask would be dropped).
+    with ``out=`` the handle writes the NumPy array or torch tensor it wraps.
+    Another framework's array is copied. A NumPy masked array is refused (its mask
+    would be dropped).
     """
     if isinstance(obj, Array):
         obj = obj.data
@@ -141,8 +142,8 @@ def array(obj: Any, dtype: Any = None) -> Array:
     name = current_backend() or owner or "numpy"
     ops = get_backend(name)
     try:
-        if owner is not None and owner != name:  # (through NumPy: bfloat16 as ml_dtypes' on every backend)
-            obj = get_backend(owner).to_numpy(obj)
+        if owner is not None and owner != name:  # a copy, through NumPy (bfloat16 as ml_dtypes')
+            obj = np.array(get_backend(owner).to_numpy(obj))
         elif dtype is None and owner is None and _python_numbers(obj) and np.asarray(obj).dtype == np.float64:
             dtype = "float32"  # Python floats, whatever the framework's default
         data = ops.asarray(obj, dtype)

@@ -391,6 +391,11 @@ def test_lm_array_takes_every_frameworks_arrays_and_dtype_names(backend_name):
         for other in lm.installed_backends():
             a = lm.array(native(other, values, "bfloat16"))
             assert a.backend == backend_name and a.dtype == "bfloat16", other
+            if other != backend_name and other in ("numpy", "torch"):  # (another framework's: a copy)
+                source = native(other, values)
+                copied = lm.array(source)
+                lm.lars_update(copied, native(backend_name, values), 0.1, out=copied)
+                np.testing.assert_array_equal(to_numpy(source), values)
             np.testing.assert_array_equal(
                 a.to_numpy().astype(np.float32), values.astype(ml_dtypes.bfloat16).astype(np.float32)
             )
