@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import lars_multi as lm
@@ -38,7 +39,7 @@ def info(console: Console) -> None:
         try:
             details = lm._registry.get_backend(name).info()
         except ImportError as error:
-            table.add_row(name, "[red]no[/red]", "", str(error).split(";")[-1].strip())
+            table.add_row(name, "[red]no[/red]", "", escape(str(error)))  # ("[torch]" is no style)
             continue
         table.add_row(name, "[green]yes[/green]", details["version"], details["devices"])
     console.print(f"lars_multi {lm.__version__}, Python {sys.version.split()[0]}")

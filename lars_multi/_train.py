@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,8 @@ BACKENDS = ("numpy", "torch", "jax", "tensorflow")
 HIDDEN = 128
 CLASSES = 10
 SEED = 0
+# The most epochs, and the largest batch, the command line takes.
+_MOST = 10**6
 # Peak learning rates: LARS scales each matrix's step by its trust ratio, so its
 # peak is larger than SGD's; biases (not adapted, the paper's convention) take it as is.
 DEFAULT_PEAK = {"lars": 1.0, "sgd": 0.1}
@@ -449,7 +452,8 @@ def train(config: Config, data: Data | None = None, console: Console | None = No
             progress.update(task, advance=1, status=status)
 
         start = time.perf_counter()
-        TRAINERS[config.backend](config, data, report)
+        with lm.using_backend(config.backend):  # (not LARS_MULTI_BACKEND's, or set_backend's)
+            TRAINERS[config.backend](config, data, report)
         history.seconds = time.perf_counter() - start
     return history
 
@@ -508,8 +512,8 @@ def _can_write_in(folder: Path) -> bool:
 def _check_arguments(args: argparse.Namespace) -> None:
     """Every argument, before anything is trained: a clear message and exit status 1."""
     problems = []
-    if args.epochs < 1 or args.batch_size < 1:
-        problems.append("--epochs and --batch-size: expected integers >= 1")
+    if not (1 <= args.epochs <= _MOST and 1 <= args.batch_size <= _MOST):
+        problems.append(f"--epochs and --batch-size: expected integers from 1 to {_MOST:,}")
     largest = float(np.finfo(np.float32).max)  # (the model and its rates are float32)
     if args.lr is not None and not 0 < args.lr <= largest:
         problems.append(f"--lr: expected a number > 0 that fits float32, got {args.lr}")
@@ -526,7 +530,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
             "--compare trains both optimizers, each at its own peak rate: drop --lr and --optimizer"
         )
     out = Path(_plot_path(args))
-    if out.suffix.lower() != ".png" or out.is_dir() or not _can_write_in(out.parent):
+    # (Path drops a trailing slash: "a.png/" names a folder; an existing file must be writable)
+    if (
+        out.suffix.lower() != ".png"
+        or _plot_path(args).endswith(("/", os.sep))
+        or out.is_dir()
+        or not _can_write_in(out.parent)
+        or ((out.exists() or out.is_symlink()) and not os.access(out, os.W_OK))
+    ):
         given = (
             args.out if args.out is not None else f"the default {out} (in a folder that cannot be written)"
         )
@@ -545,7 +556,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _plot_path(args: argparse.Namespace) -> str:
     """Where the plot of the loss curves goes: ``--out``, or a file named after the backend."""
-    return args.out or f"lars_train_{args.backend}.png"
+    return f"lars_train_{args.backend}.png" if args.out is None else args.out
 
 
 def run(args: argparse.Namespace, console: Console) -> float:

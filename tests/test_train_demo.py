@@ -8,6 +8,8 @@ test accuracy with two decimals.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
 
 import pytest
@@ -82,6 +84,14 @@ def test_compare_large_batch(tmp_path, capsys):
         (("--out", "no/such/folder/curves.png"), "--out"),
         (("--out", "made.png"), "--out"),  # (a folder of that name)
         (("--out", "/proc/curves.png"), "--out"),  # (a folder no file can be made in)
+        (
+            ("--out", "curves.png/"),
+            "--out",
+        ),  # (a folder's name: was saved as curves.png/.png, after training)
+        (("--out", ""), "--out"),  # (wrote the default file)
+        (("--out", "dangling.png"), "--out"),  # (a link to a missing folder)
+        (("--epochs", "1e20"), "--epochs"),  # (not an integer: argparse's own message)
+        (("--epochs", str(10**7)), "--epochs"),  # (a traceback)
     ],
     ids=lambda a: " ".join(a) if isinstance(a, tuple) else a,
 )
@@ -91,12 +101,29 @@ def test_bad_arguments_are_refused_before_training(args, needle, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     if "made.png" in args:
         (tmp_path / "made.png").mkdir()
+    if "dangling.png" in args:
+        (tmp_path / "dangling.png").symlink_to(tmp_path / "no" / "such" / "curves.png")
+    before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(SystemExit) as info:
         main(["train", "--backend", "numpy", "--epochs", "1", *args])
-    assert needle in str(info.value.code)
-    assert [p.name for p in tmp_path.iterdir()] == (
-        ["made.png"] if "made.png" in args else []
-    )  # nothing written
+    assert needle in str(info.value.code) or needle in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_train_uses_its_backend_whatever_lars_multi_backend_says(tmp_path):
+    """With LARS_MULTI_BACKEND naming another framework, train --backend numpy (jax,
+    tensorflow) failed with a MixedFrameworksError traceback after training began."""
+    require_backend("torch")
+    out = tmp_path / "curves.png"
+    command = ["-m", "lars_multi", "train", "--backend", "numpy", "--epochs", "1", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, *command],
+        env={**os.environ, "LARS_MULTI_BACKEND": "torch"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
 
 
 def test_an_unwritable_default_plot_path_is_refused_before_training(monkeypatch):
