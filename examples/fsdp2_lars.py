@@ -55,6 +55,7 @@ def main(steps: int = 30, batch: int = 64) -> None:
         dist.all_reduce(loss)  # the loss of the whole batch
         if rank == 0:
             print(f"step {step:2d}  loss {loss.item() / world:.5f}", flush=True)
+    dist.barrier()  # (every rank done before the group goes: gloo aborted a rank now and then)
     dist.destroy_process_group()
 
 
