@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import contenders, memory, report, targets, timing, workloads
@@ -174,6 +175,26 @@ def run_group(
     return group
 
 
+def _installed(backends: list[str], console: Console) -> list[str]:
+    """The ``backends`` whose framework imports here; the others named once, skipped (each
+    workload printed a traceback for them)."""
+    from lars_multi._registry import get_backend
+
+    usable, missing = [], []
+    for name in backends:
+        try:
+            get_backend(name)
+        except ImportError as error:
+            missing.append(f"{name} ({error})")
+            continue
+        usable.append(name)
+    for line in missing:
+        console.print(f"[yellow]skipped, not installed:[/yellow] {escape(line)}")
+    if not usable:
+        raise SystemExit("--backends: none of them is installed here")
+    return usable
+
+
 def run_all(
     backends: list[str], names: list[str], settings: Settings, console: Console
 ) -> list[dict[str, Any]]:
@@ -205,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         optimizer.run(backends, names, optimizer.settings_from(args), console, args.out)
         return 0
-    backends = _names(args.backends, contenders.BACKENDS, "backends")
     names = _names(args.workloads or ",".join(workloads.NAMES), workloads.NAMES, "workloads")
     settings = timing.settings_from(args, rounds=30, budget_s=8.0, quick_budget_s=1.5)
     console = Console(width=None if Console().is_terminal else 200)
+    backends = _installed(_names(args.backends, contenders.BACKENDS, "backends"), console)
     started = time.time()
     groups = run_all(backends, names, settings, console)
     measured = [] if args.no_memory else memory.measure(backends, contrast=not args.quick)

@@ -51,3 +51,21 @@ def test_an_out_where_nothing_can_be_written_is_refused_before_the_run(capsys):
     assert (
         "--out: expected a folder (made if missing) that files can be written in" in capsys.readouterr().err
     )
+
+
+def test_a_backend_that_is_not_installed_is_skipped_in_one_line(tmp_path):
+    """Each workload printed a traceback for a backend whose framework is not installed."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['tensorflow'] = None\n"  # (cannot be imported)
+        "from benchmarks.__main__ import main\n"
+        f"main(['--backends', 'numpy,tensorflow', '--workloads', 'tiny', '--quick', '--no-memory', "
+        f"'--out', {str(tmp_path)!r}])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "skipped, not installed: tensorflow" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert (tmp_path / "latest.json").exists()
