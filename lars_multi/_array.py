@@ -82,7 +82,11 @@ class Array:
         return values.copy() if copy else values
 
     def __len__(self) -> int:
-        return len(self.data)
+        """The length of the first axis (a ``tf.Variable`` has no ``len``); a 0-d array
+        has none, as NumPy says."""
+        if not self.shape:
+            raise TypeError("len() of unsized object")
+        return self.shape[0]
 
     def __bool__(self) -> bool:
         """As the data's (a 0-d array's value; more elements: the framework's error)."""

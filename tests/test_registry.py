@@ -297,6 +297,12 @@ def test_lm_array_of_bfloat16_reads_as_bfloat16_on_every_backend(backend_name):
 def test_lm_array_interface(backend_name):
     a = lm.Array(native(backend_name, np.arange(6, dtype=np.float32).reshape(2, 3)))
     assert a.shape == (2, 3) and a.ndim == 2 and len(a) == 2 and a.dtype == "float32"
+    if backend_name == "tensorflow":  # (a tf.Variable has no len: TypeError)
+        import tensorflow as tf
+
+        assert len(lm.Array(tf.Variable(np.ones((4, 2), np.float32)))) == 4
+    with pytest.raises(TypeError, match="unsized"):
+        len(lm.Array(native(backend_name, np.float32(1.0))))
     np.testing.assert_array_equal(np.asarray(a), np.arange(6).reshape(2, 3))
     np.testing.assert_array_equal(a.to_numpy(), np.arange(6).reshape(2, 3))
     assert np.asarray(a, dtype=np.float64).dtype == np.float64
