@@ -101,8 +101,8 @@ def check_untouched(
     ops: Backend, targets: Sequence[Any], keep: Sequence[Any], label: Callable[[int], str]
 ) -> None:
     """Raise where one of ``targets`` (to be written in place) shares memory with one of
-    ``keep``: arrays that must keep their values (the momentum buffers of layers not
-    stepped). ``label(i)`` names item ``i`` of ``targets`` followed by ``keep``."""
+    ``keep``: arrays that must keep their values (the parameters and momentum buffers
+    of layers not stepped). ``label(i)`` names item ``i`` of ``targets`` followed by ``keep``."""
     places = [i for i, t in enumerate(targets) if ops.unwritable(t) is None]
     if not places or not keep:
         return
@@ -121,8 +121,8 @@ def check_untouched(
             j, k = sorted(members[i] for i in pair)
             raise LarsMultiValueError(
                 f"{label(names[j])} and {label(names[k])} share memory: writing the one would change "
-                "the other, which this step keeps as it is; pass an output that shares no memory "
-                "with the optimizer's state"
+                "the other, which this step keeps as it is (a layer without a gradient keeps its "
+                "parameters and momentum buffer); pass arrays that share no memory"
             )
 
 

@@ -220,6 +220,9 @@ class LarsOptimizer:
         in_place = outs is not None and all(map(operator.is_, outs, ws))
         buffers_writable = in_place and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = checked is not None and checked.writable and buffers_writable
+        if outs is not None and len(active) < len(flat.leaves):
+            written = outs + buffers if in_place and self.config.momentum else outs
+            self._check_idle_kept(written, all_buffers, active, flat, ops)
         count = _next_count(step_count, ops)  # (before anything is written)
         new_ws, new_buffers, copies = self._run(
             ops,
@@ -388,6 +391,33 @@ class LarsOptimizer:
         _checks.check_all_weights("params", layout, take(flat.paths, idle), ops)
         self._buffers(state, flat, idle, layout, name, ops)
         self._started(state, flat, idle, ws, ops)
+
+    def _check_idle_kept(
+        self, written: list[Any], buffers: list[Any], active: list[int], flat: Flat, ops: Backend
+    ) -> None:
+        """The arrays the stepped layers write (``written``: their outputs, then their
+        buffers where written in place) must share no memory with what the layers without
+        a gradient keep: their parameters and momentum buffers (a buffer that is such a
+        parameter, or an output that is such a buffer, was written silently)."""
+        stepped = set(active)
+        idle = [i for i in range(len(flat.leaves)) if i not in stepped]
+        keep, names = [], []
+        for i in idle:
+            if _checks.owner(flat.leaves[i]) is not None:
+                keep.append(_checks.unwrap(flat.leaves[i]))
+                names.append(str(Path("params", flat.paths[i])))
+            if self.config.momentum and buffers[i] is not None:
+                keep.append(_checks.unwrap(buffers[i]))
+                names.append(str(Path("state.momentum", flat.paths[i])))
+        n = len(active)
+
+        def label(k: int) -> str:
+            if k < len(written):
+                where = "out" if k < n else "state.momentum"
+                return str(Path(where, flat.paths[active[k % n]]))
+            return names[k - len(written)]
+
+        check_untouched(ops, written, keep, label)
 
     def _check_idle_buffers(
         self, buffers: list[Any] | None, active: list[int], flat: Flat, kept: _checks.KeptOuts, ops: Backend

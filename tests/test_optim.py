@@ -1757,3 +1757,41 @@ def test_a_count_array_at_the_end_of_int32_saturates_instead_of_wrapping(backend
         assert int(to_numpy(state.count)) == 2**31 - 1
     _, state = opt.step(p, g, opt.init(p)._replace(count=2**31 - 1))  # (a Python int, saved as JSON)
     assert int(to_numpy(state.count)) == 2**31 - 1
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize(
+    "case", ["out_is_an_idle_buffer", "shared_buffer", "buffer_is_a_param", "param_is_a_buffer"]
+)
+def test_what_a_layer_without_a_gradient_keeps_is_not_written_through_an_alias(backend, case):
+    """A layer without a gradient keeps its parameters and momentum buffer. Where the
+    stepped layers' outputs or buffers were those arrays (an output that is the idle
+    layer's buffer, one buffer for both layers, a buffer that is the other parameter),
+    the step wrote them silently; with both layers stepped it was refused. It is refused,
+    before anything is written."""
+    require_backend(backend)
+    opt = lm.optim.lars(0.5, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.02)
+    params = {
+        "a": native(backend, np.ones((2, 2), np.float32)),
+        "c": native(backend, np.full((2, 2), 3.0, np.float32)),
+    }
+    state = opt.init(params)
+    out = params
+    if case == "out_is_an_idle_buffer":
+        out = {"a": state.momentum["c"], "c": native(backend, np.zeros((2, 2), np.float32))}
+    elif case == "shared_buffer":
+        state.momentum["c"] = state.momentum["a"]
+    elif case == "buffer_is_a_param":
+        state.momentum["a"] = params["c"]
+    else:
+        state.momentum["c"] = params["a"]
+    before = {
+        k: to_numpy(v).copy()
+        for k, v in {**params, **{f"m{k}": v for k, v in state.momentum.items()}}.items()
+    }
+    grads = {"a": native(backend, np.full((2, 2), 0.5, np.float32)), "c": None}
+    with pytest.raises(lm.LarsMultiValueError, match=r"share memory: writing the one would change the other"):
+        opt.step(params, grads, state, out=out)
+    after = {k: to_numpy(v) for k, v in {**params, **{f"m{k}": v for k, v in state.momentum.items()}}.items()}
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
