@@ -529,11 +529,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
         problems.append(
             "--compare trains both optimizers, each at its own peak rate: drop --lr and --optimizer"
         )
-    out = Path(_plot_path(args))
+    path = _plot_path(args)
+    out = Path(path)
     # (Path drops a trailing slash: "a.png/" names a folder; an existing file must be writable)
     if (
         out.suffix.lower() != ".png"
-        or _plot_path(args).endswith(("/", os.sep))
+        or path.endswith(("/", os.sep))
         or out.is_dir()
         or not _can_write_in(out.parent)
         or ((out.exists() or out.is_symlink()) and not os.access(out, os.W_OK))

@@ -220,9 +220,14 @@ class LarsOptimizer:
         in_place = outs is not None and all(map(operator.is_, outs, ws))
         buffers_writable = in_place and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = checked is not None and checked.writable and buffers_writable
-        if outs is not None and len(active) < len(flat.leaves):
+        if outs is not None and len(active) < len(flat.leaves):  # (outputs, then buffers in place)
             written = outs + buffers if in_place and self.config.momentum else outs
-            self._check_idle_kept(written, all_buffers, active, flat, ops)
+
+            def written_label(k: int) -> str:
+                where = "out" if k < len(active) else "state.momentum"
+                return str(Path(where, flat.paths[active[k % len(active)]]))
+
+            self._check_idle_kept(written, written_label, all_buffers, active, flat, ops, params=True)
         count = _next_count(step_count, ops)  # (before anything is written)
         new_ws, new_buffers, copies = self._run(
             ops,
@@ -393,49 +398,49 @@ class LarsOptimizer:
         self._started(state, flat, idle, ws, ops)
 
     def _check_idle_kept(
-        self, written: list[Any], buffers: list[Any], active: list[int], flat: Flat, ops: Backend
+        self,
+        targets: list[Any],
+        label: Callable[[int], str],
+        buffers: list[Any] | None,
+        active: list[int],
+        flat: Flat,
+        ops: Backend,
+        *,
+        params: bool,
     ) -> None:
-        """The arrays the stepped layers write (``written``: their outputs, then their
-        buffers where written in place) must share no memory with what the layers without
-        a gradient keep: their parameters and momentum buffers (a buffer that is such a
+        """``targets`` (written in place; ``label(k)`` names target ``k``) must share no
+        memory with what the layers without a gradient keep: their momentum buffers and,
+        with ``params``, their parameters (a stepped layer's buffer that is such a
         parameter, or an output that is such a buffer, was written silently)."""
         stepped = set(active)
-        idle = [i for i in range(len(flat.leaves)) if i not in stepped]
         keep, names = [], []
-        for i in idle:
-            if _checks.owner(flat.leaves[i]) is not None:
-                keep.append(_checks.unwrap(flat.leaves[i]))
+        for i, leaf in enumerate(flat.leaves):
+            if i in stepped:
+                continue
+            if params and _checks.owner(leaf) is not None:
+                keep.append(_checks.unwrap(leaf))
                 names.append(str(Path("params", flat.paths[i])))
-            if self.config.momentum and buffers[i] is not None:
+            if self.config.momentum and buffers is not None and buffers[i] is not None:
                 keep.append(_checks.unwrap(buffers[i]))
                 names.append(str(Path("state.momentum", flat.paths[i])))
-        n = len(active)
-
-        def label(k: int) -> str:
-            if k < len(written):
-                where = "out" if k < n else "state.momentum"
-                return str(Path(where, flat.paths[active[k % n]]))
-            return names[k - len(written)]
-
-        check_untouched(ops, written, keep, label)
+        n = len(targets)
+        check_untouched(ops, targets, keep, lambda k: label(k) if k < n else names[k - n])
 
     def _check_idle_buffers(
         self, buffers: list[Any] | None, active: list[int], flat: Flat, kept: _checks.KeptOuts, ops: Backend
     ) -> None:
         """The outputs of the layers without a gradient must share no memory with the
         momentum buffers of the layers not stepped (kept as they are in the state)."""
-        if not kept.indices or buffers is None or self.config.momentum == 0:
-            return
-        stepped = set(active)
-        idle = [i for i, b in enumerate(buffers) if i not in stepped and b is not None]
-        n = len(kept.indices)
-
-        def label(k: int) -> str:
-            if k < n:
-                return str(Path("out", flat.paths[kept.indices[k]]))
-            return str(Path("state.momentum", flat.paths[idle[k - n]]))
-
-        check_untouched(ops, kept.datas, [_checks.unwrap(buffers[i]) for i in idle], label)
+        if kept.indices:
+            self._check_idle_kept(
+                kept.datas,
+                lambda k: str(Path("out", flat.paths[kept.indices[k]])),
+                buffers,
+                active,
+                flat,
+                ops,
+                params=False,
+            )
 
     @staticmethod
     def _rebuild(flat: Flat, leaves: Sequence[Any], active: list[int], new: list[Any]) -> Any:
