@@ -456,12 +456,13 @@ class _Vectors(list[np.ndarray]):
 def _blas_vector_sizes(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) -> list[int] | None:
     """The sizes of ``xs`` where every one is a non-empty NumPy vector of ``dtype``
     (f2py hands BLAS a vector itself where it is contiguous and aligned, else a
-    copy, written back); else None. The ``ys`` have the ``xs``' dtypes and shapes."""
+    copy, written back); else None. The ``ys`` have the ``xs``' dtypes and shapes:
+    where they are vectors just written, so are the ``xs``, with no need to look."""
+    if type(ys) is _Vectors and ys.dtype is dtype:
+        return ys.sizes
     n = len(xs)
     if list(map(type, xs)).count(np.ndarray) != n:
         return None
-    if type(ys) is _Vectors and ys.dtype is dtype:
-        return ys.sizes
     if not (list(map(_NDIM, xs)).count(1) == n and list(map(_DTYPE, xs)).count(dtype) == n):
         return None
     sizes = list(map(_SIZE, xs))  # (read faster than len)

@@ -194,8 +194,7 @@ def lars_step(
     """
     with ops.arithmetic():  # (NumPy: the caller's np.seterr must not stop it halfway)
         # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
-        # (Element by element: torch 2.11's Dynamo cannot trace `is` between two lists.)
-        in_place = outs is not None and all(map(operator.is_, outs, ws))
+        in_place = outs is not None and each_is(outs, ws)
         cut = ops.batches(ws) if len(ws) > 1 else [range(1)]
         if len(cut) == 1:  # every layer in one batch (one layer; a compiled step): nothing to cut
             return _run_batch(
@@ -269,6 +268,15 @@ def _run_batch(
     if outs is None:
         return new_ws, new_buffers
     return list(outs), list(buffers)
+
+
+def each_is(xs: Sequence[Any], ys: Sequence[Any]) -> bool:
+    """Whether each item of ``xs`` is the item of ``ys`` beside it (the lists of one
+    length): at once where they are one list (except while torch.compile traces, as
+    Dynamo cannot trace ``is`` between two lists), else item by item."""
+    if xs is ys and not _registry.is_compiling():
+        return True
+    return all(map(operator.is_, xs, ys))
 
 
 def is_run(indices: Sequence[int]) -> bool:
@@ -433,7 +441,7 @@ def _step(
     if weight_decay is not None and type(weight_decay) is not float:
         weight_decay = ops.cast_like(weight_decay, wcs[0])
     # In place: written straight into the outputs, unless computed aside in float32 (halves).
-    direct = outs is not None and all(map(operator.is_, wcs, ws))
+    direct = outs is not None and each_is(wcs, ws)
     # Written in place, a buffer takes c u as c g + (c lambda) w: two passes, no u stored.
     split = direct and _u_used_once(config, first)
     us = gcs

@@ -26,7 +26,6 @@ the step is one compiled program, on TensorFlow one ``tf.function``.
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -41,7 +40,7 @@ from ._lars import copy_unchanged, flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
 from ._protocol import Backend, Layout
 from ._registry import get_backend
-from ._step import LayerFlags, StepConfig, compiles, concat, lars_step, put, take
+from ._step import LayerFlags, StepConfig, compiles, concat, each_is, lars_step, put, take
 from ._tree import Flat, Path, leaves_like, present
 from .schedules import warmup_cosine, warmup_polynomial
 
@@ -217,7 +216,7 @@ class LarsOptimizer:
         first = _first(ops, step_count, all_started, active)
         # The buffers are written in place only by a step in place (out=params): with
         # another out, the state given stays as it was, as params do.
-        in_place = outs is not None and all(map(operator.is_, outs, ws))
+        in_place = outs is not None and each_is(outs, ws)
         buffers_writable = in_place and (self.config.momentum == 0 or ops.all_writable(buffers))
         writable = checked is not None and checked.writable and buffers_writable
         if outs is not None and len(active) < len(flat.leaves):  # (outputs, then buffers in place)
