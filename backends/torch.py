@@ -714,7 +714,10 @@ def _traced_axpby(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: Any, sc
         return out.copy_(value)
 
 
-_registry.is_compiling = torch.compiler.is_compiling
+# Only where Dynamo traces this very call: torch.compiler.is_compiling() reads one flag for the
+# whole process, set while any thread compiles, so another thread's compile turned off the memory
+# checks of every eager call here (an output sharing memory with an input was written silently).
+_registry.is_compiling = torch.compiler.is_dynamo_compiling
 # An optimizer state saved with torch.save loads with torch.load's defaults (weights only),
 # of parameters in a dict or an lm.Container (torch's weights-only loading cannot fill a defaultdict).
 torch.serialization.add_safe_globals([LarsState, Container])

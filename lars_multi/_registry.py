@@ -154,7 +154,7 @@ def _not_compiling() -> bool:
     return False
 
 
-# ``torch.compiler.is_compiling`` once the torch backend is loaded: storage
+# ``torch.compiler.is_dynamo_compiling`` once the torch backend is loaded: storage
 # queries, context variables and other untraceable checks are skipped while
 # torch.compile traces a call.
 is_compiling: Callable[[], bool] = _not_compiling

@@ -1669,3 +1669,49 @@ def test_one_container_entry_reached_twice_in_out_takes_one_result_or_is_refused
         same = tree(native(backend_name, a), native(backend_name, a))
         lm.lars_update(same, tree(native(backend_name, G), native(backend_name, G)), 0.1, out=out)
         assert_layer_close(inner["k"] if tied == "container" else inner[0], a, G, 0.1, 0.0, "float32")
+
+
+def test_another_threads_torch_compile_leaves_this_threads_checks_on():
+    """torch.compiler.is_compiling() reads one flag for the whole process: while any
+    thread compiled, every eager call elsewhere skipped its memory checks, so a
+    gradient lying in another layer's weights was read after those were written, and
+    tied views with different results were written silently."""
+    require_backend("torch")
+    import threading
+
+    import torch
+
+    lm.lars_update(torch.ones(2), torch.ones(2), 0.1)  # the torch backend loaded
+    inside, finish = threading.Event(), threading.Event()
+
+    def waiting_backend(graph_module, example_inputs):
+        inside.set()
+        finish.wait(60)
+        return graph_module.forward
+
+    compiling = threading.Thread(
+        target=lambda: torch.compile(lambda x: x * 2, backend=waiting_backend)(torch.ones(3))
+    )
+    compiling.start()
+    try:
+        assert inside.wait(60)
+        memory = np.arange(1.0, 9.0).reshape(2, 4)
+        w = {"a": memory[0], "b": memory[1]}
+        g = {"a": memory[1], "b": memory[0]}  # each gradient is the other layer's weights
+        want = lm.lars_update({k: v.copy() for k, v in w.items()}, {k: v.copy() for k, v in g.items()}, 0.1)
+        lm.lars_update(w, g, 0.1, out=w)
+        for key in w:
+            np.testing.assert_array_equal(w[key], want[key])
+        tied = np.arange(1.0, 7.0).reshape(2, 3)
+        with pytest.raises(lm.LarsMultiValueError, match="overlap in memory"):
+            lm.lars_update(
+                {"enc": tied, "dec": tied.T},
+                {"enc": np.ones((2, 3)), "dec": np.full((3, 2), 5.0)},
+                0.1,
+                out={"enc": tied, "dec": tied.T},
+            )
+        with lm.using_backend("torch"):
+            assert lm.array([1.0]).backend == "torch"
+    finally:
+        finish.set()
+        compiling.join(60)
