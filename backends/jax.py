@@ -404,7 +404,14 @@ def flatten(tree: Any) -> Flat:
         spec,
         jax.tree_util.tree_flatten,
         jax.tree_util.tree_unflatten,
+        _children,
     )
+
+
+def _children(node: Any) -> tuple[list[Any], list[Any], Any]:
+    """A node's path entries, children and structure, one level down."""
+    with_paths, spec = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    return [_entry(path[0]) for path, _ in with_paths], [child for _, child in with_paths], spec
 
 
 def info() -> dict[str, str]:

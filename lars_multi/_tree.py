@@ -13,6 +13,7 @@ layer below it; ``None`` in a gradient tree means "no gradient".
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -90,6 +91,8 @@ class Flat:
     spec: Any
     flatten: Callable[[Any], tuple[list[Any], Any]]
     unflatten: Callable[[Any, list[Any]], Any]
+    # A node's path entries, children and structure, one level down.
+    children: Callable[[Any], tuple[list[Any], list[Any], Any]]
     arg: str = "w"  # the weights' argument, for error messages
 
     def rebuild(self, leaves: list[Any]) -> Any:
@@ -110,6 +113,13 @@ class Flat:
 
 def _optree_flatten(tree: Any) -> tuple[list[Any], Any]:
     return optree.tree_flatten(tree, namespace=NAMESPACE)
+
+
+def _optree_children(node: Any) -> tuple[list[Any], list[Any], Any]:
+    paths, children, spec = optree.tree_flatten_with_path(
+        node, is_leaf=lambda x: x is not node, none_is_leaf=True, namespace=NAMESPACE
+    )
+    return [path[0] for path in paths], children, spec
 
 
 def flatten_optree(tree: Any) -> Flat:
@@ -142,12 +152,13 @@ def _flatten_dict_of_arrays(keys: tuple[str, ...], tree: dict[str, Any]) -> Flat
         _FLAT_DICTS[keys] = ([p[0] for p in flat.paths], flat.paths, flat.spec)
         return flat
     order, paths, spec = known
-    return Flat(list(map(tree.__getitem__, order)), paths, spec, _optree_flatten, optree.tree_unflatten)
+    leaves = list(map(tree.__getitem__, order))
+    return Flat(leaves, paths, spec, _optree_flatten, optree.tree_unflatten, _optree_children)
 
 
 def _flatten_anew(tree: Any) -> Flat:
     paths, leaves, spec = optree.tree_flatten_with_path(tree, namespace=NAMESPACE)
-    return Flat(leaves, paths, spec, _optree_flatten, optree.tree_unflatten)
+    return Flat(leaves, paths, spec, _optree_flatten, optree.tree_unflatten, _optree_children)
 
 
 # Plain dicts of arrays flattened before, by their keys in insertion order (which
@@ -209,7 +220,7 @@ class _Walker:
     def __init__(self, arg: str, value: Any, w: Flat, broadcast: bool, over_empty: bool) -> None:
         self.arg, self.value, self.broadcast, self.w_arg = arg, value, broadcast, w.arg
         self.over_empty = over_empty
-        self.flatten = w.flatten
+        self.flatten, self.children = w.flatten, w.children
         self.w_root = w.rebuild(w.leaves)  # the weights' nodes, to compare keys with
         self.checked: set[tuple[Any, ...]] = set()  # the key paths of the nodes checked
 
@@ -220,7 +231,7 @@ class _Walker:
                 return node
             self._check_node(node, w_node, path[:depth])
             try:
-                node, w_node = _child(node, entry), _child(w_node, entry)
+                node, w_node = self._children_at(node, w_node, entry, path[:depth])
             except (TypeError, AttributeError, LookupError):  # a node of its own kind, not walkable
                 self._mismatch(
                     path[:depth], f"the structure of {Path(self.w_arg, path[:depth])}, got another"
@@ -228,6 +239,26 @@ class _Walker:
         if _is_tree(node) and not _is_tree(w_node):
             self._mismatch(path, f"a single array like {Path(self.w_arg, path)}, got a {type(node).__name__}")
         return node
+
+    def _children_at(self, node: Any, w_node: Any, entry: Any, prefix: tuple[Any, ...]) -> tuple[Any, Any]:
+        """The children of ``node`` and of the weights' ``w_node`` at ``entry``. A
+        registered node's (but for an attribute) are found by its own flattening, and
+        only where ``node`` is ``w_node``'s structure at this level: its entries (JAX's
+        sequence keys, optree's positions) need not index the object, and with other
+        metadata its children need not pair by position (a node that leaves out its
+        None children: a gradient met another layer, or None, silently)."""
+        if _is_tree(w_node) or isinstance(entry, Attribute):
+            return _child(node, entry), _child(w_node, entry)
+        _, children, spec = self.children(node)
+        w_entries, w_children, w_spec = self.children(w_node)
+        if spec != w_spec:
+            self._mismatch(
+                prefix,
+                f"a {type(w_node).__name__} of the metadata of {Path(self.w_arg, prefix)} (its children pair "
+                "by their place in it), got one of other metadata",
+            )
+        place = w_entries.index(entry)
+        return children[place], w_children[place]
 
     def _mismatch(self, prefix: Sequence[Any], detail: str) -> None:
         here = Path(self.arg, prefix)
@@ -297,10 +328,15 @@ def _holds_no_layer(value: Any) -> bool:
 def _is_node(node: Any, entry: Any, w_node: Any) -> bool:
     """Whether ``node``, where ``w`` has the registered node ``w_node``, is such a node
     too, not one value for every layer below: it has the attribute ``entry`` (of a
-    module), or it is of ``w_node``'s type."""
-    if isinstance(entry, Attribute) and hasattr(node, entry.name):
+    module; a number's ``real`` or an array's ``T`` does not count), or it is of ``w_node``'s type."""
+    if isinstance(entry, Attribute) and not _is_value(node) and hasattr(node, entry.name):
         return True
     return type(node) is type(w_node)
+
+
+def _is_value(x: Any) -> bool:
+    """Whether ``x`` is a number or an array: one value, whatever attributes it has."""
+    return isinstance(x, numbers.Number) or backend_of(x) is not None
 
 
 def _child(node: Any, entry: Any) -> Any:

@@ -545,6 +545,115 @@ def test_a_registered_node_against_another_structure_is_a_value_error():
             call()
 
 
+class _Slots:
+    """A node of its own kind (optree, lars_multi's namespace) that leaves its None slots
+    out of its children and keeps which slots are None, and a tag, as its metadata:
+    its children's places are not its own indices."""
+
+    def __init__(self, layers, tag):
+        self.layers, self.tag = list(layers), tag
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+
+def _unflatten_slots(meta, children):
+    children = iter(children)
+    return _Slots([None if none else next(children) for none in meta[1]], meta[0])
+
+
+optree.register_pytree_node(
+    _Slots,
+    lambda n: ([x for x in n.layers if x is not None], (n.tag, tuple(x is None for x in n.layers))),
+    _unflatten_slots,
+    namespace="lars_multi",
+)
+
+
+def test_a_registered_node_of_other_metadata_is_refused_not_indexed():
+    """Where a tree's registered node has other metadata than the weights', its children
+    were looked up by ``node[i]``, ``i`` their place among the node's children: the
+    gradient of ``w[1]`` (slot 2) was the node's slot 1, None, so that layer stayed
+    unchanged, silently. Of the same metadata, such a node pairs by place (here inside
+    a mapping of another key order, which pairs by key)."""
+    w = _Slots([W, None, W * 2], "train")
+    for arg, call in [
+        ("dcdw", lambda: lm.lars_update(w, _Slots([G, None, -G], "eval"), 0.1)),
+        ("lr", lambda: lm.lars_update(w, _Slots([G, None, -G], "train"), _Slots([0.1, None, 0.3], "x"))),
+    ]:
+        with pytest.raises(lm.LarsMultiValueError, match=rf"^{arg}: .*a _Slots of the metadata of w"):
+            call()
+    opt = lm.optim.lars(0.1, momentum=0.9)
+    with pytest.raises(lm.LarsMultiValueError, match=r"^grads: .*of other metadata"):
+        opt.step(w, _Slots([G, None, -G], "eval"), opt.init(w))
+    weights = collections.OrderedDict(s=w, x=W)
+    grads = collections.OrderedDict(x=G, s=_Slots([G, None, -G], "train"))
+    new = lm.lars_update(weights, grads, {"x": 0.2, "s": _Slots([0.1, None, 0.3], "train")})
+    assert_layer_close(new["s"][0], W, G, 0.1, 0.0, "float32")
+    assert_layer_close(new["s"][2], W * 2, -G, 0.3, 0.0, "float32")
+    assert_layer_close(new["x"], W, G, 0.2, 0.0, "float32")
+
+
+def test_jax_a_node_keyed_by_place_among_its_children_is_refused_with_other_metadata():
+    """JAX's SequenceKey of a registered node is its child's place among the node's
+    children (here, not its index in the object): with other metadata it was indexed."""
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    class Slots:
+        def __init__(self, layers, tag):
+            self.layers, self.tag = list(layers), tag
+
+        def __getitem__(self, i):
+            return self.layers[i]
+
+    def flatten(n):
+        kept = [x for x in n.layers if x is not None]
+        return [(jax.tree_util.SequenceKey(i), x) for i, x in enumerate(kept)], (
+            n.tag,
+            tuple(x is None for x in n.layers),
+        )
+
+    def unflatten(meta, children):
+        children = iter(children)
+        return Slots([None if none else next(children) for none in meta[1]], meta[0])
+
+    jax.tree_util.register_pytree_with_keys(Slots, flatten, unflatten)
+    w = Slots([jnp.asarray(W), None, jnp.asarray(W * 2)], "train")
+    with pytest.raises(lm.LarsMultiValueError, match=r"^dcdw: .*a Slots of the metadata of w"):
+        lm.lars_update(w, Slots([jnp.asarray(G), None, jnp.asarray(-G)], "eval"), 0.1)
+    new = lm.lars_update({"s": w}, {"s": Slots([jnp.asarray(G), None, jnp.asarray(-G)], "train")}, {"s": 0.3})
+    assert_layer_close(np.asarray(new["s"][2]), W * 2, -G, 0.3, 0.0, "float32")
+
+
+def test_jax_a_value_at_a_module_whose_fields_are_named_like_number_attributes():
+    """A number or array has ``real`` and ``imag``: one given for a module whose field
+    is named so was taken for such a module, and refused, instead of serving every
+    layer below it (as it does for a module of other field names)."""
+    require_backend("jax")
+    import dataclasses
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    @functools.partial(jax.tree_util.register_dataclass, data_fields=["real", "imag"], meta_fields=[])
+    @dataclasses.dataclass
+    class Complex:
+        real: object
+        imag: object
+
+    w = {"c": Complex(jnp.asarray(W), jnp.asarray(W * 2)), "d": jnp.asarray(W[0])}
+    g = {"c": Complex(jnp.asarray(G), jnp.asarray(-G)), "d": jnp.asarray(G[0])}
+    for rate in (0.3, jnp.asarray(0.3)):
+        new = lm.lars_update(w, g, {"c": rate, "d": 0.2})
+        assert_layer_close(np.asarray(new["c"].imag), W * 2, -G, 0.3, 0.0, "float32")
+        assert_layer_close(np.asarray(new["d"]), W[0], G[0], 0.2, 0.0, "float32")
+    opt = lm.optim.lars(0.1, adapt_mask={"c": True, "d": False})
+    opt.step(w, g, opt.init(w))
+
+
 def test_namedtuples_with_other_field_names_are_refused(backend):
     """Sequences pair by position, but two namedtuples whose fields are named
     differently (or in another order) would pair a layer with another's gradient."""
