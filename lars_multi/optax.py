@@ -33,6 +33,8 @@ import numpy as np
 
 from . import optim
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError
+from ._lars import flatten
+from ._tree import leaves_like
 from .optim import LarsState, Mask, Schedule
 
 try:
@@ -52,6 +54,12 @@ def _update_of(grad: Any, increment: Any) -> Any:
     if grad is None:
         return jax.numpy.zeros_like(increment) if isinstance(increment, jax.Array) else None
     return increment
+
+
+def _like(params: Any, updates: Any) -> Any:
+    """``updates`` in the structure of ``params``, paired with them by key."""
+    flat = flatten(params)
+    return flat.rebuild(leaves_like("updates", updates, flat))
 
 
 def _with_jax_arrays(state: Any) -> Any:
@@ -174,7 +182,10 @@ def lars(
         if not jax.tree.leaves(params) and isinstance(state, LarsState):  # (a group of no parameters)
             return updates, state._replace(count=optax.safe_int32_increment(state.count))
         increments, new_state = opt.step(params, updates, _with_jax_arrays(state))
-        steps = jax.tree.map(_update_of, updates, increments, is_leaf=lambda x: x is None)
+        try:
+            steps = jax.tree.map(_update_of, updates, increments, is_leaf=lambda x: x is None)
+        except ValueError:  # updates of another mapping type or key order (the step paired them by key)
+            steps = jax.tree.map(_update_of, _like(params, updates), increments, is_leaf=lambda x: x is None)
         return steps, new_state
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -542,3 +542,28 @@ def test_an_infinite_weight_of_a_layer_not_adapted_has_the_finite_update_optax_g
     ):
         got = tx.update(grads, tx.init(params), params)[0]["b"]
         np.testing.assert_allclose(np.asarray(got), [-0.01, -0.02, -0.03], rtol=1e-6)
+
+
+def test_gradients_of_another_mapping_type_or_key_order_meet_their_layers():
+    """The step pairs gradients with parameters by key, but the updates were then laid
+    out by ``jax.tree.map`` over the gradients and the step's increments, which raised
+    JAX's own ValueError (not an lm error) for an OrderedDict against a dict, or two
+    key orders: the updates are given in the parameters' structure then."""
+    import collections
+
+    import jax
+    import optax
+
+    params, (grads, *_) = _params_and_grads()
+    ordered = collections.OrderedDict(reversed(list(params.items())))
+    shuffled = dict(reversed(list(grads.items())))
+    tx = lm.optax.lars(0.1, momentum=0.9, weight_decay=1e-3)
+    want, _ = tx.update(grads, tx.init(params), params)
+    got, state = jax.jit(tx.update)(shuffled, tx.init(ordered), ordered)
+    assert type(got) is collections.OrderedDict and list(got) == list(ordered)
+    for key in params:
+        jax.tree.map(np.testing.assert_array_equal, got[key], want[key])
+    new = optax.apply_updates(ordered, got)
+    for key in params:
+        jax.tree.map(np.testing.assert_allclose, new[key], optax.apply_updates(params, want)[key])
+    assert int(state.count) == 1
