@@ -366,10 +366,11 @@ class LarsOptimizer:
         return copy_unchanged(flat, out, out_leaves, "params", check), new_state
 
     def _check_state(self, state: Any) -> None:
-        """A LarsState, without timm's start flags unless this optimizer keeps them: a
-        state with them was made by a preset whose buffers hold r u (timm), which this
-        one's, holding the step eta r u, would read as a step about 1/eta too large.
-        (A state without flags is taken by timm's convention: step 0 starts every buffer.)"""
+        """A LarsState whose buffers hold what this optimizer's do: timm's start flags
+        mark a state of buffers holding r u (timm), which a preset whose buffers hold the
+        step eta r u would read as a step about 1/eta too large; a state with buffers but
+        no flags was made by such a preset, which timm would read as a step eta times too
+        small."""
         if not isinstance(state, LarsState):
             raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
         if state.started is not None and not self.tracks_start and self.config.momentum != 0:
@@ -377,6 +378,13 @@ class LarsOptimizer:
                 f"state: expected no start flags (state.started): preset {self.config.preset.name!r} keeps "
                 "the step eta r u in its momentum buffers, got a state with them, made by a preset whose "
                 "buffers hold r u without the learning rate ('timm'); init a new state"
+            )
+        if state.started is None and self.tracks_start and state.momentum is not None:
+            raise LarsMultiValueError(
+                f"state: expected start flags (state.started), as init makes them: preset "
+                f"{self.config.preset.name!r} keeps r u without the learning rate in its momentum buffers, "
+                "got a state without them, made by a preset whose buffers hold the step eta r u ('paper', "
+                "'optax'); init a new state"
             )
 
     def _check_idle_state(

@@ -824,19 +824,20 @@ def test_init_state(backend, dtype, problem):
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int64"])
 def test_a_count_of_another_integer_dtype_advances_without_wrapping(backend, dtype):
     """A count of a narrow dtype, as NumPy or as the framework's array, was advanced in
-    its own dtype: uint8 255 became 0 (timm's buffers, without started flags, then
-    restarted at r u). It advances as int32, whatever dtype it came in."""
+    its own dtype: uint8 255 became 0 (a schedule then started again). It advances as
+    int32, whatever dtype it came in, and the schedule reads its value."""
     last = {"uint8": 255, "int16": 32767, "uint16": 65535, "int64": 2**31 - 2}[dtype]
     p = native(backend, np.ones((2, 2)), "float32")
     g = native(backend, np.full((2, 2), 0.5), "float32")
-    timm = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset="timm")
+    rate = lm.schedules.warmup_polynomial(0.1, warmup_steps=1, total_steps=2**32)
+    paper = lm.optim.lars(rate, momentum=0.9, weight_decay=1e-2)
     buffers = {"w": native(backend, np.full((2, 2), 5.0), "float32")}
-    want = timm.step({"w": p}, {"w": g}, lm.optim.LarsState(native(backend, 7, "int32"), buffers, None))
+    want = paper.step({"w": p}, {"w": g}, lm.optim.LarsState(native(backend, last, "int32"), buffers, None))
     counts = [np.array(last, dtype)]
     if backend != "tensorflow" or dtype != "uint16":  # (TensorFlow has no uint16 arithmetic on CPU)
         counts.append(native(backend, np.array(last, dtype), dtype) if backend != "numpy" else counts[0])
     for count in counts:
-        new, state = timm.step({"w": p}, {"w": g}, lm.optim.LarsState(count, buffers, None))
+        new, state = paper.step({"w": p}, {"w": g}, lm.optim.LarsState(count, buffers, None))
         assert int(to_numpy(state.count)) == last + 1
         assert "int32" in str(state.count.dtype)
         np.testing.assert_array_equal(to_numpy(new["w"]), to_numpy(want[0]["w"]))
@@ -1692,6 +1693,29 @@ def test_a_state_of_timm_buffers_is_refused_by_a_preset_whose_buffers_hold_the_s
             other.step(p, {"w": None}, state, out=out)
     np.testing.assert_array_equal(to_numpy(p["w"]), 1.0)
     other.step(p, g, state._replace(started=None))  # (the buffers as the user says they are)
+
+
+@pytest.mark.parametrize("preset", ["paper", "optax"])
+def test_a_state_of_buffers_holding_the_step_is_refused_by_timm(backend, preset):
+    """The other way round: a paper or optax state (buffers of eta r u, no start flags)
+    given to a timm optimizer was taken as timm's own, its buffers read as r u: the
+    momentum term eta times too small, silently. It is refused, with nothing written;
+    timm's own state at momentum 0 (no buffers, no flags) is taken as before."""
+    p = {"w": native(backend, np.ones((2, 2), np.float32))}
+    g = {"w": native(backend, np.full((2, 2), 0.5, np.float32))}
+    other = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset=preset)
+    _, state = other.step(p, g, other.init(p))
+    timm = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-2, preset="timm")
+    for out in (None, p) if backend in ("numpy", "torch") else (None,):
+        for grads in (g, {"w": None}):
+            with pytest.raises(
+                lm.LarsMultiValueError, match=r"^state: expected start flags .*'paper', 'optax'"
+            ):
+                timm.step(p, grads, state, out=out)
+    np.testing.assert_array_equal(to_numpy(p["w"]), 1.0)
+    still = lm.optim.lars(0.1, momentum=0.0, preset="timm")
+    _, kept = still.step(p, g, still.init(p))
+    assert kept.started is None and kept.momentum is None
 
 
 @pytest.mark.parametrize("preset", ["paper", "optax"])
