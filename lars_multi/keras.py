@@ -28,6 +28,7 @@ import contextlib
 import inspect
 import re
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,8 @@ except ImportError as _error:  # the module imports without Keras; LARS says why
 
 __all__ = ["LARS", "Schedule"]
 _SCHEDULES = {kind.__name__: kind for kind in (schedules.warmup_polynomial, schedules.warmup_cosine)}
+# What an optimizer's momentum buffers hold, by the code it saves with its variables.
+_HOLDS = {0: "nothing (momentum 0)", 1: "the step eta r u ('paper', 'optax')", 2: "r u ('timm')"}
 
 
 def _tf() -> Any:
@@ -352,9 +355,13 @@ if keras is not None:
                 )
                 self._lars_flags.append(LayerFlags(adapt=(adapt,), decay=(decay,)))
             self._exclude_places(var_list)
-            self.momentums = []
-            if self.momentum != 0:
-                self.momentums = [self.add_variable_from_reference(v, "momentum") for v in var_list]
+            # What the buffers hold, in a variable of its own, then timm's flags, then the buffers:
+            # a state saved by another optimizer laid out alike (Keras SGD's), or by a preset whose
+            # buffers hold something else, is not loaded into them (Keras' files pair variables by
+            # count and place, which these change; tf.train.Checkpoint by place, where a scalar
+            # then meets a buffer's shape and the restore fails).
+            code = keras.initializers.Constant(self._buffers_code)
+            self._lars_buffers_hold = self.add_variable((), code, dtype="int32", name="lars_buffers")
             # timm starts a buffer at r u on its variable's first update (a variable may get
             # its first gradient late): one flag per variable, 1 once started.
             self._lars_started = []
@@ -363,6 +370,33 @@ if keras is not None:
                     self.add_variable((), dtype="float32", name=f"lars_started_{i}")
                     for i in range(len(var_list))
                 ]
+            self.momentums = []
+            if self.momentum != 0:
+                self.momentums = [self.add_variable_from_reference(v, "momentum") for v in var_list]
+
+        @property
+        def _buffers_code(self) -> int:
+            """What the momentum buffers hold: 0 none, 1 the step eta r u, 2 r u."""
+            if self.momentum == 0:
+                return 0
+            return 1 if self._lars_config.preset.lr_in_buffer else 2
+
+        def load_own_variables(self, store: Any) -> None:
+            """Keras' loading (by count and place), where the state saved holds buffers of
+            this optimizer's kind: else it is skipped, as Keras skips a state of another count."""
+            place = next(i for i, v in enumerate(self.variables) if v is self._lars_buffers_hold)
+            if (
+                len(store.keys()) == len(self.variables)
+                and int(np.asarray(store[str(place)])) != self._buffers_code
+            ):
+                warnings.warn(
+                    f"Skipping variable loading for optimizer '{self.name}', whose momentum buffers hold "
+                    f"{_HOLDS[self._buffers_code]}, because the saved optimizer's hold "
+                    f"{_HOLDS.get(int(np.asarray(store[str(place)])), 'something else')}",
+                    stacklevel=2,
+                )
+                return
+            super().load_own_variables(store)
 
         @property
         def learning_rate(self) -> Any:

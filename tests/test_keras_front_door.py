@@ -701,3 +701,79 @@ def test_schedule_kinds_and_configs_are_checked():
         lars_multi.keras.Schedule.from_config({"peak": 1.0})
     schedule = lars_multi.keras.Schedule("warmup_cosine", peak=1.0, warmup_steps=1, total_steps=5)
     assert lars_multi.keras.Schedule.from_config(schedule.get_config()).get_config() == schedule.get_config()
+
+
+def test_a_state_saved_by_another_optimizer_or_preset_is_not_taken_for_the_buffers(tmp_path):
+    """Keras' files pair an optimizer's variables by count and place, and Keras SGD's
+    (and a LARS of another preset's) were laid out as LARS's: ``load_weights`` took
+    SGD's velocities (opposite sign, no trust ratio) as the paper preset's buffers, and
+    a timm checkpoint's buffers (r u) as the paper preset's (eta r u), silently. Each is
+    skipped with Keras' warning, the buffers left new; ``tf.train.Checkpoint``, which
+    pairs by place, fails on a shape. A state of the same preset still loads."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    import tensorflow as tf
+
+    import lars_multi.keras
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
+
+    def trained(optimizer):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+        return model
+
+    def lars(preset):
+        return lars_multi.keras.LARS(0.1, momentum=0.9, weight_decay=1e-3, preset=preset)
+
+    def fresh(preset):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer=lars(preset), loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    def buffers(model):
+        return [keras.ops.convert_to_numpy(m) for m in model.optimizer.momentums]
+
+    for saved, preset in [(keras.optimizers.SGD(0.1, momentum=0.9), "paper"), (lars("timm"), "paper")]:
+        path = str(tmp_path / "saved.weights.h5")
+        trained(saved).save_weights(path)
+        model = fresh(preset)
+        with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
+            model.load_weights(path)
+        assert not any(np.any(b) for b in buffers(model))
+    source = trained(lars("paper"))
+    source.save_weights(str(tmp_path / "same.weights.h5"))
+    same = fresh("optax")  # (its buffers hold what the paper preset's do)
+    same.load_weights(str(tmp_path / "same.weights.h5"))
+    for a, b in zip(buffers(same), buffers(source)):
+        np.testing.assert_array_equal(a, b)
+    timm = trained(lars("timm"))
+    checkpoint = tf.train.Checkpoint(optimizer=timm.optimizer).save(str(tmp_path / "ckpt"))
+    paper = fresh("paper")
+    with pytest.raises(ValueError, match="incompatible tensor with shape"):
+        tf.train.Checkpoint(optimizer=paper.optimizer).restore(checkpoint)
+
+
+def test_a_state_of_the_same_count_whose_buffers_hold_something_else_is_skipped():
+    """Where the counts agree (timm's flags and buffers of one variable, the paper
+    preset's buffers of two), the code saved with the state tells them apart."""
+    keras = pytest.importorskip("keras")
+    import lars_multi.keras
+
+    timm = lars_multi.keras.LARS(0.1, momentum=0.9, weight_decay=1e-3, preset="timm")
+    timm.build([keras.Variable(np.ones((2, 2), "float32"))])
+    store = {}
+    timm.save_own_variables(store)
+    paper = lars_multi.keras.LARS(0.1, momentum=0.9, weight_decay=1e-3)
+    paper.build([keras.Variable(np.ones((2, 2), "float32")), keras.Variable(np.ones((2, 2), "float32"))])
+    assert len(store) == len(paper.variables)
+    store = {key: np.full_like(value, 7) for key, value in store.items()}
+    with pytest.warns(
+        UserWarning, match=r"buffers hold the step eta r u .* saved optimizer's hold something"
+    ):
+        paper.load_own_variables(store)
+    assert not any(np.any(keras.ops.convert_to_numpy(m)) for m in paper.momentums)
