@@ -714,10 +714,16 @@ def _traced_axpby(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor, out: Any, sc
         return out.copy_(value)
 
 
-# Only where Dynamo traces this very call: torch.compiler.is_compiling() reads one flag for the
-# whole process, set while any thread compiles, so another thread's compile turned off the memory
-# checks of every eager call here (an output sharing memory with an input was written silently).
-_registry.is_compiling = torch.compiler.is_dynamo_compiling
+def _traced() -> bool:
+    """Whether this call is traced: by Dynamo (torch.compile, strict export), or by
+    torch.export's default non-strict tracing, which only its process-wide flag tells.
+    (Not torch.compiler.is_compiling(): one flag for the whole process, set while any
+    thread compiles, so another thread's compile turned off the memory checks of every
+    eager call here, and an output sharing memory with an input was written silently.)"""
+    return torch.compiler.is_dynamo_compiling() or torch.compiler.is_exporting()
+
+
+_registry.is_compiling = _traced
 # An optimizer state saved with torch.save loads with torch.load's defaults (weights only),
 # of parameters in a dict or an lm.Container (torch's weights-only loading cannot fill a defaultdict).
 torch.serialization.add_safe_globals([LarsState, Container])

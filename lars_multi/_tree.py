@@ -13,6 +13,7 @@ layer below it; ``None`` in a gradient tree means "no gradient".
 
 from __future__ import annotations
 
+import collections
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -223,6 +224,8 @@ class _Walker:
         self.flatten, self.children = w.flatten, w.children
         self.w_root = w.rebuild(w.leaves)  # the weights' nodes, to compare keys with
         self.checked: set[tuple[Any, ...]] = set()  # the key paths of the nodes checked
+        # A registered node's children (and the weights' node's), by key path: flattened once.
+        self.places: dict[tuple[Any, ...], tuple[list[Any], list[Any], list[Any]]] = {}
 
     def select(self, path: tuple[Any, ...]) -> Any:
         node, w_node = self.value, self.w_root
@@ -242,21 +245,25 @@ class _Walker:
 
     def _children_at(self, node: Any, w_node: Any, entry: Any, prefix: tuple[Any, ...]) -> tuple[Any, Any]:
         """The children of ``node`` and of the weights' ``w_node`` at ``entry``. A
-        registered node's (but for an attribute) are found by its own flattening, and
-        only where ``node`` is ``w_node``'s structure at this level: its entries (JAX's
-        sequence keys, optree's positions) need not index the object, and with other
-        metadata its children need not pair by position (a node that leaves out its
-        None children: a gradient met another layer, or None, silently)."""
-        if _is_tree(w_node) or isinstance(entry, Attribute):
+        registered node's (but for an attribute, or a deque's index) are found by its own
+        flattening, and only where ``node`` is ``w_node``'s structure at this level: its
+        entries (JAX's sequence keys, optree's places) need not index the object, and with
+        other metadata its children need not pair by place (a node that leaves out its
+        None slots: a gradient met another layer, or None, silently)."""
+        if _is_tree(w_node) or isinstance(entry, Attribute) or type(w_node) is collections.deque:
             return _child(node, entry), _child(w_node, entry)
-        _, children, spec = self.children(node)
-        w_entries, w_children, w_spec = self.children(w_node)
-        if spec != w_spec:
-            self._mismatch(
-                prefix,
-                f"a {type(w_node).__name__} of the metadata of {Path(self.w_arg, prefix)} (its children pair "
-                "by their place in it), got one of other metadata",
-            )
+        places = self.places.get(prefix)
+        if places is None:
+            _, children, spec = self.children(node)
+            w_entries, w_children, w_spec = self.children(w_node)
+            if not _equal(spec, w_spec):
+                self._mismatch(
+                    prefix,
+                    f"a {type(w_node).__name__} of the metadata of {Path(self.w_arg, prefix)} (its children "
+                    "pair by their place in it), got one of other metadata",
+                )
+            places = self.places[prefix] = (w_entries, children, w_children)
+        w_entries, children, w_children = places
         place = w_entries.index(entry)
         return children[place], w_children[place]
 
@@ -332,6 +339,14 @@ def _is_node(node: Any, entry: Any, w_node: Any) -> bool:
     if isinstance(entry, Attribute) and not _is_value(node) and hasattr(node, entry.name):
         return True
     return type(node) is type(w_node)
+
+
+def _equal(spec: Any, w_spec: Any) -> bool:
+    """Whether two structures are one (metadata whose ``==`` raises, a NumPy array's: not)."""
+    try:
+        return bool(spec == w_spec)
+    except (ValueError, TypeError):
+        return False
 
 
 def _is_value(x: Any) -> bool:

@@ -88,8 +88,9 @@ class LarsState(NamedTuple):
     and, in timm's convention with momentum only (else None), ``started``: per
     parameter, whether its buffer has been started (a 0-d bool array), so that a
     parameter's first step starts its buffer at :math:`r u` as timm's does,
-    whenever its first gradient comes. A state without it takes step 0 as every
-    parameter's first."""
+    whenever its first gradient comes. The flags also say what the buffers hold:
+    a timm optimizer refuses a state with buffers but no flags (another preset's,
+    holding the step :math:`\eta r u`), and the others a state with flags."""
 
     count: Any
     momentum: Any

@@ -704,3 +704,33 @@ def test_torch_compile_of_an_optimizer_step_takes_a_numpy_count(count):
         torch.testing.assert_close(got[k], want[k])
     assert int(got_state.count) == int(want_state.count) == 4
     torch._dynamo.reset()
+
+
+def test_torch_export_traces_the_in_place_steps():
+    """torch.export's default (non-strict) tracing runs no Dynamo: only its process-wide
+    flag says the call is traced, so that storage queries and host reads are skipped
+    (they failed on its fake tensors: "Cannot access data pointer")."""
+    require_backend("torch")
+    import torch
+
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-3)
+
+    class Update(torch.nn.Module):
+        def forward(self, w, g):
+            return lm.lars_update(w, g, 0.1, out=w)
+
+    class Step(torch.nn.Module):
+        def forward(self, w, g, buffer):
+            params = {"w": w}
+            state = lm.optim.LarsState(torch.zeros((), dtype=torch.int32), {"w": buffer})
+            out, new = opt.step(params, {"w": g}, state, out=params)
+            return out["w"], new.momentum["w"]
+
+    w, g = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    update = torch.export.export(Update(), (w.clone(), g)).module()
+    torch.testing.assert_close(update(w.clone(), g), lm.lars_update(w, g, 0.1))
+    step = torch.export.export(Step(), (w.clone(), g, torch.zeros_like(w))).module()
+    want, state = opt.step({"w": w}, {"w": g}, opt.init({"w": w}))
+    got, buffer = step(w.clone(), g, torch.zeros_like(w))
+    torch.testing.assert_close(got, want["w"])
+    torch.testing.assert_close(buffer, state.momentum["w"])

@@ -594,6 +594,33 @@ def test_a_registered_node_of_other_metadata_is_refused_not_indexed():
     assert_layer_close(new["x"], W, G, 0.2, 0.0, "float32")
 
 
+def test_a_deque_pairs_by_index_whatever_its_maxlen_and_metadata_that_cannot_compare_is_refused():
+    """A deque's children are its items by index, as the weights' (its ``maxlen``, optree's
+    metadata for it, does not move them): it pairs however its ``maxlen`` differs. A
+    registered node whose metadata is a NumPy array (``==`` of it raises) is refused as
+    another structure, not with NumPy's "truth value of an array" error."""
+
+    class WithArray:
+        def __init__(self, w, meta):
+            self.w, self.meta = w, meta
+
+    optree.register_pytree_node(
+        WithArray,
+        lambda n: ((n.w,), n.meta),
+        lambda meta, children: WithArray(children[0], meta),
+        namespace="lars_multi",
+    )
+    w = [collections.deque([W, W * 2])]
+    new = lm.lars_update(w, (collections.deque([G, -G], maxlen=2),), 0.1)
+    assert_layer_close(new[0][1], W * 2, -G, 0.1, 0.0, "float32")
+    params = {"a": WithArray(W, np.arange(3))}
+    opt = lm.optim.lars(0.1, momentum=0.0)
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"^grads: .*a WithArray of the metadata of params\['a'\]"
+    ):
+        opt.step(params, {"a": WithArray(G, np.arange(3))}, opt.init(params))
+
+
 def test_jax_a_node_keyed_by_place_among_its_children_is_refused_with_other_metadata():
     """JAX's SequenceKey of a registered node is its child's place among the node's
     children (here, not its index in the object): with other metadata it was indexed."""
