@@ -83,7 +83,7 @@ def _mask_arg(name: str, mask: Mask, default: RankMask) -> Mask:
 
 
 class LarsState(NamedTuple):
-    """The optimizer's state: the step count (a 0-d int32 array), the momentum
+    r"""The optimizer's state: the step count (a 0-d int32 array), the momentum
     buffers (a tree like the parameters, in their dtypes; None without momentum)
     and, in timm's convention with momentum only (else None), ``started``: per
     parameter, whether its buffer has been started (a 0-d bool array), so that a
