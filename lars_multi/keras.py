@@ -46,6 +46,11 @@ except ImportError as _error:  # the module imports without Keras; LARS says why
 
 __all__ = ["LARS", "Schedule"]
 _SCHEDULES = {kind.__name__: kind for kind in (schedules.warmup_polynomial, schedules.warmup_cosine)}
+# Whether a variable is adapted and decayed, by the code saved for it (and back).
+_LAYER_CODES = {(False, False): 0, (True, False): 1, (False, True): 2, (True, True): 3}
+_LAYER_FLAGS = {
+    code: LayerFlags(adapt=(adapt,), decay=(decay,)) for (adapt, decay), code in _LAYER_CODES.items()
+}
 # What an optimizer's momentum buffers hold, by the code it saves with its variables.
 _HOLDS = {0: "nothing (momentum 0)", 1: "the step eta r u ('paper', 'optax')", 2: "r u ('timm')"}
 
@@ -167,13 +172,6 @@ if keras is not None:
     def _path(variable: Any) -> str:
         """A variable's path (``"sequential/dense/kernel"``); a TensorFlow variable's name."""
         return str(getattr(variable, "path", variable.name))
-
-    def _at_path(path: str, variable: Any) -> bool:
-        """Whether ``variable``'s path is ``path``, or ``path`` less its first part
-        (``keras.models.load_model`` drops the model's name from a ``Sequential``
-        model's paths: ``sequential/dense/kernel`` is ``dense/kernel``)."""
-        mine = _path(variable)
-        return mine == path or path.partition("/")[2] == mine
 
     # exclude_from_weight_decay's arguments, in get_config
     _EXCLUDED = "exclude_from_weight_decay_call"
@@ -317,9 +315,6 @@ if keras is not None:
             )
             self._excluded_names: list[str] = []  # exclude_from_weight_decay(var_names=...)
             self._excluded_ids: frozenset[int] = frozenset()  # exclude_from_weight_decay(var_list=...)
-            self._excluded_places: list[int] = []  # their places among the variables built
-            self._excluded_paths: list[str] = []  # and paths
-            self._restored_places: list[int] | None = None  # (from_config's, until built)
             self._lars_made = True
 
         def __setattr__(self, name: str, value: Any) -> None:
@@ -354,14 +349,21 @@ if keras is not None:
                     and self._use_weight_decay(variable)
                 )
                 self._lars_flags.append(LayerFlags(adapt=(adapt,), decay=(decay,)))
-            self._exclude_places(var_list)
             # What the buffers hold, in a variable of its own, then timm's flags, then the buffers:
             # a state saved by another optimizer laid out alike (Keras SGD's), or by a preset whose
             # buffers hold something else, is not loaded into them (Keras' files pair variables by
             # count and place, which these change; tf.train.Checkpoint by place, where a scalar
             # then meets a buffer's shape and the restore fails).
-            code = keras.initializers.Constant(self._buffers_code)
-            self._lars_buffers_hold = self.add_variable((), code, dtype="int32", name="lars_buffers")
+            hold = keras.initializers.Constant(self._buffers_code)
+            self._lars_buffers_hold = self.add_variable((), hold, dtype="int32", name="lars_buffers")
+            # Which variables are adapted and decayed, decided now from the names and paths,
+            # saved with the buffers: paths change on loading (keras.models.load_model drops a
+            # nested model's name), and the variables of exclude_from_weight_decay(var_list=...)
+            # are not in the config, so a loaded optimizer takes them from here.
+            codes = [_LAYER_CODES[f.adapt[0], f.decay[0]] for f in self._lars_flags]
+            self._lars_layers = self.add_variable(
+                (len(var_list),), keras.initializers.Constant(codes), dtype="int32", name="lars_layers"
+            )
             # timm starts a buffer at r u on its variable's first update (a variable may get
             # its first gradient late): one flag per variable, 1 once started.
             self._lars_started = []
@@ -397,6 +399,9 @@ if keras is not None:
                 )
                 return
             super().load_own_variables(store)
+            if len(store.keys()) == len(self.variables):  # (loaded: Keras skips a state of another count)
+                codes = keras.ops.convert_to_numpy(self._lars_layers).tolist()
+                self._lars_flags = [_LAYER_FLAGS[code] for code in codes]
 
         @property
         def learning_rate(self) -> Any:
@@ -457,25 +462,6 @@ if keras is not None:
             # variables are named without it). A call replaces the last, as Keras' does.
             self._excluded_names = list(var_names or ())
             self._excluded_ids = frozenset(map(id, var_list or ()))  # (ids: a variable kept here is tracked)
-
-        def _exclude_places(self, var_list: list[Any]) -> None:
-            """The excluded variables' places in ``var_list`` (once built); restored by
-            from_config, the variables at the saved places are left undecayed, their paths
-            checked (with or without the model's name, which load_model drops)."""
-            if self._restored_places is None:
-                self._excluded_places = [k for k, v in enumerate(var_list) if id(v) in self._excluded_ids]
-                self._excluded_paths = [_path(var_list[k]) for k in self._excluded_places]
-                return
-            for k, path in zip(self._restored_places, self._excluded_paths):
-                if k >= len(var_list) or not _at_path(path, var_list[k]):
-                    got = "no variable" if k >= len(var_list) else _path(var_list[k])
-                    raise LarsMultiValueError(
-                        f"exclude_from_weight_decay: expected variable {k} of those built to be {path} "
-                        f"(excluded from weight decay when the optimizer was saved), got {got}"
-                    )
-                flags = self._lars_flags[k]
-                self._lars_flags[k] = LayerFlags(adapt=flags.adapt, decay=(False,))
-            self._excluded_places, self._restored_places = self._restored_places, None
 
         def _check_fits(self, var_list: list[Any], learning_rate: Any = None) -> None:
             """The numbers among the hyper-parameters (``learning_rate``: the one to be
@@ -587,14 +573,10 @@ if keras is not None:
                 raise LarsMultiValueError(
                     "exclude_from_weight_decay: expected the optimizer built (by a first step, or "
                     "build(model.trainable_variables)) before it is saved with the variables it "
-                    "excludes, which are saved by their places among those built; got it unbuilt"
+                    "excludes, which are saved with its state; got it unbuilt"
                 )
-            if self._excluded_names or self._excluded_places:  # (the method's: see from_config)
-                config[_EXCLUDED] = {
-                    "var_names": self._excluded_names,
-                    "var_places": self._excluded_places,
-                    "var_paths": self._excluded_paths,
-                }
+            if self._excluded_names:  # (the method's names; its variables are in the state)
+                config[_EXCLUDED] = {"var_names": self._excluded_names}
             return config
 
         @classmethod
@@ -606,11 +588,15 @@ if keras is not None:
                 )
             excluded = config.pop(_EXCLUDED, None)
             optimizer = super().from_config(config, custom_objects=custom_objects)
-            if excluded is not None:
-                if excluded["var_names"]:
-                    optimizer.exclude_from_weight_decay(var_names=excluded["var_names"])
-                optimizer._restored_places = list(excluded["var_places"])
-                optimizer._excluded_paths = list(excluded["var_paths"])
+            if excluded is not None and excluded["var_names"]:
+                optimizer.exclude_from_weight_decay(var_names=excluded["var_names"])
+            if excluded is not None and excluded.get("var_places"):  # (saved by 0.3.18 or earlier)
+                warnings.warn(
+                    "exclude_from_weight_decay: the variables excluded by var_list are not restored from "
+                    "a model saved by lars_multi 0.3.18 or earlier (saved by their places, which loading "
+                    "can move); its optimizer state is skipped too: exclude them again",
+                    stacklevel=2,
+                )
             return optimizer
 
 else:
