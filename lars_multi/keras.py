@@ -383,25 +383,57 @@ if keras is not None:
                 return 0
             return 1 if self._lars_config.preset.lr_in_buffer else 2
 
+        def _kept(self) -> dict[int, np.ndarray]:
+            """The values saved for what the buffers hold and which variables are adapted
+            and decayed, by their variables' ids: this optimizer's own (tf.train.Checkpoint,
+            which pairs variables by place, may have put another optimizer's in them)."""
+            codes = [_LAYER_CODES[f.adapt[0], f.decay[0]] for f in self._lars_flags]
+            return {
+                id(self._lars_buffers_hold): np.array(self._buffers_code, "int32"),
+                id(self._lars_layers): np.array(codes, "int32").reshape(len(codes)),
+            }
+
+        def save_own_variables(self, store: Any) -> None:
+            """Keras' saving (each variable by its place), with this optimizer's codes."""
+            kept = self._kept() if self.built else {}
+            for i, variable in enumerate(self.variables):
+                store[str(i)] = kept[id(variable)] if id(variable) in kept else variable.numpy()
+
         def load_own_variables(self, store: Any) -> None:
-            """Keras' loading (by count and place), where the state saved holds buffers of
-            this optimizer's kind: else it is skipped, as Keras skips a state of another count."""
-            place = next(i for i, v in enumerate(self.variables) if v is self._lars_buffers_hold)
-            if (
-                len(store.keys()) == len(self.variables)
-                and int(np.asarray(store[str(place)])) != self._buffers_code
-            ):
+            """Keras' loading (by count and place), where the state saved says its buffers
+            hold what this optimizer's do: else it is skipped with Keras' warning, as Keras
+            skips a state of another count (or an optimizer not built yet). The variables'
+            flags (adapted, decayed) are then the saved ones."""
+            if not self.built or len(store.keys()) != len(self.variables):
+                super().load_own_variables(store)
+                return
+            places = {id(v): i for i, v in enumerate(self.variables)}
+            code = np.asarray(store[str(places[id(self._lars_buffers_hold)])])
+            codes = np.asarray(store[str(places[id(self._lars_layers)])])
+            holds = (
+                _HOLDS.get(int(code), "something else")
+                if code.shape == () and code.dtype.kind == "i"
+                else None
+            )
+            fits = (
+                codes.shape == (len(self._lars_flags),)
+                and codes.dtype.kind == "i"
+                and set(codes.tolist()) <= set(_LAYER_FLAGS)
+            )
+            if holds != _HOLDS[self._buffers_code] or not fits:
+                reason = (
+                    f"the saved optimizer's hold {holds or 'something else'}"
+                    if holds != _HOLDS[self._buffers_code]
+                    else f"the saved flags are not those of {len(self._lars_flags)} variables"
+                )
                 warnings.warn(
                     f"Skipping variable loading for optimizer '{self.name}', whose momentum buffers hold "
-                    f"{_HOLDS[self._buffers_code]}, because the saved optimizer's hold "
-                    f"{_HOLDS.get(int(np.asarray(store[str(place)])), 'something else')}",
+                    f"{_HOLDS[self._buffers_code]}, because {reason}",
                     stacklevel=2,
                 )
                 return
             super().load_own_variables(store)
-            if len(store.keys()) == len(self.variables):  # (loaded: Keras skips a state of another count)
-                codes = keras.ops.convert_to_numpy(self._lars_layers).tolist()
-                self._lars_flags = [_LAYER_FLAGS[code] for code in codes]
+            self._lars_flags = [_LAYER_FLAGS[c] for c in codes.tolist()]
 
         @property
         def learning_rate(self) -> Any:

@@ -824,3 +824,61 @@ def test_which_variables_are_adapted_and_decayed_is_saved_with_the_state(tmp_pat
     model.save(tmp_path / "frozen.keras")
     with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
         keras.models.load_model(tmp_path / "frozen.keras")
+
+
+def test_a_state_of_the_same_count_laid_out_otherwise_is_skipped_and_an_unbuilt_one_loads_nothing():
+    """Another optimizer's state of the same count (Keras SGD with EMA, Adam) can put an
+    array where this optimizer keeps its codes: skipped with the warning, not NumPy's
+    error. An optimizer not built yet skips a state as Keras' do (it raised on the codes'
+    variable it does not have yet)."""
+    keras = pytest.importorskip("keras")
+    import lars_multi.keras
+
+    variables = [keras.Variable(np.ones((2, 2), "float32")), keras.Variable(np.ones(2, "float32"))]
+    optimizer = lars_multi.keras.LARS(0.1, momentum=0.9)
+    with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
+        optimizer.load_own_variables({"0": np.zeros(())})
+    optimizer.build(variables)
+    store = {
+        str(i): np.full(np.shape(keras.ops.convert_to_numpy(v)), 7.0, "float32")
+        for i, v in enumerate(optimizer.variables)
+    }
+    with pytest.warns(UserWarning, match="because the saved optimizer's hold something else"):
+        optimizer.load_own_variables(store)
+    assert not any(np.any(keras.ops.convert_to_numpy(m)) for m in optimizer.momentums)
+
+
+def test_codes_restored_from_another_optimizers_checkpoint_are_not_saved(tmp_path):
+    """tf.train.Checkpoint pairs by place, so a momentum-0 checkpoint read into a momentum
+    optimizer set its buffers' code to 0; saved from there, the optimizer's own file was
+    then skipped on loading (its buffers lost). What is saved is the optimizer's own."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    import warnings
+
+    import tensorflow as tf
+
+    import lars_multi.keras
+
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(8, 4)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
+
+    def model(momentum):
+        made = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        made.compile(optimizer=lars_multi.keras.LARS(0.1, momentum=momentum), loss="mse")
+        return made
+
+    plain = model(0.0)
+    plain.fit(x, y, verbose=0)
+    path = tf.train.Checkpoint(optimizer=plain.optimizer).write(str(tmp_path / "plain"))
+    heavy = model(0.9)
+    heavy.optimizer.build(heavy.trainable_variables)
+    tf.train.Checkpoint(optimizer=heavy.optimizer).read(path).expect_partial()
+    heavy.fit(x, y, verbose=0)
+    heavy.save(tmp_path / "heavy.keras")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Skipping variable loading")
+        loaded = keras.models.load_model(tmp_path / "heavy.keras")
+    for a, b in zip(heavy.optimizer.momentums, loaded.optimizer.momentums):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
