@@ -253,10 +253,13 @@ if keras is not None:
                 not adapted, not decayed. They narrow the preset's default
                 (``"paper"``: variables with more than one dimension;
                 ``"optax"``, ``"timm"``: every variable).
-                :meth:`exclude_from_weight_decay` also narrows the decay, and is
-                saved with the optimizer (its names as Keras reads them: regular
-                expressions searched in ``variable.name``; its variables by their places
-                among those the optimizer is built with, their paths checked when loaded).
+                :meth:`exclude_from_weight_decay` also narrows the decay (its names as
+                Keras reads them: regular expressions searched in ``variable.name``).
+                Which variables are adapted and decayed is saved with the optimizer's
+                state, and an optimizer ``keras.models.load_model`` makes takes it from
+                there (the variables' paths change on loading; the variables of
+                ``var_list`` are in no config); into another optimizer a state of other
+                choices is not loaded (Keras' warning).
             name, **kwargs: as ``keras.optimizers.Optimizer`` (``clipnorm``,
                 ``global_clipnorm``, ``use_ema``, ``loss_scale_factor``, ...).
         """
@@ -315,6 +318,7 @@ if keras is not None:
             )
             self._excluded_names: list[str] = []  # exclude_from_weight_decay(var_names=...)
             self._excluded_ids: frozenset[int] = frozenset()  # exclude_from_weight_decay(var_list=...)
+            self._from_config = False  # (made by from_config: see load_own_variables)
             self._lars_made = True
 
         def __setattr__(self, name: str, value: Any) -> None:
@@ -432,8 +436,25 @@ if keras is not None:
                     stacklevel=2,
                 )
                 return
+            saved = [_LAYER_FLAGS[c] for c in codes.tolist()]
+            if saved != self._lars_flags and not self._loading_its_model():
+                warnings.warn(
+                    f"Skipping variable loading for optimizer '{self.name}', because the saved state's "
+                    "variables are adapted or decayed otherwise than this optimizer's (other settings, or "
+                    "other variables at those places)",
+                    stacklevel=2,
+                )
+                return
             super().load_own_variables(store)
-            self._lars_flags = [_LAYER_FLAGS[c] for c in codes.tolist()]
+            self._lars_flags = saved
+
+        def _loading_its_model(self) -> bool:
+            """Whether this optimizer was made from a saved config and has not stepped:
+            ``keras.models.load_model`` loading the state saved with it, whose choices of
+            adapted and decayed variables are the right ones (its patterns were matched
+            against the paths before saving; its ``var_list`` is in no config)."""
+            fresh = int(keras.ops.convert_to_numpy(self.iterations)) == 0
+            return self._from_config and fresh
 
         @property
         def learning_rate(self) -> Any:
@@ -620,6 +641,7 @@ if keras is not None:
                 )
             excluded = config.pop(_EXCLUDED, None)
             optimizer = super().from_config(config, custom_objects=custom_objects)
+            optimizer._from_config = True
             if excluded is not None and excluded["var_names"]:
                 optimizer.exclude_from_weight_decay(var_names=excluded["var_names"])
             if excluded is not None and excluded.get("var_places"):  # (saved by 0.3.18 or earlier)
