@@ -264,6 +264,14 @@ ESSENTIAL_CASES = ("timm_nesterov_schedules", "timm_late_gradient_dampening")
 UPDATES = {"accumulation_schedules": 2}  # optimizer.iterations after the 4 calls (else 4)
 
 
+def _keras_on_tensorflow():
+    """Keras, where it runs on TensorFlow in this process (else the test is skipped)."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    return keras
+
+
 def _check_result(result, backend):
     assert result["backend"] == backend
     for name in ALL_CASES if backend == "tensorflow" else ESSENTIAL_CASES:
@@ -310,9 +318,7 @@ def keras_runs(tmp_path_factory):
 
 def test_keras_tensorflow_backend(keras_runs, tmp_path):
     require_backend("tensorflow")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    _keras_on_tensorflow()
     namespace: dict = {}
     exec(KERAS_SCRIPT, namespace)
     _check_result(namespace["check"](str(tmp_path)), "tensorflow")
@@ -553,9 +559,7 @@ def test_indexed_slices_without_a_dense_shape_step_as_their_sum():
 def test_lars_multi_schedules_are_keras_schedules(tmp_path):
     """A lars_multi schedule as learning_rate (Keras calls other callables with no
     argument) and as weight_decay: the same steps as lm.optim, saved with the model."""
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    keras = _keras_on_tensorflow()
     import lars_multi as lm
     import lars_multi.keras
 
@@ -593,9 +597,7 @@ def test_exclusions_made_by_the_method_are_saved_with_the_model(tmp_path, functi
     variables undecayed and goes on as the uninterrupted run (Keras saves no record of
     the call: the loaded optimizer decayed them, 1e-3 off after one more epoch). A second
     call replaces the first, as Keras' does."""
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    keras = _keras_on_tensorflow()
     import lars_multi.keras
 
     rng = np.random.default_rng(5)
@@ -712,9 +714,7 @@ def test_a_state_saved_by_another_optimizer_or_preset_is_not_taken_for_the_buffe
     a timm checkpoint's buffers (r u) as the paper preset's (eta r u), silently. Each is
     skipped with Keras' warning, the buffers left new; ``tf.train.Checkpoint``, which
     pairs by place, fails on a shape. A state of the same preset still loads."""
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    keras = _keras_on_tensorflow()
     import tensorflow as tf
 
     import lars_multi.keras
@@ -789,9 +789,7 @@ def test_which_variables_are_adapted_and_decayed_is_saved_with_the_state(tmp_pat
     (another model's kernel left undecayed), or refused so that the model did not load
     at all once a layer had been frozen before saving. The flags are saved with the
     buffers, and a state Keras cannot load (of another count) is skipped with its warning."""
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    keras = _keras_on_tensorflow()
     import lars_multi.keras
 
     rng = np.random.default_rng(7)
@@ -852,9 +850,7 @@ def test_codes_restored_from_another_optimizers_checkpoint_are_not_saved(tmp_pat
     """tf.train.Checkpoint pairs by place, so a momentum-0 checkpoint read into a momentum
     optimizer set its buffers' code to 0; saved from there, the optimizer's own file was
     then skipped on loading (its buffers lost). What is saved is the optimizer's own."""
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    keras = _keras_on_tensorflow()
     import warnings
 
     import tensorflow as tf
@@ -890,9 +886,7 @@ def test_a_state_of_other_choices_is_not_loaded_into_another_optimizer(tmp_path)
     state of other choices skips it with the warning: it took them, so an optimizer of
     other patterns, or one that had already traced its step with its own, stepped on
     with a mixture (0.5 apart in the probe)."""
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip(f"keras runs on {keras.backend.backend()} in this process")
+    keras = _keras_on_tensorflow()
     import lars_multi.keras
 
     rng = np.random.default_rng(11)
