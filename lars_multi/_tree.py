@@ -223,9 +223,9 @@ class _Walker:
         self.over_empty = over_empty
         self.flatten, self.children = w.flatten, w.children
         self.w_root = w.rebuild(w.leaves)  # the weights' nodes, to compare keys with
-        self.checked: set[tuple[Any, ...]] = set()  # the key paths of the nodes checked
+        self.checked: set[tuple[Any, ...]] = set()  # the key paths of the nodes checked (typed)
         # A registered node's children (and the weights' node's), by key path: flattened once.
-        self.places: dict[tuple[Any, ...], tuple[list[Any], list[Any], list[Any]]] = {}
+        self.places: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[Any], list[Any]]] = {}
 
     def select(self, path: tuple[Any, ...]) -> Any:
         node, w_node = self.value, self.w_root
@@ -244,15 +244,17 @@ class _Walker:
         return node
 
     def _children_at(self, node: Any, w_node: Any, entry: Any, prefix: tuple[Any, ...]) -> tuple[Any, Any]:
-        """The children of ``node`` and of the weights' ``w_node`` at ``entry``. A
-        registered node's (but for an attribute, or a deque's index) are found by its own
-        flattening, and only where ``node`` is ``w_node``'s structure at this level: its
-        entries (JAX's sequence keys, optree's places) need not index the object, and with
-        other metadata its children need not pair by place (a node that leaves out its
-        None slots: a gradient met another layer, or None, silently)."""
-        if _is_tree(w_node) or isinstance(entry, Attribute) or type(w_node) is collections.deque:
+        """The children of ``node`` and of the weights' ``w_node`` at ``entry``: by key,
+        index or attribute, but a registered node's child at a position (optree's places,
+        JAX's sequence and flattened keys; not a deque's index) by the node's own flattening,
+        and only where ``node`` is ``w_node``'s structure at this level: a position need not
+        index the object, and with other metadata the children need not pair by place (a
+        node that leaves out its None slots: a gradient met another layer, or None, silently)."""
+        positional = type(entry) is int or isinstance(entry, FlatIndex)
+        if _is_tree(w_node) or not positional or type(w_node) is collections.deque:
             return _child(node, entry), _child(w_node, entry)
-        places = self.places.get(prefix)
+        key = _typed(prefix)
+        places = self.places.get(key)
         if places is None:
             _, children, spec = self.children(node)
             w_entries, w_children, w_spec = self.children(w_node)
@@ -262,9 +264,13 @@ class _Walker:
                     f"a {type(w_node).__name__} of the metadata of {Path(self.w_arg, prefix)} (its children "
                     "pair by their place in it), got one of other metadata",
                 )
-            places = self.places[prefix] = (w_entries, children, w_children)
-        w_entries, children, w_children = places
-        place = w_entries.index(entry)
+            places = self.places[key] = (_typed(w_entries), children, w_children)
+        typed_entries, children, w_children = places
+        if typed_entries.count((type(entry), entry)) != 1:
+            self._mismatch(
+                prefix, f"entries of {Path(self.w_arg, prefix)} that can be told apart, got {entry!r} twice"
+            )
+        place = typed_entries.index((type(entry), entry))
         return children[place], w_children[place]
 
     def _mismatch(self, prefix: Sequence[Any], detail: str) -> None:
@@ -275,7 +281,7 @@ class _Walker:
         )
 
     def _check_node(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
-        if prefix in self.checked:
+        if _typed(prefix) in self.checked:
             return
         w_here = Path(self.w_arg, prefix)
         if isinstance(w_node, Mapping):
@@ -302,9 +308,26 @@ class _Walker:
             if leaves > w_leaves:
                 detail = f"no more leaves than {w_here} ({w_leaves}; its None fields hold none)"
                 self._mismatch(prefix, f"{detail}, got {leaves}")
+            if not self.over_empty:
+                self._check_no_layer_in_node(node, w_node, prefix)
         if not self.over_empty:
             self._check_no_layer(node, w_node, prefix)
-        self.checked.add(prefix)
+        self.checked.add(_typed(prefix))
+
+    def _check_no_layer_in_node(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
+        """:meth:`_check_no_layer` of a registered node of the weights' type, child by
+        child where the two list the same entries (a gradient at a field or slot where the
+        weights hold None was dropped unseen)."""
+        entries, children, _ = self.children(node)
+        w_entries, w_children, _ = self.children(w_node)
+        if _typed(entries) != _typed(w_entries):
+            return  # (another structure: the walk through it says so)
+        for entry, child, w_child in zip(w_entries, children, w_children):
+            if _holds_no_layer(w_child) and not _holds_no_layer(child):
+                here = (*prefix, entry)
+                self._mismatch(
+                    here, f"no value where {Path(self.w_arg, here)} is None, got {type_name(child)}"
+                )
 
     def _check_no_layer(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
         """Where ``w`` holds no layer (``None``, an empty dict), ``value`` must hold
@@ -339,6 +362,12 @@ def _is_node(node: Any, entry: Any, w_node: Any) -> bool:
     if isinstance(entry, Attribute) and not _is_value(node) and hasattr(node, entry.name):
         return True
     return type(node) is type(w_node)
+
+
+def _typed(entries: Sequence[Any]) -> tuple[tuple[type, Any], ...]:
+    """Path entries with their types: ``0`` and ``False``, or an attribute ``"w"`` and a
+    key ``"w"``, are equal as Python compares them, but not the same entry."""
+    return tuple((type(e), e) for e in entries)
 
 
 def _equal(spec: Any, w_spec: Any) -> bool:

@@ -621,6 +621,71 @@ def test_a_deque_pairs_by_index_whatever_its_maxlen_and_metadata_that_cannot_com
         opt.step(params, {"a": WithArray(G, np.arange(3))}, opt.init(params))
 
 
+def test_a_registered_nodes_none_slot_takes_no_gradient_and_its_keys_index_it():
+    """A gradient where the weights' registered node holds None (a field, a slot) met no
+    weight and was dropped unseen, its layer left unchanged (refused in a dict); a node
+    keyed by names (not places) pairs by them whatever the order its metadata keeps."""
+    with pytest.raises(lm.LarsMultiValueError, match=r"^dcdw: .*no value where w\['b'\] is None"):
+        lm.lars_update(_Pair(W, None), _Pair(None, G), 0.1)
+
+    class Named:
+        def __init__(self, layers):
+            self.layers = dict(layers)
+
+        def __getitem__(self, key):
+            return self.layers[key]
+
+    optree.register_pytree_node(
+        Named,
+        lambda n: (list(n.layers.values()), tuple(n.layers), tuple(n.layers)),
+        lambda keys, children: Named(zip(keys, children)),
+        namespace="lars_multi",
+    )
+    w = collections.OrderedDict(n=Named([("a", W), ("b", W * 2)]), x=W)
+    g = collections.OrderedDict(x=G, n=Named([("b", -G), ("a", G)]))
+    new = lm.lars_update(w, g, 0.1)
+    assert_layer_close(new["n"]["b"], W * 2, -G, 0.1, 0.0, "float32")
+    assert_layer_close(new["n"]["a"], W, G, 0.1, 0.0, "float32")
+
+
+def test_jax_entries_equal_in_python_but_of_other_kinds_are_told_apart():
+    """An attribute ``w`` and a key ``"w"`` of one node are equal strings, and were taken
+    for one entry: the second child stepped with the first's gradient. A key is looked up
+    in the object (here it has none: refused), and entries that cannot be told apart at
+    all (a sequence key 0 and a dict key 0, both 0) are refused."""
+    require_backend("jax")
+    import jax
+    import jax.numpy as jnp
+
+    key = jax.tree_util
+
+    class Both:
+        def __init__(self, first, second, tag):
+            self.first, self.second, self.tag = first, second, tag
+
+    def flatten(n):
+        return [(key.GetAttrKey("w"), n.first), (key.DictKey("w"), n.second)], n.tag
+
+    key.register_pytree_with_keys(Both, flatten, lambda tag, children: Both(*children, tag))
+    w = collections.OrderedDict(m=Both(jnp.asarray(W), jnp.asarray(W * 2), "t"), z=jnp.asarray(W[0]))
+    g = collections.OrderedDict(z=jnp.asarray(G[0]), m=Both(jnp.asarray(G), jnp.asarray(-G), "t"))
+    with pytest.raises(lm.LarsMultiValueError, match=r"^dcdw: .*dcdw\['m'\]: expected the structure of w"):
+        lm.lars_update(w, g, 0.1)  # (neither entry names the object's own attribute or key)
+
+    class Twice:
+        def __init__(self, first, second, tag):
+            self.first, self.second, self.tag = first, second, tag
+
+    def flatten_twice(n):
+        return [(key.SequenceKey(0), n.first), (key.DictKey(0), n.second)], n.tag
+
+    key.register_pytree_with_keys(Twice, flatten_twice, lambda tag, children: Twice(*children, tag))
+    w = collections.OrderedDict(m=Twice(jnp.asarray(W), jnp.asarray(W * 2), "t"), z=jnp.asarray(W[0]))
+    g = collections.OrderedDict(z=jnp.asarray(G[0]), m=Twice(jnp.asarray(G), jnp.asarray(-G), "t"))
+    with pytest.raises(lm.LarsMultiValueError, match="that can be told apart, got 0 twice"):
+        lm.lars_update(w, g, 0.1)
+
+
 def test_jax_a_node_keyed_by_place_among_its_children_is_refused_with_other_metadata():
     """JAX's SequenceKey of a registered node is its child's place among the node's
     children (here, not its index in the object): with other metadata it was indexed."""
