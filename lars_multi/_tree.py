@@ -17,7 +17,7 @@ import collections
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import optree
 
@@ -224,7 +224,8 @@ class _Walker:
         self.flatten, self.children = w.flatten, w.children
         self.w_root = w.rebuild(w.leaves)  # the weights' nodes, to compare keys with
         self.checked: set[tuple[Any, ...]] = set()  # the key paths of the nodes checked (typed)
-        # A registered node's children (and the weights' node's), by key path: flattened once.
+        # A registered node's children (and the weights' node's), by key path (typed), where
+        # the two are one structure at that level: flattened once, as the node is checked.
         self.places: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[Any], list[Any]]] = {}
 
     def select(self, path: tuple[Any, ...]) -> Any:
@@ -253,18 +254,13 @@ class _Walker:
         positional = type(entry) is int or isinstance(entry, FlatIndex)
         if _is_tree(w_node) or not positional or type(w_node) is collections.deque:
             return _child(node, entry), _child(w_node, entry)
-        key = _typed(prefix)
-        places = self.places.get(key)
+        places = self.places.get(_typed(prefix))  # (kept by _check_node, which the walk asked first)
         if places is None:
-            _, children, spec = self.children(node)
-            w_entries, w_children, w_spec = self.children(w_node)
-            if not _equal(spec, w_spec):
-                self._mismatch(
-                    prefix,
-                    f"a {type(w_node).__name__} of the metadata of {Path(self.w_arg, prefix)} (its children "
-                    "pair by their place in it), got one of other metadata",
-                )
-            places = self.places[key] = (_typed(w_entries), children, w_children)
+            self._mismatch(
+                prefix,
+                f"a {type(w_node).__name__} of the metadata of {Path(self.w_arg, prefix)} (its children "
+                "pair by their place in it), got one of other metadata",
+            )
         typed_entries, children, w_children = places
         if typed_entries.count((type(entry), entry)) != 1:
             self._mismatch(
@@ -273,7 +269,7 @@ class _Walker:
         place = typed_entries.index((type(entry), entry))
         return children[place], w_children[place]
 
-    def _mismatch(self, prefix: Sequence[Any], detail: str) -> None:
+    def _mismatch(self, prefix: Sequence[Any], detail: str) -> NoReturn:
         here = Path(self.arg, prefix)
         raise LarsMultiValueError(
             f"{self.arg}: expected the structure of {self.w_arg}{' (or a single value)' * self.broadcast}; "
@@ -308,19 +304,22 @@ class _Walker:
             if leaves > w_leaves:
                 detail = f"no more leaves than {w_here} ({w_leaves}; its None fields hold none)"
                 self._mismatch(prefix, f"{detail}, got {leaves}")
-            if not self.over_empty:
-                self._check_no_layer_in_node(node, w_node, prefix)
+            self._check_children(node, w_node, prefix)
         if not self.over_empty:
             self._check_no_layer(node, w_node, prefix)
         self.checked.add(_typed(prefix))
 
-    def _check_no_layer_in_node(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
-        """:meth:`_check_no_layer` of a registered node of the weights' type, child by
-        child where the two list the same entries (a gradient at a field or slot where the
-        weights hold None was dropped unseen)."""
-        entries, children, _ = self.children(node)
-        w_entries, w_children, _ = self.children(w_node)
-        if _typed(entries) != _typed(w_entries):
+    def _check_children(self, node: Any, w_node: Any, prefix: tuple[Any, ...]) -> None:
+        """A registered node of the weights' type, flattened one level with the weights':
+        its children are kept for the walk where the two are one structure at this level
+        (children at a position pair by place only then), and, as :meth:`_check_no_layer`
+        checks a dict, child by child where they list the same entries, none may hold a
+        value where the weights hold None (a gradient there was dropped unseen)."""
+        entries, children, spec = self.children(node)
+        w_entries, w_children, w_spec = self.children(w_node)
+        if _equal(spec, w_spec):
+            self.places[_typed(prefix)] = (_typed(w_entries), children, w_children)
+        if self.over_empty or _typed(entries) != _typed(w_entries):
             return  # (another structure: the walk through it says so)
         for entry, child, w_child in zip(w_entries, children, w_children):
             if _holds_no_layer(w_child) and not _holds_no_layer(child):
