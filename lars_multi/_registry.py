@@ -154,9 +154,9 @@ def _not_compiling() -> bool:
     return False
 
 
-# ``torch.compiler.is_dynamo_compiling`` once the torch backend is loaded: storage
-# queries, context variables and other untraceable checks are skipped while
-# torch.compile traces a call.
+# The torch backend's ``_traced`` once it is loaded (Dynamo, or torch.export, traces
+# this call): storage queries, context variables and other untraceable checks are
+# skipped while a call is traced.
 is_compiling: Callable[[], bool] = _not_compiling
 
 

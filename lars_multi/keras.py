@@ -364,10 +364,8 @@ if keras is not None:
             # saved with the buffers: paths change on loading (keras.models.load_model drops a
             # nested model's name), and the variables of exclude_from_weight_decay(var_list=...)
             # are not in the config, so a loaded optimizer takes them from here.
-            codes = [_LAYER_CODES[f.adapt[0], f.decay[0]] for f in self._lars_flags]
-            self._lars_layers = self.add_variable(
-                (len(var_list),), keras.initializers.Constant(codes), dtype="int32", name="lars_layers"
-            )
+            codes = keras.initializers.Constant(self._layer_codes())
+            self._lars_layers = self.add_variable((len(var_list),), codes, dtype="int32", name="lars_layers")
             # timm starts a buffer at r u on its variable's first update (a variable may get
             # its first gradient late): one flag per variable, 1 once started.
             self._lars_started = []
@@ -387,14 +385,17 @@ if keras is not None:
                 return 0
             return 1 if self._lars_config.preset.lr_in_buffer else 2
 
+        def _layer_codes(self) -> list[int]:
+            """Each variable's flags (adapted, decayed) as the code saved for them."""
+            return [_LAYER_CODES[f.adapt[0], f.decay[0]] for f in self._lars_flags]
+
         def _kept(self) -> dict[int, np.ndarray]:
             """The values saved for what the buffers hold and which variables are adapted
             and decayed, by their variables' ids: this optimizer's own (tf.train.Checkpoint,
             which pairs variables by place, may have put another optimizer's in them)."""
-            codes = [_LAYER_CODES[f.adapt[0], f.decay[0]] for f in self._lars_flags]
             return {
                 id(self._lars_buffers_hold): np.array(self._buffers_code, "int32"),
-                id(self._lars_layers): np.array(codes, "int32").reshape(len(codes)),
+                id(self._lars_layers): np.array(self._layer_codes(), "int32"),
             }
 
         def save_own_variables(self, store: Any) -> None:
@@ -414,20 +415,16 @@ if keras is not None:
             places = {id(v): i for i, v in enumerate(self.variables)}
             code = np.asarray(store[str(places[id(self._lars_buffers_hold)])])
             codes = np.asarray(store[str(places[id(self._lars_layers)])])
-            holds = (
-                _HOLDS.get(int(code), "something else")
-                if code.shape == () and code.dtype.kind == "i"
-                else None
-            )
+            saved_code = int(code) if code.shape == () and code.dtype.kind == "i" else -1  # (-1: no code)
             fits = (
                 codes.shape == (len(self._lars_flags),)
                 and codes.dtype.kind == "i"
                 and set(codes.tolist()) <= set(_LAYER_FLAGS)
             )
-            if holds != _HOLDS[self._buffers_code] or not fits:
+            if saved_code != self._buffers_code or not fits:
                 reason = (
-                    f"the saved optimizer's hold {holds or 'something else'}"
-                    if holds != _HOLDS[self._buffers_code]
+                    f"the saved optimizer's hold {_HOLDS.get(saved_code, 'something else')}"
+                    if saved_code != self._buffers_code
                     else f"the saved flags are not those of {len(self._lars_flags)} variables"
                 )
                 warnings.warn(
