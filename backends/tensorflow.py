@@ -54,7 +54,29 @@ def densify(x: Any, like: Any) -> Any:
         if x.values.shape[1:] != like.shape[1:] or not like.shape.is_fully_defined():
             return None
         x = tf.IndexedSlices(x.values, x.indices, tf.shape(like, out_type=x.indices.dtype))
-    return tf.convert_to_tensor(x)
+    with tf.control_dependencies(_rows_checked(x.indices, x.dense_shape[0])):
+        return tf.convert_to_tensor(x)
+
+
+def _rows_checked(indices: Any, rows: Any) -> list[Any]:
+    """Slices' row indices must lie in ``[0, rows)``: densifying drops a row at a
+    negative index silently (and fails on one past the end with an error naming
+    neither argument). Checked now where eager (a ``ValueError`` the caller names),
+    else by assertions the dense gradient waits on."""
+    rows = tf.cast(rows, indices.dtype)
+    if not tf.executing_eagerly():  # (XLA drops assertions: there, as Keras' scatters, unchecked)
+        message = "IndexedSlices gradient: a row index outside [0, rows)"
+        return _awaited(
+            [
+                tf.debugging.assert_non_negative(indices, message=message),
+                tf.debugging.assert_less(indices, rows, message=message),
+            ]
+        )
+    if tf.size(indices) > 0:
+        low, high, n = int(tf.reduce_min(indices)), int(tf.reduce_max(indices)), int(rows)
+        if low < 0 or high >= n:
+            raise ValueError(f"expected row indices in [0, {n}), got {low if low < 0 else high}")
+    return []
 
 
 def largest(dtype: Any) -> float:
@@ -200,7 +222,7 @@ def stop_gradient(x: Any) -> tf.Tensor:
 
 
 def write(out: tf.Variable, value: Any) -> None:
-    """``out`` assigned ``value``, after every shape assertion of the graph (which
+    """``out`` assigned ``value``, after every assertion of the graph (which
     orders no assertion before another variable's assignment by itself; ``value`` is
     computed before: an assignment of a value computed under the dependencies was
     taken as ordered by that value, which is not)."""
@@ -274,16 +296,22 @@ def assert_same_shape(x: Any, w: Any, message: str) -> Any:
         return tf.raw_ops.AddN(inputs=[x, tf.zeros_like(w)], name=name)
     check = tf.debugging.assert_equal(tf.shape(x), tf.shape(w), message=message)
     if check is not None:  # (None: run eagerly)
-        _ASSERTIONS.setdefault(tf.compat.v1.get_default_graph(), []).append(check)
+        _awaited([check])
     return x
 
 
-# The shape assertions of each graph being traced, which its assignments wait on.
+# The assertions of each graph being traced (shapes, sparse rows), which its assignments wait on.
 _ASSERTIONS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 
+def _awaited(checks: list[Any]) -> list[Any]:
+    """``checks``, assertions of the graph being traced, which its assignments will wait on."""
+    _ASSERTIONS.setdefault(tf.compat.v1.get_default_graph(), []).extend(checks)
+    return checks
+
+
 def _assertions() -> list[Any]:
-    """The shape assertions of the graph being traced (none when run eagerly)."""
+    """The assertions of the graph being traced (none when run eagerly)."""
     if tf.executing_eagerly():
         return []
     return _ASSERTIONS.get(tf.compat.v1.get_default_graph(), [])

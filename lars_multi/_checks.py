@@ -292,7 +292,10 @@ def check_gradient(g: Any, w: Any, where: Where, name: str, ops: Backend) -> Any
     path, w_path = message_paths(where)
     g_name = owner(g)
     if g_name is None:
-        dense = ops.densify(g, w)
+        try:
+            dense = ops.densify(g, w)
+        except ValueError as error:  # (the backend's reason; the path is ours)
+            raise LarsMultiValueError(f"{path}: {error}") from None
         if dense is None:
             raise LarsMultiTypeError(f"{path}: expected an array like {w_path}, got {type_name(g)}")
         g, g_name = dense, name

@@ -196,7 +196,8 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
 
     def densify(x: Any, like: Any) -> Any:
         """A dense native array for a framework's sparse gradient of the weights
-        ``like``, or None."""
+        ``like``, or None; a ``ValueError`` giving the reason where ``x`` is one
+        that cannot be densified as given."""
         return None
 
     def layout_name(x: Any) -> str:

@@ -384,6 +384,37 @@ def test_tf_indexed_slices_gradient_is_densified():
         lm.lars_update(w, {"emb": wide, "w": g_dense}, 0.1)
 
 
+@pytest.mark.parametrize("row", [-1, 3])
+def test_tf_indexed_slices_with_a_row_outside_the_weights_are_refused(row):
+    """Densifying slices drops a row at a negative index silently (and fails on one past
+    the end with TensorFlow's error): the step was that of the other rows alone. Refused,
+    named, eagerly; in a tf.function by an assertion every assignment waits on."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    table = np.arange(6, dtype=np.float32).reshape(3, 2) + 1
+    values, indices = tf.constant([[1.0, 0.0], [0.0, 1.0]]), tf.constant([0, row])
+    slices = tf.IndexedSlices(values, indices, tf.constant([3, 2]))
+    variables = [tf.Variable(W2), tf.Variable(table)]
+    refused = rf"^dcdw\[1\]: expected row indices in \[0, 3\), got {row}$"
+    with pytest.raises(lm.LarsMultiValueError, match=refused):
+        lm.lars_update(variables, [tf.constant(G2), slices], 0.1, out=variables)
+
+    @tf.function
+    def step(values: tf.Tensor, indices: tf.Tensor) -> None:
+        g = tf.IndexedSlices(values, indices, tf.constant([3, 2]))
+        lm.lars_update(variables, [tf.constant(G2), g], 0.1, out=variables)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"a row index outside \[0, rows\)"):
+        step(values, indices)
+    np.testing.assert_array_equal(variables[0].numpy(), W2)
+    np.testing.assert_array_equal(variables[1].numpy(), table)
+    step(values, tf.constant([0, 2]))  # (rows inside: the dense gradient's step)
+    dense = np.zeros_like(table)
+    dense[0, 0], dense[2, 1] = 1, 1
+    assert_layer_close(variables[1], table, dense, 0.1, 0.0, "float32")
+
+
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
 def test_torch_sparse_gradient_is_rejected_with_its_path():
     require_backend("torch")
