@@ -58,28 +58,43 @@ class ParamsMask:
     function: Callable[[Any], Any]
 
 
+@dataclass(frozen=True)
+class LeafMask:
+    """A mask asked per layer: a callable ``(path, array) -> bool``."""
+
+    function: Callable[[Any, Any], Any]
+
+
 def _mask_arg(name: str, mask: Mask, default: RankMask) -> Mask:
-    """A mask as given (None: the preset's ``default``); a callable by its
-    signature: one that takes one argument is called with the parameters
+    """A mask as given (None: the preset's ``default``; a tree of bools); a function
+    by its signature: one that takes one argument is called with the parameters
     (optax's convention), one that takes two per leaf with ``(path, array)``."""
     if mask is None:
         return default
-    if not callable(mask) or isinstance(mask, RankMask):
+    if not callable(mask) or isinstance(mask, RankMask) or not _is_function(mask):
         return mask
     try:
         signature = inspect.signature(mask)
     except (TypeError, ValueError):  # no signature to read (some builtins): per leaf
-        return mask
+        return LeafMask(mask)
     for arguments, takes_params in (((None, None), False), ((None,), True)):
         try:
             signature.bind(*arguments)
         except TypeError:
             continue
-        return ParamsMask(mask) if takes_params else mask
+        return ParamsMask(mask) if takes_params else LeafMask(mask)
     raise LarsMultiTypeError(
         f"{name}: expected a callable (path, array) -> bool or params -> tree of bools, "
         f"got {type_name(mask)} with signature {signature}"
     )
+
+
+def _is_function(mask: Any) -> bool:
+    """Whether a callable mask is a function, not a tree of values that can be called
+    (an equinox module of bools, as ``jax.tree.map`` over a module gives): as optax
+    asks, whether its leaves are all callable (a function is its own leaf)."""
+    leaves = flatten(mask).leaves
+    return bool(leaves) and all(map(callable, leaves))
 
 
 class LarsState(NamedTuple):
@@ -536,12 +551,10 @@ class LarsOptimizer:
         """One bool per active layer, from a tree, a callable, or the preset's default."""
         if isinstance(mask, RankMask):
             return _of_known_ranks(arg, mask, ws.shapes, lambda k: flat.paths[active[k]])
-        if isinstance(mask, ParamsMask):  # optax's convention: a tree of bools (an equinox
-            mask, per_leaf = mask.function(params), False  # module of them is callable, and a tree)
-        else:
-            per_leaf = callable(mask)
-        if per_leaf:
-            values = [mask(flat.paths[i], w) for i, w in zip(active, ws.arrays)]
+        if isinstance(mask, ParamsMask):  # optax's convention: a tree of bools
+            mask = mask.function(params)
+        if isinstance(mask, LeafMask):
+            values = [mask.function(flat.paths[i], w) for i, w in zip(active, ws.arrays)]
         elif isinstance(mask, bool):
             values = [mask] * len(active)
         else:
@@ -554,7 +567,7 @@ class LarsOptimizer:
                 hint = (
                     "; a callable of two parameters is asked per leaf, (path, array) -> bool: give a "
                     "mask of the whole params as lambda params: mask(params)"
-                    if per_leaf and not isinstance(mask, RankMask)
+                    if isinstance(mask, LeafMask)
                     else ""
                 )
                 raise LarsMultiTypeError(
@@ -808,12 +821,14 @@ def lars(
         always_adapt=always_adapt,
     )
     default = chosen.default_mask
+    adapt = _mask_arg("adapt_mask", adapt_mask, default)
+    same = weight_decay_mask is adapt_mask
     return LarsOptimizer(
         learning_rate=_rate("learning_rate", learning_rate),
         weight_decay=_rate("weight_decay", weight_decay),
         config=config,
-        adapt_mask=_mask_arg("adapt_mask", adapt_mask, default),
-        weight_decay_mask=_mask_arg("weight_decay_mask", weight_decay_mask, default),
+        adapt_mask=adapt,
+        weight_decay_mask=adapt if same else _mask_arg("weight_decay_mask", weight_decay_mask, default),
         axis_name=axis_name,
         differentiable=differentiable,
     )

@@ -474,6 +474,47 @@ def test_an_equinox_modules_leaves_that_are_no_arrays_get_no_update():
     assert updates["scale"] is None
 
 
+@pytest.mark.parametrize("kind", ["MLP", "Sequential"])
+def test_an_equinox_module_of_bools_is_a_mask_tree_as_optax_reads_it(kind):
+    """optax's usual mask, jax.tree.map(lambda x: x.ndim > 1, params), is a module of bools
+    when params are an equinox module, and a module can be called: it was called, as a
+    mask of the params (MLP) or per leaf (Sequential), and failed inside the model. A
+    callable is a function only where its leaves are all callable, as optax asks."""
+    require_backend("jax")
+    eqx = pytest.importorskip("equinox")
+    optax = pytest.importorskip("optax")
+    import jax
+    import jax.numpy as jnp
+
+    import lars_multi.optax
+
+    key = jax.random.PRNGKey(0)
+    if kind == "MLP":
+        model = eqx.nn.MLP(3, 2, 4, 1, key=key)
+    else:
+        model = eqx.nn.Sequential(
+            [eqx.nn.Linear(3, 4, key=key), eqx.nn.Lambda(jax.nn.relu), eqx.nn.Linear(4, 2, key=key)]
+        )
+    params = eqx.filter(model, eqx.is_array)
+    grads = jax.tree.map(jnp.sin, params)
+    mask = jax.tree.map(lambda x: x.ndim > 1, params)
+    assert callable(mask)
+    want = optax.lars(0.5, weight_decay=0.1, weight_decay_mask=mask, trust_ratio_mask=mask)
+    got = lars_multi.optax.lars(
+        0.5, weight_decay=0.1, weight_decay_mask=mask, adapt_mask=mask, preset="optax"
+    )
+    w_updates, _ = want.update(grads, want.init(params), params)
+    g_updates, _ = got.update(grads, got.init(params), params)
+    for a, b in zip(jax.tree.leaves(g_updates), jax.tree.leaves(w_updates), strict=True):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-6, atol=1e-7)
+    of_params = lars_multi.optax.lars(
+        0.5, weight_decay=0.1, weight_decay_mask=lambda p: mask, adapt_mask=lambda p: mask, preset="optax"
+    )
+    f_updates, _ = of_params.update(grads, of_params.init(params), params)
+    for a, b in zip(jax.tree.leaves(f_updates), jax.tree.leaves(g_updates), strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
 def test_numpy_parameters_outside_jit():
     """A flax TrainState restored from bytes holds NumPy parameters: optax.lars steps them
     with JAX or NumPy gradients; lm refused them (mixed frameworks, or its own count)."""
