@@ -89,6 +89,13 @@ def _mask_arg(name: str, mask: Mask, default: RankMask) -> Mask:
     )
 
 
+def _steps(leaf: Any, ops: Backend) -> bool:
+    """Whether a leaf of the parameters is a floating array, which steps where it has
+    a gradient (an integer one, a counter in a model's tree, is left as it is where it
+    has none, as ``lars_update`` leaves it, and refused where it has one)."""
+    return _checks.owner(leaf) is not None and _checks.unwrap(leaf).dtype in ops.FLOAT_DTYPES
+
+
 def _is_function(mask: Any) -> bool:
     """Whether a callable mask is a function, not a tree of values that can be called
     (an equinox module of bools, as ``jax.tree.map`` over a module gives): as optax
@@ -152,7 +159,8 @@ class LarsOptimizer:
     differentiable: bool = False
 
     def init(self, params: Any) -> LarsState:
-        """Step count 0 and zero momentum buffers like ``params``."""
+        """Step count 0 and zero momentum buffers like ``params`` (None for a leaf that is
+        no floating array: an integer counter in a model's tree never steps)."""
         flat = _flatten_params(params)
         _checks.check_tree("params", params, flat)
         leaves = [_checks.unwrap(x) for x in flat.leaves if _checks.owner(x) is not None]
@@ -162,7 +170,7 @@ class LarsOptimizer:
         count = ops.scalar_for(0, "int32", leaves)
         if self.config.momentum == 0:
             return LarsState(count, None)
-        arrays = [_checks.owner(x) is not None for x in flat.leaves]
+        arrays = [_steps(x, ops) for x in flat.leaves]
         buffers = [ops.zeros_like(_checks.unwrap(x)) if a else None for x, a in zip(flat.leaves, arrays)]
         started = None
         if self.tracks_start:
@@ -406,12 +414,10 @@ class LarsOptimizer:
     def _check_idle_state(
         self, state: LarsState, flat: Flat, active: set[int], name: str, ops: Backend
     ) -> None:
-        """The buffers and start flags of the layers without a gradient (kept as they
-        are), checked as the stepped layers' are: a state made for another tree, or of
-        another dtype, is refused even where no layer steps."""
-        idle = [
-            i for i, leaf in enumerate(flat.leaves) if i not in active and _checks.owner(leaf) is not None
-        ]
+        """The buffers and start flags of the floating layers without a gradient (kept
+        as they are), checked as the stepped layers' are: a state made for another tree,
+        or of another dtype, is refused even where no layer steps."""
+        idle = [i for i, leaf in enumerate(flat.leaves) if i not in active and _steps(leaf, ops)]
         if not idle:
             return
         ws = _checks.unwrap_all(take(flat.leaves, idle))

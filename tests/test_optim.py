@@ -1134,6 +1134,35 @@ def test_a_bad_state_is_refused_where_layers_have_no_gradient(backend, preset, g
     assert int(to_numpy(state.count)) == 1
 
 
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_an_integer_leaf_without_a_gradient_is_left_as_it_is(backend, preset):
+    """A model's tree may hold an integer array (a counter) with a None gradient, which
+    lars_update leaves as it is: init gave it an integer buffer and every step refused
+    the tree ("expected a floating dtype"). It has no buffer, and is left as it is; with a
+    gradient it is refused."""
+    w = native(backend, np.arange(4, dtype=np.float32).reshape(2, 2) + 1)
+    g = native(backend, np.full((2, 2), 0.5, np.float32))
+    params = {"w": w, "count": native(backend, np.asarray(3, np.int32))}
+    opt = lm.optim.lars(0.1, weight_decay=1e-2, preset=preset)
+    state = opt.init(params)
+    assert state.momentum["count"] is None
+    alone = lm.optim.lars(0.1, weight_decay=1e-2, preset=preset)
+    want, want_state = {"w": w}, alone.init({"w": w})
+    for _ in range(2):
+        new, state = opt.step(params, {"w": g, "count": None}, state)
+        want, want_state = alone.step(want, {"w": g}, want_state)
+        np.testing.assert_array_equal(to_numpy(new["w"]), to_numpy(want["w"]))
+        assert new["count"] is params["count"]
+        params = new
+    if backend in ("numpy", "torch"):  # (in place)
+        params = {"w": native(backend, to_numpy(w)), "count": native(backend, np.asarray(3, np.int32))}
+        state = opt.init(params)
+        opt.step(params, {"w": g, "count": None}, state, out=params)
+        np.testing.assert_array_equal(to_numpy(params["count"]), 3)
+    with pytest.raises(lm.LarsMultiTypeError, match=r"^params\['count'\]: expected a floating dtype"):
+        opt.step(params, {"w": g, "count": native(backend, np.asarray(1, np.int32))}, state)
+
+
 def test_numpy_bool_masks_are_bools():
     """optax.lars takes a mask tree of np.bool_ (as jax.tree.map over ndim > 1 gives
     with NumPy comparisons); lm.optim refused it, against the migration table."""
