@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -157,6 +157,29 @@ class LarsOptimizer:
     weight_decay_mask: Mask
     axis_name: Any = None
     differentiable: bool = False
+
+    def __post_init__(self) -> None:
+        """Every setting checked and taken as :func:`lars` takes it, however the optimizer
+        is made (``dataclasses.replace(opt, learning_rate=-0.1)`` stepped uphill: a Python
+        number is checked once, here)."""
+        if not isinstance(self.differentiable, bool):
+            raise LarsMultiTypeError(f"differentiable: expected a bool, got {type_name(self.differentiable)}")
+        config = self.config
+        settings = _step_config(**{field.name: getattr(config, field.name) for field in fields(config)})
+        default = config.preset.default_mask
+        adapt = _mask_arg("adapt_mask", self.adapt_mask, default)
+        decay = adapt
+        if self.weight_decay_mask is not self.adapt_mask:
+            decay = _mask_arg("weight_decay_mask", self.weight_decay_mask, default)
+        taken = {
+            "learning_rate": _rate("learning_rate", self.learning_rate),
+            "weight_decay": _rate("weight_decay", self.weight_decay),
+            "config": settings,
+            "adapt_mask": adapt,
+            "weight_decay_mask": decay,
+        }
+        for name, value in taken.items():
+            object.__setattr__(self, name, value)
 
     def init(self, params: Any) -> LarsState:
         """Step count 0 and zero momentum buffers like ``params`` (None for a leaf that is
@@ -736,6 +759,47 @@ def _check_count(count: Any, name: str, ops: Backend) -> None:
         )
 
 
+def _step_config(
+    preset: Preset,
+    momentum: Any,
+    nesterov: Any,
+    dampening: Any,
+    trust_coefficient: Any,
+    eps: Any,
+    trust_clip: Any,
+    always_adapt: Any,
+    increments: bool = False,
+) -> StepConfig:
+    """The step's settings, checked, as numbers and bools (``eps`` None: the preset's)."""
+    if not isinstance(preset, Preset):
+        raise LarsMultiTypeError(f"preset: expected a Preset, got {type_name(preset)}")
+    momentum = _checks.check_number("momentum", momentum, high=1.0)
+    dampening = _checks.check_number("dampening", dampening, high=1.0)
+    trust_coefficient = _checks.check_number("trust_coefficient", trust_coefficient)
+    if trust_coefficient == 0:  # (r = 0: never moved)
+        raise LarsMultiValueError("trust_coefficient: expected a number > 0, got 0")
+    eps = preset.eps if eps is None else _checks.check_number("eps", eps)
+    for name, flag in (("nesterov", nesterov), ("trust_clip", trust_clip), ("always_adapt", always_adapt)):
+        if not isinstance(flag, bool):
+            raise LarsMultiTypeError(f"{name}: expected a bool, got {type_name(flag)}")
+    if nesterov and (momentum == 0 or dampening != 0):
+        raise LarsMultiValueError(
+            "nesterov: expected momentum > 0 and dampening 0, "
+            f"got momentum {momentum!r}, dampening {dampening!r}"
+        )
+    return StepConfig(
+        preset=preset,
+        momentum=momentum,
+        nesterov=nesterov,
+        dampening=dampening,
+        trust_coefficient=trust_coefficient,
+        eps=eps,
+        trust_clip=trust_clip,
+        always_adapt=always_adapt,
+        increments=increments,
+    )
+
+
 def _flatten_params(params: Any) -> Flat:
     """``params`` flattened as ``lars_update`` flattens its weights, named in messages."""
     return replace(flatten(params), arg="params")
@@ -800,41 +864,22 @@ def lars(
             no graph from one step to the next). In-place steps are never
             differentiable.
     """
-    chosen: Preset = get_preset(preset)
-    _checks.check_number("momentum", momentum, high=1.0)
-    _checks.check_number("dampening", dampening, high=1.0)
-    if _checks.check_number("trust_coefficient", trust_coefficient) == 0:  # (r = 0: never moved)
-        raise LarsMultiValueError("trust_coefficient: expected a number > 0, got 0")
-    if eps is not None:
-        _checks.check_number("eps", eps)
-    flags = (("nesterov", nesterov), ("trust_clip", trust_clip), ("always_adapt", always_adapt))
-    for name, flag in (*flags, ("differentiable", differentiable)):
-        if not isinstance(flag, bool):
-            raise LarsMultiTypeError(f"{name}: expected a bool, got {type_name(flag)}")
-    if nesterov and (momentum == 0 or dampening != 0):
-        raise LarsMultiValueError(
-            "nesterov: expected momentum > 0 and dampening 0, "
-            f"got momentum {momentum!r}, dampening {dampening!r}"
-        )
-    config = StepConfig(
-        preset=chosen,
-        momentum=float(momentum),
+    config = _step_config(
+        preset=get_preset(preset),
+        momentum=momentum,
         nesterov=nesterov,
-        dampening=float(dampening),
-        trust_coefficient=float(trust_coefficient),
-        eps=chosen.eps if eps is None else float(eps),
+        dampening=dampening,
+        trust_coefficient=trust_coefficient,
+        eps=eps,
         trust_clip=trust_clip,
         always_adapt=always_adapt,
     )
-    default = chosen.default_mask
-    adapt = _mask_arg("adapt_mask", adapt_mask, default)
-    same = weight_decay_mask is adapt_mask
     return LarsOptimizer(
-        learning_rate=_rate("learning_rate", learning_rate),
-        weight_decay=_rate("weight_decay", weight_decay),
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
         config=config,
-        adapt_mask=adapt,
-        weight_decay_mask=adapt if same else _mask_arg("weight_decay_mask", weight_decay_mask, default),
+        adapt_mask=adapt_mask,
+        weight_decay_mask=weight_decay_mask,
         axis_name=axis_name,
         differentiable=differentiable,
     )

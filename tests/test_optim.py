@@ -1163,6 +1163,42 @@ def test_an_integer_leaf_without_a_gradient_is_left_as_it_is(backend, preset):
         opt.step(params, {"w": g, "count": native(backend, np.asarray(1, np.int32))}, state)
 
 
+def test_an_optimizer_made_by_dataclasses_replace_is_checked_as_lars_checks():
+    """The optimizer is a frozen dataclass, and dataclasses.replace makes another: a Python
+    number given so was never checked (a negative rate stepped uphill, NaN made NaN
+    weights), and a callable mask was taken for a tree. Each is taken as lars takes it."""
+    import dataclasses
+
+    params = {"w": np.ones((2, 2)), "b": np.ones(2)}
+    grads = {"w": np.full((2, 2), 0.5), "b": np.full(2, 0.25)}
+    opt = lm.optim.lars(0.1, weight_decay=1e-2)
+    bad = {
+        r"^learning_rate: expected a number in \[0.0, inf\), got -0.1$": {"learning_rate": -0.1},
+        r"^learning_rate: expected a number in \[0.0, inf\), got nan$": {"learning_rate": math.nan},
+        r"^weight_decay: expected a number in \[0.0, inf\), got -1.0$": {"weight_decay": -1.0},
+        r"^trust_coefficient: expected a number in \[0.0, inf\), got -1.0$": {
+            "config": dataclasses.replace(opt.config, trust_coefficient=-1.0)
+        },
+        r"^momentum: expected a number in \[0.0, 1.0\), got 1.5$": {
+            "config": dataclasses.replace(opt.config, momentum=1.5)
+        },
+        r"^differentiable: expected a bool, got str$": {"differentiable": "yes"},
+    }
+    for message, changes in bad.items():
+        with pytest.raises(lm.LarsMultiError, match=message):
+            dataclasses.replace(opt, **changes)
+    per_leaf = lambda path, array: path == ("w",)  # noqa: E731
+    for mask in (per_leaf, lambda p: {"w": True, "b": False}):
+        want = lm.optim.lars(0.1, weight_decay=1e-2, adapt_mask=mask, weight_decay_mask=mask)
+        got = dataclasses.replace(opt, adapt_mask=mask, weight_decay_mask=mask)
+        new, _ = got.step(params, grads, got.init(params))
+        expected, _ = want.step(params, grads, want.init(params))
+        for k in params:
+            np.testing.assert_array_equal(new[k], expected[k])
+    lower = dataclasses.replace(opt, learning_rate=np.float32(0.05))
+    assert type(lower.learning_rate) is float and lower.learning_rate == float(np.float32(0.05))
+
+
 def test_numpy_bool_masks_are_bools():
     """optax.lars takes a mask tree of np.bool_ (as jax.tree.map over ndim > 1 gives
     with NumPy comparisons); lm.optim refused it, against the migration table."""
