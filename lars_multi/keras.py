@@ -151,8 +151,12 @@ if keras is not None:
         if _is_variable(value):
             raise LarsMultiTypeError(
                 f"{arg}: expected a number, a 0-d array or a schedule, got a variable "
-                f"({type_name(value)}), whose value would be read once, here; set "
-                f"optimizer.{arg} as training goes, or give a schedule"
+                f"({type_name(value)}), whose value would be read once, here; "
+                + (
+                    "set optimizer.learning_rate as training goes, or give a schedule"
+                    if arg == "learning_rate"
+                    else "give a schedule"
+                )
             )
         number = None
         if _checks.owner(value) is not None or isinstance(value, np.ndarray):
