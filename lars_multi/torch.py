@@ -46,7 +46,7 @@ except ImportError:
 
 from . import _checks, _registry
 from ._aliasing import array_values, must_write_late, write_all
-from ._errors import LarsMultiTypeError, LarsMultiValueError, type_name
+from ._errors import LarsMultiError, LarsMultiTypeError, LarsMultiValueError, type_name
 from ._step import LayerFlags, StepConfig, lars_step
 from .backends.torch import PLAIN_TYPES, is_flat_param, shares_elements, tensor_kind
 from .optim import lars
@@ -80,17 +80,40 @@ _NUMBERS = ("lr", "momentum", "dampening", "weight_decay", "trust_coefficient", 
 _FOREIGN_NAMES = {"trust_coeff": ("trust_coefficient", "timm")}
 # Settings a group saved by an older release may lack, with their defaults.
 _LATER_SETTINGS = {"adapt": None, "decay": None, "foreach": None, "maximize": False}
+# What a buffer of another dtype or device than its parameter's most likely means.
+_CAST_SINCE = (
+    "; if the parameter was cast or moved after its buffer was made (model.half(), .to()), "
+    "opt.load_state_dict(opt.state_dict()) casts and moves the buffers to their parameters, as "
+    "torch.optim's loading does"
+)
+# Every setting of a group.
+_SETTINGS = ("lr", "weight_decay", *_CONFIG_KEYS, *_LATER_SETTINGS)
+
+
+def _check_names(group: dict[str, Any], where: str, required: tuple[str, ...] = _SETTINGS) -> None:
+    """The group holds this optimizer's settings by their names (asked at every step: a
+    group may be changed at any time): another library's name for one (taken for an entry
+    of the user's own, it was ignored) is refused, and so is a group without one (a state
+    of another optimizer, loaded as ``torch.optim.Optimizer.load_state_dict`` loads it,
+    unchecked)."""
+    missing = [name for name in required if name not in group]
+    if missing:
+        raise LarsMultiValueError(
+            f"{where}: expected the settings of a group of lm.torch.LARS, missing "
+            f"{', '.join(map(repr, missing))} (saved by another optimizer?)"
+        )
+    for name, (ours, library) in _FOREIGN_NAMES.items():
+        if name in group:
+            raise LarsMultiValueError(
+                f"{where}: expected {ours}, got {name!r} ({library}'s name for it, which this "
+                "optimizer would ignore); rename it"
+            )
 
 
 def _check_group(group: dict[str, Any]) -> StepConfig:
     """The group's StepConfig, after :func:`lars_multi.optim.lars` has checked its
     values (a tensor ``lr``'s value too: read here, never in a step)."""
-    for name, (ours, library) in _FOREIGN_NAMES.items():
-        if name in group:
-            raise LarsMultiValueError(
-                f"param_groups: expected {ours}, got {name!r} ({library}'s name for it, which this "
-                "optimizer would ignore); rename it"
-            )
+    _check_names(group, "param_groups")
     _check_rates(group)
     lr = group["lr"]
     if isinstance(lr, torch.Tensor):  # (its value, named as this optimizer names it)
@@ -280,13 +303,8 @@ class LARS(torch.optim.Optimizer):
         groups = state_dict.get("param_groups", []) if isinstance(state_dict, dict) else []
         for i, saved in enumerate(groups):
             if isinstance(saved, dict):
-                missing = [name for name in ("lr", "weight_decay", *_CONFIG_KEYS) if name not in saved]
-                if missing:
-                    raise LarsMultiValueError(
-                        f"state_dict['param_groups'][{i}]: expected the settings of a group of "
-                        f"lm.torch.LARS, missing {', '.join(map(repr, missing))} "
-                        "(saved by another optimizer?)"
-                    )
+                required = tuple(name for name in _SETTINGS if name not in _LATER_SETTINGS)
+                _check_names(saved, f"state_dict['param_groups'][{i}]", required)
                 _check_group({**_LATER_SETTINGS, **saved})
         self._check_saved_names(groups)
         self._check_saved_buffers(state_dict, groups)
@@ -350,6 +368,8 @@ class LARS(torch.optim.Optimizer):
         """The group's parameters with a gradient, their gradients and buffers (None
         where not made yet), checked; whether the group has momentum. (The name and
         the list arguments follow ``torch.optim``: ``torch.compile`` runs this eagerly.)"""
+        if any(name in group for name in _FOREIGN_NAMES) or not all(name in group for name in _SETTINGS):
+            _check_names(group, f"param_groups[{self.param_groups.index(group)}]")
         # (a bool: torch.compile runs this eagerly, and takes its result as a constant)
         with_momentum = _checks.check_number("momentum", group["momentum"], high=1.0) != 0
         members = group["params"]
@@ -452,7 +472,12 @@ class LARS(torch.optim.Optimizer):
             _checks.check_gradient(g, p, (f"{label}.grad", label, (), False), "torch", _OPS)
             if b is not None:
                 where = (f"the momentum buffer of {label}", label, (), False)
-                _checks.check_gradient(b, p, where, "torch", _OPS)
+                try:
+                    _checks.check_gradient(b, p, where, "torch", _OPS)
+                except LarsMultiError as error:
+                    if b.is_floating_point() and b.shape == p.shape:  # (a parameter cast or moved since)
+                        raise type(error)(f"{error}{_CAST_SINCE}") from None
+                    raise
                 reason = _OPS.unwritable(b)
                 if reason is not None:
                     raise LarsMultiTypeError(

@@ -1056,6 +1056,64 @@ def test_load_state_dict_of_another_optimizer_names_the_missing_settings(other):
     _assert_unchanged(opt, before)
 
 
+def test_a_group_changed_by_hand_is_checked_for_its_settings_names_at_each_step():
+    """timm's name for the trust coefficient written into a group after the first step was
+    ignored (checked only where another setting changed), and a state loaded past this
+    optimizer's checks (torch.optim.Optimizer.load_state_dict, another optimizer's state)
+    failed at the step with a bare KeyError. Both are refused by name, nothing written."""
+    opt = _stepped_groups()
+    before = _snapshot(opt)
+    opt.param_groups[1]["trust_coeff"] = 0.1
+    with pytest.raises(
+        lm.LarsMultiValueError, match=r"^param_groups\[1\]: expected trust_coefficient, got 'trust_coeff'"
+    ):
+        opt.step()
+    _assert_unchanged(opt, before)
+    del opt.param_groups[1]["trust_coeff"]
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    sgd = torch.optim.SGD([p, torch.nn.Parameter(torch.randn(3))], lr=0.1, momentum=0.9)
+    torch.optim.Optimizer.load_state_dict(
+        opt,
+        {
+            "state": {},
+            "param_groups": [
+                {**sgd.state_dict()["param_groups"][0], "params": [0]},
+                {**opt.state_dict()["param_groups"][1], "params": [1]},
+            ],
+        },
+    )
+    with pytest.raises(
+        lm.LarsMultiValueError,
+        match=r"^param_groups\[0\]: expected the settings of a group of lm\.torch\.LARS, missing 'preset'",
+    ):
+        opt.step()
+    params, _ = _snapshot(opt)
+    assert all(torch.equal(x, y) for x, y in zip(params, before[0]))
+
+
+def test_a_buffer_left_by_a_cast_model_is_refused_with_the_way_to_cast_it():
+    """After model.half() the buffers stay float32 (torch.optim.SGD steps on, promoting):
+    refused, and the message now says how to cast them."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(8, 4)
+    opt = LARS(model.parameters(), lr=0.3)
+    model(x).sum().backward()
+    opt.step()
+    model.half()
+    opt.zero_grad()
+    model(x.half()).float().sum().backward()
+    with pytest.raises(
+        lm.LarsMultiTypeError,
+        match=r"got float32; if the parameter was cast or moved .*"
+        r"opt\.load_state_dict\(opt\.state_dict\(\)\) casts and moves the buffers",
+    ):
+        opt.step()
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+    assert all(s["momentum_buffer"].dtype is torch.float16 for s in opt.state.values())
+
+
 @pytest.mark.parametrize("shape", [(1,), (1, 1)])
 def test_one_element_tensor_lr_of_any_shape_steps_every_parameter(shape):
     """A tensor learning rate of one element acts as a number on every parameter (0-d ones too)."""
