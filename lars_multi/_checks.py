@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _registry
 from ._array import Array
 from ._container import Container
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
@@ -578,10 +579,14 @@ def check_name_patterns(arg: str, value: Any) -> list[str]:
 
 def check_rate(path: Any, value: Any, *, name: str, ops: Backend) -> Any:
     """A rate (a learning rate or weight decay, a schedule's value): a finite float
-    >= 0, or a 0-d floating array of the backend (possibly traced; not read)."""
+    >= 0, or a 0-d floating array of the backend (possibly traced; not read, but for a
+    NumPy array, whose value is on the host: checked as a number is)."""
     if is_number(value):
         return check_rate_number(path, value)
-    return _check_scalar_array(path, value, name, ops, "a number >= 0 or a 0-d array")
+    data = _check_scalar_array(path, value, name, ops, "a number >= 0 or a 0-d array")
+    if type(data) is np.ndarray and not _registry.is_compiling():  # (Dynamo: a tensor, not read)
+        check_rate_number(path, data.item())
+    return data
 
 
 def check_rate_number(path: Any, value: Any) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -1811,6 +1812,28 @@ def test_a_state_resumed_with_a_python_int_count_steps_as_the_uninterrupted_run(
     for k in params:
         np.testing.assert_array_equal(to_numpy(resumed[0][k]), to_numpy(kept[0][k]))
     assert int(to_numpy(resumed[1].count)) == 8
+
+
+def test_numpy_array_rates_are_checked_as_numbers():
+    """A framework's array rate is not read (that would wait on its device), but a NumPy
+    array's value is on the host: a negative one stepped uphill and a NaN one made NaN
+    weights, where the same Python number is refused. Checked as a number is, nothing
+    written; a schedule's NumPy value too."""
+    params = {"w": np.ones((2, 2)), "b": np.ones(2)}
+    grads = {"w": np.full((2, 2), 0.5), "b": np.full(2, 0.25)}
+    for arg, bad in (("learning_rate", -0.1), ("learning_rate", math.nan), ("weight_decay", -1e-3)):
+        for value, path in (
+            (np.array(bad), arg),
+            (lambda count, bad=bad: np.array(bad), f"{arg}(state.count)"),
+        ):
+            opt = lm.optim.lars(**{"learning_rate": 0.1, arg: value})
+            state = opt.init(params)
+            with pytest.raises(
+                lm.LarsMultiValueError, match=rf"^{re.escape(path)}: expected a finite number >= 0"
+            ):
+                opt.step(params, grads, state, out=params)
+            np.testing.assert_array_equal(params["w"], 1.0)
+            np.testing.assert_array_equal(state.momentum["w"], 0.0)
 
 
 def test_a_count_array_at_the_end_of_int32_saturates_instead_of_wrapping(backend):
