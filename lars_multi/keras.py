@@ -310,7 +310,7 @@ if keras is not None:
             self.nesterov = nesterov
             self.dampening = checked.config.dampening
             self.trust_coefficient = checked.config.trust_coefficient
-            self.eps = eps
+            self.eps = None if eps is None else checked.config.eps  # (None: the preset's; a float, saved)
             self.trust_clip = trust_clip
             self.always_adapt = always_adapt
             self.preset = preset

@@ -181,6 +181,8 @@ def _check_rates(group: dict[str, Any]) -> None:
             )
         if lr.is_meta:  # (its value is read when the group is checked)
             raise LarsMultiValueError("lr: expected a tensor with a value, got one on the meta device")
+    elif not _checks.is_number(lr):  # (an lm.Array of a tensor too: a torch.optim group holds tensors)
+        raise LarsMultiTypeError(f"lr: expected a number or a torch.Tensor, got {type_name(lr)}")
     else:
         _checks.check_rate("lr", lr, name="torch", ops=_OPS)
     if isinstance(weight_decay, torch.Tensor):

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -687,6 +688,11 @@ def test_rates_that_are_not_numbers_are_refused_and_numpy_scalars_taken():
         lars_multi.keras.LARS(10**400)
     for number in (np.float32(0.5), np.int64(1)):
         assert lars_multi.keras.LARS(number).get_config() == lars_multi.keras.LARS(float(number)).get_config()
+    # eps, any real number, was kept as given: a Fraction made model.save fail (no JSON for it)
+    config = lars_multi.keras.LARS(0.1, eps=Fraction(1, 1000)).get_config()
+    assert type(config["eps"]) is float and config["eps"] == 0.001
+    json.dumps(config)
+    assert lars_multi.keras.LARS(0.1).get_config()["eps"] is None  # (the preset's)
     for arg in ("exclude_from_adaptation", "exclude_from_weight_decay"):
         with pytest.raises(lm.LarsMultiValueError, match=rf"^{arg}: expected non-empty name patterns"):
             lars_multi.keras.LARS(0.1, **{arg: ["bias", ""]})

@@ -706,6 +706,12 @@ P = [torch.nn.Parameter(torch.ones(2, 2))]
         ({"lr": lambda t: 0.1}, lm.LarsMultiTypeError, "lr_scheduler"),
         ({"lr": torch.ones(2)}, lm.LarsMultiValueError, "one element"),
         ({"lr": torch.tensor(1)}, lm.LarsMultiValueError, "floating tensor"),
+        # (an lm.Array of a tensor was taken, and the first step failed with float()'s TypeError)
+        (
+            {"lr": lm.Array(torch.tensor(0.1))},
+            lm.LarsMultiTypeError,
+            "^lr: expected a number or a torch.Tensor",
+        ),
         ({"lr": 0.1, "momentum": 1.5}, lm.LarsMultiValueError, "momentum"),
         ({"lr": 0.1, "weight_decay": -1.0}, lm.LarsMultiValueError, "weight_decay"),
         ({"lr": 0.1, "nesterov": True, "dampening": 0.1}, lm.LarsMultiValueError, "nesterov"),
