@@ -33,7 +33,7 @@ from ._registry import (
     using_backend,
 )
 
-__version__ = "0.3.19"
+__version__ = "0.3.20"
 
 __all__ = [
     "Array",
