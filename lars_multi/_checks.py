@@ -584,7 +584,7 @@ def check_rate(path: Any, value: Any, *, name: str, ops: Backend) -> Any:
     if is_number(value):
         return check_rate_number(path, value)
     data = _check_scalar_array(path, value, name, ops, "a number >= 0 or a 0-d array")
-    if type(data) is np.ndarray and not _registry.is_compiling():  # (Dynamo: a tensor, not read)
+    if isinstance(data, np.ndarray) and not _registry.is_compiling():  # (Dynamo: a tensor, not read)
         check_rate_number(path, data.item())
     return data
 

@@ -35,7 +35,7 @@ import numpy as np
 from . import _checks, _registry
 from ._aliasing import array_values, check_handles, check_untouched, must_write_late, write_all
 from ._array import Array
-from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
+from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, no_autograph, type_name
 from ._lars import copy_unchanged, flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
 from ._protocol import Backend, Layout
@@ -90,18 +90,30 @@ def _mask_arg(name: str, mask: Mask, default: RankMask) -> Mask:
 
 
 def _steps(leaf: Any, ops: Backend) -> bool:
-    """Whether a leaf of the parameters is a floating array, which steps where it has
-    a gradient (an integer one, a counter in a model's tree, is left as it is where it
-    has none, as ``lars_update`` leaves it, and refused where it has one)."""
-    return _checks.owner(leaf) is not None and _checks.unwrap(leaf).dtype in ops.FLOAT_DTYPES
+    """Whether a leaf of the parameters is an array that steps where it has a gradient
+    (checked as such): all but the backend's own arrays of other dtypes (an integer one,
+    a counter in a model's tree, is left as it is where it has no gradient, as
+    ``lars_update`` leaves it, and refused where it has one)."""
+    if _checks.owner(leaf) is None:
+        return False
+    data = _checks.unwrap(leaf)
+    return not ops.is_native(data) or data.dtype in ops.FLOAT_DTYPES
 
 
 def _is_function(mask: Any) -> bool:
-    """Whether a callable mask is a function, not a tree of values that can be called
-    (an equinox module of bools, as ``jax.tree.map`` over a module gives): as optax
-    asks, whether its leaves are all callable (a function is its own leaf)."""
+    """Whether a callable mask is a function, not a mask tree that can be called (an
+    equinox module of bools, as ``jax.tree.map`` over a module gives): a tree whose
+    leaves are all bools is a mask tree; a callable that flattens to anything else (itself,
+    or fields that are no bools: a module's method, a ``jax.tree_util.Partial``) a function."""
     leaves = flatten(mask).leaves
-    return bool(leaves) and all(map(callable, leaves))
+    return not leaves or leaves == [mask] or not all(map(_is_bool_value, leaves))
+
+
+def _is_bool_value(value: Any) -> bool:
+    """A bool, or a 0-d bool array of any framework (a mask's value)."""
+    return isinstance(value, bool | np.bool_) or (
+        "bool" in str(getattr(value, "dtype", "")) and tuple(getattr(value, "shape", (1,))) == ()
+    )
 
 
 class LarsState(NamedTuple):
@@ -443,6 +455,13 @@ class LarsOptimizer:
         idle = [i for i, leaf in enumerate(flat.leaves) if i not in active and _steps(leaf, ops)]
         if not idle:
             return
+        for i in idle:  # (another framework's array, as the stepped layers' would be, is refused)
+            data, leaf_name = _checks.unwrap(flat.leaves[i]), _checks.owner(flat.leaves[i])
+            if leaf_name != name and not ops.is_native(data):
+                raise MixedFrameworksError(
+                    f"{Path('params', flat.paths[i])}: expected a {name} array, as the other parameters "
+                    f"are, got a {leaf_name} array ({type_name(data)}); pass arrays of one framework"
+                )
         ws = _checks.unwrap_all(take(flat.leaves, idle))
         layout = Layout(ws)
         _checks.check_all_weights("params", layout, take(flat.paths, idle), ops)

@@ -130,10 +130,13 @@ def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
     momentum, only whether it is 0 (its value is the step's argument, as the rates':
     a scheduler cycling it would otherwise make a configuration, and under
     ``torch.compile`` a program, per value)."""
-    return tuple(
+    settings = tuple(
         (bool, bool(group[name] != 0)) if name == "momentum" else (type(group[name]), group[name])
         for name in _CONFIG_KEYS
     )
+    # (and which foreign names the group holds: under torch.compile, a guard on them, so that a
+    # name written into the group later traces the step anew, whose checks refuse it)
+    return (*settings, tuple(name in group for name in _FOREIGN_NAMES))
 
 
 def _gradient(p: torch.Tensor) -> torch.Tensor:
@@ -185,8 +188,8 @@ def _check_rates(group: dict[str, Any]) -> None:
         raise LarsMultiTypeError(f"lr: expected a number or a torch.Tensor, got {type_name(lr)}")
     else:
         _checks.check_rate("lr", lr, name="torch", ops=_OPS)
-    if isinstance(weight_decay, torch.Tensor):
-        raise LarsMultiTypeError("weight_decay: expected a number, got a torch.Tensor")
+    if not _checks.is_number(weight_decay):  # (a tensor, an lm.Array: float() of it failed in the step)
+        raise LarsMultiTypeError(f"weight_decay: expected a number, got {type_name(weight_decay)}")
     _checks.check_rate("weight_decay", weight_decay, name="torch", ops=_OPS)
     for name in ("adapt", "decay", "foreach"):
         if group[name] is not None and not isinstance(group[name], bool):
@@ -371,7 +374,8 @@ class LARS(torch.optim.Optimizer):
         where not made yet), checked; whether the group has momentum. (The name and
         the list arguments follow ``torch.optim``: ``torch.compile`` runs this eagerly.)"""
         if any(name in group for name in _FOREIGN_NAMES) or not all(name in group for name in _SETTINGS):
-            _check_names(group, f"param_groups[{self.param_groups.index(group)}]")
+            index = next(i for i, other in enumerate(self.param_groups) if other is group)
+            _check_names(group, f"param_groups[{index}]")
         # (a bool: torch.compile runs this eagerly, and takes its result as a constant)
         with_momentum = _checks.check_number("momentum", group["momentum"], high=1.0) != 0
         members = group["params"]

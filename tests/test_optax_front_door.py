@@ -515,6 +515,52 @@ def test_an_equinox_module_of_bools_is_a_mask_tree_as_optax_reads_it(kind):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
+def test_a_mask_function_that_is_also_a_pytree_is_called():
+    """A mask function may be a pytree with fields that are no bools: an equinox module with
+    __call__(path, array), a method of a module, a jax.tree_util.Partial, a NamedTuple with
+    __call__. Read as mask trees (their leaves were not all callable), they were refused;
+    only a tree whose leaves are all bools is a mask tree."""
+    require_backend("jax")
+    eqx = pytest.importorskip("equinox")
+    from typing import NamedTuple
+
+    import jax
+    import jax.numpy as jnp
+    from jax.tree_util import Partial
+
+    class ByRank(eqx.Module):
+        min_ndim: int = 2
+
+        def __call__(self, path, array):
+            return array.ndim >= self.min_ndim
+
+    class Model(eqx.Module):
+        w: jax.Array
+
+        def mask(self, path, array):
+            return array.ndim > 1
+
+    class ByName(NamedTuple):
+        names: tuple
+
+        def __call__(self, path, array):
+            return path[-1] in self.names
+
+    def per_leaf(threshold, path, array):
+        return array.ndim > threshold
+
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    grads = {"w": jnp.full((2, 2), 0.5), "b": jnp.full(2, 0.25)}
+    tree = {"w": True, "b": False}
+    want = lm.optim.lars(0.1, weight_decay=1e-2, adapt_mask=tree, weight_decay_mask=tree, preset="optax")
+    expected, _ = want.step(params, grads, want.init(params))
+    for mask in (ByRank(), Model(jnp.ones(3)).mask, Partial(per_leaf, 1), ByName(("w",))):
+        opt = lm.optim.lars(0.1, weight_decay=1e-2, adapt_mask=mask, weight_decay_mask=mask, preset="optax")
+        new, _ = opt.step(params, grads, opt.init(params))
+        for k in params:
+            np.testing.assert_array_equal(to_numpy(new[k]), to_numpy(expected[k]))
+
+
 def test_numpy_parameters_outside_jit():
     """A flax TrainState restored from bytes holds NumPy parameters: optax.lars steps them
     with JAX or NumPy gradients; lm refused them (mixed frameworks, or its own count)."""

@@ -1162,6 +1162,12 @@ def test_an_integer_leaf_without_a_gradient_is_left_as_it_is(backend, preset):
         np.testing.assert_array_equal(to_numpy(params["count"]), 3)
     with pytest.raises(lm.LarsMultiTypeError, match=r"^params\['count'\]: expected a floating dtype"):
         opt.step(params, {"w": g, "count": native(backend, np.asarray(1, np.int32))}, state)
+    other = "torch" if backend != "torch" else "numpy"
+    if is_installed(other):  # (another framework's floating array, without a gradient: refused)
+        params = {"w": w, "t": native(other, np.ones(2, np.float32))}
+        state = opt.init({"w": w, "t": native(backend, np.ones(2, np.float32))})
+        with pytest.raises(lm.MixedFrameworksError, match=rf"^params\['t'\]: expected a {backend} array"):
+            opt.step(params, {"w": g, "t": None}, state)
 
 
 def test_an_optimizer_made_by_dataclasses_replace_is_checked_as_lars_checks():
@@ -1821,9 +1827,14 @@ def test_numpy_array_rates_are_checked_as_numbers():
     written; a schedule's NumPy value too."""
     params = {"w": np.ones((2, 2)), "b": np.ones(2)}
     grads = {"w": np.full((2, 2), 0.5), "b": np.full(2, 0.25)}
+
+    class Subclass(np.ndarray):
+        pass
+
     for arg, bad in (("learning_rate", -0.1), ("learning_rate", math.nan), ("weight_decay", -1e-3)):
         for value, path in (
             (np.array(bad), arg),
+            (np.array(bad).view(Subclass), arg),
             (lambda count, bad=bad: np.array(bad), f"{arg}(state.count)"),
         ):
             opt = lm.optim.lars(**{"learning_rate": 0.1, arg: value})

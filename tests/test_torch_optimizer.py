@@ -712,6 +712,11 @@ P = [torch.nn.Parameter(torch.ones(2, 2))]
             lm.LarsMultiTypeError,
             "^lr: expected a number or a torch.Tensor",
         ),
+        (
+            {"lr": 0.1, "weight_decay": lm.Array(torch.tensor(-0.1))},
+            lm.LarsMultiTypeError,
+            "^weight_decay: expected a number",
+        ),
         ({"lr": 0.1, "momentum": 1.5}, lm.LarsMultiValueError, "momentum"),
         ({"lr": 0.1, "weight_decay": -1.0}, lm.LarsMultiValueError, "weight_decay"),
         ({"lr": 0.1, "nesterov": True, "dampening": 0.1}, lm.LarsMultiValueError, "nesterov"),
@@ -1076,6 +1081,14 @@ def test_a_group_changed_by_hand_is_checked_for_its_settings_names_at_each_step(
         opt.step()
     _assert_unchanged(opt, before)
     del opt.param_groups[1]["trust_coeff"]
+    step = torch.compile(opt.step, fullgraph=True, backend="eager")
+    step()  # (traced, then the name written into a group after it: traced anew, and refused)
+    before = _snapshot(opt)
+    opt.param_groups[0]["trust_coeff"] = 0.1
+    with pytest.raises(Exception, match=r"param_groups\[0\]: expected trust_coefficient, got 'trust_coeff'"):
+        step()
+    _assert_unchanged(opt, before)
+    del opt.param_groups[0]["trust_coeff"]
     p = torch.nn.Parameter(torch.randn(4, 3))
     sgd = torch.optim.SGD([p, torch.nn.Parameter(torch.randn(3))], lr=0.1, momentum=0.9)
     torch.optim.Optimizer.load_state_dict(
