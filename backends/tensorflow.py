@@ -72,8 +72,9 @@ def _rows_checked(indices: Any, rows: Any) -> list[Any]:
                 tf.debugging.assert_less(indices, rows, message=message),
             ]
         )
-    if tf.size(indices) > 0:
-        low, high, n = int(tf.reduce_min(indices)), int(tf.reduce_max(indices)), int(rows)
+    if indices.shape.num_elements() != 0:  # (one read of both bounds)
+        low, high = tf.stack([tf.reduce_min(indices), tf.reduce_max(indices)]).numpy().tolist()
+        n = int(rows)
         if low < 0 or high >= n:
             raise ValueError(f"expected row indices in [0, {n}), got {low if low < 0 else high}")
     return []
