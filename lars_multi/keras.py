@@ -69,15 +69,36 @@ def _compute_dtype(dtype: Any) -> str:
     return "float32" if name in ("float16", "bfloat16") else name
 
 
-def _dense(gradient: Any, variable: Any) -> Any:
-    """A gradient as a dense tensor where TensorFlow gave ``tf.IndexedSlices`` (an
-    embedding's): summed into the variable's shape, as Keras' own optimizers take it
-    (a LARS step needs the whole gradient's norm). Any other gradient as it is."""
+def _dense(grads: list[Any], variables: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The gradients as dense tensors where TensorFlow gave ``tf.IndexedSlices`` (an
+    embedding's): summed into their variables' shapes, as Keras' own optimizers take them
+    (a LARS step needs the whole gradient's norm), by the TensorFlow backend, which
+    refuses a row index outside the variable (a negative one was dropped silently); and
+    those sums, which wait on that check in a graph."""
     tf = sys.modules.get("tensorflow")
-    if tf is None or not isinstance(gradient, tf.IndexedSlices):
-        return gradient
-    shape = gradient.dense_shape if gradient.dense_shape is not None else tuple(variable.shape)
-    return tf.convert_to_tensor(tf.IndexedSlices(gradient.values, gradient.indices, shape))
+    if tf is None or not any(isinstance(g, tf.IndexedSlices) for g in grads):
+        return grads, []
+    ops = get_backend("tensorflow")
+    dense, summed = [], []
+    for i, (gradient, variable) in enumerate(zip(grads, variables)):
+        if isinstance(gradient, tf.IndexedSlices):
+            shape = gradient.dense_shape if gradient.dense_shape is not None else tuple(variable.shape)
+            try:
+                gradient = ops.densify(tf.IndexedSlices(gradient.values, gradient.indices, shape), None)
+            except ValueError as error:
+                raise LarsMultiValueError(f"grads[{i}] (of {_path(variable)}): {error}") from None
+            summed.append(gradient)
+        dense.append(gradient)
+    return dense, summed
+
+
+def _after(tensors: list[Any]) -> Any:
+    """A context in which every operation made waits on ``tensors`` (in a graph: a step
+    whose sparse gradient's rows are refused writes nothing, its step count included)."""
+    tf = sys.modules.get("tensorflow")
+    if not tensors or tf is None or tf.executing_eagerly():
+        return contextlib.nullcontext()
+    return tf.control_dependencies(tensors)
 
 
 def _matches(patterns: list[str], variable: Any) -> bool:
@@ -493,13 +514,15 @@ if keras is not None:
             )
             if variables is not None:
                 _check_distinct(variables)
+            summed: list[Any] = []
             if variables is not None and len(variables) == len(grads):
-                grads = [_dense(gradient, variable) for gradient, variable in zip(grads, variables)]
+                grads, summed = _dense(grads, variables)
                 for i, (gradient, variable) in enumerate(zip(grads, variables)):
                     shape = getattr(gradient, "shape", None)
                     if shape is not None:
                         _checks.check_shape(f"grads[{i}]", shape, _path(variable), variable.shape)
-            return super().apply(grads, trainable_variables)
+            with _after(summed):
+                return super().apply(grads, trainable_variables)
 
         def exclude_from_weight_decay(self, var_list: Any = None, var_names: Any = None) -> None:
             """Keras' method, refused once the optimizer is built (each variable's decay

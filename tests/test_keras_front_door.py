@@ -561,6 +561,48 @@ def test_indexed_slices_without_a_dense_shape_step_as_their_sum():
     assert not np.array_equal(keras.ops.convert_to_numpy(sparse), np.ones((6, 2)))
 
 
+def _sparse_step(optimizer, kernel, emb):
+    import tensorflow as tf
+
+    def step(indices):
+        slices = tf.IndexedSlices(tf.ones((2, 3)), indices, tf.constant([2, 3]))
+        optimizer.apply_gradients([(tf.fill((2, 2), 0.5), kernel), (slices, emb)])
+
+    return step
+
+
+@pytest.mark.parametrize("row", [-1, 2])
+def test_indexed_slices_with_a_row_outside_the_variable_write_nothing(row):
+    """The Keras door densified sparse gradients itself: a negative row was dropped (the
+    step was that of the other rows, silently), and in a tf.function one past the end
+    failed after the other variables, their buffers and the step count were written.
+    Refused by name eagerly; in a tf.function every write waits on the check."""
+    keras = _keras_on_tensorflow()
+    import tensorflow as tf
+
+    import lars_multi as lm
+    import lars_multi.keras
+
+    table = np.array([[3.0, 1, 5], [7, 2, 9]], np.float32)
+    for compiled in (False, True):
+        emb, kernel = keras.Variable(table, name="emb"), keras.Variable(np.ones((2, 2), np.float32), name="k")
+        optimizer = lars_multi.keras.LARS(0.1, momentum=0.9)
+        optimizer.build([kernel, emb])
+
+        step = _sparse_step(optimizer, kernel, emb)
+        run = tf.function(step) if compiled else step
+        error = tf.errors.InvalidArgumentError if compiled else lm.LarsMultiValueError
+        message = (
+            r"a row index outside \[0, rows\)" if compiled else rf"^grads\[1\] \(of emb\): .* got {row}$"
+        )
+        with pytest.raises(error, match=message):
+            run(tf.constant([0, row]))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(emb), table)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel), 1.0)
+        assert not any(np.any(keras.ops.convert_to_numpy(m)) for m in optimizer.momentums)
+        assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 0
+
+
 def test_lars_multi_schedules_are_keras_schedules(tmp_path):
     """A lars_multi schedule as learning_rate (Keras calls other callables with no
     argument) and as weight_decay: the same steps as lm.optim, saved with the model."""
