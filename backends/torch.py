@@ -169,12 +169,21 @@ def _local(x: torch.Tensor) -> torch.Tensor:
     return x if local is None else local
 
 
+def _storage(x: torch.Tensor) -> Any:
+    """``x``'s storage, or None where it has none to show (sparse, or wrapped by torch.func)."""
+    try:
+        return x.untyped_storage()
+    except NotImplementedError:
+        return None
+
+
 def memory_roots(xs: Sequence[torch.Tensor]) -> list[int | None]:
     """The memory each tensor lies in: its storage's address (devices share one
     address space: CUDA's unified addressing). Storages that hold memory from
     elsewhere (``torch.from_numpy``, ``frombuffer``, DLPack, a memory-mapped file:
     not resizable) may share it with other storages, so then storages whose byte
-    ranges meet share a root. None for a sparse tensor, one that holds no memory
+    ranges meet share a root. None for a sparse tensor, one that torch.func wraps
+    (under ``vmap``: its memory cannot be seen, and is never written in place), one that holds no memory
     (a meta tensor's storage, an empty one's: address 0), and for all while
     compiling (storages cannot be traced)."""
     if _registry.is_compiling():
@@ -182,8 +191,8 @@ def memory_roots(xs: Sequence[torch.Tensor]) -> list[int | None]:
     locals_ = xs if set(map(type, xs)) <= PLAIN_TYPES else list(map(_local, xs))
     try:
         storages: list[Any] = list(map(torch.Tensor.untyped_storage, locals_))
-    except NotImplementedError:  # a sparse tensor has none
-        storages = [x.untyped_storage() if x.layout == torch.strided else None for x in locals_]
+    except NotImplementedError:  # a sparse tensor has none, nor one that torch.func wraps (vmap)
+        storages = list(map(_storage, locals_))
     present = [s for s in storages if s is not None] if type(None) in map(type, storages) else storages
     addresses: list[int] = list(map(torch.UntypedStorage.data_ptr, present))
     starts: list[Any] = addresses

@@ -322,6 +322,25 @@ def test_torch_vmap_steps_each_row_and_differentiates():
     torch.testing.assert_close(grad, want, rtol=1e-12, atol=1e-12)
 
 
+def test_torch_vmap_with_an_lm_array_as_out():
+    """Under torch.vmap tensors cannot be written in place, and the refusal advises an
+    lm.Array as out: lars_update then failed reading the wrapped tensors' storage (torch's
+    NotImplementedError). The handle takes each row's result."""
+    require_backend("torch")
+    import torch
+
+    w, g = torch.tensor(W, dtype=torch.float64), torch.tensor(G, dtype=torch.float64)
+
+    def step(a, b):
+        handle = lm.array(a)
+        lm.lars_update(handle, b, 0.1, out=handle)
+        return handle.data
+
+    rows = torch.vmap(step)(w, g)
+    for i in range(W.shape[0]):
+        assert_layer_close(to_numpy(rows)[i], W[i], G[i], 0.1, 0.0, "float64")
+
+
 def test_torch_vmap_with_unbatched_weights_batched_rates_and_large_layers():
     """vmap where the first tensor is not batched (shared weights, one gradient per row;
     a learning rate per row), and large float32 layers, whose norms are as accurate as
