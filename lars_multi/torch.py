@@ -65,8 +65,8 @@ _CONFIG_KEYS = (
     "trust_clip",
     "always_adapt",
 )
-# The most StepConfigs an optimizer keeps (one per distinct group settings; more only
-# where a group's trust coefficient, eps, preset... change at every step).
+# The most StepConfigs an optimizer keeps, or twice its groups (one per distinct group
+# settings; more only where a group's trust coefficient, eps, preset... change at every step).
 _MOST_CONFIGS = 256
 # torch.optim's flags for steps this optimizer does not have; a group may carry them false
 # (a state saved by torch.optim.SGD does).
@@ -415,8 +415,8 @@ class LARS(torch.optim.Optimizer):
         key = _config_key(group)
         config = configs.get(key)
         if config is None:
-            if len(configs) >= _MOST_CONFIGS:
-                configs.clear()
+            if len(configs) >= max(_MOST_CONFIGS, 2 * len(self.param_groups)):  # (a setting per group
+                configs.clear()  # kept over the step: more than 256 groups emptied it at every group)
             config = configs[key] = _check_group(group)
         return config
 

@@ -1110,6 +1110,24 @@ def test_a_group_changed_by_hand_is_checked_for_its_settings_names_at_each_step(
     assert all(torch.equal(x, y) for x, y in zip(params, before[0]))
 
 
+def test_the_settings_of_many_groups_are_kept_between_steps(monkeypatch):
+    """Each distinct group's settings are checked once and kept; with more than 256 groups
+    of distinct settings (a trust coefficient per layer) the store was emptied group after
+    group, and every group's settings were checked anew twice a step."""
+    import lars_multi.torch as lm_torch
+
+    params = [torch.nn.Parameter(torch.ones(2)) for _ in range(300)]
+    opt = LARS([{"params": [p], "trust_coefficient": 0.001 * (1 + i)} for i, p in enumerate(params)], lr=0.1)
+    for p in params:
+        p.grad = torch.full((2,), 0.5)
+    opt.step()
+    checks = []
+    check_group = lm_torch._check_group
+    monkeypatch.setattr(lm_torch, "_check_group", lambda group: checks.append(1) or check_group(group))
+    opt.step()
+    assert not checks
+
+
 def test_a_buffer_left_by_a_cast_model_is_refused_with_the_way_to_cast_it():
     """After model.half() the buffers stay float32 (torch.optim.SGD steps on, promoting):
     refused, and the message now says how to cast them."""
