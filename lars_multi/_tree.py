@@ -301,10 +301,11 @@ class _Walker:
             missing = [k for k in w_node if k not in node]
             extra = [k for k in node if k not in w_node]
             if missing or extra:
-                parts = [f"missing {missing!r}"] * bool(missing) + [f"unexpected {extra!r}"] * bool(extra)
-                self._mismatch(
-                    prefix, f"the keys of {w_here}, {list(w_node)!r}, got {list(node)!r} ({'; '.join(parts)})"
+                parts = [f"missing {_few(missing)}"] * bool(missing) + [f"unexpected {_few(extra)}"] * bool(
+                    extra
                 )
+                keys = f"{_few(list(w_node))}, got {_few(list(node))}"
+                self._mismatch(prefix, f"the keys of {w_here}, {keys} ({'; '.join(parts)})")
         elif isinstance(w_node, list | tuple):
             if not isinstance(node, list | tuple) or len(node) != len(w_node):
                 got = f"a {type(node).__name__} of {len(node)}" if _is_tree(node) else type(node).__name__
@@ -382,6 +383,14 @@ def _typed(entries: Sequence[Any]) -> tuple[tuple[type, Any], ...]:
     """Path entries with their types: ``0`` and ``False``, or an attribute ``"w"`` and a
     key ``"w"``, are equal as Python compares them, but not the same entry."""
     return tuple((type(e), e) for e in entries)
+
+
+def _few(keys: list[Any], most: int = 12) -> str:
+    """``keys`` as a message lists them: the first few of many (a tree of 50,000 layers
+    made a message of a megabyte)."""
+    if len(keys) <= most:
+        return repr(keys)
+    return "[" + ", ".join(map(repr, keys[: most - 2])) + f", ... ({len(keys):,} keys)]"
 
 
 def _equal(spec: Any, w_spec: Any) -> bool:

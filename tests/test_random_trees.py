@@ -452,6 +452,20 @@ def test_ordered_dict_w_with_reversed_dict_dcdw(backend, use_out):
         np.testing.assert_array_equal(to_numpy(g[k]), g_vals[k])
 
 
+def test_a_key_mismatch_among_many_keys_names_few():
+    """A message listed every key of both trees: a megabyte for 50,000 layers. It lists a
+    few, how many there are, and every key missing and unexpected (here one of each)."""
+    w = {f"k{i}": np.ones(2) for i in range(5000)}
+    g = dict(w)
+    del g["k4999"]
+    g["zz"] = np.ones(2)
+    with pytest.raises(lm.LarsMultiValueError) as info:
+        lm.lars_update(w, g, 0.1)
+    message = str(info.value)
+    assert len(message) < 400, message
+    assert "... (5,000 keys)]" in message and message.endswith("(missing ['k4999']; unexpected ['zz'])")
+
+
 def test_a_tree_of_other_nodes_pairs_without_printing_its_leaves(backend):
     """Gradients as a tuple for a list of weights (as torch.autograd.grad gives them), or
     with None for a frozen layer: optree's flatten_up_to refused the tuple with an error
