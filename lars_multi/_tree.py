@@ -14,6 +14,7 @@ layer below it; ``None`` in a gradient tree means "no gradient".
 from __future__ import annotations
 
 import collections
+import contextlib
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -103,10 +104,15 @@ class Flat:
         """``value``'s leaves, one per layer, where it has exactly the weights'
         nodes (mappings matched by key, whatever their order; None where a layer
         has nothing); else None."""
-        flat, spec = self.flatten(value)
-        leaves = flat if _equal(spec, self.spec) else self._leaves_up_to(flat, spec)
+        leaves = None
+        root = _root_type(self.spec)
+        if root is None or type(value) is root:  # (else flatten_up_to's refusal prints every leaf)
+            with contextlib.suppress(ValueError, TypeError):
+                leaves = self.spec.flatten_up_to(value)
         if leaves is None:
-            return None
+            leaves = self._leaves_up_to(*self.flatten(value))
+            if leaves is None:
+                return None
         # A tree where the weights have a leaf is not their structure.
         if any(issubclass(t, _TREE_TYPES) for t in set(map(type, leaves))):
             return None
@@ -115,9 +121,10 @@ class Flat:
     def _leaves_up_to(self, leaves: list[Any], spec: Any) -> list[Any] | None:
         """The leaves of a tree of structure ``spec`` at the weights' leaves (optree's
         and JAX's ``flatten_up_to``: mappings by key, None where a layer has nothing),
-        asked of a stand-in holding each leaf's place: where the structures differ,
-        their error prints every leaf of the tree (half a second for 161 arrays: a
-        tuple of gradients for a list of weights, as torch.autograd.grad gives)."""
+        asked of a stand-in holding each leaf's place: where the structures differ at
+        the root, their error prints every leaf of the tree (half a second for 161
+        arrays: a tuple of gradients for a list of weights, as torch.autograd.grad
+        gives them)."""
         try:
             places = self.spec.flatten_up_to(self.unflatten(spec, list(range(len(leaves)))))
         except (ValueError, TypeError):
@@ -383,6 +390,14 @@ def _typed(entries: Sequence[Any]) -> tuple[tuple[type, Any], ...]:
     """Path entries with their types: ``0`` and ``False``, or an attribute ``"w"`` and a
     key ``"w"``, are equal as Python compares them, but not the same entry."""
     return tuple((type(e), e) for e in entries)
+
+
+def _root_type(spec: Any) -> type | None:
+    """The type of a structure's root node (optree's ``type``, JAX's ``node_data``); None for a leaf."""
+    if isinstance(spec, optree.PyTreeSpec):
+        return spec.type  # type: ignore[no-any-return]
+    data = spec.node_data()
+    return None if data is None else data[0]  # type: ignore[no-any-return]
 
 
 def _few(keys: list[Any], most: int = 12) -> str:
