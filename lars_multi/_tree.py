@@ -126,7 +126,11 @@ class Flat:
         arrays: a tuple of gradients for a list of weights, as torch.autograd.grad
         gives them)."""
         try:
-            places = self.spec.flatten_up_to(self.unflatten(spec, list(range(len(leaves)))))
+            stand_in = self.unflatten(spec, list(range(len(leaves))))
+        except Exception:  # (a node that checks its children as it is made: left to the walk)
+            return None
+        try:
+            places = self.spec.flatten_up_to(stand_in)
         except (ValueError, TypeError):
             return None
         if any(type(p) is not int for p in places if p is not None):  # (a subtree where a layer is)

@@ -452,6 +452,36 @@ def test_ordered_dict_w_with_reversed_dict_dcdw(backend, use_out):
         np.testing.assert_array_equal(to_numpy(g[k]), g_vals[k])
 
 
+def test_a_node_that_checks_its_children_is_paired_as_before():
+    """Pairing a tree of other nodes makes a stand-in of the value's structure holding
+    places: a registered node whose constructor checks its children cannot be made so, and
+    its own error escaped. It is left to the walk, which pairs it by key."""
+    require_backend("jax")
+    import jax.numpy as jnp
+    from jax.tree_util import register_pytree_node_class
+
+    @register_pytree_node_class
+    class Checked:
+        def __init__(self, a, b):
+            if not hasattr(a, "shape"):
+                raise AssertionError("arrays only")
+            self.a, self.b = a, b
+
+        def tree_flatten(self):
+            return (self.a, self.b), None
+
+        @classmethod
+        def tree_unflatten(cls, aux, children):
+            return cls(*children)
+
+    w = {"m": Checked(jnp.ones((2, 3)), jnp.ones(3))}
+    g = Checked(jnp.full((2, 3), 0.5), jnp.full(3, 0.25))
+    want = lm.lars_update(w, {"m": g}, 0.1)
+    got = lm.lars_update(w, collections.OrderedDict(m=g), 0.1)  # (another mapping type: paired by key)
+    np.testing.assert_array_equal(to_numpy(got["m"].a), to_numpy(want["m"].a))
+    np.testing.assert_array_equal(to_numpy(got["m"].b), to_numpy(want["m"].b))
+
+
 def test_a_key_mismatch_among_many_keys_names_few():
     """A message listed every key of both trees: a megabyte for 50,000 layers. It lists a
     few, how many there are, and every key missing and unexpected (here one of each)."""
