@@ -312,9 +312,11 @@ class _Walker:
             missing = [k for k in w_node if k not in node]
             extra = [k for k in node if k not in w_node]
             if missing or extra:
-                parts = [f"missing {_few(missing)}"] * bool(missing) + [f"unexpected {_few(extra)}"] * bool(
-                    extra
-                )
+                parts = [
+                    f"{what} {_few(listed)}"
+                    for what, listed in (("missing", missing), ("unexpected", extra))
+                    if listed
+                ]
                 keys = f"{_few(list(w_node))}, got {_few(list(node))}"
                 self._mismatch(prefix, f"the keys of {w_here}, {keys} ({'; '.join(parts)})")
         elif isinstance(w_node, list | tuple):

@@ -628,14 +628,12 @@ def _as_bool(value: Any) -> Any:
     """A mask's value as a bool where it is one: a NumPy bool, or a concrete 0-d bool
     array of any framework (``jnp.asarray(True)``), as optax takes them; else as it is
     (a traced one cannot be read, and is refused by name)."""
-    if isinstance(value, np.bool_):
+    if not _is_bool_value(value):
+        return value
+    try:
         return bool(value)
-    if "bool" in str(getattr(value, "dtype", "")) and tuple(getattr(value, "shape", (1,))) == ():
-        try:
-            return bool(value)
-        except TypeError:  # (traced: JAX's, TensorFlow's errors for it are TypeErrors)
-            return value
-    return value
+    except TypeError:  # (traced: JAX's, TensorFlow's errors for it are TypeErrors)
+        return value
 
 
 def _of_known_ranks(arg: str, mask: RankMask, shapes: list[Any], path_of: Callable[[int], Any]) -> list[bool]:
