@@ -1,11 +1,13 @@
-"""``python -m lars_multi info | demo | bench | train``."""
+"""``python -m lars_multi info | demo | bench | train`` (or ``lars-multi ...``)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import runpy
 import sys
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -108,10 +110,22 @@ def demo(console: Console) -> None:
     )
 
 
+COMMANDS = {
+    "info": "every backend: installed or not, version, devices",
+    "demo": "the reference's examples on every installed backend",
+    "bench": "the benchmark suite of a checkout (python -m lars_multi bench --help)",
+    "train": "an MLP on scikit-learn's digits with LARS (python -m lars_multi train --help)",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lars_multi", description=__doc__)
-    parser.add_argument("command", choices=["info", "demo", "bench", "train"])
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for bench and train")
+    parser = argparse.ArgumentParser(
+        prog=_program(),
+        description="lars_multi: LARS on NumPy, PyTorch, JAX and TensorFlow.",
+        epilog="commands: " + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
+    )
+    parser.add_argument("command", choices=list(COMMANDS))
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="the arguments of bench and train")
     if not (sys.argv[1:] if argv is None else argv):  # (argparse would call the optional rest required)
         parser.error("a command is required: info, demo, bench or train")
     args = parser.parse_args(argv)
@@ -125,15 +139,39 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "train":
         from . import _train
 
-        train_parser = argparse.ArgumentParser(prog="python -m lars_multi train", description=_train.__doc__)
+        train_parser = argparse.ArgumentParser(prog=f"{_program()} train", description=_train.__doc__)
         _train.add_arguments(train_parser)
         _train.run(train_parser.parse_args(args.rest), console)
     else:
-        if importlib.util.find_spec("benchmarks") is None:
-            console.print("bench runs the suite in benchmarks/: run it from a checkout of lars_multi")
-            raise SystemExit(2)
-        sys.argv = ["benchmarks", *args.rest]
-        runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
+        bench(args.rest, console)
+
+
+def _program() -> str:
+    """How this command line was started: the console script, or ``python -m lars_multi``."""
+    return "lars-multi" if os.path.basename(sys.argv[0]) == "lars-multi" else "python -m lars_multi"
+
+
+def bench(rest: list[str], console: Console) -> None:
+    """The benchmark suite of the checkout this lars_multi is imported from (its
+    ``benchmarks/`` folder, beside the package), whatever the current directory:
+    never another ``benchmarks`` package that happens to be importable."""
+    root = Path(lm.__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        console.print(
+            f"bench runs the suite in the benchmarks/ folder of a checkout of lars_multi; this lars_multi "
+            f"({root}) is installed without it: clone the repository and install it with pip install -e ."
+        )
+        raise SystemExit(2)
+    sys.path.insert(0, str(root))
+    spec = importlib.util.find_spec("benchmarks")
+    if spec is None or spec.origin is None or Path(spec.origin).resolve().parent != root / "benchmarks":
+        found = "nothing" if spec is None else spec.origin
+        console.print(
+            f"bench: another benchmarks package was imported first ({found}); run it in a fresh process"
+        )
+        raise SystemExit(2)
+    sys.argv = ["benchmarks", *rest]
+    runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

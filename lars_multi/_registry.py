@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import importlib.util
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError, UnknownBackendError
@@ -123,13 +125,45 @@ def get_backend(name: str) -> Backend:
     try:
         module = _import(spec.module_path, spec.framework)
     except Exception as error:  # (a module that fails to import for any reason is not installed)
-        hint = f'; install it with: pip install "lars-multi[{spec.pip_extra}]"' if spec.pip_extra else ""
-        raise BackendNotInstalledError(
-            f"backend {name!r} needs the {spec.framework!r} package, which cannot be "
-            f"imported here ({type(error).__name__}: {error}){hint}"
-        ) from error
+        raise BackendNotInstalledError(_not_installed(spec, error)) from error
     backend = _MODULES[name] = complete(module)
     return backend
+
+
+def _not_installed(spec: BackendSpec, error: Exception) -> str:
+    """Why the backend ``spec`` cannot be used: its own module missing, or its framework."""
+    cause = f"({type(error).__name__}: {error})"
+    missing = error.name if isinstance(error, ModuleNotFoundError) else None
+    hint = f'; install it with: pip install "lars-multi[{spec.pip_extra}]"' if spec.pip_extra else ""
+    if missing and missing != spec.framework and f"{spec.module_path}.".startswith(f"{missing}."):
+        return f"backend {spec.name!r}: its module {spec.module_path!r} cannot be imported here {cause}{hint}"
+    needs = f"backend {spec.name!r} needs the {spec.framework!r} package"
+    return f"{needs}, which cannot be imported here {cause}{hint}"
+
+
+def _find_built_in_backends() -> None:
+    """Load ``lars_multi.backends`` from a checkout's ``backends/`` folder where lars_multi
+    is imported from a checkout (the package's folder has no ``backends`` inside, and a
+    ``pyproject.toml`` and a ``backends/`` beside it). pyproject installs that folder under
+    this name; with ``PYTHONPATH=.``, or a checkout's directory ahead of a regular install
+    on ``sys.path``, nothing else would find it, and an editable install of another
+    checkout would give that one's."""
+    package_folder = Path(__file__).resolve().parent
+    root = package_folder.parent
+    init = root / "backends" / "__init__.py"
+    if (package_folder / "backends").is_dir() or not (init.is_file() and (root / "pyproject.toml").is_file()):
+        return
+    spec = importlib.util.spec_from_file_location(
+        "lars_multi.backends", init, submodule_search_locations=[str(init.parent)]
+    )
+    if spec is None or spec.loader is None:
+        return
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = package
+    spec.loader.exec_module(package)
+
+
+_find_built_in_backends()
 
 
 def _import(module_path: str, framework: str) -> ModuleType:

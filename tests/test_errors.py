@@ -91,19 +91,22 @@ def test_non_string_backend_name():
 
 @pytest.mark.usefixtures("isolated_registry")
 @pytest.mark.parametrize("pip_extra", [None, "fakefw"])
-def test_backend_not_installed(pip_extra):
-    lm.register_backend(
-        "fakefw", "lars_multi_tests_no_such_module", framework="no_such_framework_xyz", pip_extra=pip_extra
-    )
+@pytest.mark.parametrize(
+    ("module", "missing"),
+    [
+        # The backend's module imports (json), its framework does not: the framework is named.
+        ("json", r" needs the 'no_such_framework_xyz' package"),
+        # The backend's module itself is missing: it is named, not the framework never tried.
+        ("lars_multi_tests_no_such_module", r": its module 'lars_multi_tests_no_such_module' cannot be"),
+    ],
+)
+def test_backend_not_installed(pip_extra, module, missing):
+    lm.register_backend("fakefw", module, framework="no_such_framework_xyz", pip_extra=pip_extra)
     assert "fakefw" in lm.available_backends()
     assert "fakefw" not in lm.installed_backends()
     hint = r'.*pip install "lars-multi\[fakefw\]"' if pip_extra else ""
     for attempt in (lambda: lm.set_backend("fakefw"), lambda: lm.using_backend("fakefw").__enter__()):
-        with raises(
-            ImportError,
-            rf"^backend 'fakefw' needs the 'no_such_framework_xyz' package{hint}",
-            lm.BackendNotInstalledError,
-        ) as info:
+        with raises(ImportError, rf"^backend 'fakefw'{missing}.*{hint}", lm.BackendNotInstalledError) as info:
             attempt()
         assert ("pip install" in str(info.value)) == (pip_extra is not None)
         assert isinstance(info.value.__cause__, ImportError)

@@ -161,3 +161,23 @@ def test_commands_without_arguments_refuse_extra_ones(command, capsys):
         main([command, "extra"])
     assert info.value.code == 2
     assert f"{command} takes no arguments, got extra" in capsys.readouterr().err
+
+
+def test_bench_runs_the_checkouts_suite_not_a_benchmarks_package_of_the_current_directory(tmp_path):
+    """``python -m lars_multi bench`` runs lars_multi's own suite (beside the package),
+    wherever it is started: a ``benchmarks`` package of the user's project was run instead."""
+    user = tmp_path / "benchmarks"
+    user.mkdir()
+    (user / "__init__.py").write_text("")
+    (user / "__main__.py").write_text("print('the user project ran')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "lars_multi", "bench", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "the user project ran" not in done.stdout
+    assert "--optimizer" in done.stdout  # (the suite's own options)
