@@ -37,7 +37,9 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``batches(ws)``: the groups of layers the step runs over, each of one dtype
     and device (default: one per dtype; NumPy and torch on CPUs use cache-sized batches).
     ``compile(function, donate=False)``: a step compiled by the framework (JAX,
-    TensorFlow); ``donate``: the weights' buffers may be reused.
+    TensorFlow); ``donate``: the weights' buffers may be reused. ``COMPILES``:
+    whether ``compile`` compiles, so that the step traces values rather than
+    reading them (default: whether the module defines ``compile``).
     ``write(out, value)``: copy ``value`` into ``out`` in place (for ``out=``).
     ``snapshot(x)``: ``x``'s values now, kept whatever is later written into its
     memory (default: ``x`` itself, as nothing can be written).

@@ -350,12 +350,6 @@ def unstack(vector: Any) -> list[jax.Array]:
     return list(vector)
 
 
-# Half layers are compiled in chunks of about this many bytes of weights (or
-# one layer, if larger): XLA on CPU keeps float32 copies of w and g for the
-# norms, so a chunk holds about 4 times its bytes in temporaries.
-_HALF_CHUNK_BYTES = 2 << 20
-
-
 def _placement(w: Any) -> Any:
     """What one program needs its committed arrays to share: a mesh (its devices in its
     order), else the devices; None for an uncommitted array."""
@@ -367,7 +361,7 @@ def _placement(w: Any) -> Any:
 def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     """The layers by dtype and the devices they are committed to (one program takes
     arrays of one set of devices), each one program, half layers in chunks of about
-    ``_HALF_CHUNK_BYTES`` (one program over them all would hold float32 copies of
+    ``_batching.HALF_CHUNK_BYTES`` (one program over them all would hold float32 copies of
     every w and g at once). Already inside a trace: by dtype only."""
     traced = isinstance(ws[0], jax.core.Tracer)
     placed = _any_committed(ws)
@@ -375,7 +369,7 @@ def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
         ws,
         key=lambda w: (w.dtype, _placement(w) if placed else None),
         size=lambda w: w.nbytes,
-        budget=lambda key: _HALF_CHUNK_BYTES if key[0] in _HALF and not traced else None,
+        budget=lambda key: _batching.HALF_CHUNK_BYTES if key[0] in _HALF and not traced else None,
     )
 
 

@@ -261,12 +261,6 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
     return out
 
 
-# Half layers are computed in float32 a chunk of about this many bytes of
-# weights (or one layer, if larger) at a time, each chunk one call, so that
-# only one chunk's float32 temporaries exist at once.
-_HALF_CHUNK_BYTES = 2 << 20
-
-
 def shape(x: Any) -> tf.TensorShape:
     """``x``'s shape as far as it is known now: a variable made with a partly or wholly
     unknown shape (``tf.Variable(..., shape=[None, 4])``) has its value's in eager mode."""
@@ -319,12 +313,12 @@ def _assertions() -> list[Any]:
 
 
 def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
-    """The layers by dtype, half layers in chunks of about ``_HALF_CHUNK_BYTES``."""
+    """The layers by dtype, half layers in chunks of about ``_batching.HALF_CHUNK_BYTES``."""
     return _batching.batches(
         ws,
         key=lambda w: w.dtype,
         size=lambda w: (shape(w).num_elements() or 0) * w.dtype.size,  # (0: unknown, traced)
-        budget=lambda dtype: _HALF_CHUNK_BYTES if dtype in _HALF else None,
+        budget=lambda dtype: _batching.HALF_CHUNK_BYTES if dtype in _HALF else None,
     )
 
 

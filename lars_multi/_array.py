@@ -110,8 +110,8 @@ class Array:
         lr: Any,
         /,
         *,
-        decay_lambda: float = 0,
-        stop_gradients: bool = True,
+        decay_lambda: Any = 0,
+        stop_gradients: Any = True,
         out: Any = None,
     ) -> Any:
         """Method form of :func:`lars_multi.lars_update` with ``w=self``."""

@@ -17,6 +17,11 @@ from . import _registry
 
 Key = TypeVar("Key", bound=Hashable)
 
+# Half layers (float16, bfloat16) are computed with float32 copies of w and g: where a
+# compiler or a fused call holds every copy of its batch at once (JAX, TensorFlow),
+# batches of them are cut at about this many bytes of weights (or one layer, if larger).
+HALF_CHUNK_BYTES = 2 << 20
+
 
 def batches(
     ws: Sequence[Any],

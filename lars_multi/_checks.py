@@ -23,7 +23,7 @@ from ._container import Container
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
 from ._protocol import Backend, Layout
 from ._registry import all_native, backend_of, current_backend, get_backend
-from ._step import take
+from ._step import StepConfig, no_zero_decay, take
 from ._tree import Attribute, Flat, Path, leaves_like
 
 # --- handles: lars_multi.Array and keras.Variable around a native array ---------------
@@ -532,13 +532,11 @@ def check_lr(path: Any, lr: Any, *, name: str, ops: Backend) -> Any:
 
 def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any:
     """``None`` for no decay (the rule then skips it), a float >= 0, or a 0-d array."""
-    if type(decay_lambda) in (int, float) and decay_lambda == 0:
-        return None
     if is_number(decay_lambda):
         value = _as_float(path, decay_lambda, "a finite number >= 0")
         if value < 0:
             raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {decay_lambda!r}")
-        return value or None
+        return no_zero_decay(value)
     if isinstance(decay_lambda, bool | np.bool_) or owner(decay_lambda) is None:
         raise LarsMultiTypeError(
             f"{path}: expected a number >= 0 or a 0-d array, got {type_name(decay_lambda)}"
@@ -642,6 +640,19 @@ def check_usable(arg: Any, value: Any, ws: Sequence[Any], label: Callable[[int],
             f"{arg}: expected a 0-d array on {ops.device(ws[k])} (like {label(k)}), "
             f"got one on {ops.device(value)}"
         )
+
+
+def check_settings_usable(
+    rates: Sequence[tuple[str, Any]],
+    config: StepConfig,
+    ws: Sequence[Any],
+    label: Callable[[int], Any],
+    ops: Backend,
+) -> None:
+    """:func:`check_usable` of the rates (named values: learning rate, weight decay) and
+    of the step's other numbers, the trust coefficient and eps (a schedule passes)."""
+    for arg, value in (*rates, ("trust_coefficient", config.trust_coefficient), ("eps", config.eps)):
+        check_usable(arg, value, ws, label, ops)
 
 
 def named(label: Any) -> Callable[[int], Any]:

@@ -78,6 +78,12 @@ class StepConfig(_Key):
     # of the step itself, not of w'; finite where w is not), instead of w'. Not in place.
     increments: bool = False
 
+    @property
+    def tracks_start(self) -> bool:
+        """Whether each layer's buffer starts apart from the rule, so that its start is
+        tracked (timm: at r u on its first step, not at mu 0 + (1 - d) r u)."""
+        return self.momentum != 0 and not self.preset.lr_in_buffer
+
 
 @dataclass(frozen=True)
 class LayerFlags(_Key):
@@ -192,6 +198,7 @@ def lars_step(
     ``donate``: the weights' buffers may be reused (JAX, with ``outs`` None), where
     every layer is in one batch (a later batch failing would find earlier ones gone).
     """
+    weight_decay = no_zero_decay(weight_decay)
     with ops.arithmetic():  # (NumPy: the caller's np.seterr must not stop it halfway)
         # Outputs that are the weights are not passed twice (each argument costs a tf.function call).
         in_place = outs is not None and each_is(outs, ws)
@@ -310,21 +317,6 @@ def concat(*parts: list[Any]) -> list[Any]:
     return filled[0] if len(filled) == 1 else [x for part in parts for x in part]
 
 
-_COMPILES: dict[str, bool] = {}
-
-
-def compiles(ops: Backend) -> bool:
-    """Whether the backend compiles the step (then values are traced, not read)."""
-    known = _COMPILES.get(ops.FRAMEWORK)
-    if known is None:
-
-        def nothing() -> None:
-            return None
-
-        known = _COMPILES[ops.FRAMEWORK] = ops.compile(nothing) is not nothing
-    return known
-
-
 _STEPS: dict[tuple[Any, ...], Any] = {}
 
 
@@ -367,6 +359,12 @@ class _Plan:
     decay_known: bool  # the weight decay is a number, known now (timm's rule decided by the plan)
 
 
+def no_zero_decay(weight_decay: Any) -> Any:
+    """The weight decay as the step takes it: None for a Python 0, which the rule then
+    skips (no ``0 w`` added, which an infinite weight would make NaN)."""
+    return None if type(weight_decay) in (int, float) and weight_decay == 0 else weight_decay
+
+
 def decay_kind(weight_decay: Any) -> str:
     """What a step's weight decay is: ``"none"`` (0: skipped), ``"number"`` (a Python
     float, known when the step is planned, even where a compiler traces it) or
@@ -387,7 +385,7 @@ def _plan(ops: Backend, config: StepConfig, flags: LayerFlags, decay: str) -> _P
         flags.adapt[i] and (config.always_adapt or not preset.adapt_needs_decay or decayed[i])
         for i in range(n)
     ]
-    alone = compiles(ops)
+    alone = ops.COMPILES
     groups: dict[tuple[bool, int], list[int]] = {}
     for i in range(n):
         if adapted[i]:

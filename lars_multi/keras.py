@@ -36,7 +36,7 @@ import numpy as np
 from . import _checks, optim, schedules
 from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError, type_name
 from ._registry import backend_of, get_backend
-from ._step import LayerFlags, lars_step
+from ._step import LayerFlags, lars_step, no_zero_decay
 
 try:
     import keras
@@ -394,7 +394,7 @@ if keras is not None:
             # timm starts a buffer at r u on its variable's first update (a variable may get
             # its first gradient late): one flag per variable, 1 once started.
             self._lars_started = []
-            if self.momentum != 0 and not self._lars_config.preset.lr_in_buffer:
+            if self._lars_config.tracks_start:
                 self._lars_started = [
                     self.add_variable((), dtype="float32", name=f"lars_started_{i}")
                     for i in range(len(var_list))
@@ -546,15 +546,14 @@ if keras is not None:
             computes in (``1e39`` is inf in float32), as lars_multi.optim's are."""
             ops = get_backend(keras.backend.backend())
             arrays = _checks.unwrap_all(var_list)
-            config = self._lars_config
-            for name, value in (
+            rates = [
                 ("learning_rate", self._lars_learning_rate if learning_rate is None else learning_rate),
                 ("weight_decay", self.lars_weight_decay),
-                ("trust_coefficient", config.trust_coefficient),
-                ("eps", config.eps),
-            ):
-                if _checks.is_number(value):  # (a schedule: its values are checked as it goes)
-                    _checks.check_usable(name, float(value), arrays, lambda k: _path(var_list[k]), ops)
+            ]  # (a schedule's values are checked as it goes)
+            numbers = [(name, float(value)) for name, value in rates if _checks.is_number(value)]
+            _checks.check_settings_usable(
+                numbers, self._lars_config, arrays, lambda k: _path(var_list[k]), ops
+            )
 
         def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
             """One LARS step on one variable, by the shared rule."""
@@ -569,7 +568,7 @@ if keras is not None:
             momentum = self.momentums[index] if self.momentums else None
             buffer = None if momentum is None else keras.ops.convert_to_tensor(momentum)
             lr = keras.ops.cast(learning_rate, compute)
-            decay = self._decay()
+            decay = no_zero_decay(self._decay())
             if decay is not None and not isinstance(decay, float):
                 decay = keras.ops.cast(decay, compute)
             first = self._first([index])
@@ -619,12 +618,12 @@ if keras is not None:
             self._start(indices)
 
         def _decay(self) -> Any:
-            """LARS's weight decay now: a number, a schedule's value, or None for 0."""
+            """LARS's weight decay now: a number or a schedule's value."""
             decay = self.lars_weight_decay
             if callable(decay):  # as Keras asks the learning rate: a schedule on its clock
                 schedule = isinstance(decay, keras.optimizers.schedules.LearningRateSchedule)
                 return _checked_value("weight_decay", decay, decay(self._iterations) if schedule else decay())
-            return None if decay == 0 else decay
+            return decay
 
         def get_config(self) -> dict[str, Any]:
             config = super().get_config()

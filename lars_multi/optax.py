@@ -165,7 +165,7 @@ def lars(
             empty = jax.tree.map(lambda x: x, params)
             momentum = empty if opt.config.momentum != 0 else None
             return LarsState(
-                jax.numpy.zeros((), jax.numpy.int32), momentum, empty if opt.tracks_start else None
+                jax.numpy.zeros((), jax.numpy.int32), momentum, empty if opt.config.tracks_start else None
             )
         return opt.init(params)
 

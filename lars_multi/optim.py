@@ -40,7 +40,7 @@ from ._lars import copy_unchanged, flatten
 from ._presets import PRESETS, Preset, RankMask, get_preset
 from ._protocol import Backend, Layout
 from ._registry import get_backend
-from ._step import LayerFlags, StepConfig, compiles, concat, each_is, lars_step, put, take
+from ._step import LayerFlags, StepConfig, concat, each_is, lars_step, put, take
 from ._tree import Flat, Path, leaves_like, present
 from .schedules import warmup_cosine, warmup_polynomial
 
@@ -87,6 +87,11 @@ def _mask_arg(name: str, mask: Mask, default: RankMask) -> Mask:
         f"{name}: expected a callable (path, array) -> bool or params -> tree of bools, "
         f"got {type_name(mask)} with signature {signature}"
     )
+
+
+def _arrays_of(flat: Flat) -> list[int]:
+    """The places of the leaves that are arrays (of any framework; others are refused later)."""
+    return [i for i, x in enumerate(flat.leaves) if _checks.owner(x) is not None]
 
 
 def _steps(leaf: Any, ops: Backend) -> bool:
@@ -198,24 +203,20 @@ class LarsOptimizer:
         no floating array: an integer counter in a model's tree never steps)."""
         flat = _flatten_params(params)
         _checks.check_tree("params", params, flat)
-        leaves = [_checks.unwrap(x) for x in flat.leaves if _checks.owner(x) is not None]
-        if not leaves:
+        arrays = _arrays_of(flat)
+        if not arrays:
             raise LarsMultiValueError("params: expected a tree with at least one array, got none")
-        ops = get_backend(_checks.call_backend(leaves, [()] * len(leaves), "params"))
+        leaves = [_checks.unwrap(flat.leaves[i]) for i in arrays]
+        ops = get_backend(_checks.call_backend(leaves, take(flat.paths, arrays), "params"))
         count = ops.scalar_for(0, "int32", leaves)
         if self.config.momentum == 0:
             return LarsState(count, None)
         arrays = [_steps(x, ops) for x in flat.leaves]
         buffers = [ops.zeros_like(_checks.unwrap(x)) if a else None for x, a in zip(flat.leaves, arrays)]
         started = None
-        if self.tracks_start:
+        if self.config.tracks_start:
             started = flat.rebuild([ops.scalar_for(False, "bool", leaves) if a else None for a in arrays])
         return LarsState(count, flat.rebuild(buffers), started)
-
-    @property
-    def tracks_start(self) -> bool:
-        """Whether a buffer starts differently (timm: at r u, not mu 0 + (1 - d) r u)."""
-        return self.config.momentum != 0 and not self.config.preset.lr_in_buffer
 
     @no_autograph
     def step(self, params: Any, grads: Any, state: LarsState, *, out: Any = None) -> tuple[Any, LarsState]:
@@ -256,11 +257,10 @@ class LarsOptimizer:
             decay=decay_flags,
             axis_names=_checks.axis_names("axis_name", self.axis_name, flat, active, ops),
         )
-        lr = _rate_now("learning_rate", self.learning_rate, step_count, ws, paths, name, ops)
-        decay = _rate_now("weight_decay", self.weight_decay, step_count, ws, paths, name, ops)
-        decay = None if type(decay) is float and decay == 0 else decay  # no decay: skipped entirely
-        for arg in ("trust_coefficient", "eps"):  # (numbers: finite in every compute dtype)
-            _rate_now(arg, getattr(self.config, arg), step_count, ws, paths, name, ops)
+        lr = _rate_now("learning_rate", self.learning_rate, step_count, name, ops)
+        decay = _rate_now("weight_decay", self.weight_decay, step_count, name, ops)
+        rates = (("learning_rate", lr), ("weight_decay", decay))
+        _checks.check_settings_usable(rates, self.config, ws, lambda i: Path("params", paths[i]), ops)
         # The outputs are checked once the masks and schedules (the caller's code) have run.
         checked = None
         if out is not None:  # out=params: its leaves are the parameters'
@@ -405,11 +405,11 @@ class LarsOptimizer:
         """A step where no parameter has a gradient: the parameters as they are
         (copied into ``out``), the buffers as they are, the step count advanced."""
         self._check_state(state)
-        arrays = [x for x in flat.leaves if _checks.owner(x) is not None]
-        name = _checks.call_backend(arrays, [()] * len(arrays), "params")
+        arrays = _arrays_of(flat)
+        leaves = [_checks.unwrap(flat.leaves[i]) for i in arrays]
+        name = _checks.call_backend(leaves, take(flat.paths, arrays), "params")
         ops = get_backend(name)
         self._check_idle_state(state, flat, set(), name, ops)
-        leaves = [_checks.unwrap(x) for x in arrays]
         count = _step_count(state.count, leaves, name, ops)
         new_state = state._replace(count=_next_count(count, ops))
         if out is None or out is params:
@@ -432,13 +432,13 @@ class LarsOptimizer:
         small."""
         if not isinstance(state, LarsState):
             raise LarsMultiTypeError(f"state: expected a LarsState from init(params), got {type_name(state)}")
-        if state.started is not None and not self.tracks_start and self.config.momentum != 0:
+        if state.started is not None and not self.config.tracks_start and self.config.momentum != 0:
             raise LarsMultiValueError(
                 f"state: expected no start flags (state.started): preset {self.config.preset.name!r} keeps "
                 "the step eta r u in its momentum buffers, got a state with them, made by a preset whose "
                 "buffers hold r u without the learning rate ('timm'); init a new state"
             )
-        if state.started is None and self.tracks_start and state.momentum is not None:
+        if state.started is None and self.config.tracks_start and state.momentum is not None:
             raise LarsMultiValueError(
                 f"state: expected start flags (state.started), as init makes them: preset "
                 f"{self.config.preset.name!r} keeps r u without the learning rate in its momentum buffers, "
@@ -532,7 +532,7 @@ class LarsOptimizer:
     ) -> list[Any] | None:
         """``state.started`` as one 0-d bool array per leaf (None where it is not kept),
         each where its parameter's arithmetic can read it."""
-        if not self.tracks_start or state.started is None:
+        if not self.config.tracks_start or state.started is None:
             return None
         started = leaves_like("state.started", state.started, flat, broadcast=False)
         for i, w in zip(active, ws):
@@ -678,7 +678,7 @@ def _first(ops: Backend, count: Any, started: list[Any] | None, active: list[int
     """Whether the buffers start now: at step 0, or (``started``) per layer, for
     each layer whose buffer has not started; values are read on the host only
     where the step is not compiled and they can be (not inside ``torch.vmap``)."""
-    traced = compiles(ops) or not ops.readable()
+    traced = ops.COMPILES or not ops.readable()
     if started is None:
         first = count == 0
         return first if traced else bool(first)
@@ -698,20 +698,16 @@ def _by_first(first: Any, n: int) -> list[tuple[list[int], Any]]:
     return [(indices, value) for value, indices in groups.items()]
 
 
-def _rate_now(
-    arg: str, rate: Any, count: Any, ws: list[Any], paths: list[Any], name: str, ops: Backend
-) -> Any:
+def _rate_now(arg: str, rate: Any, count: Any, name: str, ops: Backend) -> Any:
     """A rate's value at step ``count``: a number (checked when the optimizer was
     made), or a schedule's value, checked now as far as it can be without reading
     an array (a number finite and >= 0; an array 0-d and floating, of the
-    parameters' backend). A number must fit every parameter's compute dtype."""
-    value = rate
+    parameters' backend)."""
     if callable(rate):
-        value = _checks.check_rate(f"{arg}(state.count)", rate(count), name=name, ops=ops)
-    elif type(rate) is not float:  # an array
-        value = _checks.check_rate(arg, rate, name=name, ops=ops)
-    _checks.check_usable(arg, value, ws, lambda i: Path("params", paths[i]), ops)
-    return value
+        return _checks.check_rate(f"{arg}(state.count)", rate(count), name=name, ops=ops)
+    if type(rate) is not float:  # an array
+        return _checks.check_rate(arg, rate, name=name, ops=ops)
+    return rate
 
 
 # The step count is an int32 array, which saturates: the last count that advances.

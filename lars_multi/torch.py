@@ -228,7 +228,7 @@ class LARS(torch.optim.Optimizer):
             weight-decayed; None takes the preset's default per parameter
             (``"paper"``: parameters with more than one dimension; else all).
         foreach: True steps a group's layers in one call of the rule, False one
-            layer at a time, None chooses (True: faster on the CPU too); both give the same values.
+            layer at a time, None as True (faster on the CPU too); both give the same values.
         maximize: step along the gradient instead of against it.
     """
 
@@ -398,14 +398,8 @@ class LARS(torch.optim.Optimizer):
             config = self._config(group)
             _check_rates(group)
             lr, weight_decay, _ = _rates(group)
-            labels = self._labels_of(params)
-            for name, value in (
-                ("lr", lr),
-                ("weight_decay", weight_decay),
-                ("trust_coefficient", config.trust_coefficient),
-                ("eps", config.eps),
-            ):
-                _checks.check_usable(name, value, params, labels, _OPS)
+            rates = (("lr", lr), ("weight_decay", weight_decay))
+            _checks.check_settings_usable(rates, config, params, self._labels_of(params), _OPS)
             self._check_tensors(params, grads, buffers)
         return with_momentum
 
@@ -433,62 +427,35 @@ class LARS(torch.optim.Optimizer):
         of their shapes, dtypes and devices (torch keeps each ``.grad`` so, and casts a
         loaded buffer so, but a buffer in ``state`` may be replaced). The
         common case is asked of the lists at once; the others one by one, with messages."""
-        floats = _OPS.FLOAT_DTYPES
-        # (a contiguous tensor's elements share no memory: the call is made for the others)
-        if (
-            all(
-                [
-                    p.dtype in floats
-                    and (p.is_contiguous() or not shares_elements(p))
-                    and not p.is_inference()
-                    and not p.is_neg()  # (no _foreach kernel writes a tensor with its negative bit)
-                    for p in params
-                ]
-            )
-            and all(
-                [
-                    b is None
-                    or (
-                        b.shape == p.shape
-                        and b.dtype is p.dtype
-                        and b.device == p.device
-                        and (b.is_contiguous() or not shares_elements(b))
-                        and not b.is_inference()
-                        and not b.is_neg()
-                    )
-                    for p, b in zip(params, buffers)
-                ]
-            )
-            and (_all_plain(params, grads, buffers) or _kinds_match(params, grads, buffers))
-        ):
+        if _all_usable(params, grads, buffers):
             return
-        labels = {
-            id(p): f"param_groups[{g}]['params'][{k}]"
-            for g, group in enumerate(self.param_groups)
-            for k, p in enumerate(group["params"])
-        }
         for p, g, b in zip(params, grads, buffers):
-            label = labels[id(p)]
-            _checks.check_weights(label, p, _OPS)
-            reason = _OPS.unwritable(p)
-            if reason is not None:
-                raise LarsMultiTypeError(
-                    f"{label}: expected a parameter that can be written in place, got {reason}"
-                )
-            _checks.check_gradient(g, p, (f"{label}.grad", label, (), False), "torch", _OPS)
-            if b is not None:
-                where = (f"the momentum buffer of {label}", label, (), False)
-                try:
-                    _checks.check_gradient(b, p, where, "torch", _OPS)
-                except LarsMultiError as error:
-                    if b.is_floating_point() and b.shape == p.shape:  # (a parameter cast or moved since)
-                        raise type(error)(f"{error}{_CAST_SINCE}") from None
-                    raise
-                reason = _OPS.unwritable(b)
-                if reason is not None:
-                    raise LarsMultiTypeError(
-                        f"{where[0]}: expected a tensor that can be written in place, got {reason}"
-                    )
+            self._check_one(p, g, b)
+
+    def _check_one(self, p: torch.Tensor, g: torch.Tensor, b: torch.Tensor | None) -> None:
+        """A parameter, its gradient and its buffer (None: not made yet), with messages."""
+        label = self._label(p, False)
+        _checks.check_weights(label, p, _OPS)
+        reason = _OPS.unwritable(p)
+        if reason is not None:
+            raise LarsMultiTypeError(
+                f"{label}: expected a parameter that can be written in place, got {reason}"
+            )
+        _checks.check_gradient(g, p, (f"{label}.grad", label, (), False), "torch", _OPS)
+        if b is None:
+            return
+        where = (self._label(p, True), label, (), False)
+        try:
+            _checks.check_gradient(b, p, where, "torch", _OPS)
+        except LarsMultiError as error:
+            if b.is_floating_point() and b.shape == p.shape:  # (a parameter cast or moved since)
+                raise type(error)(f"{error}{_CAST_SINCE}") from None
+            raise
+        reason = _OPS.unwritable(b)
+        if reason is not None:
+            raise LarsMultiTypeError(
+                f"{where[0]}: expected a tensor that can be written in place, got {reason}"
+            )
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One LARS step of every group; the closure's loss, if a closure is given.
@@ -541,6 +508,43 @@ class LARS(torch.optim.Optimizer):
             if p is param
         )
         return f"the momentum buffer of {place}" if buffer else place
+
+
+def _all_usable(
+    params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None]
+) -> bool:
+    """The common case, asked of the lists at once: floating parameters that can be
+    written in place, and buffers (None: not made yet) of their shapes, dtypes and
+    devices that can be too (a contiguous tensor's elements share no memory: the
+    call is made for the others; no _foreach kernel writes a tensor with its
+    negative bit)."""
+    floats = _OPS.FLOAT_DTYPES
+    return (
+        all(
+            [
+                p.dtype in floats
+                and (p.is_contiguous() or not shares_elements(p))
+                and not p.is_inference()
+                and not p.is_neg()
+                for p in params
+            ]
+        )
+        and all(
+            [
+                b is None
+                or (
+                    b.shape == p.shape
+                    and b.dtype is p.dtype
+                    and b.device == p.device
+                    and (b.is_contiguous() or not shares_elements(b))
+                    and not b.is_inference()
+                    and not b.is_neg()
+                )
+                for p, b in zip(params, buffers)
+            ]
+        )
+        and (_all_plain(params, grads, buffers) or _kinds_match(params, grads, buffers))
+    )
 
 
 def _all_plain(*lists: list[Any]) -> bool:
@@ -626,7 +630,7 @@ def _step_group(
             gs,
             bs,
             part.lr,
-            part.weight_decay or None,
+            part.weight_decay,
             new[chunk[0]],
             ws if in_place else None,
             momentum=part.momentum,

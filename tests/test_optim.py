@@ -1168,6 +1168,12 @@ def test_an_integer_leaf_without_a_gradient_is_left_as_it_is(backend, preset):
         state = opt.init({"w": w, "t": native(backend, np.ones(2, np.float32))})
         with pytest.raises(lm.MixedFrameworksError, match=rf"^params\['t'\]: expected a {backend} array"):
             opt.step(params, {"w": g, "t": None}, state)
+        # The arrays are named where no layer steps and in init too (not "params"; sorted keys).
+        mixed = rf"^params\['w'\]: expected a {other} array like params\['t'\], got a {backend} array"
+        with pytest.raises(lm.MixedFrameworksError, match=mixed):
+            opt.step(params, {"w": None, "t": None}, state)
+        with pytest.raises(lm.MixedFrameworksError, match=mixed):
+            opt.init(params)
 
 
 def test_an_optimizer_made_by_dataclasses_replace_is_checked_as_lars_checks():
