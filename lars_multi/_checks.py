@@ -337,6 +337,34 @@ def check_shape(path: Any, shape: Any, w_path: Any, w_shape: Any) -> None:
         )
 
 
+class Layers(NamedTuple):
+    """The layers of a step that have a gradient, checked: their leaves as given (handles
+    too) and paths, their backend, their native weights (and a :class:`Layout` of them)
+    and gradients."""
+
+    leaves: list[Any]
+    paths: list[Any]
+    name: str
+    ops: Backend
+    ws: list[Any]
+    layout: Layout
+    gs: list[Any]
+
+
+def checked_layers(flat: Flat, grads: list[Any], active: list[int], where: tuple[str, str, bool]) -> Layers:
+    """The layers ``active`` of the weights ``flat`` with their gradients (``grads``, one per
+    leaf), checked; ``where``: ``(gradients' arg, weights' arg, one gradient for every leaf)``."""
+    w_arg = where[1]
+    leaves, paths = take(flat.leaves, active), take(flat.paths, active)
+    name = call_backend(leaves, paths, w_arg)
+    ops = get_backend(name)
+    ws = unwrap_all(leaves)
+    layout = Layout(ws)
+    check_all_weights(w_arg, layout, paths, ops)
+    gs = check_gradients(take(grads, active), layout, paths, where, name, ops)
+    return Layers(leaves, paths, name, ops, ws, layout, gs)
+
+
 def check_gradients(
     gs: Sequence[Any],
     ws: Layout,

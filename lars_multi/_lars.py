@@ -17,7 +17,7 @@ from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
 from ._presets import REFERENCE
-from ._protocol import Backend, Layout
+from ._protocol import Backend
 from ._registry import current_backend, get_backend
 from ._step import LayerFlags, StepConfig, batch_step, concat, decay_kind, lars_step, put, take
 from ._tree import Flat, Path, flatten_optree, is_leaf, is_single, leaves_like, present
@@ -171,16 +171,8 @@ def _update_tree(
     if not active:  # no gradient anywhere: w as it is, or copied into out
         _check_settings(lr, decay_lambda, stop_gradients)
         return flat.rebuild(flat.leaves) if out_leaves is None else copy_unchanged(flat, out, out_leaves)
-    leaves = take(flat.leaves, active)
-    paths = take(flat.paths, active)
-    name = _checks.call_backend(leaves, paths)
-    ops = get_backend(name)
-
-    ws = _checks.unwrap_all(leaves)
-    layout = Layout(ws)
-    _checks.check_all_weights("w", layout, paths, ops)
-    single = is_leaf(dcdw)
-    gs = _checks.check_gradients(take(grads, active), layout, paths, ("dcdw", "w", single), name, ops)
+    layers = _checks.checked_layers(flat, grads, active, ("dcdw", "w", is_leaf(dcdw)))
+    leaves, name, ops, ws, gs = layers.leaves, layers.name, layers.ops, layers.ws, layers.gs
     rates = _per_leaf("lr", lr, flat, active, ws, ops, partial(_checks.check_lr, name=name, ops=ops))
     decays = _per_leaf(
         "decay_lambda", decay_lambda, flat, active, ws, ops, partial(_checks.check_decay, name=name, ops=ops)

@@ -236,15 +236,8 @@ class LarsOptimizer:
         active = present(all_grads)
         if not active:
             return self._without_gradients(params, flat, state, out)
-        paths = take(flat.paths, active)
-        leaves = take(flat.leaves, active)
-        name = _checks.call_backend(leaves, paths, "params")
-        ops = get_backend(name)
-        ws = _checks.unwrap_all(leaves)
-        layout = Layout(ws)
-        _checks.check_all_weights("params", layout, paths, ops)
-        gs = _checks.check_gradients(
-            take(all_grads, active), layout, paths, ("grads", "params", False), name, ops
+        leaves, paths, name, ops, ws, layout, gs = _checks.checked_layers(
+            flat, all_grads, active, ("grads", "params", False)
         )
         self._check_state(state)
         step_count = _step_count(state.count, ws, name, ops)
