@@ -85,7 +85,7 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     NumPy: ``errstate(all="ignore")``, so that the caller's ``np.seterr`` cannot stop it halfway).
     ``check_axis_name(arg, value)``: raise unless the backend sums norms over named
     mesh axes (default: raise; JAX: inside ``jax.shard_map``).
-    ``cos(x)``: the cosine of a schedule's array (default: ``math.cos``, numbers only).
+    ``sin(x)``: the sine of a schedule's array (default: ``math.sin``, numbers only).
     ``scalar_for(value, dtype, ws)``: a 0-d array of ``value`` that arithmetic with
     each of ``ws`` can read (a step count, a flag; default: ``asarray``).
     ``widest_float(like)``: the widest floating dtype's name that arrays beside

@@ -310,8 +310,8 @@ def to_compute(x: Any) -> jax.Array:
     return x.astype(jnp.float32) if x.dtype in _HALF else x
 
 
-def cos(x: Any) -> jax.Array:
-    return jnp.cos(x)
+def sin(x: Any) -> jax.Array:
+    return jnp.sin(x)
 
 
 def compile(function: Any, donate: bool = False) -> Any:

@@ -289,8 +289,8 @@ def to_compute(x: Any) -> Any:
     return x.astype(_FLOAT32) if _COMPUTE.get(x.dtype) is _FLOAT32 else x
 
 
-def cos(x: Any) -> Any:
-    return np.cos(x)
+def sin(x: Any) -> Any:
+    return np.sin(x)
 
 
 def stop_gradient(x: Any) -> Any:

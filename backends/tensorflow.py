@@ -189,8 +189,8 @@ def to_compute(x: Any) -> tf.Tensor:
     return tf.cast(x, tf.float32) if x.dtype in _HALF else x
 
 
-def cos(x: Any) -> tf.Tensor:
-    return tf.math.cos(x)
+def sin(x: Any) -> tf.Tensor:
+    return tf.math.sin(x)
 
 
 def compile(function: Any, donate: bool = False) -> Any:

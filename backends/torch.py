@@ -520,8 +520,8 @@ def to_compute(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in _HALF else x
 
 
-def cos(x: torch.Tensor) -> torch.Tensor:
-    return torch.cos(x)
+def sin(x: torch.Tensor) -> torch.Tensor:
+    return torch.sin(x)
 
 
 def stop_gradient(x: torch.Tensor) -> torch.Tensor:

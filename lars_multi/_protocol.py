@@ -80,7 +80,7 @@ class Backend(Protocol):
     def arithmetic(self) -> AbstractContextManager[Any]: ...
     def widest_float(self, like: Any) -> str: ...
     def readable(self) -> bool: ...
-    def cos(self, x: Any) -> Any: ...
+    def sin(self, x: Any) -> Any: ...
     def axpby(self, a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any: ...
     def axpbys(
         self,
@@ -310,8 +310,8 @@ def _defaults(module: ModuleType) -> dict[str, Callable[..., Any]]:
         ``x`` itself, as nothing can be."""
         return x
 
-    def cos(x: Any) -> Any:
-        return math.cos(x)
+    def sin(x: Any) -> Any:
+        return math.sin(x)
 
     def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> Any:
         """``a x + b y`` (``a`` a number, ``b`` a number or 0-d array), written into

@@ -79,6 +79,11 @@ class StepConfig(_Key):
     increments: bool = False
 
     @property
+    def adapts_only_decayed(self) -> bool:
+        """timm's rule: a layer is adapted only where its weight decay is not 0."""
+        return self.preset.adapt_needs_decay and not self.always_adapt
+
+    @property
     def tracks_start(self) -> bool:
         """Whether each layer's buffer starts apart from the rule, so that its start is
         tracked (timm: at r u on its first step, not at mu 0 + (1 - d) r u)."""
@@ -124,11 +129,12 @@ def trust_ratio(
     u_norm: Any,
     lr: Any,
     decay: Any,
-    decay_known: bool,
+    decay_nonzero: Any = None,
 ) -> Any:
     """:math:`r` of layers from their norms (0-d arrays or vectors); ``decay`` is
-    None where no weight decay applies; ``decay_known``: it is a number the plan
-    knew (a compiler may trace it, and flush a float32 subnormal one to 0)."""
+    None where no weight decay applies; ``decay_nonzero``: where the weight decay is an
+    array (read only as the step runs), whether it is not 0, asked of it as given;
+    None where it is a number, which the plan has read."""
     preset = config.preset
     if preset.decay_divides_ratio:  # the reference: no fallback, lambda divides r
         ratio = w_norm / (g_norm + ops.constant(config.eps, g_norm))
@@ -159,11 +165,10 @@ def trust_ratio(
         zeros = ops.zeros_like(ratio)  # (tensors in the ratio's dtype, whatever lr is)
         ones, lr_like = zeros + 1.0, zeros + lr
         ratio = ops.where(above, ones, ratio / ops.where(above, ones, lr_like))
-    timm_rule = preset.adapt_needs_decay and not config.always_adapt
-    if timm_rule and decay is not None and not decay_known:
+    if config.adapts_only_decayed and decay is not None and decay_nonzero is not None:
         # timm adapts only where lambda != 0: an array (a schedule's) is not read on the
         # host, so a layer planned as adapted keeps r = 1 where it is 0.
-        ratio = ops.where(decay != 0, ratio, 1.0)
+        ratio = ops.where(decay_nonzero, ratio, 1.0)
     return ratio
 
 
@@ -381,10 +386,7 @@ def _plan(ops: Backend, config: StepConfig, flags: LayerFlags, decay: str) -> _P
     replicated."""
     preset, n = config.preset, len(flags.adapt)
     decayed = [decay != "none" and flags.decay[i] for i in range(n)]
-    adapted = [
-        flags.adapt[i] and (config.always_adapt or not preset.adapt_needs_decay or decayed[i])
-        for i in range(n)
-    ]
+    adapted = [flags.adapt[i] and (not config.adapts_only_decayed or decayed[i]) for i in range(n)]
     alone = ops.COMPILES
     groups: dict[tuple[bool, int], list[int]] = {}
     for i in range(n):
@@ -436,7 +438,12 @@ def _step(
     # A batch is of one dtype: rates in its compute dtype (a number stays a number).
     if type(lr) is not float:
         lr = ops.cast_like(lr, wcs[0])
+    decay_nonzero = None
     if weight_decay is not None and type(weight_decay) is not float:
+        # (a number's rule is the plan's: a compiler traces it, and may flush a float32
+        # subnormal to 0; an array's is asked before the cast: float64's 1e-50 is float32's 0)
+        if config.adapts_only_decayed and not plan.decay_known:
+            decay_nonzero = weight_decay != 0
         weight_decay = ops.cast_like(weight_decay, wcs[0])
     # In place: written straight into the outputs, unless computed aside in float32 (halves).
     direct = outs is not None and each_is(wcs, ws)
@@ -449,7 +456,7 @@ def _step(
         decayed_us = ops.axpbys(1.0, [gcs[i] for i in chosen], weight_decay, [wcs[i] for i in chosen])
         for i, u in zip(chosen, decayed_us):
             us[i] = u
-    ratios = _ratio_vectors(ops, config, plan, wcs, gcs, us, lr, weight_decay)
+    ratios = _ratio_vectors(ops, config, plan, wcs, gcs, us, lr, (weight_decay, decay_nonzero))
     targets = outs if direct else None
     decay_terms = (plan.decayed, weight_decay) if split and plan.decayed else None
     mu = config.momentum if momentum is None else momentum
@@ -492,21 +499,22 @@ def _ratio_vectors(
     gcs: list[Any],
     us: list[Any],
     lr: Any,
-    weight_decay: Any,
+    weight_decay: tuple[Any, Any],
 ) -> _Ratios:
     """The trust ratios of the plan's groups of adapted layers, each group's from
-    its norms taken all at once (summed over mesh axes, where it has them)."""
+    its norms taken all at once (summed over mesh axes, where it has them);
+    ``weight_decay``: it and whether it is not 0 (see :func:`trust_ratio`)."""
     vectors: _Ratios = []
     for is_decayed, indices, picked in plan.groups:
         k = len(indices)
         axes = None if picked is None else picked + picked
         norms = ops.norms(take(wcs, indices) + take(gcs, indices), axes)
         w_norm, g_norm = _vector(ops, norms[:k]), _vector(ops, norms[k:])
-        decay = weight_decay if is_decayed else None
+        decay = weight_decay[0] if is_decayed else None
         u_norm = g_norm
         if config.preset.ratio_of_update and is_decayed:
             u_norm = _vector(ops, ops.norms([us[i] for i in indices], picked))
-        ratio = trust_ratio(ops, config, w_norm, g_norm, u_norm, lr, decay, plan.decay_known)
+        ratio = trust_ratio(ops, config, w_norm, g_norm, u_norm, lr, decay, weight_decay[1])
         vectors.append((indices, ratio))
     return vectors
 

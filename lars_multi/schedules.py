@@ -67,8 +67,9 @@ def _checked(schedule: Any, fields: tuple[str, ...]) -> None:
 
 
 def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, Any, Callable[..., Any]]:
-    """Whether the step is in the warm-up, its warm-up fraction and decay fraction,
-    both in [0, 1], and a ``where(cond, x, y)`` for the count's backend. A count is an
+    """Whether the step is in the warm-up, its warm-up fraction and the fraction of the
+    decay left (:math:`1 - p_t`, from the steps left, which float32 holds exactly up
+    to ``2**24``), both in [0, 1], and a ``where(cond, x, y)`` for the count's backend. A count is an
     integer >= 0 (an array's dtype is checked; its value is read only where it is on
     the host, NumPy's: one below 0 elsewhere counts as 0)."""
     name = owner(count)
@@ -77,8 +78,8 @@ def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, 
             raise LarsMultiValueError(f"count: expected an integer >= 0 (the step count), got {count!r}")
         step = float(min(int(count), _LAST_STEP))  # (beyond total_steps: the end of the schedule)
         warm = min(step / warmup_steps, 1.0) if warmup_steps else 1.0
-        progress = min(max((step - warmup_steps) / (total_steps - warmup_steps), 0.0), 1.0)
-        return step < warmup_steps, warm, progress, lambda c, x, y: x if c else y
+        left = min(max((total_steps - step) / (total_steps - warmup_steps), 0.0), 1.0)
+        return step < warmup_steps, warm, left, lambda c, x, y: x if c else y
     ops = get_backend(name)
     data = unwrap(count)
     if not ops.dtype_name(data.dtype).startswith(("int", "uint")) or len(data.shape) != 0:
@@ -94,9 +95,9 @@ def _phases(count: Any, warmup_steps: int, total_steps: int) -> tuple[Any, Any, 
     warmup, decay_steps = float(warmup_steps), float(total_steps - warmup_steps)
     warming = step < warmup
     warm = ops.where(warming, step / warmup, 1.0) if warmup_steps else step * 0 + 1.0
-    progress = (step - warmup) / decay_steps
-    progress = ops.where(progress < 0, 0.0 * step, ops.where(progress > 1, 0.0 * step + 1.0, progress))
-    return warming, warm, progress, ops.where
+    left = (float(total_steps) - step) / decay_steps
+    left = ops.where(left < 0, 0.0 * step, ops.where(left > 1, 0.0 * step + 1.0, left))
+    return warming, warm, left, ops.where
 
 
 @dataclass(frozen=True)
@@ -117,14 +118,24 @@ class warmup_polynomial:
         _checked(self, ("peak", "end", "power"))
 
     def __call__(self, count: Any) -> Any:
-        warming, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)
-        decayed = (self.peak - self.end) * (1.0 - progress) ** self.power + self.end
+        warming, warm, left, where = _phases(count, self.warmup_steps, self.total_steps)
+        decayed = (self.peak - self.end) * left**self.power + self.end
         return where(warming, self.peak * warm, decayed)
 
 
 @dataclass(frozen=True)
 class warmup_cosine:
-    """Linear warm-up from 0 to ``peak``, then cosine decay to ``end`` at ``total_steps``."""
+    r"""Linear warm-up from 0 to ``peak``, then cosine decay to ``end`` at ``total_steps``
+    (Loshchilov and Hutter 2017, without restarts).
+
+    .. math:: \eta_t = \eta_{end} + (\eta_{peak} - \eta_{end}) \frac{1 + \cos(\pi p_t)}{2}
+              = \eta_{end} + (\eta_{peak} - \eta_{end}) \sin^2\big(\tfrac{\pi}{2} (1 - p_t)\big)
+
+    computed in the second form, exact at both ends (:math:`1 - p_t` is exact): in float32
+    (JAX's default) the first rounds to exactly 0 over the last steps before
+    ``total_steps`` (:math:`1 + \cos` cancels), where timm's rule stops adapting a layer
+    whose weight decay is 0.
+    """
 
     peak: float
     warmup_steps: int
@@ -135,8 +146,9 @@ class warmup_cosine:
         _checked(self, ("peak", "end"))
 
     def __call__(self, count: Any) -> Any:
-        warming, warm, progress, where = _phases(count, self.warmup_steps, self.total_steps)
+        warming, warm, left, where = _phases(count, self.warmup_steps, self.total_steps)
         name = owner(count)
-        cosine = math.cos(math.pi * progress) if name is None else get_backend(name).cos(math.pi * progress)
-        decayed = self.end + 0.5 * (self.peak - self.end) * (1.0 + cosine)
+        angle = 0.5 * math.pi * left
+        half = math.sin(angle) if name is None else get_backend(name).sin(angle)
+        decayed = self.end + (self.peak - self.end) * (half * half)
         return where(warming, self.peak * warm, decayed)

@@ -593,6 +593,46 @@ def test_schedules_longer_than_int32_evaluate_on_every_backend(backend, kind, wa
     assert got == pytest.approx(schedule(1000), rel=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["warmup_polynomial", "warmup_cosine"])
+def test_schedules_are_exact_to_their_last_step_in_float32(backend, kind):
+    """``(1 + cos(pi p)) / 2`` rounded to exactly 0 in float32 (JAX's default) over the
+    last steps before total_steps (7 of 100,000), and ``1 - p`` lost digits there: a
+    schedule's end was off, and a weight decay of 0 there stopped timm's adaptation. The
+    values left are float64's, to float32's precision, and ``end`` from total_steps on."""
+    total = 100_000
+    schedule = getattr(lm.schedules, kind)(5e-4, 10, total)
+
+    def exact(n: int) -> float:  # the formula in float64, from the steps left
+        left = (total - n) / (total - 10)
+        return 5e-4 * (left**2 if kind == "warmup_polynomial" else math.sin(math.pi / 2 * left) ** 2)
+
+    for n in (11, 50_000, total - 7, total - 1):
+        got = float(to_numpy(schedule(native(backend, np.array(n, np.int32)))))
+        assert got == pytest.approx(exact(n), rel=1e-6), n
+        assert schedule(n) == pytest.approx(exact(n), rel=1e-12), n
+    for n in (total, total + 1):
+        assert float(to_numpy(schedule(native(backend, np.array(n, np.int32))))) == schedule(n) == 0.0
+
+
+def test_timm_adapts_where_a_scheduled_weight_decay_is_not_zero_before_the_cast(backend):
+    """timm adapts a layer where its weight decay is not 0: a schedule's float64 value
+    was cast to the layer's float32 first, so 1e-50 (not 0, and adapted when given as a
+    number) became 0 and the layer took an unadapted step, 1 / r times larger."""
+    w = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
+    g = (np.random.default_rng(1).normal(size=(8, 8)) * 0.01).astype(np.float32)
+    tiny = 1e-50
+    steps = []
+    with x64(backend):  # (a float64 value: JAX's needs x64)
+        for decay in (tiny, lambda count: native(backend, np.asarray(tiny))):
+            opt = lm.optim.lars(0.1, momentum=0.0, weight_decay=decay, trust_coefficient=1e-3, preset="timm")
+            params = {"w": native(backend, w)}
+            new, _ = opt.step(params, {"w": native(backend, g)}, opt.init(params))
+            steps.append(to_numpy(new["w"]) - w)
+    np.testing.assert_allclose(steps[1], steps[0], rtol=1e-6)
+    unadapted = -np.float32(0.1) * g
+    assert np.linalg.norm(steps[0]) < 0.5 * np.linalg.norm(unadapted)
+
+
 def lm_optax(config):
     kw, masks, schedule = _optax_kwargs(config)
     if masks:
