@@ -110,19 +110,21 @@ def _check_names(group: dict[str, Any], where: str, required: tuple[str, ...] = 
             )
 
 
-def _check_group(group: dict[str, Any]) -> StepConfig:
+def _check_group(group: dict[str, Any], stepping: bool = False) -> StepConfig:
     """The group's StepConfig, after :func:`lars_multi.optim.lars` has checked its
-    values (a tensor ``lr``'s value too: read here, never in a step)."""
+    values (a tensor ``lr``'s value too: read here, never in a step). ``stepping``:
+    for a step, where a momentum set to 0 later (a scheduler's) steps without Nesterov's
+    look-ahead, which has no buffer to look ahead with, as torch.optim.SGD and timm's
+    Lars step (they check Nesterov's momentum when a group is made, as this does then)."""
     _check_names(group, "param_groups")
     _check_rates(group)
     lr = group["lr"]
     if isinstance(lr, torch.Tensor):  # (its value, named as this optimizer names it)
         lr = _checks.check_rate("lr", lr.item(), name="torch", ops=_OPS)
-    return lars(
-        lr,
-        weight_decay=group["weight_decay"],
-        **{name: group[name] for name in _CONFIG_KEYS},
-    ).config
+    settings = {name: group[name] for name in _CONFIG_KEYS}
+    if stepping and settings["momentum"] == 0:
+        settings["nesterov"] = False
+    return lars(lr, weight_decay=group["weight_decay"], **settings).config
 
 
 def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
@@ -411,14 +413,14 @@ class LARS(torch.optim.Optimizer):
         if config is None:
             if len(configs) >= max(_MOST_CONFIGS, 2 * len(self.param_groups)):  # (a setting per group
                 configs.clear()  # kept over the step: more than 256 groups emptied it at every group)
-            config = configs[key] = _check_group(group)
+            config = configs[key] = _check_group(group, stepping=True)
         return config
 
     def _made_config(self, group: dict[str, Any]) -> StepConfig:
         """The group's StepConfig, made by :meth:`_config` this step (made again where
         more than ``_MOST_CONFIGS`` groups' settings are new at once)."""
         config = self._configs.get(_config_key(group))
-        return _check_group(group) if config is None else config
+        return _check_group(group, stepping=True) if config is None else config
 
     def _check_tensors(
         self, params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None]

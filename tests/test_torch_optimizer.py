@@ -452,6 +452,35 @@ def test_compiled_step_with_a_momentum_cycled_at_every_step_compiles_at_most_twi
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_nesterov_momentum_scheduled_through_0_steps_as_torch_sgd(compiled):
+    """A momentum a scheduler sets to 0 with ``nesterov=True`` raised "nesterov: expected
+    momentum > 0" at the step, where torch.optim.SGD and timm's Lars (which check it when
+    a group is made) take a plain step, the look-ahead having no buffer; they go on with
+    the buffer kept when the momentum comes back. Made so, the group is still refused."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    start = torch_randn(4, 4, generator=gen).double()
+    p, q = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    # (timm's rule with no weight decay adapts nothing: SGD's step)
+    opt = LARS([p], lr=0.1, momentum=0.9, nesterov=True, preset="timm")
+    sgd = torch.optim.SGD([q], lr=0.1, momentum=0.9, nesterov=True)
+    step = torch.compile(opt.step, fullgraph=True, backend="eager") if compiled else opt.step
+    for k in range(6):
+        g = torch_randn(4, 4, generator=gen).double()
+        p.grad, q.grad = g.clone(), g.clone()
+        momentum = 0.0 if k in (2, 3) else 0.9
+        opt.param_groups[0]["momentum"] = sgd.param_groups[0]["momentum"] = momentum
+        step()
+        sgd.step()
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-14)
+    torch._dynamo.reset()
+    with pytest.raises(lm.LarsMultiValueError, match=r"^nesterov: expected momentum > 0"):
+        LARS([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.0, nesterov=True)
+    with pytest.raises(lm.LarsMultiValueError, match=r"^nesterov: expected momentum > 0"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "momentum": 0.0})
+
+
 def test_a_momentum_set_out_of_range_between_steps_is_refused_before_writing():
     p = torch.nn.Parameter(torch.ones(2, 2))
     opt = LARS([p], lr=0.1, momentum=0.9)
