@@ -21,9 +21,10 @@ from . import _registry
 from ._array import Array
 from ._container import Container
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, type_name
+from ._lists import take
 from ._protocol import Backend, Layout
 from ._registry import all_native, backend_of, current_backend, get_backend
-from ._step import StepConfig, no_zero_decay, take
+from ._step import StepConfig, no_zero_decay
 from ._tree import Attribute, Flat, Path, leaves_like
 
 # --- handles: lars_multi.Array and keras.Variable around a native array ---------------

@@ -16,10 +16,11 @@ from ._aliasing import array_values, check_handles, must_write_late, write_all
 from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
+from ._lists import concat, put, take
 from ._presets import REFERENCE
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
-from ._step import LayerFlags, StepConfig, batch_step, concat, decay_kind, lars_step, put, take
+from ._step import LayerFlags, StepConfig, batch_step, decay_kind, lars_step
 from ._tree import Flat, Path, flatten_optree, is_leaf, is_single, leaves_like, present
 
 # The reference's rule: the one LARS step with the REFERENCE preset and no momentum.

@@ -37,10 +37,11 @@ from ._aliasing import array_values, check_handles, check_untouched, must_write_
 from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, no_autograph, type_name
 from ._lars import copy_unchanged, flatten
+from ._lists import concat, each_is, put, take
 from ._presets import PRESETS, Preset, RankMask, get_preset
 from ._protocol import Backend, Layout
 from ._registry import get_backend
-from ._step import LayerFlags, StepConfig, concat, each_is, lars_step, put, take
+from ._step import LayerFlags, StepConfig, lars_step
 from ._tree import Flat, Path, leaves_like, present
 from .schedules import warmup_cosine, warmup_polynomial
 

@@ -346,7 +346,7 @@ def test_memory_roots_tell_which_arrays_share_memory(backend):
 @pytest.mark.parametrize("indices", [[0, 1, 2, 3, 4], [1, 2, 3], [3], [0, 2, 4], [], [1, 4]])
 def test_take_and_put_are_inverse(indices):
     """``take`` (a slice for consecutive layers) and ``put`` give back what they took."""
-    from lars_multi._step import put, take
+    from lars_multi._lists import put, take
 
     xs = list("abcde")
     taken = take(xs, indices)
