@@ -21,6 +21,7 @@ from ._errors import (
     LarsMultiValueError,
     MixedFrameworksError,
     UnknownBackendError,
+    UnknownPresetError,
 )
 from ._lars import lars_update
 from ._registry import (
@@ -44,6 +45,7 @@ __all__ = [
     "LarsMultiValueError",
     "MixedFrameworksError",
     "UnknownBackendError",
+    "UnknownPresetError",
     "array",
     "available_backends",
     "current_backend",

@@ -553,10 +553,14 @@ def _as_float(path: Any, value: Any, expected: str) -> float:
 
 
 def check_lr(path: Any, lr: Any, *, name: str, ops: Backend) -> Any:
-    """A finite float, or a 0-d floating array of the backend (possibly traced)."""
+    """A finite float, or a 0-d floating array of the backend (possibly traced; not read,
+    but for a NumPy array, whose value is on the host: checked as a number is)."""
     if type(lr) is float or is_number(lr):
         return _as_float(path, lr, "a finite number")
-    return _check_scalar_array(path, lr, name, ops, "a float or a 0-d array")
+    data = _check_scalar_array(path, lr, name, ops, "a float or a 0-d array")
+    if _on_the_host(data):
+        _as_float(path, data.item(), "a finite number")
+    return data
 
 
 def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any:
@@ -570,7 +574,10 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any
         raise LarsMultiTypeError(
             f"{path}: expected a number >= 0 or a 0-d array, got {type_name(decay_lambda)}"
         )
-    return _check_scalar_array(path, decay_lambda, name, ops, "a number >= 0 or a 0-d array")
+    data = _check_scalar_array(path, decay_lambda, name, ops, "a number >= 0 or a 0-d array")
+    if _on_the_host(data):
+        check_rate_number(path, data.item())
+    return data
 
 
 def check_number(name: str, value: Any, *, high: float = math.inf) -> float:
@@ -611,9 +618,15 @@ def check_rate(path: Any, value: Any, *, name: str, ops: Backend) -> Any:
     if is_number(value):
         return check_rate_number(path, value)
     data = _check_scalar_array(path, value, name, ops, "a number >= 0 or a 0-d array")
-    if isinstance(data, np.ndarray) and not _registry.is_compiling():  # (Dynamo: a tensor, not read)
+    if _on_the_host(data):
         check_rate_number(path, data.item())
     return data
+
+
+def _on_the_host(data: Any) -> bool:
+    """Whether a checked 0-d array's value is on the host, to be read and checked as a
+    number: a NumPy array's (but where Dynamo traces, which takes it for a tensor)."""
+    return isinstance(data, np.ndarray) and not _registry.is_compiling()
 
 
 def check_rate_number(path: Any, value: Any) -> float:

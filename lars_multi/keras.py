@@ -46,6 +46,14 @@ except ImportError as _error:  # the module imports without Keras; LARS says why
 
 __all__ = ["LARS", "Schedule"]
 _SCHEDULES = {kind.__name__: kind for kind in (schedules.warmup_polynomial, schedules.warmup_cosine)}
+# TF Model Garden's LARS's names for this optimizer's arguments (Keras would refuse them
+# with a message that names no argument of ours).
+_MODEL_GARDEN_NAMES = {
+    "weight_decay_rate": "weight_decay",
+    "eeta": "trust_coefficient",
+    "exclude_from_layer_adaptation": "exclude_from_adaptation",
+    "classic_momentum": "preset='optax' (its classic_momentum=True; there is no other)",
+}
 # Whether a variable is adapted and decayed, by the code saved for it (and back).
 _LAYER_CODES = {(False, False): 0, (True, False): 1, (False, True): 2, (True, True): 3}
 _LAYER_FLAGS = {
@@ -306,6 +314,11 @@ if keras is not None:
             name: str = "lars",
             **kwargs: Any,
         ) -> None:
+            foreign = next((name for name in _MODEL_GARDEN_NAMES if name in kwargs), None)
+            if foreign is not None:
+                raise LarsMultiTypeError(
+                    f"{foreign}: TF Model Garden's name; lm.keras.LARS takes {_MODEL_GARDEN_NAMES[foreign]}"
+                )
             learning_rate = _keras_schedule("learning_rate", learning_rate)
             _check_rate("learning_rate", learning_rate)
             decay = 0.0 if weight_decay is None else _keras_schedule("weight_decay", weight_decay)

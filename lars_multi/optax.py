@@ -118,7 +118,8 @@ def lars(
     preset: str = "paper",
     axis_name: Any = None,
 ) -> Any:  # optax.GradientTransformationExtraArgs
-    """LARS as an optax transformation; the arguments are those of :func:`lars_multi.optim.lars`.
+    """LARS as an optax transformation; the arguments are those of :func:`lars_multi.optim.lars`
+    but ``differentiable``, which is always on here (see below).
 
     ``learning_rate`` and ``weight_decay`` are numbers or optax schedules,
     called with the step count (0 at the first update). ``adapt_mask`` and

@@ -835,9 +835,10 @@ def lars(
         learning_rate: :math:`\eta`, a number, a 0-d array of the parameters'
             framework, or a schedule (a callable of the step count, e.g.
             :class:`lars_multi.schedules.warmup_polynomial`). An array, and a
-            schedule's value, are checked at each step without reading an array:
-            a number must be finite and >= 0, an array 0-d and floating (its
-            value is not read on the host).
+            schedule's value, are checked at each step without waiting on a device:
+            a number must be finite and >= 0, an array 0-d and floating (a NumPy
+            array's value, on the host, is read and checked as a number's; another
+            framework's is not read).
         momentum: :math:`\mu \in [0, 1)`; 0 keeps no buffers.
         nesterov: Nesterov momentum (needs momentum > 0 and no dampening).
         dampening: :math:`d \in [0, 1)`, the part of each update the buffer drops (none

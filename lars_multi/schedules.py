@@ -4,8 +4,8 @@ A schedule is called with the optimizer's step count: a Python int, or a 0-d
 integer array of any backend (traced under ``jax.jit`` and ``tf.function``),
 and returns the rate as a float or a 0-d array of that backend, in float64
 where the framework has it (JAX: with ``jax_enable_x64``; else float32), which
-the step casts to each layer's dtype. It reads nothing on the host, so it never
-waits on the device.
+the step casts to each layer's dtype. It reads no array's value but a NumPy
+count's (on the host: one below 0 is refused), so it never waits on a device.
 
 >>> from lars_multi.schedules import warmup_polynomial
 >>> schedule = warmup_polynomial(peak=2.0, warmup_steps=10, total_steps=110)

@@ -350,6 +350,29 @@ def test_non_finite_lr(backend, lr):
         lm.lars_update({"a": w, "b": w}, g, {"a": 0.1, "b": lr})
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_numpy_array_lr_or_decay_is_read_and_checked_as_a_number(value):
+    """A NumPy 0-d array's value is on the host: a NaN learning rate made NaN weights, and
+    a negative or NaN decay_lambda was silently no decay (lm.optim read and refused them).
+    Nothing is written where out= is given."""
+    w, g = W.copy(), G.copy()
+    for bad in (np.array(value, np.float32), lm.Array(np.array(value, np.float64))):
+        with raises(ValueError, r"^lr: expected a finite number, got", lm.LarsMultiValueError):
+            lm.lars_update(w, g, bad, out=w)
+        with raises(ValueError, r"^lr\['b'\]: expected a finite number", lm.LarsMultiValueError):
+            lm.lars_update({"a": w, "b": w}, g, {"a": 0.1, "b": bad})
+    for bad in (np.array(-1.0, np.float32), np.array(value, np.float32)):
+        with raises(ValueError, r"^decay_lambda: expected a finite number >= 0", lm.LarsMultiValueError):
+            lm.lars_update(w, g, 0.1, decay_lambda=bad, out=w)
+    np.testing.assert_array_equal(w, W)
+    # Good ones are still taken as arrays: the same values as numbers give.
+    np.testing.assert_allclose(
+        lm.lars_update(W, G, np.array(0.1, np.float32), decay_lambda=np.array(0.01, np.float32)),
+        lm.lars_update(W, G, 0.1, decay_lambda=0.01),
+        rtol=1e-6,
+    )
+
+
 def test_lr_not_scalar(backend):
     w, g = native(backend, W), native(backend, G)
     with raises(ValueError, r"^lr: expected a 0-d array, got shape \(3,\)", lm.LarsMultiValueError):

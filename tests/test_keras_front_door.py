@@ -349,6 +349,15 @@ def test_bad_arguments_are_lars_multi_errors():
     with pytest.raises(lm.LarsMultiValueError, match="trust_coefficient"):
         lars_multi.keras.LARS(0.1, trust_coefficient=0.0)
     assert lm.keras.LARS is lars_multi.keras.LARS
+    # TF Model Garden's names (the migration table's start) were Keras' "not recognized" ValueError.
+    for theirs, ours in (
+        ("weight_decay_rate", "weight_decay"),
+        ("eeta", "trust_coefficient"),
+        ("exclude_from_layer_adaptation", "exclude_from_adaptation"),
+        ("classic_momentum", "preset='optax'"),
+    ):
+        with pytest.raises(lm.LarsMultiTypeError, match=rf"^{theirs}: TF Model Garden's name; .* {ours}"):
+            lars_multi.keras.LARS(0.1, **{theirs: 1e-4})
 
 
 def test_rates_of_every_kind_are_checked():

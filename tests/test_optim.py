@@ -980,9 +980,9 @@ def test_a_schedule_that_cannot_take_the_step_count_is_refused_when_made(arg, sc
 
 
 def test_unknown_preset_lists_known_ones():
-    with pytest.raises(lm.LarsMultiError) as info:
+    with pytest.raises(lm.UnknownPresetError) as info:  # (public, as the README's table of errors)
         lm.optim.lars(0.1, preset="sgd")
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, lm.LarsMultiValueError)
     for known in PRESET_NAMES:
         assert known in str(info.value)
 
