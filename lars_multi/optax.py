@@ -48,12 +48,10 @@ __all__ = ["LarsState", "lars"]
 
 
 def _update_of(grad: Any, increment: Any) -> Any:
-    """A layer's update: its step's increment; where it has no gradient (the step
-    gives such a leaf as it is), 0 for an array and None for anything else (an
-    equinox module's activation function, a Python number), as optax.sgd gives."""
-    if grad is None:
-        return jax.numpy.zeros_like(increment) if isinstance(increment, jax.Array) else None
-    return increment
+    """A layer's update: its step's increment; None where it has no gradient, as
+    optax.sgd gives (a 0 there made a transformation chained after this one take a
+    frozen parameter for a live one: ``optax.add_decayed_weights`` moved it)."""
+    return None if grad is None else increment
 
 
 def _like(params: Any, updates: Any) -> Any:

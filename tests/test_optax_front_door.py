@@ -449,6 +449,39 @@ def test_tree_map_params_maps_the_buffers_as_over_optax_lars_state(preset):
     assert lars_state.started == ({"w": "param", "b": "param"} if preset == "timm" else None)
 
 
+def test_a_none_gradient_gets_a_none_update_as_optax_sgd_gives():
+    """A None gradient's update was an array of zeros, so a transformation chained after
+    lm.optax.lars took the frozen parameter for a live one: optax.add_decayed_weights moved
+    it by 0.33 in 3 steps. Its update is None, as optax.sgd's, and such a chain fails as
+    optax.sgd's does, instead of moving the parameter."""
+    require_backend("jax")
+    import jax.numpy as jnp
+    import optax
+
+    import lars_multi.optax
+
+    params = {"w": jnp.ones((4, 3)), "frozen": jnp.ones((3, 2))}
+    grads = {"w": jnp.full((4, 3), 0.5), "frozen": None}
+    native_sgd = optax.sgd(0.1, momentum=0.9)
+    for tx in (lars_multi.optax.lars(0.1, momentum=0.9, preset="optax"), native_sgd):
+        updates, _ = tx.update(grads, tx.init(params), params)
+        assert updates["frozen"] is None and updates["w"] is not None
+    failures = []
+    for first in (lars_multi.optax.lars(0.1, momentum=0.9, preset="optax"), native_sgd):
+        tx = optax.chain(first, optax.add_decayed_weights(0.1))
+        state, p = tx.init(params), params
+        try:
+            for _ in range(3):
+                updates, state = tx.update(grads, state, p)
+                p = optax.apply_updates(p, updates)
+        except (TypeError, ValueError):
+            failures.append(True)
+            continue
+        failures.append(False)
+        np.testing.assert_array_equal(np.asarray(p["frozen"]), 1.0)
+    assert failures[0] == failures[1]
+
+
 def test_an_equinox_modules_leaves_that_are_no_arrays_get_no_update():
     """Updates of a whole equinox module (its activation functions are leaves, with None
     gradients): a zeros_like of a function failed, and a Python number's update became an
