@@ -1,13 +1,23 @@
 """The backend matrix: ``nox -s numpy torch jax tensorflow`` each install only
 NumPy plus that one framework (proving the others optional); ``all`` installs
-everything; ``bench`` runs the benchmark suite; ``lint`` runs ruff."""
+everything; ``minimum`` tests NumPy alone at the lowest versions pyproject allows;
+``installed`` tests a regular (not editable) install from outside the checkout;
+``bench`` runs the benchmark suite; ``lint`` runs ruff; ``typecheck`` runs mypy."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["numpy", "torch", "jax", "tensorflow", "all", "lint", "typecheck"]
+nox.options.sessions = [
+    *("numpy", "torch", "jax", "tensorflow", "all"),
+    *("minimum", "installed", "lint", "typecheck"),
+]
 CONSTRAINTS = ("-c", "constraints.txt")
+ROOT = Path(__file__).parent
+# The lowest versions of the dependencies that pyproject allows.
+MINIMUM = ("numpy==1.26.4", "optree==0.13.0", "rich==13.0.0")
 
 
 def _test(session: nox.Session, extras: str, backends: str) -> None:
@@ -38,6 +48,22 @@ def tensorflow(session: nox.Session) -> None:
 @nox.session(name="all")
 def all_backends(session: nox.Session) -> None:
     _test(session, "all,test", "numpy,torch,jax,tensorflow")
+
+
+@nox.session
+def minimum(session: nox.Session) -> None:
+    session.install(*MINIMUM, "pytest", "hypothesis", "ml_dtypes")
+    session.install("--no-deps", "-e", ".")
+    session.run("pytest", *session.posargs, env={"LARS_MULTI_TEST_BACKENDS": "numpy"})
+
+
+@nox.session
+def installed(session: nox.Session) -> None:
+    """A regular install, tested from another directory, so that nothing is imported
+    from the checkout: what a wheel or an sdist holds."""
+    session.install(*CONSTRAINTS, ".[test]")
+    session.chdir(session.create_tmp())
+    session.run("pytest", str(ROOT / "tests"), *session.posargs, env={"LARS_MULTI_TEST_BACKENDS": "numpy"})
 
 
 @nox.session
