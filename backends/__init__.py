@@ -39,7 +39,7 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     ``compile(function, donate=False)``: a step compiled by the framework (JAX,
     TensorFlow); ``donate``: the weights' buffers may be reused. ``COMPILES``:
     whether ``compile`` compiles, so that the step traces values rather than
-    reading them (default: whether the module defines ``compile``).
+    reading them (default: whether ``compile`` gives another function than it is given).
     ``write(out, value)``: copy ``value`` into ``out`` in place (for ``out=``).
     ``snapshot(x)``: ``x``'s values now, kept whatever is later written into its
     memory (default: ``x`` itself, as nothing can be written).

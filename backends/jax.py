@@ -33,6 +33,7 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 FRAMEWORK = "jax"
+COMPILES = True
 _HALF = frozenset(np.dtype(t) for t in (jnp.float16, jnp.bfloat16))
 FLOAT_DTYPES = _HALF | {np.dtype(jnp.float32), np.dtype(jnp.float64)}
 

@@ -22,6 +22,7 @@ from lars_multi import _batching
 from lars_multi._protocol import Layout, no_axis_name
 
 FRAMEWORK = "tensorflow"
+COMPILES = True
 _HALF = frozenset({tf.float16, tf.bfloat16})
 FLOAT_DTYPES = _HALF | {tf.float32, tf.float64}
 try:  # the tensors of NumPy behaviour's dtype_conversion_mode="all" (made from Python values)

@@ -155,8 +155,8 @@ def bench(rest: list[str], console: Console) -> None:
     """The benchmark suite of the checkout this lars_multi is imported from (its
     ``benchmarks/`` folder, beside the package), whatever the current directory:
     never another ``benchmarks`` package that happens to be importable."""
-    root = Path(lm.__file__).resolve().parent.parent
-    if not (root / "benchmarks" / "__main__.py").is_file():
+    root = Path(lm.__file__).resolve().parent.parent  # (a checkout's; an install's site-packages)
+    if not ((root / "benchmarks" / "__main__.py").is_file() and (root / "pyproject.toml").is_file()):
         console.print(
             f"bench runs the suite in the benchmarks/ folder of a checkout of lars_multi; this lars_multi "
             f"({root}) is installed without it: clone the repository and install it with pip install -e ."

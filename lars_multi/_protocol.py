@@ -47,7 +47,8 @@ class Backend(Protocol):
 
     # Required too: is_writable(x) -> bool, unless the module defines unwritable (below).
 
-    # Optional, with defaults (see _defaults below; COMPILES: whether the module defines compile).
+    # Optional, with defaults (see _defaults below; COMPILES: whether the module's compile
+    # gives another function, asked once).
     COMPILES: bool
 
     def write(self, out: Any, value: Any) -> None: ...
@@ -369,6 +370,10 @@ _REQUIRED = (
 )
 
 
+def _nothing() -> None:
+    """A function for a backend's ``compile``, to tell whether it compiles."""
+
+
 def complete(module: ModuleType) -> Backend:
     """Give ``module`` the optional primitives it does not define (and None for
     the optional parts it lacks): then it is a :class:`Backend`. A module that
@@ -381,8 +386,13 @@ def complete(module: ModuleType) -> Backend:
             f"backend module {module.__name__}: expected the required primitives of lars_multi.backends, "
             f"missing {', '.join(missing)}"
         )
-    if not hasattr(module, "COMPILES"):
-        module.COMPILES = hasattr(module, "compile")  # type: ignore[attr-defined]
+    if hasattr(module, "cos") and not hasattr(module, "sin"):
+        raise LarsMultiTypeError(
+            f"backend module {module.__name__}: defines cos, which lars_multi 0.3.21 replaced by "
+            "sin(x), the sine of a schedule's array: define sin"
+        )
+    if not hasattr(module, "COMPILES"):  # (asked once: whether its compile gives another function)
+        module.COMPILES = hasattr(module, "compile") and module.compile(_nothing) is not _nothing  # type: ignore[attr-defined]
     for name, default in _defaults(module).items():
         if not hasattr(module, name):
             setattr(module, name, default)

@@ -143,15 +143,16 @@ def _not_installed(spec: BackendSpec, error: Exception) -> str:
 
 def _find_built_in_backends() -> None:
     """Load ``lars_multi.backends`` from a checkout's ``backends/`` folder where lars_multi
-    is imported from a checkout (the package's folder has no ``backends`` inside, and a
-    ``pyproject.toml`` and a ``backends/`` beside it). pyproject installs that folder under
+    is imported from a checkout (the package's folder has no ``backends`` package inside,
+    and a ``pyproject.toml`` and a ``backends/`` beside it). pyproject installs that folder under
     this name; with ``PYTHONPATH=.``, or a checkout's directory ahead of a regular install
     on ``sys.path``, nothing else would find it, and an editable install of another
     checkout would give that one's."""
     package_folder = Path(__file__).resolve().parent
     root = package_folder.parent
     init = root / "backends" / "__init__.py"
-    if (package_folder / "backends").is_dir() or not (init.is_file() and (root / "pyproject.toml").is_file()):
+    installed = (package_folder / "backends" / "__init__.py").is_file()
+    if installed or not (init.is_file() and (root / "pyproject.toml").is_file()):
         return
     spec = importlib.util.spec_from_file_location(
         "lars_multi.backends", init, submodule_search_locations=[str(init.parent)]
@@ -161,6 +162,7 @@ def _find_built_in_backends() -> None:
     package = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = package
     spec.loader.exec_module(package)
+    sys.modules["lars_multi"].backends = package  # type: ignore[attr-defined]  # (as an import sets it)
 
 
 _find_built_in_backends()

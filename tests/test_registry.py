@@ -681,6 +681,27 @@ def test_a_backend_missing_a_required_primitive_is_refused_before_anything_is_wr
     assert all(np.array_equal(w[k].values, W) for k in w)
 
 
+def test_a_backend_of_the_old_protocol_and_one_whose_compile_does_not_compile(
+    isolated_registry, tmp_path, monkeypatch
+):
+    """0.3.21 renamed the optional ``cos`` ``sin``: a module defining ``cos`` only was given
+    ``math.sin`` silently, which fails on its arrays under a compiler; it is refused, named.
+    A ``compile`` that gives the function itself does not compile: such a backend was taken
+    for a compiling one (each layer's ratio alone, twice the time), as defining ``compile``."""
+    toy = (TESTS / "_toy_backend.py").read_text()
+    _module(tmp_path, monkeypatch, "toy_with_cos", toy + "\ndef cos(x):\n    return np.cos(x)\n")
+    lm.register_backend("withcos", "toy_with_cos", framework="toy_with_cos")
+    with pytest.raises(lm.LarsMultiTypeError, match=r"defines cos, .* replaced by sin"):
+        lm.set_backend("withcos")
+    identity = "\ndef compile(function, donate=False):\n    return function\n"
+    _module(tmp_path, monkeypatch, "toy_identity_compile", toy + identity)
+    lm.register_backend("idcompile", "toy_identity_compile", framework="toy_identity_compile")
+    assert lm._registry.get_backend("idcompile").COMPILES is False
+    for name, compiles in (("numpy", False), ("torch", False), ("jax", True), ("tensorflow", True)):
+        if is_installed(name):
+            assert lm._registry.get_backend(name).COMPILES is compiles
+
+
 def test_a_chosen_backend_that_does_not_import_says_so(isolated_registry, monkeypatch):
     """LARS_MULTI_BACKEND naming a backend whose framework is missing: not installed, not "mixed"."""
     require_backend("numpy")
@@ -772,8 +793,10 @@ def test_a_checkout_imports_its_own_backends(tmp_path):
     for part in ("lars_multi", "backends"):
         shutil.copytree(root / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(root / "pyproject.toml", tmp_path)
+    (tmp_path / "lars_multi" / "backends" / "__pycache__").mkdir(parents=True)  # (a leftover: no package)
     script = (
         "import sys, numpy as np, lars_multi as lm, lars_multi.backends as b\n"
+        "assert lm.backends is b  # (an attribute of the package, as an import makes it)\n"
         "print(lm.__file__); print(b.__file__); print('numpy' in lm.installed_backends())\n"
         "print(lm.lars_update(np.array([3.0, 1, 5]), np.array([0.3, 0.1, 0.2]), 0.1).tolist())\n"
     )
