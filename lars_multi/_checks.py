@@ -565,6 +565,8 @@ def check_lr(path: Any, lr: Any, *, name: str, ops: Backend) -> Any:
 
 def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any:
     """``None`` for no decay (the rule then skips it), a float >= 0, or a 0-d array."""
+    if type(decay_lambda) in (int, float) and decay_lambda == 0:  # (the default, at once)
+        return None
     if is_number(decay_lambda):
         value = _as_float(path, decay_lambda, "a finite number >= 0")
         if value < 0:
