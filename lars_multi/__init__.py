@@ -34,7 +34,7 @@ from ._registry import (
     using_backend,
 )
 
-__version__ = "0.3.20"
+__version__ = "0.3.21"
 
 __all__ = [
     "Array",
