@@ -129,7 +129,7 @@ def array(obj: Any, dtype: Any = None) -> Array:
     float32 on every backend, so that the same code gives the same numbers
     everywhere; numbers that carry a dtype (another framework's array, a
     ``memoryview``, a list of ``np.float64``) keep it, but for float64 on JAX
-    without ``jax_enable_x64``, which JAX makes float32 (with its warning).
+    without ``jax_enable_x64``, which JAX makes float32 (warning where ``dtype`` asks for it).
     ``dtype`` is a name (``"float64"``) or a native dtype. A NumPy array, torch tensor or JAX array of
     the backend's own dtype is wrapped, not copied (as ``np.asarray``): an update
     with ``out=`` the handle writes the NumPy array or torch tensor it wraps.

@@ -625,6 +625,11 @@ def check_rate(path: Any, value: Any, *, name: str, ops: Backend) -> Any:
     return data
 
 
+def _host_float(value: Any) -> float | None:
+    """The value of a NumPy floating 0-d array, read on the host; else None."""
+    return float(value.item()) if _on_the_host(value) and value.dtype.kind == "f" else None
+
+
 def _on_the_host(data: Any) -> bool:
     """Whether a checked 0-d array's value is on the host, to be read and checked as a
     number: a NumPy array's (but where Dynamo traces, which takes it for a tensor)."""
@@ -672,13 +677,15 @@ _FITS_EVERY_DTYPE = 3.0e38
 
 def check_usable(arg: Any, value: Any, ws: Sequence[Any], label: Callable[[int], Any], ops: Backend) -> None:
     """A hyper-parameter must be usable with every layer (``label(i)``: how a message
-    names layer ``i``): a float finite in the dtype each computes in; an array where
-    the arithmetic of each can read it (torch: on its device, or a CPU scalar)."""
-    if type(value) is float:
-        if not -_FITS_EVERY_DTYPE < value < _FITS_EVERY_DTYPE:
+    names layer ``i``): a float finite in the dtype each computes in (a NumPy floating
+    array's value too: on the host, it is read); an array where the arithmetic of each
+    can read it (torch: on its device, or a CPU scalar)."""
+    number = value if type(value) is float else _host_float(value)
+    if number is not None:
+        if not -_FITS_EVERY_DTYPE < number < _FITS_EVERY_DTYPE:
             for dtype in {x.dtype for x in ws}:
                 i = next(k for k, x in enumerate(ws) if x.dtype == dtype)
-                check_fits(arg, value, ws[i], label(i), ops)
+                check_fits(arg, number, ws[i], label(i), ops)
     elif ops.is_native(value) and (k := ops.misplaced(value, ws)) is not None:  # (a NumPy count: no device)
         raise LarsMultiValueError(
             f"{arg}: expected a 0-d array on {ops.device(ws[k])} (like {label(k)}), "

@@ -373,6 +373,25 @@ def test_a_numpy_array_lr_or_decay_is_read_and_checked_as_a_number(value):
     )
 
 
+def test_a_numpy_array_rate_must_fit_the_weights_dtype_as_the_number_must():
+    """A NumPy float64 0-d array of 1e39 (inf in float32) made float32 weights -inf, where
+    the Python number is refused: its value, read on the host, is checked as the number's."""
+    w32 = W.copy()
+    for call in (
+        lambda: lm.lars_update(w32, G, np.array(1e39), out=w32),
+        lambda: lm.lars_update(w32, G, 0.1, decay_lambda=np.array(1e39), out=w32),
+    ):
+        with raises(
+            ValueError, r"^(lr|decay_lambda): expected a number that fits float32", lm.LarsMultiValueError
+        ):
+            call()
+    opt = lm.optim.lars(np.array(1e39))
+    with raises(ValueError, r"^learning_rate: expected a number that fits float32", lm.LarsMultiValueError):
+        opt.step({"w": w32}, {"w": G}, opt.init({"w": w32}), out={"w": w32})
+    np.testing.assert_array_equal(w32, W)
+    assert np.isfinite(lm.lars_update(W.astype(np.float64), G.astype(np.float64), np.array(1e39))).all()
+
+
 def test_lr_not_scalar(backend):
     w, g = native(backend, W), native(backend, G)
     with raises(ValueError, r"^lr: expected a 0-d array, got shape \(3,\)", lm.LarsMultiValueError):
