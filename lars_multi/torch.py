@@ -409,7 +409,10 @@ class LARS(torch.optim.Optimizer):
         """The group's StepConfig, made and checked where its settings are new."""
         configs = self.__dict__.setdefault("_configs", {})  # (none in one unpickled by torch's __setstate__)
         key = _config_key(group)
-        config = configs.get(key)
+        try:
+            config = configs.get(key)
+        except TypeError:  # (a setting written into the group later that is no number: its check names it)
+            return _check_group(group, stepping=True)
         if config is None:
             if len(configs) >= max(_MOST_CONFIGS, 2 * len(self.param_groups)):  # (a setting per group
                 configs.clear()  # kept over the step: more than 256 groups emptied it at every group)

@@ -497,6 +497,20 @@ def test_a_momentum_set_out_of_range_between_steps_is_refused_before_writing():
         torch.testing.assert_close(opt.state[p]["momentum_buffer"], before[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["trust_coefficient", "eps", "dampening"])
+def test_an_array_written_into_a_group_as_a_setting_is_refused_by_name(name):
+    """A 0-d NumPy array written into a group after construction as trust_coefficient, eps or
+    dampening failed with a bare "unhashable type: 'numpy.ndarray'" (the settings' store is
+    keyed by them); it is refused naming the setting, as when the group is made."""
+    p = torch.nn.Parameter(torch.ones(2, 2))
+    opt = LARS([p], lr=0.1, momentum=0.9)
+    p.grad = torch.full((2, 2), 0.1)
+    opt.param_groups[0][name] = np.array(0.01)
+    with pytest.raises(lm.LarsMultiTypeError, match=rf"^{name}: expected a number, got numpy.ndarray"):
+        opt.step()
+    torch.testing.assert_close(p.detach(), torch.ones(2, 2), rtol=0, atol=0)
+
+
 def test_configurations_of_settings_changed_at_every_step_are_bounded():
     """A group whose trust coefficient changes at every step makes a configuration per
     value: an optimizer keeps at most _MOST_CONFIGS (each about 800 bytes), and a group
