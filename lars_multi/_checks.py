@@ -568,18 +568,12 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any
     if type(decay_lambda) in (int, float) and decay_lambda == 0:  # (the default, at once)
         return None
     if is_number(decay_lambda):
-        value = _as_float(path, decay_lambda, "a finite number >= 0")
-        if value < 0:
-            raise LarsMultiValueError(f"{path}: expected a finite number >= 0, got {decay_lambda!r}")
-        return no_zero_decay(value)
+        return no_zero_decay(check_rate_number(path, decay_lambda))
     if isinstance(decay_lambda, bool | np.bool_) or owner(decay_lambda) is None:
         raise LarsMultiTypeError(
             f"{path}: expected a number >= 0 or a 0-d array, got {type_name(decay_lambda)}"
         )
-    data = _check_scalar_array(path, decay_lambda, name, ops, "a number >= 0 or a 0-d array")
-    if _on_the_host(data):
-        check_rate_number(path, data.item())
-    return data
+    return check_rate(path, decay_lambda, name=name, ops=ops)  # (an array, checked as a rate's)
 
 
 def check_number(name: str, value: Any, *, high: float = math.inf) -> float:

@@ -90,9 +90,14 @@ def _mask_arg(name: str, mask: Mask, default: RankMask) -> Mask:
     )
 
 
-def _arrays_of(flat: Flat) -> list[int]:
-    """The places of the leaves that are arrays (of any framework; others are refused later)."""
-    return [i for i, x in enumerate(flat.leaves) if _checks.owner(x) is not None]
+def _arrays_and_backend(flat: Flat) -> tuple[list[Any], str]:
+    """The parameters' arrays (handles unwrapped; other leaves are refused later) and the
+    one backend owning them (another framework's is named by its path)."""
+    places = [i for i, x in enumerate(flat.leaves) if _checks.owner(x) is not None]
+    if not places:
+        raise LarsMultiValueError("params: expected a tree with at least one array, got none")
+    leaves = [_checks.unwrap(flat.leaves[i]) for i in places]
+    return leaves, _checks.call_backend(leaves, take(flat.paths, places), "params")
 
 
 def _steps(leaf: Any, ops: Backend) -> bool:
@@ -204,19 +209,16 @@ class LarsOptimizer:
         no floating array: an integer counter in a model's tree never steps)."""
         flat = _flatten_params(params)
         _checks.check_tree("params", params, flat)
-        arrays = _arrays_of(flat)
-        if not arrays:
-            raise LarsMultiValueError("params: expected a tree with at least one array, got none")
-        leaves = [_checks.unwrap(flat.leaves[i]) for i in arrays]
-        ops = get_backend(_checks.call_backend(leaves, take(flat.paths, arrays), "params"))
+        leaves, name = _arrays_and_backend(flat)
+        ops = get_backend(name)
         count = ops.scalar_for(0, "int32", leaves)
         if self.config.momentum == 0:
             return LarsState(count, None)
-        arrays = [_steps(x, ops) for x in flat.leaves]
-        buffers = [ops.zeros_like(_checks.unwrap(x)) if a else None for x, a in zip(flat.leaves, arrays)]
+        stepping = [_steps(x, ops) for x in flat.leaves]
+        buffers = [ops.zeros_like(_checks.unwrap(x)) if s else None for x, s in zip(flat.leaves, stepping)]
         started = None
         if self.config.tracks_start:
-            started = flat.rebuild([ops.scalar_for(False, "bool", leaves) if a else None for a in arrays])
+            started = flat.rebuild([ops.scalar_for(False, "bool", leaves) if s else None for s in stepping])
         return LarsState(count, flat.rebuild(buffers), started)
 
     @no_autograph
@@ -399,9 +401,7 @@ class LarsOptimizer:
         """A step where no parameter has a gradient: the parameters as they are
         (copied into ``out``), the buffers as they are, the step count advanced."""
         self._check_state(state)
-        arrays = _arrays_of(flat)
-        leaves = [_checks.unwrap(flat.leaves[i]) for i in arrays]
-        name = _checks.call_backend(leaves, take(flat.paths, arrays), "params")
+        leaves, name = _arrays_and_backend(flat)
         ops = get_backend(name)
         self._check_idle_state(state, flat, set(), name, ops)
         count = _step_count(state.count, leaves, name, ops)

@@ -434,33 +434,13 @@ class LARS(torch.optim.Optimizer):
         common case is asked of the lists at once; the others one by one, with messages."""
         if _all_usable(params, grads, buffers):
             return
+        labels = {  # (one pass over the groups for every parameter)
+            id(p): f"param_groups[{g}]['params'][{k}]"
+            for g, group in enumerate(self.param_groups)
+            for k, p in enumerate(group["params"])
+        }
         for p, g, b in zip(params, grads, buffers):
-            self._check_one(p, g, b)
-
-    def _check_one(self, p: torch.Tensor, g: torch.Tensor, b: torch.Tensor | None) -> None:
-        """A parameter, its gradient and its buffer (None: not made yet), with messages."""
-        label = self._label(p, False)
-        _checks.check_weights(label, p, _OPS)
-        reason = _OPS.unwritable(p)
-        if reason is not None:
-            raise LarsMultiTypeError(
-                f"{label}: expected a parameter that can be written in place, got {reason}"
-            )
-        _checks.check_gradient(g, p, (f"{label}.grad", label, (), False), "torch", _OPS)
-        if b is None:
-            return
-        where = (self._label(p, True), label, (), False)
-        try:
-            _checks.check_gradient(b, p, where, "torch", _OPS)
-        except LarsMultiError as error:
-            if b.is_floating_point() and b.shape == p.shape:  # (a parameter cast or moved since)
-                raise type(error)(f"{error}{_CAST_SINCE}") from None
-            raise
-        reason = _OPS.unwritable(b)
-        if reason is not None:
-            raise LarsMultiTypeError(
-                f"{where[0]}: expected a tensor that can be written in place, got {reason}"
-            )
+            _check_one(p, g, b, labels[id(p)])
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One LARS step of every group; the closure's loss, if a closure is given.
@@ -513,6 +493,28 @@ class LARS(torch.optim.Optimizer):
             if p is param
         )
         return f"the momentum buffer of {place}" if buffer else place
+
+
+def _check_one(p: torch.Tensor, g: torch.Tensor, b: torch.Tensor | None, label: str) -> None:
+    """A parameter (named ``label``), its gradient and its buffer (None: not made yet),
+    with messages."""
+    _checks.check_weights(label, p, _OPS)
+    reason = _OPS.unwritable(p)
+    if reason is not None:
+        raise LarsMultiTypeError(f"{label}: expected a parameter that can be written in place, got {reason}")
+    _checks.check_gradient(g, p, (f"{label}.grad", label, (), False), "torch", _OPS)
+    if b is None:
+        return
+    where = (f"the momentum buffer of {label}", label, (), False)
+    try:
+        _checks.check_gradient(b, p, where, "torch", _OPS)
+    except LarsMultiError as error:
+        if b.is_floating_point() and b.shape == p.shape:  # (a parameter cast or moved since)
+            raise type(error)(f"{error}{_CAST_SINCE}") from None
+        raise
+    reason = _OPS.unwritable(b)
+    if reason is not None:
+        raise LarsMultiTypeError(f"{where[0]}: expected a tensor that can be written in place, got {reason}")
 
 
 def _all_usable(
