@@ -30,8 +30,9 @@ compile the training step with ``fullgraph=False`` there).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -125,6 +126,18 @@ def _check_group(group: dict[str, Any], stepping: bool = False) -> StepConfig:
     if stepping and settings["momentum"] == 0:
         settings["nesterov"] = False
     return lars(lr, weight_decay=group["weight_decay"], **settings).config
+
+
+@contextlib.contextmanager
+def _in_group(group: Callable[[], str]) -> Iterator[None]:
+    """Errors about a group's settings name the group (``param_groups[i]``) first."""
+    try:
+        yield
+    except LarsMultiError as error:
+        where, message = group(), str(error)
+        if message.startswith(where):
+            raise
+        raise type(error)(f"{where}: {message.removeprefix('param_groups: ')}") from None
 
 
 def _config_key(group: dict[str, Any]) -> tuple[Any, ...]:
@@ -280,7 +293,8 @@ class LARS(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyper-parameters (the defaults' where not given) are checked first."""
         if isinstance(param_group, dict):
-            _check_group({**self.defaults, **param_group})
+            with _in_group(lambda: f"param_groups[{len(self.param_groups)}]"):
+                _check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
         _plain_numbers(self.param_groups[-1])
         for i, p in enumerate(self.param_groups[-1]["params"]):
@@ -311,8 +325,10 @@ class LARS(torch.optim.Optimizer):
         for i, saved in enumerate(groups):
             if isinstance(saved, dict):
                 required = tuple(name for name in _SETTINGS if name not in _LATER_SETTINGS)
-                _check_names(saved, f"state_dict['param_groups'][{i}]", required)
-                _check_group({**_LATER_SETTINGS, **saved})
+                where = f"state_dict['param_groups'][{i}]"
+                _check_names(saved, where, required)
+                with _in_group(lambda: where):  # noqa: B023 (called at once)
+                    _check_group({**_LATER_SETTINGS, **saved})
         self._check_saved_names(groups)
         self._check_saved_buffers(state_dict, groups)
 
@@ -376,10 +392,10 @@ class LARS(torch.optim.Optimizer):
         where not made yet), checked; whether the group has momentum. (The name and
         the list arguments follow ``torch.optim``: ``torch.compile`` runs this eagerly.)"""
         if any(name in group for name in _FOREIGN_NAMES) or not all(name in group for name in _SETTINGS):
-            index = next(i for i, other in enumerate(self.param_groups) if other is group)
-            _check_names(group, f"param_groups[{index}]")
-        # (a bool: torch.compile runs this eagerly, and takes its result as a constant)
-        with_momentum = _checks.check_number("momentum", group["momentum"], high=1.0) != 0
+            _check_names(group, self._group_name(group))
+        with _in_group(lambda: self._group_name(group)):
+            # (a bool: torch.compile runs this eagerly, and takes its result as a constant)
+            with_momentum = _checks.check_number("momentum", group["momentum"], high=1.0) != 0
         members = group["params"]
         if len(set(map(id, members))) < len(members):  # listed twice (torch.optim allows it): stepped once
             members = list({id(p): p for p in members}.values())
@@ -397,13 +413,18 @@ class LARS(torch.optim.Optimizer):
             state = self.state.get(p)
             buffers.append(state.get("momentum_buffer") if with_momentum and state else None)
         if params:  # (eagerly under torch.compile: lr.item() and messages stay out of the graph)
-            config = self._config(group)
-            _check_rates(group)
-            lr, weight_decay, _ = _rates(group)
-            rates = (("lr", lr), ("weight_decay", weight_decay))
-            _checks.check_settings_usable(rates, config, params, self._labels_of(params), _OPS)
+            with _in_group(lambda: self._group_name(group)):
+                config = self._config(group)
+                _check_rates(group)
+                lr, weight_decay, _ = _rates(group)
+                rates = (("lr", lr), ("weight_decay", weight_decay))
+                _checks.check_settings_usable(rates, config, params, self._labels_of(params), _OPS)
             self._check_tensors(params, grads, buffers)
         return with_momentum
+
+    def _group_name(self, group: dict[str, Any]) -> str:
+        """``param_groups[i]``, where ``group`` is."""
+        return f"param_groups[{next(i for i, other in enumerate(self.param_groups) if other is group)}]"
 
     def _config(self, group: dict[str, Any]) -> StepConfig:
         """The group's StepConfig, made and checked where its settings are new."""

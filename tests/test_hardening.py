@@ -1046,8 +1046,8 @@ def _rate_call(arg, ws, gs, away):
     opt = lm.torch.LARS([{"params": ps[:1]}, {"params": ps[1:]}], lr=0.1)
     opt.param_groups[1]["lr"] = away
     if device == "meta":
-        return opt.step, r"^lr: expected a tensor with a value, got one on the meta device"
-    return opt.step, r"^lr: expected a 0-d array on cpu \(like param_groups\[1\]"
+        return opt.step, r"^param_groups\[1\]: lr: expected a tensor with a value, got one on the meta device"
+    return opt.step, r"^param_groups\[1\]: lr: expected a 0-d array on cpu \(like param_groups\[1\]"
 
 
 @pytest.mark.parametrize("device", ["meta", "cuda"])
