@@ -239,15 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     report.print_tables(console, groups)
     report.print_targets(console, judged)
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "machine": report.machine_info(),
-        "settings": vars(settings),
-        "started": started,
-        "wall_s": time.time() - started,
-        "groups": groups,
-        "memory": measured,
-        "targets": judged,
-    }
+    payload = report.payload(settings, started, groups, memory=measured, targets=judged)
     report.write_json(args.out / "latest.json", payload)
     (args.out / "latest.md").write_text(report.markdown(groups, judged))
     report.plot(args.out / "latest.png", groups)

@@ -440,17 +440,7 @@ def _best(group: dict[str, Any], role: str) -> dict[str, Any] | None:
 
 def table(workload: str, groups: list[dict[str, Any]]) -> Table:
     wl = workloads.SPECS[workload].description
-    t = Table(title=f"one optimizer step, {workload}: {wl}", title_justify="left")
-    for name, justify in (
-        ("backend", "left"),
-        ("contender", "left"),
-        ("best", "right"),
-        ("median", "right"),
-        ("rounds", "right"),
-        ("/ best LARS", "right"),
-        ("/ best floor", "right"),
-    ):
-        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    t = report.timing_table(f"one optimizer step, {workload}: {wl}", ("/ best LARS", "/ best floor"))
     order = (LARS_MULTI, NATIVE, FLOOR)
     for group in groups:
         lars, sgd = _best(group, NATIVE), _best(group, FLOOR)
@@ -632,14 +622,7 @@ def run(
             )
     judged = judge(groups) + memory
     report.print_targets(console, judged)
-    payload = {
-        "machine": report.machine_info(),
-        "settings": vars(settings),
-        "started": started,
-        "wall_s": time.time() - started,
-        "groups": groups,
-        "targets": judged,
-    }
+    payload = report.payload(settings, started, groups, targets=judged)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report.write_json(out / "optimizer.json", payload)

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -50,20 +51,38 @@ def add_ratios(group: dict[str, Any]) -> None:
 # --- console ----------------------------------------------------------------
 
 
+def timing_table(title: str, ratios: Sequence[str]) -> Table:
+    """A table of contenders' times: backend, contender, best, median and rounds, then
+    the ``ratios`` columns."""
+    table = Table(title=title, title_justify="left")
+    for name in ("backend", "contender"):
+        table.add_column(name, justify="left")
+    for name in ("best", "median", "rounds", *ratios):
+        table.add_column(name, justify="right")
+    return table
+
+
+def payload(
+    settings: Any, started: float, groups: Sequence[dict[str, Any]], **results: Any
+) -> dict[str, Any]:
+    """What a run writes: the machine, the settings, when it started and how long it
+    took, its groups, and its other ``results``."""
+    return {
+        "machine": machine_info(),
+        "settings": vars(settings),
+        "started": started,
+        "wall_s": time.time() - started,
+        "groups": groups,
+        **results,
+    }
+
+
 def workload_table(workload: str, groups: Sequence[dict[str, Any]]) -> Table:
     """One table for a workload: every backend's contenders, fastest first."""
     first = groups[0]
-    table = Table(title=f"{workload}: {first['description']}", title_justify="left")
-    for name, justify in (
-        ("backend", "left"),
-        ("contender", "left"),
-        ("best", "right"),
-        ("median", "right"),
-        ("rounds", "right"),
-        ("lm / best native (same kind)", "right"),
-        ("lm / floor", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table = timing_table(
+        f"{workload}: {first['description']}", ("lm / best native (same kind)", "lm / floor")
+    )
     for group in groups:
         rows = sorted(group["contenders"], key=lambda c: (ROLES.index(c["role"]), c["best_s"] or 1e9))
         for i, c in enumerate(rows):
