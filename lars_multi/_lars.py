@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from . import _checks
+from . import _checks, _registry
 from ._aliasing import array_values, check_handles, must_write_late, write_all
 from ._array import Array
 from ._checks import owner, unwrap, write_back
@@ -361,6 +361,21 @@ def _per_leaf(
     return values
 
 
+def _flags(n: int, axis_names: Any) -> LayerFlags:
+    """Every layer adapted and decayed, kept for the next call of ``n`` layers; made anew
+    where torch.compile traces (it would guard on the store: an eager call of another
+    size made every compiled step recompile)."""
+    if _registry.is_compiling():
+        return LayerFlags.every(n, axis_names)
+    key = (n, axis_names)
+    flags = _FLAGS.get(key)
+    if flags is None:
+        if len(_FLAGS) >= 64:  # (bounded: trees of ever new sizes, layers dropped at random)
+            _FLAGS.clear()
+        flags = _FLAGS[key] = LayerFlags.every(n, axis_names)
+    return flags
+
+
 def _run(
     ops: Backend,
     group_w: list[Any],
@@ -397,12 +412,7 @@ def _run(
         and all(o is x for o, x in zip(group_out, group_w))
     )
     direct = writable and not write_late
-    key = (len(group_w), axis_names)
-    flags = _FLAGS.get(key)
-    if flags is None:
-        if len(_FLAGS) >= 64:  # (bounded: trees of ever new sizes, layers dropped at random)
-            _FLAGS.clear()
-        flags = _FLAGS[key] = LayerFlags.every(*key)
+    flags = _flags(len(group_w), axis_names)
     new, _ = lars_step(
         ops,
         _RULE,

@@ -194,6 +194,14 @@ def _not_compiling() -> bool:
 # this call): storage queries, context variables and other untraceable checks are
 # skipped while a call is traced.
 is_compiling: Callable[[], bool] = _not_compiling
+# The backend whose compiler traces calls (torch), set with ``is_compiling``.
+tracer: str | None = None
+
+
+def set_tracer(name: str, compiling: Callable[[], bool]) -> None:
+    """Backend ``name``'s compiler traces calls where ``compiling()`` says so."""
+    global is_compiling, tracer
+    is_compiling, tracer = compiling, name
 
 
 def set_backend(name: str) -> None:
@@ -237,13 +245,22 @@ def current_backend() -> str | None:
 def backend_of(x: object) -> str | None:
     """The name of the backend whose framework owns ``x``, or None.
 
-    Looks only at frameworks already imported; answers are cached by type.
+    Looks only at frameworks already imported; answers are cached by type. Where a
+    compiler traces the call, its own backend's arrays are asked of that backend,
+    not the cache (Dynamo would guard on it: an eager call meeting a new type made
+    every compiled step recompile).
     """
     cls = type(x)
+    never = cls.__module__ in _NEVER_NATIVE  # trees and numbers: no array at all
+    if tracer is not None and is_compiling():
+        if get_backend(tracer).is_native(x):
+            return tracer
+        if never:
+            return None
     name = _NATIVE_TYPES.get(cls, "")
     if name != "":
         return name
-    if cls.__module__ in _NEVER_NATIVE:  # trees and numbers: remembered as no array at all
+    if never:  # (remembered)
         _NATIVE_TYPES[cls] = None
         return None
     for spec in _SPECS.values():

@@ -625,6 +625,54 @@ def test_torch_compile_in_place_takes_new_gradients_and_rates_without_recompilin
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["functional", "out=w"])
+def test_eager_calls_elsewhere_do_not_recompile_a_compiled_lars_update(in_place):
+    """Dynamo guarded on process-wide caches (the backend of each type met, the flags of
+    each number of layers): every eager call elsewhere in the program that met a new
+    type (a NumPy array, a list, a Parameter, an lm.Container...) or tree size made a
+    compiled lars_update recompile, and fullgraph=True failed at the recompile limit."""
+    require_backend("torch")
+    import collections
+
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    out = {"out": None}
+
+    def update(w, g, lr):
+        return lm.lars_update(w, g, lr, **({"out": w} if in_place else out))
+
+    step = torch.compile(update, backend=counter, fullgraph=True)
+    w = {"a": torch.tensor(W), "b": torch.tensor(W2)}
+    g = {"a": torch.tensor(G), "b": torch.tensor(G2)}
+    eager = {k: v.clone() for k, v in w.items()}
+    ones = torch.ones(2)
+    elsewhere = [
+        lambda: lm.lars_update(np.ones(3, np.float32), np.ones(3, np.float32), 0.1),
+        lambda: lm.lars_update([ones], [ones], 0.1),
+        lambda: lm.lars_update((ones,), (ones,), 0.1),
+        lambda: lm.lars_update(collections.OrderedDict(a=ones), {"a": ones}, 0.1),
+        lambda: lm.lars_update(torch.nn.Parameter(ones.clone()), ones, 0.1),
+        lambda: lm.lars_update(lm.Container(a=ones), ones, 0.1),
+        lambda: lm.lars_update(lm.array(ones), lm.array(ones), 0.1),
+        lambda: lm.lars_update(ones, ones, np.float32(0.1)),
+        lambda: lm.lars_update({"x": ones, "y": ones, "z": ones}, {"x": ones, "y": None, "z": ones}, 0.1),
+    ]
+    for call in [None, None, *elsewhere]:  # (twice first: the second call may mark a size dynamic)
+        if call is not None:
+            call()
+        new = step(w, g, 0.1)
+        expected = lm.lars_update(eager, g, 0.1, **({"out": eager} if in_place else out))
+        for k in w:
+            torch.testing.assert_close(new[k], expected[k])
+        if not in_place:
+            w, eager = new, expected
+    assert counter.frame_count <= 2, counter.frame_count
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("out", [False, True], ids=["functional", "out=params"])
 @pytest.mark.parametrize("preset", ["paper", "timm"])
 @pytest.mark.parametrize("scheduled", [False, True], ids=["number", "schedule"])
