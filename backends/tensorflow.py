@@ -100,8 +100,9 @@ def zeros_like(x: Any) -> tf.Tensor:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """``x``'s values (a bfloat16 tensor's in NumPy's bfloat16 of ml_dtypes, as TensorFlow gives them)."""
-    return x.numpy()  # type: ignore[no-any-return]
+    """``x``'s values as an array (a bfloat16 tensor's in NumPy's bfloat16 of ml_dtypes, as
+    TensorFlow gives them; a 0-d tensor's as a 0-d array, where ``numpy()`` gives a scalar)."""
+    return np.asarray(x.numpy())
 
 
 def cast_like(value: Any, like: Any) -> Any:

@@ -334,6 +334,18 @@ def test_np_array_of_an_lm_array_is_a_copy(backend_name):
     assert view.shape == W.shape
 
 
+def test_a_0d_lm_array_converts_to_a_0d_numpy_array(backend_name):
+    """A 0-d rate (``lm.array(0.1)``, the README's idiom) on TensorFlow: ``to_numpy``
+    gave a NumPy scalar, and ``np.asarray`` of it failed ("__array__ method not
+    producing an array")."""
+    require_backend(backend_name)
+    with lm.using_backend(backend_name):
+        rate = lm.array(0.1)
+    for values in (rate.to_numpy(), np.asarray(rate), np.array(rate), np.asarray(rate, dtype=np.float64)):
+        assert type(values) is np.ndarray and values.shape == (), type(values)
+        assert values == np.float32(0.1)
+
+
 def test_lm_array_of_another_backends_data_is_refused():
     require_backend("numpy")
     for other in ("torch", "jax", "tensorflow"):
