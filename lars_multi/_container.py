@@ -61,6 +61,10 @@ class Container(Mapping):
             raise AttributeError(f"Container has no key {key!r}") from None
 
     def __setattr__(self, key: str, value: Any) -> None:
+        if hasattr(type(self), key):  # (stored as a key, it would read back as the method)
+            raise AttributeError(
+                f"Container.{key} is a method, not a key: set the key with container[{key!r}] = value"
+            )
         self[key] = value
 
     def __iter__(self) -> Iterator[str]:

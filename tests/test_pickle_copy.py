@@ -142,6 +142,19 @@ def test_container_getattr_does_not_recurse():
         c.missing  # noqa: B018
 
 
+def test_a_container_attribute_named_like_a_method_is_refused():
+    """``c.values = x`` stored a key that ``c.values`` then did not read back (the mapping's
+    method came first), silently; it is refused, and ``c["values"]`` sets the key."""
+    c = lm.Container(a=np.ones(1))
+    for name in ("values", "items", "keys", "get", "lars_update"):
+        with pytest.raises(AttributeError, match=rf"Container.{name} is a method.*container\['{name}'\]"):
+            setattr(c, name, np.zeros(1))
+    assert list(c) == ["a"]
+    c["values"] = np.zeros(1)
+    c.weights = np.full(1, 2.0)
+    assert list(c) == ["a", "values", "weights"] and c.weights[0] == 2.0
+
+
 def test_container_subclass_round_trips():
     class Params(lm.Container):
         __slots__ = ()
