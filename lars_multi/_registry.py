@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from ._errors import BackendNotInstalledError, LarsMultiTypeError, LarsMultiValueError, UnknownBackendError
+from ._errors import (
+    BackendNotInstalledError,
+    LarsMultiError,
+    LarsMultiTypeError,
+    LarsMultiValueError,
+    UnknownBackendError,
+)
 from ._protocol import Backend, complete
 
 ENV_VAR = "LARS_MULTI_BACKEND"
@@ -102,7 +108,7 @@ def installed_backends() -> list[str]:
     """Names of the registered backends whose framework imports here (and whose
     module defines the required primitives)."""
     names = []
-    for name in _SPECS:
+    for name in tuple(_SPECS):  # (a snapshot: another thread may register meanwhile)
         try:
             get_backend(name)
         except (ImportError, LarsMultiTypeError):
@@ -137,6 +143,8 @@ def _not_installed(spec: BackendSpec, error: Exception) -> str:
     hint = f'; install it with: pip install "lars-multi[{spec.pip_extra}]"' if spec.pip_extra else ""
     if missing and missing != spec.framework and f"{spec.module_path}.".startswith(f"{missing}."):
         return f"backend {spec.name!r}: its module {spec.module_path!r} cannot be imported here {cause}{hint}"
+    if sys.modules.get(spec.framework) is not None:  # (the framework imported: the backend's module failed)
+        return f"backend {spec.name!r}: its module {spec.module_path!r} failed to import {cause}"
     needs = f"backend {spec.name!r} needs the {spec.framework!r} package"
     return f"{needs}, which cannot be imported here {cause}{hint}"
 
@@ -263,12 +271,16 @@ def backend_of(x: object) -> str | None:
     if never:  # (remembered)
         _NATIVE_TYPES[cls] = None
         return None
-    for spec in _SPECS.values():
+    for spec in tuple(_SPECS.values()):  # (a snapshot: another thread may register meanwhile)
         if spec.framework not in sys.modules:
             continue
         try:
             module = get_backend(spec.name)
         except ImportError:
+            continue
+        except LarsMultiError:  # a module that is no backend: its error, for its framework's arrays
+            if cls.__module__.partition(".")[0] == spec.framework:
+                raise
             continue
         if module.is_native(x):
             _NATIVE_TYPES[cls] = spec.name

@@ -5,6 +5,7 @@ third-party backends."""
 from __future__ import annotations
 
 import asyncio
+import decimal
 import json
 import shutil
 import subprocess
@@ -676,6 +677,34 @@ def test_a_backend_that_fails_to_import_is_not_installed(isolated_registry, tmp_
     assert "broken" not in lm.installed_backends()
     with pytest.raises(lm.BackendNotInstalledError, match="RuntimeError: broken on import"):
         lm.set_backend("broken")
+
+
+def test_a_backend_module_that_fails_beside_its_framework_is_named(isolated_registry, tmp_path, monkeypatch):
+    """A backend module raising as it is imported, its framework importing fine, was said
+    to need that framework's package ("needs the 'numpy' package")."""
+    require_backend("numpy")
+    _module(tmp_path, monkeypatch, "failing_backend_mod", "raise RuntimeError('broken on import')\n")
+    lm.register_backend("failing", "failing_backend_mod", framework="numpy")
+    match = r"^backend 'failing': its module 'failing_backend_mod' failed to import \(RuntimeError: broken"
+    with pytest.raises(lm.BackendNotInstalledError, match=match):
+        lm.set_backend("failing")
+
+
+def test_an_incomplete_backend_answers_only_for_its_frameworks_arrays(
+    isolated_registry, tmp_path, monkeypatch
+):
+    """A registered module that is no backend (primitives missing), of NumPy's framework,
+    answered every value no backend owns: a Decimal learning rate got its "missing
+    primitives" error instead of the learning rate's own."""
+    require_backend("numpy")
+    _module(tmp_path, monkeypatch, "not_a_backend_mod", "FRAMEWORK = 'numpy'\n")
+    lm.register_backend("incomplete", "not_a_backend_mod", framework="numpy")
+    w = np.ones(3, np.float32)
+    match = r"^lr: expected a float or a 0-d array, got decimal.Decimal"
+    with pytest.raises(lm.LarsMultiTypeError, match=match):
+        lm.lars_update(w, w, decimal.Decimal("0.1"))
+    with pytest.raises(lm.LarsMultiTypeError, match=r"not_a_backend_mod: expected the required primitives"):
+        lm.set_backend("incomplete")
 
 
 def test_a_backend_missing_a_required_primitive_is_refused_before_anything_is_written(
