@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("a command is required: info, demo, bench or train")
     args = parser.parse_args(argv)
     if args.rest and args.command in ("info", "demo"):
+        if args.rest in (["-h"], ["--help"]):
+            print(f"usage: {parser.prog} {args.command}\n\n{COMMANDS[args.command]} (no arguments)")
+            return
         parser.error(f"{args.command} takes no arguments, got {' '.join(args.rest)}")
     console = Console() if sys.stdout.isatty() else Console(width=120)
     if args.command == "info":

@@ -467,13 +467,17 @@ def plot(histories: list[History], path: str, title: str) -> None:
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for i, history in enumerate(histories):
-        color = f"C{i}"
+        one_epoch = len(history.train_loss) == 1  # (a point: a line of one epoch is not drawn)
+        style = {"color": f"C{i}", "marker": "o" if one_epoch else None}
         epochs = np.arange(1, len(history.train_loss) + 1)
-        ax_loss.plot(epochs, history.train_loss, color=color, label=f"{history.label} train")
-        ax_loss.plot(epochs, history.test_loss, color=color, linestyle="--", label=f"{history.label} test")
-        ax_acc.plot(epochs, history.test_accuracy, color=color, label=history.label)
+        ax_loss.plot(epochs, history.train_loss, label=f"{history.label} train", **style)
+        ax_loss.plot(epochs, history.test_loss, linestyle="--", label=f"{history.label} test", **style)
+        ax_acc.plot(epochs, history.test_accuracy, label=history.label, **style)
+    lowest = min(min(h.test_accuracy) for h in histories)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy", ylim=(0.5, 1.0))
+    ax_acc.set(
+        xlabel="epoch", ylabel="test accuracy", title="test accuracy", ylim=(min(0.5, lowest - 0.05), 1.0)
+    )
     ax_loss.legend(fontsize="small")
     ax_acc.legend(fontsize="small", loc="lower right")
     for ax in (ax_loss, ax_acc):
@@ -543,16 +547,29 @@ def _check_arguments(args: argparse.Namespace) -> None:
             args.out if args.out is not None else f"the default {out} (in a folder that cannot be written)"
         )
         problems.append(f"--out: expected a .png file in an existing folder that can be written, got {given}")
-    missing = [
-        name for name in ("sklearn", "matplotlib", args.backend) if importlib.util.find_spec(name) is None
-    ]
-    if missing:  # (the data, the plot, the framework: said before training, not after it)
+    # The data, the plot, the framework: imported before training (not found after it, or broken).
+    failed = {name: _import_error(name) for name in ("sklearn", "matplotlib", args.backend)}
+    missing = {name: error for name, error in failed.items() if error is not None}
+    if missing:
         names = ["scikit-learn" if name == "sklearn" else name for name in missing]
+        causes = "; ".join(f"{name}: {error}" for name, error in zip(names, missing.values()))
         problems.append(
-            f"train needs {', '.join(names)}, which cannot be imported here: pip install {' '.join(names)}"
+            f"train needs {', '.join(names)}, which cannot be imported here ({causes}): "
+            f"pip install {' '.join(names)}"
         )
     if problems:
         raise SystemExit("\n".join(problems))
+
+
+def _import_error(name: str) -> str | None:
+    """Why the package ``name`` cannot be imported (its error), or None."""
+    if importlib.util.find_spec(name) is None:
+        return "not installed"
+    try:
+        importlib.import_module("matplotlib.pyplot" if name == "matplotlib" else name)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def _plot_path(args: argparse.Namespace) -> str:
@@ -585,6 +602,9 @@ def run(args: argparse.Namespace, console: Console) -> float:
             f"{history.label}, {config.backend}, batch size {config.batch_size}: {config.epochs} epochs "
             f"in {history.seconds:.1f} s, test accuracy {history.test_accuracy[-1]:.4f}"
         )
+        if not math.isfinite(history.train_loss[-1]):
+            loss = history.train_loss[-1]
+            console.print(f"{history.label}: the loss is {loss}: the learning rate is too large")
         histories.append(history)
     out = _plot_path(args)
     plot(histories, out, f"MLP 64-128-10 on digits, {config.backend}, batch size {config.batch_size}")

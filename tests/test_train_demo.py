@@ -147,6 +147,46 @@ def test_a_missing_package_is_named_before_training(module, monkeypatch, tmp_pat
     assert f"train needs {name}, which cannot be imported here" in str(info.value.code)
 
 
+def test_a_broken_package_is_named_before_training(tmp_path):
+    """A package that is installed but fails to import (here a stand-in matplotlib that
+    raises) was found and taken: the whole training ran, then plotting raised a traceback."""
+    shadow = tmp_path / "shadow" / "matplotlib"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise RuntimeError('a broken install')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    done = subprocess.run(
+        [sys.executable, "-m", "lars_multi", "train", "--backend", "numpy", "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 1, done
+    assert (
+        "train needs matplotlib, which cannot be imported here (matplotlib: RuntimeError: a broken"
+        in done.stderr
+    )
+    assert "Traceback" not in done.stderr and "test accuracy" not in done.stdout
+
+
+def test_a_loss_that_becomes_nan_is_said(tmp_path, capsys):
+    """A learning rate that fits float32 but diverges trained to NaN with no word of it."""
+    lines = _train(
+        capsys, "--backend", "numpy", "--epochs", "1", "--lr", "3e38", "--out", str(tmp_path / "a.png")
+    )
+    assert any("the loss is nan: the learning rate is too large" in line for line in lines), lines
+    assert lines[-1].startswith("test accuracy: ")
+
+
+@pytest.mark.parametrize("command", ["info", "demo"])
+def test_help_of_commands_without_arguments(command, capsys):
+    """``info --help`` said "info takes no arguments, got --help"."""
+    main([command, "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and command in out.splitlines()[0] and "(no arguments)" in out
+
+
 def test_no_command_is_a_usage_error_naming_the_commands(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
