@@ -732,7 +732,7 @@ def _traced() -> bool:
     return torch.compiler.is_dynamo_compiling() or torch.compiler.is_exporting()
 
 
-_registry.set_tracer("torch", _traced)
+_registry.set_tracer("torch", _traced, torch.compiler.is_dynamo_compiling)
 # An optimizer state saved with torch.save loads with torch.load's defaults (weights only),
 # of parameters in a dict or an lm.Container (torch's weights-only loading cannot fill a defaultdict).
 torch.serialization.add_safe_globals([LarsState, Container])

@@ -202,14 +202,17 @@ def _not_compiling() -> bool:
 # this call): storage queries, context variables and other untraceable checks are
 # skipped while a call is traced.
 is_compiling: Callable[[], bool] = _not_compiling
-# The backend whose compiler traces calls (torch), set with ``is_compiling``.
+# The backend whose compiler guards on what a traced call reads (torch's Dynamo), and
+# whether it traces this call (Dynamo alone, asked at every lookup: a cheaper question).
 tracer: str | None = None
+guarding: Callable[[], bool] = _not_compiling
 
 
-def set_tracer(name: str, compiling: Callable[[], bool]) -> None:
-    """Backend ``name``'s compiler traces calls where ``compiling()`` says so."""
-    global is_compiling, tracer
-    is_compiling, tracer = compiling, name
+def set_tracer(name: str, compiling: Callable[[], bool], guards: Callable[[], bool]) -> None:
+    """Backend ``name``'s compiler traces calls where ``compiling()`` says so, and
+    guards on what they read where ``guards()`` says so."""
+    global is_compiling, tracer, guarding
+    is_compiling, tracer, guarding = compiling, name, guards
 
 
 def set_backend(name: str) -> None:
@@ -259,16 +262,12 @@ def backend_of(x: object) -> str | None:
     every compiled step recompile).
     """
     cls = type(x)
-    never = cls.__module__ in _NEVER_NATIVE  # trees and numbers: no array at all
-    if tracer is not None and is_compiling():
-        if get_backend(tracer).is_native(x):
-            return tracer
-        if never:
-            return None
+    if guarding():
+        return _traced_backend_of(x, cls)
     name = _NATIVE_TYPES.get(cls, "")
     if name != "":
         return name
-    if never:  # (remembered)
+    if cls.__module__ in _NEVER_NATIVE:  # trees and numbers: remembered as no array at all
         _NATIVE_TYPES[cls] = None
         return None
     for spec in tuple(_SPECS.values()):  # (a snapshot: another thread may register meanwhile)
@@ -286,6 +285,17 @@ def backend_of(x: object) -> str | None:
             _NATIVE_TYPES[cls] = spec.name
             return spec.name
     return None
+
+
+def _traced_backend_of(x: object, cls: type) -> str | None:
+    """:func:`backend_of` while a compiler that guards traces the call: its own arrays
+    asked of its backend, trees and numbers of none, with no cache read."""
+    assert tracer is not None
+    if get_backend(tracer).is_native(x):
+        return tracer
+    if cls.__module__ in _NEVER_NATIVE:
+        return None
+    return _NATIVE_TYPES.get(cls) or None  # (another framework's array: as cached, if it is)
 
 
 def all_native(xs: Sequence[object]) -> bool:
