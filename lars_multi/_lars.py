@@ -363,9 +363,9 @@ def _per_leaf(
 
 def _flags(n: int, axis_names: Any) -> LayerFlags:
     """Every layer adapted and decayed, kept for the next call of ``n`` layers; made anew
-    where torch.compile traces (it would guard on the store: an eager call of another
-    size made every compiled step recompile)."""
-    if _registry.is_compiling():
+    where a compiler that guards traces the call (Dynamo would guard on the store: an
+    eager call of another size made every compiled step recompile)."""
+    if _registry.guarding():
         return LayerFlags.every(n, axis_names)
     key = (n, axis_names)
     flags = _FLAGS.get(key)
