@@ -50,9 +50,11 @@ _COMPUTE.update({d: _FLOAT32 for d in _HALF})
 # Elements per block of a multiply-add: the scratch block stays in L2 cache, so
 # a x + b y costs one read of x and y and one write of the result.
 _BLOCK = 1 << 15
-# Layers are stepped in batches of about this many bytes of weights: their
-# norms are taken, then they are updated while still in cache.
-_BATCH_BYTES = 1 << 22
+# Layers are stepped in batches of about this many bytes of weights (in their
+# compute dtype): their norms are taken, then they are updated while still in
+# cache. Halves, computed on float32 copies of a batch, in batches of the least.
+_BATCH_BYTES = _batching.cpu_batch_bytes()
+_HALF_BATCH_BYTES = _batching.CPU_BATCH_BYTES
 
 # How hard np.shares_memory may work to tell two views of one buffer apart.
 _OVERLAP_WORK = 1 << 16
@@ -321,11 +323,16 @@ def unstack(vector: np.ndarray) -> list[float]:
 
 def batches(ws: Sequence[Any]) -> list[Sequence[int]]:
     """Consecutive layers of one dtype, in batches of about ``_BATCH_BYTES`` in
-    their compute dtype (halves are computed on float32 copies), counted in
-    elements (an array's ``size`` is read faster than its ``nbytes``)."""
-    return _batching.batches(
-        ws, key=_DTYPE, size=_SIZE, budget=lambda dtype: _BATCH_BYTES // compute_dtype(dtype).itemsize
-    )
+    their compute dtype (halves, computed on float32 copies, of ``_HALF_BATCH_BYTES``),
+    counted in elements (an array's ``size`` is read faster than its ``nbytes``)."""
+    return _batching.batches(ws, key=_DTYPE, size=_SIZE, budget=_batch_elements)
+
+
+def _batch_elements(dtype: np.dtype) -> int:
+    """How many elements of ``dtype`` a batch takes (see :func:`batches`)."""
+    if dtype.itemsize == 2:  # (halves, in either byte order)
+        return _HALF_BATCH_BYTES // 4
+    return _BATCH_BYTES // dtype.itemsize
 
 
 def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:

@@ -560,11 +560,12 @@ def unstack(vector: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return vector.unbind()
 
 
-# Layers of a CPU batch: about this many bytes (in float32 for halves, or one
-# layer, if larger), so that a batch stays in cache from its norms to its last
-# pass. Half layers are batched so on every device: each batch is computed on
+# Layers of a CPU batch: about this many bytes (or one layer, if larger), so that
+# a batch stays in cache from its norms to its last pass. Half layers are batched
+# on every device at about _HALF_BATCH_BYTES in float32: each batch is computed on
 # float32 copies, the only temporaries, whatever the size of the tree.
-_BATCH_BYTES = 4 << 20
+_CPU_BATCH_BYTES = _batching.cpu_batch_bytes()
+_HALF_BATCH_BYTES = _batching.CPU_BATCH_BYTES
 
 
 def batches(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
@@ -572,13 +573,21 @@ def batches(ws: Sequence[torch.Tensor]) -> list[Sequence[int]]:
     tensors or DTensors, not both; and a DTensor's mesh: the norms of a batch are
     stacked, which DTensors on two meshes cannot be, as FSDP2 with tensor parallelism
     places some layers on the 2-D mesh and others on its data-parallel mesh); on CPUs
-    and for halves, in consecutive batches of about ``_BATCH_BYTES`` (in float32 for halves)."""
+    and for halves, in consecutive batches of about ``_CPU_BATCH_BYTES`` (halves:
+    ``_HALF_BATCH_BYTES`` in float32)."""
     return _batching.batches(
         ws,
         key=lambda w: (w.device, w.dtype, tensor_kind(w), getattr(w, "device_mesh", None)),
         size=lambda w: w.nelement() * (4 if w.dtype in _HALF else w.element_size()),
-        budget=lambda key: _BATCH_BYTES if key[0].type == "cpu" or key[1] in _HALF else None,
+        budget=_batch_bytes,
     )
+
+
+def _batch_bytes(key: tuple[Any, ...]) -> int | None:
+    """The bytes of a batch of layers of ``key`` (device, dtype, ...; see :func:`batches`)."""
+    if key[1] in _HALF:
+        return _HALF_BATCH_BYTES
+    return _CPU_BATCH_BYTES if key[0].type == "cpu" else None
 
 
 def axpbys(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from . import _registry
@@ -21,6 +22,38 @@ Key = TypeVar("Key", bound=Hashable)
 # compiler or a fused call holds every copy of its batch at once (JAX, TensorFlow),
 # batches of them are cut at about this many bytes of weights (or one layer, if larger).
 HALF_CHUNK_BYTES = 2 << 20
+
+# A CPU batch takes at least this many bytes of weights, and this many where the
+# machine's caches are not known.
+CPU_BATCH_BYTES = 4 << 20
+_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")  # (Linux)
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def cpu_batch_bytes(caches: Path = _CACHES) -> int:
+    """How many bytes of weights a batch of layers takes on this CPU: an eighth of
+    its largest cache, so that a batch's weights, gradients, momentum buffers and
+    outputs fill at most half of it, from the norms to the last pass (a 300 MiB
+    cache: 37.5 MiB); at least ``CPU_BATCH_BYTES``, which is also the size where the
+    caches' sizes are not known (read from Linux's ``caches`` folder)."""
+    largest = largest_cache_bytes(caches)
+    return CPU_BATCH_BYTES if largest is None else max(CPU_BATCH_BYTES, largest // 8)
+
+
+def largest_cache_bytes(caches: Path = _CACHES) -> int | None:
+    """The size of the largest data (or unified) cache of CPU 0, as Linux lists them
+    under ``caches`` (``index*/type`` and ``index*/size``, as ``"2048K"``); None where
+    none is listed or a size cannot be read."""
+    sizes = []
+    try:
+        for index in caches.glob("index*"):
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            text = (index / "size").read_text().strip()
+            sizes.append(int(text[:-1]) * _UNITS[text[-1]] if text[-1:] in _UNITS else int(text))
+    except (OSError, ValueError):
+        return None
+    return max(sizes, default=None)
 
 
 def batches(

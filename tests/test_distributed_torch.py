@@ -328,12 +328,16 @@ def case_compiled_placements(mesh: Any) -> dict[str, Any]:
 
 
 def case_dtensors_on_two_meshes(mesh: Any) -> dict[str, Any]:
+    import lars_multi.backends.torch as torch_backend
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     import lars_multi as lm
+    from lars_multi._batching import CPU_BATCH_BYTES
 
+    # (CPU batches are sized by the machine's cache: here 4 MiB, whatever the machine)
+    torch_backend._CPU_BATCH_BYTES = CPU_BATCH_BYTES
     other = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("dp", "tp"))
     gen = torch.Generator().manual_seed(4)
     # "big": more than a CPU batch (4 MiB), a batch of its own, before the others

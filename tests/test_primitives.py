@@ -15,6 +15,7 @@ from conftest import native, require_backend, to_numpy, x64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lars_multi import _batching
 from lars_multi._registry import get_backend
 
 SHAPES = [(3, 4), (5,), (2, 3, 2), (7,)]
@@ -156,6 +157,54 @@ def test_batches_cover_every_layer_once_by_dtype(backend):
     for batch in batches:
         assert len({str(ws[i].dtype) for i in batch}) == 1
         assert list(batch) == sorted(batch)  # consecutive order within a dtype
+
+
+def _caches(root, listed):
+    """A folder laid out as Linux lists CPU 0's caches: ``index<i>/type`` and ``/size``."""
+    for i, (kind, size) in enumerate(listed):
+        (root / f"index{i}").mkdir()
+        (root / f"index{i}" / "type").write_text(kind + "\n")
+        (root / f"index{i}" / "size").write_text(size + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    "listed, largest",
+    [
+        ([("Data", "48K"), ("Instruction", "32K"), ("Unified", "2048K"), ("Unified", "307200K")], 300 << 20),
+        ([("Data", "32K"), ("Instruction", "4096K"), ("Unified", "1M")], 1 << 20),  # (no instructions)
+        ([("Data", "65536")], 65536),  # a size in bytes
+        ([("Unified", "2G")], 2 << 30),
+        ([("Data", "32K"), ("Unified", "many")], None),  # unreadable: not known
+        ([], None),
+    ],
+)
+def test_cpu_batches_are_an_eighth_of_the_largest_cache(tmp_path, listed, largest):
+    """CPU batches (NumPy, torch) take an eighth of the largest data cache Linux lists,
+    at least 4 MiB; 4 MiB where no cache size can be read."""
+    caches = _caches(tmp_path, listed)
+    assert _batching.largest_cache_bytes(caches) == largest
+    want = 4 << 20 if largest is None else max(4 << 20, largest // 8)
+    assert _batching.cpu_batch_bytes(caches) == want
+    assert _batching.cpu_batch_bytes(tmp_path / "missing") == 4 << 20
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_cpu_batches_are_cut_at_the_machines_batch_size(backend_name, monkeypatch):
+    """A tree larger than a batch is cut where the batch size says, whatever it is
+    on this machine (halves, on float32 copies, always at 4 MiB)."""
+    require_backend(backend_name)
+    ops = get_backend(backend_name)
+    module = __import__(f"lars_multi.backends.{backend_name}", fromlist=["_"])
+    name = "_BATCH_BYTES" if backend_name == "numpy" else "_CPU_BATCH_BYTES"
+    monkeypatch.setattr(module, name, 1 << 20)
+    ws = [native(backend_name, np.zeros(n, np.float32)) for n in (100_000, 100_000, 100_000, 300_000)]
+    assert [list(b) for b in ops.batches(ws)] == [[0, 1], [2], [3]]  # 1 MiB: 262,144 float32 elements
+    halves = [native(backend_name, np.zeros(600_000, np.float16)) for _ in range(3)]
+    assert [list(b) for b in ops.batches(halves)] == [[0], [1], [2]]  # 600,000 float32 copies: 2.4 MB each
+    monkeypatch.setattr(module, name, 1 << 30)
+    assert [list(b) for b in ops.batches(ws)] == [[0, 1, 2, 3]]
+    assert [list(b) for b in ops.batches(halves)] == [[0], [1], [2]]
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["new", "in-place"])

@@ -21,6 +21,7 @@ from conftest import torch_randn
 torch = pytest.importorskip("torch")
 
 import lars_multi as lm  # noqa: E402
+from lars_multi._batching import CPU_BATCH_BYTES  # noqa: E402
 from lars_multi.torch import LARS, param_groups  # noqa: E402
 
 SHAPES = {"w1": (8, 4), "b1": (8,), "w2": (3, 8), "b2": (3,)}
@@ -98,10 +99,15 @@ def test_matches_functional(preset, config, foreach):
 @pytest.mark.parametrize("foreach", [None, False])
 @pytest.mark.parametrize("where", ["same-group", "other-batch", "other-group"])
 @pytest.mark.parametrize("preset", ["paper", "timm"])
-def test_gradient_sharing_another_parameters_memory(preset, where, foreach):
+def test_gradient_sharing_another_parameters_memory(preset, where, foreach, monkeypatch):
     """A gradient that is (a view of) another parameter's weights, in the same group,
     in another cache-sized batch (after a large layer) or in another group: every
     layer reads the weights as they were, as the functional step does."""
+    import lars_multi.backends.torch as torch_backend
+
+    # (CPU batches are sized by the machine's cache: here 4 MiB, whatever the machine)
+    monkeypatch.setattr(torch_backend, "_CPU_BATCH_BYTES", CPU_BATCH_BYTES)
+    assert len(torch_backend.batches([torch.zeros(6), torch.zeros(2_000_000), torch.zeros(6)])) == 3
     generator = torch.Generator().manual_seed(5)
     sizes = {"a": 6, "large": 2_000_000, "b": 6}  # the large layer is a CPU batch of its own
     values = {k: torch_randn(n, generator=generator, dtype=torch.float32) for k, n in sizes.items()}
