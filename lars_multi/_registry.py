@@ -51,7 +51,9 @@ class BackendSpec:
 _SPECS: dict[str, BackendSpec] = {}
 _MODULES: dict[str, Backend] = {}
 _NATIVE_TYPES: dict[type, str | None] = {}
-_NEVER_NATIVE = frozenset({"builtins", "collections", "lars_multi._container"})
+# Modules whose types no backend owns: trees, numbers and lars_multi's own handles (an
+# lm.Array holds an array and is none), remembered as such at once.
+_NEVER_NATIVE = frozenset({"builtins", "collections", "lars_multi._container", "lars_multi._array"})
 _LOCK = threading.Lock()
 _global_choice: str | None = None
 _env_choice: str | None = os.environ.get(ENV_VAR) or None  # read once, at import
@@ -267,7 +269,7 @@ def backend_of(x: object) -> str | None:
     name = _NATIVE_TYPES.get(cls, "")
     if name != "":
         return name
-    if cls.__module__ in _NEVER_NATIVE:  # trees and numbers: remembered as no array at all
+    if cls.__module__ in _NEVER_NATIVE:  # trees, numbers, handles: remembered as no array at all
         _NATIVE_TYPES[cls] = None
         return None
     for spec in tuple(_SPECS.values()):  # (a snapshot: another thread may register meanwhile)
