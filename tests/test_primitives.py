@@ -15,6 +15,7 @@ from conftest import native, require_backend, to_numpy, x64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lars_multi as lm
 from lars_multi import _batching
 from lars_multi._registry import get_backend
 
@@ -505,3 +506,33 @@ def test_batches_cut_each_group_greedily_by_bytes(layers, limit):
             total += size
         want.append(batch)
     assert got == want
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_steps_do_not_depend_on_the_machines_batch_size(backend_name, preset, monkeypatch):
+    """The batch size follows the machine's cache; the result must not: two optimizer
+    steps in place and one functional, with 1 MiB batches (a tree of several) and with
+    one batch, give the same bits."""
+    require_backend(backend_name)
+    module = __import__(f"lars_multi.backends.{backend_name}", fromlist=["_"])
+    name = "_BATCH_BYTES" if backend_name == "numpy" else "_CPU_BATCH_BYTES"
+    rng = np.random.default_rng(11)
+    shapes = [(300, 400), (400,), (64,), (500, 300), (7, 3, 3, 3), (2_000,)] * 3
+    weights = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(2)]
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-3, preset=preset)
+    results, cuts = [], []
+    for batch_bytes in (1 << 20, 1 << 30):
+        monkeypatch.setattr(module, name, batch_bytes)
+        params = {f"p{i}": native(backend_name, w.copy()) for i, w in enumerate(weights)}
+        cuts.append(len(get_backend(backend_name).batches(list(params.values()))))
+        state = opt.init(params)
+        for step_grads in grads:
+            gs = {f"p{i}": native(backend_name, g) for i, g in enumerate(step_grads)}
+            _, state = opt.step(params, gs, state, out=params)
+        new, _ = opt.step(params, gs, state)
+        results.append([to_numpy(x) for x in [*params.values(), *new.values()]])
+    assert cuts[0] > 2 and cuts[1] == 1
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)
