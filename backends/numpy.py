@@ -462,18 +462,30 @@ class _Vectors(list[np.ndarray]):
 
 def _blas_vector_sizes(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) -> list[int] | None:
     """The sizes of ``xs`` where every one is a non-empty NumPy vector of ``dtype``
-    (f2py hands BLAS a vector itself where it is contiguous and aligned, else a
-    copy, written back); else None. The ``ys`` have the ``xs``' dtypes and shapes:
-    where they are vectors just written, so are the ``xs``, with no need to look."""
+    that BLAS takes as :func:`axpby` would, alone (f2py hands BLAS a small vector
+    itself where it is contiguous and aligned, else a copy, written back); else None.
+    The ``ys`` have the ``xs``' dtypes and shapes: where they are vectors just written,
+    so are the ``xs``, with no need to look."""
     if type(ys) is _Vectors and ys.dtype is dtype:
-        return ys.sizes
-    n = len(xs)
-    if list(map(type, xs)).count(np.ndarray) != n:
-        return None
-    if not (list(map(_NDIM, xs)).count(1) == n and list(map(_DTYPE, xs)).count(dtype) == n):
-        return None
-    sizes = list(map(_SIZE, xs))  # (read faster than len)
-    return None if 0 in sizes or max(sizes) > _BLAS_MOST else sizes
+        sizes = ys.sizes
+    else:
+        n = len(xs)
+        if list(map(type, xs)).count(np.ndarray) != n:
+            return None
+        if not (list(map(_NDIM, xs)).count(1) == n and list(map(_DTYPE, xs)).count(dtype) == n):
+            return None
+        sizes = list(map(_SIZE, xs))  # (read faster than len)
+        if 0 in sizes or max(sizes) > _BLAS_MOST:
+            return None
+    if max(sizes) > _BLOCK and not all(_blas_takes(x, y) for x, y, k in zip(xs, ys, sizes) if k > _BLOCK):
+        return None  # (each takes its own path: a layer's result does not depend on its batch)
+    return sizes
+
+
+def _blas_takes(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether :func:`axpby` gives a large vector ``x <- a x + b y`` to BLAS (else it
+    takes ufuncs, which round ``b y`` before the sum: BLAS's multiply-add may not)."""
+    return x.flags.c_contiguous and y.flags.c_contiguous and _blas_ready(x, y) and not overlaps(x, y)
 
 
 def _blas_in_place(

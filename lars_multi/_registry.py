@@ -301,5 +301,8 @@ def _traced_backend_of(x: object, cls: type) -> str | None:
 
 
 def all_native(xs: Sequence[object]) -> bool:
-    """Whether ``xs`` are native arrays of one type (no handle to unwrap or write back)."""
+    """Whether ``xs`` are native arrays of one type (no handle to unwrap or write back);
+    True for no arrays."""
+    if not xs:
+        return True
     return backend_of(xs[0]) is not None and list(map(type, xs)).count(type(xs[0])) == len(xs)

@@ -71,6 +71,23 @@ def test_out_is_w_single_array(mutable_backend, dtype):
     np.testing.assert_array_equal(to_numpy(g), g_np)
 
 
+@pytest.mark.parametrize("empty", [[], {}, ()], ids=["list", "dict", "tuple"])
+def test_out_with_an_empty_subtree(mutable_backend, empty):
+    """An empty node beside the layers (a module without parameters) is no leaf:
+    ``out=`` raised IndexError on it, where the functional step went through."""
+    w = [empty, native(mutable_backend, W), {"b": native(mutable_backend, W2), "none": empty}]
+    g = [empty, native(mutable_backend, G), {"b": native(mutable_backend, G2), "none": empty}]
+    want = lm.lars_update(w, g, 0.1)
+    assert lm.lars_update(w, g, 0.1, out=w) is w
+    np.testing.assert_array_equal(to_numpy(w[1]), to_numpy(want[1]))
+    np.testing.assert_array_equal(to_numpy(w[2]["b"]), to_numpy(want[2]["b"]))
+    opt = lm.optim.lars(0.1, momentum=0.9)
+    state = opt.init(w)
+    new, _ = opt.step(w, g, state)
+    assert opt.step(w, g, state, out=w)[0] is w
+    np.testing.assert_array_equal(to_numpy(w[1]), to_numpy(new[1]))
+
+
 def test_out_is_w_dict_of_native(mutable_backend):
     w = {"a": native(mutable_backend, W), "b": [native(mutable_backend, W2)]}
     g = {"a": native(mutable_backend, G), "b": [native(mutable_backend, G2)]}

@@ -536,3 +536,53 @@ def test_steps_do_not_depend_on_the_machines_batch_size(backend_name, preset, mo
     assert cuts[0] > 2 and cuts[1] == 1
     for got, want in zip(*results):
         np.testing.assert_array_equal(got, want)
+
+
+def _unaligned(values):
+    """``values`` (float32) in a buffer one byte off alignment."""
+    raw = np.zeros(values.nbytes + 1, np.uint8)
+    out = np.frombuffer(raw.data, np.float32, values.size, offset=1)
+    out[...] = values
+    return out
+
+
+@pytest.mark.parametrize("layout", ["strided gradient", "strided weights", "unaligned weights", "reversed"])
+@pytest.mark.parametrize("batch_bytes", [1, 1 << 30])
+def test_a_large_vectors_step_does_not_depend_on_the_others(layout, batch_bytes, monkeypatch):
+    """A large NumPy vector that BLAS cannot take as it is (strided, unaligned) was
+    stepped in place by BLAS on a copy where its batch held vectors alone, and by ufuncs
+    (rounding the product before the sum) beside any other layer: its bits, and inf
+    against NaN where a step overflows, hung on the layers beside it and on the
+    machine's batch size."""
+    import lars_multi.backends.numpy as numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "_BATCH_BYTES", batch_bytes)
+    rng = np.random.default_rng(12)
+    n = 40_000  # (more than a block: axpby's own rules)
+    w_values = rng.standard_normal(n).astype(np.float32)
+    g_values = (rng.standard_normal(n) * 1e-2).astype(np.float32)
+
+    def step(with_other, overflow=False):
+        w = np.full(n, np.inf, np.float32) if overflow else w_values.copy()
+        g = np.full(n, 1e28, np.float32) if overflow else g_values
+        if layout == "strided gradient":
+            g = np.repeat(g, 2)[::2]
+        elif layout == "strided weights":
+            w = np.repeat(w, 2)[::2]
+        elif layout == "unaligned weights":
+            w = _unaligned(w)
+        else:
+            w, g = w[::-1].copy()[::-1], g[::-1].copy()[::-1]
+        params, grads = {"v": w}, {"v": g}
+        if with_other:
+            params["m"], grads["m"] = np.ones((3, 3), np.float32), np.full((3, 3), 0.1, np.float32)
+        opt = lm.optim.lars(1e30 if overflow else 0.1, momentum=0.0 if overflow else 0.9, weight_decay=1e-3)
+        state = opt.init(params)
+        for _ in range(1 if overflow else 3):
+            _, state = opt.step(params, grads, state, out=params)
+        lm.lars_update(params, grads, 0.1, out=params)
+        return params["v"].copy()
+
+    np.testing.assert_array_equal(step(True), step(False))
+    alone, beside = step(False, overflow=True), step(True, overflow=True)
+    np.testing.assert_array_equal(alone, beside)
