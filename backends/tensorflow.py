@@ -197,11 +197,13 @@ def sin(x: Any) -> tf.Tensor:
 
 def compile(function: Any, donate: bool = False) -> Any:
     """``function`` as one ``tf.function``; Python-float rates enter as float64
-    tensors (no retracing; each batch casts them to its dtype). Inside a caller's
-    ``tf.function`` it is part of the caller's trace. It runs op by op on one
-    layer (a call costs more than its kernels) and with distributed variables
-    among the arguments (a trace would take any later set of them for the first
-    one it saw)."""
+    tensors (no retracing; each batch casts them to its dtype), and so they do where
+    it runs op by op, so that a layer's arithmetic is the same on every path (a
+    number's products with the others, as ``(1 - d) lr``, would be rounded once
+    there, twice in the trace). Inside a caller's ``tf.function`` it is part of the
+    caller's trace. It runs op by op on one layer (a call costs more than its
+    kernels) and with distributed variables among the arguments (a trace would take
+    any later set of them for the first one it saw)."""
     traced = tf.function(function, autograph=False)
 
     def argument(value: Any) -> Any:
@@ -211,11 +213,12 @@ def compile(function: Any, donate: bool = False) -> Any:
         return isinstance(value, list) and any(isinstance(x, tf.distribute.DistributedValues) for x in value)
 
     def run(*args: Any) -> Any:
+        rates = [argument(a) for a in args]
         if not tf.executing_eagerly() or len(args[0]) == 1 or any(distributed(a) for a in args):
             # Already traced (by the caller's tf.function); one layer, whose few
             # kernels cost less than a tf.function call; or distributed.
-            return function(*args)
-        return traced(*[argument(a) for a in args])
+            return function(*rates)
+        return traced(*rates)
 
     return run
 

@@ -1964,3 +1964,40 @@ def test_what_a_layer_without_a_gradient_keeps_is_not_written_through_an_alias(b
     after = {k: to_numpy(v) for k, v in {**params, **{f"m{k}": v for k, v in state.momentum.items()}}.items()}
     for k in before:
         np.testing.assert_array_equal(after[k], before[k])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"momentum": 0.9, "dampening": 0.1},
+        {"momentum": 0.9, "dampening": 0.1, "preset": "optax"},
+        {"momentum": 0.9, "nesterov": True, "preset": "timm"},
+    ],
+    ids=["paper-dampening", "optax-dampening", "timm-nesterov"],
+)
+def test_tensorflow_layer_steps_alike_alone_in_a_batch_and_traced(settings):
+    """TensorFlow ran a layer alone op by op, with Python-float rates, and a batch of
+    layers of one dtype as a tf.function, with the rates as tensors: a product of
+    two rates, such as (1 - d) lr, was rounded once alone and twice in a batch, and a
+    layer's buffer hung on whether another layer of its dtype was stepped with it."""
+    require_backend("tensorflow")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    w = tf.constant(rng.standard_normal((5, 6)), tf.float32)
+    g = tf.constant(rng.standard_normal((5, 6)) * 0.01, tf.float32)
+    other = tf.constant(rng.standard_normal(4), tf.float32)
+    opt = lm.optim.lars(0.1, trust_coefficient=0.02, weight_decay=1e-3, **settings)
+
+    def steps(params, grads):
+        state = opt.init(params)
+        for _ in range(2):
+            params, state = opt.step(params, grads, state)
+        return params["t"], state.momentum["t"]
+
+    alone = [x.numpy() for x in steps({"t": w}, {"t": g})]
+    beside = [x.numpy() for x in steps({"t": w, "n": other}, {"t": g, "n": other})]
+    traced = [x.numpy() for x in tf.function(steps)({"t": w, "n": other}, {"t": g, "n": other})]
+    for a, b, c in zip(alone, beside, traced):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
