@@ -353,7 +353,7 @@ def axpby(a: Any, x: Any, b: Any, y: Any, out: Any = None) -> np.ndarray:
     # (BLAS axpy skips a zero b: x + 0 y would keep x where y holds inf or NaN)
     blas = out.dtype in _AXPY and (one or (out is x and a != 0)) and b != 0
     large = _BLOCK < out.size <= _BLAS_MOST
-    if blas and large and contiguous and _blas_ready(out, y) and not overlaps(out, y):
+    if blas and large and contiguous and _blas_takes(out, y):
         flat_out = out.reshape(-1)
         if out is not x:  # (then a is 1)
             np.copyto(flat_out, x.reshape(-1))
@@ -475,9 +475,12 @@ def _blas_vector_sizes(xs: Sequence[Any], ys: Sequence[Any], dtype: np.dtype) ->
         if not (list(map(_NDIM, xs)).count(1) == n and list(map(_DTYPE, xs)).count(dtype) == n):
             return None
         sizes = list(map(_SIZE, xs))  # (read faster than len)
-        if 0 in sizes or max(sizes) > _BLAS_MOST:
+        if 0 in sizes:
             return None
-    if max(sizes) > _BLOCK and not all(_blas_takes(x, y) for x, y, k in zip(xs, ys, sizes) if k > _BLOCK):
+    largest = max(sizes)
+    if largest > _BLAS_MOST:
+        return None
+    if largest > _BLOCK and not all(_blas_takes(x, y) for x, y, k in zip(xs, ys, sizes) if k > _BLOCK):
         return None  # (each takes its own path: a layer's result does not depend on its batch)
     return sizes
 

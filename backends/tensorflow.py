@@ -213,12 +213,12 @@ def compile(function: Any, donate: bool = False) -> Any:
         return isinstance(value, list) and any(isinstance(x, tf.distribute.DistributedValues) for x in value)
 
     def run(*args: Any) -> Any:
-        rates = [argument(a) for a in args]
+        arguments = [argument(a) for a in args]
         if not tf.executing_eagerly() or len(args[0]) == 1 or any(distributed(a) for a in args):
             # Already traced (by the caller's tf.function); one layer, whose few
             # kernels cost less than a tf.function call; or distributed.
-            return function(*rates)
-        return traced(*rates)
+            return function(*arguments)
+        return traced(*arguments)
 
     return run
 

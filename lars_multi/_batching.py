@@ -9,6 +9,7 @@ layers stay small (every device). This is the one place that cuts them.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
@@ -30,12 +31,13 @@ _CACHES = Path("/sys/devices/system/cpu/cpu0/cache")  # (Linux)
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
+@functools.cache
 def cpu_batch_bytes(caches: Path = _CACHES) -> int:
     """How many bytes of weights a batch of layers takes on this CPU: an eighth of
     its largest cache, so that a batch's weights, gradients, momentum buffers and
     outputs fill at most half of it, from the norms to the last pass (a 300 MiB
     cache: 37.5 MiB); at least ``CPU_BATCH_BYTES``, which is also the size where the
-    caches' sizes are not known (read from Linux's ``caches`` folder)."""
+    caches' sizes are not known (read from Linux's ``caches`` folder, once)."""
     largest = largest_cache_bytes(caches)
     return CPU_BATCH_BYTES if largest is None else max(CPU_BATCH_BYTES, largest // 8)
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 
@@ -190,20 +191,24 @@ def test_cpu_batches_are_an_eighth_of_the_largest_cache(tmp_path, listed, larges
     assert _batching.cpu_batch_bytes(tmp_path / "missing") == 4 << 20
 
 
+def _set_cpu_batch_bytes(monkeypatch, backend_name, value):
+    """The CPU batch size of the NumPy or torch backend set to ``value`` bytes, for this test."""
+    module = importlib.import_module(f"lars_multi.backends.{backend_name}")
+    monkeypatch.setattr(module, "_BATCH_BYTES" if backend_name == "numpy" else "_CPU_BATCH_BYTES", value)
+
+
 @pytest.mark.parametrize("backend_name", ["numpy", "torch"])
 def test_cpu_batches_are_cut_at_the_machines_batch_size(backend_name, monkeypatch):
     """A tree larger than a batch is cut where the batch size says, whatever it is
     on this machine (halves, on float32 copies, always at 4 MiB)."""
     require_backend(backend_name)
     ops = get_backend(backend_name)
-    module = __import__(f"lars_multi.backends.{backend_name}", fromlist=["_"])
-    name = "_BATCH_BYTES" if backend_name == "numpy" else "_CPU_BATCH_BYTES"
-    monkeypatch.setattr(module, name, 1 << 20)
+    _set_cpu_batch_bytes(monkeypatch, backend_name, 1 << 20)
     ws = [native(backend_name, np.zeros(n, np.float32)) for n in (100_000, 100_000, 100_000, 300_000)]
     assert [list(b) for b in ops.batches(ws)] == [[0, 1], [2], [3]]  # 1 MiB: 262,144 float32 elements
     halves = [native(backend_name, np.zeros(600_000, np.float16)) for _ in range(3)]
     assert [list(b) for b in ops.batches(halves)] == [[0], [1], [2]]  # 600,000 float32 copies: 2.4 MB each
-    monkeypatch.setattr(module, name, 1 << 30)
+    _set_cpu_batch_bytes(monkeypatch, backend_name, 1 << 30)
     assert [list(b) for b in ops.batches(ws)] == [[0, 1, 2, 3]]
     assert [list(b) for b in ops.batches(halves)] == [[0], [1], [2]]
 
@@ -515,8 +520,6 @@ def test_steps_do_not_depend_on_the_machines_batch_size(backend_name, preset, mo
     steps in place and one functional, with 1 MiB batches (a tree of several) and with
     one batch, give the same bits."""
     require_backend(backend_name)
-    module = __import__(f"lars_multi.backends.{backend_name}", fromlist=["_"])
-    name = "_BATCH_BYTES" if backend_name == "numpy" else "_CPU_BATCH_BYTES"
     rng = np.random.default_rng(11)
     shapes = [(300, 400), (400,), (64,), (500, 300), (7, 3, 3, 3), (2_000,)] * 3
     weights = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -524,7 +527,7 @@ def test_steps_do_not_depend_on_the_machines_batch_size(backend_name, preset, mo
     opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-3, preset=preset)
     results, cuts = [], []
     for batch_bytes in (1 << 20, 1 << 30):
-        monkeypatch.setattr(module, name, batch_bytes)
+        _set_cpu_batch_bytes(monkeypatch, backend_name, batch_bytes)
         params = {f"p{i}": native(backend_name, w.copy()) for i, w in enumerate(weights)}
         cuts.append(len(get_backend(backend_name).batches(list(params.values()))))
         state = opt.init(params)
