@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -24,6 +24,28 @@ from ._errors import LarsMultiValueError
 from ._protocol import Backend
 
 Key = TypeVar("Key", bound=Hashable)
+
+
+def late_outputs(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> set[int]:
+    """The places of the ``outs`` that must be written once every layer is computed:
+    each output that is another output, a gradient or another layer's weights, or
+    that shares memory with an array other than itself (the others may be written
+    as their layers go: no input read later lies in their memory)."""
+    if not must_write_late(ops, outs, ws, gs):  # (the common case, asked of the lists at once)
+        return set()
+    if _registry.is_compiling():
+        return {i for i in range(len(outs)) if _is_another(i, outs, ws, gs)}
+    places: dict[int, list[int]] = {}
+    for i, o in enumerate(outs):
+        places.setdefault(id(o), []).append(i)
+    late = {i for same in places.values() if len(same) > 1 for i in same}
+    late.update(i for g in gs for i in places.get(id(g), ()))
+    late.update(i for k, x in enumerate(ws) for i in places.get(id(x), ()) if i != k)
+    in_place = all(map(operator.is_, outs, ws))
+    for arrays, outputs in _sharing_buffers(ops, outs, ws, gs, in_place):
+        for pair in _overlapping_pairs(ops, arrays, outputs):
+            late.update(i for k in pair if outputs[k] for i in places[id(arrays[k])])
+    return late
 
 
 def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
@@ -45,21 +67,31 @@ def must_write_late(ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Se
 def _same_objects(outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
     """Whether an output is another output, a gradient, or another layer's weights, by
     ``is`` (which a tracer answers from the inputs' aliasing, not their identities)."""
-    for i, o in enumerate(outs):
-        others = (*outs[:i], *gs, *ws[:i], *ws[i + 1 :])
-        if any(o is x for x in others):
-            return True
-    return False
+    return any(_is_another(i, outs, ws, gs) for i in range(len(outs)))
+
+
+def _is_another(i: int, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any]) -> bool:
+    """Whether output ``i`` is another output, a gradient, or another layer's weights."""
+    o = outs[i]
+    return any(o is x for x in (*outs[:i], *outs[i + 1 :], *gs, *ws[:i], *ws[i + 1 :]))
 
 
 def write_all(
     ops: Backend, targets: Sequence[Any], values: Sequence[Any], label: Callable[[int], str]
 ) -> None:
-    """Each value into its target (None: no target), where the target can be
-    written and is not the value itself: what was not written as the step went
-    (late, or computed as new arrays). Nothing is written where two targets
-    share memory but would receive different values (``label(i)`` names
-    target ``i`` in the error): no order of writes gives both their result."""
+    """:func:`checked_writes`, written."""
+    for target, value in checked_writes(ops, targets, values, label):
+        ops.write(target, value)
+
+
+def checked_writes(
+    ops: Backend, targets: Sequence[Any], values: Sequence[Any], label: Callable[[int], str]
+) -> list[tuple[Any, Any]]:
+    """Each value with its target (None: no target), where the target can be written
+    and is not the value itself: what was not written as the step went (late, or
+    computed as new arrays). Raises where two targets share memory but would receive
+    different values (``label(i)`` names target ``i`` in the error): no order of
+    writes gives both their result. Nothing is written: asked before any write."""
     pending = [
         i
         for i, (target, value) in enumerate(zip(targets, values))
@@ -67,8 +99,7 @@ def write_all(
     ]
     if len(pending) > 1:
         _check_no_conflict(ops, [targets[i] for i in pending], [values[i] for i in pending], pending, label)
-    for i in pending:
-        ops.write(targets[i], values[i])
+    return [(targets[i], values[i]) for i in pending]
 
 
 def _check_no_conflict(
@@ -131,7 +162,7 @@ def check_handles(
 ) -> list[int]:
     """Raise where one handle (``lm.Array``, ``keras.Variable``, an array) is given for
     two layers whose new values differ: it can hold only one. (Arrays written in
-    place are also checked by :func:`write_all`, by memory.) The first place of each
+    place are also checked by :func:`checked_writes`, by memory.) The first place of each
     distinct handle."""
     first: dict[int, int] = {}
     for i, handle in enumerate(handles):
@@ -184,21 +215,28 @@ def array_values(ops: Backend, values: Sequence[Any]) -> list[Any]:
 def _shares_memory(
     ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any], in_place: bool
 ) -> bool:
-    """Whether an output overlaps the memory of an array other than itself.
+    """Whether an output overlaps the memory of an array other than itself."""
+    return any(
+        _overlapping(ops, arrays, outputs) is not None
+        for arrays, outputs in _sharing_buffers(ops, outs, ws, gs, in_place)
+    )
 
-    Arrays in different buffers never overlap: only those whose buffer holds
-    an output are compared, byte range against byte range.
-    """
-    # Weights that are their own outputs (in place) are compared with the outputs below.
+
+def _sharing_buffers(
+    ops: Backend, outs: Sequence[Any], ws: Sequence[Any], gs: Sequence[Any], in_place: bool
+) -> list[tuple[list[Any], list[bool]]]:
+    """Per buffer that holds an output and another array: its distinct arrays, and
+    whether each is an output (arrays in different buffers never overlap: only these
+    are compared, byte range against byte range)."""
+    # Weights that are their own outputs (in place) are among the outputs.
     inputs = gs if in_place else (*ws, *gs)
     roots = ops.memory_roots([*outs, *inputs])
     out_roots, input_roots = roots[: len(outs)], roots[len(outs) :]
     if out_roots.count(None) == len(out_roots):
-        return False
+        return []
     alone = set(out_roots)
     if len(alone) == len(outs) and None not in alone and alone.isdisjoint(input_roots):
-        return False  # each output alone in its buffer, and no input in one
-    # Per buffer holding an output: its distinct arrays, and whether each is an output.
+        return []  # each output alone in its buffer, and no input in one
     by_root: dict[Hashable, dict[int, tuple[Any, bool]]] = {}
     for o, root in zip(outs, out_roots):
         if root is not None:
@@ -207,29 +245,31 @@ def _shares_memory(
         sharing = by_root.get(root)
         if sharing is not None:
             sharing.setdefault(id(x), (x, False))
+    found = []
     for sharing in by_root.values():
         if len(sharing) > 1:
             arrays, outputs = zip(*sharing.values())
-            if _overlapping(ops, list(arrays), list(outputs)) is not None:
-                return True
-    return False
+            found.append((list(arrays), list(outputs)))
+    return found
 
 
 def _overlapping(ops: Backend, xs: list[Any], outputs: list[bool]) -> tuple[int, int] | None:
     """Two of the distinct arrays ``xs`` of one buffer that overlap, one of them an
-    output (``outputs``), or None. Pairs whose byte spans meet (found in address
-    order) are asked of the backend (``overlaps``: NumPy tells interleaved views,
-    such as a matrix's columns, apart), every pair where it gives no spans."""
+    output (``outputs``), or None."""
+    return next(_overlapping_pairs(ops, xs, outputs), None)
+
+
+def _overlapping_pairs(ops: Backend, xs: list[Any], outputs: list[bool]) -> Iterator[tuple[int, int]]:
+    """The pairs of the distinct arrays ``xs`` of one buffer that overlap, one of them
+    an output (``outputs``). Pairs whose byte spans meet (found in address order) are
+    asked of the backend (``overlaps``: NumPy tells interleaved views, such as a
+    matrix's columns, apart), every pair where it gives no spans."""
     spans = ops.byte_spans(xs)
     if spans is None:
-        return next(
-            (
-                (i, j)
-                for i, j in itertools.combinations(range(len(xs)), 2)
-                if (outputs[i] or outputs[j]) and ops.overlaps(xs[i], xs[j])
-            ),
-            None,
-        )
+        for i, j in itertools.combinations(range(len(xs)), 2):
+            if (outputs[i] or outputs[j]) and ops.overlaps(xs[i], xs[j]):
+                yield i, j
+        return
     reaching: list[tuple[int, int]] = []  # (end, index) of the arrays a later span may meet
     for i in sorted(range(len(xs)), key=lambda i: spans[i][0]):
         low, high = spans[i]
@@ -238,9 +278,8 @@ def _overlapping(ops: Backend, xs: list[Any], outputs: list[bool]) -> tuple[int,
         reaching = [(end, j) for end, j in reaching if end > low]
         for _, j in reaching:
             if (outputs[i] or outputs[j]) and ops.overlaps(xs[j], xs[i]):
-                return j, i
+                yield j, i
         reaching.append((high, i))
-    return None
 
 
 def overlap_groups(spans: Mapping[Key, tuple[int, int]]) -> dict[Key, int]:

@@ -12,11 +12,11 @@ from functools import partial
 from typing import Any
 
 from . import _checks, _registry
-from ._aliasing import array_values, check_handles, must_write_late, write_all
+from ._aliasing import array_values, check_handles, checked_writes, late_outputs, must_write_late, write_all
 from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
-from ._lists import concat, put, take
+from ._lists import concat, now_and_later, put, take
 from ._presets import REFERENCE
 from ._protocol import Backend
 from ._registry import current_backend, get_backend
@@ -186,33 +186,50 @@ def _update_tree(
     kept = _checks.KeptOuts.none() if checked is None else checked.kept
     axes = _checks.axis_names("axis_name", axis_name, flat, active, ops)
 
-    # Array learning rates and decays are read as the step goes, like the gradients.
-    write_late = outs is not None and must_write_late(
-        ops, concat(outs, kept.datas), concat(ws, kept.weights), [*gs, *array_values(ops, [*rates, *decays])]
-    )
+    # Outputs written as the step goes, but for the layers whose outputs share memory
+    # with another array of the call: written once every layer is computed. (Array
+    # learning rates and decays are read as the step goes, like the gradients.)
+    places: set[int] = set()
+    if outs is not None:
+        reads = [*gs, *array_values(ops, [*rates, *decays])]
+        places = late_outputs(ops, concat(outs, kept.datas), concat(ws, kept.weights), reads)
+    writable = checked is not None and checked.writable
+    late = {i for i in places if i < len(ws)} if writable else set()
     results: list[Any] = [None] * len(ws)
     groups = _groups(rates, decays, stops)
-    for indices in groups:
-        group = _run(
+    handed_over = checked is not None and _handed_over(out, w, checked.given, leaves)
+    parts = [part for indices in groups for part in now_and_later(indices, late, len(ws))]
+    # Written as they go: each layer where every output can be, but the late ones.
+    written_now = [part for part in parts if writable and part[0] not in late]
+    computed_first = [part for part in parts if not (writable and part[0] not in late)]
+
+    def run(part: list[int]) -> None:
+        new = _run(
             ops,
-            [ws[i] for i in indices],
-            [gs[i] for i in indices],
-            rates[indices[0]],
-            decays[indices[0]],
-            stops[indices[0]],
-            None if outs is None else [outs[i] for i in indices],
-            write_late=write_late,
-            writable=checked is not None and checked.writable,
-            handed_over=checked is not None and _handed_over(out, w, checked.given, leaves),
-            alone=len(groups) == 1,
-            axis_names=None if axes is None else tuple(axes[i] for i in indices),
+            [ws[i] for i in part],
+            [gs[i] for i in part],
+            rates[part[0]],
+            decays[part[0]],
+            stops[part[0]],
+            None if outs is None else [outs[i] for i in part],
+            write_late=part[0] in late if writable else bool(places),
+            writable=writable,
+            handed_over=handed_over,
+            alone=len(groups) == 1 and len(part) == len(ws),
+            axis_names=None if axes is None else tuple(axes[i] for i in part),
         )
-        put(results, indices, group)
+        put(results, part, new)
+
+    for part in computed_first:  # nothing is written yet
+        run(part)
     if checked is None:
         return _finish(flat, None, None, name, dict(zip(active, results)))
-    written = _write(flat, out, checked, name, ops, (active, results), write_late)
-    _checks.fill_entries(checked.entries)
-    return written
+    for part in written_now:  # their results: their outputs, written as they go
+        put(results, part, take(checked.arrays, part))
+    pending = _late_writes(flat, checked, ops, (active, results), bool(places))  # (checked first)
+    for part in written_now:
+        run(part)
+    return _write(flat, out, checked, name, ops, pending)
 
 
 def _write(
@@ -221,14 +238,31 @@ def _write(
     checked: _checks.Outputs,
     name: str,
     ops: Backend,
+    pending: tuple[list[tuple[Any, Any]], dict[int, Any]],
+) -> Any:
+    """The writes of :func:`_late_writes` made, and its new values given to ``out``'s
+    handles (and Container entries); ``out``."""
+    writes, new = pending
+    for target, value in writes:
+        ops.write(target, value)
+    written = _finish(flat, out, checked.leaves, name, new)
+    _checks.fill_entries(checked.entries)
+    return written
+
+
+def _late_writes(
+    flat: Flat,
+    checked: _checks.Outputs,
+    ops: Backend,
     stepped: tuple[list[int], list[Any]],
     late: bool,
-) -> Any:
-    """The results of the ``stepped`` layers (their indices, results) and the copies
-    of the kept layers' weights, written into their outputs: where not written as
-    the step went, or ``late`` (then the weights copied are read as they were before
-    anything was written). A handle whose array cannot be written takes a copy of
-    weights that can (a ``tf.Variable``): given them, its next update would write them."""
+) -> tuple[list[tuple[Any, Any]], dict[int, Any]]:
+    """The writes, checked, of the results of the ``stepped`` layers (their indices,
+    results) and of the copies of the kept layers' weights into their outputs, where
+    not written as the step goes; and every leaf's new value, by index. The kept
+    weights are copied where anything is written ``late`` (they are read as they were
+    before anything was written). A handle whose array cannot be written takes a copy
+    of weights that can (a ``tf.Variable``): given them, its next update would write them."""
     active, results = stepped
     kept, active_outs, outs = checked.kept, checked.given, checked.arrays
     copies = [
@@ -244,8 +278,7 @@ def _write(
         handles = concat(active_outs, kept.targets)
         check_handles(ops, handles, values, label)
         _checks.check_no_escape(ops, handles, values, label)
-    write_all(ops, concat(outs, kept.datas), values, label)
-    return _finish(flat, out, checked.leaves, name, dict(zip(indices, values)))
+    return checked_writes(ops, concat(outs, kept.datas), values, label), dict(zip(indices, values))
 
 
 def _handed_over(out: Any, w: Any, outs: list[Any], leaves: list[Any]) -> bool:
@@ -332,9 +365,7 @@ def copy_unchanged(
     if check is not None:
         check(kept, ops)
     late = must_write_late(ops, kept.datas, kept.weights, [])
-    written = _write(flat, out, checked, name, ops, ([], []), late)
-    _checks.fill_entries(checked.entries)
-    return written
+    return _write(flat, out, checked, name, ops, _late_writes(flat, checked, ops, ([], []), late))
 
 
 def _per_leaf(

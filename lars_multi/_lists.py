@@ -49,3 +49,13 @@ def concat(*parts: list[Any]) -> list[Any]:
     (as :func:`take`, no copy on the common path: layers without a gradient are rare)."""
     filled = [part for part in parts if part]
     return filled[0] if len(filled) == 1 else [x for part in parts for x in part]
+
+
+def now_and_later(indices: list[int], later: set[int], n: int) -> list[list[int]]:
+    """``indices`` (of ``n`` items) in two parts, each in its order: those not in
+    ``later``, then those in it (an empty part left out; ``indices`` itself where
+    one part is all of them)."""
+    if not later or len(later) == n:
+        return [indices]
+    parts = ([i for i in indices if i not in later], [i for i in indices if i in later])
+    return [part for part in parts if part]

@@ -33,11 +33,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _checks, _registry
-from ._aliasing import array_values, check_handles, check_untouched, must_write_late, write_all
+from ._aliasing import array_values, check_handles, check_untouched, checked_writes, late_outputs
 from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, no_autograph, type_name
 from ._lars import copy_unchanged, flatten
-from ._lists import concat, each_is, put, take
+from ._lists import concat, each_is, now_and_later, put, take
 from ._presets import PRESETS, Preset, RankMask, get_preset
 from ._protocol import Backend, Layout
 from ._registry import get_backend
@@ -342,60 +342,99 @@ class LarsOptimizer:
     ) -> tuple[list[Any], list[Any], list[Any]]:
         """The step (compiled per batch on JAX and TensorFlow); ``written``: the outputs,
         whether they and the buffers are all writable, and whether the step is in place
-        (out=params: the buffers are written too). Written as it goes where everything
-        is writable and aliases no input, else computed, then written. ``first``: one
-        value, or one per layer (eager: one step for the layers whose buffers start
-        now, one for the others);
+        (out=params: the buffers are written too). Where everything is writable, each
+        layer is written as it goes, but for those whose outputs or buffers share memory
+        with another array of the step: they are computed, then written once every
+        layer is computed (with the functional arithmetic: see :func:`lars_step`). Else
+        every layer is computed, then written. ``first``: one value, or one per layer
+        (eager: one step for the layers whose buffers start now, one for the others);
         ``paths``: the layers' key paths and all of the tree's, for messages. The
         ``kept`` layers' outputs receive copies of their weights (returned), once
         every layer is computed."""
         outs, writable, in_place = written
-        direct = False
+        n = len(ws)
+        late = set(range(n))  # the layers written once every layer is computed
+        kept_late = True  # whether the kept layers' weights are copied first
         if outs is not None and writable:
             targets = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
             reads = concat(kept.weights, ws)
-            direct = not must_write_late(
+            k = len(kept.indices)
+            places = late_outputs(
                 ops, concat(kept.datas, targets), reads, [*gs, *array_values(ops, [lr, decay])]
             )
+            late = {(i - k) % n for i in places if i >= k}
+            kept_late = bool(places)
         new_ws, new_buffers = list(ws), list(buffers)
-        for indices, value in _by_first(first, len(ws)):
+        # One step per value of first, split into the layers written as they go and the others.
+        parts = [
+            (part, value) for layers, value in _by_first(first, n) for part in now_and_later(layers, late, n)
+        ]
+
+        def run(part: list[int], value: Any) -> None:
+            direct = part[0] not in late
             part_ws, part_buffers = lars_step(
                 ops,
                 self.config,
-                flags.select(indices),
-                take(ws, indices),
-                take(gs, indices),
-                take(buffers, indices),
+                flags.select(part),
+                take(ws, part),
+                take(gs, part),
+                take(buffers, part),
                 lr,
                 decay,
                 value,
-                take(outs, indices) if direct and outs is not None else None,
+                take(outs, part) if direct and outs is not None else None,
                 stop_gradients=not self.differentiable,
             )
-            put(new_ws, indices, part_ws)
-            put(new_buffers, indices, part_buffers)
-        copies = [x if direct or o is x else ops.snapshot(x) for x, o in zip(kept.weights, kept.datas)]
-        if outs is not None:
-            active_paths, all_paths = paths
-            k, n = len(kept.indices), len(outs)
+            put(new_ws, part, part_ws)
+            put(new_buffers, part, part_buffers)
 
-            def label(i: int) -> str:
-                if i < k:
-                    return str(Path("out", all_paths[kept.indices[i]]))
-                i -= k
-                return str(
-                    Path("out", active_paths[i]) if i < n else Path("state.momentum", active_paths[i - n])
-                )
-
-            if direct:
-                write_all(ops, kept.datas, copies, label)
-            else:
-                changed = buffers if in_place else [None] * len(buffers)  # (None: not written)
-                targets, values = concat(kept.datas, outs, changed), concat(copies, new_ws, new_buffers)
-                if kept.indices:  # (tied weights: one array for a layer stepped and one kept)
-                    check_handles(ops, targets[: k + n], values[: k + n], label)
-                write_all(ops, targets, values, label)  # (no buffer: None)
+        for part, value in parts:  # computed aside: nothing is written yet
+            if part[0] in late:
+                run(part, value)
+        copies = [x if not kept_late or o is x else ops.snapshot(x) for x, o in zip(kept.weights, kept.datas)]
+        writes: list[tuple[Any, Any]] = []
+        if outs is not None:  # checked before anything is written
+            into = (outs, buffers if in_place else None)
+            writes = self._late_writes(ops, into, (new_ws, new_buffers), late, kept, copies, paths)
+        for part, value in parts:  # written as they go
+            if part[0] not in late:
+                run(part, value)
+        for target, value in writes:
+            ops.write(target, value)
         return new_ws, new_buffers, copies
+
+    def _late_writes(
+        self,
+        ops: Backend,
+        targets: tuple[list[Any], list[Any] | None],
+        new: tuple[list[Any], list[Any]],
+        late: set[int],
+        kept: _checks.KeptOuts,
+        copies: list[Any],
+        paths: tuple[list[Any], list[Any]],
+    ) -> list[tuple[Any, Any]]:
+        """The writes, checked, of the ``late`` layers' new weights into their outputs
+        and, where ``targets`` has buffers (in place), of their new buffers into them;
+        and of the ``copies`` of the kept layers' weights into their outputs."""
+        layers = sorted(late)
+        (outs, buffers), (new_ws, new_buffers) = targets, new
+        changed = [None] * len(layers) if buffers is None else take(buffers, layers)  # (None: not written)
+        into = concat(kept.datas, take(outs, layers), changed)
+        values = concat(copies, take(new_ws, layers), take(new_buffers, layers))
+        active_paths, all_paths = paths
+        k, n = len(kept.indices), len(layers)
+
+        def label(i: int) -> str:
+            if i < k:
+                return str(Path("out", all_paths[kept.indices[i]]))
+            i -= k
+            if i < n:
+                return str(Path("out", active_paths[layers[i]]))
+            return str(Path("state.momentum", active_paths[layers[i - n]]))
+
+        if kept.indices and layers:  # (tied weights: one array for a layer stepped and one kept)
+            check_handles(ops, into[: k + n], values[: k + n], label)
+        return checked_writes(ops, into, values, label)  # (no buffer: None)
 
     def _without_gradients(self, params: Any, flat: Flat, state: Any, out: Any) -> tuple[Any, LarsState]:
         """A step where no parameter has a gradient: the parameters as they are

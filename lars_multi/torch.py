@@ -31,6 +31,7 @@ compile the training step with ``fullgraph=False`` there).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -46,8 +47,9 @@ except ImportError:
     raise
 
 from . import _checks, _registry
-from ._aliasing import array_values, must_write_late, write_all
+from ._aliasing import array_values, checked_writes, late_outputs
 from ._errors import LarsMultiError, LarsMultiTypeError, LarsMultiValueError, type_name
+from ._lists import now_and_later
 from ._step import LayerFlags, StepConfig, lars_step
 from .backends.torch import PLAIN_TYPES, is_flat_param, shares_elements, tensor_kind
 from .optim import lars
@@ -488,15 +490,8 @@ class LARS(torch.optim.Optimizer):
                 )
                 for group, params, grads, buffers, with_momentum in ready
             ]
-            late = not _registry.is_compiling() and _aliased(work)
-            # Computed first where memory is shared: written now, (target, value, parameter, is a buffer).
-            writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]] = []
-            made: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, its new buffer)
-            for part in work:
-                made += _step_group(part, in_place=not late, writes=writes)
-            if late:
-                targets, values, owners, of_buffer = zip(*writes)  # (late: some group has parameters)
-                write_all(_OPS, targets, values, lambda i: self._label(owners[i], of_buffer[i]))
+            late = set() if _registry.is_compiling() else _aliased(work)
+            made = _step_all(work, late, self._label)
             for p, buffer in made:  # kept once the step is written
                 self.state[p]["momentum_buffer"] = buffer
         return loss
@@ -611,17 +606,49 @@ class _GroupStep(NamedTuple):
     with_momentum: bool
 
 
-def _step_group(
-    part: _GroupStep,
-    in_place: bool,
-    writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]],
+def _step_all(
+    work: list[_GroupStep], late: set[int], label: Callable[[torch.Tensor, bool], str]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A group's step, written in place; else computed, and added to ``writes``
-    (target, value, parameter, whether the target is its buffer), to be written once
-    every group is computed. Returns the buffers it made, to keep once written."""
+    """Every group's step, written in place as it goes, but for the ``late`` parameters
+    (their places in the groups' parameters, one after the other): computed first,
+    checked, and written once every group is computed. ``label(p, is_buffer)`` names
+    a parameter or its buffer. Returns the buffers made (parameter, buffer)."""
+    writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]] = []
+    made: list[tuple[torch.Tensor, torch.Tensor]] = []
+    steps: list[tuple[bool, Callable[[], None]]] = []  # (written as it goes, the step)
+    start = 0
+    for part in work:
+        end = start + len(part.params)
+        steps += _group_steps(part, {i - start for i in late if start <= i < end}, writes, made)
+        start = end
+    for now, run in steps:
+        if not now:
+            run()
+    checked: list[tuple[Any, Any]] = []
+    if writes:  # checked before anything is written
+        targets, values, owners, of_buffer = zip(*writes)
+        checked = checked_writes(_OPS, targets, values, lambda i: label(owners[i], of_buffer[i]))
+    for now, run in steps:
+        if now:
+            run()
+    for target, value in checked:
+        _OPS.write(target, value)
+    return made
+
+
+def _group_steps(
+    part: _GroupStep,
+    late: set[int],
+    writes: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, bool]],
+    made: list[tuple[torch.Tensor, torch.Tensor]],
+) -> list[tuple[bool, Callable[[], None]]]:
+    """A group's steps, one per chunk of its parameters: (whether it is written in place
+    as it goes, the step). The ``late`` parameters (their places in the group) are
+    computed, and added to ``writes`` (target, value, parameter, whether the target is
+    its buffer), to be written once every group is computed. The buffers made go
+    into ``made`` (parameter, buffer), to keep once written."""
     group, config, params, buffers = part.group, part.config, part.params, list(part.buffers)
     new = [part.with_momentum and b is None for b in buffers]
-    made = []
     for i, p in enumerate(params):
         if new[i]:
             buffer = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -644,7 +671,8 @@ def _step_group(
             )
             if c
         ]
-    for chunk in chunks:
+
+    def step(chunk: list[int], in_place: bool) -> None:
         ws = [params[i] for i in chunk]
         bs = [buffers[i] for i in chunk]
         gs = [-part.grads[i] if group["maximize"] else part.grads[i] for i in chunk]
@@ -664,20 +692,28 @@ def _step_group(
             momentum=part.momentum,
         )
         if not in_place:
-            writes += zip(ws, new_ws, ws, [False] * len(ws))
-            writes += zip(bs, new_bs, ws, [True] * len(ws))  # (None: no buffer)
-    return made
+            writes.extend(zip(ws, new_ws, ws, [False] * len(ws)))
+            writes.extend(zip(bs, new_bs, ws, [True] * len(ws)))  # (None: no buffer)
+
+    pieces = [piece for whole in chunks for piece in now_and_later(whole, late, len(params))]
+    return [(piece[0] not in late, functools.partial(step, piece, piece[0] not in late)) for piece in pieces]
 
 
-def _aliased(work: list[_GroupStep]) -> bool:
-    """Whether a gradient, a tensor learning rate, or a parameter of any group shares
-    memory with another parameter or a momentum buffer (writing one layer could
-    change another's input)."""
+def _aliased(work: list[_GroupStep]) -> set[int]:
+    """The parameters (their places in the groups' parameters, one after the other)
+    that share memory with a gradient, a tensor learning rate, another parameter or a
+    momentum buffer, or whose buffer does (writing them as the step goes could change
+    another layer's input)."""
     params = [p for part in work for p in part.params]
     grads = [g for part in work for g in part.grads]
+    owners = [i for i, b in enumerate(b for part in work for b in part.buffers) if b is not None]
     buffers = [b for part in work for b in part.buffers if b is not None]
     rates = array_values(_OPS, [part.lr for part in work])
-    return bool(params) and must_write_late(_OPS, params + buffers, params, grads + rates)
+    if not params:
+        return set()
+    places = late_outputs(_OPS, params + buffers, params, grads + rates)
+    n = len(params)
+    return {i if i < n else owners[i - n] for i in places}
 
 
 def param_groups(

@@ -612,3 +612,96 @@ def test_handle_from_outside_a_trace_is_refused_as_out(backend, out_kind):
 
     for got in _traced(backend, inside)(native(backend, W), native(backend, G)):
         assert_layer_close(got, W, G, 0.1, 0.0, "float32")
+
+
+# --- a layer apart from an alias is written as it goes -----------------------------------
+
+
+def _layers(backend, seed, shapes):
+    rng = np.random.default_rng(seed)
+    return [native(backend, rng.standard_normal(shape).astype(np.float32)) for shape in shapes]
+
+
+def _copies(backend, xs):
+    return [native(backend, to_numpy(x)) for x in xs]
+
+
+@pytest.mark.parametrize("entry", ["lars_update", "optim"])
+def test_a_layer_apart_from_an_alias_steps_as_it_would_alone(mutable_backend, entry):
+    """Layer 0's gradient is layer 1's weights, out=params: layer 1 is computed aside and
+    written last. Layers 0 and 2 share memory with nothing else: written as they go, bit for
+    bit what they get in a tree without the alias (0.3.23 computed every layer aside, with
+    the functional arithmetic, one rounding away: in lm.optim, u = g + lambda w formed
+    first; in lars_update on NumPy, a large vector's product rounded before the sum)."""
+    backend = mutable_backend
+    shapes = [(6, 5), (6, 5), (40_000,) if entry == "lars_update" else (64, 33)]
+    params = _layers(backend, 0, shapes)
+    free = _copies(backend, params)
+    grads = [None, *_layers(backend, 1, shapes[1:])]
+    free_grads = [_copies(backend, [params[1]])[0], *_copies(backend, grads[1:])]
+    grads[0] = params[1]  # (read as it was before the call)
+    if entry == "lars_update":
+        lm.lars_update(params, grads, 0.1, decay_lambda=0.01, out=params)
+        lm.lars_update(free, free_grads, 0.1, decay_lambda=0.01, out=free)
+    else:
+        opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=0.01)
+        state, free_state = opt.init(params), opt.init(free)
+        for _ in range(2):
+            free_grads[0] = _copies(backend, [params[1]])[0]  # (layer 1 as the aliased tree has it)
+            _, state = opt.step(params, grads, state, out=params)
+            _, free_state = opt.step(free, free_grads, free_state, out=free)
+    for i in (0, 2):
+        np.testing.assert_array_equal(to_numpy(params[i]), to_numpy(free[i]))
+    np.testing.assert_allclose(to_numpy(params[1]), to_numpy(free[1]), rtol=1e-6, atol=1e-7)
+
+
+def test_torch_optimizer_layer_apart_from_an_alias_steps_as_it_would_alone():
+    """lm.torch.LARS, parameter 0's gradient a view of parameter 1: only parameter 1 waits,
+    and parameters 0 and 2 get, bit for bit, their steps without the alias."""
+    require_backend("torch")
+    import torch
+
+    shapes = [(6, 5), (6, 5), (64, 33)]
+    runs = [[torch.nn.Parameter(t) for t in _layers("torch", 0, shapes)] for _ in range(2)]
+    grads = _layers("torch", 1, shapes)
+    opts = [lm.torch.LARS(params, lr=0.1, momentum=0.9, weight_decay=0.01) for params in runs]
+    for _ in range(2):
+        for params in runs:
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+        runs[0][0].grad = runs[0][1].detach()
+        runs[1][0].grad = runs[0][1].detach().clone()  # (its values, in other memory)
+        for opt in opts:
+            opt.step()
+    aliased, free = ([to_numpy(p.detach()) for p in params] for params in runs)
+    for i in (0, 2):
+        np.testing.assert_array_equal(aliased[i], free[i])
+    np.testing.assert_allclose(aliased[1], free[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("entry", ["lars_update", "optim", "torch.LARS"])
+def test_a_conflict_among_late_layers_writes_no_other_layer(mutable_backend, entry):
+    """Two outputs overlap (rows 0-2 and 1-3 of one array) beside a layer that shares
+    memory with nothing: refused, and that layer, written as it goes where nothing is
+    refused, is not written either (the conflict is found before any layer is)."""
+    backend = mutable_backend
+    if entry == "torch.LARS" and backend != "torch":
+        pytest.skip("torch's optimizer")
+    whole, apart = _layers(backend, 2, [(4, 3), (5, 7)])
+    before = to_numpy(whole), to_numpy(apart)
+    g_rows, g_apart = _layers(backend, 3, [(3, 3), (5, 7)])
+    tree = [whole[:3], apart, whole[1:]]
+    grads = [g_rows, g_apart, g_rows]
+    with pytest.raises(lm.LarsMultiValueError, match=r"overlap in memory"):
+        if entry == "lars_update":
+            lm.lars_update(tree, grads, [0.1, 0.2, 0.3], out=tree)
+        elif entry == "optim":
+            opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=0.01)
+            opt.step(tree, grads, opt.init(tree), out=tree)
+        else:
+            params = [t.requires_grad_() for t in tree]
+            for p, g in zip(params, grads):
+                p.grad = g
+            lm.torch.LARS(params, lr=0.1).step()
+    np.testing.assert_array_equal(to_numpy(whole), before[0])
+    np.testing.assert_array_equal(to_numpy(apart), before[1])
