@@ -353,9 +353,9 @@ class LarsOptimizer:
         every layer is computed."""
         outs, writable, in_place = written
         n = len(ws)
-        late = set(range(n))  # the layers written once every layer is computed
-        kept_late = True  # whether the kept layers' weights are copied first
-        if outs is not None and writable:
+        if outs is None or not writable:  # every layer computed, then written
+            late, kept_late = set(range(n)), True  # (kept_late: the kept layers' weights copied first)
+        else:  # the layers written once every layer is computed
             targets = outs + buffers if self.config.momentum else outs  # (every buffer checked: none is None)
             reads = concat(kept.weights, ws)
             k = len(kept.indices)
