@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import operator
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -172,6 +172,13 @@ def overlaps(a: Any, b: Any) -> bool:
 def byte_spans(xs: Sequence[Any]) -> list[tuple[int, int]]:
     """The address range each array reaches (where two meet, :func:`overlaps` asks more)."""
     return [byte_bounds(x) for x in xs]
+
+
+def view_of(x: Any) -> Hashable | None:
+    """The first element's address, the shape, the strides and the dtype: the elements read."""
+    if not isinstance(x, np.ndarray):
+        return None
+    return (x.__array_interface__["data"][0], x.shape, x.strides, x.dtype)
 
 
 def dtype_name(dtype: Any) -> str:

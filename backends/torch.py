@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -226,6 +226,15 @@ def byte_spans(xs: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
     """The addresses each tensor reaches (of one device's memory: the arrays compared
     lie in one storage)."""
     return [_byte_span(_local(x)) for x in xs]
+
+
+def view_of(x: torch.Tensor) -> Hashable | None:
+    """The first element's address and device, the shape, the strides and the dtype of a
+    plain tensor: the elements read (a DTensor, or a tensor with the negative or conjugate
+    bit: None, known by the object)."""
+    if type(x) not in PLAIN_TYPES or x.is_neg() or x.is_conj():
+        return None
+    return (x.data_ptr(), x.device, x.shape, x.stride(), x.dtype)
 
 
 def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:

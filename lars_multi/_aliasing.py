@@ -120,7 +120,13 @@ def _check_no_conflict(
         def member_label(i: int, members: list[int] = members) -> str:
             return label(indices[members[i]])
 
-        places = check_handles(ops, [targets[k] for k in members], [values[k] for k in members], member_label)
+        def elements(x: Any) -> Hashable:  # (two objects over the same elements: one array)
+            view = ops.view_of(x)
+            return id(x) if view is None else view
+
+        places = check_handles(
+            ops, [targets[k] for k in members], [values[k] for k in members], member_label, elements
+        )
         distinct = [members[i] for i in places]
         pair = _overlapping(ops, [targets[k] for k in distinct], [True] * len(distinct))
         if pair is not None:
@@ -158,15 +164,19 @@ def check_untouched(
 
 
 def check_handles(
-    ops: Backend, handles: Sequence[Any], values: Sequence[Any], label: Callable[[int], str]
+    ops: Backend,
+    handles: Sequence[Any],
+    values: Sequence[Any],
+    label: Callable[[int], str],
+    key: Callable[[Any], Hashable] = id,
 ) -> list[int]:
-    """Raise where one handle (``lm.Array``, ``keras.Variable``, an array) is given for
-    two layers whose new values differ: it can hold only one. (Arrays written in
-    place are also checked by :func:`checked_writes`, by memory.) The first place of each
-    distinct handle."""
-    first: dict[int, int] = {}
+    """Raise where one handle (``lm.Array``, ``keras.Variable``, an array; ``key``
+    says which are one) is given for two layers whose new values differ: it can hold
+    only one. (Arrays written in place are also checked by :func:`checked_writes`, by
+    memory.) The first place of each distinct handle."""
+    first: dict[Hashable, int] = {}
     for i, handle in enumerate(handles):
-        j = first.setdefault(id(handle), i)
+        j = first.setdefault(key(handle), i)
         if j != i:
             same = _same_values(ops, values[j], values[i])
             if not same:

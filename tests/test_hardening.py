@@ -1942,3 +1942,34 @@ def test_a_large_layers_step_does_not_depend_on_its_layout(backend_name, layout)
     for got in (lm.lars_update(w, g, 0.1), opt.step({"w": w}, {"w": g}, opt.init({"w": w}))[0]["w"]):
         moved = to_numpy(got).astype(np.float64) - w64
         assert np.abs(moved - step).max() <= 1e-5 * np.abs(step).max()
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+@pytest.mark.parametrize("entry", ["lars_update", "optim"])
+def test_two_objects_over_the_same_elements_are_one_array(backend_name, entry):
+    """Tied weights as ``model.state_dict()`` holds them: two objects over the same elements,
+    laid out alike. With one gradient they are one array, stepped once (before, refused as
+    two outputs that "overlap in memory"); with two gradients that disagree, refused as the
+    same array given two results, nothing written."""
+    require_backend(backend_name)
+    w = native(backend_name, W)
+    twin = w.view() if backend_name == "numpy" else w.detach()
+    alone = native(backend_name, W)
+    g, other = native(backend_name, G), native(backend_name, G[::-1].copy())
+    opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-3)
+
+    def step(tree, grads, state):
+        if entry == "lars_update":
+            lm.lars_update(tree, grads, 0.1, decay_lambda=1e-3, out=tree)
+            return None
+        return opt.step(tree, grads, state, out=tree)[1]
+
+    tied, single = {"emb": w, "out": twin}, {"emb": alone}
+    states = (opt.init(tied), opt.init(single)) if entry == "optim" else (None, None)
+    for _ in range(2):
+        states = (step(tied, {"emb": g, "out": g}, states[0]), step(single, {"emb": g}, states[1]))
+        np.testing.assert_array_equal(to_numpy(w), to_numpy(alone))
+    before = to_numpy(w)
+    with pytest.raises(lm.LarsMultiValueError, match=r"are the same array, and the step gives them"):
+        step(tied, {"emb": g, "out": other}, states[0])
+    np.testing.assert_array_equal(to_numpy(w), before)
