@@ -576,9 +576,10 @@ def check_decay(path: Any, decay_lambda: Any, *, name: str, ops: Backend) -> Any
     return check_rate(path, decay_lambda, name=name, ops=ops)  # (an array, checked as a rate's)
 
 
-def check_number(name: str, value: Any, *, high: float = math.inf) -> float:
-    """A real number (Python's, NumPy's, a Fraction; not a bool) in [0, ``high``), as a float."""
-    interval = f"[0.0, {high})"
+def check_number(name: str, value: Any, *, high: float = math.inf, positive: bool = False) -> float:
+    """A real number (Python's, NumPy's, a Fraction; not a bool) in [0, ``high``), or in
+    (0, ``high``) where ``positive``, as a float."""
+    interval = f"{'(' if positive else '['}0.0, {high})"
     if not is_number(value):
         raise LarsMultiTypeError(f"{name}: expected a number, got {type_name(value)}")
     try:
@@ -587,7 +588,7 @@ def check_number(name: str, value: Any, *, high: float = math.inf) -> float:
         raise LarsMultiValueError(
             f"{name}: expected a number in {interval}, got one too large for a float"
         ) from None
-    if not 0.0 <= number < high:
+    if not 0.0 <= number < high or (positive and number == 0):
         raise LarsMultiValueError(f"{name}: expected a number in {interval}, got {value!r}")
     return number
 

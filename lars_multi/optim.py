@@ -821,9 +821,8 @@ def _step_config(
         raise LarsMultiTypeError(f"preset: expected a Preset, got {type_name(preset)}")
     momentum = _checks.check_number("momentum", momentum, high=1.0)
     dampening = _checks.check_number("dampening", dampening, high=1.0)
-    trust_coefficient = _checks.check_number("trust_coefficient", trust_coefficient)
-    if trust_coefficient == 0:  # (r = 0: never moved)
-        raise LarsMultiValueError("trust_coefficient: expected a number > 0, got 0")
+    # (0 would make every ratio 0: nothing adapted would move)
+    trust_coefficient = _checks.check_number("trust_coefficient", trust_coefficient, positive=True)
     eps = preset.eps if eps is None else _checks.check_number("eps", eps)
     for name, flag in (("nesterov", nesterov), ("trust_clip", trust_clip), ("always_adapt", always_adapt)):
         if not isinstance(flag, bool):

@@ -194,10 +194,11 @@ def _check_rates(group: dict[str, Any]) -> None:
                 f"{name}: expected a number, got {type_name(value)} (use torch.optim.lr_scheduler)"
             )
     if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1 or not lr.is_floating_point():
+        if not lr.is_floating_point():
+            raise LarsMultiTypeError(f"lr: expected a number or a floating tensor, got a {lr.dtype} tensor")
+        if lr.numel() != 1:
             raise LarsMultiValueError(
-                f"lr: expected a number or a floating tensor of one element, got a {lr.dtype} tensor "
-                f"of shape {tuple(lr.shape)}"
+                f"lr: expected a number or a tensor of one element, got one of shape {tuple(lr.shape)}"
             )
         if lr.is_meta:  # (its value is read when the group is checked)
             raise LarsMultiValueError("lr: expected a tensor with a value, got one on the meta device")

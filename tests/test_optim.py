@@ -1229,8 +1229,11 @@ def test_an_optimizer_made_by_dataclasses_replace_is_checked_as_lars_checks():
         r"^learning_rate: expected a number in \[0.0, inf\), got -0.1$": {"learning_rate": -0.1},
         r"^learning_rate: expected a number in \[0.0, inf\), got nan$": {"learning_rate": math.nan},
         r"^weight_decay: expected a number in \[0.0, inf\), got -1.0$": {"weight_decay": -1.0},
-        r"^trust_coefficient: expected a number in \[0.0, inf\), got -1.0$": {
+        r"^trust_coefficient: expected a number in \(0.0, inf\), got -1.0$": {
             "config": dataclasses.replace(opt.config, trust_coefficient=-1.0)
+        },
+        r"^trust_coefficient: expected a number in \(0.0, inf\), got 0.0$": {
+            "config": dataclasses.replace(opt.config, trust_coefficient=0.0)
         },
         r"^momentum: expected a number in \[0.0, 1.0\), got 1.5$": {
             "config": dataclasses.replace(opt.config, momentum=1.5)

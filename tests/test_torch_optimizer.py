@@ -755,7 +755,11 @@ P = [torch.nn.Parameter(torch.ones(2, 2))]
         ({"lr": "0.1"}, lm.LarsMultiTypeError, "^lr: expected a number"),
         ({"lr": lambda t: 0.1}, lm.LarsMultiTypeError, "lr_scheduler"),
         ({"lr": torch.ones(2)}, lm.LarsMultiValueError, "one element"),
-        ({"lr": torch.tensor(1)}, lm.LarsMultiValueError, "floating tensor"),
+        # (a dtype is a type, as lars_update says of an integer lr: it was a ValueError here)
+        ({"lr": torch.tensor(1)}, lm.LarsMultiTypeError, "^lr: expected a number or a floating tensor"),
+        # (0 was refused as "> 0", -1 as "in [0.0, inf)")
+        ({"lr": 0.1, "trust_coefficient": -1}, lm.LarsMultiValueError, r"in \(0\.0, inf\), got -1$"),
+        ({"lr": 0.1, "trust_coefficient": 0}, lm.LarsMultiValueError, r"in \(0\.0, inf\), got 0$"),
         # (an lm.Array of a tensor was taken, and the first step failed with float()'s TypeError)
         (
             {"lr": lm.Array(torch.tensor(0.1))},
