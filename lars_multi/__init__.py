@@ -34,7 +34,7 @@ from ._registry import (
     using_backend,
 )
 
-__version__ = "0.3.23"
+__version__ = "0.3.24"
 
 __all__ = [
     "Array",
