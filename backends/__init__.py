@@ -72,7 +72,10 @@ arrays, no shared memory, no compiler) given to a module that lacks them:
     or None (default: None).
     ``memory_roots(xs)``: the identity of the buffer holding each array (None:
     it shares memory with no other array of ``xs`` except by being the same
-    object); ``overlaps(a, b)`` for two arrays of one buffer.
+    object); ``overlaps(a, b)`` for two arrays of one buffer; ``view_of(x)``: the
+    elements ``x`` reads, as a key, equal for two objects over the same elements in
+    the same order (tied weights in a ``state_dict``), which are then one array
+    (default: None, arrays known by the object alone).
     ``dtype_hint(got, expected)``: advice for a dtype mismatch message.
     ``largest(dtype)``: the largest finite value of the dtype the rate is
     computed in, to refuse hyper-parameters that overflow it.
