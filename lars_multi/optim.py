@@ -283,6 +283,18 @@ class LarsOptimizer:
 
             self._check_idle_kept(written, written_label, all_buffers, active, flat, ops, params=True)
         count = _next_count(step_count, ops)  # (before anything is written)
+        handles = None
+        if checked is not None and (kept.indices or not _checks.all_native(checked.given)):
+            handles = [*kept.targets, *checked.given]
+            indices = [*kept.indices, *active]
+
+            def label(k: int) -> str:
+                return str(Path("out", flat.paths[indices[k]]))
+
+            def check(values: list[Any]) -> None:  # (the handles' new values: checked before any write)
+                check_handles(ops, handles, values, label)
+                _checks.check_no_escape(ops, handles, values, label)
+
         new_ws, new_buffers, copies = self._run(
             ops,
             flags,
@@ -295,6 +307,7 @@ class LarsOptimizer:
             (outs, writable, in_place),
             (paths, flat.paths),
             kept,
+            None if handles is None else check,
         )
         started = None
         if all_started is not None:
@@ -306,16 +319,8 @@ class LarsOptimizer:
             return self._rebuild(flat, flat.leaves, active, new_ws), self._new_state(
                 count, flat, all_buffers, active, new_buffers, started
             )
-        if kept.indices or not _checks.all_native(checked.given):  # (native outputs were written already)
-            targets, values = [*kept.targets, *checked.given], [*copies, *new_ws]
-            indices = [*kept.indices, *active]
-
-            def label(k: int) -> str:
-                return str(Path("out", flat.paths[indices[k]]))
-
-            check_handles(ops, targets, values, label)
-            _checks.check_no_escape(ops, targets, values, label)
-            for target, new in zip(targets, values):
+        if handles is not None:  # (native outputs were written already)
+            for target, new in zip(handles, [*copies, *new_ws]):
                 if target is not new:
                     _checks.write_back(target, new, ops)
             _checks.fill_entries(checked.entries)
@@ -339,6 +344,7 @@ class LarsOptimizer:
         written: tuple[list[Any] | None, bool, bool],
         paths: tuple[list[Any], list[Any]],
         kept: _checks.KeptOuts,
+        check: Callable[[list[Any]], None] | None = None,
     ) -> tuple[list[Any], list[Any], list[Any]]:
         """The step (compiled per batch on JAX and TensorFlow); ``written``: the outputs,
         whether they and the buffers are all writable, and whether the step is in place
@@ -350,7 +356,9 @@ class LarsOptimizer:
         (eager: one step for the layers whose buffers start now, one for the others);
         ``paths``: the layers' key paths and all of the tree's, for messages. The
         ``kept`` layers' outputs receive copies of their weights (returned), once
-        every layer is computed."""
+        every layer is computed. ``check`` is given the kept layers' copies and every
+        layer's new weights (its outputs, where written as it goes) before anything
+        is written."""
         outs, writable, in_place = written
         n = len(ws)
         if outs is None or not writable:  # every layer computed, then written
@@ -392,6 +400,11 @@ class LarsOptimizer:
             if part[0] in late:
                 run(part, value)
         copies = [x if not kept_late or o is x else ops.snapshot(x) for x, o in zip(kept.weights, kept.datas)]
+        if check is not None:
+            for part, _ in parts:
+                if part[0] not in late and outs is not None:  # (their outputs: written as they go, below)
+                    put(new_ws, part, take(outs, part))
+            check([*copies, *new_ws])
         writes: list[tuple[Any, Any]] = []
         if outs is not None:  # checked before anything is written
             into = (outs, buffers if in_place else None)

@@ -705,3 +705,31 @@ def test_a_conflict_among_late_layers_writes_no_other_layer(mutable_backend, ent
             lm.torch.LARS(params, lr=0.1).step()
     np.testing.assert_array_equal(to_numpy(whole), before[0])
     np.testing.assert_array_equal(to_numpy(apart), before[1])
+
+
+@pytest.mark.parametrize("writeable", [False, True], ids=["read-only", "writable"])
+def test_one_handle_given_two_results_writes_nothing(writeable):
+    """One ``lm.Array`` at two leaves whose gradients give it two results, beside a plain
+    layer, with momentum: refused, and neither that layer nor any momentum buffer written
+    (0.3.23 wrote them, then refused the handle, where its array was read-only)."""
+    rng = np.random.default_rng(4)
+    tied = rng.standard_normal((3, 4)).astype(np.float32)
+    tied.flags.writeable = writeable
+    handle = lm.Array(tied)
+    apart = rng.standard_normal((2, 2)).astype(np.float32)
+    params = {"a": handle, "b": handle, "c": apart}
+    grads = {
+        k: rng.standard_normal(s).astype(np.float32) for k, s in (("a", (3, 4)), ("b", (3, 4)), ("c", (2, 2)))
+    }
+    opt = lm.optim.lars(0.5, momentum=0.9, trust_coefficient=0.02)
+    state = opt.init(params)
+    for k, buffer in state.momentum.items():
+        buffer[...] = {"a": 1.0, "b": 2.0, "c": 3.0}[k]
+    before = {k: v.copy() for k, v in state.momentum.items()}, apart.copy(), tied.copy()
+    with pytest.raises(lm.LarsMultiValueError, match=r"^out\['a'\] and out\['b'\] are the same array"):
+        opt.step(params, grads, state, out=params)
+    for k, buffer in state.momentum.items():
+        np.testing.assert_array_equal(buffer, before[0][k])
+    np.testing.assert_array_equal(apart, before[1])
+    np.testing.assert_array_equal(tied, before[2])
+    assert handle.data is tied
