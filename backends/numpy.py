@@ -447,7 +447,8 @@ def axpbys(
     small = _Small(a, dtype)
     results = []
     for x, b, y in zip(xs, coefficients, ys):
-        if x.size > _BLOCK or x.dtype is not dtype or not x.ndim:
+        # (an equal dtype may be another object: an array from pickle has its own)
+        if x.size > _BLOCK or (x.dtype is not dtype and x.dtype != dtype) or not x.ndim:
             results.append(axpby(a, x, b, y, x if in_place else None))
         elif small.axpy is None or x.ndim != 1 or not x.size or not b:
             results.append(small.by_ufuncs(x, b, y, in_place))

@@ -1973,3 +1973,23 @@ def test_two_objects_over_the_same_elements_are_one_array(backend_name, entry):
     with pytest.raises(lm.LarsMultiValueError, match=r"are the same array, and the step gives them"):
         step(tied, {"emb": g, "out": other}, states[0])
     np.testing.assert_array_equal(to_numpy(w), before)
+
+
+def test_numpy_a_layers_step_does_not_depend_on_its_neighbours_dtype_object():
+    """An array restored by pickle has a float32 dtype equal to, but not the same object as,
+    a fresh array's: the layers of a batch led by it took another path (ufuncs, not BLAS),
+    and a fresh layer beside it stepped up to 13 ulp away from itself alone."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    conv, g_conv = (rng.standard_normal((8, 8)).astype(np.float32) for _ in range(2))
+    bias, g_bias = (rng.standard_normal(1000).astype(np.float32) for _ in range(2))
+    restored = pickle.loads(pickle.dumps(conv))
+    assert restored.dtype == conv.dtype and restored.dtype is not conv.dtype
+    alone = lm.lars_update([bias], [g_bias], 0.1)[0]
+    np.testing.assert_array_equal(lm.lars_update([restored, bias], [g_conv, g_bias], 0.1)[1], alone)
+    tree = [restored, bias.copy()]
+    lm.lars_update(tree, [g_conv, g_bias], 0.1, out=tree)
+    fresh = [conv.copy(), bias.copy()]
+    lm.lars_update(fresh, [g_conv, g_bias], 0.1, out=fresh)
+    np.testing.assert_array_equal(tree[1], fresh[1])
