@@ -702,22 +702,37 @@ def _now_started(
     ops: Backend, ws: list[Any], started: list[Any], active: list[int], first: Any, in_place: bool
 ) -> list[Any]:
     """The start flags of the ``active`` layers after their step: True, each an array of
-    its own where arrays can be written in place (one flag for two layers would restart
-    both where one is reset in place). In place (``out=params``, whose state is the one
-    given, updated) a flag that was True already is kept, unless another layer's flag,
-    stepped or not, is the same array; a new state's are new, as its buffers are.
-    ``first``: per layer, whether its buffer started now."""
+    its own (one flag for two layers would restart both where one is reset in place, and
+    JAX cannot donate one buffer twice). A flag that was True already is kept where the
+    state given is updated in place (``out=params``) or its arrays are immutable, unless
+    another layer's flag, stepped or not, is the same array; else a new state's flags
+    are new, as its buffers are. ``first``: per layer, whether its buffer started now
+    (a host bool where known). Inside a traced program the flags are one value."""
     true = ops.scalar_for(True, "bool", ws)
-    if ops.unwritable(true) is not None:  # (immutable: one for every layer changes nothing)
-        return [true] * len(active)
+    immutable = ops.unwritable(true) is not None
+    known = isinstance(first, list) and all(type(f) is bool for f in first)
+    if immutable and not known:  # (traced: values of the program, one for every layer)
+        return (
+            [true] * len(active)
+            if ops.is_traced(ws[0])
+            else [true] + [ops.scalar_for(True, "bool", ws) for _ in active[1:]]
+        )
     kept = [False] * len(active)
-    if in_place and isinstance(first, list) and all(type(f) is bool for f in first):
+    if known and (in_place or immutable):
         stepped = set(active)
         seen = {id(flag) for i, flag in enumerate(started) if i not in stepped and flag is not None}
         for k, (i, starts) in enumerate(zip(active, first)):
             kept[k] = not starts and id(started[i]) not in seen
             seen.add(id(started[i]))
-    return [started[i] if keep else ops.scalar_for(True, "bool", ws) for i, keep in zip(active, kept)]
+    flags = []
+    spare: Any = true  # (the first new flag: the one made above)
+    for i, keep in zip(active, kept):
+        if keep:
+            flags.append(started[i])
+        else:
+            flags.append(ops.scalar_for(True, "bool", ws) if spare is None else spare)
+            spare = None
+    return flags
 
 
 def _first(ops: Backend, count: Any, started: list[Any] | None, active: list[int]) -> Any:

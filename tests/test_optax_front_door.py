@@ -687,3 +687,40 @@ def test_gradients_of_another_mapping_type_or_key_order_meet_their_layers():
     for key in params:
         jax.tree.map(np.testing.assert_allclose, new[key], optax.apply_updates(params, want)[key])
     assert int(state.count) == 1
+
+
+@pytest.mark.parametrize("entry", ["optax", "optim"])
+def test_an_eager_timm_step_leaves_a_state_jax_can_donate(entry):
+    """After one eager step with the timm preset, every layer's start flag is a buffer of
+    its own: they were one array, and a jitted step donating the state failed with XLA's
+    "Attempt to donate the same buffer twice", after a pickle round trip too."""
+    import pickle
+
+    import jax
+    import optax
+
+    params, grads = _params_and_grads()
+    if entry == "optax":
+        tx = lm.optax.lars(0.1, momentum=0.9, weight_decay=1e-4, preset="timm")
+
+        def step(params, state, grads):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        state = tx.init(params)
+    else:
+        opt = lm.optim.lars(0.1, momentum=0.9, weight_decay=1e-4, preset="timm")
+
+        def step(params, state, grads):
+            return opt.step(params, grads, state)
+
+        state = opt.init(params)
+    params, state = step(params, state, grads[0])
+    flags = jax.tree.leaves(state.started)
+    assert len({id(flag) for flag in flags}) == len(flags) == 4
+    state = pickle.loads(pickle.dumps(state))
+    donating = jax.jit(step, donate_argnums=(0, 1))
+    eager_params, _ = step(params, state, grads[1])
+    params, state = donating(params, state, grads[1])
+    for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(eager_params)):
+        np.testing.assert_allclose(to_numpy(got), to_numpy(expected), rtol=1e-6)
