@@ -142,16 +142,22 @@ def fill_entries(entries: Sequence[Entry]) -> None:
 
 
 def _holds_container(tree: Any) -> bool:
-    """Whether ``tree`` is an ``lm.Container`` or has one among its nodes."""
-    if isinstance(tree, Container):
-        return True
-    if isinstance(tree, Mapping):
-        children = list(tree.values())
-    elif isinstance(tree, list | tuple):
-        children = list(tree)
-    else:
-        return False
-    return not all_native(children) and any(map(_holds_container, children))
+    """Whether ``tree`` is an ``lm.Container`` or has one among its nodes (walked with a
+    stack of nodes, not by recursion: a tree as deep as optree takes is no error)."""
+    nodes = [tree]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, Container):
+            return True
+        if isinstance(node, Mapping):
+            children = list(node.values())
+        elif isinstance(node, list | tuple):
+            children = list(node)
+        else:
+            continue
+        if not all_native(children):
+            nodes += children
+    return False
 
 
 def _parent(tree: Any, path: Sequence[Any]) -> Any:

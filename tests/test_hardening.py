@@ -1993,3 +1993,21 @@ def test_numpy_a_layers_step_does_not_depend_on_its_neighbours_dtype_object():
     fresh = [conv.copy(), bias.copy()]
     lm.lars_update(fresh, [g_conv, g_bias], 0.1, out=fresh)
     np.testing.assert_array_equal(tree[1], fresh[1])
+
+
+def test_out_on_a_tree_as_deep_as_optree_takes():
+    """A tree 900 lists deep: ``out=`` raised Python's RecursionError from about 490 levels
+    (the check for an ``lm.Container`` among the nodes recursed), where the functional call
+    and optree take about 1,000."""
+
+    def deep(leaf):
+        for _ in range(900):
+            leaf = [leaf]
+        return leaf
+
+    w, g = deep(np.ones(3, np.float32)), deep(np.full(3, 0.5, np.float32))
+    expected = lm.lars_update(w, g, 0.1)
+    assert lm.lars_update(w, g, 0.1, out=w) is w
+    for _ in range(900):
+        expected, w = expected[0], w[0]
+    np.testing.assert_array_equal(w, expected)
