@@ -12,7 +12,15 @@ from functools import partial
 from typing import Any
 
 from . import _checks, _registry
-from ._aliasing import array_values, check_handles, checked_writes, late_outputs, must_write_late, write_all
+from ._aliasing import (
+    array_values,
+    check_handles,
+    check_untouched,
+    checked_writes,
+    late_outputs,
+    must_write_late,
+    write_all,
+)
 from ._array import Array
 from ._checks import owner, unwrap, write_back
 from ._errors import LarsMultiTypeError, LarsMultiValueError, no_autograph, type_name
@@ -182,6 +190,8 @@ def _update_tree(
     checked = None
     if out_leaves is not None:
         checked = _checks.check_out_tree(out, out_leaves, flat, active, ws, ("out", "w"), name, ops)
+        if len(active) < len(flat.leaves):
+            _check_kept_in_place(flat, active, checked, ops)
     outs = None if checked is None else checked.arrays
     kept = _checks.KeptOuts.none() if checked is None else checked.kept
     axes = _checks.axis_names("axis_name", axis_name, flat, active, ops)
@@ -230,6 +240,22 @@ def _update_tree(
     for part in written_now:
         run(part)
     return _write(flat, out, checked, name, ops, pending)
+
+
+def _check_kept_in_place(flat: Flat, active: list[int], checked: _checks.Outputs, ops: Backend) -> None:
+    """The layers without a gradient that are their own outputs keep their weights as
+    they are: no other output may share their memory (it was written into them)."""
+    taken = {*active, *checked.kept.indices}
+    kept = [i for i, x in enumerate(flat.leaves) if i not in taken and owner(x) is not None]
+    if not kept:
+        return
+    places = [*active, *checked.kept.indices, *kept]
+
+    def label(k: int) -> str:
+        return str(Path("out" if k < len(places) - len(kept) else "w", flat.paths[places[k]]))
+
+    targets = [*checked.arrays, *checked.kept.datas]
+    check_untouched(ops, targets, [unwrap(flat.leaves[i]) for i in kept], label)
 
 
 def _write(

@@ -2011,3 +2011,18 @@ def test_out_on_a_tree_as_deep_as_optree_takes():
     for _ in range(900):
         expected, w = expected[0], w[0]
     np.testing.assert_array_equal(w, expected)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_a_layer_without_a_gradient_that_is_its_own_output_is_not_written_through_an_overlap(backend_name):
+    """out=w, layer 1 without a gradient (kept as it is) sharing elements with layer 0's
+    output: refused with both named and nothing written, as lm.optim refuses it (lars_update
+    wrote layer 0's result into the shared elements)."""
+    require_backend(backend_name)
+    buf = native(backend_name, np.random.default_rng(0).standard_normal(100).astype(np.float32))
+    w = [buf[:60].reshape(6, 10), buf[40:].reshape(6, 10)]
+    g = [native(backend_name, np.full((6, 10), 0.5, np.float32)), None]
+    before = to_numpy(buf)
+    with pytest.raises(lm.LarsMultiValueError, match=r"^out\[0\] and w\[1\] share memory"):
+        lm.lars_update(w, g, 0.1, out=w)
+    np.testing.assert_array_equal(to_numpy(buf), before)
