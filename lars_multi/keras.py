@@ -534,6 +534,12 @@ if keras is not None:
                     shape = getattr(gradient, "shape", None)
                     if shape is not None:
                         _checks.check_shape(f"grads[{i}]", shape, _path(variable), variable.shape)
+            if summed and not self.built and variables is not None:
+                # Built as Keras builds it, but before the wait on the sums: XLA cannot
+                # lift variables made under it out of a compiled train step.
+                with keras.name_scope(self.name, caller=self):
+                    self.build(variables)
+                self.built = True
             with _after(summed):
                 return super().apply(grads, trainable_variables)
 

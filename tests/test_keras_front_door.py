@@ -979,3 +979,29 @@ def test_a_state_of_other_choices_is_not_loaded_into_another_optimizer(tmp_path)
     same.optimizer.build(same.trainable_variables)
     same.load_weights(str(tmp_path / "d1.weights.h5"))
     assert int(keras.ops.convert_to_numpy(same.optimizer.iterations)) == 1
+
+
+def test_an_embedding_trains_in_an_xla_compiled_fit():
+    """A model with an Embedding (tf.IndexedSlices gradients) under model.fit with
+    jit_compile=True (what Keras' "auto" picks on a GPU): the optimizer, built lazily in
+    the first train step, made its variables under the wait on the summed gradients, and
+    TensorFlow failed to lift them out of the XLA function. It trains as without XLA."""
+    keras = _keras_on_tensorflow()
+    import lars_multi.keras
+
+    ids = np.random.default_rng(0).integers(0, 6, (64, 3))
+    targets = np.random.default_rng(1).standard_normal((64, 2)).astype(np.float32)
+    weights = []
+    for jit in (False, True):
+        inputs = keras.Input((3,), dtype="int32")
+        embedded = keras.layers.Embedding(6, 4, embeddings_initializer=keras.initializers.Constant(0.5))(
+            inputs
+        )
+        outputs = keras.layers.Dense(2, kernel_initializer="ones")(keras.layers.Flatten()(embedded))
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer=lars_multi.keras.LARS(0.1, momentum=0.9), loss="mse", jit_compile=jit)
+        model.fit(ids, targets, batch_size=16, epochs=2, verbose=0, shuffle=False)
+        weights.append([keras.ops.convert_to_numpy(v) for v in model.trainable_variables])
+    for eager, xla in zip(*weights):
+        np.testing.assert_allclose(xla, eager, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(weights[1][0], 0.5)
