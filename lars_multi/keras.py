@@ -538,8 +538,7 @@ if keras is not None:
                 # Built as Keras builds it, but before the wait on the sums: XLA cannot
                 # lift variables made under it out of a compiled train step.
                 with keras.name_scope(self.name, caller=self):
-                    self.build(variables)
-                self.built = True
+                    self.build(variables)  # (Keras' build marks it built)
             with _after(summed):
                 return super().apply(grads, trainable_variables)
 
