@@ -368,14 +368,22 @@ class LARS(torch.optim.Optimizer):
                     f"(a dict), got {type_name(entry)}"
                 )
             buffer = entry.get("momentum_buffer")
+            where = f"state_dict['state'][{saved_id!r}]['momentum_buffer']"
             if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape):
                 got = (
                     f"shape {tuple(buffer.shape)}" if isinstance(buffer, torch.Tensor) else type_name(buffer)
                 )
                 raise LarsMultiValueError(
-                    f"state_dict['state'][{saved_id!r}]['momentum_buffer']: expected a tensor of shape "
+                    f"{where}: expected a tensor of shape "
                     f"{tuple(p.shape)} (the shape of {self._label(p, False)}, parameter {place} in order), "
                     f"got {got}"
+                )
+            if buffer is not None and not _matches(p, buffer):  # (torch casts and moves it, never shards it)
+                raise LarsMultiValueError(
+                    f"{where}: expected a tensor laid out as {self._label(p, False)} "
+                    f"({_placed(p)}), got {_placed(buffer)}; a state saved over parameters sharded "
+                    "otherwise (or not at all) loads through torch.distributed.checkpoint "
+                    "(get_optimizer_state_dict / set_optimizer_state_dict), which lays it out"
                 )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -585,6 +593,13 @@ def _kinds_match(params: list[Any], grads: list[Any], buffers: list[Any]) -> boo
     return all([_matches(p, g) for p, g in zip(params, grads)]) and all(
         [b is None or _matches(p, b) for p, b in zip(params, buffers)]
     )
+
+
+def _placed(t: torch.Tensor) -> str:
+    """How a tensor is laid out across processes, for messages."""
+    if tensor_kind(t) is torch.Tensor:
+        return "a plain torch.Tensor"
+    return f"a {type_name(t)} on {_OPS.device(t)}"
 
 
 def _matches(p: torch.Tensor, t: torch.Tensor) -> bool:

@@ -2026,3 +2026,40 @@ def test_a_layer_without_a_gradient_that_is_its_own_output_is_not_written_throug
     with pytest.raises(lm.LarsMultiValueError, match=r"^out\[0\] and w\[1\] share memory"):
         lm.lars_update(w, g, 0.1, out=w)
     np.testing.assert_array_equal(to_numpy(buf), before)
+
+
+def test_torch_optimizer_state_laid_out_otherwise_is_refused_at_load():
+    """A state saved over plain parameters, loaded into an lm.torch.LARS over DTensors: it
+    was accepted (torch casts and moves a buffer, never shards it), and every later step
+    was refused, pointing at a load that could not fix it. Refused at the load, naming the
+    layouts; a state saved over the same DTensors loads and steps on."""
+    script = """
+w0, g0 = torch.randn(6, 4), torch.randn(6, 4) * 0.1
+plain = torch.nn.Parameter(w0.clone())
+plain.grad = g0.clone()
+saved_plain = lm.torch.LARS([plain], lr=0.1, momentum=0.9)
+saved_plain.step()
+p = torch.nn.Parameter(shard(w0))
+p.grad = shard(g0)
+opt = lm.torch.LARS([p], lr=0.1, momentum=0.9)
+try:
+    opt.load_state_dict(saved_plain.state_dict())
+    print("loaded")
+except lm.LarsMultiValueError as e:
+    print(str(e))
+print("no state", len(opt.state) == 0)
+opt.step()
+other = lm.torch.LARS([p], lr=0.1, momentum=0.9)
+other.load_state_dict(opt.state_dict())
+other.step()
+print("steps on", type(other.state[p]["momentum_buffer"]).__name__)
+dist.destroy_process_group()
+"""
+    expected = [
+        r"state_dict\['state'\]\[0\]\['momentum_buffer'\]: expected a tensor laid out as "
+        r"param_groups\[0\]\['params'\]\[0\] \(a torch.DTensor on .*\), got a plain torch.Tensor; .*"
+        r"set_optimizer_state_dict",
+        "no state True",
+        "steps on DTensor",
+    ]
+    _assert_lines_match(_on_one_rank_mesh(script).splitlines(), expected)
