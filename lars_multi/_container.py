@@ -21,8 +21,7 @@ class Container(Mapping):
     __slots__ = ("_items",)
 
     def __init__(self, mapping: Mapping[str, Any] | None = None, /, **entries: Any) -> None:
-        if not _JAX_KNOWS_CONTAINERS and "jax" in sys.modules:
-            _tell_jax()
+        _tell_jax_once_imported()
         try:
             items = dict({} if mapping is None else mapping, **entries)
         except (TypeError, ValueError):  # (dict's own: "not iterable", "sequence element #0 has length 1")
@@ -84,6 +83,7 @@ class Container(Mapping):
         if not isinstance(state, dict):
             raise LarsMultiTypeError(f"Container state: expected dict, got {type_name(state)}")
         _check_keys(state)
+        _tell_jax_once_imported()  # (unpickled: its JAX arrays imported JAX after __init__ ran)
         object.__setattr__(self, "_items", dict(state))
 
     # Arrays have no single truth value, so Containers compare by identity.
@@ -132,6 +132,12 @@ def _check_keys(keys: Any) -> None:
 
 # Whether JAX has been told that Containers are pytrees (by its backend, as it loads).
 _JAX_KNOWS_CONTAINERS = False
+
+
+def _tell_jax_once_imported() -> None:
+    """Register Containers with JAX where it is imported and not told yet."""
+    if not _JAX_KNOWS_CONTAINERS and "jax" in sys.modules:
+        _tell_jax()
 
 
 def _tell_jax() -> None:

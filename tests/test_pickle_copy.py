@@ -259,3 +259,26 @@ def test_an_unpickled_optimizer_hashes_its_configuration_afresh(tmp_path):
     )
     assert run_python(script, PYTHONHASHSEED="12345") == "True True"
     assert hash(copy.copy(opt.config)) == hash(opt.config)
+
+
+def test_a_container_unpickled_with_its_jax_arrays_is_a_jax_pytree():
+    """Unpickled in a fresh process, a Container of JAX arrays is made before its arrays
+    import JAX: JAX took it for one leaf (jax.jit refused it) until another Container
+    was made. It is a pytree as soon as it holds its arrays."""
+    require_backend("jax")
+    script = """
+import pickle, sys
+import jax.numpy as jnp
+import lars_multi as lm
+sys.stdout.buffer.write(pickle.dumps(lm.Container(a=jnp.ones(2), b=jnp.zeros(3))).hex().encode())
+"""
+    blob = run_python(script)
+    check = f"""
+import pickle, sys
+import lars_multi as lm
+assert "jax" not in sys.modules
+container = pickle.loads(bytes.fromhex("{blob}"))
+import jax
+print(len(jax.tree.leaves(container)), float(jax.jit(lambda c: c["a"].sum() + c["b"].sum())(container)))
+"""
+    assert run_python(check) == "2 2.0"
