@@ -754,6 +754,11 @@ def param_groups(
             f"model: expected a torch.nn.Module (its parameters are named), got {type_name(model)}; "
             "LARS(params, ...) takes parameters as they are"
         )
+    if "params" in group_overrides:  # (it replaced both groups' parameters, with no word)
+        raise LarsMultiValueError(
+            "params: expected settings for both groups (lr=..., adapt=False), got 'params', which "
+            "param_groups takes from the model; pass the parameters to LARS as they are instead"
+        )
     patterns = [pattern.lower() for pattern in _checks.check_name_patterns("exclude", exclude)]
     names: dict[int, tuple[torch.nn.Parameter, list[str]]] = {}  # every name of each (tied: several)
     for name, parameter in model.named_parameters(remove_duplicate=False):

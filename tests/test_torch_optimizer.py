@@ -1304,6 +1304,16 @@ def test_param_groups_refuses_an_exclude_that_is_no_names(exclude):
     assert len(param_groups(torch.nn.Linear(2, 2), exclude=None)) == 2
 
 
+@pytest.mark.parametrize("params", [[], "weights"], ids=["empty", "a-parameter"])
+def test_param_groups_refuses_params_among_the_settings(params):
+    """params= among the settings replaced both groups' parameters: [] gave no groups, with
+    no word, and a parameter put it in both groups, which torch refused with its own message."""
+    model = torch.nn.Linear(2, 2)
+    given = [] if params == [] else [model.weight]
+    with pytest.raises(lm.LarsMultiValueError, match=r"^params: expected settings for both groups"):
+        param_groups(model, params=given)
+
+
 def test_param_groups_takes_patterns_from_any_iterable():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     groups = param_groups(model, exclude=(name for name in ["1.weight"]))
