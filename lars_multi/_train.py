@@ -593,11 +593,13 @@ def run(args: argparse.Namespace, console: Console) -> float:
     data = load_data(config.seed)
     optimizers = ["sgd", "lars"] if args.compare else [config.optimizer]
     histories = []
+    diverged = False
     for name in optimizers:
         chosen = Config(
             **{**config.__dict__, "optimizer": name, "peak_lr": None if args.compare else args.lr}
         )
-        history = train(chosen, data, console)
+        with np.errstate(over="ignore", invalid="ignore"):  # (a divergence is said below, once)
+            history = train(chosen, data, console)
         console.print(
             f"{history.label}, {config.backend}, batch size {config.batch_size}: {config.epochs} epochs "
             f"in {history.seconds:.1f} s, test accuracy {history.test_accuracy[-1]:.4f}"
@@ -605,10 +607,13 @@ def run(args: argparse.Namespace, console: Console) -> float:
         if not math.isfinite(history.train_loss[-1]):
             loss = history.train_loss[-1]
             console.print(f"{history.label}: the loss is {loss}: the learning rate is too large")
+            diverged = True
         histories.append(history)
     out = _plot_path(args)
     plot(histories, out, f"MLP 64-128-10 on digits, {config.backend}, batch size {config.batch_size}")
     console.print(f"loss curves: {out}")
     accuracy = histories[-1].test_accuracy[-1]
     print(f"test accuracy: {accuracy:.2f}", flush=True)
+    if diverged:  # (the exit status says so too, to a script)
+        raise SystemExit(1)
     return accuracy

@@ -11,6 +11,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 from conftest import ALL_BACKENDS, require_backend
@@ -171,12 +172,29 @@ def test_a_broken_package_is_named_before_training(tmp_path):
 
 
 def test_a_loss_that_becomes_nan_is_said(tmp_path, capsys):
-    """A learning rate that fits float32 but diverges trained to NaN with no word of it."""
-    lines = _train(
-        capsys, "--backend", "numpy", "--epochs", "1", "--lr", "3e38", "--out", str(tmp_path / "a.png")
-    )
+    """A learning rate that fits float32 but diverges trained to NaN with no word of it;
+    then it was said, with NumPy's overflow warnings, and the exit status was 0."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit) as info:
+            main(
+                [
+                    "train",
+                    "--backend",
+                    "numpy",
+                    "--epochs",
+                    "1",
+                    "--lr",
+                    "3e38",
+                    "--out",
+                    str(tmp_path / "a.png"),
+                ]
+            )
+    assert info.value.code == 1
+    lines = capsys.readouterr().out.strip().splitlines()
     assert any("the loss is nan: the learning rate is too large" in line for line in lines), lines
     assert lines[-1].startswith("test accuracy: ")
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
 @pytest.mark.parametrize("command", ["info", "demo"])
