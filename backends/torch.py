@@ -386,8 +386,9 @@ def norms(xs: Sequence[torch.Tensor], axis_names: Sequence[Any] | None = None) -
     accumulated in float32. DTensors sharded over mesh dimensions: the squared
     norms of the local shards of all the arrays with the same mesh, placements and
     dtype are stacked into one tensor and summed over the sharded mesh dimensions
-    in ONE all-reduce per sharded mesh dimension (a Partial DTensor redistributed to Replicate), instead of
-    one reduction per array; each norm is returned as a replicated 0-d DTensor.
+    in ONE all-reduce per sharded mesh dimension (a Partial DTensor redistributed to
+    Replicate), instead of one reduction per array; each norm is returned as a
+    replicated 0-d DTensor.
     Replicated DTensors need no collective. Anything else (Partial placements,
     sparse layouts) takes ``norm`` one array at a time. As ``norm``, an
     ``axis_name`` other than None raises."""

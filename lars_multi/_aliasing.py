@@ -84,6 +84,26 @@ def write_all(
         ops.write(target, value)
 
 
+def run_checked(
+    ops: Backend,
+    steps: Sequence[tuple[bool, Callable[[], None]]],
+    checks: Callable[[], list[tuple[Any, Any]]],
+) -> None:
+    """Run ``steps`` (whether a step writes its outputs as it goes, the step) so that no
+    check follows a write: the steps computed aside first, then ``checks()`` (which may
+    raise, and gives the late writes, checked: :func:`checked_writes`), then the steps
+    that write as they go, then the late writes."""
+    for writes_now, step in steps:
+        if not writes_now:
+            step()
+    late = checks()
+    for writes_now, step in steps:
+        if writes_now:
+            step()
+    for target, value in late:
+        ops.write(target, value)
+
+
 def checked_writes(
     ops: Backend, targets: Sequence[Any], values: Sequence[Any], label: Callable[[int], str]
 ) -> list[tuple[Any, Any]]:

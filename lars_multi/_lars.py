@@ -19,6 +19,7 @@ from ._aliasing import (
     checked_writes,
     late_outputs,
     must_write_late,
+    run_checked,
     write_all,
 )
 from ._array import Array
@@ -209,9 +210,6 @@ def _update_tree(
     groups = _groups(rates, decays, stops)
     handed_over = checked is not None and _handed_over(out, w, checked.given, leaves)
     parts = [part for indices in groups for part in now_and_later(indices, late, len(ws))]
-    # Written as they go: each layer where every output can be, but the late ones.
-    written_now = [part for part in parts if writable and part[0] not in late]
-    computed_first = [part for part in parts if not (writable and part[0] not in late)]
 
     def run(part: list[int]) -> None:
         new = _run(
@@ -230,16 +228,24 @@ def _update_tree(
         )
         put(results, part, new)
 
-    for part in computed_first:  # nothing is written yet
-        run(part)
     if checked is None:
+        for part in parts:
+            run(part)
         return _finish(flat, None, None, name, dict(zip(active, results)))
-    for part in written_now:  # their results: their outputs, written as they go
-        put(results, part, take(checked.arrays, part))
-    pending = _late_writes(flat, checked, ops, (active, results), bool(places))  # (checked first)
-    for part in written_now:
-        run(part)
-    return _write(flat, out, checked, name, ops, pending)
+    # Written as they go: each layer where every output can be, but the late ones.
+    written_now = [writable and part[0] not in late for part in parts]
+    new_values: dict[int, Any] = {}
+
+    def checks() -> list[tuple[Any, Any]]:  # (once the layers computed aside are)
+        for part, now in zip(parts, written_now):
+            if now:  # (their results: their outputs, written as they go)
+                put(results, part, take(checked.arrays, part))
+        writes, values = _late_writes(flat, checked, ops, (active, results), bool(places))
+        new_values.update(values)
+        return writes
+
+    run_checked(ops, [(now, partial(run, part)) for part, now in zip(parts, written_now)], checks)
+    return _given(flat, out, checked, name, new_values)
 
 
 def _check_kept_in_place(flat: Flat, active: list[int], checked: _checks.Outputs, ops: Backend) -> None:
@@ -258,22 +264,12 @@ def _check_kept_in_place(flat: Flat, active: list[int], checked: _checks.Outputs
     check_untouched(ops, targets, [unwrap(flat.leaves[i]) for i in kept], label)
 
 
-def _write(
-    flat: Flat,
-    out: Any,
-    checked: _checks.Outputs,
-    name: str,
-    ops: Backend,
-    pending: tuple[list[tuple[Any, Any]], dict[int, Any]],
-) -> Any:
-    """The writes of :func:`_late_writes` made, and its new values given to ``out``'s
-    handles (and Container entries); ``out``."""
-    writes, new = pending
-    for target, value in writes:
-        ops.write(target, value)
-    written = _finish(flat, out, checked.leaves, name, new)
+def _given(flat: Flat, out: Any, checked: _checks.Outputs, name: str, new: dict[int, Any]) -> Any:
+    """The ``new`` values (by leaf) given to ``out``'s handles and Container entries,
+    their arrays written already; ``out``."""
+    given = _finish(flat, out, checked.leaves, name, new)
     _checks.fill_entries(checked.entries)
-    return written
+    return given
 
 
 def _late_writes(
@@ -391,7 +387,10 @@ def copy_unchanged(
     if check is not None:
         check(kept, ops)
     late = must_write_late(ops, kept.datas, kept.weights, [])
-    return _write(flat, out, checked, name, ops, _late_writes(flat, checked, ops, ([], []), late))
+    writes, new = _late_writes(flat, checked, ops, ([], []), late)  # (checked: no layer steps)
+    for target, value in writes:
+        ops.write(target, value)
+    return _given(flat, out, checked, name, new)
 
 
 def _per_leaf(

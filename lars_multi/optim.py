@@ -25,6 +25,7 @@ the step is one compiled program, on TensorFlow one ``tf.function``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -33,7 +34,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _checks, _registry
-from ._aliasing import array_values, check_handles, check_untouched, checked_writes, late_outputs
+from ._aliasing import (
+    array_values,
+    check_handles,
+    check_untouched,
+    checked_writes,
+    late_outputs,
+    run_checked,
+)
 from ._array import Array
 from ._errors import LarsMultiTypeError, LarsMultiValueError, MixedFrameworksError, no_autograph, type_name
 from ._lars import copy_unchanged, flatten
@@ -396,24 +404,22 @@ class LarsOptimizer:
             put(new_ws, part, part_ws)
             put(new_buffers, part, part_buffers)
 
-        for part, value in parts:  # computed aside: nothing is written yet
-            if part[0] in late:
-                run(part, value)
+        # (nothing is written before the checks: the copies may be taken first)
         copies = [x if not kept_late or o is x else ops.snapshot(x) for x, o in zip(kept.weights, kept.datas)]
-        if check is not None:
-            for part, _ in parts:
-                if part[0] not in late and outs is not None:  # (their outputs: written as they go, below)
-                    put(new_ws, part, take(outs, part))
-            check([*copies, *new_ws])
-        writes: list[tuple[Any, Any]] = []
-        if outs is not None:  # checked before anything is written
+
+        def checks() -> list[tuple[Any, Any]]:  # (once the layers computed aside are)
+            if outs is None:
+                return []
+            if check is not None:
+                for part, _ in parts:
+                    if part[0] not in late:  # (their outputs: written as they go)
+                        put(new_ws, part, take(outs, part))
+                check([*copies, *new_ws])
             into = (outs, buffers if in_place else None)
-            writes = self._late_writes(ops, into, (new_ws, new_buffers), late, kept, copies, paths)
-        for part, value in parts:  # written as they go
-            if part[0] not in late:
-                run(part, value)
-        for target, value in writes:
-            ops.write(target, value)
+            return self._late_writes(ops, into, (new_ws, new_buffers), late, kept, copies, paths)
+
+        steps = [(part[0] not in late, functools.partial(run, part, value)) for part, value in parts]
+        run_checked(ops, steps, checks)
         return new_ws, new_buffers, copies
 
     def _late_writes(

@@ -47,7 +47,7 @@ except ImportError:
     raise
 
 from . import _checks, _registry
-from ._aliasing import array_values, checked_writes, late_outputs
+from ._aliasing import array_values, checked_writes, late_outputs, run_checked
 from ._errors import LarsMultiError, LarsMultiTypeError, LarsMultiValueError, type_name
 from ._lists import now_and_later
 from ._step import LayerFlags, StepConfig, lars_step
@@ -637,18 +637,14 @@ def _step_all(
         end = start + len(part.params)
         steps += _group_steps(part, {i - start for i in late if start <= i < end}, writes, made)
         start = end
-    for now, run in steps:
-        if not now:
-            run()
-    checked: list[tuple[Any, Any]] = []
-    if writes:  # checked before anything is written
+
+    def checks() -> list[tuple[Any, Any]]:
+        if not writes:
+            return []
         targets, values, owners, of_buffer = zip(*writes)
-        checked = checked_writes(_OPS, targets, values, lambda i: label(owners[i], of_buffer[i]))
-    for now, run in steps:
-        if now:
-            run()
-    for target, value in checked:
-        _OPS.write(target, value)
+        return checked_writes(_OPS, targets, values, lambda i: label(owners[i], of_buffer[i]))
+
+    run_checked(_OPS, steps, checks)
     return made
 
 
